@@ -1,0 +1,42 @@
+# fusedrnn: the two commands that do all the set-up on a fresh machine.
+#   make test    create .venv, install torch and fusedrnn from source, run the test suite
+#   make bench   the same set-up, then the benchmark suite on the default device
+# Set-up steps are stamped in .venv, so a second run only rebuilds what changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+export MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+
+CSRC := $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: all install test bench gate clean
+
+all: test
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check torch
+	@touch $@
+
+$(VENV)/.deps: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet --disable-pip-version-check ninja numpy "pytest>=8" "hypothesis>=6" \
+		"pytest-benchmark>=4" "rich>=13" "matplotlib>=3.7"
+	@touch $@
+
+$(VENV)/.built: $(VENV)/.deps setup.py $(CSRC)
+	$(PIP) install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+	@touch $@
+
+install: $(VENV)/.built
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m fusedrnn bench
+
+clean:
+	rm -rf build *.egg-info fusedrnn/*.so

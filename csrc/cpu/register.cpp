@@ -1,0 +1,9 @@
+// The CPU kernels of every fusedrnn:: op: the one TORCH_LIBRARY_IMPL(fusedrnn, CPU) block.
+#include <torch/library.h>
+
+#include "../ops.h"
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("lstm_cell_forward", &fusedrnn::lstm_cell_forward_cpu);
+  m.impl("lstm_cell_backward", &fusedrnn::lstm_cell_backward_cpu);
+}

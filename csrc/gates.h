@@ -1,0 +1,99 @@
+// fusedrnn gate math: the one home of the LSTM pointwise arithmetic.
+//
+// Dimension letters used across csrc/:
+//   T  time steps        B  batch            I  input features
+//   H  hidden units      P  projection size (proj_size; R = P if P > 0 else H)
+//   G  = 4H gate columns, in nn.LSTM order i, f, g, o
+//
+// Everything here is plain C++ with no torch headers, compiled by g++ for the CPU
+// kernels and by nvcc (as __host__ __device__) for the CUDA kernels, so the CPU tests
+// exercise exactly the arithmetic the GPU runs.  `acc_t` is the accumulation type:
+// float for fp32/fp16/bf16 data, double for fp64.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define FUSEDRNN_HD __host__ __device__ __forceinline__
+#else
+#define FUSEDRNN_HD inline
+#endif
+
+namespace fusedrnn {
+namespace gates {
+
+FUSEDRNN_HD float exp_(float x) { return ::expf(x); }
+FUSEDRNN_HD double exp_(double x) { return ::exp(x); }
+FUSEDRNN_HD float tanh_(float x) { return ::tanhf(x); }
+FUSEDRNN_HD double tanh_(double x) { return ::tanh(x); }
+FUSEDRNN_HD float rsqrt_(float x) { return 1.0f / ::sqrtf(x); }
+FUSEDRNN_HD double rsqrt_(double x) { return 1.0 / ::sqrt(x); }
+
+template <typename acc_t>
+FUSEDRNN_HD acc_t sigmoid(acc_t x) {
+  return acc_t(1) / (acc_t(1) + exp_(-x));
+}
+
+// Gate activations of one (batch row, hidden unit) from the four pre-activations.
+// On return i, f, o are sigmoids and g is a tanh.
+template <typename acc_t>
+FUSEDRNN_HD void activate(acc_t& i, acc_t& f, acc_t& g, acc_t& o) {
+  i = sigmoid(i);
+  f = sigmoid(f);
+  g = tanh_(g);
+  o = sigmoid(o);
+}
+
+// c_t = f * c_{t-1} + i * g
+template <typename acc_t>
+FUSEDRNN_HD acc_t cell_update(acc_t i, acc_t f, acc_t g, acc_t c_prev) {
+  return f * c_prev + i * g;
+}
+
+// h_t = o * tanh(c_hat), where c_hat is c_t, or BN_c(c_t) under recurrent batch norm.
+// Returns h and stores tanh(c_hat) in tc (saved for backward by callers that want it).
+template <typename acc_t>
+FUSEDRNN_HD acc_t hidden(acc_t o, acc_t c_hat, acc_t& tc) {
+  tc = tanh_(c_hat);
+  return o * tc;
+}
+
+// Backward of hidden(): given dL/dh, returns dL/do (pre-activation of o) and dL/dc_hat.
+template <typename acc_t>
+FUSEDRNN_HD void hidden_backward(acc_t dh, acc_t o, acc_t tc, acc_t& dpre_o,
+                                 acc_t& dc_hat) {
+  dc_hat = dh * o * (acc_t(1) - tc * tc);
+  dpre_o = dh * tc * o * (acc_t(1) - o);
+}
+
+// Backward of cell_update() and activate() for i, f, g: given dL/dc_t (everything that
+// reaches c_t), returns the pre-activation gradients of i, f, g and dL/dc_{t-1}.
+template <typename acc_t>
+FUSEDRNN_HD void cell_backward(acc_t dc, acc_t i, acc_t f, acc_t g, acc_t c_prev,
+                               acc_t& dpre_i, acc_t& dpre_f, acc_t& dpre_g,
+                               acc_t& dc_prev) {
+  dpre_i = dc * g * i * (acc_t(1) - i);
+  dpre_f = dc * c_prev * f * (acc_t(1) - f);
+  dpre_g = dc * i * (acc_t(1) - g * g);
+  dc_prev = dc * f;
+}
+
+// Batch-norm normalisation of one value with given statistics.
+template <typename acc_t>
+FUSEDRNN_HD acc_t bn_normalize(acc_t v, acc_t mean, acc_t rstd) {
+  return (v - mean) * rstd;
+}
+
+// Backward of y = gamma * x_hat (+ beta), x_hat = (x - mean) * rstd, with batch
+// statistics over n rows: given dy, x_hat and the two batch sums
+//   sum_dy = sum_b dy_b * gamma,  sum_dy_xhat = sum_b dy_b * gamma * x_hat_b,
+// returns dL/dx of one row.  With running (eval) statistics pass n = 0.
+template <typename acc_t>
+FUSEDRNN_HD acc_t bn_backward(acc_t dxhat, acc_t x_hat, acc_t rstd, acc_t sum_dxhat,
+                              acc_t sum_dxhat_xhat, acc_t n) {
+  if (n <= acc_t(0)) return dxhat * rstd;
+  return rstd * (dxhat - (sum_dxhat + x_hat * sum_dxhat_xhat) / n);
+}
+
+}  // namespace gates
+}  // namespace fusedrnn

@@ -1,0 +1,111 @@
+"""The reference backend: the recurrence op in plain PyTorch, a loop over steps with
+autograd.  It is the oracle for every test and the fallback for anything a fast path
+cannot do.  Readable first, fast never.  It imports no other backend.
+
+Dimension letters: T steps, B batch, H hidden, R width of h (proj_size or H), G = 4H.
+Low-precision inputs (fp16 / bf16) are computed in fp32, outputs cast back.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .base import (
+    Backend,
+    BatchStats,
+    RecurrenceResult,
+    RecurrentBN,
+    active_rows,
+    batch_norm_steps,
+    reverse_sequences,
+)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def recurrence(
+        self,
+        xp: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        w_hh: Tensor,
+        w_hr: Optional[Tensor],
+        mask: Optional[Tensor],
+        lengths: Optional[Tensor],
+        reverse: bool,
+        bn: Optional[RecurrentBN],
+    ) -> RecurrenceResult:
+        out_dtype = xp.dtype
+        acc = _acc_dtype(xp.dtype)
+        xp, h0, c0, w_hh = (t.to(acc) for t in (xp, h0, c0, w_hh))
+        w_hr = None if w_hr is None else w_hr.to(acc)
+        mask = None if mask is None else mask.to(acc)
+        T = xp.shape[0]
+        if reverse:
+            xp = reverse_sequences(xp, lengths)  # now in processing order
+        active = active_rows(T, lengths, xp.device)  # [T, B] or None
+        slots = None if bn is None else bn.slot_index(T, xp.device)
+
+        h, c = h0, c0
+        ys, stats = [], []
+        for s in range(T):
+            a = None if active is None else active[s : s + 1]  # [1, B]
+            h_in = h
+            if mask is not None:
+                h_in = h * (mask if mask.dim() == 2 else mask[s])
+            hh = h_in @ w_hh.t()  # [B, G]
+            if bn is not None:
+                hh, mean_h, var_h = batch_norm_steps(
+                    hh.unsqueeze(0), a, bn.weight_h, None, bn.running_mean_h,
+                    bn.running_var_h, slots[s : s + 1], bn.training, bn.eps,
+                )
+                hh = hh.squeeze(0)
+            i, f, g, o = (xp[s] + hh).chunk(4, 1)
+            i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+            c_new = f * c + i * g
+            c_hat = c_new
+            if bn is not None:
+                c_hat, mean_c, var_c = batch_norm_steps(
+                    c_new.unsqueeze(0), a, bn.weight_c, bn.bias_c, bn.running_mean_c,
+                    bn.running_var_c, slots[s : s + 1], bn.training, bn.eps,
+                )
+                c_hat = c_hat.squeeze(0)
+                if bn.training:
+                    stats.append((mean_h, var_h, mean_c, var_c))
+            h_new = o * torch.tanh(c_hat)
+            if w_hr is not None:
+                h_new = h_new @ w_hr.t()
+            if a is None:
+                h, c, y = h_new, c_new, h_new
+            else:
+                keep = a.t()  # [B, 1]
+                h = torch.where(keep, h_new, h)
+                c = torch.where(keep, c_new, c)
+                y = torch.where(keep, h_new, torch.zeros_like(h_new))
+            ys.append(y)
+
+        y = torch.stack(ys) if ys else xp.new_zeros(0, h0.shape[0], h0.shape[1])
+        if reverse:
+            y = reverse_sequences(y, lengths)
+        batch_stats = None
+        if stats:
+            batch_stats = BatchStats(*(torch.cat(z) for z in zip(*stats)))
+        return RecurrenceResult(y.to(out_dtype), h.to(out_dtype), c.to(out_dtype), batch_stats)
+
+    def cell(self, gates: Tensor, cx: Tensor) -> tuple[Tensor, Tensor]:
+        acc = _acc_dtype(gates.dtype)
+        i, f, g, o = gates.to(acc).chunk(4, 1)
+        cy = torch.sigmoid(f) * cx.to(acc) + torch.sigmoid(i) * torch.tanh(g)
+        hy = torch.sigmoid(o) * torch.tanh(cy)
+        return hy.to(gates.dtype), cy.to(gates.dtype)
+
+
+BACKEND = ReferenceBackend()

@@ -1,0 +1,128 @@
+"""Benchmark providers: what is timed, built for one (variant, mode, shape, dtype, device).
+
+Providers (DESIGN.md, "Benchmark records"):
+  fusedrnn-<backend>   fusedrnn.LSTM on that backend (every variant)
+  cudnn / torch-cpu    torch.nn.LSTM on CUDA (cuDNN) / on CPU (oneDNN): plain only
+  loop                 the per-step loop of fusedrnn.bench.loop (every variant)
+Variants: plain, variational (recurrent_dropout=0.25, shared masks), bn (recurrent batch
+norm), variational+bn.  Modes: fwd (training-mode forward under no_grad), fwd+bwd.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .. import LSTM, LSTMCell
+from ..ops.dispatch import available_backends, explain_config
+from .loop import LoopLSTM
+
+VARIANTS = {
+    "plain": {},
+    "variational": dict(recurrent_dropout=0.25, variational=True),
+    "bn": dict(batch_norm=True),
+    "variational+bn": dict(recurrent_dropout=0.25, variational=True, batch_norm=True),
+}
+MODES = ("fwd", "fwd+bwd")
+
+
+def torch_provider_name(device: torch.device) -> str:
+    return "cudnn" if device.type == "cuda" else "torch-cpu"
+
+
+def providers_for(device: torch.device, backends: Optional[list[str]] = None,
+                  include_loop: bool = True) -> list[str]:
+    names = [torch_provider_name(device)]
+    for b in backends if backends is not None else available_backends(device):
+        names.append(f"fusedrnn-{b}")
+    if include_loop:
+        names.append("loop")
+    return names
+
+
+def supports(provider: str, variant: str) -> bool:
+    return variant == "plain" or provider not in ("cudnn", "torch-cpu")
+
+
+def serves(provider: str, variant: str, B: int, T: int, I: int, H: int, dtype, device) -> Optional[str]:
+    """None if the provider can run this point, else why not (a backend may be available on
+    the device but not serve the layer recurrence, or not this configuration)."""
+    if not supports(provider, variant):
+        return "torch.nn.LSTM has no recurrent dropout or batch norm"
+    if not provider.startswith("fusedrnn-"):
+        return None
+    m = LSTM(I, H, backend=provider[len("fusedrnn-"):], **VARIANTS[variant]).train()
+    x = torch.empty(T, B, I, dtype=dtype, device=device)
+    for _, cfg in m.layer_configs(x):
+        why = explain_config(m.backend, cfg)[0][1]
+        if why is not None:
+            return why
+    return None
+
+
+def build_module(provider: str, variant: str, I: int, H: int, T: int, dtype, device) -> nn.Module:
+    torch.manual_seed(0)
+    opts = VARIANTS[variant]
+    if provider in ("cudnn", "torch-cpu"):
+        m = nn.LSTM(I, H)
+    elif provider == "loop":
+        m = LoopLSTM(I, H, recurrent_dropout=opts.get("recurrent_dropout", 0.0),
+                     variational=opts.get("variational", False), batch_norm=opts.get("batch_norm", False),
+                     max_steps=T)
+    elif provider.startswith("fusedrnn-"):
+        m = LSTM(I, H, backend=provider[len("fusedrnn-"):], bn_max_steps=max(T, 1), **opts)
+    else:
+        raise ValueError(f"unknown provider {provider!r}")
+    return m.to(device=device, dtype=dtype).train()
+
+
+def build_layer_fn(provider: str, variant: str, mode: str, B: int, T: int, I: int, H: int, dtype,
+                   device, rotate: int = 1) -> Callable[[int], None]:
+    """fn(k): one forward (or forward + backward) of a one-layer LSTM on input set k."""
+    m = build_module(provider, variant, I, H, T, dtype, device)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    xs = [torch.randn(T, B, I, generator=g).to(device=device, dtype=dtype) for _ in range(rotate)]
+    if mode == "fwd":
+        def fn(k: int) -> None:
+            with torch.no_grad():
+                m(xs[k])
+        return fn
+    gys = [torch.randn(T, B, H, generator=g).to(device=device, dtype=dtype) for _ in range(rotate)]
+    params = list(m.parameters())
+
+    def fn_bwd(k: int) -> None:
+        for p in params:
+            p.grad = None
+        y = m(xs[k])[0]
+        y.backward(gys[k])
+    return fn_bwd
+
+
+def build_cell_fn(provider: str, variant: str, mode: str, B: int, H: int, dtype, device,
+                  rotate: int = 1) -> Callable[[int], None]:
+    """fn(k): one LSTMCell step (I = H), as decoders and NTM controllers use it."""
+    torch.manual_seed(0)
+    opts = {k: v for k, v in VARIANTS[variant].items()}
+    if provider in ("cudnn", "torch-cpu"):
+        cell = nn.LSTMCell(H, H)
+    else:
+        cell = LSTMCell(H, H, backend=provider[len("fusedrnn-"):], **opts)
+    cell = cell.to(device=device, dtype=dtype).train()
+    g = torch.Generator(device="cpu").manual_seed(1)
+    mk = lambda: torch.randn(B, H, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    sets = [(mk(), (mk(), mk()), mk()) for _ in range(rotate)]
+    is_fused = isinstance(cell, LSTMCell)
+
+    def fn(k: int) -> None:
+        x, hx, gh = sets[k]
+        if is_fused:
+            cell.reset()
+        if mode == "fwd":
+            with torch.no_grad():
+                cell(x, hx)
+        else:
+            cell.zero_grad(set_to_none=True)
+            cell(x, hx)[0].backward(gh)
+    return fn

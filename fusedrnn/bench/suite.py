@@ -1,0 +1,193 @@
+"""The benchmark suite: presets, the run, the table.
+
+    python -m fusedrnn bench [--preset cpu|quick|anchors|cell] [--device D] [--dtype T] [--out DIR]
+
+Each group (one shape, one mode) times every provider and variant in the same run,
+alternating, and reports medians; ratios are taken within the group.  Records are
+appended to <out>/<device-slug>.jsonl (default out: benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import harness
+from .providers import MODES, VARIANTS, build_cell_fn, build_layer_fn, providers_for, serves, supports, torch_provider_name
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class Point:
+    B: int
+    T: int
+    I: int
+    H: int
+    dtype: str = "fp32"
+    cell: bool = False
+
+
+_GPU_GRID = (
+    [Point(16, 1024, 768, 768, d) for d in ("bf16", "fp16")]
+    + [Point(b, 1024, 768, 768, "bf16") for b in (2, 8, 32, 128, 256)]
+    + [Point(64, 50, 256, 512, "fp32"), Point(64, 512, 128, 128, "fp32"),
+       Point(8, 1000, 1024, 1024, "fp16"), Point(256, 256, 1024, 1024, "bf16")]
+)
+
+PRESETS: dict[str, dict] = {
+    # The GPU grid of benchmarks/gpu_check.sh: the FlashRNN point (B=16, T=1024, H=768) and
+    # the haste point (B=64, T=50, H=512, I=256, fp32) among them.
+    "anchors": dict(points=_GPU_GRID, variants=("plain", "variational+bn")),
+    "cpu": dict(points=[Point(32, 100, 256, 256), Point(8, 100, 256, 256), Point(64, 50, 512, 512)],
+                variants=tuple(VARIANTS)),
+    "quick": dict(points=[Point(16, 50, 128, 128), Point(32, 50, 256, 256)],
+                  variants=("plain", "variational+bn")),
+    "cell": dict(points=[Point(b, 1, h, h, cell=True) for b in (32, 128) for h in (256, 1024)],
+                 variants=("plain", "variational+bn")),
+}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Optional[str] = None,
+        out: Optional[str] = "benchmarks/results", modes=MODES, variants=None, backends=None,
+        reps: Optional[int] = None, progress: bool = True, points=None) -> list[dict]:
+    """Run a preset; returns the records (also appended to <out>/<device>.jsonl)."""
+    device = device or default_device()
+    spec = PRESETS[preset]
+    points = points or spec["points"]
+    variants = variants or spec["variants"]
+    env = harness.environment(device)
+    cuda = device.type == "cuda"
+    reps = reps or (20 if cuda else 7)
+    groups = [(p, mode) for p in points for mode in modes]
+    records: list[dict] = []
+    bar = _progress(len(groups)) if progress else None
+    for p, mode in groups:
+        dt = DTYPES[dtype or p.dtype]
+        fns = {}
+        for prov in providers_for(device, backends):
+            if p.cell and prov == "loop":
+                continue
+            for var in variants:
+                if not supports(prov, var):
+                    continue
+                if not p.cell and serves(prov, var, p.B, p.T, p.I, p.H, dt, device) is not None:
+                    continue
+                if p.cell:
+                    fns[(prov, var)] = build_cell_fn(prov, var, mode, p.B, p.H, dt, device, rotate=4 if cuda else 1)
+                else:
+                    fns[(prov, var)] = build_layer_fn(prov, var, mode, p.B, p.T, p.I, p.H, dt, device,
+                                                      rotate=4 if cuda else 1)
+        timings = harness.time_group(fns, device, warmup=3 if cuda else 2, reps=reps, rotate=4 if cuda else 1)
+        for (prov, var), tm in timings.items():
+            records.append(harness.make_record(env, provider=prov, variant=var, mode=mode, dtype=dt,
+                                               B=p.B, T=p.T, I=p.I, H=p.H, timing=tm))
+        if bar:
+            bar.advance(f"B={p.B} T={p.T} H={p.H} {mode}")
+        del fns
+    if bar:
+        bar.close()
+    if out:
+        harness.append_records(records, os.path.join(out, harness.device_slug(device) + ".jsonl"))
+    return records
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+
+def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per (shape, dtype, mode, variant), each provider's median,
+    and each fusedrnn provider's speedup over torch's plain LSTM and over the loop."""
+    groups: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["B"], r["T"], r["I"], r["H"], r["dtype"], r["mode"])
+        groups.setdefault(key, {})[(r["provider"], r["variant"])] = r["median_ms"]
+    providers = []
+    for r in records:
+        if r["provider"] not in providers:
+            providers.append(r["provider"])
+    torch_names = [p for p in providers if p in ("cudnn", "torch-cpu")]
+    fused = [p for p in providers if p.startswith("fusedrnn-")]
+    header = ["B", "T", "I", "H", "dtype", "mode", "variant"] + [f"{p} ms" for p in providers]
+    header += [f"{p.split('-', 1)[1]} vs {tn}" for p in fused for tn in torch_names]
+    header += [f"{p.split('-', 1)[1]} vs loop" for p in fused if "loop" in providers]
+    rows = []
+    variants_order = list(VARIANTS)
+    for key, g in groups.items():
+        for var in variants_order:
+            if not any(v == var for (_, v) in g):
+                continue
+            row = [str(k) for k in key] + [var]
+            for p in providers:
+                t = g.get((p, var))
+                row.append("-" if t is None else f"{t:.2f}")
+            for p in fused:
+                for tn in torch_names:
+                    base, t = g.get((tn, "plain")), g.get((p, var))
+                    row.append("-" if base is None or t is None else f"{base / t:.2f}x")
+            if "loop" in providers:
+                for p in fused:
+                    base, t = g.get(("loop", var)), g.get((p, var))
+                    row.append("-" if base is None or t is None else f"{base / t:.2f}x")
+            rows.append(row)
+    return header, rows
+
+
+def markdown_table(records: list[dict]) -> str:
+    header, rows = summarize(records)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_table(records: list[dict], title: str = "") -> None:
+    header, rows = summarize(records)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        print(markdown_table(records))
+        return
+    table = Table(title=title, show_lines=False)
+    for h in header:
+        table.add_column(h, justify="right")
+    for r in rows:
+        table.add_row(*r)
+    Console(width=max(120, 12 * len(header))).print(table)
+
+
+class _progress:
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        try:
+            from rich.progress import Progress
+
+            self.p = Progress(transient=True)
+            self.p.start()
+            self.task = self.p.add_task("benchmark", total=total)
+        except ImportError:
+            self.p = None
+
+    def advance(self, what: str) -> None:
+        self.done += 1
+        if self.p:
+            self.p.update(self.task, advance=1, description=what)
+        else:
+            print(f"[{self.done}/{self.total}] {what}", flush=True)
+
+    def close(self) -> None:
+        if self.p:
+            self.p.stop()
+
+
+__all__ = ["PRESETS", "Point", "default_device", "markdown_table", "print_table", "run", "summarize",
+           "torch_provider_name"]

@@ -1,0 +1,68 @@
+"""Command line: ``python -m fusedrnn bench ...`` (also the console script ``fusedrnn``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import suite
+
+    device = torch.device(args.device) if args.device else suite.default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("fusedrnn bench: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = "quick" if args.quick else (args.preset or ("anchors" if device.type == "cuda" else "cpu"))
+    t0 = time.time()
+    records = suite.run(preset, device=device, dtype=args.dtype, out=args.out,
+                        modes=args.mode or suite.MODES, variants=args.variant or None,
+                        backends=args.backend or None, reps=args.reps, progress=not args.no_progress)
+    title = f"fusedrnn bench --preset {preset} on {records[0]['device'] if records else device} " \
+            f"(torch {torch.__version__}, {time.time() - t0:.0f} s)"
+    suite.print_table(records, title)
+    if args.out:
+        from .bench.harness import device_slug
+
+        md = os.path.join(args.out, f"{device_slug(device)}-{preset}.md")
+        with open(md, "w") as f:
+            f.write(f"{title}\n\n{suite.markdown_table(records)}\n")
+        print(f"records appended to {os.path.join(args.out, device_slug(device) + '.jsonl')}; table in {md}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .bench.suite import DTYPES, MODES, PRESETS, VARIANTS
+
+    parser = argparse.ArgumentParser(prog="fusedrnn", description="fusedrnn command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="run the benchmark suite on the default device (CUDA if present)")
+    b.add_argument("--preset", choices=sorted(PRESETS), help="default: anchors on CUDA, cpu on the CPU")
+    b.add_argument("--quick", action="store_true", help="the quick preset (under 2 minutes on 2 cores)")
+    b.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    b.add_argument("--dtype", choices=sorted(DTYPES), help="override the preset's dtypes")
+    b.add_argument("--mode", action="append", choices=MODES, help="fwd and/or fwd+bwd (default both)")
+    b.add_argument("--variant", action="append", choices=list(VARIANTS), help="default: the preset's")
+    b.add_argument("--backend", action="append", help="fusedrnn backends to time (default: all available)")
+    b.add_argument("--reps", type=int, help="timed repetitions per provider")
+    b.add_argument("--threads", type=int, help="torch CPU threads")
+    b.add_argument("--out", default="benchmarks/results", help="directory for records and tables ('' for none)")
+    b.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        if args.reps is not None and args.reps < 1:
+            parser.error("--reps must be >= 1")
+        if args.threads is not None and args.threads < 1:
+            parser.error("--threads must be >= 1")
+        return _bench(args)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""fusedrnn.LSTMCell: a drop-in torch.nn.LSTMCell on the fused cell kernel, with optional
+recurrent dropout and recurrent batch norm for one step at a time.
+
+Dimension letters: B batch, I input, H hidden, G = 4H.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops.dropout import dropout_mask
+from .regularizers import RegularizedMixin
+
+
+class LSTMCell(RegularizedMixin, nn.LSTMCell):
+    r"""Drop-in replacement for :class:`torch.nn.LSTMCell` (and a subclass of it).
+
+    Args:
+        input_size, hidden_size, bias, device, dtype: as :class:`torch.nn.LSTMCell`.
+
+    Keyword-only options: recurrent_dropout, variational, batch_norm, bn_max_steps,
+    bn_momentum, bn_eps, backend, as :class:`fusedrnn.LSTM`.
+
+    A decoder steps the cell through a sequence, so the cell carries two pieces of
+    per-sequence state, both cleared by :meth:`reset`:
+
+    - the recurrent dropout mask.  With ``variational=True`` the cell draws a [B, H]
+      mask on its first training step and reuses it on every step until :meth:`reset`
+      (a new one is drawn if the batch size changes).  With ``variational=False`` every
+      step draws a fresh mask.  ``forward(..., mask=m)`` uses an explicit mask instead
+      (m of shape [B, H] scaled by 1 / (1 - p), e.g. from :meth:`sample_mask`).
+    - the step counter of batch norm, which selects the per-step statistics.  It starts
+      at 0, counts calls, and can be overridden with ``forward(..., step=t)``.
+
+    Inputs: input [B, I] or [I], (h_0 [B, H] or [H], c_0 likewise; zeros when omitted).
+    Outputs: (h_1, c_1), shaped as h_0.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        recurrent_dropout: float = 0.0,
+        variational: bool = False,
+        batch_norm: bool = False,
+        bn_max_steps: int = 1000,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+        backend: str = "auto",
+    ):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self._init_regularizers(recurrent_dropout, variational, batch_norm, bn_max_steps,
+                                bn_momentum, bn_eps, backend)
+        if batch_norm:
+            self._add_bn("", hidden_size, {"device": device, "dtype": dtype})
+        self._mask: Optional[Tensor] = None
+        self._step = 0
+
+    def reset_parameters(self) -> None:
+        """nn.LSTMCell's initialization (same draws, same order); BN gammas 0.1."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            if w is not None:
+                nn.init.uniform_(w, -stdv, stdv)
+        if getattr(self, "batch_norm", False):
+            self._reset_bn("")
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._regularizer_repr()
+
+    def reset(self) -> None:
+        """Start a new sequence: forget the held dropout mask and restart the BN step count."""
+        self._mask = None
+        self._step = 0
+
+    def sample_mask(self, batch_size: int, *, device=None, dtype=None) -> Tensor:
+        """A fresh [batch_size, H] recurrent dropout mask (scaled by 1 / (1 - p))."""
+        like = torch.empty(0, device=device or self.weight_hh.device, dtype=dtype or self.weight_hh.dtype)
+        return dropout_mask(self.recurrent_dropout, (batch_size, self.hidden_size), like)
+
+    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None, *,
+                mask: Optional[Tensor] = None, step: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """One step; see the class docstring."""
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
+                    )
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        else:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
+        self._check_args(input, hx)
+        B = input.size(0)
+        self._check_bn_batch(B)
+
+        if mask is not None:
+            if mask.dim() == 1 and not is_batched:
+                mask = mask.unsqueeze(0)
+            if mask.shape != (B, self.hidden_size):
+                raise ValueError(f"mask must have shape {(B, self.hidden_size)}, got {tuple(mask.shape)}")
+        elif self.training and self.recurrent_dropout > 0:
+            if not self.variational:
+                mask = self.sample_mask(B, device=input.device, dtype=input.dtype)
+            else:
+                if self._mask is None or self._mask.shape[0] != B or self._mask.device != input.device:
+                    self._mask = self.sample_mask(B, device=input.device, dtype=input.dtype)
+                mask = self._mask
+        bn = None
+        if self.batch_norm:
+            bn = self._bn_state("", step_offset=self._step if step is None else int(step))
+            if step is None:
+                self._step += 1
+        hy, cy = ops.lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
+                               self.bias_hh, mask=mask, bn=bn, backend=self.backend)
+        if not is_batched:
+            hy, cy = hy.squeeze(0), cy.squeeze(0)
+        return hy, cy
+
+    def _check_args(self, input: Tensor, hx: tuple[Tensor, Tensor]) -> None:
+        """nn.LSTMCell's size checks (raised by ATen there), with its messages."""
+        if input.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
+            )
+        for i, h in enumerate(hx):
+            if input.size(0) != h.size(0):
+                raise RuntimeError(
+                    f"Input batch size {input.size(0)} doesn't match hidden{i} batch size {h.size(0)}"
+                )
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
+                )
+        if input.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
+            raise ValueError(
+                f"LSTMCell input dtype ({input.dtype}) does not match weight dtype ({self.weight_ih.dtype})"
+            )

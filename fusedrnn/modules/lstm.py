@@ -1,0 +1,245 @@
+"""fusedrnn.LSTM: a drop-in torch.nn.LSTM whose layers run on fused kernels, with optional
+recurrent dropout (naive or variational) and recurrent batch norm.
+
+Dimension letters: T steps, B batch, I input, H hidden, P proj_size, R = P or H,
+L num_layers, D = 2 if bidirectional else 1, G = 4H.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import ops
+from ..ops.dropout import dropout_mask, recurrent_mask
+from .regularizers import RegularizedMixin
+
+
+def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """PackedSequence data [N, F] -> (padded [T, B, F] time-major, lengths [B], index [N]).
+
+    ``index`` maps each packed row to its row of the padded tensor viewed as [T * B, F];
+    it packs an output back with ``out.reshape(T * B, -1)[index]``.  Differentiable.
+    """
+    bs = batch_sizes.to("cpu", torch.int64)
+    T, B = bs.numel(), int(bs[0])
+    t = torch.arange(T).repeat_interleave(bs)
+    offsets = torch.cumsum(bs, 0) - bs
+    b = torch.arange(bs.sum()) - offsets.repeat_interleave(bs)
+    index = (t * B + b).to(data.device)
+    padded = data.new_zeros(T * B, data.shape[1]).index_copy(0, index, data)
+    lengths = (bs.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)
+    return padded.view(T, B, -1), lengths.to(data.device), index
+
+
+class LSTM(RegularizedMixin, nn.RNNBase):
+    r"""Drop-in replacement for :class:`torch.nn.LSTM`, on fused kernels.
+
+    With only nn.LSTM arguments it *is* nn.LSTM: the same constructor, initialization
+    (same draws from the generator), parameter names and order, inputs, outputs and
+    errors; a state_dict moves both ways unchanged.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        proj_size, device, dtype: as :class:`torch.nn.LSTM`.
+
+    Keyword-only options (all off by default):
+        recurrent_dropout (float in [0, 1)): dropout on h_{t-1} where it enters W_hh
+            (the emitted h_t is not masked).
+        variational (bool): every dropout mask of the module (between-layer ``dropout``
+            and ``recurrent_dropout``) is drawn once per sequence, shape [B, features],
+            and reused at every step (Gal & Ghahramani).  False: between-layer dropout as
+            nn.LSTM, recurrent dropout a fresh mask at every step.
+        batch_norm (bool): recurrent batch norm (Cooijmans et al.):
+            gates = BN_h(W_hh h) + BN_x(W_ih x) + b,  h = o * tanh(BN_c(c)), per-step
+            batch statistics, gammas 0.1; running statistics per step for
+            t < bn_max_steps (eval uses slot min(t, bn_max_steps - 1)).
+        bn_max_steps (int), bn_momentum (float), bn_eps (float): batch-norm settings.
+        backend (str): "auto" (fastest that supports the configuration), "reference",
+            "native", "cuda" or "triton".
+
+    Inputs: input, (h_0, c_0)
+        input: [T, B, I] (or [B, T, I] with batch_first), [T, I] unbatched, or a
+            PackedSequence.
+        h_0: [L * D, B, R]; c_0: [L * D, B, H]; zeros when omitted.
+
+    Outputs: output, (h_n, c_n)
+        output: [T, B, D * R] (or [B, T, D * R], [T, D * R], or a PackedSequence).
+        h_n: [L * D, B, R]; c_n: [L * D, B, H].
+    """
+
+    def __init__(
+        self,
+        *args,
+        recurrent_dropout: float = 0.0,
+        variational: bool = False,
+        batch_norm: bool = False,
+        bn_max_steps: int = 1000,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+        backend: str = "auto",
+        **kwargs,
+    ):
+        super().__init__("LSTM", *args, **kwargs)
+        self._init_regularizers(recurrent_dropout, variational, batch_norm, bn_max_steps,
+                                bn_momentum, bn_eps, backend)
+        if batch_norm:
+            factory_kwargs = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+            for suffix in self._suffixes():
+                self._add_bn(suffix, self.hidden_size, factory_kwargs)
+
+    def _suffixes(self) -> list[str]:
+        D = 2 if self.bidirectional else 1
+        return [f"_l{layer}{'_reverse' if d else ''}" for layer in range(self.num_layers) for d in range(D)]
+
+    def reset_parameters(self) -> None:
+        """nn.LSTM's initialization of the LSTM weights (same draws, same order); BN gammas 0.1."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for name in self._flat_weights_names:
+            nn.init.uniform_(getattr(self, name), -stdv, stdv)
+        if getattr(self, "batch_norm", False):
+            for suffix in self._suffixes():
+                self._reset_bn(suffix)
+
+    # nn.LSTM's own argument checks and helpers, so messages and exception classes match.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._regularizer_repr()
+
+    def forward(self, input, hx=None):
+        """See the class docstring for shapes."""
+        self._update_flat_weights()
+        orig_input = input
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        lengths = index = batch_sizes = None
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched = True
+            max_batch_size = int(batch_sizes[0])
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = unsorted_indices = None
+            if hx is not None:
+                if is_batched:
+                    if hx[0].dim() != 3 or hx[1].dim() != 3:
+                        raise RuntimeError(
+                            "For batched 3-D input, hx and cx should also be 3-D but got "
+                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                else:
+                    if hx[0].dim() != 2 or hx[1].dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        if hx is None:
+            kw = {"dtype": input.dtype, "device": input.device}
+            L = self.num_layers * num_directions
+            hx = (torch.zeros(L, max_batch_size, real_hidden_size, **kw),
+                  torch.zeros(L, max_batch_size, self.hidden_size, **kw))
+            self.check_forward_args(input, hx, batch_sizes)
+        else:
+            self.check_forward_args(input, hx, batch_sizes)
+            hx = self.permute_hidden(hx, sorted_indices)
+        if batch_sizes is not None:
+            x, lengths, index = _packed_to_padded(input, batch_sizes)
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input
+        self._check_bn_batch(max_batch_size)
+
+        output, h_n, c_n = self._layers(x, hx, lengths)
+
+        if index is not None:
+            T, B = x.shape[0], x.shape[1]
+            packed = PackedSequence(output.reshape(T * B, -1)[index], batch_sizes,
+                                    sorted_indices, unsorted_indices)
+            return packed, self.permute_hidden((h_n, c_n), unsorted_indices)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, (h_n, c_n)
+
+    def _layer_weights(self, k: int) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        w = self._flat_weights[k * len(self._all_weights[0]):(k + 1) * len(self._all_weights[0])]
+        w_ih, w_hh = w[0], w[1]
+        b_ih = w[2] if self.bias else None
+        b_hh = w[3] if self.bias else None
+        w_hr = w[-1] if self.proj_size > 0 else None
+        return w_ih, w_hh, b_ih, b_hh, w_hr
+
+    def _layers(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Optional[Tensor]):
+        """Run every layer and direction on x [T, B, I]; returns (y [T, B, D*R], h_n, c_n)."""
+        T, B = x.shape[0], x.shape[1]
+        D = 2 if self.bidirectional else 1
+        R = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h0, c0 = hx
+        p_rec = self.recurrent_dropout if self.training else 0.0
+        suffixes = self._suffixes()
+        layer_input = x
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                mask = (recurrent_mask(p_rec, T, B, R, x, shared=self.variational)
+                        if p_rec > 0 else None)
+                bn = self._bn_state(suffixes[k]) if self.batch_norm else None
+                y, h_n, c_n = ops.lstm_layer(
+                    layer_input, h0[k], c0[k], *self._layer_weights(k), mask=mask,
+                    lengths=lengths, reverse=d == 1, bn=bn, backend=self.backend,
+                )
+                outs.append(y)
+                hs.append(h_n)
+                cs.append(c_n)
+            layer_input = outs[0] if D == 1 else torch.cat(outs, 2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                if self.variational:
+                    layer_input = layer_input * dropout_mask(self.dropout, (B, layer_input.shape[2]), x)
+                else:
+                    layer_input = F.dropout(layer_input, self.dropout, True)
+        return layer_input, torch.stack(hs), torch.stack(cs)
+
+    def layer_configs(self, input) -> list[tuple[str, ops.Config]]:
+        """(parameter suffix, recurrence Config) of every layer and direction for an input."""
+        if isinstance(input, PackedSequence):
+            T, B, lengths = len(input.batch_sizes), int(input.batch_sizes[0]), True
+            ref = input.data
+        else:
+            ref = input
+            if input.dim() == 2:
+                T, B = input.shape[0], 1
+            else:
+                T, B = (input.shape[1], input.shape[0]) if self.batch_first else input.shape[:2]
+            lengths = False
+        R = self.proj_size if self.proj_size > 0 else self.hidden_size
+        mask = None
+        if self.training and self.recurrent_dropout > 0:
+            mask = "shared" if self.variational else "per_step"
+        bn = None if not self.batch_norm else ("train" if self.training else "eval")
+        out = []
+        for k, suffix in enumerate(self._suffixes()):
+            out.append((suffix, ops.Config(
+                device_type=ref.device.type, dtype=ref.dtype, T=T, B=B, H=self.hidden_size,
+                R=R, proj=self.proj_size > 0, mask=mask, lengths=lengths,
+                reverse=suffix.endswith("_reverse"), bn=bn,
+                requires_grad=torch.is_grad_enabled() and self.weight_hh_l0.requires_grad,
+            )))
+        return out

@@ -1,0 +1,124 @@
+"""The regularizer options shared by :class:`~fusedrnn.LSTM` and :class:`~fusedrnn.LSTMCell`:
+recurrent dropout (naive or variational) and recurrent batch norm, with their validation
+and their parameters.
+
+Batch-norm parameters of one layer/direction (suffix "_l0", "_l0_reverse", or "" for a
+cell), G = 4H gate columns, H hidden, S = bn_max_steps:
+
+    bn_x_weight{sfx} [G]   gamma of BN_x (no beta: the LSTM bias covers it)
+    bn_h_weight{sfx} [G]   gamma of BN_h (no beta)
+    bn_c_weight{sfx} [H]   gamma of BN_c;  bn_c_bias{sfx} [H]  beta of BN_c
+    bn_{x,h,c}_running_{mean,var}{sfx} [S, G or H]   per-step running statistics (buffers)
+
+gammas start at 0.1 and betas at 0 (Cooijmans et al.).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import nn
+
+from ..backends.base import RecurrentBN
+from ..ops.dispatch import check_backend_name
+
+BN_GAMMA_INIT = 0.1
+
+
+def validate(recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, backend):
+    """Check the regularizer options; raises ValueError / TypeError naming the argument."""
+    if (
+        not isinstance(recurrent_dropout, numbers.Number)
+        or isinstance(recurrent_dropout, bool)
+        or not 0 <= recurrent_dropout < 1
+    ):
+        raise ValueError(
+            "recurrent_dropout should be a number in range [0, 1) representing the "
+            f"probability of an element of h being zeroed, got {recurrent_dropout!r}"
+        )
+    if not isinstance(variational, bool):
+        raise TypeError(f"variational should be of type bool, got: {type(variational).__name__}")
+    if not isinstance(batch_norm, bool):
+        raise TypeError(f"batch_norm should be of type bool, got: {type(batch_norm).__name__}")
+    if not isinstance(bn_max_steps, int) or isinstance(bn_max_steps, bool) or bn_max_steps < 1:
+        raise ValueError(f"bn_max_steps should be an integer >= 1, got {bn_max_steps!r}")
+    if (
+        not isinstance(bn_momentum, numbers.Number)
+        or isinstance(bn_momentum, bool)
+        or not 0 <= bn_momentum <= 1
+    ):
+        raise ValueError(f"bn_momentum should be a number in range [0, 1], got {bn_momentum!r}")
+    if not isinstance(bn_eps, numbers.Number) or isinstance(bn_eps, bool) or not bn_eps > 0:
+        raise ValueError(f"bn_eps should be a number > 0, got {bn_eps!r}")
+    check_backend_name(backend)
+
+
+class RegularizedMixin:
+    """Holds the options and the batch-norm parameters of one module."""
+
+    def _init_regularizers(self, recurrent_dropout, variational, batch_norm, bn_max_steps,
+                           bn_momentum, bn_eps, backend):
+        validate(recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps,
+                 backend)
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.variational = variational
+        self.batch_norm = batch_norm
+        self.bn_max_steps = bn_max_steps
+        self.bn_momentum = float(bn_momentum)
+        self.bn_eps = float(bn_eps)
+        self.backend = backend
+
+    def _add_bn(self: nn.Module, suffix: str, hidden_size: int, factory_kwargs) -> None:
+        G, H, S = 4 * hidden_size, hidden_size, self.bn_max_steps
+        for name, n in (("bn_x_weight", G), ("bn_h_weight", G), ("bn_c_weight", H), ("bn_c_bias", H)):
+            self.register_parameter(name + suffix, nn.Parameter(torch.empty(n, **factory_kwargs)))
+        for part, n in (("x", G), ("h", G), ("c", H)):
+            self.register_buffer(f"bn_{part}_running_mean{suffix}", torch.empty(S, n, **factory_kwargs))
+            self.register_buffer(f"bn_{part}_running_var{suffix}", torch.empty(S, n, **factory_kwargs))
+        self._reset_bn(suffix)
+
+    @torch.no_grad()
+    def _reset_bn(self: nn.Module, suffix: str) -> None:
+        for name in ("bn_x_weight", "bn_h_weight", "bn_c_weight"):
+            getattr(self, name + suffix).fill_(BN_GAMMA_INIT)
+        getattr(self, "bn_c_bias" + suffix).zero_()
+        for part in "xhc":
+            getattr(self, f"bn_{part}_running_mean{suffix}").zero_()
+            getattr(self, f"bn_{part}_running_var{suffix}").fill_(1.0)
+
+    def _bn_state(self: nn.Module, suffix: str, step_offset: int = 0) -> RecurrentBN:
+        g = lambda name: getattr(self, name + suffix)  # noqa: E731
+        return RecurrentBN(
+            weight_x=g("bn_x_weight"), weight_h=g("bn_h_weight"), weight_c=g("bn_c_weight"),
+            bias_c=g("bn_c_bias"),
+            running_mean_x=g("bn_x_running_mean"), running_var_x=g("bn_x_running_var"),
+            running_mean_h=g("bn_h_running_mean"), running_var_h=g("bn_h_running_var"),
+            running_mean_c=g("bn_c_running_mean"), running_var_c=g("bn_c_running_var"),
+            training=self.training, momentum=self.bn_momentum, eps=self.bn_eps,
+            step_offset=step_offset,
+        )
+
+    def _check_bn_batch(self: nn.Module, batch_size: int) -> None:
+        if self.batch_norm and self.training and batch_size < 2:
+            raise ValueError(
+                "batch_norm in training needs more than one sequence per batch to compute "
+                f"batch statistics, got input batch size {batch_size} (call .eval() to use "
+                "the running statistics)"
+            )
+
+    def _regularizer_repr(self) -> str:
+        s = ""
+        if self.recurrent_dropout:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
+        if self.variational:
+            s += ", variational=True"
+        if self.batch_norm:
+            s += f", batch_norm=True, bn_max_steps={self.bn_max_steps}"
+            if self.bn_momentum != 0.1:
+                s += f", bn_momentum={self.bn_momentum}"
+            if self.bn_eps != 1e-5:
+                s += f", bn_eps={self.bn_eps}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s

@@ -1,0 +1,40 @@
+"""Dropout masks (inverted: kept units are scaled by 1 / (1 - p)).
+
+Every mask is drawn once per forward call from torch's generator on the tensor's device,
+so ``torch.manual_seed`` makes runs reproducible, and the same mask tensor can be fed to
+several backends to compare them exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def dropout_mask(p: float, shape: Sequence[int], like: Tensor) -> Tensor:
+    """A mask of ``shape`` with zeros with probability p and 1 / (1 - p) elsewhere."""
+    keep = 1.0 - p
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
+
+
+def recurrent_mask(p: float, T: int, B: int, R: int, like: Tensor, shared: bool) -> Tensor:
+    """Recurrent dropout mask for h_{t-1} where it enters W_hh.
+
+    shared=True (variational, Gal & Ghahramani): one [B, R] mask for every step.
+    shared=False (naive): a fresh mask at every step, [T, B, R].
+    """
+    return dropout_mask(p, (B, R) if shared else (T, B, R), like)
+
+
+def survival_probability(mask: Tensor, steps: int) -> float:
+    """Fraction of (row, unit) pairs of a recurrent mask that are kept for ``steps`` steps in a row.
+
+    For a shared [B, R] mask that is the keep rate itself; for a per-step [T, B, R] mask it
+    is the fraction kept at every one of the first ``steps`` steps.
+    """
+    kept = mask != 0
+    if kept.dim() == 2:
+        return kept.float().mean().item()
+    return kept[:steps].all(0).float().mean().item()

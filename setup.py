@@ -1,0 +1,88 @@
+"""Build fusedrnn._C: the C++ CPU kernels always, the CUDA kernels when torch is a CUDA
+build and nvcc is found (a GPU is not needed to compile them).
+
+Environment switches:
+  FUSEDRNN_CUDA=0|1        skip CUDA, or require it (fail if torch or nvcc cannot build it);
+                           unset: build CUDA whenever it can be built.
+  TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0").
+  MAX_JOBS                 parallel compile jobs (ninja), as torch's BuildExtension reads it.
+  FUSEDRNN_DEBUG=1         -O0 -g host code, -lineinfo device code.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home():
+    """CUDA_HOME, else the toolkit that nvcc (possibly a wrapper script) belongs to."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+            return home
+    return None
+
+
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+    os.environ.setdefault("CUDA_HOME", _cuda_home)
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda():
+    flag = os.environ.get("FUSEDRNN_CUDA", "").strip()
+    can = torch.version.cuda is not None and CUDA_HOME is not None
+    why = (
+        "torch is a CPU-only build" if torch.version.cuda is None
+        else "nvcc / CUDA_HOME not found" if CUDA_HOME is None else ""
+    )
+    if flag == "0":
+        return False
+    if flag == "1" and not can:
+        sys.exit(f"fusedrnn: FUSEDRNN_CUDA=1 but the CUDA extension cannot be built: {why}")
+    if not can:
+        print(f"fusedrnn: building without CUDA kernels ({why})")
+    return can
+
+
+def extensions():
+    debug = os.environ.get("FUSEDRNN_DEBUG", "0") == "1"
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    cxx += ["-fopenmp"]
+    sources = [os.path.join("csrc", "module.cpp")] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    common = dict(
+        name="fusedrnn._C",
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
+        py_limited_api=True,
+    )
+    if _want_cuda():
+        sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc = ["-O3", "-Xptxas=-v" if os.environ.get(
+            "FUSEDRNN_PTXAS_VERBOSE") == "1" else "-lineinfo"]
+        if debug:
+            nvcc += ["-lineinfo"]
+        return [CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DFUSEDRNN_WITH_CUDA"],
+                                                                   "nvcc": nvcc}, **common)]
+    return [CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)

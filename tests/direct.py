@@ -1,0 +1,63 @@
+"""An independent, direct implementation of one regularized LSTM layer, for tests.
+
+Written row by row and step by step with torch.nn.functional.batch_norm, without any
+fusedrnn code, straight from the semantics in DESIGN.md: per-step batch statistics over
+the rows still running at that step, running statistics per step for s < S (eval clamps
+to slot S - 1), masks on h_{s-1} where it enters W_hh only, reverse = each row's own
+sequence backwards.  Slow and obvious on purpose.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def direct_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, mask=None,
+                 lengths=None, reverse=False, bn=None):
+    """x [T, B, I]; h0 [B, R]; c0 [B, H]; mask [B, R] or [T, B, R]; bn a dict with keys
+    gamma_x, gamma_h, gamma_c, beta_c, rm_x, rv_x, rm_h, rv_h, rm_c, rv_c, training,
+    momentum, eps (running tensors are updated in place).  Returns y, h_n, c_n."""
+    T, B, _ = x.shape
+    R = w_hh.shape[1]
+    L = [T] * B if lengths is None else [int(v) for v in lengths]
+    h = [h0[b] for b in range(B)]
+    c = [c0[b] for b in range(B)]
+    y = [[x.new_zeros(R) for _ in range(B)] for _ in range(T)]
+    for s in range(T):
+        rows = [b for b in range(B) if L[b] > s]
+        if not rows:
+            continue
+        pos = [(L[b] - 1 - s) if reverse else s for b in rows]
+        xt = torch.stack([x[t, b] for t, b in zip(pos, rows)])
+        ht = torch.stack([h[b] for b in rows])
+        ct = torch.stack([c[b] for b in rows])
+        if mask is not None:
+            m = mask if mask.dim() == 2 else mask[s]
+            ht = ht * m[rows]
+        xw = xt @ w_ih.t()
+        hh = ht @ w_hh.t()
+        if bn is not None:
+            S = bn["rm_x"].shape[0]
+            slot = min(s, S - 1)
+            keep = not bn["training"] or s < S  # steps past the last slot do not update it
+
+            def norm(v, part, weight, bias):
+                rm = bn[f"rm_{part}"][slot] if keep else None
+                rv = bn[f"rv_{part}"][slot] if keep else None
+                return F.batch_norm(v, rm, rv, weight, bias, bn["training"], bn["momentum"], bn["eps"])
+
+            xw = norm(xw, "x", bn["gamma_x"], None)
+            hh = norm(hh, "h", bn["gamma_h"], None)
+        pre = xw + hh
+        if b_ih is not None:
+            pre = pre + b_ih + b_hh
+        i, f, g, o = pre.chunk(4, 1)
+        c_new = torch.sigmoid(f) * ct + torch.sigmoid(i) * torch.tanh(g)
+        c_hat = c_new if bn is None else norm(c_new, "c", bn["gamma_c"], bn["beta_c"])
+        h_new = torch.sigmoid(o) * torch.tanh(c_hat)
+        if w_hr is not None:
+            h_new = h_new @ w_hr.t()
+        for k, (t, b) in enumerate(zip(pos, rows)):
+            h[b], c[b], y[t][b] = h_new[k], c_new[k], h_new[k]
+    return (torch.stack([torch.stack(r) for r in y]), torch.stack(h), torch.stack(c))
