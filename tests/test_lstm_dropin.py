@@ -31,13 +31,14 @@ def _pair(cfg, dtype=torch.float64, **options):
     return ref, fused
 
 
+@pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu"))
 @pytest.mark.parametrize("cfg", GRID, ids=_id)
 @pytest.mark.parametrize("kind", ["batched", "unbatched", "packed", "packed_unsorted"])
 @pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
-def test_matches_nn_lstm(cfg, kind, with_hx):
+def test_matches_nn_lstm(cfg, kind, with_hx, backend):
     if kind == "unbatched" and cfg["batch_first"]:
         pytest.skip("unbatched ignores batch_first")
-    ref, fused = _pair(cfg, backend="reference")
+    ref, fused = _pair(cfg, backend=backend)
     # Same construction, same initialization, same names and order.
     assert [n for n, _ in ref.named_parameters()] == [n for n, _ in fused.named_parameters()]
     for (n, p), (_, q) in zip(ref.named_parameters(), fused.named_parameters()):

@@ -32,6 +32,15 @@ def test_opcheck_cell_backward():
     torch.library.opcheck(torch.ops.fusedrnn.lstm_cell_backward.default, args)
 
 
+def test_no_double_backward():
+    gates = torch.randn(3, 20, dtype=torch.float64, requires_grad=True)
+    cx = torch.randn(3, 5, dtype=torch.float64)
+    hy, _, _ = torch.ops.fusedrnn.lstm_cell_forward(gates, cx)
+    (g,) = torch.autograd.grad(hy.sum(), gates, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
 def test_gradcheck_cell():
     gates = torch.randn(3, 20, dtype=torch.float64, requires_grad=True)
     cx = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
@@ -71,3 +80,122 @@ def test_non_contiguous_inputs():
     hy, cy, _ = torch.ops.fusedrnn.lstm_cell_forward(gates, cx)
     hy2, cy2, _ = torch.ops.fusedrnn.lstm_cell_forward(gates.contiguous(), cx.contiguous())
     assert torch.equal(hy, hy2) and torch.equal(cy, cy2)
+
+
+# ---- the layer recurrence op ---------------------------------------------------------------
+
+LAYER_CASES = [
+    dict(), dict(mask="shared"), dict(mask="per_step"), dict(proj=True), dict(reverse=True),
+    dict(lengths=True), dict(lengths=True, reverse=True), dict(bn="train"), dict(bn="eval"),
+    dict(bn="train", mask="shared", proj=True, lengths=True, reverse=True),
+    dict(bn="eval", mask="per_step", proj=True, lengths=True),
+]
+
+
+def _layer_args(case, dtype=torch.float64, T=4, B=3, H=3, P=2, S=3, requires_grad=True):
+    g = torch.Generator().manual_seed(0)
+    R = P if case.get("proj") else H
+    G = 4 * H
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    xp, h0, c0, w_hh = r(T, B, G), r(B, R), r(B, H), 0.5 * r(G, R)
+    w_hr = 0.5 * r(P, H) if case.get("proj") else None
+    mask = None
+    if case.get("mask"):
+        shape = (B, R) if case["mask"] == "shared" else (T, B, R)
+        mask = torch.bernoulli(torch.full(shape, 0.7, dtype=dtype), generator=g) / 0.7
+    lengths = torch.tensor([4, 2, 3]) if case.get("lengths") else None
+    bn = case.get("bn")
+    bn_w = (1 + 0.1 * r(G), 1 + 0.1 * r(H), 0.1 * r(H)) if bn else (None,) * 3
+    running = (0.1 * r(S, G), 0.5 + torch.rand(S, G, generator=g, dtype=dtype), 0.1 * r(S, H),
+               0.5 + torch.rand(S, H, generator=g, dtype=dtype)) if bn == "eval" else (None,) * 4
+    diff = [xp, h0, c0, w_hh] + ([w_hr] if w_hr is not None else []) + [t for t in bn_w if t is not None]
+    for t in diff:
+        t.requires_grad_(requires_grad)
+    return (xp, h0, c0, w_hh, w_hr, mask, lengths, bool(case.get("reverse")), *bn_w, *running,
+            bn == "train", 1, 1e-3, True), diff
+
+
+def _layer_id(c):
+    return "-".join(f"{k}={v}" for k, v in c.items()) or "plain"
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=_layer_id)
+def test_opcheck_layer_forward(case):
+    args, _ = _layer_args(case)
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_forward.default, args)
+
+
+def test_opcheck_layer_backward():
+    args, _ = _layer_args(dict(bn="train", mask="shared", proj=True, lengths=True))
+    with torch.no_grad():
+        out = torch.ops.fusedrnn.lstm_layer_forward(*args)
+    y, h_n, c_n, h_stats, c_stats, hm, act, c, hh_hat, hc = out
+    (xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, gh, gc, bc, rmh, rvh, rmc, rvc, train, off, eps, _) = args
+    bargs = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), w_hh, w_hr, mask, lengths,
+             reverse, gh, gc, bc, rvh, rmc, rvc, train, off, eps, h_stats, c_stats, hm, act, c, hh_hat, hc)
+    bargs = tuple(a.detach() if torch.is_tensor(a) else a for a in bargs)
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_backward.default, bargs)
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=_layer_id)
+def test_gradcheck_layer(case):
+    args, diff = _layer_args(case)
+    names = ["xp", "h0", "c0", "w_hh", "w_hr", "mask", "lengths", "reverse", "gh", "gc", "bc", "rmh", "rvh",
+             "rmc", "rvc", "train", "off", "eps", "save"]
+    a = dict(zip(names, args))
+
+    def f(*ts):
+        b = dict(a)
+        it = iter(ts)
+        for k in ("xp", "h0", "c0", "w_hh", "w_hr", "gh", "gc", "bc"):
+            if b[k] is not None:
+                b[k] = next(it)
+        out = torch.ops.fusedrnn.lstm_layer_forward(*(b[k] for k in names))
+        return out[0], out[1], out[2]
+
+    assert torch.autograd.gradcheck(f, tuple(diff), atol=1e-7)
+
+
+def test_layer_without_workspace_matches_and_refuses_backward():
+    args, _ = _layer_args(dict(bn="train", proj=True, lengths=True, reverse=True), requires_grad=False)
+    full = torch.ops.fusedrnn.lstm_layer_forward(*args)
+    lean = torch.ops.fusedrnn.lstm_layer_forward(*args[:-1], False)
+    for a, b in zip(full[:5], lean[:5]):
+        assert torch.equal(a, b)
+    assert lean[6].shape[0] == 1 and lean[7].shape[0] == 2  # rolling workspace
+
+
+def test_layer_outputs_fully_written():
+    """Outputs are NaN-poisoned before the kernel (FUSEDRNN_POISON_OUTPUTS=1); every element
+    of y (zeros past each length), h_n, c_n and the statistics must be written."""
+    for case in LAYER_CASES:
+        args, _ = _layer_args(case, requires_grad=False)
+        out = torch.ops.fusedrnn.lstm_layer_forward(*args)
+        for t in out:
+            assert not torch.isnan(t).any(), case
+        grads = torch.ops.fusedrnn.lstm_layer_backward(
+            torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]), args[3], args[4],
+            args[5], args[6], args[7], args[8], args[9], args[10], args[12], args[13], args[14], args[15],
+            args[16], args[17], *out[3:])
+        for t in grads:
+            assert not torch.isnan(t).any(), case
+
+
+def test_layer_bad_arguments():
+    args, _ = _layer_args(dict(), requires_grad=False)
+    bad_h0 = list(args)
+    bad_h0[1] = torch.randn(3, 5, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="h0 must have shape"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_h0)
+    bad_len = list(args)
+    bad_len[6] = torch.tensor([9, 1, 1])
+    with pytest.raises(RuntimeError, match="lengths must lie in"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_len)
+    bad_mask = list(args)
+    bad_mask[5] = torch.ones(2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="mask must have shape"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_mask)
+    bad_dtype = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    bad_dtype[3] = args[3]
+    with pytest.raises(RuntimeError, match="dtype"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_dtype)

@@ -47,9 +47,10 @@ CASES = list(itertools.product([None, "shared", "per_step"], [None, "train", "ev
                                [False, True], [False, True]))
 
 
+@pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu"))
 @pytest.mark.parametrize("mask_kind,bn_mode,proj,packed,reverse", CASES,
                          ids=[f"mask{m}-bn{b}-P{p}-len{int(l)}-rev{int(r)}" for m, b, p, l, r in CASES])
-def test_layer_matches_direct(mask_kind, bn_mode, proj, packed, reverse, backend="reference"):
+def test_layer_matches_direct(mask_kind, bn_mode, proj, packed, reverse, backend):
     dtype = torch.float64
     g = torch.Generator().manual_seed(11)
     R = proj or H

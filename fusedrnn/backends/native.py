@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Backend
+from .base import Backend, BatchStats, Config, RecurrenceResult
 
 try:  # the compiled library; absent when the package was not built
     from .. import _C  # noqa: F401  (loading it registers the ops)
@@ -71,6 +71,118 @@ if LOAD_ERROR is None:
     )
 
 
+# ---- lstm_layer_forward / lstm_layer_backward ---------------------------------------
+
+# Argument order of the layer ops (see csrc/module.cpp for the schemas).
+_FWD_ARGS = ("xp", "h0", "c0", "w_hh", "w_hr", "mask", "lengths", "reverse", "bn_h_weight",
+             "bn_c_weight", "bn_c_bias", "bn_h_running_mean", "bn_h_running_var",
+             "bn_c_running_mean", "bn_c_running_var", "bn_training", "bn_step_offset", "bn_eps",
+             "save_workspace")
+
+if LOAD_ERROR is None:
+
+    @torch.library.register_fake("fusedrnn::lstm_layer_forward")
+    def _layer_forward_fake(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn_h_weight, bn_c_weight,
+                            bn_c_bias, rm_h, rv_h, rm_c, rv_c, bn_training, bn_step_offset, bn_eps,
+                            save_workspace):
+        T, B, G = xp.shape
+        H, R = G // 4, w_hh.shape[1]
+        bn = bn_h_weight is not None
+        bn_train = bn and bn_training
+        TW = T if save_workspace else 1
+        e = xp.new_empty
+        return (e(T, B, R), e(B, R), e(B, H), e(T if bn_train else 0, 2, G),
+                e(T if bn_train else 0, 2, H), e(TW, B, R), e(TW, B, G),
+                e(T + 1 if save_workspace else 2, B, H), e(TW if bn else 0, B, G),
+                e(TW if w_hr is not None else 0, B, H))
+
+    @torch.library.register_fake("fusedrnn::lstm_layer_backward")
+    def _layer_backward_fake(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, mask, lengths, reverse,
+                             bn_h_weight, bn_c_weight, bn_c_bias, rv_h, rm_c, rv_c, bn_training,
+                             bn_step_offset, bn_eps, h_stats, c_stats, ws_hm, ws_act, ws_c,
+                             ws_hh_hat, ws_hc):
+        T, B, _ = grad_y.shape
+        G, R = w_hh.shape
+        H = G // 4
+        bn = bn_h_weight is not None
+        e = grad_y.new_empty
+        return (e(T, B, G), e(B, R), e(B, H), e(G, R),
+                e(*w_hr.shape) if w_hr is not None else e(0),
+                e(G if bn else 0), e(H if bn else 0), e(H if bn else 0))
+
+    def _layer_setup_context(ctx, inputs, output):
+        a = dict(zip(_FWD_ARGS, inputs))
+        _, _, _, h_stats, c_stats, hm, act, c, hh_hat, hc = output
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(h_stats, c_stats, hm, act, c, hh_hat, hc)
+        ctx.save_for_backward(a["w_hh"], a["w_hr"], a["mask"], a["lengths"], a["bn_h_weight"],
+                              a["bn_c_weight"], a["bn_c_bias"], a["bn_h_running_var"],
+                              a["bn_c_running_mean"], a["bn_c_running_var"], h_stats, c_stats, hm,
+                              act, c, hh_hat, hc)
+        ctx.flags = (a["reverse"], a["bn_training"], a["bn_step_offset"], a["bn_eps"],
+                     a["save_workspace"])
+        ctx.shapes = (a["h0"].shape, a["c0"].shape)
+
+    def _layer_backward(ctx, grad_y, grad_h_n, grad_c_n, *_unused):
+        (w_hh, w_hr, mask, lengths, gh, gc, bc, rv_h, rm_c, rv_c, h_stats, c_stats, hm, act, c,
+         hh_hat, hc) = ctx.saved_tensors
+        reverse, bn_training, offset, eps, saved = ctx.flags
+        if not saved:
+            raise RuntimeError(
+                "fusedrnn: lstm_layer_forward ran with save_workspace=False (no grad was "
+                "required), so it cannot be differentiated"
+            )
+        (T, B, _), (h_shape, c_shape) = act.shape, ctx.shapes
+        R = w_hh.shape[1]
+        z = act.new_zeros
+        grad_y = z(T, B, R) if grad_y is None else grad_y
+        grad_h_n = z(h_shape) if grad_h_n is None else grad_h_n
+        grad_c_n = z(c_shape) if grad_c_n is None else grad_c_n
+        (g_xp, g_h0, g_c0, g_whh, g_whr, g_gh, g_gc, g_bc) = torch.ops.fusedrnn.lstm_layer_backward(
+            grad_y, grad_h_n, grad_c_n, w_hh, w_hr, mask, lengths, reverse, gh, gc, bc, rv_h, rm_c,
+            rv_c, bn_training, offset, eps, h_stats, c_stats, hm, act, c, hh_hat, hc)
+        bn = gh is not None
+        return (g_xp, g_h0, g_c0, g_whh, g_whr if w_hr is not None else None, None, None, None,
+                g_gh if bn else None, g_gc if bn else None, g_bc if bn else None,
+                None, None, None, None, None, None, None, None)
+
+    torch.library.register_autograd(
+        "fusedrnn::lstm_layer_forward", _layer_backward, setup_context=_layer_setup_context
+    )
+
+    def _no_double_backward(ctx, *grads):
+        raise RuntimeError(
+            "fusedrnn: the fused backward ops are not differentiable (no double backward); "
+            "use backend='reference' for higher-order gradients"
+        )
+
+    for _op in ("fusedrnn::lstm_layer_backward", "fusedrnn::lstm_cell_backward"):
+        torch.library.register_autograd(_op, _no_double_backward,
+                                        setup_context=lambda ctx, inputs, output: None)
+
+
+def layer_forward(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn) -> RecurrenceResult:
+    """Run fusedrnn::lstm_layer_forward (any device it has a kernel for) on the contract's
+    arguments; returns the contract's result."""
+    needs_grad = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn).requires_grad
+    if bn is not None:
+        bn_args = (bn.weight_h, bn.weight_c, bn.bias_c) + (
+            (None,) * 4 if bn.training else
+            (bn.running_mean_h, bn.running_var_h, bn.running_mean_c, bn.running_var_c))
+        if not bn.training:
+            bn_args = bn_args[:3] + tuple(t.to(xp.dtype) for t in bn_args[3:])
+        flags = (bn.training, bn.step_offset, bn.eps)
+    else:
+        bn_args = (None,) * 7
+        flags = (False, 0, 1e-5)
+    y, h_n, c_n, h_stats, c_stats, *_ = torch.ops.fusedrnn.lstm_layer_forward(
+        xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, *bn_args, *flags, needs_grad)
+    stats = None
+    if bn is not None and bn.training:
+        stats = BatchStats(h_stats[:, 0], h_stats[:, 1], c_stats[:, 0], c_stats[:, 1])
+    return RecurrenceResult(y, h_n, c_n, stats)
+
+
 class CompiledBackend(Backend):
     """The fusedrnn._C kernels of one dispatch key."""
 
@@ -95,7 +207,12 @@ class CompiledBackend(Backend):
     def unsupported_reason(self, cfg) -> Optional[str]:
         if not has_kernel("lstm_layer_forward", self.dispatch_key):
             return f"the {self.name} layer recurrence kernel is not built"
+        if self.device_type == "cpu" and cfg.dtype not in (torch.float32, torch.float64):
+            return f"the native CPU kernel takes float32 or float64, got {cfg.dtype}"
         return None
+
+    def recurrence(self, xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn) -> RecurrenceResult:
+        return layer_forward(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn)
 
     def cell(self, gates: Tensor, cx: Tensor) -> tuple[Tensor, Tensor]:
         hy, cy, _ = torch.ops.fusedrnn.lstm_cell_forward(gates, cx)

@@ -1,0 +1,618 @@
+// CPU kernels of the layer recurrence op (fusedrnn::lstm_layer_forward / _backward).
+//
+// Dimension letters: T steps, B batch, H hidden, P projection, R = P or H (width of h),
+// G = 4H gate columns (i, f, g, o), S running-statistics slots.  s is the step (processing
+// order); t = pos(b, s) the time position it reads/writes (reversed per row in the reverse
+// direction).
+//
+// Per step: one GEMM (h_{s-1} * m) @ W_hh^T into a preallocated buffer, then one fused
+// pointwise pass (BN_h, gates, cell update, BN_c, output), parallel over hidden units with
+// all batch rows in each chunk so the batch-norm reductions stay inside the chunk.  With a
+// projection a second GEMM per step.  Backward mirrors it, one GEMM per step for dh, and
+// the weight gradients are single GEMMs after the loop.  No allocation inside the loop.
+// float32 and float64 (the accumulation type is the data type).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "../gates.h"
+#include "../ops.h"
+
+namespace fusedrnn {
+namespace {
+
+using gates::bn_backward;
+
+// Everything a step needs to know about rows, positions and masks.
+struct Rows {
+  const std::vector<int64_t>& len;
+  int64_t T, B;
+  bool reverse;
+  bool active(int64_t b, int64_t s) const { return s < len[b]; }
+  int64_t pos(int64_t b, int64_t s) const { return reverse ? len[b] - 1 - s : s; }
+  int64_t count(int64_t s) const {
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; ++b) n += s < len[b];
+    return n;
+  }
+};
+
+inline int64_t grain_for(int64_t B) { return std::max<int64_t>(8, 4096 / std::max<int64_t>(B, 1)); }
+
+template <typename T>
+struct FwdBuffers {
+  // inputs
+  const T* xp;
+  const T* mask;  // [B, R] or [T, B, R] or null
+  bool mask_per_step;
+  const T *gamma_h, *gamma_c, *beta_c;
+  // running statistics (eval)
+  const T *rm_h, *rv_h, *rm_c, *rv_c;
+  // outputs
+  T* y;
+  T *h_stats, *c_stats;  // [T, 2, G], [T, 2, H]
+  T *hm, *act, *c, *hh_hat, *hc;
+  bool save;  // workspace holds every step (else rolling slots)
+  // scratch
+  T* h_cur;  // [B, R]
+  T* hh;     // [B, G]  GEMM output
+  T* hp;     // [B, P]  projection GEMM output
+  T *mean_g, *rstd_g, *mean_c, *rstd_c;  // per column of this step
+};
+
+template <typename T>
+void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>& f, int64_t s,
+                       bool bn_train, int64_t slot, double eps) {
+  const int64_t B = d.B, H = d.H, G = d.G, R = d.R;
+  const int64_t ws = f.save ? s : 0;           // workspace slot of this step
+  const int64_t wc0 = f.save ? s : (s & 1);    // cell slots: c_{s-1}, c_s
+  const int64_t wc1 = f.save ? s + 1 : ((s + 1) & 1);
+  const T* c_prev = f.c + wc0 * B * H;
+  T* c_new = f.c + wc1 * B * H;
+  T* act = f.act + ws * B * G;
+  T* hh_hat = d.bn ? f.hh_hat + ws * B * G : nullptr;
+  T* hc = d.proj ? f.hc + ws * B * H : nullptr;
+  const int64_t n = rows.count(s);
+  const T inv_n = n > 0 ? T(1) / T(n) : T(0);
+
+  at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
+    // ---- BN_h statistics of the four gate columns of units [j0, j1) ----
+    if (d.bn) {
+      for (int k = 0; k < 4; ++k) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t col = k * H + j;
+          T mean, var;
+          if (bn_train) {
+            T sum = 0;
+            for (int64_t b = 0; b < B; ++b)
+              if (rows.active(b, s)) sum += f.hh[b * G + col];
+            mean = sum * inv_n;
+            T sq = 0;
+            for (int64_t b = 0; b < B; ++b)
+              if (rows.active(b, s)) {
+                const T v = f.hh[b * G + col] - mean;
+                sq += v * v;
+              }
+            var = sq * inv_n;
+            f.h_stats[(s * 2) * G + col] = mean;
+            f.h_stats[(s * 2 + 1) * G + col] = var;
+          } else {
+            mean = f.rm_h[slot * G + col];
+            var = f.rv_h[slot * G + col];
+          }
+          f.mean_g[col] = mean;
+          f.rstd_g[col] = gates::rsqrt_(var + T(eps));
+        }
+      }
+    }
+    // ---- gates and cell update ----
+    for (int64_t b = 0; b < B; ++b) {
+      const bool on = rows.active(b, s);
+      T* ar = act + b * G;
+      if (!on) {
+        for (int64_t j = j0; j < j1; ++j) {
+          c_new[b * H + j] = c_prev[b * H + j];
+          for (int k = 0; k < 4; ++k) ar[k * H + j] = T(0);
+          if (hh_hat)
+            for (int k = 0; k < 4; ++k) hh_hat[b * G + k * H + j] = T(0);
+          if (hc) hc[b * H + j] = T(0);
+          else f.y[(s * B + b) * R + j] = T(0);
+        }
+        continue;
+      }
+      const T* xr = f.xp + (rows.pos(b, s) * B + b) * G;
+      const T* hr = f.hh + b * G;
+      for (int64_t j = j0; j < j1; ++j) {
+        T pre[4];
+        for (int k = 0; k < 4; ++k) {
+          const int64_t col = k * H + j;
+          T v = hr[col];
+          if (d.bn) {
+            const T xhat = gates::bn_normalize(v, f.mean_g[col], f.rstd_g[col]);
+            hh_hat[b * G + col] = xhat;
+            v = f.gamma_h[col] * xhat;
+          }
+          pre[k] = xr[col] + v;
+        }
+        gates::activate(pre[0], pre[1], pre[2], pre[3]);
+        const T c = gates::cell_update(pre[0], pre[1], pre[2], c_prev[b * H + j]);
+        for (int k = 0; k < 4; ++k) ar[k * H + j] = pre[k];
+        c_new[b * H + j] = c;
+        if (!d.bn) {
+          T tc;
+          const T h = gates::hidden(pre[3], c, tc);
+          if (hc) {
+            hc[b * H + j] = h;
+          } else {
+            f.y[(rows.pos(b, s) * B + b) * R + j] = h;
+            f.h_cur[b * R + j] = h;
+          }
+        }
+      }
+    }
+    if (!d.bn) return;
+    // ---- BN_c statistics, then the output ----
+    for (int64_t j = j0; j < j1; ++j) {
+      T mean, var;
+      if (bn_train) {
+        T sum = 0;
+        for (int64_t b = 0; b < B; ++b)
+          if (rows.active(b, s)) sum += c_new[b * H + j];
+        mean = sum * inv_n;
+        T sq = 0;
+        for (int64_t b = 0; b < B; ++b)
+          if (rows.active(b, s)) {
+            const T v = c_new[b * H + j] - mean;
+            sq += v * v;
+          }
+        var = sq * inv_n;
+        f.c_stats[(s * 2) * H + j] = mean;
+        f.c_stats[(s * 2 + 1) * H + j] = var;
+      } else {
+        mean = f.rm_c[slot * H + j];
+        var = f.rv_c[slot * H + j];
+      }
+      f.mean_c[j] = mean;
+      f.rstd_c[j] = gates::rsqrt_(var + T(eps));
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      if (!rows.active(b, s)) continue;
+      const T* ar = act + b * G;
+      for (int64_t j = j0; j < j1; ++j) {
+        const T c_hat = gates::bn_normalize(c_new[b * H + j], f.mean_c[j], f.rstd_c[j]);
+        T tc;
+        const T h = gates::hidden(ar[3 * H + j], f.gamma_c[j] * c_hat + f.beta_c[j], tc);
+        if (hc) {
+          hc[b * H + j] = h;
+        } else {
+          f.y[(rows.pos(b, s) * B + b) * R + j] = h;
+          f.h_cur[b * R + j] = h;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void layer_forward(const LayerDims& d, const Rows& rows, const at::Tensor& w_hh_t,
+                   const OptT& w_hr_t, const at::Tensor& h0, FwdBuffers<T>& f, at::Tensor& hm_t,
+                   at::Tensor& hh_t, at::Tensor& hc_t, at::Tensor& hp_t, bool bn_train,
+                   int64_t step_offset, int64_t S, double eps) {
+  const int64_t B = d.B, R = d.R, T_ = d.T;
+  std::memcpy(f.h_cur, h0.data_ptr<T>(), sizeof(T) * B * R);
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t ws = f.save ? s : 0;
+    // masked h entering W_hh, for every row (inactive rows carry finite values)
+    T* hm = f.hm + ws * B * R;
+    if (f.mask) {
+      const T* m = f.mask + (f.mask_per_step ? s * B * R : 0);
+      for (int64_t k = 0; k < B * R; ++k) hm[k] = f.h_cur[k] * m[k];
+    } else {
+      std::memcpy(hm, f.h_cur, sizeof(T) * B * R);
+    }
+    at::Tensor hm_s = hm_t.select(0, ws);
+    at::mm_out(hh_t, hm_s, w_hh_t);
+    const int64_t slot = std::min<int64_t>(step_offset + s, S - 1);
+    forward_pointwise<T>(rows, d, f, s, bn_train, slot, eps);
+    if (d.proj) {
+      at::mm_out(hp_t, hc_t.select(0, ws), *w_hr_t);
+      for (int64_t b = 0; b < B; ++b) {
+        if (rows.active(b, s)) {
+          T* yr = f.y + (rows.pos(b, s) * B + b) * R;
+          for (int64_t p = 0; p < R; ++p) yr[p] = f.h_cur[b * R + p] = f.hp[b * R + p];
+        } else {
+          T* yr = f.y + (s * B + b) * R;
+          for (int64_t p = 0; p < R; ++p) yr[p] = T(0);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+LayerForwardOut lstm_layer_forward_cpu(
+    const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
+    const at::Tensor& w_hh, const OptT& w_hr, const OptT& mask_in, const OptT& lengths,
+    bool reverse, const OptT& bn_h_weight, const OptT& bn_c_weight, const OptT& bn_c_bias,
+    const OptT& bn_h_running_mean, const OptT& bn_h_running_var, const OptT& bn_c_running_mean,
+    const OptT& bn_c_running_var, bool bn_training, int64_t bn_step_offset, double bn_eps,
+    bool save_workspace) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner GEMMs record no graph
+  check_float(xp_in, "xp");
+  check_dim(xp_in, 3, "xp");
+  const LayerDims d = check_layer_args(xp_in.size(0), xp_in.size(1), xp_in.size(2), xp_in, h0_in,
+                                       c0_in, w_hh, w_hr, mask_in, lengths, reverse, bn_h_weight,
+                                       bn_c_weight, bn_c_bias);
+  TORCH_CHECK(xp_in.scalar_type() == at::kFloat || xp_in.scalar_type() == at::kDouble,
+              "fusedrnn: the native CPU layer kernel takes float32 or float64, got ",
+              xp_in.scalar_type());
+  TORCH_CHECK(bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
+  const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
+  int64_t S = 1;
+  const bool bn_train = d.bn && bn_training;
+  if (d.bn && !bn_training) {
+    S = check_running(bn_h_running_mean, G, xp_in, "bn_h_running_mean");
+    TORCH_CHECK(check_running(bn_h_running_var, G, xp_in, "bn_h_running_var") == S &&
+                    check_running(bn_c_running_mean, H, xp_in, "bn_c_running_mean") == S &&
+                    check_running(bn_c_running_var, H, xp_in, "bn_c_running_var") == S,
+                "fusedrnn: running statistics must all have the same number of slots");
+  }
+  const std::vector<int64_t> len = lengths_vector(lengths, B, T_);
+  const Rows rows{len, T_, B, reverse};
+  const at::Tensor xp = xp_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  const at::TensorOptions opt = xp.options();
+  const int64_t TW = save_workspace ? T_ : 1;  // workspace steps kept
+
+  at::Tensor y = new_output({T_, B, R}, opt);
+  at::Tensor h_n = new_output({B, R}, opt);
+  at::Tensor c_n = new_output({B, H}, opt);
+  at::Tensor h_stats = new_output({bn_train ? T_ : 0, 2, G}, opt);
+  at::Tensor c_stats = new_output({bn_train ? T_ : 0, 2, H}, opt);
+  at::Tensor ws_hm = new_output({TW, B, R}, opt);
+  at::Tensor ws_act = new_output({TW, B, G}, opt);
+  at::Tensor ws_c = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
+  at::Tensor ws_hh_hat = new_output({d.bn ? TW : 0, B, G}, opt);
+  at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
+  at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({B, G}, opt);
+  at::Tensor hp = at::empty({d.proj ? B : 0, R}, opt);
+  at::Tensor stat_scratch = at::empty({2 * G + 2 * H}, opt);
+  ws_c.select(0, 0).copy_(c0);
+
+  const OptT mask = mask_in.has_value() ? OptT(mask_in->contiguous()) : OptT();
+  const at::Tensor w_hh_t = w_hh.t();
+  const OptT w_hr_t = d.proj ? OptT(w_hr->t()) : OptT();
+  OptT gh, gc, bc, rmh, rvh, rmc, rvc;
+  if (d.bn) {
+    gh = bn_h_weight->contiguous();
+    gc = bn_c_weight->contiguous();
+    bc = bn_c_bias->contiguous();
+    if (!bn_training) {
+      rmh = bn_h_running_mean->contiguous();
+      rvh = bn_h_running_var->contiguous();
+      rmc = bn_c_running_mean->contiguous();
+      rvc = bn_c_running_var->contiguous();
+    }
+  }
+
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_layer_forward_cpu", [&] {
+    using T = scalar_t;
+    auto ptr = [](const OptT& t) -> T* { return t.has_value() ? t->data_ptr<T>() : nullptr; };
+    FwdBuffers<T> f{};
+    f.xp = xp.data_ptr<T>();
+    f.mask = ptr(mask);
+    f.mask_per_step = d.mask_per_step;
+    f.gamma_h = ptr(gh);
+    f.gamma_c = ptr(gc);
+    f.beta_c = ptr(bc);
+    f.rm_h = ptr(rmh);
+    f.rv_h = ptr(rvh);
+    f.rm_c = ptr(rmc);
+    f.rv_c = ptr(rvc);
+    f.y = y.data_ptr<T>();
+    f.h_stats = h_stats.data_ptr<T>();
+    f.c_stats = c_stats.data_ptr<T>();
+    f.hm = ws_hm.data_ptr<T>();
+    f.act = ws_act.data_ptr<T>();
+    f.c = ws_c.data_ptr<T>();
+    f.hh_hat = ws_hh_hat.data_ptr<T>();
+    f.hc = ws_hc.data_ptr<T>();
+    f.save = save_workspace;
+    f.h_cur = h_cur.data_ptr<T>();
+    f.hh = hh.data_ptr<T>();
+    f.hp = hp.data_ptr<T>();
+    T* st = stat_scratch.data_ptr<T>();
+    f.mean_g = st;
+    f.rstd_g = st + G;
+    f.mean_c = st + 2 * G;
+    f.rstd_c = st + 2 * G + H;
+    layer_forward<T>(d, rows, w_hh_t, w_hr_t, h0, f, ws_hm, hh, ws_hc, hp, bn_train,
+                     bn_step_offset, S, bn_eps);
+  });
+  h_n.copy_(h_cur);
+  c_n.copy_(ws_c.select(0, save_workspace ? T_ : (T_ & 1)));
+  return {y, h_n, c_n, h_stats, c_stats, ws_hm, ws_act, ws_c, ws_hh_hat, ws_hc};
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+template <typename T>
+struct BwdBuffers {
+  const T* grad_y;
+  const T* mask;
+  bool mask_per_step;
+  const T *gamma_h, *gamma_c, *beta_c;
+  const T *rv_h, *rm_c, *rv_c;        // eval statistics
+  const T *h_stats, *c_stats;          // train statistics
+  const T *act, *c, *hh_hat;           // workspace
+  T* grad_xp;                          // [T, B, G]
+  T* dhh;                              // [T, B, G] (may alias grad_xp)
+  T* dh_all;                           // [T, B, P] (proj only)
+  T *dgamma_h, *dgamma_c, *dbeta_c;
+  T* dh_carry;  // [B, R]
+  T* dc_carry;  // [B, H]
+  T* dh_cur;    // [B, R]
+  T* dhc;       // [B, H] gradient of h before projection (aliases dh_cur without proj)
+  T* dh_rec;    // [B, R] GEMM output
+  T *mean_g, *rstd_g, *mean_c, *rstd_c, *sum1_g, *sum2_g, *sum1_c, *sum2_c;  // scratch
+};
+
+template <typename T>
+void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f, int64_t s,
+                        bool bn_train, int64_t slot, double eps) {
+  const int64_t B = d.B, H = d.H, G = d.G;
+  const T* act = f.act + s * B * G;
+  const T* c_prev = f.c + s * B * H;
+  const T* c_cur = f.c + (s + 1) * B * H;
+  const T* hh_hat = d.bn ? f.hh_hat + s * B * G : nullptr;
+  T* dhh = f.dhh + s * B * G;
+  const int64_t n = rows.count(s);
+  const T n_bn = bn_train ? T(n) : T(0);  // 0 selects the eval formula in bn_backward
+
+  at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
+    // statistics of this step
+    if (d.bn) {
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int k = 0; k < 4; ++k) {
+          const int64_t col = k * H + j;
+          const T var = bn_train ? f.h_stats[(s * 2 + 1) * G + col] : f.rv_h[slot * G + col];
+          f.rstd_g[col] = gates::rsqrt_(var + T(eps));
+          f.sum1_g[col] = f.sum2_g[col] = T(0);
+        }
+        f.mean_c[j] = bn_train ? f.c_stats[(s * 2) * H + j] : f.rm_c[slot * H + j];
+        const T var_c = bn_train ? f.c_stats[(s * 2 + 1) * H + j] : f.rv_c[slot * H + j];
+        f.rstd_c[j] = gates::rsqrt_(var_c + T(eps));
+        f.sum1_c[j] = f.sum2_c[j] = T(0);
+      }
+      // BN_c: batch sums of dL/dc_hat (times gamma) over the active rows
+      for (int64_t b = 0; b < B; ++b) {
+        if (!rows.active(b, s)) continue;
+        const T* ar = act + b * G;
+        for (int64_t j = j0; j < j1; ++j) {
+          const T c_hat = gates::bn_normalize(c_cur[b * H + j], f.mean_c[j], f.rstd_c[j]);
+          const T tc = gates::tanh_(f.gamma_c[j] * c_hat + f.beta_c[j]);
+          T dpre_o, dcn;
+          gates::hidden_backward(f.dhc[b * H + j], ar[3 * H + j], tc, dpre_o, dcn);
+          f.dgamma_c[j] += dcn * c_hat;
+          f.dbeta_c[j] += dcn;
+          const T dxhat = dcn * f.gamma_c[j];
+          f.sum1_c[j] += dxhat;
+          f.sum2_c[j] += dxhat * c_hat;
+        }
+      }
+    }
+    // gates
+    for (int64_t b = 0; b < B; ++b) {
+      if (!rows.active(b, s)) {
+        for (int k = 0; k < 4; ++k)
+          for (int64_t j = j0; j < j1; ++j) {
+            f.grad_xp[(s * B + b) * G + k * H + j] = T(0);
+            dhh[b * G + k * H + j] = T(0);
+          }
+        continue;
+      }
+      const T* ar = act + b * G;
+      T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
+      for (int64_t j = j0; j < j1; ++j) {
+        const T i = ar[j], fg = ar[H + j], g = ar[2 * H + j], o = ar[3 * H + j];
+        T dpre_o, dc_h;
+        if (d.bn) {
+          const T c_hat = gates::bn_normalize(c_cur[b * H + j], f.mean_c[j], f.rstd_c[j]);
+          const T tc = gates::tanh_(f.gamma_c[j] * c_hat + f.beta_c[j]);
+          T dcn;
+          gates::hidden_backward(f.dhc[b * H + j], o, tc, dpre_o, dcn);
+          dc_h = bn_backward(dcn * f.gamma_c[j], c_hat, f.rstd_c[j], f.sum1_c[j], f.sum2_c[j], n_bn);
+        } else {
+          const T tc = gates::tanh_(c_cur[b * H + j]);
+          gates::hidden_backward(f.dhc[b * H + j], o, tc, dpre_o, dc_h);
+        }
+        T dpre[4], dc_prev;
+        gates::cell_backward(f.dc_carry[b * H + j] + dc_h, i, fg, g, c_prev[b * H + j], dpre[0],
+                             dpre[1], dpre[2], dc_prev);
+        dpre[3] = dpre_o;
+        f.dc_carry[b * H + j] = dc_prev;
+        for (int k = 0; k < 4; ++k) {
+          const int64_t col = k * H + j;
+          gx[col] = dpre[k];
+          if (d.bn) {
+            const T xhat = hh_hat[b * G + col];
+            const T dxhat = dpre[k] * f.gamma_h[col];
+            f.dgamma_h[col] += dpre[k] * xhat;
+            if (bn_train) {
+              f.sum1_g[col] += dxhat;
+              f.sum2_g[col] += dxhat * xhat;
+            } else {
+              dhh[b * G + col] = dxhat * f.rstd_g[col];
+            }
+          } else if (dhh != gx) {
+            dhh[b * G + col] = dpre[k];
+          }
+        }
+      }
+    }
+    // BN_h backward through the batch statistics
+    if (bn_train) {
+      for (int64_t b = 0; b < B; ++b) {
+        if (!rows.active(b, s)) continue;
+        const T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
+        for (int k = 0; k < 4; ++k)
+          for (int64_t j = j0; j < j1; ++j) {
+            const int64_t col = k * H + j;
+            dhh[b * G + col] = bn_backward(gx[col] * f.gamma_h[col], hh_hat[b * G + col],
+                                           f.rstd_g[col], f.sum1_g[col], f.sum2_g[col], T(n));
+          }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+LayerBackwardOut lstm_layer_backward_cpu(
+    const at::Tensor& grad_y_in, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& w_hh, const OptT& w_hr, const OptT& mask_in, const OptT& lengths,
+    bool reverse, const OptT& bn_h_weight, const OptT& bn_c_weight, const OptT& bn_c_bias,
+    const OptT& bn_h_running_var, const OptT& bn_c_running_mean, const OptT& bn_c_running_var,
+    bool bn_training, int64_t bn_step_offset, double bn_eps, const at::Tensor& h_stats_in,
+    const at::Tensor& c_stats_in, const at::Tensor& ws_hm, const at::Tensor& ws_act,
+    const at::Tensor& ws_c, const at::Tensor& ws_hh_hat, const at::Tensor& ws_hc) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner GEMMs record no graph
+  TORCH_CHECK(grad_y_in.dim() == 3, "fusedrnn: grad_y must be [T, B, R]");
+  const int64_t T_ = grad_y_in.size(0), B = grad_y_in.size(1);
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, "fusedrnn: w_hh must be [4H, R]");
+  const int64_t G = w_hh.size(0);
+  const at::Tensor& xp_like = grad_y_in;  // dtype and device of every data tensor
+  const LayerDims d = check_layer_args(T_, B, G, xp_like, grad_h_n, grad_c_n, w_hh, w_hr, mask_in,
+                                       lengths, reverse, bn_h_weight, bn_c_weight, bn_c_bias);
+  TORCH_CHECK(grad_y_in.size(2) == d.R, "fusedrnn: grad_y must have shape [", T_, ", ", B, ", ",
+              d.R, "], got ", grad_y_in.sizes());
+  const int64_t H = d.H, R = d.R, P = d.P;
+  const bool bn_train = d.bn && bn_training;
+  TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T_ && ws_c.size(0) == T_ + 1 &&
+                  ws_hm.size(0) == T_,
+              "fusedrnn: lstm_layer_backward needs the full workspace (save_workspace=True)");
+  int64_t S = 1;
+  if (d.bn && !bn_training) {
+    S = check_running(bn_h_running_var, G, xp_like, "bn_h_running_var");
+    check_running(bn_c_running_mean, H, xp_like, "bn_c_running_mean");
+    check_running(bn_c_running_var, H, xp_like, "bn_c_running_var");
+  }
+  const std::vector<int64_t> len = lengths_vector(lengths, B, T_);
+  const Rows rows{len, T_, B, reverse};
+  const at::TensorOptions opt = grad_y_in.options();
+  const at::Tensor grad_y = grad_y_in.contiguous();
+  const at::Tensor act = ws_act.contiguous(), c = ws_c.contiguous(), hm = ws_hm.contiguous();
+  const at::Tensor hh_hat = ws_hh_hat.contiguous(), hc = ws_hc.contiguous();
+  const at::Tensor h_stats = h_stats_in.contiguous(), c_stats = c_stats_in.contiguous();
+  const OptT mask = mask_in.has_value() ? OptT(mask_in->contiguous()) : OptT();
+
+  at::Tensor grad_xp = new_output({T_, B, G}, opt);
+  // Without BN_h, lengths or reversal, dL/dhh of step s is grad_xp[s]: no second buffer.
+  const bool alias = !d.bn && !d.lengths && !reverse;
+  at::Tensor dhh = alias ? grad_xp : at::empty({T_, B, G}, opt);
+  at::Tensor dh_all = at::empty({d.proj ? T_ : 0, B, R}, opt);
+  at::Tensor dh_carry = grad_h_n.to(opt).contiguous().clone();
+  at::Tensor dc_carry = grad_c_n.to(opt).contiguous().clone();
+  at::Tensor dh_cur = at::empty({B, R}, opt), dh_rec = at::empty({B, R}, opt);
+  at::Tensor dhc = d.proj ? at::empty({B, H}, opt) : dh_cur;
+  at::Tensor dgamma_h = at::zeros({d.bn ? G : 0}, opt), dgamma_c = at::zeros({d.bn ? H : 0}, opt);
+  at::Tensor dbeta_c = at::zeros({d.bn ? H : 0}, opt);
+  at::Tensor scratch = at::empty({4 * G + 4 * H}, opt);
+  const OptT w_hr_c = d.proj ? OptT(w_hr->contiguous()) : OptT();
+
+  AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "lstm_layer_backward_cpu", [&] {
+    using T = scalar_t;
+    auto ptr = [](const OptT& t) -> T* { return t.has_value() ? t->data_ptr<T>() : nullptr; };
+    OptT gh, gc, bc, rvh, rmc, rvc;
+    if (d.bn) {
+      gh = bn_h_weight->contiguous();
+      gc = bn_c_weight->contiguous();
+      bc = bn_c_bias->contiguous();
+      if (!bn_training) {
+        rvh = bn_h_running_var->contiguous();
+        rmc = bn_c_running_mean->contiguous();
+        rvc = bn_c_running_var->contiguous();
+      }
+    }
+    BwdBuffers<T> f{};
+    f.grad_y = grad_y.data_ptr<T>();
+    f.mask = ptr(mask);
+    f.mask_per_step = d.mask_per_step;
+    f.gamma_h = ptr(gh);
+    f.gamma_c = ptr(gc);
+    f.beta_c = ptr(bc);
+    f.rv_h = ptr(rvh);
+    f.rm_c = ptr(rmc);
+    f.rv_c = ptr(rvc);
+    f.h_stats = bn_train ? h_stats.data_ptr<T>() : nullptr;
+    f.c_stats = bn_train ? c_stats.data_ptr<T>() : nullptr;
+    f.act = act.data_ptr<T>();
+    f.c = c.data_ptr<T>();
+    f.hh_hat = d.bn ? hh_hat.data_ptr<T>() : nullptr;
+    f.grad_xp = grad_xp.data_ptr<T>();
+    f.dhh = dhh.data_ptr<T>();
+    f.dh_all = dh_all.data_ptr<T>();
+    f.dgamma_h = dgamma_h.data_ptr<T>();
+    f.dgamma_c = dgamma_c.data_ptr<T>();
+    f.dbeta_c = dbeta_c.data_ptr<T>();
+    f.dh_carry = dh_carry.data_ptr<T>();
+    f.dc_carry = dc_carry.data_ptr<T>();
+    f.dh_cur = dh_cur.data_ptr<T>();
+    f.dhc = dhc.data_ptr<T>();
+    f.dh_rec = dh_rec.data_ptr<T>();
+    T* st = scratch.data_ptr<T>();
+    f.mean_g = st;
+    f.rstd_g = st + G;
+    f.sum1_g = st + 2 * G;
+    f.sum2_g = st + 3 * G;
+    f.mean_c = st + 4 * G;
+    f.rstd_c = st + 4 * G + H;
+    f.sum1_c = st + 4 * G + 2 * H;
+    f.sum2_c = st + 4 * G + 3 * H;
+
+    for (int64_t s = T_ - 1; s >= 0; --s) {
+      // dL/dh_s: from the output at this step plus what flows back from step s + 1
+      for (int64_t b = 0; b < B; ++b) {
+        T* dst = f.dh_cur + b * R;
+        if (rows.active(b, s)) {
+          const T* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
+          for (int64_t r = 0; r < R; ++r) dst[r] = gy[r] + f.dh_carry[b * R + r];
+        } else {
+          for (int64_t r = 0; r < R; ++r) dst[r] = T(0);
+        }
+      }
+      if (d.proj) {
+        std::memcpy(f.dh_all + s * B * R, f.dh_cur, sizeof(T) * B * R);
+        at::mm_out(dhc, dh_cur, *w_hr_c);  // [B, P] @ [P, H]
+      }
+      const int64_t slot = std::min<int64_t>(bn_step_offset + s, S - 1);
+      backward_pointwise<T>(rows, d, f, s, bn_train, slot, bn_eps);
+      at::mm_out(dh_rec, dhh.select(0, s), w_hh);  // [B, G] @ [G, R]
+      const T* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
+      for (int64_t b = 0; b < B; ++b) {
+        if (!rows.active(b, s)) continue;
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t k = b * R + r;
+          f.dh_carry[k] = m ? f.dh_rec[k] * m[k] : f.dh_rec[k];
+        }
+      }
+    }
+  });
+
+  at::Tensor grad_w_hh = at::mm(dhh.view({T_ * B, G}).t(), hm.view({T_ * B, R}));
+  at::Tensor grad_w_hr = d.proj ? at::mm(dh_all.view({T_ * B, P}).t(), hc.view({T_ * B, H}))
+                                : at::empty({0}, opt);
+  return {grad_xp, dh_carry, dc_carry, grad_w_hh, grad_w_hr, dgamma_h, dgamma_c, dbeta_c};
+}
+
+}  // namespace fusedrnn
