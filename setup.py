@@ -62,7 +62,8 @@ def _want_cuda():
 def extensions():
     debug = os.environ.get("FUSEDRNN_DEBUG", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fopenmp"]
+    # -fno-trapping-math lets GCC if-convert and vectorise the branch-free gate math (csrc/gates.h)
+    cxx += ["-fopenmp", "-fno-trapping-math"]
     sources = [os.path.join("csrc", "module.cpp")] + sorted(glob.glob("csrc/cpu/*.cpp"))
     common = dict(
         name="fusedrnn._C",

@@ -22,9 +22,64 @@
 namespace fusedrnn {
 namespace gates {
 
-FUSEDRNN_HD float exp_(float x) { return ::expf(x); }
+// On the host, float exp and tanh are branch-free polynomials (Cephes' expf / tanhf
+// coefficients, about 1e-7 relative error) so that the CPU pointwise loops vectorise;
+// NaN propagates (comparisons with NaN are false, so no clamp swallows it).  On the
+// device, and for double everywhere, the library functions.
+#if !defined(__CUDA_ARCH__)
+inline float bits_to_float(unsigned int u) {
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline float host_expf(float x) {
+  x = x > 88.3762626647949f ? 88.3762626647949f : x;
+  x = x < -87.3365447505531f ? -87.3365447505531f : x;
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  // 2^n by building the exponent field (n lies in [-126, 127] after the clamp).
+  const int e = static_cast<int>(n) + 127;
+  return y * bits_to_float(static_cast<unsigned int>(e < 1 ? 1 : e) << 23);
+}
+
+inline float host_tanhf(float x) {
+  const float a = x < 0.0f ? -x : x;
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;                          // |x| < 0.625
+  const float big = 1.0f - 2.0f / (host_expf(2.0f * a) + 1.0f);  // |x| >= 0.625
+  const float big_signed = x < 0.0f ? -big : big;
+  return a < 0.625f ? small : big_signed;
+}
+#endif
+
+FUSEDRNN_HD float exp_(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
+#else
+  return host_expf(x);
+#endif
+}
 FUSEDRNN_HD double exp_(double x) { return ::exp(x); }
-FUSEDRNN_HD float tanh_(float x) { return ::tanhf(x); }
+FUSEDRNN_HD float tanh_(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::tanhf(x);
+#else
+  return host_tanhf(x);
+#endif
+}
 FUSEDRNN_HD double tanh_(double x) { return ::tanh(x); }
 FUSEDRNN_HD float rsqrt_(float x) { return 1.0f / ::sqrtf(x); }
 FUSEDRNN_HD double rsqrt_(double x) { return 1.0 / ::sqrt(x); }
@@ -88,11 +143,12 @@ FUSEDRNN_HD acc_t bn_normalize(acc_t v, acc_t mean, acc_t rstd) {
 // statistics over n rows: given dy, x_hat and the two batch sums
 //   sum_dy = sum_b dy_b * gamma,  sum_dy_xhat = sum_b dy_b * gamma * x_hat_b,
 // returns dL/dx of one row.  With running (eval) statistics pass n = 0.
+// Branch-free, so that loops over it vectorise.
 template <typename acc_t>
 FUSEDRNN_HD acc_t bn_backward(acc_t dxhat, acc_t x_hat, acc_t rstd, acc_t sum_dxhat,
                               acc_t sum_dxhat_xhat, acc_t n) {
-  if (n <= acc_t(0)) return dxhat * rstd;
-  return rstd * (dxhat - (sum_dxhat + x_hat * sum_dxhat_xhat) / n);
+  const acc_t inv_n = n > acc_t(0) ? acc_t(1) / n : acc_t(0);
+  return rstd * (dxhat - (sum_dxhat + x_hat * sum_dxhat_xhat) * inv_n);
 }
 
 }  // namespace gates

@@ -56,4 +56,21 @@ TORCH_LIBRARY(fusedrnn, m) {
       " -> (Tensor grad_xp, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh, Tensor grad_w_hr,"
       " Tensor grad_bn_h_weight, Tensor grad_bn_c_weight, Tensor grad_bn_c_bias)",
       {at::Tag::pt2_compliant_tag});
+
+  // Per-step batch norm over a whole sequence (BN_x): v [T, B, F], weight [F], bias [F];
+  // statistics of step s over the rows running at s (lengths [B]), rows reversed in their
+  // own length when reverse.  Training: out, mean [T, F], biased var [T, F].  Eval: the
+  // statistics of every step are given (eval_mean, eval_var [T, F]) and mean / var are empty.
+  m.def(
+      "batch_norm_steps_forward(Tensor v, Tensor weight, Tensor? bias, Tensor? lengths, bool reverse,"
+      " Tensor? eval_mean, Tensor? eval_var, bool training, float eps)"
+      " -> (Tensor out, Tensor mean, Tensor var)",
+      {at::Tag::pt2_compliant_tag});
+  // Backward: mean / var [T, F] are the statistics the forward used.  Returns grad_v,
+  // grad_weight [F], grad_bias [F].
+  m.def(
+      "batch_norm_steps_backward(Tensor grad_out, Tensor v, Tensor weight, Tensor? lengths,"
+      " bool reverse, Tensor mean, Tensor var, bool training, float eps)"
+      " -> (Tensor grad_v, Tensor grad_weight, Tensor grad_bias)",
+      {at::Tag::pt2_compliant_tag});
 }

@@ -170,6 +170,14 @@ LayerBackwardOut lstm_layer_backward_cpu(
     const at::Tensor& c_stats, const at::Tensor& ws_hm, const at::Tensor& ws_act,
     const at::Tensor& ws_c, const at::Tensor& ws_hh_hat, const at::Tensor& ws_hc);
 
+// ---- batch_norm_steps: per-step batch norm over [T, B, F] (schema in module.cpp) ---------
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_forward_cpu(
+    const at::Tensor& v, const at::Tensor& weight, const OptT& bias, const OptT& lengths,
+    bool reverse, const OptT& eval_mean, const OptT& eval_var, bool training, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& v, const at::Tensor& weight, const OptT& lengths,
+    bool reverse, const at::Tensor& mean, const at::Tensor& var, bool training, double eps);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu(const at::Tensor& gates,
                                                                      const at::Tensor& cx);
 std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cpu(const at::Tensor& grad_hy,

@@ -199,3 +199,52 @@ def test_layer_bad_arguments():
     bad_dtype[3] = args[3]
     with pytest.raises(RuntimeError, match="dtype"):
         torch.ops.fusedrnn.lstm_layer_forward(*bad_dtype)
+
+
+# ---- per-step batch norm (BN_x) --------------------------------------------------------------
+
+BN_CASES = [(t, l, r, b) for t in (True, False) for l in (False, True) for r in (False, True) for b in (True, False)]
+
+
+@pytest.mark.parametrize("training,packed,reverse,bias", BN_CASES,
+                         ids=[f"train{int(t)}-len{int(l)}-rev{int(r)}-bias{int(b)}" for t, l, r, b in BN_CASES])
+def test_batch_norm_steps_matches_python(training, packed, reverse, bias):
+    from fusedrnn.backends.base import active_rows, batch_norm_steps, reverse_sequences
+    g = torch.Generator().manual_seed(0)
+    T, B, F, S = 5, 4, 6, 3
+    v = torch.randn(T, B, F, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (1 + 0.1 * torch.randn(F, generator=g, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(F, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    lengths = torch.tensor([5, 3, 2, 5]) if packed else None
+    rm, rv = torch.randn(S, F, dtype=torch.float64), 0.5 + torch.rand(S, F, dtype=torch.float64)
+    slots = torch.arange(T).clamp(max=S - 1)
+    em, ev = (None, None) if training else (rm[slots], rv[slots])
+    out, mean, var = torch.ops.fusedrnn.batch_norm_steps_forward(v, w, b, lengths, reverse, em, ev, training, 1e-3)
+    xs = reverse_sequences(v, lengths) if reverse else v
+    ref, rmean, rvar = batch_norm_steps(xs, active_rows(T, lengths, v.device), w, None, rm, rv, slots, training, 1e-3)
+    ref = reverse_sequences(ref, lengths) if reverse else ref
+    ref = ref if b is None else ref + b
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    if training:
+        torch.testing.assert_close(mean, rmean)
+        torch.testing.assert_close(var, rvar)
+    gy = torch.randn(T, B, F, generator=g, dtype=torch.float64)
+    wrt = [v, w] + ([b] if bias else [])
+    g1 = torch.autograd.grad((out * gy).sum(), wrt)
+    g2 = torch.autograd.grad((ref * gy).sum(), wrt)
+    for x, y in zip(g1, g2):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+def test_opcheck_batch_norm_steps():
+    v = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    for args in ((v, w, b, None, False, None, None, True, 1e-5),
+                 (v, w, None, torch.tensor([4, 2, 3]), True, None, None, True, 1e-5),
+                 (v, w, b, None, True, torch.randn(4, 5, dtype=torch.float64),
+                  torch.rand(4, 5, dtype=torch.float64) + 0.5, False, 1e-5)):
+        torch.library.opcheck(torch.ops.fusedrnn.batch_norm_steps_forward.default, args)
+    assert torch.autograd.gradcheck(
+        lambda v, w, b: torch.ops.fusedrnn.batch_norm_steps_forward(v, w, b, torch.tensor([4, 2, 3]), True,
+                                                                    None, None, True, 1e-5)[0], (v, w, b))

@@ -20,30 +20,19 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 
 #include "../gates.h"
 #include "../ops.h"
+#include "rows.h"
 
 namespace fusedrnn {
 namespace {
 
-using gates::bn_backward;
-
-// Everything a step needs to know about rows, positions and masks.
-struct Rows {
-  const std::vector<int64_t>& len;
-  int64_t T, B;
-  bool reverse;
-  bool active(int64_t b, int64_t s) const { return s < len[b]; }
-  int64_t pos(int64_t b, int64_t s) const { return reverse ? len[b] - 1 - s : s; }
-  int64_t count(int64_t s) const {
-    int64_t n = 0;
-    for (int64_t b = 0; b < B; ++b) n += s < len[b];
-    return n;
-  }
-};
-
-inline int64_t grain_for(int64_t B) { return std::max<int64_t>(8, 4096 / std::max<int64_t>(B, 1)); }
+using cpu::Rows;
+using cpu::add_row;
+using cpu::column_stats;
+using cpu::grain_for;
 
 template <typename T>
 struct FwdBuffers {
@@ -66,6 +55,52 @@ struct FwdBuffers {
   T *mean_g, *rstd_g, *mean_c, *rstd_c;  // per column of this step
 };
 
+// BN_h of one row, columns [c0, c1): saves x_hat and rewrites hh in place to gamma * x_hat.
+template <typename T>
+FUSEDRNN_CPU_CLONES void fwd_bn_h_cols(T* __restrict hh, const T* __restrict gamma,
+                                       const T* __restrict mean, const T* __restrict rstd,
+                                       T* __restrict hhat, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const T xhat = gates::bn_normalize(hh[c], mean[c], rstd[c]);
+    hhat[c] = xhat;
+    hh[c] = gamma[c] * xhat;
+  }
+}
+
+// Gates and cell update of one row (pre-activation = xp + hh); with OUT also the output
+// h = o * tanh(c) (without BN_c).  Pointers are offset to the row.
+template <typename T, bool OUT>
+FUSEDRNN_CPU_CLONES void fwd_gates_row(const T* __restrict xr, const T* __restrict hr,
+                                       const T* __restrict c_prev, T* __restrict c_new,
+                                       T* __restrict ar, T* __restrict h_out, int64_t H,
+                                       int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    T pre[4];
+    for (int k = 0; k < 4; ++k) pre[k] = xr[k * H + j] + hr[k * H + j];
+    gates::activate(pre[0], pre[1], pre[2], pre[3]);
+    const T c = gates::cell_update(pre[0], pre[1], pre[2], c_prev[j]);
+    for (int k = 0; k < 4; ++k) ar[k * H + j] = pre[k];
+    c_new[j] = c;
+    if constexpr (OUT) {
+      T tc;
+      h_out[j] = gates::hidden(pre[3], c, tc);
+    }
+  }
+}
+
+// Output of one row under BN_c: h = o * tanh(gamma_c * c_hat + beta_c).
+template <typename T>
+FUSEDRNN_CPU_CLONES void fwd_bn_c_row(const T* __restrict c, const T* __restrict mean,
+                                      const T* __restrict rstd, const T* __restrict gamma,
+                                      const T* __restrict beta, const T* __restrict o,
+                                      T* __restrict h_out, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const T c_hat = gates::bn_normalize(c[j], mean[j], rstd[j]);
+    T tc;
+    h_out[j] = gates::hidden(o[j], gamma[j] * c_hat + beta[j], tc);
+  }
+}
+
 template <typename T>
 void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>& f, int64_t s,
                        bool bn_train, int64_t slot, double eps) {
@@ -80,121 +115,69 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
   T* hc = d.proj ? f.hc + ws * B * H : nullptr;
   const int64_t n = rows.count(s);
   const T inv_n = n > 0 ? T(1) / T(n) : T(0);
+  T* var_g = f.rstd_g;  // variance, then turned into rstd in place
+  T* var_c = f.rstd_c;
 
   at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
+    const int64_t w = j1 - j0;
     // ---- BN_h statistics of the four gate columns of units [j0, j1) ----
     if (d.bn) {
       for (int k = 0; k < 4; ++k) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t col = k * H + j;
-          T mean, var;
-          if (bn_train) {
-            T sum = 0;
-            for (int64_t b = 0; b < B; ++b)
-              if (rows.active(b, s)) sum += f.hh[b * G + col];
-            mean = sum * inv_n;
-            T sq = 0;
-            for (int64_t b = 0; b < B; ++b)
-              if (rows.active(b, s)) {
-                const T v = f.hh[b * G + col] - mean;
-                sq += v * v;
-              }
-            var = sq * inv_n;
-            f.h_stats[(s * 2) * G + col] = mean;
-            f.h_stats[(s * 2 + 1) * G + col] = var;
-          } else {
-            mean = f.rm_h[slot * G + col];
-            var = f.rv_h[slot * G + col];
-          }
-          f.mean_g[col] = mean;
-          f.rstd_g[col] = gates::rsqrt_(var + T(eps));
+        const int64_t c0 = k * H + j0;
+        if (bn_train) {
+          column_stats(rows, s, f.hh, G, c0, c0 + w, inv_n, f.mean_g, var_g);
+          std::memcpy(f.h_stats + (s * 2) * G + c0, f.mean_g + c0, sizeof(T) * w);
+          std::memcpy(f.h_stats + (s * 2 + 1) * G + c0, var_g + c0, sizeof(T) * w);
+        } else {
+          std::memcpy(f.mean_g + c0, f.rm_h + slot * G + c0, sizeof(T) * w);
+          std::memcpy(var_g + c0, f.rv_h + slot * G + c0, sizeof(T) * w);
         }
+        for (int64_t c = c0; c < c0 + w; ++c) f.rstd_g[c] = gates::rsqrt_(var_g[c] + T(eps));
       }
     }
     // ---- gates and cell update ----
     for (int64_t b = 0; b < B; ++b) {
-      const bool on = rows.active(b, s);
-      T* ar = act + b * G;
-      if (!on) {
-        for (int64_t j = j0; j < j1; ++j) {
-          c_new[b * H + j] = c_prev[b * H + j];
-          for (int k = 0; k < 4; ++k) ar[k * H + j] = T(0);
-          if (hh_hat)
-            for (int k = 0; k < 4; ++k) hh_hat[b * G + k * H + j] = T(0);
-          if (hc) hc[b * H + j] = T(0);
-          else f.y[(s * B + b) * R + j] = T(0);
+      if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
+        std::memcpy(c_new + b * H + j0, c_prev + b * H + j0, sizeof(T) * w);
+        for (int k = 0; k < 4; ++k) {
+          std::fill_n(act + b * G + k * H + j0, w, T(0));
+          if (hh_hat) std::fill_n(hh_hat + b * G + k * H + j0, w, T(0));
         }
+        if (hc) std::fill_n(hc + b * H + j0, w, T(0));
+        else std::fill_n(f.y + (s * B + b) * R + j0, w, T(0));
         continue;
       }
       const T* xr = f.xp + (rows.pos(b, s) * B + b) * G;
-      const T* hr = f.hh + b * G;
-      for (int64_t j = j0; j < j1; ++j) {
-        T pre[4];
-        for (int k = 0; k < 4; ++k) {
-          const int64_t col = k * H + j;
-          T v = hr[col];
-          if (d.bn) {
-            const T xhat = gates::bn_normalize(v, f.mean_g[col], f.rstd_g[col]);
-            hh_hat[b * G + col] = xhat;
-            v = f.gamma_h[col] * xhat;
-          }
-          pre[k] = xr[col] + v;
-        }
-        gates::activate(pre[0], pre[1], pre[2], pre[3]);
-        const T c = gates::cell_update(pre[0], pre[1], pre[2], c_prev[b * H + j]);
-        for (int k = 0; k < 4; ++k) ar[k * H + j] = pre[k];
-        c_new[b * H + j] = c;
-        if (!d.bn) {
-          T tc;
-          const T h = gates::hidden(pre[3], c, tc);
-          if (hc) {
-            hc[b * H + j] = h;
-          } else {
-            f.y[(rows.pos(b, s) * B + b) * R + j] = h;
-            f.h_cur[b * R + j] = h;
-          }
-        }
+      T* h_out = hc ? hc + b * H : f.h_cur + b * R;
+      if (d.bn) {
+        for (int k = 0; k < 4; ++k)
+          fwd_bn_h_cols(f.hh + b * G, f.gamma_h, f.mean_g, f.rstd_g, hh_hat + b * G, k * H + j0,
+                        k * H + j1);
+        fwd_gates_row<T, false>(xr, f.hh + b * G, c_prev + b * H, c_new + b * H, act + b * G,
+                                nullptr, H, j0, j1);
+      } else {
+        fwd_gates_row<T, true>(xr, f.hh + b * G, c_prev + b * H, c_new + b * H, act + b * G,
+                               h_out, H, j0, j1);
+        if (!hc) std::memcpy(f.y + (rows.pos(b, s) * B + b) * R + j0, h_out + j0, sizeof(T) * w);
       }
     }
     if (!d.bn) return;
     // ---- BN_c statistics, then the output ----
-    for (int64_t j = j0; j < j1; ++j) {
-      T mean, var;
-      if (bn_train) {
-        T sum = 0;
-        for (int64_t b = 0; b < B; ++b)
-          if (rows.active(b, s)) sum += c_new[b * H + j];
-        mean = sum * inv_n;
-        T sq = 0;
-        for (int64_t b = 0; b < B; ++b)
-          if (rows.active(b, s)) {
-            const T v = c_new[b * H + j] - mean;
-            sq += v * v;
-          }
-        var = sq * inv_n;
-        f.c_stats[(s * 2) * H + j] = mean;
-        f.c_stats[(s * 2 + 1) * H + j] = var;
-      } else {
-        mean = f.rm_c[slot * H + j];
-        var = f.rv_c[slot * H + j];
-      }
-      f.mean_c[j] = mean;
-      f.rstd_c[j] = gates::rsqrt_(var + T(eps));
+    if (bn_train) {
+      column_stats(rows, s, c_new, H, j0, j1, inv_n, f.mean_c, var_c);
+      std::memcpy(f.c_stats + (s * 2) * H + j0, f.mean_c + j0, sizeof(T) * w);
+      std::memcpy(f.c_stats + (s * 2 + 1) * H + j0, var_c + j0, sizeof(T) * w);
+    } else {
+      std::memcpy(f.mean_c + j0, f.rm_c + slot * H + j0, sizeof(T) * w);
+      std::memcpy(var_c + j0, f.rv_c + slot * H + j0, sizeof(T) * w);
     }
+    for (int64_t j = j0; j < j1; ++j) f.rstd_c[j] = gates::rsqrt_(var_c[j] + T(eps));
     for (int64_t b = 0; b < B; ++b) {
       if (!rows.active(b, s)) continue;
-      const T* ar = act + b * G;
-      for (int64_t j = j0; j < j1; ++j) {
-        const T c_hat = gates::bn_normalize(c_new[b * H + j], f.mean_c[j], f.rstd_c[j]);
-        T tc;
-        const T h = gates::hidden(ar[3 * H + j], f.gamma_c[j] * c_hat + f.beta_c[j], tc);
-        if (hc) {
-          hc[b * H + j] = h;
-        } else {
-          f.y[(rows.pos(b, s) * B + b) * R + j] = h;
-          f.h_cur[b * R + j] = h;
-        }
-      }
+      T* h_out = hc ? hc + b * H : f.h_cur + b * R;
+      fwd_bn_c_row(c_new + b * H, f.mean_c, f.rstd_c, f.gamma_c, f.beta_c, act + b * G + 3 * H, h_out,
+                   j0, j1);
+      if (!hc) std::memcpy(f.y + (rows.pos(b, s) * B + b) * R + j0, h_out + j0, sizeof(T) * w);
     }
   });
 }
@@ -367,6 +350,87 @@ struct BwdBuffers {
   T *mean_g, *rstd_g, *mean_c, *rstd_c, *sum1_g, *sum2_g, *sum1_c, *sum2_c;  // scratch
 };
 
+// BN_c backward, first pass over one active row: accumulates dgamma_c, dbeta_c and the batch
+// sums s1 = sum(dxhat), s2 = sum(dxhat * c_hat) with dxhat = dL/dc_hat * gamma_c.
+template <typename T>
+FUSEDRNN_CPU_CLONES void bwd_bn_c_sums_row(const T* __restrict c, const T* __restrict mean,
+                                           const T* __restrict rstd, const T* __restrict gamma,
+                                           const T* __restrict beta, const T* __restrict o,
+                                           const T* __restrict dh, T* __restrict dgamma,
+                                           T* __restrict dbeta, T* __restrict s1,
+                                           T* __restrict s2, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const T c_hat = gates::bn_normalize(c[j], mean[j], rstd[j]);
+    const T tc = gates::tanh_(gamma[j] * c_hat + beta[j]);
+    T dpre_o, dcn;
+    gates::hidden_backward(dh[j], o[j], tc, dpre_o, dcn);
+    dgamma[j] += dcn * c_hat;
+    dbeta[j] += dcn;
+    const T dxhat = dcn * gamma[j];
+    s1[j] += dxhat;
+    s2[j] += dxhat * c_hat;
+  }
+}
+
+// Gate gradients of one active row (units [j0, j1)): writes dL/dxp (gx) and, with
+// COPY_DHH, the same into dhh; updates dc_carry.  BN selects the BN_c formula for dL/dc.
+template <typename T, bool BN, bool COPY_DHH>
+FUSEDRNN_CPU_CLONES void bwd_gates_row(
+    const T* __restrict ar, const T* __restrict c_prev, const T* __restrict c_cur,
+    const T* __restrict dh, T* __restrict dc_carry, T* __restrict gx, T* __restrict dhh,
+    const T* __restrict mean_c, const T* __restrict rstd_c, const T* __restrict gamma_c,
+    const T* __restrict beta_c, const T* __restrict s1c, const T* __restrict s2c, T n_bn,
+    int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const T i = ar[j], fg = ar[H + j], g = ar[2 * H + j], o = ar[3 * H + j];
+    T dpre[4], dc_h, dc_prev;
+    if constexpr (BN) {
+      const T c_hat = gates::bn_normalize(c_cur[j], mean_c[j], rstd_c[j]);
+      const T tc = gates::tanh_(gamma_c[j] * c_hat + beta_c[j]);
+      T dcn;
+      gates::hidden_backward(dh[j], o, tc, dpre[3], dcn);
+      dc_h = gates::bn_backward(dcn * gamma_c[j], c_hat, rstd_c[j], s1c[j], s2c[j], n_bn);
+    } else {
+      gates::hidden_backward(dh[j], o, gates::tanh_(c_cur[j]), dpre[3], dc_h);
+    }
+    gates::cell_backward(dc_carry[j] + dc_h, i, fg, g, c_prev[j], dpre[0], dpre[1], dpre[2], dc_prev);
+    dc_carry[j] = dc_prev;
+    for (int k = 0; k < 4; ++k) gx[k * H + j] = dpre[k];
+    if constexpr (COPY_DHH)
+      for (int k = 0; k < 4; ++k) dhh[k * H + j] = dpre[k];
+  }
+}
+
+// BN_h backward, first pass over the columns [c0, c1) of one active row: dgamma_h and, in
+// training, the batch sums s1 = sum(dxhat), s2 = sum(dxhat * x_hat); with running
+// statistics (eval) directly dL/dhh = dxhat * rstd.
+template <typename T, bool TRAIN>
+FUSEDRNN_CPU_CLONES void bwd_bn_h_cols(const T* __restrict gx, const T* __restrict hhat,
+                                       const T* __restrict gamma, const T* __restrict rstd,
+                                       T* __restrict dgamma, T* __restrict s1, T* __restrict s2,
+                                       T* __restrict dhh, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const T dxhat = gx[c] * gamma[c];
+    dgamma[c] += gx[c] * hhat[c];
+    if constexpr (TRAIN) {
+      s1[c] += dxhat;
+      s2[c] += dxhat * hhat[c];
+    } else {
+      dhh[c] = dxhat * rstd[c];
+    }
+  }
+}
+
+// BN_h backward through the batch statistics, one active row, columns [c0, c1).
+template <typename T>
+FUSEDRNN_CPU_CLONES void bwd_bn_h_row(const T* __restrict gx, const T* __restrict gamma,
+                                      const T* __restrict hhat, const T* __restrict rstd,
+                                      const T* __restrict s1, const T* __restrict s2,
+                                      T* __restrict dhh, T n, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c)
+    dhh[c] = gates::bn_backward(gx[c] * gamma[c], hhat[c], rstd[c], s1[c], s2[c], n);
+}
+
 template <typename T>
 void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f, int64_t s,
                         bool bn_train, int64_t slot, double eps) {
@@ -376,101 +440,64 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   const T* c_cur = f.c + (s + 1) * B * H;
   const T* hh_hat = d.bn ? f.hh_hat + s * B * G : nullptr;
   T* dhh = f.dhh + s * B * G;
+  const bool copy_dhh = f.dhh != f.grad_xp;
   const int64_t n = rows.count(s);
   const T n_bn = bn_train ? T(n) : T(0);  // 0 selects the eval formula in bn_backward
 
   at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
-    // statistics of this step
-    if (d.bn) {
-      for (int64_t j = j0; j < j1; ++j) {
-        for (int k = 0; k < 4; ++k) {
+    const int64_t w = j1 - j0;
+    if (d.bn) {  // statistics of this step; zeroed batch sums
+      for (int k = 0; k < 4; ++k)
+        for (int64_t j = j0; j < j1; ++j) {
           const int64_t col = k * H + j;
           const T var = bn_train ? f.h_stats[(s * 2 + 1) * G + col] : f.rv_h[slot * G + col];
           f.rstd_g[col] = gates::rsqrt_(var + T(eps));
           f.sum1_g[col] = f.sum2_g[col] = T(0);
         }
+      for (int64_t j = j0; j < j1; ++j) {
         f.mean_c[j] = bn_train ? f.c_stats[(s * 2) * H + j] : f.rm_c[slot * H + j];
         const T var_c = bn_train ? f.c_stats[(s * 2 + 1) * H + j] : f.rv_c[slot * H + j];
         f.rstd_c[j] = gates::rsqrt_(var_c + T(eps));
         f.sum1_c[j] = f.sum2_c[j] = T(0);
       }
-      // BN_c: batch sums of dL/dc_hat (times gamma) over the active rows
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;
-        const T* ar = act + b * G;
-        for (int64_t j = j0; j < j1; ++j) {
-          const T c_hat = gates::bn_normalize(c_cur[b * H + j], f.mean_c[j], f.rstd_c[j]);
-          const T tc = gates::tanh_(f.gamma_c[j] * c_hat + f.beta_c[j]);
-          T dpre_o, dcn;
-          gates::hidden_backward(f.dhc[b * H + j], ar[3 * H + j], tc, dpre_o, dcn);
-          f.dgamma_c[j] += dcn * c_hat;
-          f.dbeta_c[j] += dcn;
-          const T dxhat = dcn * f.gamma_c[j];
-          f.sum1_c[j] += dxhat;
-          f.sum2_c[j] += dxhat * c_hat;
-        }
+        bwd_bn_c_sums_row(c_cur + b * H, f.mean_c, f.rstd_c, f.gamma_c, f.beta_c,
+                          act + b * G + 3 * H, f.dhc + b * H, f.dgamma_c, f.dbeta_c, f.sum1_c,
+                          f.sum2_c, j0, j1);
       }
     }
-    // gates
     for (int64_t b = 0; b < B; ++b) {
-      if (!rows.active(b, s)) {
-        for (int k = 0; k < 4; ++k)
-          for (int64_t j = j0; j < j1; ++j) {
-            f.grad_xp[(s * B + b) * G + k * H + j] = T(0);
-            dhh[b * G + k * H + j] = T(0);
-          }
+      if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
+        for (int k = 0; k < 4; ++k) {
+          std::fill_n(f.grad_xp + (s * B + b) * G + k * H + j0, w, T(0));
+          if (copy_dhh) std::fill_n(dhh + b * G + k * H + j0, w, T(0));
+        }
         continue;
       }
-      const T* ar = act + b * G;
       T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
-      for (int64_t j = j0; j < j1; ++j) {
-        const T i = ar[j], fg = ar[H + j], g = ar[2 * H + j], o = ar[3 * H + j];
-        T dpre_o, dc_h;
-        if (d.bn) {
-          const T c_hat = gates::bn_normalize(c_cur[b * H + j], f.mean_c[j], f.rstd_c[j]);
-          const T tc = gates::tanh_(f.gamma_c[j] * c_hat + f.beta_c[j]);
-          T dcn;
-          gates::hidden_backward(f.dhc[b * H + j], o, tc, dpre_o, dcn);
-          dc_h = bn_backward(dcn * f.gamma_c[j], c_hat, f.rstd_c[j], f.sum1_c[j], f.sum2_c[j], n_bn);
-        } else {
-          const T tc = gates::tanh_(c_cur[b * H + j]);
-          gates::hidden_backward(f.dhc[b * H + j], o, tc, dpre_o, dc_h);
-        }
-        T dpre[4], dc_prev;
-        gates::cell_backward(f.dc_carry[b * H + j] + dc_h, i, fg, g, c_prev[b * H + j], dpre[0],
-                             dpre[1], dpre[2], dc_prev);
-        dpre[3] = dpre_o;
-        f.dc_carry[b * H + j] = dc_prev;
+      const auto args = std::make_tuple(act + b * G, c_prev + b * H, c_cur + b * H, f.dhc + b * H,
+                                        f.dc_carry + b * H, gx, dhh + b * G, f.mean_c, f.rstd_c,
+                                        f.gamma_c, f.beta_c, f.sum1_c, f.sum2_c, n_bn, H, j0, j1);
+      if (d.bn) std::apply(bwd_gates_row<T, true, false>, args);
+      else if (copy_dhh) std::apply(bwd_gates_row<T, false, true>, args);
+      else std::apply(bwd_gates_row<T, false, false>, args);
+      if (d.bn) {
         for (int k = 0; k < 4; ++k) {
-          const int64_t col = k * H + j;
-          gx[col] = dpre[k];
-          if (d.bn) {
-            const T xhat = hh_hat[b * G + col];
-            const T dxhat = dpre[k] * f.gamma_h[col];
-            f.dgamma_h[col] += dpre[k] * xhat;
-            if (bn_train) {
-              f.sum1_g[col] += dxhat;
-              f.sum2_g[col] += dxhat * xhat;
-            } else {
-              dhh[b * G + col] = dxhat * f.rstd_g[col];
-            }
-          } else if (dhh != gx) {
-            dhh[b * G + col] = dpre[k];
-          }
+          const auto cols = std::make_tuple(gx, hh_hat + b * G, f.gamma_h, f.rstd_g, f.dgamma_h,
+                                            f.sum1_g, f.sum2_g, dhh + b * G, k * H + j0, k * H + j1);
+          if (bn_train) std::apply(bwd_bn_h_cols<T, true>, cols);
+          else std::apply(bwd_bn_h_cols<T, false>, cols);
         }
       }
     }
-    // BN_h backward through the batch statistics
-    if (bn_train) {
+    if (bn_train) {  // BN_h backward through the batch statistics
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;
         const T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
         for (int k = 0; k < 4; ++k)
-          for (int64_t j = j0; j < j1; ++j) {
-            const int64_t col = k * H + j;
-            dhh[b * G + col] = bn_backward(gx[col] * f.gamma_h[col], hh_hat[b * G + col],
-                                           f.rstd_g[col], f.sum1_g[col], f.sum2_g[col], T(n));
-          }
+          bwd_bn_h_row(gx, f.gamma_h, hh_hat + b * G, f.rstd_g, f.sum1_g, f.sum2_g, dhh + b * G,
+                       T(n), k * H + j0, k * H + j1);
       }
     }
   });

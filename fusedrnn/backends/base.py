@@ -220,6 +220,7 @@ def batch_norm_steps(
     Training: statistics over the active rows of each step (active [T, B] bool or None),
     biased variance; returns (out, mean [T, F], var [T, F]) with the statistics detached.
     Eval: running statistics of the given slots [T]; returns (out, None, None).
+    Inactive rows (padding) come out as 0 (+ bias).
     Differentiable through the batch statistics.  Plain PyTorch: the oracle.
     """
     if training:
@@ -237,6 +238,8 @@ def batch_norm_steps(
         var = running_var.index_select(0, slots).to(v.dtype)
         stats = (None, None)
     out = (v - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + eps) * weight.to(v.dtype)
+    if active is not None:  # finished rows (padding) normalise to 0
+        out = out * active.to(v.dtype).unsqueeze(2)
     if bias is not None:
         out = out + bias.to(v.dtype)
     return out, stats[0], stats[1]

@@ -161,6 +161,70 @@ if LOAD_ERROR is None:
                                         setup_context=lambda ctx, inputs, output: None)
 
 
+# ---- batch_norm_steps_forward / _backward (BN_x over a whole sequence) --------------
+
+if LOAD_ERROR is None:
+
+    @torch.library.register_fake("fusedrnn::batch_norm_steps_forward")
+    def _bn_steps_fake(v, weight, bias, lengths, reverse, eval_mean, eval_var, training, eps):
+        T, _, F = v.shape
+        n = T if training else 0
+        return v.new_empty(v.shape), v.new_empty(n, F), v.new_empty(n, F)
+
+    @torch.library.register_fake("fusedrnn::batch_norm_steps_backward")
+    def _bn_steps_backward_fake(grad_out, v, weight, lengths, reverse, mean, var, training, eps):
+        F = v.shape[2]
+        return v.new_empty(v.shape), v.new_empty(F), v.new_empty(F)
+
+    def _bn_steps_setup_context(ctx, inputs, output):
+        v, weight, bias, lengths, reverse, eval_mean, eval_var, training, eps = inputs
+        _, mean, var = output
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(mean, var)
+        ctx.save_for_backward(v, weight, lengths, mean if training else eval_mean,
+                              var if training else eval_var)
+        ctx.flags = (reverse, training, eps, bias is not None)
+
+    def _bn_steps_backward(ctx, grad_out, _gm, _gv):
+        v, weight, lengths, mean, var = ctx.saved_tensors
+        reverse, training, eps, has_bias = ctx.flags
+        if grad_out is None:
+            return (None,) * 9
+        g_v, g_w, g_b = torch.ops.fusedrnn.batch_norm_steps_backward(
+            grad_out, v, weight, lengths, reverse, mean, var, training, eps)
+        return g_v, g_w, g_b if has_bias else None, None, None, None, None, None, None
+
+    torch.library.register_autograd(
+        "fusedrnn::batch_norm_steps_forward", _bn_steps_backward, setup_context=_bn_steps_setup_context
+    )
+    torch.library.register_autograd("fusedrnn::batch_norm_steps_backward", _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+def batch_norm_steps_available(v: Tensor) -> bool:
+    """Whether the fused per-step batch norm runs on v (device kernel built, dtype served)."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(v.device.type)
+    if key is None or not has_kernel("batch_norm_steps_forward", key):
+        return False
+    return v.device.type != "cpu" or v.dtype in (torch.float32, torch.float64)
+
+
+def batch_norm_steps(v: Tensor, weight: Tensor, bias: Optional[Tensor], lengths: Optional[Tensor],
+                     reverse: bool, slots: Tensor, bn) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Fused per-step batch norm of v [T, B, F] (+ bias): the same function as
+    :func:`fusedrnn.backends.base.batch_norm_steps` with the processing-order mapping of
+    reverse / lengths done in the kernel.  Returns (out, mean, var); statistics only in
+    training."""
+    em = ev = None
+    if not bn.training:
+        em = bn.running_mean_x.index_select(0, slots).to(v.dtype)
+        ev = bn.running_var_x.index_select(0, slots).to(v.dtype)
+    out, mean, var = torch.ops.fusedrnn.batch_norm_steps_forward(
+        v, weight.to(v.dtype), None if bias is None else bias.to(v.dtype), lengths, reverse, em, ev,
+        bn.training, bn.eps)
+    return out, (mean if bn.training else None), (var if bn.training else None)
+
+
 def layer_forward(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn) -> RecurrenceResult:
     """Run fusedrnn::lstm_layer_forward (any device it has a kernel for) on the contract's
     arguments; returns the contract's result."""

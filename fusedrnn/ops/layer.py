@@ -24,6 +24,7 @@ from ..backends.base import (
     reverse_sequences,
     step_counts,
 )
+from ..backends import native
 from . import dispatch
 
 
@@ -78,16 +79,21 @@ def input_projection(
         return F.linear(x, weight_ih, bias)
     xw = F.linear(x, weight_ih)  # [T, B, G]
     T, B = xw.shape[0], xw.shape[1]
-    xs = reverse_sequences(xw, lengths) if reverse else xw  # processing order
-    xs, mean, var = batch_norm_steps(
-        xs, active_rows(T, lengths, xw.device), bn.weight_x, None, bn.running_mean_x,
-        bn.running_var_x, bn.slot_index(T, xw.device), bn.training, bn.eps,
-    )
+    slots = bn.slot_index(T, xw.device)
+    if native.batch_norm_steps_available(xw):  # one fused pass, bias included
+        xp, mean, var = native.batch_norm_steps(xw, bn.weight_x, bias, lengths, reverse, slots, bn)
+    else:
+        xs = reverse_sequences(xw, lengths) if reverse else xw  # processing order
+        xs, mean, var = batch_norm_steps(
+            xs, active_rows(T, lengths, xw.device), bn.weight_x, None, bn.running_mean_x,
+            bn.running_var_x, slots, bn.training, bn.eps,
+        )
+        xp = reverse_sequences(xs, lengths) if reverse else xs
+        xp = xp if bias is None else xp + bias
     if bn.training:
         update_running_stats(bn.running_mean_x, bn.running_var_x, mean, var,
                              step_counts(T, B, lengths, xw.device), bn.step_offset, bn.momentum)
-    xp = reverse_sequences(xs, lengths) if reverse else xs
-    return xp if bias is None else xp + bias
+    return xp
 
 
 def lstm_recurrence(
