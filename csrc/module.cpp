@@ -73,4 +73,10 @@ TORCH_LIBRARY(fusedrnn, m) {
       " bool reverse, Tensor mean, Tensor var, bool training, float eps)"
       " -> (Tensor grad_v, Tensor grad_weight, Tensor grad_bias)",
       {at::Tag::pt2_compliant_tag});
+
+  // Which CUDA design the layer op picks for this shape on like's device, and why
+  // (fusedrnn.explain reports it): persistent when ok, else per-step.
+  m.def(
+      "cuda_layer_plan(Tensor like, int B, int H, int R, bool proj, bool need_backward)"
+      " -> (bool ok, str why, int units, int blocks, int smem_forward, int smem_backward)");
 }

@@ -24,6 +24,7 @@
 
 #include "../gates.h"
 #include "../ops.h"
+#include "gemm.h"
 #include "rows.h"
 
 namespace fusedrnn {
@@ -183,8 +184,9 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
 }
 
 template <typename T>
-void layer_forward(const LayerDims& d, const Rows& rows, const at::Tensor& w_hh_t,
-                   const OptT& w_hr_t, const at::Tensor& h0, FwdBuffers<T>& f, at::Tensor& hm_t,
+void layer_forward(const LayerDims& d, const Rows& rows, const cpu::RepeatedGemm& gemm_hh,
+                   const cpu::RepeatedGemm* gemm_hr, const at::Tensor& h0, FwdBuffers<T>& f,
+                   at::Tensor& hm_t,
                    at::Tensor& hh_t, at::Tensor& hc_t, at::Tensor& hp_t, bool bn_train,
                    int64_t step_offset, int64_t S, double eps) {
   const int64_t B = d.B, R = d.R, T_ = d.T;
@@ -200,11 +202,11 @@ void layer_forward(const LayerDims& d, const Rows& rows, const at::Tensor& w_hh_
       std::memcpy(hm, f.h_cur, sizeof(T) * B * R);
     }
     at::Tensor hm_s = hm_t.select(0, ws);
-    at::mm_out(hh_t, hm_s, w_hh_t);
+    gemm_hh.run(hm_s, hh_t);  // [B, R] @ W_hh^T
     const int64_t slot = std::min<int64_t>(step_offset + s, S - 1);
     forward_pointwise<T>(rows, d, f, s, bn_train, slot, eps);
     if (d.proj) {
-      at::mm_out(hp_t, hc_t.select(0, ws), *w_hr_t);
+      gemm_hr->run(hc_t.select(0, ws), hp_t);  // [B, H] @ W_hr^T
       for (int64_t b = 0; b < B; ++b) {
         if (rows.active(b, s)) {
           T* yr = f.y + (rows.pos(b, s) * B + b) * R;
@@ -269,8 +271,9 @@ LayerForwardOut lstm_layer_forward_cpu(
   ws_c.select(0, 0).copy_(c0);
 
   const OptT mask = mask_in.has_value() ? OptT(mask_in->contiguous()) : OptT();
-  const at::Tensor w_hh_t = w_hh.t();
-  const OptT w_hr_t = d.proj ? OptT(w_hr->t()) : OptT();
+  const cpu::RepeatedGemm gemm_hh(w_hh, /*trans=*/true, B);
+  const std::optional<cpu::RepeatedGemm> gemm_hr =
+      d.proj ? std::make_optional<cpu::RepeatedGemm>(*w_hr, true, B) : std::nullopt;
   OptT gh, gc, bc, rmh, rvh, rmc, rvc;
   if (d.bn) {
     gh = bn_h_weight->contiguous();
@@ -315,7 +318,8 @@ LayerForwardOut lstm_layer_forward_cpu(
     f.rstd_g = st + G;
     f.mean_c = st + 2 * G;
     f.rstd_c = st + 2 * G + H;
-    layer_forward<T>(d, rows, w_hh_t, w_hr_t, h0, f, ws_hm, hh, ws_hc, hp, bn_train,
+    layer_forward<T>(d, rows, gemm_hh, d.proj ? &*gemm_hr : nullptr, h0, f, ws_hm, hh, ws_hc, hp,
+                     bn_train,
                      bn_step_offset, S, bn_eps);
   });
   h_n.copy_(h_cur);
@@ -555,7 +559,9 @@ LayerBackwardOut lstm_layer_backward_cpu(
   at::Tensor dgamma_h = at::zeros({d.bn ? G : 0}, opt), dgamma_c = at::zeros({d.bn ? H : 0}, opt);
   at::Tensor dbeta_c = at::zeros({d.bn ? H : 0}, opt);
   at::Tensor scratch = at::empty({4 * G + 4 * H}, opt);
-  const OptT w_hr_c = d.proj ? OptT(w_hr->contiguous()) : OptT();
+  const cpu::RepeatedGemm gemm_hh(w_hh, /*trans=*/false, B);
+  const std::optional<cpu::RepeatedGemm> gemm_hr =
+      d.proj ? std::make_optional<cpu::RepeatedGemm>(*w_hr, false, B) : std::nullopt;
 
   AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "lstm_layer_backward_cpu", [&] {
     using T = scalar_t;
@@ -620,11 +626,11 @@ LayerBackwardOut lstm_layer_backward_cpu(
       }
       if (d.proj) {
         std::memcpy(f.dh_all + s * B * R, f.dh_cur, sizeof(T) * B * R);
-        at::mm_out(dhc, dh_cur, *w_hr_c);  // [B, P] @ [P, H]
+        gemm_hr->run(dh_cur, dhc);  // [B, P] @ W_hr
       }
       const int64_t slot = std::min<int64_t>(bn_step_offset + s, S - 1);
       backward_pointwise<T>(rows, d, f, s, bn_train, slot, bn_eps);
-      at::mm_out(dh_rec, dhh.select(0, s), w_hh);  // [B, G] @ [G, R]
+      gemm_hh.run(dhh.select(0, s), dh_rec);  // [B, G] @ W_hh
       const T* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;

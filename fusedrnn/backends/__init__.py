@@ -28,7 +28,7 @@ def get(name: str) -> Optional[Backend]:
         mod, attr = _MODULES[name]
         try:
             _CACHE[name] = getattr(importlib.import_module(mod, __name__), attr)
-        except ImportError as e:
+        except (ImportError, AttributeError) as e:
             _IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
     return _CACHE.get(name)
 

@@ -91,9 +91,13 @@ if LOAD_ERROR is None:
         bn_train = bn and bn_training
         TW = T if save_workspace else 1
         e = xp.new_empty
-        return (e(T, B, R), e(B, R), e(B, H), e(T if bn_train else 0, 2, G),
-                e(T if bn_train else 0, 2, H), e(TW, B, R), e(TW, B, G),
-                e(T + 1 if save_workspace else 2, B, H), e(TW if bn else 0, B, G),
+
+        def a(*shape):  # statistics and workspace in the accumulation dtype
+            return xp.new_empty(shape, dtype=_acc(xp.dtype))
+
+        return (e(T, B, R), e(B, R), e(B, H), a(T if bn_train else 0, 2, G),
+                a(T if bn_train else 0, 2, H), e(TW, B, R), a(TW, B, G),
+                a(T + 1 if save_workspace else 2, B, H), a(TW if bn else 0, B, G),
                 e(TW if w_hr is not None else 0, B, H))
 
     @torch.library.register_fake("fusedrnn::lstm_layer_backward")
@@ -169,7 +173,8 @@ if LOAD_ERROR is None:
     def _bn_steps_fake(v, weight, bias, lengths, reverse, eval_mean, eval_var, training, eps):
         T, _, F = v.shape
         n = T if training else 0
-        return v.new_empty(v.shape), v.new_empty(n, F), v.new_empty(n, F)
+        acc = _acc(v.dtype)
+        return v.new_empty(v.shape), v.new_empty(n, F, dtype=acc), v.new_empty(n, F, dtype=acc)
 
     @torch.library.register_fake("fusedrnn::batch_norm_steps_backward")
     def _bn_steps_backward_fake(grad_out, v, weight, lengths, reverse, mean, var, training, eps):
@@ -245,6 +250,19 @@ def layer_forward(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn) -> Recurre
     if bn is not None and bn.training:
         stats = BatchStats(h_stats[:, 0], h_stats[:, 1], c_stats[:, 0], c_stats[:, 1])
     return RecurrenceResult(y, h_n, c_n, stats)
+
+
+def cuda_design(cfg: Config, device: torch.device, needs_grad: bool) -> str:
+    """Which CUDA design the layer op runs for this configuration: "persistent", or
+    "per-step (<why the persistent kernel does not fit>)"."""
+    if not has_kernel("cuda_layer_plan", "CUDA"):
+        return "unknown (no CUDA kernels)"
+    like = torch.empty(0, dtype=cfg.dtype, device=device)
+    ok, why, units, blocks, smem_f, smem_b = torch.ops.fusedrnn.cuda_layer_plan(
+        like, cfg.B, cfg.H, cfg.R, cfg.proj, needs_grad)
+    if ok:
+        return f"persistent ({blocks} blocks x {units} units, {smem_f} / {smem_b} B shared memory)"
+    return f"per-step ({why})"
 
 
 class CompiledBackend(Backend):

@@ -30,6 +30,11 @@ def explain(module: nn.Module, input) -> str:
                     lines.append(f"    not {n}: {why}")
                 if n == chosen:
                     break
+            if chosen == "cuda":
+                from ..backends.native import cuda_design
+
+                device = next(m.parameters()).device
+                lines.append(f"    design: {cuda_design(cfg, device, cfg.requires_grad)}")
     for name, m in module.named_modules():
         if isinstance(m, LSTMCell):
             lines.append(f"{name or type(module).__name__}: {m!r} (cell, backend={m.backend})")

@@ -1,0 +1,387 @@
+// Device code shared by the per-step and the persistent CUDA designs of the layer
+// recurrence: what one thread block does for its hidden units [j0, j0 + U) and every
+// batch row at one step, forward and backward.  The block owns whole hidden units (gate
+// columns j, H + j, 2H + j, 3H + j of every row), so the batch-norm reductions over the
+// batch stay inside the block.
+//
+// Dimension letters: T steps, B batch, H hidden, R = P or H (width of h), G = 4H gates
+// (i, f, g, o), U hidden units per block, S running-statistics slots.  s is the step,
+// pos(b, s) the time position row b reads / writes at step s.
+#pragma once
+
+#include "../gates.h"
+#include "dtypes.cuh"
+#include "launch.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+struct Rows {
+  const int64_t* lengths;
+  int64_t T;
+  bool reverse;
+  __device__ __forceinline__ int64_t len(int64_t b) const { return lengths ? lengths[b] : T; }
+  __device__ __forceinline__ bool active(int64_t b, int64_t s) const { return s < len(b); }
+  __device__ __forceinline__ int64_t pos(int64_t b, int64_t s) const {
+    return reverse ? len(b) - 1 - s : s;
+  }
+};
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Shared-memory scratch of forward_units / backward_units, in accumulation-type elements.
+__host__ __device__ inline int64_t units_scratch(int64_t U, int64_t B, bool bn) {
+  return 16 * U + (bn ? 4 * U * B : 0);
+}
+
+// Where the masked h of the next step goes: up to two [B, ld] data buffers.
+template <typename T>
+struct HmOut {
+  T* a;
+  int64_t lda;
+  T* b;
+  int64_t ldb;
+};
+
+// ---- forward ------------------------------------------------------------------------------
+// Gates, BN_h, cell update, BN_c and output of units [j0, j0 + U) for every row at step s.
+// hh(b, k, u) returns (h_{s-1} * m_s) @ W_hh^T of row b, gate column k * H + j0 + u (acc).
+// Writes y (or hc with projection), h_state, the workspace, and h * m_{s+1} to hm_next.
+// sm: units_scratch(U, B, bn) acc elements of shared memory.
+template <typename T, class HH>
+__device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U, HH hh,
+                              typename Acc<T>::type* sm, HmOut<T> hm_next) {
+  using A = typename Acc<T>::type;
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t B = p.B, H = p.H, G = 4 * H, R = p.R;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  const int Uv = static_cast<int>(min(static_cast<int64_t>(U), H - j0));
+  const int n = p.counts[s];
+  const A inv_n = n > 0 ? A(1) / A(n) : A(0);
+  const int64_t slot = min(p.step_offset + s, p.S - 1);
+  A* mean_g = sm;
+  A* rstd_g = sm + 4 * U;
+  A* mean_c = sm + 8 * U;
+  A* rstd_c = sm + 9 * U;
+
+  const T* xp = static_cast<const T*>(p.xp);
+  T* y = static_cast<T*>(p.y);
+  A* h_state = static_cast<A*>(p.h_state);
+  A* act = static_cast<A*>(p.ws_act) + (p.save ? s : 0) * B * G;
+  const A* c_prev = static_cast<A*>(p.ws_c) + (p.save ? s : (s & 1)) * B * H;
+  A* c_new = static_cast<A*>(p.ws_c) + (p.save ? s + 1 : ((s + 1) & 1)) * B * H;
+  A* hhat = p.bn ? static_cast<A*>(p.ws_hh_hat) + (p.save ? s : 0) * B * G : nullptr;
+  T* hc = p.proj ? static_cast<T*>(p.ws_hc) + (p.save ? s : 0) * B * H : nullptr;
+  const T* gamma_h = static_cast<const T*>(p.gamma_h);
+  const T* gamma_c = static_cast<const T*>(p.gamma_c);
+  const T* beta_c = static_cast<const T*>(p.beta_c);
+  const T* mask_next = nullptr;
+  if (p.mask && s + 1 < p.T)
+    mask_next = static_cast<const T*>(p.mask) + (p.mask_per_step ? (s + 1) * B * R : 0);
+
+  // h of row b, unit j at this step: emit it (and h * m_{s+1} for the next step's GEMM).
+  auto emit = [&](int64_t b, int64_t j, A h) {
+    if (hc) {
+      hc[b * H + j] = from_acc<T>(h);
+      return;
+    }
+    y[(rows.pos(b, s) * B + b) * R + j] = from_acc<T>(h);
+    h_state[b * R + j] = h;
+    const A hm = mask_next ? h * to_acc(mask_next[b * R + j]) : h;
+    if (hm_next.a) hm_next.a[b * hm_next.lda + j] = from_acc<T>(hm);
+    if (hm_next.b) hm_next.b[b * hm_next.ldb + j] = from_acc<T>(hm);
+  };
+
+  if (p.bn) {  // BN_h statistics of the 4U gate columns: one warp per column
+    for (int c = warp; c < 4 * U; c += nwarps) {
+      const int k = c / U, u = c % U;
+      if (u >= Uv) continue;
+      const int64_t col = k * H + j0 + u;
+      A mean, var;
+      if (p.bn_train) {
+        A sum = 0;
+        for (int64_t b = lane; b < B; b += 32)
+          if (rows.active(b, s)) sum += hh(b, k, u);
+        mean = warp_sum(sum) * inv_n;
+        A sq = 0;
+        for (int64_t b = lane; b < B; b += 32)
+          if (rows.active(b, s)) {
+            const A d = hh(b, k, u) - mean;
+            sq += d * d;
+          }
+        var = warp_sum(sq) * inv_n;
+        if (lane == 0) {
+          A* hs = static_cast<A*>(p.h_stats);
+          hs[(s * 2) * G + col] = mean;
+          hs[(s * 2 + 1) * G + col] = var;
+        }
+      } else {
+        mean = to_acc(static_cast<const T*>(p.run_mean_h)[slot * G + col]);
+        var = to_acc(static_cast<const T*>(p.run_var_h)[slot * G + col]);
+      }
+      if (lane == 0) {
+        mean_g[c] = mean;
+        rstd_g[c] = gates::rsqrt_(var + A(p.eps));
+      }
+    }
+    __syncthreads();
+  }
+
+  for (int64_t e = tid; e < B * U; e += blockDim.x) {
+    const int u = static_cast<int>(e % U);
+    const int64_t b = e / U;
+    if (u >= Uv) continue;
+    const int64_t j = j0 + u;
+    if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
+      c_new[b * H + j] = c_prev[b * H + j];
+      for (int k = 0; k < 4; ++k) {
+        act[b * G + k * H + j] = A(0);
+        if (hhat) hhat[b * G + k * H + j] = A(0);
+      }
+      if (hc) {
+        hc[b * H + j] = from_acc<T>(A(0));
+      } else {
+        y[(s * B + b) * R + j] = from_acc<T>(A(0));
+        const A h = h_state[b * R + j];
+        const A hm = mask_next ? h * to_acc(mask_next[b * R + j]) : h;
+        if (hm_next.a) hm_next.a[b * hm_next.lda + j] = from_acc<T>(hm);
+        if (hm_next.b) hm_next.b[b * hm_next.ldb + j] = from_acc<T>(hm);
+      }
+      continue;
+    }
+    const T* xr = xp + (rows.pos(b, s) * B + b) * G;
+    A pre[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      A v = hh(b, k, u);
+      if (p.bn) {
+        const A xhat = gates::bn_normalize(v, mean_g[k * U + u], rstd_g[k * U + u]);
+        hhat[b * G + k * H + j] = xhat;
+        v = to_acc(gamma_h[k * H + j]) * xhat;
+      }
+      pre[k] = to_acc(xr[k * H + j]) + v;
+    }
+    gates::activate(pre[0], pre[1], pre[2], pre[3]);
+    const A c = gates::cell_update(pre[0], pre[1], pre[2], c_prev[b * H + j]);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) act[b * G + k * H + j] = pre[k];
+    c_new[b * H + j] = c;
+    if (!p.bn) {
+      A tc;
+      emit(b, j, gates::hidden(pre[3], c, tc));
+    }
+  }
+  if (!p.bn) return;
+
+  __syncthreads();  // c_new of every row written
+  for (int u = warp; u < Uv; u += nwarps) {  // BN_c statistics: one warp per unit
+    const int64_t j = j0 + u;
+    A mean, var;
+    if (p.bn_train) {
+      A sum = 0;
+      for (int64_t b = lane; b < B; b += 32)
+        if (rows.active(b, s)) sum += c_new[b * H + j];
+      mean = warp_sum(sum) * inv_n;
+      A sq = 0;
+      for (int64_t b = lane; b < B; b += 32)
+        if (rows.active(b, s)) {
+          const A d = c_new[b * H + j] - mean;
+          sq += d * d;
+        }
+      var = warp_sum(sq) * inv_n;
+      if (lane == 0) {
+        A* cs = static_cast<A*>(p.c_stats);
+        cs[(s * 2) * H + j] = mean;
+        cs[(s * 2 + 1) * H + j] = var;
+      }
+    } else {
+      mean = to_acc(static_cast<const T*>(p.run_mean_c)[slot * H + j]);
+      var = to_acc(static_cast<const T*>(p.run_var_c)[slot * H + j]);
+    }
+    if (lane == 0) {
+      mean_c[u] = mean;
+      rstd_c[u] = gates::rsqrt_(var + A(p.eps));
+    }
+  }
+  __syncthreads();
+  for (int64_t e = tid; e < B * U; e += blockDim.x) {
+    const int u = static_cast<int>(e % U);
+    const int64_t b = e / U;
+    if (u >= Uv || !rows.active(b, s)) continue;
+    const int64_t j = j0 + u;
+    const A c_hat = gates::bn_normalize(c_new[b * H + j], mean_c[u], rstd_c[u]);
+    A tc;
+    emit(b, j, gates::hidden(act[b * G + 3 * H + j], to_acc(gamma_c[j]) * c_hat + to_acc(beta_c[j]), tc));
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------------
+// Gate gradients of units [j0, j0 + U) for every row at step s (processing order, from
+// T - 1 down).  dh(b, j) returns dL/dh (before the projection) of a running row.  Writes
+// grad_xp[pos], dL/d(W_hh h) into dhh (data [B, G], and dhh_b if not null), updates
+// dc_carry and the BN parameter gradients.  sm: units_scratch(U, B, bn) acc elements.
+template <typename T, class DH>
+__device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_t s, int64_t j0,
+                               int U, DH dh, typename Acc<T>::type* sm, T* dhh, T* dhh_b) {
+  using A = typename Acc<T>::type;
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t B = p.B, H = p.H, G = 4 * H;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  const int Uv = static_cast<int>(min(static_cast<int64_t>(U), H - j0));
+  const int n = p.counts[s];
+  const A n_bn = p.bn_train ? A(n) : A(0);  // 0 selects the running-statistics formula
+  const int64_t slot = min(p.step_offset + s, p.S - 1);
+  A* rstd_g = sm;           // [4U]
+  A* s1_g = sm + 4 * U;     // [4U]
+  A* s2_g = sm + 8 * U;     // [4U]
+  A* mean_c = sm + 12 * U;  // [U]
+  A* rstd_c = sm + 13 * U;
+  A* s1_c = sm + 14 * U;
+  A* s2_c = sm + 15 * U;
+  A* dpre_s = sm + 16 * U;  // [B][4U] (BN only)
+
+  const A* act = static_cast<const A*>(p.ws_act) + s * B * G;
+  const A* c_prev = static_cast<const A*>(p.ws_c) + s * B * H;
+  const A* c_cur = static_cast<const A*>(p.ws_c) + (s + 1) * B * H;
+  const A* hhat = p.bn ? static_cast<const A*>(p.ws_hh_hat) + s * B * G : nullptr;
+  const T* gamma_h = static_cast<const T*>(p.gamma_h);
+  const T* gamma_c = static_cast<const T*>(p.gamma_c);
+  const T* beta_c = static_cast<const T*>(p.beta_c);
+  T* grad_xp = static_cast<T*>(g.grad_xp);
+  A* dc_carry = static_cast<A*>(g.dc_carry);
+
+  if (p.bn) {  // statistics of this step; BN_c batch sums, one warp per unit
+    for (int c = tid; c < 4 * U; c += blockDim.x) {
+      const int k = c / U, u = c % U;
+      if (u >= Uv) continue;
+      const int64_t col = k * H + j0 + u;
+      const A var = p.bn_train ? static_cast<const A*>(p.h_stats)[(s * 2 + 1) * G + col]
+                               : to_acc(static_cast<const T*>(p.run_var_h)[slot * G + col]);
+      rstd_g[c] = gates::rsqrt_(var + A(p.eps));
+    }
+    for (int u = warp; u < Uv; u += nwarps) {
+      const int64_t j = j0 + u;
+      const A mean = p.bn_train ? static_cast<const A*>(p.c_stats)[(s * 2) * H + j]
+                                : to_acc(static_cast<const T*>(p.run_mean_c)[slot * H + j]);
+      const A var = p.bn_train ? static_cast<const A*>(p.c_stats)[(s * 2 + 1) * H + j]
+                               : to_acc(static_cast<const T*>(p.run_var_c)[slot * H + j]);
+      const A rstd = gates::rsqrt_(var + A(p.eps));
+      const A gc = to_acc(gamma_c[j]), bc = to_acc(beta_c[j]);
+      A a1 = 0, a2 = 0, dg = 0, db = 0;
+      for (int64_t b = lane; b < B; b += 32) {
+        if (!rows.active(b, s)) continue;
+        const A c_hat = gates::bn_normalize(c_cur[b * H + j], mean, rstd);
+        const A tc = gates::tanh_(gc * c_hat + bc);
+        A dpre_o, dcn;
+        gates::hidden_backward(dh(b, j), act[b * G + 3 * H + j], tc, dpre_o, dcn);
+        dg += dcn * c_hat;
+        db += dcn;
+        a1 += dcn * gc;
+        a2 += dcn * gc * c_hat;
+      }
+      a1 = warp_sum(a1);
+      a2 = warp_sum(a2);
+      dg = warp_sum(dg);
+      db = warp_sum(db);
+      if (lane == 0) {
+        mean_c[u] = mean;
+        rstd_c[u] = rstd;
+        s1_c[u] = a1;
+        s2_c[u] = a2;
+        static_cast<A*>(g.dgamma_c)[j] += dg;
+        static_cast<A*>(g.dbeta_c)[j] += db;
+      }
+    }
+    __syncthreads();
+  }
+
+  for (int64_t e = tid; e < B * U; e += blockDim.x) {
+    const int u = static_cast<int>(e % U);
+    const int64_t b = e / U;
+    if (u >= Uv) continue;
+    const int64_t j = j0 + u;
+    if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        grad_xp[(s * B + b) * G + k * H + j] = from_acc<T>(A(0));
+        dhh[b * G + k * H + j] = from_acc<T>(A(0));
+        if (dhh_b) dhh_b[b * G + k * H + j] = from_acc<T>(A(0));
+        if (p.bn) dpre_s[b * 4 * U + k * U + u] = A(0);
+      }
+      continue;
+    }
+    const A* ar = act + b * G;
+    const A i = ar[j], f = ar[H + j], gg = ar[2 * H + j], o = ar[3 * H + j];
+    A dpre[4], dc_h, dc_prev;
+    if (p.bn) {
+      const A c_hat = gates::bn_normalize(c_cur[b * H + j], mean_c[u], rstd_c[u]);
+      const A gc = to_acc(gamma_c[j]);
+      const A tc = gates::tanh_(gc * c_hat + to_acc(beta_c[j]));
+      A dcn;
+      gates::hidden_backward(dh(b, j), o, tc, dpre[3], dcn);
+      dc_h = gates::bn_backward(dcn * gc, c_hat, rstd_c[u], s1_c[u], s2_c[u], n_bn);
+    } else {
+      gates::hidden_backward(dh(b, j), o, gates::tanh_(c_cur[b * H + j]), dpre[3], dc_h);
+    }
+    gates::cell_backward(dc_carry[b * H + j] + dc_h, i, f, gg, c_prev[b * H + j], dpre[0],
+                         dpre[1], dpre[2], dc_prev);
+    dc_carry[b * H + j] = dc_prev;
+    T* gx = grad_xp + (rows.pos(b, s) * B + b) * G;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      gx[k * H + j] = from_acc<T>(dpre[k]);
+      if (p.bn) {
+        dpre_s[b * 4 * U + k * U + u] = dpre[k];
+      } else {
+        dhh[b * G + k * H + j] = from_acc<T>(dpre[k]);
+        if (dhh_b) dhh_b[b * G + k * H + j] = from_acc<T>(dpre[k]);
+      }
+    }
+  }
+  if (!p.bn) return;
+
+  __syncthreads();  // dpre of every row in shared memory
+  for (int c = warp; c < 4 * U; c += nwarps) {  // BN_h: batch sums, one warp per column
+    const int k = c / U, u = c % U;
+    if (u >= Uv) continue;
+    const int64_t col = k * H + j0 + u;
+    const A gh = to_acc(gamma_h[col]);
+    A a1 = 0, a2 = 0, dg = 0;
+    for (int64_t b = lane; b < B; b += 32) {
+      if (!rows.active(b, s)) continue;
+      const A d = dpre_s[b * 4 * U + c];
+      const A xhat = hhat[b * G + col];
+      dg += d * xhat;
+      a1 += d * gh;
+      a2 += d * gh * xhat;
+    }
+    a1 = warp_sum(a1);
+    a2 = warp_sum(a2);
+    dg = warp_sum(dg);
+    if (lane == 0) {
+      s1_g[c] = a1;
+      s2_g[c] = a2;
+      static_cast<A*>(g.dgamma_h)[col] += dg;
+    }
+  }
+  __syncthreads();
+  for (int64_t e = tid; e < B * 4 * U; e += blockDim.x) {
+    const int c = static_cast<int>(e % (4 * U));
+    const int64_t b = e / (4 * U);
+    const int k = c / U, u = c % U;
+    if (u >= Uv || !rows.active(b, s)) continue;
+    const int64_t col = k * H + j0 + u;
+    const A d = dpre_s[b * 4 * U + c];
+    const A v = gates::bn_backward(d * to_acc(gamma_h[col]), hhat[b * G + col], rstd_g[c], s1_g[c],
+                                   s2_g[c], n_bn);
+    dhh[b * G + col] = from_acc<T>(v);
+    if (dhh_b) dhh_b[b * G + col] = from_acc<T>(v);
+  }
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

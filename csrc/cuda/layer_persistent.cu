@@ -1,0 +1,387 @@
+// Persistent design of the CUDA layer recurrence: one cooperative launch runs the whole
+// time loop.  Each block owns U hidden units (gate rows j, H + j, 2H + j, 3H + j of W_hh
+// for j in [j0, j0 + U)) and keeps that slice of W_hh in shared memory for every step; it
+// computes its gate columns for all batch rows with tensor-core MMA (wmma: bf16 / fp16
+// m16n16k16, tf32 m16n16k8 for fp32), then the fused pointwise step of layer_common.cuh
+// (BN statistics stay inside the block), writes its part of h_s, and the grid
+// synchronises once per step.  Backward is persistent too: the block that owns units j
+// computes their gate gradients, the grid synchronises, and the same block computes dL/dh
+// for the same units from every block's dL/d(W_hh h) and its column slice of W_hh.
+//
+// No projection (W_hr would need a second exchange per step); H a multiple of 4.  The plan
+// (persistent_plan) says when the design fits; otherwise the per-step design runs.
+//
+// Dimension letters: T steps, B batch (Bp padded to 16), H hidden, R = H, Rp = R padded to
+// 16, G = 4H, U units per block, Mp = 4U padded to 16, KS split of the MMA's K among warps.
+#include <cooperative_groups.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "layer_common.cuh"
+
+namespace fusedrnn {
+namespace cuda {
+namespace {
+
+namespace cg = cooperative_groups;
+using namespace nvcuda;
+
+constexpr int kPThreads = 256;
+constexpr int kWarps = kPThreads / 32;
+
+__host__ __device__ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+__host__ __device__ inline size_t align128(size_t x) { return (x + 127) / 128 * 128; }
+
+// wmma shapes per element type: bf16 / fp16 m16n16k16, fp32 as tf32 m16n16k8.
+template <typename T> struct Mma {
+  using elem = T;
+  static constexpr int K = 16;
+  template <class F> __device__ static void fix(F&) {}
+};
+template <> struct Mma<float> {
+  using elem = wmma::precision::tf32;
+  static constexpr int K = 8;
+  template <class F> __device__ static void fix(F& f) {
+#pragma unroll
+    for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
+  }
+};
+
+struct Geometry {
+  int U, Mp, KS_f, KS_b;
+  int64_t Bp, Rp, ldw;
+};
+
+template <typename T>
+Geometry geometry(int64_t B, int64_t H, int64_t R, int U) {
+  Geometry g{};
+  g.U = U;
+  g.Mp = static_cast<int>(round_up(4 * U, 16));
+  g.Bp = round_up(B, 16);
+  g.Rp = round_up(R, 16);
+  g.ldw = g.Rp + (sizeof(T) == 4 ? 4 : 8);  // skew rows by 16 bytes against bank conflicts
+  const int64_t tiles_f = (g.Mp / 16) * (g.Bp / 16);
+  g.KS_f = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kWarps / std::max<int64_t>(tiles_f, 1), 8)));
+  const int64_t tiles_b = g.Bp / 16;  // N = 16 covers the block's U <= 16 units
+  g.KS_b = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kWarps / std::max<int64_t>(tiles_b, 1), 8)));
+  return g;
+}
+
+template <typename T>
+size_t smem_forward(const Geometry& g, int64_t B, bool bn) {
+  using A = typename Acc<T>::type;
+  return align128(g.Mp * g.ldw * sizeof(T)) + align128(size_t(g.KS_f) * g.Mp * g.Bp * sizeof(float)) +
+         align128(units_scratch(g.U, B, bn) * sizeof(A));
+}
+
+template <typename T>
+size_t smem_backward(const Geometry& g, int64_t B, int64_t H, bool bn) {
+  using A = typename Acc<T>::type;
+  return align128(4 * H * 16 * sizeof(T)) + align128(size_t(g.KS_b) * g.Bp * 16 * sizeof(float)) +
+         align128(units_scratch(g.U, B, bn) * sizeof(A));
+}
+
+// ---- forward ------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(kPThreads, 1)
+    persistent_forward_kernel(LayerParams p, Geometry geo, const T* __restrict__ h0, T* __restrict__ xch) {
+  using A = typename Acc<T>::type;
+  using E = typename Mma<T>::elem;
+  constexpr int KSTEP = Mma<T>::K;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int U = geo.U, Mp = geo.Mp, KS = geo.KS_f;
+  const int64_t B = p.B, H = p.H, R = p.R, Bp = geo.Bp, Rp = geo.Rp, ldw = geo.ldw;
+  T* wsm = reinterpret_cast<T*>(smem_raw);
+  float* part = reinterpret_cast<float*>(smem_raw + align128(Mp * ldw * sizeof(T)));
+  A* scratch = reinterpret_cast<A*>(reinterpret_cast<unsigned char*>(part) +
+                                    align128(size_t(KS) * Mp * Bp * sizeof(float)));
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int Uv = static_cast<int>(min(static_cast<int64_t>(U), H - j0));
+  const T* w_hh = static_cast<const T*>(p.w_hh);
+
+  // This block's slice of W_hh: row m = k * U + u is gate row k * H + j0 + u; zero padding.
+  for (int64_t e = tid; e < Mp * ldw; e += blockDim.x) {
+    const int m = static_cast<int>(e / ldw);
+    const int64_t r = e - m * ldw;
+    const int k = m / U, u = m % U;
+    T v = from_acc<T>(A(0));
+    if (m < 4 * U && u < Uv && r < R) v = w_hh[(k * H + j0 + u) * R + r];
+    wsm[e] = v;
+  }
+  // h_0 for this block's units: state, exchange slot 0 (masked), workspace.
+  {
+    const T* m0 = static_cast<const T*>(p.mask);
+    A* h_state = static_cast<A*>(p.h_state);
+    for (int64_t e = tid; e < B * U; e += blockDim.x) {
+      const int u = static_cast<int>(e % U);
+      const int64_t b = e / U, j = j0 + u;
+      if (u >= Uv) continue;
+      const A h = to_acc(h0[b * R + j]);
+      h_state[b * R + j] = h;
+      const T hm = from_acc<T>(m0 ? h * to_acc(m0[b * R + j]) : h);
+      xch[b * Rp + j] = hm;
+      if (p.save) static_cast<T*>(p.ws_hm)[b * R + j] = hm;
+    }
+  }
+  grid.sync();
+
+  const int tiles_m = Mp / 16, tiles_n = static_cast<int>(Bp / 16);
+  const int64_t kchunks = Rp / KSTEP;
+  for (int64_t s = 0; s < p.T; ++s) {
+    const T* xs = xch + (s & 1) * Bp * Rp;
+    // gates_hh [Mp, Bp] = W_slice [Mp, Rp] @ (h_{s-1} * m_s)^T, K split KS ways among warps
+    for (int item = warp; item < tiles_m * tiles_n * KS; item += kWarps) {
+      const int q = item % KS, t = item / KS, mt = t % tiles_m, nt = t / tiles_m;
+      wmma::fragment<wmma::accumulator, 16, 16, KSTEP, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      const int64_t k0 = kchunks * q / KS, k1 = kchunks * (q + 1) / KS;
+      for (int64_t kk = k0; kk < k1; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, KSTEP, E, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, KSTEP, E, wmma::col_major> fb;
+        wmma::load_matrix_sync(fa, wsm + mt * 16 * ldw + kk * KSTEP, static_cast<unsigned>(ldw));
+        wmma::load_matrix_sync(fb, xs + nt * 16 * Rp + kk * KSTEP, static_cast<unsigned>(Rp));
+        Mma<T>::fix(fa);
+        Mma<T>::fix(fb);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(part + (size_t(q) * Mp + mt * 16) * Bp + nt * 16, acc,
+                              static_cast<unsigned>(Bp), wmma::mem_row_major);
+    }
+    __syncthreads();
+    auto hh_at = [&](int64_t b, int k, int u) -> A {
+      const int m = k * U + u;
+      A v = 0;
+      for (int q = 0; q < KS; ++q) v += part[(size_t(q) * Mp + m) * Bp + b];
+      return v;
+    };
+    HmOut<T> next{nullptr, 0, nullptr, 0};
+    if (s + 1 < p.T) {
+      next.a = xch + ((s + 1) & 1) * Bp * Rp;
+      next.lda = Rp;
+      if (p.save) next.b = static_cast<T*>(p.ws_hm) + (s + 1) * B * R, next.ldb = R;
+    }
+    forward_units<T>(p, s, j0, U, hh_at, scratch, next);
+    grid.sync();
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(kPThreads, 1)
+    persistent_backward_kernel(LayerParams p, LayerGrads g, Geometry geo, T* __restrict__ xch) {
+  using A = typename Acc<T>::type;
+  using E = typename Mma<T>::elem;
+  constexpr int KSTEP = Mma<T>::K;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int U = geo.U, KS = geo.KS_b;
+  const int64_t B = p.B, H = p.H, R = p.R, G = 4 * H, Bp = geo.Bp;
+  T* wsm = reinterpret_cast<T*>(smem_raw);  // [G][16]: W_hh[:, j0 .. j0 + 16)
+  float* part = reinterpret_cast<float*>(smem_raw + align128(G * 16 * sizeof(T)));
+  A* scratch = reinterpret_cast<A*>(reinterpret_cast<unsigned char*>(part) +
+                                    align128(size_t(KS) * Bp * 16 * sizeof(float)));
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int Uv = static_cast<int>(min(static_cast<int64_t>(U), H - j0));
+  const T* w_hh = static_cast<const T*>(p.w_hh);
+  for (int64_t e = tid; e < G * 16; e += blockDim.x) {
+    const int64_t row = e / 16;
+    const int u = static_cast<int>(e % 16);
+    wsm[e] = u < Uv ? w_hh[row * R + j0 + u] : from_acc<T>(A(0));
+  }
+  __syncthreads();
+
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const T* gy = static_cast<const T*>(g.grad_y);
+  A* carry = static_cast<A*>(g.dh_carry);
+  const int tiles_m = static_cast<int>(Bp / 16);
+  const int64_t kchunks = G / KSTEP;
+  for (int64_t s = p.T - 1; s >= 0; --s) {
+    T* xs = xch + (s & 1) * Bp * G;
+    auto dh_at = [&](int64_t b, int64_t j) -> A {
+      return to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j];
+    };
+    backward_units<T>(p, g, s, j0, U, dh_at, scratch, xs, static_cast<T*>(g.dhh) + s * B * G);
+    grid.sync();
+    // dh_rec [Bp, 16] = dL/d(W_hh h)_s [Bp, G] @ W_hh[:, j0 .. j0 + 16), K split KS ways
+    for (int item = warp; item < tiles_m * KS; item += kWarps) {
+      const int q = item % KS, mt = item / KS;
+      wmma::fragment<wmma::accumulator, 16, 16, KSTEP, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      const int64_t k0 = kchunks * q / KS, k1 = kchunks * (q + 1) / KS;
+      for (int64_t kk = k0; kk < k1; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, KSTEP, E, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, KSTEP, E, wmma::row_major> fb;
+        wmma::load_matrix_sync(fa, xs + mt * 16 * G + kk * KSTEP, static_cast<unsigned>(G));
+        wmma::load_matrix_sync(fb, wsm + kk * KSTEP * 16, 16u);
+        Mma<T>::fix(fa);
+        Mma<T>::fix(fb);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(part + (size_t(q) * Bp + mt * 16) * 16, acc, 16u, wmma::mem_row_major);
+    }
+    __syncthreads();
+    const T* m = p.mask ? static_cast<const T*>(p.mask) + (p.mask_per_step ? s * B * R : 0) : nullptr;
+    for (int64_t e = tid; e < B * U; e += blockDim.x) {
+      const int u = static_cast<int>(e % U);
+      const int64_t b = e / U, j = j0 + u;
+      if (u >= Uv || !rows.active(b, s)) continue;
+      A v = 0;
+      for (int q = 0; q < KS; ++q) v += part[(size_t(q) * Bp + b) * 16 + u];
+      carry[b * R + j] = m ? v * to_acc(m[b * R + j]) : v;
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T>
+PersistentPlan plan_t(int64_t B, int64_t H, int64_t R, bool proj, size_t smem_limit, int sm_count,
+                      int (*occupancy)(const void*, int, size_t), bool need_backward) {
+  PersistentPlan plan{};
+  plan.threads = kPThreads;
+  if (proj) return plan.why = "projection (W_hr needs a second exchange per step)", plan;
+  if (H % 4 != 0) return plan.why = "hidden size not a multiple of 4", plan;
+  if (B < 1 || H < 1) return plan.why = "empty problem", plan;
+  const int U = static_cast<int>(std::max<int64_t>(4, (H + sm_count - 1) / sm_count));
+  if (U > 16) return plan.why = "hidden size too large for one unit slice per SM", plan;
+  const Geometry geo = geometry<T>(B, H, R, U);
+  plan.units = U;
+  plan.blocks = static_cast<int>((H + U - 1) / U);
+  plan.smem_forward = smem_forward<T>(geo, B, true);
+  plan.smem_backward = smem_backward<T>(geo, B, H, true);
+  if (plan.smem_forward > smem_limit)
+    return plan.why = "the W_hh slice and batch tiles exceed shared memory (forward)", plan;
+  if (need_backward && plan.smem_backward > smem_limit)
+    return plan.why = "the W_hh column slice exceeds shared memory (backward)", plan;
+  if (occupancy) {
+    const int fwd = occupancy(reinterpret_cast<const void*>(&persistent_forward_kernel<T>), kPThreads,
+                              plan.smem_forward);
+    if (fwd < 1 || plan.blocks > fwd * sm_count)
+      return plan.why = "the forward grid cannot be co-resident", plan;
+    if (need_backward) {
+      const int bwd = occupancy(reinterpret_cast<const void*>(&persistent_backward_kernel<T>), kPThreads,
+                                plan.smem_backward);
+      if (bwd < 1 || plan.blocks > bwd * sm_count)
+        return plan.why = "the backward grid cannot be co-resident", plan;
+    }
+  } else if (plan.blocks > sm_count) {
+    return plan.why = "more blocks than SMs", plan;
+  }
+  plan.ok = true;
+  plan.why = "";
+  return plan;
+}
+
+int occupancy_of(const void* fn, int threads, size_t smem) {
+  if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, threads, smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+template <typename Fn>
+PersistentPlan dispatch_plan(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kF32: return fn(float{});
+    case DType::kF16: return fn(__half{});
+    case DType::kBF16: return fn(__nv_bfloat16{});
+    default: {
+      PersistentPlan p{};
+      p.why = "float64 (no tensor-core MMA)";
+      return p;
+    }
+  }
+}
+
+}  // namespace
+
+PersistentPlan persistent_plan_for(DType dtype, int64_t B, int64_t H, int64_t R, bool proj, size_t smem_limit,
+                                   int sm_count) {
+  return dispatch_plan(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return plan_t<T>(B, H, R, proj, smem_limit, sm_count, nullptr, true);
+  });
+}
+
+PersistentPlan persistent_plan(DType dtype, int64_t B, int64_t H, int64_t R, bool proj, bool need_backward) {
+  int dev = 0, sms = 0, optin = 0, coop = 0;
+  PersistentPlan fail{};
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return fail.why = "cannot query the device", fail;
+  }
+  if (!coop) return fail.why = "the device has no cooperative launch", fail;
+  return dispatch_plan(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return plan_t<T>(B, H, R, proj, static_cast<size_t>(optin), sms, &occupancy_of, need_backward);
+  });
+}
+
+size_t persistent_exchange_bytes(DType dtype, int64_t B, int64_t H, int64_t R) {
+  const size_t el = dtype == DType::kF32 ? 4 : 2;
+  const int64_t Bp = round_up(B, 16);
+  return 2 * static_cast<size_t>(Bp) * std::max<int64_t>(round_up(R, 16), 4 * H) * el;
+}
+
+cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentPlan& plan, const void* h0, void* exchange,
+                                     cudaStream_t stream) {
+  if (!plan.ok) return cudaErrorInvalidConfiguration;
+  return dispatch(p.dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    if constexpr (std::is_same<T, double>::value) {
+      return cudaErrorInvalidValue;
+    } else {
+      Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
+      LayerParams pp = p;
+      const T* h0t = static_cast<const T*>(h0);
+      T* xch = static_cast<T*>(exchange);
+      void* args[] = {&pp, &geo, &h0t, &xch};
+      cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&persistent_forward_kernel<T>),
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(plan.smem_forward));
+      if (err != cudaSuccess) return err;
+      return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&persistent_forward_kernel<T>),
+                                         dim3(plan.blocks), dim3(kPThreads), args, plan.smem_forward, stream);
+    }
+  });
+}
+
+cudaError_t layer_persistent_backward(const LayerParams& p, const LayerGrads& g, const PersistentPlan& plan,
+                                      void* exchange, cudaStream_t stream) {
+  if (!plan.ok) return cudaErrorInvalidConfiguration;
+  return dispatch(p.dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    if constexpr (std::is_same<T, double>::value) {
+      return cudaErrorInvalidValue;
+    } else {
+      Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
+      LayerParams pp = p;
+      LayerGrads gg = g;
+      T* xch = static_cast<T*>(exchange);
+      void* args[] = {&pp, &gg, &geo, &xch};
+      cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&persistent_backward_kernel<T>),
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(plan.smem_backward));
+      if (err != cudaSuccess) return err;
+      return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&persistent_backward_kernel<T>),
+                                         dim3(plan.blocks), dim3(kPThreads), args, plan.smem_backward, stream);
+    }
+  });
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,203 @@
+// Per-step design of the CUDA layer recurrence: the caller (cuda/register.cpp) runs one
+// cuBLAS GEMM per step into preallocated buffers; these kernels do everything else of a
+// step in one launch: BN_h with per-step batch statistics, gates, cell update, BN_c,
+// output, and the masked h for the next GEMM.  Each block owns U hidden units of every
+// batch row (layer_common.cuh), so the batch reductions stay in the block.  Works for every
+// shape, dtype (fp32, fp64, fp16, bf16) and option.
+//
+// Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H,
+// U hidden units per block.
+#include "layer_common.cuh"
+
+namespace fusedrnn {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Units per block: 8, fewer when BN's per-block scratch ([B][4U] acc) would exceed 48 KB.
+template <typename A>
+int step_units(const LayerParams& p) {
+  int64_t U = 8;
+  while (U > 1 && units_scratch(U, p.B, p.bn) * static_cast<int64_t>(sizeof(A)) > 48 * 1024) U /= 2;
+  return static_cast<int>(U);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) init_kernel(LayerParams p, const T* __restrict__ h0) {
+  using A = typename Acc<T>::type;
+  const T* m0 = static_cast<const T*>(p.mask);
+  T* hm = static_cast<T*>(p.ws_hm);
+  A* h_state = static_cast<A*>(p.h_state);
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < p.B * p.R;
+       k += (int64_t)gridDim.x * blockDim.x) {
+    const A h = to_acc(h0[k]);
+    h_state[k] = h;
+    hm[k] = from_acc<T>(m0 ? h * to_acc(m0[k]) : h);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(LayerParams p, int64_t s, int U, const typename Acc<T>::type* __restrict__ hh) {
+  using A = typename Acc<T>::type;
+  extern __shared__ unsigned char smem_raw[];
+  A* sm = reinterpret_cast<A*>(smem_raw);
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int64_t H = p.H, G = 4 * H;
+  auto hh_at = [&](int64_t b, int k, int u) { return hh[b * G + k * H + j0 + u]; };
+  HmOut<T> next{nullptr, 0, nullptr, 0};
+  if (!p.proj && s + 1 < p.T)
+    next.a = static_cast<T*>(p.ws_hm) + (p.save ? (s + 1) * p.B * p.R : 0), next.lda = p.R;
+  forward_units<T>(p, s, j0, U, hh_at, sm, next);
+}
+
+// Projection epilogue: hp = hc_s @ W_hr^T is h of running rows.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) forward_proj_kernel(LayerParams p, int64_t s, const T* __restrict__ hp) {
+  using A = typename Acc<T>::type;
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t B = p.B, R = p.R;
+  T* y = static_cast<T*>(p.y);
+  A* h_state = static_cast<A*>(p.h_state);
+  const T* mask_next = nullptr;
+  if (p.mask && s + 1 < p.T)
+    mask_next = static_cast<const T*>(p.mask) + (p.mask_per_step ? (s + 1) * B * R : 0);
+  T* hm = s + 1 < p.T ? static_cast<T*>(p.ws_hm) + (p.save ? (s + 1) * B * R : 0) : nullptr;
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < B * R;
+       k += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = k / R, r = k - b * R;
+    if (rows.active(b, s)) {
+      const A h = to_acc(hp[k]);
+      y[(rows.pos(b, s) * B + b) * R + r] = hp[k];
+      h_state[k] = h;
+    } else {
+      y[(s * B + b) * R + r] = from_acc<T>(A(0));
+    }
+    if (hm) hm[k] = from_acc<T>(mask_next ? h_state[k] * to_acc(mask_next[k]) : h_state[k]);
+  }
+}
+
+// dh_s = grad_y[pos] + dh_carry of running rows (0 for finished ones), into dh_all[s].
+template <typename T>
+__global__ void __launch_bounds__(kThreads) backward_pre_kernel(LayerParams p, LayerGrads g, int64_t s) {
+  using A = typename Acc<T>::type;
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t B = p.B, R = p.R;
+  const T* gy = static_cast<const T*>(g.grad_y);
+  const A* carry = static_cast<const A*>(g.dh_carry);
+  T* dh = static_cast<T*>(g.dh_all) + s * B * R;
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < B * R;
+       k += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = k / R, r = k - b * R;
+    dh[k] = rows.active(b, s) ? from_acc<T>(to_acc(gy[(rows.pos(b, s) * B + b) * R + r]) + carry[k])
+                              : from_acc<T>(A(0));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(LayerParams p, LayerGrads g, int64_t s, int U, const typename Acc<T>::type* __restrict__ dhc) {
+  using A = typename Acc<T>::type;
+  extern __shared__ unsigned char smem_raw[];
+  A* sm = reinterpret_cast<A*>(smem_raw);
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int64_t B = p.B, H = p.H, R = p.R;
+  const T* gy = static_cast<const T*>(g.grad_y);
+  const A* carry = static_cast<const A*>(g.dh_carry);
+  auto dh_at = [&](int64_t b, int64_t j) -> A {
+    if (dhc) return dhc[b * H + j];
+    return to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j];
+  };
+  T* dhh = static_cast<T*>(g.dhh) + s * B * 4 * H;
+  backward_units<T>(p, g, s, j0, U, dh_at, sm, dhh, nullptr);
+}
+
+// dh_carry = dh_rec * m_s for running rows (finished rows keep their carry).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    backward_merge_kernel(LayerParams p, LayerGrads g, int64_t s, const typename Acc<T>::type* __restrict__ dh_rec) {
+  using A = typename Acc<T>::type;
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t B = p.B, R = p.R;
+  const T* m = p.mask ? static_cast<const T*>(p.mask) + (p.mask_per_step ? s * B * R : 0) : nullptr;
+  A* carry = static_cast<A*>(g.dh_carry);
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < B * R;
+       k += (int64_t)gridDim.x * blockDim.x) {
+    if (rows.active(k / R, s)) carry[k] = m ? dh_rec[k] * to_acc(m[k]) : dh_rec[k];
+  }
+}
+
+template <typename T>
+size_t units_smem(const LayerParams& p, int U) {
+  return static_cast<size_t>(units_scratch(U, p.B, p.bn)) * sizeof(typename Acc<T>::type);
+}
+
+}  // namespace
+
+cudaError_t layer_step_init(const LayerParams& p, const void* h0, cudaStream_t stream) {
+  if (p.B * p.R == 0) return cudaSuccess;
+  return dispatch(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    init_kernel<T><<<blocks_for(p.B * p.R, kThreads), kThreads, 0, stream>>>(p, static_cast<const T*>(h0));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t layer_step_forward(const LayerParams& p, int64_t s, const void* hh, cudaStream_t stream) {
+  if (p.B * p.H == 0) return cudaSuccess;
+  return dispatch(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    const int U = step_units<A>(p);
+    const unsigned blocks = static_cast<unsigned>((p.H + U - 1) / U);
+    forward_kernel<T><<<blocks, kThreads, units_smem<T>(p, U), stream>>>(p, s, U, static_cast<const A*>(hh));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t layer_step_forward_proj(const LayerParams& p, int64_t s, const void* hp, cudaStream_t stream) {
+  if (p.B * p.R == 0) return cudaSuccess;
+  return dispatch(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    forward_proj_kernel<T><<<blocks_for(p.B * p.R, kThreads), kThreads, 0, stream>>>(p, s, static_cast<const T*>(hp));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t layer_step_backward_pre(const LayerParams& p, const LayerGrads& g, int64_t s, cudaStream_t stream) {
+  if (p.B * p.R == 0) return cudaSuccess;
+  return dispatch(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    backward_pre_kernel<T><<<blocks_for(p.B * p.R, kThreads), kThreads, 0, stream>>>(p, g, s);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t layer_step_backward(const LayerParams& p, const LayerGrads& g, int64_t s, const void* dhc,
+                                cudaStream_t stream) {
+  if (p.B * p.H == 0) return cudaSuccess;
+  return dispatch(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    const int U = step_units<A>(p);
+    const unsigned blocks = static_cast<unsigned>((p.H + U - 1) / U);
+    backward_kernel<T><<<blocks, kThreads, units_smem<T>(p, U), stream>>>(p, g, s, U, static_cast<const A*>(dhc));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t layer_step_backward_merge(const LayerParams& p, const LayerGrads& g, int64_t s, const void* dh_rec,
+                                      cudaStream_t stream) {
+  if (p.B * p.R == 0) return cudaSuccess;
+  return dispatch(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    backward_merge_kernel<T><<<blocks_for(p.B * p.R, kThreads), kThreads, 0, stream>>>(p, g, s, static_cast<const A*>(dh_rec));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn
