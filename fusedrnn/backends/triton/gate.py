@@ -1,0 +1,2 @@
+def kernel_configs(*a, **k):
+    raise NotImplementedError
