@@ -23,7 +23,8 @@ def _bench(args: argparse.Namespace) -> int:
     t0 = time.time()
     records = suite.run(preset, device=device, dtype=args.dtype, out=args.out,
                         modes=args.mode or suite.MODES, variants=args.variant or None,
-                        backends=args.backend or None, reps=args.reps, progress=not args.no_progress)
+                        backends=args.backend or None, reps=args.reps, progress=not args.no_progress,
+                        budget_s=args.budget_s)
     title = f"fusedrnn bench --preset {preset} on {records[0]['device'] if records else device} " \
             f"(torch {torch.__version__}, {time.time() - t0:.0f} s)"
     suite.print_table(records, title)
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     b.add_argument("--backend", action="append", help="fusedrnn backends to time (default: all available)")
     b.add_argument("--reps", type=int, help="timed repetitions per provider")
     b.add_argument("--threads", type=int, help="torch CPU threads")
+    b.add_argument("--budget-s", type=float, help="seconds of timed runs per group at most (at least 3 runs)")
     b.add_argument("--out", default="benchmarks/results", help="directory for records and tables ('' for none)")
     b.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -60,6 +62,8 @@ def main(argv=None) -> int:
             parser.error("--reps must be >= 1")
         if args.threads is not None and args.threads < 1:
             parser.error("--threads must be >= 1")
+        if args.budget_s is not None and args.budget_s <= 0:
+            parser.error("--budget-s must be > 0")
         return _bench(args)
     return 1
 

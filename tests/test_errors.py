@@ -129,3 +129,22 @@ def test_env_override_of_auto(monkeypatch):
     monkeypatch.setenv("FUSEDRNN_BACKEND", "nope")
     with pytest.raises(ValueError, match="FUSEDRNN_BACKEND"):
         lstm(torch.randn(5, 2, 3))
+
+
+def test_auto_runs_plain_cpu_modules_as_torch_and_aten_refuses_regularizers():
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, num_layers=2, dropout=0.3)
+    ours = fusedrnn.LSTM(3, 4, num_layers=2, dropout=0.3)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3)
+    torch.manual_seed(1)
+    a = ref(x)[0]
+    torch.manual_seed(1)
+    b = ours(x)[0]
+    assert torch.equal(a, b)  # the same code path, the same dropout draws
+    assert "aten" in fusedrnn.explain(ours, x)
+    with pytest.raises(fusedrnn.BackendError, match="aten"):
+        fusedrnn.LSTM(3, 4, recurrent_dropout=0.2, backend="aten")(x)
+    with pytest.raises(fusedrnn.BackendError, match="aten"):
+        fusedrnn.ops.lstm_layer(x, torch.zeros(2, 4), torch.zeros(2, 4), ref.weight_ih_l0, ref.weight_hh_l0,
+                                backend="aten")

@@ -48,20 +48,28 @@ class Timing:
 
 
 def time_group(fns: dict[str, Callable[[int], None]], device: torch.device, *, warmup: int = 2,
-               reps: int = 10, rotate: int = 1, min_time_s: float = 0.0) -> dict[str, Timing]:
+               reps: int = 10, rotate: int = 1, min_time_s: float = 0.0,
+               budget_s: Optional[float] = None) -> dict[str, Timing]:
     """Time every fn of a group, alternating between them.
 
     Each fn takes the index of the input set to use (0 .. rotate - 1).  Runs ``warmup``
     untimed rounds, then at least ``reps`` timed rounds (more, up to 5x, until
-    ``min_time_s`` has passed).  Returns a Timing per name.
+    ``min_time_s`` has passed).  With ``budget_s``, the timed rounds are cut to what fits
+    in that many seconds (at least 3), judged from the last warm-up round.  Returns a
+    Timing per name.
     """
     names = list(fns)
     cuda = device.type == "cuda"
+    round_s = 0.0
     for w in range(warmup):
+        t0 = time.perf_counter()
         for n in names:
             fns[n](w % rotate)
-    if cuda:
-        torch.cuda.synchronize(device)
+        if cuda:
+            torch.cuda.synchronize(device)
+        round_s = time.perf_counter() - t0
+    if budget_s is not None and round_s > 0:
+        reps = max(3, min(reps, int(budget_s / round_s)))
     samples: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, Optional[float]] = {n: None for n in names}
     if cuda:

@@ -35,7 +35,9 @@ def torch_provider_name(device: torch.device) -> str:
 def providers_for(device: torch.device, backends: Optional[list[str]] = None,
                   include_loop: bool = True) -> list[str]:
     names = [torch_provider_name(device)]
-    for b in backends if backends is not None else available_backends(device):
+    if backends is None:  # the reference backend is the oracle, not a contender on a GPU
+        backends = [b for b in available_backends(device) if device.type == "cpu" or b != "reference"]
+    for b in backends:
         names.append(f"fusedrnn-{b}")
     if include_loop:
         names.append("loop")

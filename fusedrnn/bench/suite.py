@@ -58,7 +58,8 @@ def default_device() -> torch.device:
 
 def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Optional[str] = None,
         out: Optional[str] = "benchmarks/results", modes=MODES, variants=None, backends=None,
-        reps: Optional[int] = None, progress: bool = True, points=None) -> list[dict]:
+        reps: Optional[int] = None, progress: bool = True, points=None,
+        budget_s: Optional[float] = None) -> list[dict]:
     """Run a preset; returns the records (also appended to <out>/<device>.jsonl)."""
     device = device or default_device()
     spec = PRESETS[preset]
@@ -86,7 +87,8 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
                 else:
                     fns[(prov, var)] = build_layer_fn(prov, var, mode, p.B, p.T, p.I, p.H, dt, device,
                                                       rotate=4 if cuda else 1)
-        timings = harness.time_group(fns, device, warmup=3 if cuda else 2, reps=reps, rotate=4 if cuda else 1)
+        timings = harness.time_group(fns, device, warmup=3 if cuda else 2, reps=reps, rotate=4 if cuda else 1,
+                                     budget_s=budget_s)
         for (prov, var), tm in timings.items():
             records.append(harness.make_record(env, provider=prov, variant=var, mode=mode, dtype=dt,
                                                B=p.B, T=p.T, I=p.I, H=p.H, timing=tm))

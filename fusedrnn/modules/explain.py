@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.dispatch import explain_config
+from ..ops.dispatch import explain_config, module_backend
 from .cell import LSTMCell
 from .lstm import LSTM
 
@@ -19,6 +19,11 @@ def explain(module: nn.Module, input) -> str:
     lstms = [(n, m) for n, m in module.named_modules() if isinstance(m, LSTM)]
     for name, m in lstms:
         lines.append(f"{name or type(module).__name__}: {m!r}")
+        ref = input.data if hasattr(input, "batch_sizes") else input
+        if module_backend(m.backend, ref.device, ref.dtype, m.regularized()) == "aten":
+            lines.append("  all layers: aten (torch's own LSTM: no regularizer is active, and on the CPU "
+                         "it measures at least as fast)")
+            continue
         for suffix, cfg in m.layer_configs(input):
             decisions = explain_config(m.backend, cfg)
             chosen = next((n for n, why in decisions if why is None), None)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
+from ..ops import dispatch
 from ..ops.dropout import dropout_mask, recurrent_mask
 from .regularizers import RegularizedMixin
 
@@ -61,7 +62,8 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             t < bn_max_steps (eval uses slot min(t, bn_max_steps - 1)).
         bn_max_steps (int), bn_momentum (float), bn_eps (float): batch-norm settings.
         backend (str): "auto" (fastest that supports the configuration), "reference",
-            "native", "cuda" or "triton".
+            "native", "cuda", "triton", or "aten" (torch's own LSTM, which "auto" picks on
+            the CPU when no regularizer is active; see fusedrnn.explain).
 
     Inputs: input, (h_0, c_0)
         input: [T, B, I] (or [B, T, I] with batch_first), [T, I] unbatched, or a
@@ -114,8 +116,16 @@ class LSTM(RegularizedMixin, nn.RNNBase):
     def extra_repr(self) -> str:
         return super().extra_repr() + self._regularizer_repr()
 
+    def regularized(self) -> bool:
+        """Whether this forward (in the current mode) uses a regularizer torch's LSTM lacks."""
+        return self.batch_norm or (self.training and (
+            self.recurrent_dropout > 0 or (self.dropout > 0 and self.variational)))
+
     def forward(self, input, hx=None):
         """See the class docstring for shapes."""
+        ref = input.data if isinstance(input, PackedSequence) else input
+        if dispatch.module_backend(self.backend, ref.device, ref.dtype, self.regularized()) == "aten":
+            return nn.LSTM.forward(self, input, hx)
         self._update_flat_weights()
         orig_input = input
         num_directions = 2 if self.bidirectional else 1

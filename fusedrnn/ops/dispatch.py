@@ -17,6 +17,12 @@ import torch
 from .. import backends
 from ..backends.base import Backend, BackendError, Config
 
+# Backends that run whole fusedrnn.LSTM modules rather than one recurrence: "aten" is
+# torch's own LSTM (oneDNN on CPU), which "auto" uses on the CPU for the configurations it
+# can run (no recurrent dropout, variational masks or batch norm) because it measures at
+# least as fast there (benchmarks/NOTES.md).
+MODULE_ONLY = ("aten",)
+
 # Fastest first, per device type.
 PREFERENCE = {
     "cpu": ("native", "reference"),
@@ -32,12 +38,16 @@ def _device(device: Union[str, torch.device, None]) -> torch.device:
 
 def check_backend_name(name: str) -> str:
     """Validate a backend argument; raises ValueError naming the argument."""
-    if not isinstance(name, str) or (name != "auto" and name not in backends.NAMES):
-        raise ValueError(f"backend must be one of {('auto',) + backends.NAMES}, got {name!r}")
+    known = ("auto",) + backends.NAMES + MODULE_ONLY
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f"backend must be one of {known}, got {name!r}")
     return name
 
 
 def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
+    if name in MODULE_ONLY:
+        return (f"backend {name!r} (torch's own LSTM) runs whole fusedrnn.LSTM modules without "
+                "regularizers, not single recurrences")
     be = backends.get(name)
     if be is None:
         return f"backend {name!r} cannot be imported: {backends.import_error(name)}"
@@ -61,6 +71,21 @@ def _requested(name: str) -> str:
             except ValueError as e:
                 raise ValueError(f"FUSEDRNN_BACKEND: {e}") from None
     return name
+
+
+def module_backend(name: str, device: torch.device, dtype: torch.dtype, regularized: bool) -> Optional[str]:
+    """"aten" when a whole fusedrnn.LSTM should run as torch's own LSTM, else None.
+
+    Explicit backend="aten" on a regularized module raises BackendError."""
+    name = _requested(name)
+    if name == "aten":
+        if regularized:
+            raise BackendError("backend='aten' (torch's own LSTM) cannot run recurrent dropout, "
+                               "variational masks or batch norm")
+        return "aten"
+    if name == "auto" and device.type == "cpu" and dtype in (torch.float32, torch.float64) and not regularized:
+        return "aten"
+    return None
 
 
 def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple[str, Optional[str]]]:
@@ -95,4 +120,5 @@ def resolve(name: str, cfg: Config, op: str = "recurrence") -> Backend:
     )
 
 
-__all__ = ["PREFERENCE", "available_backends", "check_backend_name", "explain_config", "resolve"]
+__all__ = ["MODULE_ONLY", "PREFERENCE", "available_backends", "check_backend_name", "explain_config",
+           "module_backend", "resolve"]
