@@ -97,6 +97,25 @@ def test_float64_matches_reference(mask_kind, bn_mode, proj, lengths, reverse, d
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"output/grad {i}: {m}")
 
 
+LP_CASES = list(itertools.product([None, "shared", "per_step"], [None, "train", "eval"], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "tf32"])
+@pytest.mark.parametrize("mask_kind,bn_mode,lengths,reverse", LP_CASES,
+                         ids=[f"mask{m}-bn{b}-len{int(l)}-rev{int(r)}" for m, b, l, r in LP_CASES])
+def test_low_precision_every_option(mask_kind, bn_mode, lengths, reverse, dtype, design, monkeypatch):
+    """Every option through both designs in bf16 and TF32 (the persistent kernels run only in
+    low precision), against float64 with a loose absolute tolerance."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    d = _inputs(T=9, B=6, H=32, P=0, mask_kind=mask_kind, bn_mode=bn_mode, lengths=lengths, dtype=dtype)
+    ref = _run(d, "reference", "cpu", torch.float64, reverse)
+    got = _run(d, "cuda", DEV, dtype, reverse)
+    tol = 0.08 if dtype == torch.bfloat16 else 0.02
+    for i, (a, b) in enumerate(zip(got, ref)):
+        scale = b.abs().max().item() + 1.0
+        assert (a - b).abs().max().item() <= tol * scale, (i, (a - b).abs().max().item(), scale)
+
+
 def _torch_error(T, B, H, dtype):
     """Max abs error of torch.nn.LSTM (cuDNN) at dtype against its float64 result: y and dx."""
     torch.manual_seed(0)

@@ -15,12 +15,31 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Units per block: 8, fewer when BN's per-block scratch ([B][4U] acc) would exceed 48 KB.
+// The opt-in shared-memory limit per block of the current device.
+size_t smem_optin() {
+  int dev = 0, optin = 48 * 1024;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 48 * 1024;
+  }
+  return static_cast<size_t>(optin);
+}
+
+// Units per block: 8, fewer when BN's backward scratch ([B][4U] acc) would exceed 48 KB.
 template <typename A>
 int step_units(const LayerParams& p) {
   int64_t U = 8;
   while (U > 1 && units_scratch(U, p.B, p.bn) * static_cast<int64_t>(sizeof(A)) > 48 * 1024) U /= 2;
   return static_cast<int>(U);
+}
+
+// Dynamic shared memory of a launch: opts in above 48 KB (large batches with BN), or
+// refuses a size beyond the device's limit.
+cudaError_t prepare_smem(const void* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  if (bytes > smem_optin()) return cudaErrorInvalidConfiguration;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 template <typename T>
@@ -129,9 +148,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Shared memory of the units routines: the forward uses 10U statistics, the backward
+// units_scratch (16U, plus [B][4U] of gate gradients with BN).
 template <typename T>
-size_t units_smem(const LayerParams& p, int U) {
-  return static_cast<size_t>(units_scratch(U, p.B, p.bn)) * sizeof(typename Acc<T>::type);
+size_t units_smem(const LayerParams& p, int U, bool backward) {
+  const int64_t n = backward ? units_scratch(U, p.B, p.bn) : 16 * U;
+  return static_cast<size_t>(n) * sizeof(typename Acc<T>::type);
 }
 
 }  // namespace
@@ -152,7 +174,7 @@ cudaError_t layer_step_forward(const LayerParams& p, int64_t s, const void* hh, 
     using A = typename Acc<T>::type;
     const int U = step_units<A>(p);
     const unsigned blocks = static_cast<unsigned>((p.H + U - 1) / U);
-    forward_kernel<T><<<blocks, kThreads, units_smem<T>(p, U), stream>>>(p, s, U, static_cast<const A*>(hh));
+    forward_kernel<T><<<blocks, kThreads, units_smem<T>(p, U, false), stream>>>(p, s, U, static_cast<const A*>(hh));
     return cudaGetLastError();
   });
 }
@@ -183,7 +205,10 @@ cudaError_t layer_step_backward(const LayerParams& p, const LayerGrads& g, int64
     using A = typename Acc<T>::type;
     const int U = step_units<A>(p);
     const unsigned blocks = static_cast<unsigned>((p.H + U - 1) / U);
-    backward_kernel<T><<<blocks, kThreads, units_smem<T>(p, U), stream>>>(p, g, s, U, static_cast<const A*>(dhc));
+    const size_t smem = units_smem<T>(p, U, true);
+    cudaError_t err = prepare_smem(reinterpret_cast<const void*>(&backward_kernel<T>), smem);
+    if (err != cudaSuccess) return err;
+    backward_kernel<T><<<blocks, kThreads, smem, stream>>>(p, g, s, U, static_cast<const A*>(dhc));
     return cudaGetLastError();
   });
 }

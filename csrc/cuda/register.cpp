@@ -15,7 +15,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../ops.h"
@@ -112,15 +115,27 @@ at::Tensor step_counts(const std::vector<int64_t>& len, int64_t T, int64_t B, co
 }
 
 // The persistent design runs when the plan fits: no projection, fp16 / bf16, or fp32
-// when TF32 is allowed for cuDNN (torch.backends.cudnn.allow_tf32, what nn.LSTM follows).
+// when TF32 is allowed for matmuls (torch.backends.cuda.matmul.allow_tf32, which the
+// per-step cuBLAS GEMMs follow too, so both designs have the same fp32 precision).
 // FUSEDRNN_CUDA_DESIGN=step forces the per-step design (tests use it to cover both).
 cuda::PersistentPlan choose_plan(const LayerDims& d, at::ScalarType st, bool need_backward) {
   cuda::PersistentPlan plan{};
   const char* force = std::getenv("FUSEDRNN_CUDA_DESIGN");
   if (force && std::string(force) == "step") return plan.why = "FUSEDRNN_CUDA_DESIGN=step", plan;
-  if (st == at::kFloat && !at::globalContext().allowTF32CuDNN())
-    return plan.why = "float32 without TF32 (torch.backends.cudnn.allow_tf32 is False)", plan;
-  return cuda::persistent_plan(dtype_of_scalar(st), d.B, d.H, d.R, d.proj, need_backward);
+  if (st == at::kFloat && !at::globalContext().allowTF32CuBLAS())
+    return plan.why = "float32 without TF32 (torch.backends.cuda.matmul.allow_tf32 is False)", plan;
+  // The plan depends on the device and the shape only: cache it (occupancy queries cost).
+  int dev = 0;
+  cudaGetDevice(&dev);
+  using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool>;
+  static std::mutex mu;
+  static std::map<Key, cuda::PersistentPlan> cache;
+  const Key key{dev, static_cast<int>(st), d.B, d.H, d.R, d.proj, need_backward};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it == cache.end())
+    it = cache.emplace(key, cuda::persistent_plan(dtype_of_scalar(st), d.B, d.H, d.R, d.proj, need_backward)).first;
+  return it->second;
 }
 
 cuda::LayerParams layer_params(const LayerDims& d, const at::Tensor& xp, const at::Tensor& w_hh,
@@ -204,10 +219,11 @@ LayerForwardOut lstm_layer_forward_cuda(
   at::Tensor h_state = at::empty({B, R}, aopt);
   ws_c.select(0, 0).copy_(c0);
 
-  cuda::LayerParams p = layer_params(d, xp, w_hh, mask, lengths_dev, counts, contiguous_opt(bn_h_weight),
-                                     contiguous_opt(bn_c_weight), contiguous_opt(bn_c_bias),
-                                     contiguous_opt(bn_h_running_mean), contiguous_opt(bn_h_running_var),
-                                     contiguous_opt(bn_c_running_mean), contiguous_opt(bn_c_running_var),
+  // Named locals: the kernels read these pointers after this statement.
+  const OptT gh = contiguous_opt(bn_h_weight), gc = contiguous_opt(bn_c_weight), bc = contiguous_opt(bn_c_bias);
+  const OptT rmh = contiguous_opt(bn_h_running_mean), rvh = contiguous_opt(bn_h_running_var);
+  const OptT rmc = contiguous_opt(bn_c_running_mean), rvc = contiguous_opt(bn_c_running_var);
+  cuda::LayerParams p = layer_params(d, xp, w_hh, mask, lengths_dev, counts, gh, gc, bc, rmh, rvh, rmc, rvc,
                                      bn_training, bn_step_offset, bn_eps, save_workspace, S);
   p.y = y.data_ptr();
   p.h_stats = h_stats.data_ptr();
@@ -244,8 +260,10 @@ LayerForwardOut lstm_layer_forward_cuda(
   } else {
     h_state.copy_(h0);
   }
-  at::Tensor h_n = h_state.to(xp.scalar_type());
-  at::Tensor c_n = ws_c.select(0, save_workspace ? T : (T & 1)).to(xp.scalar_type());
+  at::Tensor h_n = new_output({B, R}, opt);
+  h_n.copy_(h_state);
+  at::Tensor c_n = new_output({B, H}, opt);  // a fresh tensor, never a view of the workspace
+  c_n.copy_(ws_c.select(0, save_workspace ? T : (T & 1)));
   return {y, h_n, c_n, h_stats, c_stats, ws_hm, ws_act, ws_c, ws_hh_hat, ws_hc};
 }
 
@@ -271,8 +289,9 @@ LayerBackwardOut lstm_layer_backward_cuda(
   int64_t S = 1;
   if (d.bn && !bn_training) {
     S = check_running(bn_h_running_var, G, grad_y_in, "bn_h_running_var");
-    check_running(bn_c_running_mean, H, grad_y_in, "bn_c_running_mean");
-    check_running(bn_c_running_var, H, grad_y_in, "bn_c_running_var");
+    TORCH_CHECK(check_running(bn_c_running_mean, H, grad_y_in, "bn_c_running_mean") == S &&
+                    check_running(bn_c_running_var, H, grad_y_in, "bn_c_running_var") == S,
+                "fusedrnn: running statistics must all have the same number of slots");
   }
   const at::TensorOptions opt = grad_y_in.options();
   const at::TensorOptions aopt = opt.dtype(acc_type_of(grad_y_in.scalar_type()));
@@ -293,10 +312,11 @@ LayerBackwardOut lstm_layer_backward_cuda(
   at::Tensor dgamma_h = at::zeros({d.bn ? G : 0}, aopt), dgamma_c = at::zeros({d.bn ? H : 0}, aopt);
   at::Tensor dbeta_c = at::zeros({d.bn ? H : 0}, aopt);
 
-  cuda::LayerParams p = layer_params(d, grad_y, w_hh, mask, lengths_dev, counts, contiguous_opt(bn_h_weight),
-                                     contiguous_opt(bn_c_weight), contiguous_opt(bn_c_bias), OptT(),
-                                     contiguous_opt(bn_h_running_var), contiguous_opt(bn_c_running_mean),
-                                     contiguous_opt(bn_c_running_var), bn_training, bn_step_offset, bn_eps, true, S);
+  const OptT gh = contiguous_opt(bn_h_weight), gc = contiguous_opt(bn_c_weight), bc = contiguous_opt(bn_c_bias);
+  const OptT rvh = contiguous_opt(bn_h_running_var), rmc = contiguous_opt(bn_c_running_mean);
+  const OptT rvc = contiguous_opt(bn_c_running_var);
+  cuda::LayerParams p = layer_params(d, grad_y, w_hh, mask, lengths_dev, counts, gh, gc, bc, OptT(), rvh, rmc, rvc,
+                                     bn_training, bn_step_offset, bn_eps, true, S);
   p.xp = nullptr;
   p.h_stats = const_cast<void*>(hs.data_ptr());
   p.c_stats = const_cast<void*>(cs.data_ptr());
@@ -365,6 +385,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_forward_cuda(
   }
   TORCH_CHECK(training || (eval_mean.has_value() && eval_var.has_value()),
               "fusedrnn: eval-mode batch norm needs the statistics of every step");
+  if (!training)
+    TORCH_CHECK(eval_mean->dim() == 2 && eval_mean->size(0) == T && eval_mean->size(1) == F &&
+                    eval_var->sizes() == eval_mean->sizes(),
+                "fusedrnn: eval_mean and eval_var must have shape [", T, ", ", F, "]");
   lengths_vector(lengths, B, T);  // validates
   const at::Tensor v = v_in.contiguous();
   const at::TensorOptions aopt = v.options().dtype(acc_type_of(v.scalar_type()));

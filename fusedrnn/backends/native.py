@@ -138,7 +138,7 @@ if LOAD_ERROR is None:
             )
         (T, B, _), (h_shape, c_shape) = act.shape, ctx.shapes
         R = w_hh.shape[1]
-        z = act.new_zeros
+        z = w_hh.new_zeros  # the data dtype (the workspace may be in the accumulation dtype)
         grad_y = z(T, B, R) if grad_y is None else grad_y
         grad_h_n = z(h_shape) if grad_h_n is None else grad_h_n
         grad_c_n = z(c_shape) if grad_c_n is None else grad_c_n

@@ -71,6 +71,11 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
     groups = [(p, mode) for p in points for mode in modes]
     records: list[dict] = []
     bar = _progress(len(groups)) if progress else None
+    # fp32 on a GPU: TF32 allowed for every provider, as cuDNN does by default
+    # (torch.backends.cudnn.allow_tf32) and fusedrnn does when matmul.allow_tf32 is set.
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
     for p, mode in groups:
         dt = DTYPES[dtype or p.dtype]
         fns = {}
@@ -97,6 +102,7 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
         del fns
     if bar:
         bar.close()
+    torch.backends.cuda.matmul.allow_tf32 = tf32_before
     if out:
         harness.append_records(records, os.path.join(out, harness.device_slug(device) + ".jsonl"))
     return records
