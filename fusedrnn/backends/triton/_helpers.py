@@ -194,9 +194,10 @@ def bn_backward(dxh, xh, rstd, a2, n, BN: tl.constexpr):
     if BN == 1:
         m1 = tl.sum(tl.where(a2, dxh, 0.0), axis=0) / n
         m2 = tl.sum(tl.where(a2, dxh * xh, 0.0), axis=0) / n
-        return rstd[None, :] * (dxh - m1[None, :] - xh * m2[None, :])
+        dx = rstd[None, :] * (dxh - m1[None, :] - xh * m2[None, :])
     else:
-        return dxh * rstd[None, :]
+        dx = dxh * rstd[None, :]
+    return dx
 
 
 @triton.jit

@@ -1,22 +1,24 @@
-"""Which design and which tiles run a recurrence: the resource estimate, the heuristic, the
-autotuning space and the list of every kernel configuration that can be chosen.
+"""Which design and which tiles run a recurrence: the resource estimate and the heuristic.
 
 Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H.
 
 Designs (see kernels.py): "step" (one fused launch per step; always possible) and
 "persistent" (one launch for the whole sequence, a grid barrier per step).  The
-heuristic, in :func:`plan`:
+heuristic, in :func:`plan`, from resource facts (the budget in :func:`resources`):
 
 1. Persistent needs every program co-resident: grid = (row blocks) x (column blocks)
-   <= the number of multiprocessors (one program per SM).  Batch norm needs all rows in
-   one program (per-step batch statistics), so then row blocks = 1 and B <= MAX_BN_ROWS.
-   The smallest column block BH in (16, 32, 64) that satisfies this is taken (most
-   programs: the most on-chip storage and bandwidth for W).
-2. Within a persistent launch, W slices stay on chip (RESIDENT) when
-   :func:`resources` says the W tiles plus the operand tile of one step fit the
-   per-block shared-memory limit of the device and the register estimate stays under
-   the per-thread limit; else they are streamed from L2 every step (still one launch).
-3. Otherwise: the per-step design.
+   <= the device's multiprocessor count (one program per SM; read from the device).
+2. A persistent program keeps its cell state and its addressing in registers across the
+   time loop: with 8 warps, tiles of at most PERSISTENT_ELEMS elements per thread
+   (BB x BH <= 512) compile without spills on sm_90 (measured by the compile gate).
+   Rows per program BB = min(pow2(B), 32); batch norm needs all rows in one program
+   (per-step batch statistics), so with it B <= 32.  The first hidden block BH in
+   (16, 32) meeting 1. and 2. is taken.
+3. Its W slices stay on chip, in registers across steps (RESIDENT), when each slice and
+   the full-K operand tile of a step fit RESIDENT_BYTES; else each step streams them
+   from L2 in BK chunks (still one launch).
+4. Otherwise: the per-step design (BB up to 64 rows, all B <= MAX_BN_ROWS with batch
+   norm; more warps for more rows).
 In the Triton interpreter (CPU) programs run one after another, so a program that waits
 on another would wait forever: there the persistent design runs with a single program
 (grid = 1, tiles covering B, H and P), and the per-step design with many.
@@ -30,8 +32,8 @@ from typing import Optional
 
 import torch
 
-MAX_BN_ROWS = 256  # batch norm: all rows in one program (registers: 4 * BB * BH fp32)
-_PERSISTENT_BH = (16, 32, 64)
+MAX_BN_ROWS = 256  # batch norm: all rows in one per-step program (spills beyond 128)
+_PERSISTENT_BH = (16, 32)
 
 
 def pow2(n: int, lo: int = 16) -> int:
@@ -108,69 +110,66 @@ class Plan:
 def resources(s: Shape, BB: int, BH: int, BP: int, num_warps: int) -> dict:
     """Per-program on-chip need of the persistent design, in bytes, both directions.
 
-    w: the W slices kept across steps (forward: 4 gate tiles [R, BH] of W_hh and [H, BP]
-    of W_hr; backward: [G, BR] of W_hh and [P, BH] of W_hr); operand: the one-step dot
-    operand tiles ([BB, R] / [BB, H] forward, [BB, G] / [BB, P] backward), cast to the
-    weight type; regs: fp32 words per thread for accumulators, states and gate values
-    (about 12 live [BB, BH] tiles in the backward cell).  The compiler decides where each
-    tile lives; the numbers are a budget, checked against compiled kernels by the compile
-    gate (kernel_configs + tests/test_triton_compile.py)."""
+    w: the W slices a RESIDENT program keeps across steps (forward: 4 gate tiles [R, BH]
+    of W_hh and [H, BP] of W_hr; backward: [G, BR] of W_hh and [P, BH] of W_hr);
+    operand: the full-K dot operand tile of one step ([BB, R] / [BB, H] forward,
+    [BB, G] / [BB, P] backward), in the weight type; elems: elements per thread of one
+    [BB, BH] tile (the cell keeps about 30 such tiles live, plus the per-program
+    addressing that the time loop keeps).  Calibrated on sm_90 compiles (gate.py; see
+    the table in tests/test_triton_compile.py): with 8 warps, 2 elements per thread
+    compile to ~250 registers without spills, 4 spill."""
     e = s.esize
     RP, HP, GP = pow2(s.R), pow2(s.H), pow2(4 * s.H)
     BR = BP if s.proj else BH
-    w_f = 4 * RP * BH * e + (HP * BP * e if s.proj else 0)
-    w_b = GP * BR * e + (RP * BH * e if s.proj else 0)
+    w_f = max(4 * RP * BH * e, HP * BP * e if s.proj else 0)
+    w_b = max(GP * BR * e, RP * BH * e if s.proj else 0)
     op_f = BB * max(RP, HP if s.proj else 0) * e
     op_b = BB * max(GP, RP if s.proj else 0) * e
-    threads = 32 * num_warps
-    regs = 12 * BB * max(BH, BR) // threads
-    return dict(w=max(w_f, w_b), operand=max(op_f, op_b), regs=regs)
+    return dict(w=max(w_f, w_b), operand=max(op_f, op_b),
+                elems=BB * max(BH, BR) // (32 * num_warps))
 
 
-def _resident_fits(s: Shape, dev: Device, BB: int, BH: int, BP: int, num_warps: int) -> bool:
-    r = resources(s, BB, BH, BP, num_warps)
-    return r["w"] + r["operand"] <= dev.smem_per_block - 16 * 1024 and r["regs"] <= 96
+PERSISTENT_WARPS = 8
+PERSISTENT_ELEMS = 2  # elements per thread of a [BB, BH] tile in the persistent kernels
+RESIDENT_BYTES = 16 * 1024  # the largest W slice / operand tile kept in registers
 
 
-def _warps(BB: int, BH: int) -> int:
-    return 8 if BB * BH >= 4096 else 4
+def _resident_fits(s: Shape, BB: int, BH: int, BP: int) -> bool:
+    r = resources(s, BB, BH, BP, PERSISTENT_WARPS)
+    return r["w"] <= RESIDENT_BYTES and r["operand"] <= RESIDENT_BYTES
 
 
 def step_plan(s: Shape, dev: Device) -> Plan:
+    """Per-step tiles: 16 hidden units per program, all rows (BN) or up to 64 per program;
+    8 warps from 32 rows on, 16 from 128 (spill-free up to 64 rows on sm_90)."""
     BB = pow2(s.B) if s.bn else min(pow2(s.B), 64)
-    BH = 16 if s.H <= 256 else 32
-    BP = 16 if s.R <= 256 else 32
-    BK = 32 if s.esize >= 4 else 64
-    BK = min(BK, pow2(min(s.R, s.H)))
-    return Plan("step", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=_warps(BB, BH), num_stages=1,
-                nb=_cdiv(s.B, BB))
+    BK = min(32, pow2(min(s.R, s.H)))
+    nw = 4 if BB <= 16 else (8 if BB <= 64 else 16)
+    return Plan("step", BB=BB, BH=16, BP=16, BK=BK, num_warps=nw, num_stages=1, nb=_cdiv(s.B, BB))
 
 
 def persistent_plan(s: Shape, dev: Device, resident: Optional[bool] = None) -> Optional[Plan]:
     """The persistent plan, or None when it cannot run (see the module docstring)."""
-    BK = 32 if s.esize >= 4 else 64
+    BK = min(32, pow2(min(s.R, s.H)))
     if dev.interpret:  # one program covering everything
         BB, BH, BP = pow2(s.B), pow2(s.H), pow2(s.R)
-        return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=min(BK, pow2(min(s.R, s.H))),
-                    num_warps=4, resident=True if resident is None else resident, nb=1, nprog=1)
-    if s.bn and s.B > MAX_BN_ROWS:
-        return None
-    BB = pow2(s.B) if s.bn else min(pow2(s.B), 128)
+        res = True if resident is None else resident
+        return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=4, resident=res)
+    BB = pow2(s.B) if s.bn else min(pow2(s.B), 32)
+    if BB * 16 > PERSISTENT_ELEMS * 32 * PERSISTENT_WARPS:
+        return None  # batch norm over more rows than one persistent program holds
     nb = _cdiv(s.B, BB)
     for BH in _PERSISTENT_BH:
         ncol = _cdiv(s.H, BH)
-        BP = BH
-        if s.proj:  # as many projection blocks as hidden blocks
-            BP = pow2(_cdiv(s.R, ncol))
+        BP = pow2(_cdiv(s.R, ncol)) if s.proj else BH  # as many projection blocks as hidden
         nprog = nb * max(ncol, _cdiv(s.R, BP))
         if nprog > dev.sm_count:
             continue
-        nw = _warps(BB, max(BH, BP))
-        res = _resident_fits(s, dev, BB, BH, BP, nw) if resident is None else resident
-        if resources(s, BB, BH, BP, nw)["regs"] > 160:
+        if resources(s, BB, BH, BP, PERSISTENT_WARPS)["elems"] > PERSISTENT_ELEMS:
             continue
-        return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=min(BK, pow2(min(s.R, s.H))),
-                    num_warps=nw, resident=res, nb=nb, nprog=nprog)
+        res = _resident_fits(s, BB, BH, BP) if resident is None else resident
+        return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=PERSISTENT_WARPS,
+                    resident=res, nb=nb, nprog=nprog)
     return None
 
 
@@ -182,6 +181,9 @@ def plan(s: Shape, dev: Device, design: str = "auto") -> Plan:
     force = {"persistent-resident": True, "persistent-stream": False}.get(design)
     p = persistent_plan(s, dev, force)
     if p is not None:
+        if force and not dev.interpret and not _resident_fits(s, p.BB, p.BH, p.BP):
+            raise ValueError(f"the W slices of B={s.B} H={s.H} R={s.R} do not fit the "
+                             f"resident budget ({RESIDENT_BYTES} bytes)")
         return p
     if design == "auto":
         return step_plan(s, dev)
@@ -190,10 +192,48 @@ def plan(s: Shape, dev: Device, design: str = "auto") -> Plan:
 
 
 def persistent_limit_reason(s: Shape, dev: Device) -> str:
-    if s.bn and s.B > MAX_BN_ROWS:
-        return f"batch norm keeps all rows in one program and B={s.B} > {MAX_BN_ROWS}"
+    rows = PERSISTENT_ELEMS * 32 * PERSISTENT_WARPS // 16
+    if s.bn and s.B > rows:
+        return (f"batch norm keeps all rows in one program and B={s.B} > {rows} rows "
+                f"(the persistent program's register budget)")
     return (f"more than {dev.sm_count} co-resident programs would be needed "
-            f"(hidden blocks of up to {_PERSISTENT_BH[-1]} units)")
+            f"(one per multiprocessor, tiles within the register budget)")
 
 
 DESIGNS = ("auto", "step", "persistent", "persistent-resident", "persistent-stream")
+
+
+def candidates(s: Shape, dev: Device, design: str = "auto") -> list[Plan]:
+    """The autotuning space of the design that :func:`plan` picks: the heuristic plan first,
+    then the variants of tile sizes and warps that stay within the same resource rules
+    (so every one of them is in the compile gate's list too).  T is not part of it."""
+    first = plan(s, dev, design)
+    out = [first]
+    if dev.interpret:
+        return out
+    if first.design == "persistent":
+        rows = [first.BB] if s.bn else sorted({min(pow2(s.B), 16), first.BB})
+        for BB in rows:
+            for BH in _PERSISTENT_BH:
+                ncol = _cdiv(s.H, BH)
+                BP = pow2(_cdiv(s.R, ncol)) if s.proj else BH
+                nb = _cdiv(s.B, BB)
+                nprog = nb * max(ncol, _cdiv(s.R, BP))
+                if nprog > dev.sm_count:
+                    continue
+                if resources(s, BB, BH, BP, PERSISTENT_WARPS)["elems"] > PERSISTENT_ELEMS:
+                    continue
+                res = first.resident and _resident_fits(s, BB, BH, BP)
+                p = Plan("persistent", BB=BB, BH=BH, BP=BP, BK=first.BK,
+                         num_warps=PERSISTENT_WARPS, resident=res, nb=nb, nprog=nprog)
+                if p not in out:
+                    out.append(p)
+    else:
+        rows = [first.BB] if s.bn else sorted({min(pow2(s.B), 32), first.BB})
+        for BB in rows:
+            for nw in (4, 8) if BB <= 32 else ((8,) if BB <= 64 else (16,)):
+                p = Plan("step", BB=BB, BH=16, BP=16, BK=first.BK, num_warps=nw,
+                         nb=_cdiv(s.B, BB))
+                if p not in out:
+                    out.append(p)
+    return out[:4]

@@ -1,2 +1,250 @@
-def kernel_configs(*a, **k):
-    raise NotImplementedError
+"""The ahead-of-time compile gate: every kernel configuration the triton backend can choose,
+and a compiler for them that needs no GPU.
+
+    kernel_configs(dtype, T, B, H, R, options) -> [KernelConfig(kernel, signature,
+                                                   constexprs, num_warps, num_stages)]
+    compile_config(cfg, arch=90) -> {"regs", "spills", "stack", "shared", "ok", "error"}
+
+``python -m fusedrnn.backends.triton.gate [--arch 90 80]`` compiles the configurations of a
+grid of representative shapes and prints one line each (registers, spill bytes, shared
+memory).  Run it in a process without TRITON_INTERPRET (the interpreter replaces the
+kernels by Python functions).
+
+Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import tempfile
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import config as C
+from . import kernels as K
+
+_TY = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+# Pointer arguments and the tensor each one is, by role: "in" the input dtype, "acc" the
+# fp32 / fp64 state and workspace dtype, "i64" lengths, "i32" the barrier counters.
+_IN = {"xp", "y", "mask", "dy", "dxp", "dh_n", "dc_n", "dh0", "dc0", "w_hh", "w_hr", "bn_wh",
+       "bn_wc", "bn_bc", "rm_h", "rv_h", "rm_c", "rv_c"}
+_ACC = {"hs", "cs", "hc_ws", "act_ws", "hhat_ws", "stats_h", "stats_c", "dhh_ws", "dhn_ws",
+        "dh_buf", "dc_buf", "dg_h", "dg_c", "db_c"}
+_INTS = {"s", "T", "B", "H", "R", "P", "NS", "NSC", "bn_off", "bn_S"}
+# Pointers that the host replaces by an ACC dummy when the option is off.
+_OPTIONAL = {"mask": "mask", "w_hr": "proj", "bn_wh": "bn", "bn_wc": "bn", "bn_bc": "bn",
+             "rm_h": "bn_eval", "rv_h": "bn_eval", "rm_c": "bn_eval", "rv_c": "bn_eval"}
+
+
+class KernelConfig(NamedTuple):
+    kernel: object  # the @triton.jit function
+    signature: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+
+def _signature(kernel, dtype: torch.dtype, opts: dict) -> dict:
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    sig = {}
+    for i, name in enumerate(kernel.arg_names):
+        if kernel.params[i].is_constexpr:
+            sig[name] = "constexpr"
+        elif name in _INTS:
+            sig[name] = "i32"
+        elif name == "eps":
+            sig[name] = "fp32"
+        else:
+            if name == "lengths":
+                ty = "i64"
+            elif name == "bar":
+                ty = "i32"
+            elif name in _IN:
+                opt = _OPTIONAL.get(name)
+                on = opt is None or opts.get(opt, False)
+                if name == "w_hr" and not on:  # the host passes w_hh
+                    on = True
+                ty = _TY[dtype] if on else _TY[acc]
+            elif name in _ACC:
+                ty = _TY[acc]
+            else:
+                raise KeyError(f"{kernel.__name__}: no type rule for argument {name!r}")
+            sig[name] = "*" + ty
+    return sig
+
+
+def _flags(o: dict, dtype: torch.dtype) -> dict:
+    prec = "tf32" if dtype == torch.float32 and o.get("tf32", False) else "ieee"
+    mask = {None: 0, "shared": 1, "per_step": 2}[o.get("mask")]
+    bn = {None: 0, "train": 1, "eval": 2}[o.get("bn")]
+    return dict(MASK=mask, HAS_LEN=bool(o.get("lengths")), REVERSE=bool(o.get("reverse")), BN=bn,
+                PROJ=bool(o.get("proj")), SAVE=bool(o.get("save", True)), PREC=prec)
+
+
+def _pick(kernel, consts: dict) -> dict:
+    names = set(kernel.arg_names)
+    return {k: v for k, v in consts.items() if k in names}
+
+
+def configs_of_plan(p: C.Plan, s: C.Shape, dtype: torch.dtype, o: dict) -> list[KernelConfig]:
+    """The kernels (forward and, with save, backward) that plan p launches."""
+    f = _flags(dict(o, proj=s.proj), dtype)
+    opts = dict(mask=o.get("mask") is not None, proj=s.proj, bn=o.get("bn") is not None,
+                bn_eval=o.get("bn") == "eval")
+    out = []
+
+    def add(kernel, consts):
+        sig = _signature(kernel, dtype, opts)
+        ce = _pick(kernel, consts)
+        missing = [n for n, t in sig.items() if t == "constexpr" and n not in ce]
+        if missing:
+            raise KeyError(f"{kernel.__name__}: no value for constexprs {missing}")
+        out.append(KernelConfig(kernel, sig, ce, p.num_warps, p.num_stages))
+
+    tiles = p.tiles(s)
+    if p.design == "persistent":
+        add(K.fwd_persistent_kernel, dict(f, RESIDENT=p.resident, BB=p.BB, BH=p.BH, BP=p.BP,
+                                          BK=p.BK, RP=tiles["RP"], HP=tiles["HP"]))
+        if f["SAVE"]:
+            add(K.bwd_persistent_kernel, dict(f, RESIDENT=p.resident, BB=p.BB, BH=p.BH, BP=p.BP,
+                                              BK=p.BK, GP=tiles["GP"], PP=tiles["PP"]))
+    else:
+        add(K.fwd_step_kernel, dict(f, BB=p.BB, BH=p.BH, BK=p.BK))
+        if s.proj:
+            add(K.fwd_proj_kernel, dict(f, BB=p.BB, BP=p.BP, BK=p.BK))
+        if f["SAVE"]:
+            add(K.bwd_step_kernel, dict(f, BB=p.BB, BH=p.BH, BK=p.BK))
+            for final in (False, True) if s.proj else (True,):
+                add(K.bwd_transfer_kernel, dict(f, FINAL=final, BB=p.BB, BR=p.BP, BK=p.BK))
+    return out
+
+
+def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
+                   options: Optional[dict] = None) -> list[KernelConfig]:
+    """Every kernel + constexpr configuration that may run for this problem.
+
+    options: proj (default R != H), mask (None | "shared" | "per_step"), lengths, reverse,
+    bn (None | "train" | "eval"), save (backward kernels too; default True), tf32,
+    device (a config.Device; default config.SM90), designs (default: every design this
+    shape admits: the auto choice, "step", and the persistent variants that can run),
+    autotune (default True: each design's whole autotuning space, config.candidates)."""
+    o = dict(options or {})
+    o.setdefault("proj", R != H)
+    dev = o.get("device", C.SM90)
+    s = C.Shape(B=B, H=H, R=R, proj=bool(o["proj"]), bn=o.get("bn") is not None,
+                esize=dtype.itemsize)
+    designs = o.get("designs", ("auto", "step", "persistent-resident", "persistent-stream"))
+    plans = []
+    for d in designs:
+        try:
+            cands = C.candidates(s, dev, d) if o.get("autotune", True) else [C.plan(s, dev, d)]
+        except ValueError:  # this design cannot run this shape: never chosen
+            continue
+        plans += [p for p in cands if p not in plans]
+    out = []
+    for p in plans:
+        for kc in configs_of_plan(p, s, dtype, o):
+            key = (kc.kernel.__name__, tuple(sorted(kc.constexprs.items())), kc.num_warps)
+            if all((k.kernel.__name__, tuple(sorted(k.constexprs.items())), k.num_warps) != key
+                   for k in out):
+                out.append(kc)
+    return out
+
+
+def compile_config(kc: KernelConfig, arch: int = 90) -> dict:
+    """Compile one configuration for sm_<arch> (no GPU needed): registers, spills and stack
+    from Triton's bundled ptxas -v, shared memory from the compiled metadata."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    # Pointers are 16-byte aligned (as the JIT specialises fresh torch allocations).
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kc.kernel.arg_names)
+             if kc.signature[n].startswith("*")}
+    try:
+        src = ASTSource(fn=kc.kernel, signature=kc.signature, constexprs=kc.constexprs, attrs=attrs)
+        ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=kc.num_warps, num_stages=kc.num_stages))
+    except Exception as e:  # noqa: BLE001 - reported, not hidden
+        return dict(ok=False, error=f"{type(e).__name__}: {str(e)[:400]}")
+    info = dict(ok=True, shared=ck.metadata.shared, error=None)
+    info.update(ptxas_report(ck.asm["ptx"], arch))
+    return info
+
+
+def ptxas_report(ptx: str, arch: int) -> dict:
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    target = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.ptx")
+        with open(path, "w") as fh:
+            fh.write(ptx)
+        r = subprocess.run([ptxas, "-v", f"-arch={target}", path, "-o", os.path.join(d, "k.cubin")],
+                           capture_output=True, text=True)
+    txt = r.stdout + r.stderr
+    regs = re.search(r"Used (\d+) registers", txt)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", txt)
+    stack = re.search(r"(\d+) bytes stack frame", txt)
+    return dict(regs=int(regs.group(1)) if regs else None,
+                spills=int(spill.group(1)) + int(spill.group(2)) if spill else None,
+                stack=int(stack.group(1)) if stack else None, ptxas_ok=r.returncode == 0)
+
+
+def describe(kc: KernelConfig) -> str:
+    c = kc.constexprs
+    keys = ("MASK", "HAS_LEN", "REVERSE", "BN", "PROJ", "SAVE", "RESIDENT", "FINAL", "BB", "BH",
+            "BP", "BR", "BK", "RP", "HP", "GP", "PP")
+    parts = [f"{k}={c[k]}" for k in keys if k in c]
+    dt = kc.signature.get("w_hh", kc.signature.get("w_hr", "?"))
+    return f"{kc.kernel.__name__}[{dt[1:]}] w{kc.num_warps} " + " ".join(parts)
+
+
+# Representative problems for the gate: (dtype, B, H, R, options).
+GRID = [
+    (dt, B, H, R, dict(mask=m, bn=bn, lengths=ln, reverse=rv))
+    for dt in (torch.float32, torch.bfloat16, torch.float16)
+    for (B, H, R) in ((64, 512, 512), (32, 256, 128), (256, 1024, 1024), (8, 64, 64))
+    for m, bn, ln, rv in ((None, None, False, False), ("shared", "train", True, True),
+                          ("per_step", "eval", False, True))
+]
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
+    ap.add_argument("--limit", type=int, default=0, help="compile at most this many configs")
+    a = ap.parse_args(argv)
+    seen, failures = set(), 0
+    todo = []
+    for dt, B, H, R, o in GRID:
+        for arch in a.arch:
+            dev = C.SM90 if arch >= 90 else C.SM80
+            for kc in kernel_configs(dt, 100, B, H, R, dict(o, device=dev)):
+                key = (arch, describe(kc), tuple(sorted(kc.signature.items())))
+                if key not in seen:
+                    seen.add(key)
+                    todo.append((arch, kc))
+    if a.limit:
+        todo = todo[: a.limit]
+    for arch, kc in todo:
+        r = compile_config(kc, arch)
+        if not r["ok"] or not r.get("ptxas_ok", False) or r.get("spills"):
+            failures += 1
+        print(f"sm_{arch} {'ok  ' if r['ok'] else 'FAIL'} regs={r.get('regs')} "
+              f"spill={r.get('spills')} stack={r.get('stack')} smem={r.get('shared')} "
+              f"{describe(kc)}" + (f" :: {r['error']}" if r.get("error") else ""), flush=True)
+    print(f"{len(todo)} configurations, {failures} failing or spilling")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

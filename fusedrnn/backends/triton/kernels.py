@@ -214,7 +214,7 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
     """Step s, hidden units block program_id(0), rows block program_id(1): the gates
     GEMM (K = R in chunks of BK), the fused cell, and the new h (or, with proj_size, the
     pre-projection hc that fwd_proj_kernel projects)."""
-    ACC: tl.constexpr = hs.dtype.element_ty
+    ACC = hs.dtype.element_ty
     offs_j = tl.program_id(0) * BH + tl.arange(0, BH)
     offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
     vj = offs_j < H
@@ -250,7 +250,7 @@ def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, s, T, B, H, P, NS, NSC,
                     HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
                     BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
     """Step s with proj_size: h = hc @ W_hr^T for projection columns block program_id(0)."""
-    ACC: tl.constexpr = hs.dtype.element_ty
+    ACC = hs.dtype.element_ty
     offs_p = tl.program_id(0) * BP + tl.arange(0, BP)
     offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
     vp = offs_p < P
@@ -306,7 +306,7 @@ def bwd_step_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws, hhat_
     dL/dh_s arrives as dhn[s] (with proj_size: bwd_transfer_kernel projected it) or is
     computed here from step s + 1's dhh (GEMM with W_hh, K = G); the carried dh / dc
     ring buffers dh_buf / dc_buf [2, B, *] hold it for the finished rows."""
-    ACC: tl.constexpr = cs.dtype.element_ty
+    ACC = cs.dtype.element_ty
     G = 4 * H
     offs_j = tl.program_id(0) * BH + tl.arange(0, BH)
     offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
@@ -350,7 +350,7 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, dhh_ws, dh_buf, dhn_ws, d
     """dL/dh_s for h columns block program_id(0) from step s + 1's dhh.  With proj_size
     (before bwd_step_kernel of step s) it adds dy and stores dhn[s]; FINAL (s = -1) it
     stores dL/dh0."""
-    ACC: tl.constexpr = dhh_ws.dtype.element_ty
+    ACC = dhh_ws.dtype.element_ty
     G = 4 * H
     offs_r = tl.program_id(0) * BR + tl.arange(0, BR)
     offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
@@ -380,20 +380,22 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, dhh_ws, dh_buf, dhn_ws, d
 @triton.jit(do_not_specialize=_DNS)
 def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws,
                           stats_h, stats_c, bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c, rv_c, bar,
-                          T, B, H, R, NS, NSC, bn_off, bn_S, eps, n_bblk,
+                          T, B, H, R, NS, NSC, bn_off, bn_S, eps,
                           MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
                           BN: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr,
                           RESIDENT: tl.constexpr, PREC: tl.constexpr,
                           BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr,
                           RP: tl.constexpr, HP: tl.constexpr):
     """The whole forward in one launch.  Program pid owns rows block pid % n_bblk and
-    column block pid // n_bblk: hidden units [c * BH, (c + 1) * BH) and, with proj_size,
-    projection columns [c * BP, (c + 1) * BP).  RESIDENT: its W_hh rows (4 tiles
-    [RP, BH]) and W_hr rows ([HP, BP]) are loaded once, before the time loop."""
-    ACC: tl.constexpr = hs.dtype.element_ty
-    WT: tl.constexpr = w_hh.dtype.element_ty
+    column block c = pid // n_bblk (n_bblk = cdiv(B, BB)): hidden units
+    [c * BH, (c + 1) * BH) and, with proj_size, projection columns [c * BP, (c + 1) * BP).
+    RESIDENT: its W_hh rows (4 tiles [RP, BH]) and W_hr rows ([HP, BP]) are loaded once,
+    before the time loop."""
+    ACC = hs.dtype.element_ty
+    WT = w_hh.dtype.element_ty
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    n_bblk = tl.cdiv(B, BB)
     pid_b = pid % n_bblk
     pid_c = pid // n_bblk
     offs_b = pid_b * BB + tl.arange(0, BB)
@@ -468,7 +470,7 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
 def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws, hhat_ws,
                           stats_h, stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, dxp, dhh_ws,
                           dhn_ws, dh0, dc0, dg_h, dg_c, db_c, bar,
-                          T, B, H, R, bn_off, bn_S, eps, n_bblk,
+                          T, B, H, R, bn_off, bn_S, eps,
                           MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
                           BN: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
                           PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
@@ -477,11 +479,12 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
     rows / hidden units / projection columns as in the forward; dL/dh (its h columns) and
     dL/dc (its hidden units) stay in registers.  RESIDENT: W_hh[:, its h columns]
     ([GP, BR]) and W_hr[:, its hidden units] ([PP, BH]) are loaded once."""
-    ACC: tl.constexpr = cs.dtype.element_ty
-    WT: tl.constexpr = w_hh.dtype.element_ty
+    ACC = cs.dtype.element_ty
+    WT = w_hh.dtype.element_ty
     G = 4 * H
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    n_bblk = tl.cdiv(B, BB)
     pid_b = pid % n_bblk
     pid_c = pid // n_bblk
     offs_b = pid_b * BB + tl.arange(0, BB)

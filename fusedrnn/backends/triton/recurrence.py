@@ -49,10 +49,55 @@ def _shape(B: int, H: int, R: int, proj: bool, bn: bool, dtype: torch.dtype) -> 
     return C.Shape(B=B, H=H, R=R, proj=proj, bn=bn, esize=dtype.itemsize)
 
 
-def _plan(xp: Tensor, w_hh: Tensor, proj: bool, bn: bool, design: int) -> C.Plan:
+def _plans(xp: Tensor, w_hh: Tensor, proj: bool, bn: bool, design: int) -> list[C.Plan]:
+    """The plan the heuristic picks, then the rest of its autotuning space (config.py)."""
     T, B, G = xp.shape
     s = _shape(B, G // 4, w_hh.shape[1], proj, bn, w_hh.dtype)
-    return C.plan(s, C.Device.of(xp.device, INTERPRET), C.DESIGNS[design])
+    return C.candidates(s, C.Device.of(xp.device, INTERPRET), C.DESIGNS[design])
+
+
+# Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's plan).
+AUTOTUNE = os.environ.get("FUSEDRNN_TRITON_AUTOTUNE", "1").strip() != "0"
+_FLAG_KEYS = ["B", "H", "R", "MASK", "HAS_LEN", "REVERSE", "BN", "PROJ", "SAVE", "PREC"]
+_TUNERS: dict = {}
+
+
+def _tile_consts(p: C.Plan) -> dict:
+    if p.design == "persistent":
+        return dict(RESIDENT=p.resident, BB=p.BB, BH=p.BH, BP=p.BP, BK=p.BK)
+    return dict(BB=p.BB, BH=p.BH, BK=p.BK)
+
+
+def _run(kernel, plans: list[C.Plan], grid, args: tuple, kwargs: dict, tune: bool,
+         restore: tuple = ()):
+    """Launch kernel with the first plan's tiles, or autotune over all plans (the tiles
+    and warps of the plans are the configs; sequence length is not part of the key, so
+    a new T neither re-tunes nor recompiles).  grid: a function of the tile constants."""
+    if tune and len(plans) > 1:
+        key = (kernel.__name__, tuple(plans))
+        tuner = _TUNERS.get(key)
+        if tuner is None:
+            configs = [triton.Config(_tile_consts(p), num_warps=p.num_warps,
+                                     num_stages=p.num_stages) for p in plans]
+            tuner = triton.autotune(configs=configs, key=_FLAG_KEYS,
+                                    restore_value=list(restore))(kernel)
+            _TUNERS[key] = tuner
+        _launch(tuner, grid, *args, **kwargs)
+    else:
+        p = plans[0]
+        c = _tile_consts(p)
+        _launch(kernel, grid(c), *args, **kwargs, **c, num_warps=p.num_warps,
+                num_stages=p.num_stages)
+
+
+def _tuning(t: Tensor) -> bool:
+    """Autotune only eagerly on real CUDA tensors (not while torch.compile traces)."""
+    return AUTOTUNE and not INTERPRET and type(t) is torch.Tensor and t.is_cuda
+
+
+def _nprog(B: int, H: int, R: int, c: dict) -> int:
+    """Programs of a persistent launch: row blocks x column blocks (hidden or projection)."""
+    return triton.cdiv(B, c["BB"]) * max(triton.cdiv(H, c["BH"]), triton.cdiv(R, c["BP"]))
 
 
 def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
@@ -87,7 +132,8 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
     stats_h = e(T, 2, G) if bn_mode == 1 else e(0)
     stats_c = e(T, 2, H) if bn_mode == 1 else e(0)
     if T > 0:
-        p = _plan(xp, w_hh, proj, bn_mode != 0, design)
+        plans = _plans(xp, w_hh, proj, bn_mode != 0, design)
+        p, tune = plans[0], _tuning(xp)
         dummy = e(1)
         ws = [_or(t, dummy) for t in (act, hhat, stats_h, stats_c)]
         bnt = [_or(t, dummy) for t in (bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c, rv_c)]
@@ -100,17 +146,17 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
                      PREC=_prec(xp.dtype, tf32))
         if p.design == "persistent":
             bar = torch.zeros(2, device=dev, dtype=torch.int32)
-            _launch(K.fwd_persistent_kernel, (p.nprog,), xp, w_hh, _or(w_hr, w_hh), msk, lens, hs,
-                    cs, y, hcw, *ws, *bnt, bar, T, B, H, R, NS, NSC, bn_offset, bn_S, bn_eps,
-                    p.nb, **flags, RESIDENT=p.resident, BB=p.BB, BH=p.BH, BP=p.BP, BK=p.BK,
-                    RP=C.pow2(R), HP=C.pow2(H), num_warps=p.num_warps, num_stages=p.num_stages)
+            _run(K.fwd_persistent_kernel, plans, lambda c: (_nprog(B, H, R, c),),
+                 (xp, w_hh, _or(w_hr, w_hh), msk, lens, hs, cs, y, hcw, *ws, *bnt, bar, T, B, H, R,
+                  NS, NSC, bn_offset, bn_S, bn_eps),
+                 dict(flags, RP=C.pow2(R), HP=C.pow2(H)), tune, restore=("hs", "cs"))
         else:
-            grid_h = (triton.cdiv(H, p.BH), p.nb)
             grid_p = (triton.cdiv(R, p.BP), p.nb)
             for s in range(T):
-                _launch(K.fwd_step_kernel, grid_h, xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt,
-                        s, T, B, H, R, NS, NSC, bn_offset, bn_S, bn_eps, **flags, BB=p.BB,
-                        BH=p.BH, BK=p.BK, num_warps=p.num_warps, num_stages=p.num_stages)
+                _run(K.fwd_step_kernel, plans,
+                     lambda c: (triton.cdiv(H, c["BH"]), triton.cdiv(B, c["BB"])),
+                     (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, s, T, B, H, R, NS, NSC,
+                      bn_offset, bn_S, bn_eps), flags, tune)
                 if proj:
                     _launch(K.fwd_proj_kernel, grid_p, w_hr.contiguous(), lens, hs, y, hcw, s, T,
                             B, H, R, NS, NSC, HAS_LEN=flags["HAS_LEN"], REVERSE=flags["REVERSE"],
@@ -145,7 +191,8 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     dg_h = e(T, G) if bn_mode else e(0)
     dg_c = e(T, H) if bn_mode else e(0)
     db_c = e(T, H) if bn_mode else e(0)
-    p = _plan(dy, w_hh, proj, bn_mode != 0, design) if T > 0 else None
+    plans = _plans(dy, w_hh, proj, bn_mode != 0, design) if T > 0 else None
+    p, tune = (plans[0] if plans else None), _tuning(dy)
     dummy = e(1)
     msk = _or(mask, dummy)
     lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
@@ -161,26 +208,24 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
         dc0.copy_(dc_n)
     elif p.design == "persistent":
         bar = torch.zeros(2, device=dev, dtype=torch.int32)
-        t = p.tiles(_shape(B, H, R, proj, bn_mode != 0, w_hh.dtype))
-        _launch(K.bwd_persistent_kernel, (p.nprog,), dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs,
-                act, _or(hhat if bn_mode else None, dummy), *ws, *bnt, dxp, dhh, dhn_w, dh0, dc0,
-                *dgs, bar, T, B, H, R, bn_offset, bn_S, bn_eps, p.nb, **flags, BN=bn_mode,
-                PROJ=proj, RESIDENT=p.resident, BB=p.BB, BH=p.BH, BP=p.BP, BK=p.BK, GP=t["GP"],
-                PP=t["PP"], num_warps=p.num_warps, num_stages=p.num_stages)
+        _run(K.bwd_persistent_kernel, plans, lambda c: (_nprog(B, H, R, c),),
+             (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, _or(hhat if bn_mode else None, dummy),
+              *ws, *bnt, dxp, dhh, dhn_w, dh0, dc0, *dgs, bar, T, B, H, R, bn_offset, bn_S, bn_eps),
+             dict(flags, BN=bn_mode, PROJ=proj, GP=C.pow2(G), PP=C.pow2(R)), tune)
     else:
         dh_buf, dc_buf = e(2, B, R), e(2, B, H)
-        grid_h = (triton.cdiv(H, p.BH), p.nb)
         grid_r = (triton.cdiv(R, p.BP), p.nb)
         for s in range(T - 1, -1, -1):
             if proj:
                 _launch(K.bwd_transfer_kernel, grid_r, dy, dh_n, w_hh, msk, lens, dhh, dh_buf,
                         dhn_w, dh0, s, T, B, H, R, **flags, FINAL=False, BB=p.BB, BR=p.BP,
                         BK=p.BK, num_warps=p.num_warps, num_stages=p.num_stages)
-            _launch(K.bwd_step_kernel, grid_h, dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act,
-                    _or(hhat if bn_mode else None, dummy), *ws, *bnt, dxp, dhh, dhn_w, dh_buf,
-                    dc_buf, *dgs, s, T, B, H, R, bn_offset, bn_S, bn_eps, **flags, BN=bn_mode,
-                    PROJ=proj, BB=p.BB, BH=p.BH, BK=p.BK, num_warps=p.num_warps,
-                    num_stages=p.num_stages)
+            _run(K.bwd_step_kernel, plans,
+                 lambda c: (triton.cdiv(H, c["BH"]), triton.cdiv(B, c["BB"])),
+                 (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act,
+                  _or(hhat if bn_mode else None, dummy), *ws, *bnt, dxp, dhh, dhn_w, dh_buf,
+                  dc_buf, *dgs, s, T, B, H, R, bn_offset, bn_S, bn_eps),
+                 dict(flags, BN=bn_mode, PROJ=proj), tune)
         _launch(K.bwd_transfer_kernel, grid_r, dy, dh_n, w_hh, msk, lens, dhh, dh_buf, dhn_w, dh0,
                 -1, T, B, H, R, **flags, FINAL=True, BB=p.BB, BR=p.BP, BK=p.BK,
                 num_warps=p.num_warps, num_stages=p.num_stages)

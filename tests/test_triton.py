@@ -1,0 +1,311 @@
+"""The triton backend against the reference backend: forward, every gradient and the batch
+statistics, for every option and design, with masks fed explicitly; NaN-poisoned buffers
+(conftest.py poisons torch.empty, which allocates every output and workspace); the module
+path against torch.nn.LSTM; the explicit fallbacks.
+
+On CPU the kernels run through the Triton interpreter (TRITON_INTERPRET=1, set by
+conftest.py before triton is imported), in float64.  GPU tests (marked gpu) compare
+fp32 / bf16 / fp16 against a float64 reference with per-dtype tolerances.
+"""
+
+import importlib
+import itertools
+import os
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("triton")
+
+import fusedrnn  # noqa: E402
+from fusedrnn.backends import BackendError  # noqa: E402
+from fusedrnn.backends.base import Config, RecurrentBN  # noqa: E402
+from fusedrnn.backends.reference import BACKEND as REF  # noqa: E402
+
+TR = importlib.import_module("fusedrnn.backends.triton.recurrence")
+TC = importlib.import_module("fusedrnn.backends.triton.config")
+CPU_DESIGNS = ("step", "persistent", "persistent-stream")
+
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tests (CPU)")
+
+
+def make_case(mask=None, bn=None, P=0, lengths=False, reverse=False, *, T=5, B=4, H=5, S=3,
+              dtype=torch.float64, device="cpu", seed=1):
+    """Inputs of the recurrence op (xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn) and
+    the leaves to differentiate."""
+    g = torch.Generator().manual_seed(seed)
+    R, G = P or H, 4 * H
+
+    def r(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(device, dtype)
+
+    xp, h0, c0 = r(T, B, G).requires_grad_(), r(B, R).requires_grad_(), r(B, H).requires_grad_()
+    w_hh = r(G, R, scale=0.5).requires_grad_()
+    w_hr = r(P, H, scale=0.5).requires_grad_() if P else None
+    lens = None
+    if lengths:  # a full-length row, a length-1 row, and others; some steps have one row running
+        lens = torch.tensor(([T, 1, T - 1, 2] * B)[:B], dtype=torch.int64, device=device)
+    m = None
+    if mask is not None:
+        shape = (B, R) if mask == "shared" else (T, B, R)
+        m = (torch.bernoulli(torch.full(shape, 0.7, dtype=torch.float64), generator=g) / 0.7).to(device, dtype)
+    bnp = None
+    if bn is not None:
+        def u(*shape):
+            return torch.rand(*shape, generator=g, dtype=torch.float64).to(device, dtype)
+        bnp = RecurrentBN(
+            weight_x=0.1 + u(G), weight_h=(0.1 + u(G)).requires_grad_(),
+            weight_c=(0.1 + u(H)).requires_grad_(), bias_c=(u(H) - 0.5).requires_grad_(),
+            running_mean_x=u(S, G), running_var_x=0.5 + u(S, G), running_mean_h=u(S, G) - 0.5,
+            running_var_h=0.5 + u(S, G), running_mean_c=u(S, H) - 0.5, running_var_c=0.5 + u(S, H),
+            training=bn == "train", momentum=0.2, eps=1e-3, step_offset=1)
+    args = (xp, h0, c0, w_hh, w_hr, m, lens, reverse, bnp)
+    leaves = [xp, h0, c0, w_hh] + ([w_hr] if P else []) + (
+        [bnp.weight_h, bnp.weight_c, bnp.bias_c] if bn else [])
+    return args, leaves
+
+
+def run_and_grad(fn, args, leaves, loss_on=("y", "h_n", "c_n"), seed=5):
+    res = fn(*args)
+    g = torch.Generator().manual_seed(seed)
+    loss = 0
+    for name in loss_on:
+        t = getattr(res, name)
+        loss = loss + (t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t)).sum()
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return res, [torch.zeros_like(l) if gr is None else gr for gr, l in zip(grads, leaves)]
+
+
+def check_against_reference(args, leaves, design, loss_on=("y", "h_n", "c_n"), tol=1e-9):
+    res, grads = run_and_grad(lambda *a: TR.recurrence(*a, design=design), args, leaves, loss_on)
+    ref, ref_grads = run_and_grad(REF.recurrence, args, leaves, loss_on)
+    names = ["y", "h_n", "c_n"]
+    pairs = list(zip(res[:3], ref[:3]))
+    if ref.stats is not None:
+        assert res.stats is not None
+        names += ["mean_h", "var_h", "mean_c", "var_c"]
+        pairs += list(zip(res.stats, ref.stats))
+    names += [f"grad{i}" for i in range(len(grads))]
+    pairs += list(zip(grads, ref_grads))
+    for n, (a, b) in zip(names, pairs):
+        assert torch.isfinite(a).all(), f"{n}: unwritten (NaN-poisoned) or non-finite elements"
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"{design} {n}: {m}")
+
+
+# (mask, bn, P, lengths, reverse): every option alone, then combinations.
+CASES = [
+    (None, None, 0, False, False),
+    ("shared", None, 0, False, False),
+    ("per_step", None, 0, False, False),
+    (None, None, 3, False, False),
+    (None, None, 0, False, True),
+    (None, None, 0, True, False),
+    (None, None, 0, True, True),
+    (None, "train", 0, False, False),
+    (None, "eval", 0, False, False),
+    ("per_step", "train", 3, True, True),
+    ("shared", "eval", 3, True, True),
+    ("shared", "train", 0, True, False),
+    ("per_step", None, 3, True, False),
+]
+
+
+def _id(c):
+    m, bn, P, ln, rv = c
+    return f"mask{m}-bn{bn}-P{P}-len{int(ln)}-rev{int(rv)}"
+
+
+@cpu_only
+@pytest.mark.parametrize("design", CPU_DESIGNS)
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_matches_reference(case, design):
+    args, leaves = make_case(*case)
+    check_against_reference(args, leaves, design)
+
+
+@cpu_only
+@pytest.mark.skipif(os.environ.get("FUSEDRNN_SLOW") != "1", reason="FUSEDRNN_SLOW=1 runs every combination")
+@pytest.mark.parametrize("design", CPU_DESIGNS)
+def test_every_combination(design):
+    for case in itertools.product([None, "shared", "per_step"], [None, "train", "eval"], [0, 3],
+                                  [False, True], [False, True]):
+        args, leaves = make_case(*case)
+        check_against_reference(args, leaves, design)
+
+
+@cpu_only
+@pytest.mark.parametrize("design", CPU_DESIGNS)
+def test_gradients_through_final_state_only(design):
+    args, leaves = make_case("per_step", "train", 3, True, True)
+    check_against_reference(args, leaves, design, loss_on=("h_n", "c_n"))
+    args, leaves = make_case(None, None, 0, True, False)
+    check_against_reference(args, leaves, design, loss_on=("c_n",))
+
+
+@cpu_only
+@pytest.mark.parametrize("case", [(None, None, 0, False, False), ("per_step", "train", 0, True, True),
+                                  ("shared", "eval", 18, True, False)], ids=_id)
+def test_many_programs_per_step(monkeypatch, case):
+    """The per-step design with several column and row blocks and K chunks (as on a GPU):
+    16-wide tiles over B = 20 (BN: one row block), H = 20, P = 18."""
+    def small(s, dev):
+        BB = TC.pow2(s.B) if s.bn else 16
+        return TC.Plan("step", BB=BB, BH=16, BP=16, BK=16, num_warps=4, nb=-(-s.B // BB))
+
+    monkeypatch.setattr(TC, "step_plan", small)
+    args, leaves = make_case(*case, T=3, B=20, H=20)
+    check_against_reference(args, leaves, "step")
+
+
+@cpu_only
+def test_poisoned_workspace_fully_written():
+    """Every element of every output and saved workspace is written (torch.empty is
+    NaN-poisoned here), for each design, with lengths (finished rows) and reverse."""
+    for design in CPU_DESIGNS:
+        args, _ = make_case("shared", "train", 3, True, True)
+        xp, h0, c0, w_hh, w_hr, m, lens, rev, bn = args
+        outs = TR.lstm_forward(xp, h0, c0, w_hh, w_hr, m, lens, bn.weight_h, bn.weight_c, bn.bias_c,
+                               None, None, None, None, rev, 1, bn.step_offset, bn.eps, True,
+                               TR._DESIGN_CODES[design], False)
+        for name, t in zip(("y", "h_n", "c_n", "stats_h", "stats_c", "hs", "cs", "act", "hhat", "hc"), outs):
+            assert t.numel() > 0 and not torch.isnan(t).any(), f"{design}: {name} has unwritten elements"
+        # a poisoned (NaN) buffer really is NaN before the kernels run
+        assert torch.isnan(torch.empty(3, dtype=torch.float64)).all()
+
+
+@cpu_only
+def test_no_save_without_grad():
+    args, _ = make_case("shared", None, 3, True, True)
+    with torch.no_grad():
+        for design in CPU_DESIGNS:
+            res = TR.recurrence(*args, design=design)
+            ref = REF.recurrence(*args)
+            for a, b in zip(res[:3], ref[:3]):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@cpu_only
+def test_float32_tolerance():
+    args, leaves = make_case("per_step", "train", 3, True, True, dtype=torch.float32)
+    res, grads = run_and_grad(lambda *a: TR.recurrence(*a, design="persistent"), args, leaves)
+    args64 = tuple(a.detach().double().requires_grad_(a.requires_grad) if torch.is_tensor(a) and a.is_floating_point() else a
+                   for a in args[:7]) + args[7:]
+    bn = args[8]
+    bn64 = RecurrentBN(**{k: (v.detach().double().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v)
+                          for k, v in vars(bn).items()})
+    args64 = args64[:8] + (bn64,)
+    leaves64 = [args64[i] for i in range(5)] + [bn64.weight_h, bn64.weight_c, bn64.bias_c]
+    ref, ref_grads = run_and_grad(REF.recurrence, args64, leaves64)
+    for a, b in list(zip(res[:3], ref[:3])) + list(zip(grads, ref_grads)):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+# ---- the module path, dispatch and fallbacks ----------------------------------------
+
+
+@cpu_only
+def test_module_matches_nn_lstm():
+    torch.manual_seed(0)
+    kw = dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True, proj_size=4,
+              dtype=torch.float64)
+    ref = nn.LSTM(**kw)
+    mod = fusedrnn.LSTM(**kw, backend="triton")
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 3, 5, 1])
+    h0 = torch.randn(4, 4, 4, dtype=torch.float64)
+    c0 = torch.randn(4, 4, 5, dtype=torch.float64)
+    outs = []
+    for m in (ref, mod):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        y, (h, c) = m(packed, (h0, c0))
+        loss = (y.data * torch.arange(y.data.numel(), dtype=torch.float64).view_as(y.data).sin()).sum() \
+            + h.pow(2).sum() + c.sum()
+        grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
+        outs.append([y.data, h, c] + list(grads))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@cpu_only
+def test_module_regularizers_and_explain():
+    torch.manual_seed(0)
+    mod = fusedrnn.LSTM(3, 5, batch_norm=True, recurrent_dropout=0.3, variational=True,
+                        dtype=torch.float64, backend="triton")
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    y = mod(x)[0]
+    ref = fusedrnn.LSTM(3, 5, batch_norm=True, recurrent_dropout=0.3, variational=True,
+                        dtype=torch.float64, backend="reference")
+    ref.load_state_dict(mod.state_dict())
+    torch.manual_seed(1)
+    y_ref = ref(x)[0]
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
+    assert "layer_l0: triton" in fusedrnn.explain(mod, x)
+
+
+def test_unavailable_and_unsupported_reasons():
+    be = TR.BACKEND
+    cpu = be.unavailable_reason(torch.device("cpu"))
+    if TR.INTERPRET:
+        assert cpu is None
+        assert "interpreter" in be.unsupported_reason(Config(
+            "cpu", torch.bfloat16, 5, 2, 4, 4, False, None, False, False, None, False))
+    else:
+        assert "CUDA" in cpu
+    cfg = Config("cpu", torch.float32, 5, 300, 4, 4, False, None, False, False, "train", False)
+    assert "B=300" in be.unsupported_reason(cfg)
+    assert be.cell_unsupported_reason(cfg)
+
+
+@cpu_only
+def test_batch_norm_fallback_is_explicit():
+    """BN with B > MAX_BN_ROWS: backend='triton' raises naming the reason; explain reports it."""
+    lstm = fusedrnn.LSTM(2, 3, batch_norm=True, backend="triton")
+    x = torch.randn(2, TC.MAX_BN_ROWS + 1, 2)
+    with pytest.raises(BackendError, match="B=257"):
+        lstm(x)
+    lstm.backend = "auto"
+    report = fusedrnn.explain(lstm, x)
+    assert "triton" not in report.split("layer_l0:")[1].split("\n")[0]
+
+
+def test_interpreter_was_set_before_triton_import():
+    """conftest.py sets TRITON_INTERPRET=1 on machines without CUDA before triton is
+    imported: the kernels are then interpreted functions."""
+    if torch.cuda.is_available():
+        assert not TR.INTERPRET
+    else:
+        assert TR.INTERPRET
+
+
+@cpu_only
+def test_torch_compile_fullgraph():
+    """torch.compile traces the module through the op (fake kernel, autograd formula) with
+    no graph break.  Under the interpreter the op is an opaque custom op."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mod = fusedrnn.LSTM(3, 5, dtype=torch.float64, backend="triton")
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
+    y, (h, c) = compiled(x)
+    y_ref, (h_ref, c_ref) = mod(x)
+    torch.testing.assert_close(y, y_ref)
+    (g,) = torch.autograd.grad(y.sum() + c.sum(), x)
+    (g_ref,) = torch.autograd.grad(y_ref.sum() + c_ref.sum(), x)
+    torch.testing.assert_close(g, g_ref)
+
+
+@cpu_only
+def test_plan_heuristic():
+    gpu = TC.SM90
+    s = TC.Shape(B=64, H=512, R=512, proj=False, bn=False, esize=2)
+    p = TC.plan(s, gpu)
+    assert p.design == "persistent" and p.nprog <= gpu.sm_count
+    big = TC.Shape(B=64, H=8192, R=8192, proj=False, bn=False, esize=2)
+    assert TC.plan(big, gpu).design == "step"
+    with pytest.raises(ValueError, match="persistent"):
+        TC.plan(big, gpu, "persistent")
+    # the interpreter: persistent launches are one program
+    assert TC.plan(s, TC.Device.of(torch.device("cpu"), True)).nprog == 1

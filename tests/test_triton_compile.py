@@ -1,0 +1,70 @@
+"""The compile gate of the triton backend, on the CPU: the kernel configurations the
+dispatcher chooses compile for sm_90 (and sm_80) with Triton's own compiler and ptxas,
+within the device's shared memory, without (beyond a few bytes of) register spills.
+
+Runs in a subprocess without TRITON_INTERPRET (this process may have the interpreter on,
+which replaces the kernels by Python functions).  A few representative configurations by
+default; FUSEDRNN_SLOW=1 compiles the whole grid (python -m fusedrnn.backends.triton.gate).
+
+Measured with triton 3.8 on sm_90 (regs / spill bytes / shared bytes), for the record:
+  persistent fwd bf16 B=32 H=512 plain        216 / 0   / 6144   (8 warps, BB=32, BH=16)
+  persistent bwd bf16 B=32 H=512 plain         98 / 0   / 6144
+  persistent fwd bf16 mask+BN+len+rev+proj    255 / 144 / 4096   (small spills)
+  per-step  fwd fp32 B=64 BN eval per-step m  240 / 0   / 10240
+  per-step  fwd/bwd B=256 with batch norm     128 / ~1-2 KB (16 warps: the explicit limit)
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = r"""
+import json, torch
+from fusedrnn.backends.triton import gate
+cases = [
+    (torch.bfloat16, 32, 256, 256, dict(bn="train", mask="shared", lengths=True, reverse=True)),
+    (torch.float16, 64, 128, 96, dict(mask="per_step")),
+    (torch.float32, 8, 64, 64, dict(bn="eval")),
+]
+out = []
+for dt, B, H, R, o in cases:
+    for kc in gate.kernel_configs(dt, 10, B, H, R, dict(o, autotune=False, designs=("auto",))):
+        for arch in ARCHS:
+            r = gate.compile_config(kc, arch)
+            out.append(dict(r, arch=arch, config=gate.describe(kc)))
+print("JSON" + json.dumps(out))
+"""
+
+
+def _run(archs, script=SCRIPT, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", f"ARCHS = {archs!r}\n" + script], env=env,
+                       cwd=root, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(l for l in r.stdout.splitlines() if l.startswith("JSON"))
+    return json.loads(line[4:])
+
+
+def test_chosen_configs_compile_for_sm90_and_sm80():
+    results = _run([90, 80])
+    assert results
+    for r in results:
+        where = f"sm_{r['arch']} {r['config']}"
+        assert r["ok"], f"{where}: {r['error']}"
+        assert r["ptxas_ok"], where
+        assert r["shared"] <= (227 if r["arch"] >= 90 else 163) * 1024, where
+        assert (r["spills"] or 0) <= 256, f"{where}: {r['spills']} bytes of spills"
+
+
+@pytest.mark.skipif(os.environ.get("FUSEDRNN_SLOW") != "1", reason="FUSEDRNN_SLOW=1 compiles the whole grid")
+def test_whole_grid_compiles():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "fusedrnn.backends.triton.gate", "--arch", "90", "80"],
+                       env=env, capture_output=True, text=True, timeout=7200)
+    assert "FAIL" not in r.stdout, r.stdout[-5000:]

@@ -1,0 +1,195 @@
+"""The triton backend on a CUDA GPU (marked gpu; run by benchmarks/gpu_check.sh).
+
+fp32 (tf32 off), bf16 and fp16 against a float64 reference, by the relative error
+||out - ref|| / ||ref|| of every output and gradient.  Budget per dtype: 2x the error that
+torch.nn.LSTM (cuDNN) itself makes at that dtype on the same problem, computed the same
+way (for fp32 at least 1e-5); options nn.LSTM lacks (masks, batch norm) get the same
+budget on the op.  Both designs, the grid barrier with many programs, autotuning and
+torch.compile.  Self-contained and small: most of the time is Triton compiling.
+"""
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("triton")
+
+import fusedrnn  # noqa: E402
+from fusedrnn.backends.reference import BACKEND as REF  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+TR = importlib.import_module("fusedrnn.backends.triton.recurrence")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+T, B, I, H = 12, 16, 32, 64
+_NN_ERR = {}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def _module_errors(mod_cls_kwargs, dtype, make):
+    """Relative errors of (y, h_n, c_n, grads of x and every parameter) of a module in
+    dtype against the same module in float64."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H, **mod_cls_kwargs, device="cuda", dtype=torch.float64)
+    mod = make(dtype)
+    mod.load_state_dict({k: v.to(dtype) for k, v in ref.state_dict().items()})
+    x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
+    w = [torch.randn(T, B, H * (2 if mod_cls_kwargs.get("bidirectional") else 1), device="cuda",
+                     dtype=torch.float64)]
+    outs = []
+    for m, x in ((ref, x64.clone().requires_grad_()), (mod, x64.to(dtype).requires_grad_())):
+        y, (h, c) = m(x)
+        loss = (y.double() * w[0]).sum() + h.double().pow(2).sum() + c.double().sum()
+        grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
+        outs.append([y, h, c] + list(grads))
+    return [rel(a, b) for a, b in zip(outs[1], outs[0])]
+
+
+def nn_lstm_error(dtype):
+    """What torch.nn.LSTM (cuDNN) errs by at this dtype, per output / gradient (max)."""
+    if dtype not in _NN_ERR:
+        errs = _module_errors({}, dtype, lambda dt: nn.LSTM(I, H, device="cuda", dtype=dt))
+        _NN_ERR[dtype] = max(errs)
+    return _NN_ERR[dtype]
+
+
+def budget(dtype):
+    b = 2 * nn_lstm_error(dtype)
+    return max(b, 1e-5) if dtype == torch.float32 else b
+
+
+@pytest.mark.parametrize("design", ["auto", "step"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_module_within_2x_of_nn_lstm(dtype, design, monkeypatch):
+    monkeypatch.setattr(TR, "DESIGN", design)
+    monkeypatch.setattr(TR, "AUTOTUNE", False)
+    errs = _module_errors({}, dtype,
+                          lambda dt: fusedrnn.LSTM(I, H, device="cuda", dtype=dt, backend="triton"))
+    assert max(errs) <= budget(dtype), (errs, nn_lstm_error(dtype))
+
+
+def _op_case(dtype, seed=0, Bn=B, Hn=H, P=24):
+    g = torch.Generator().manual_seed(seed)
+    R, G = P or Hn, 4 * Hn
+
+    def r(*s, scale=1.0):
+        return scale * torch.randn(*s, generator=g, dtype=torch.float64)
+
+    from fusedrnn.backends.base import RecurrentBN
+    lengths = torch.randint(1, T + 1, (Bn,), generator=g)
+    lengths[0] = T
+    mask = torch.bernoulli(torch.full((Bn, R), 0.75, dtype=torch.float64), generator=g) / 0.75
+    S = 6
+    bn = dict(weight_x=0.1 + torch.rand(G, generator=g, dtype=torch.float64),
+              weight_h=0.1 + torch.rand(G, generator=g, dtype=torch.float64),
+              weight_c=0.1 + torch.rand(Hn, generator=g, dtype=torch.float64),
+              bias_c=torch.rand(Hn, generator=g, dtype=torch.float64) - 0.5,
+              running_mean_x=torch.zeros(S, G), running_var_x=torch.ones(S, G),
+              running_mean_h=torch.zeros(S, G, dtype=torch.float64),
+              running_var_h=torch.ones(S, G, dtype=torch.float64),
+              running_mean_c=torch.zeros(S, Hn, dtype=torch.float64),
+              running_var_c=torch.ones(S, Hn, dtype=torch.float64))
+    base = dict(xp=r(T, Bn, G), h0=r(Bn, R), c0=r(Bn, Hn), w_hh=r(G, R, scale=Hn ** -0.5),
+                w_hr=r(P, Hn, scale=Hn ** -0.5) if P else None, mask=mask, lengths=lengths)
+
+    def build(dt):
+        d = {k: (None if v is None else v.to("cuda", dt if v.is_floating_point() else v.dtype))
+             for k, v in base.items()}
+        for k in ("xp", "h0", "c0", "w_hh", "w_hr"):
+            if d[k] is not None:
+                d[k].requires_grad_()
+        b = RecurrentBN(**{k: v.to("cuda", dt) for k, v in bn.items()}, training=True,
+                        momentum=0.1, eps=1e-5)
+        for t in (b.weight_h, b.weight_c, b.bias_c):
+            t.requires_grad_()
+        args = (d["xp"], d["h0"], d["c0"], d["w_hh"], d["w_hr"], d["mask"], d["lengths"], True, b)
+        leaves = [d[k] for k in ("xp", "h0", "c0", "w_hh", "w_hr") if d[k] is not None] + [
+            b.weight_h, b.weight_c, b.bias_c]
+        return args, leaves
+
+    return build
+
+
+def _op_errors(build, dtype, design):
+    outs = []
+    for dt, fn in ((torch.float64, REF.recurrence),
+                   (dtype, lambda *a: TR.recurrence(*a, design=design))):
+        args, leaves = build(dt)
+        res = fn(*args)
+        g = torch.Generator(device="cuda").manual_seed(3)
+        loss = sum((t.double() * torch.randn(t.shape, generator=g, device="cuda",
+                                             dtype=torch.float64)).sum() for t in res[:3])
+        grads = torch.autograd.grad(loss, leaves)
+        outs.append(list(res[:3]) + list(res.stats) + list(grads))
+    return [rel(a, b) for a, b in zip(outs[1], outs[0])]
+
+
+@pytest.mark.parametrize("design", ["auto", "step"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_option_against_float64(dtype, design, monkeypatch):
+    """Shared mask, batch norm (train), proj_size, lengths and reverse together."""
+    monkeypatch.setattr(TR, "AUTOTUNE", False)
+    errs = _op_errors(_op_case(dtype), dtype, design)
+    assert max(errs) <= budget(dtype), errs
+
+
+def test_persistent_many_programs_deterministic(monkeypatch):
+    """B = 48, H = 256: 2 row blocks x 16 hidden blocks = 32 programs through the grid
+    barrier; the result is bitwise the same on every run and matches the per-step design."""
+    monkeypatch.setattr(TR, "AUTOTUNE", False)
+    torch.manual_seed(0)
+    Bn, Hn = 48, 256
+    xp = torch.randn(40, Bn, 4 * Hn, device="cuda", dtype=torch.bfloat16)
+    h0 = torch.randn(Bn, Hn, device="cuda", dtype=torch.bfloat16)
+    c0 = torch.randn(Bn, Hn, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(4 * Hn, Hn, device="cuda") * Hn ** -0.5).to(torch.bfloat16)
+    args = (xp, h0, c0, w, None, None, None, False, None)
+    from fusedrnn.backends.triton import config as C
+    plan = C.plan(C.Shape(Bn, Hn, Hn, False, False, 2), C.Device.of(xp.device, False))
+    assert plan.design == "persistent" and plan.nprog >= 32
+    runs = [TR.recurrence(*args, design="persistent") for _ in range(3)]
+    for r in runs[1:]:
+        assert torch.equal(r.y, runs[0].y) and torch.equal(r.c_n, runs[0].c_n)
+    step = TR.recurrence(*args, design="step")
+    assert rel(runs[0].y, step.y) < 1e-2
+    ref = REF.recurrence(*(a.double() if torch.is_tensor(a) else a for a in args))
+    assert rel(runs[0].y, ref.y) < 2e-2
+
+
+def test_autotuned_configs(monkeypatch):
+    monkeypatch.setattr(TR, "AUTOTUNE", True)
+    build = _op_case(torch.bfloat16, Bn=40, Hn=128, P=0)
+    errs = _op_errors(build, torch.bfloat16, "auto")
+    assert max(errs) <= budget(torch.bfloat16), errs
+    assert TR._TUNERS, "no autotuner ran"
+
+
+def test_auto_dispatch_and_compile(monkeypatch):
+    """backend='auto' can pick triton on CUDA; torch.compile(fullgraph=True) traces the
+    module through the triton_op with no graph break and matches eager."""
+    assert "triton" in fusedrnn.available_backends("cuda")
+    monkeypatch.setattr(TR, "AUTOTUNE", False)
+    torch.manual_seed(0)
+    mod = fusedrnn.LSTM(I, H, device="cuda", backend="triton")
+    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
+    y_ref, (h_ref, c_ref) = mod(x)
+    compiled = torch.compile(mod, fullgraph=True)
+    y, (h, c) = compiled(x)
+    assert rel(y, y_ref) < 1e-5 and rel(c, c_ref) < 1e-5
+    (g,) = torch.autograd.grad(y.sum() + c.sum(), x)
+    (g_ref,) = torch.autograd.grad(y_ref.sum() + c_ref.sum(), x)
+    assert rel(g, g_ref) < 1e-5
