@@ -23,7 +23,7 @@ $(VENV)/.torch:
 
 $(VENV)/.deps: $(VENV)/.torch pyproject.toml
 	$(PIP) install --quiet --disable-pip-version-check ninja numpy "pytest>=8" "hypothesis>=6" \
-		"pytest-benchmark>=4" "rich>=13" "matplotlib>=3.7"
+		"pytest-benchmark>=4" "rich>=13" "matplotlib>=3.7" "scikit-learn>=1.2"
 	@touch $@
 
 $(VENV)/.built: $(VENV)/.deps setup.py $(CSRC)
