@@ -1,4 +1,5 @@
-"""Command line: ``python -m fusedrnn bench ...`` (also the console script ``fusedrnn``)."""
+"""Command line: ``python -m fusedrnn bench ...`` and ``python -m fusedrnn train ...`` (also the
+console script ``fusedrnn``)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
     b.add_argument("--budget-s", type=float, help="seconds of timed runs per group at most (at least 3 runs)")
     b.add_argument("--out", default="benchmarks/results", help="directory for records and tables ('' for none)")
     b.add_argument("--no-progress", action="store_true")
+    from .train.cli import add_parser as _add_train_parser
+
+    _add_train_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "bench":
         if args.reps is not None and args.reps < 1:
@@ -65,6 +69,10 @@ def main(argv=None) -> int:
         if args.budget_s is not None and args.budget_s <= 0:
             parser.error("--budget-s must be > 0")
         return _bench(args)
+    if args.command == "train":
+        from .train.cli import run as _train
+
+        return _train(args, parser)
     return 1
 
 

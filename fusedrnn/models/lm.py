@@ -21,7 +21,8 @@ class LanguageModel(nn.Module):
     layers and on the last layer's output, one mask per sequence; ``recurrent_dropout`` is
     the LSTM's dropout on h_{t-1} (shared over time when ``variational``).
     ``tie_weights`` shares the embedding matrix with the decoder (Press & Wolf; Inan et al.);
-    when hidden_size != embed_size the LSTM gets ``proj_size=embed_size`` so the shapes match.
+    when embed_size < hidden_size the LSTM gets ``proj_size=embed_size`` so the shapes match
+    (embed_size > hidden_size is an error).
 
     Args:
         vocab_size (int): V.
@@ -40,6 +41,9 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.vocab_size, self.embed_size, self.hidden_size = vocab_size, embed_size, hidden_size
         self.tie_weights = tie_weights
+        if tie_weights and embed_size > hidden_size:
+            raise ValueError(f"LanguageModel: tie_weights needs embed_size <= hidden_size (the LSTM projects "
+                             f"its output to embed_size), got {embed_size} > {hidden_size}")
         self.embedding = nn.Embedding(vocab_size, embed_size)
         proj = embed_size if tie_weights and hidden_size != embed_size else 0
         self.lstm = LSTM(embed_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0,
