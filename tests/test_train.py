@@ -3,6 +3,7 @@ data-parallel gradients, and the command line."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -171,6 +172,9 @@ def test_cli(tmp_path, capsys):
     assert (out / "attention.png").exists() and (out / "metrics.json").exists()
     assert cli_main(argv[:3] + ["4"] + argv[4:] + ["--resume", "--quiet"]) == 0
     assert ckpt.load(str(out / CHECKPOINT))["step"] == 4
+    assert cli_main(["train", "dates", "--eval-only", "--out", str(out), "--task-arg", "eval_size=4", "--quiet"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["step"] == 4 and report["task_args"]["eval_size"] == 4 and "exact_match" in report["metrics"]
     assert cli_main(["train", "copy", "--model", "nope", "--steps", "1"]) == 2
     assert cli_main(["train", "copy", "--resume", "--out", str(tmp_path / "none")]) == 2
     with pytest.raises(SystemExit):

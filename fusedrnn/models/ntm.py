@@ -9,7 +9,6 @@ Everything is batched tensor code on the input's device; a step has no host roun
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +123,11 @@ class NTM(nn.Module):
             erase_add = p[:, (R + W) * A:].view(B, W, 2, M)
             erase, add = torch.sigmoid(erase_add[:, :, 0]), torch.tanh(erase_add[:, :, 1])
             w_w = address(*self._split(p_write, W), w_w, mem)
-            keep = torch.prod(1 - w_w.unsqueeze(-1) * erase.unsqueeze(2), dim=1)       # [B, N, M]
+            # product over write heads; torch.prod's backward would sync (it checks for zeros)
+            erase_terms = 1 - w_w.unsqueeze(-1) * erase.unsqueeze(2)                  # [B, W, N, M]
+            keep = erase_terms[:, 0]
+            for j in range(1, W):
+                keep = keep * erase_terms[:, j]
             mem = mem * keep + torch.einsum("bwn,bwm->bnm", w_w, add)
             w_r = address(*self._split(p_read, R), w_r, mem)
             reads = torch.bmm(w_r, mem)                                                # [B, R, M]

@@ -146,7 +146,7 @@ class SeqDigitsTask(_DigitsSplit):
 
     def score(self, pred: Tensor, batch: Batch) -> dict:
         """pred [B] class ids -> accuracy."""
-        return {"accuracy": ((pred.cpu() == batch["y"]).sum().item(), pred.shape[0])}
+        return {"accuracy": ((pred == batch["y"].to(pred.device)).sum().item(), pred.shape[0])}
 
     def describe(self, batch: Batch, i: int, pred=None) -> str:
         s = f"label {int(batch['y'][i])}"

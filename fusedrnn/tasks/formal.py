@@ -79,7 +79,7 @@ class CountingTask(Task):
         y, det = batch["y"].to(pred.device), batch["det"].to(pred.device)
         ok = (pred == y) | ~det
         seq_ok = ok.all(1).cpu()
-        n = batch["n"]
+        n = batch["n"].cpu()
         bad = n[~seq_ok]
         upto = (int(bad.min()) - 1) if bad.numel() else int(n.max())
         return {"det_acc": (((pred == y) & det).sum().item(), det.sum().item()),

@@ -8,11 +8,13 @@ Command line: ``python -m fusedrnn train TASK [--model ...] [--backend ...] [--s
 [--batch-size N] [--device ...] [--out DIR] [--resume]`` (``--help`` lists every option,
 the models of each task, and the commands of the learning-target experiments).
 Runs under ``torchrun --nproc_per_node N`` with DistributedDataParallel.
+``evaluate_checkpoint(out, task_args)`` (``--eval-only``) scores a run's checkpoint on other
+settings of its task, e.g. copy at length 40 or a^n b^n up to n = 60.
 """
 
 from .objectives import OBJECTIVES, Objective, make_objective
 from .registry import TASK_SPECS, ModelSpec, TaskSpec, build_model, model_names
-from .trainer import CHECKPOINT, TrainConfig, reproducible, train
+from .trainer import CHECKPOINT, TrainConfig, evaluate_checkpoint, reproducible, train
 
-__all__ = ["TrainConfig", "train", "reproducible", "CHECKPOINT", "TASK_SPECS", "TaskSpec", "ModelSpec",
+__all__ = ["TrainConfig", "train", "evaluate_checkpoint", "reproducible", "CHECKPOINT", "TASK_SPECS", "TaskSpec", "ModelSpec",
            "build_model", "model_names", "Objective", "OBJECTIVES", "make_objective"]

@@ -10,16 +10,16 @@ EPILOG = """\
 tasks and their models (the first is the default):
 {models}
 
-learning targets (experiment runs, not CI; add --device cuda on a GPU):
-  NTM copy, lengths 1-20, < 0.1 bit errors per sequence, generalizing to length 40:
-    python -m fusedrnn train copy --steps 50000 --out runs/ntm-copy --task-arg max_len=20 \\
-        --task-arg eval_min_len=40 --task-arg eval_max_len=40 --eval-every 2500
-  seq2seq + attention date normalization, >= 99% exact match:
-    python -m fusedrnn train dates --model bahdanau --steps 10000 --hidden-size 128 \\
-        --model-arg embed_size=64 --out runs/dates --beam-size 5
-  StackRNN on a^n b^n: trained on n <= 20, correct up to n = 60:
-    python -m fusedrnn train anbn --steps 20000 --task-arg n_max=20 --task-arg eval_n_max=60 \\
-        --model-arg hard_eval=True --out runs/anbn
+learning targets (experiment runs, not CI; --device cuda or cpu; metrics in DIR/metrics.csv):
+  NTM copy, lengths 1-20: < 0.1 bit errors per sequence (bit_errors), then length 40:
+    python -m fusedrnn train copy --steps 50000 --eval-every 2500 --out runs/ntm-copy
+    python -m fusedrnn train copy --eval-only --out runs/ntm-copy \\
+        --task-arg eval_min_len=40 --task-arg eval_max_len=40           # -> runs/ntm-copy/eval.json
+  seq2seq + attention date normalization, >= 99% exact match (exact_match, beam_exact_match):
+    python -m fusedrnn train dates --model bahdanau --steps 3000 --beam-size 5 --out runs/dates
+  StackRNN on a^n b^n, trained on n <= 20, correct up to n = 60 (correct_up_to):
+    python -m fusedrnn train anbn --steps 20000 --model-arg hard_eval=True \\
+        --task-arg eval_n_max=60 --out runs/anbn
 
 data parallel: torchrun --standalone --nproc_per_node 2 -m fusedrnn train copy --steps 1000 --out runs/ddp
 (--batch-size is the global batch; gloo on CPU, NCCL on CUDA).
@@ -75,6 +75,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate the checkpoint in --out (with --task-arg overrides, e.g. eval_max_len=40); "
+                        "writes --out/eval.json")
     p.add_argument("--grad-dump", metavar="FILE", help="save the first step's gradients to FILE (a DDP check)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
@@ -109,6 +112,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
             print(msg, file=sys.stderr)
             return 2
     try:
+        if args.eval_only:
+            if not args.out:
+                raise ValueError("--eval-only needs --out (the run directory)")
+            from .trainer import evaluate_checkpoint
+
+            evaluate_checkpoint(args.out, dict(args.task_arg), args.device, beam_size=args.beam_size or None,
+                                verbose=not args.quiet)
+            return 0
         train(config_from_args(args))
     except (ValueError, FileNotFoundError) as e:
         print(f"fusedrnn train: error: {e}", file=sys.stderr)

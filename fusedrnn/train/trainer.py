@@ -22,6 +22,7 @@ import csv
 import io
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -193,6 +194,8 @@ def train(config: TrainConfig) -> dict:
             raise RuntimeError("--device cuda but no CUDA device is available")
         if world > 1:
             device = torch.device("cuda", local_rank)
+        elif device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     if world > 1:
         _init_distributed(device)
@@ -238,7 +241,7 @@ def train(config: TrainConfig) -> dict:
         f"steps {step}->{cfg.steps}, lr {cfg.lr}")
     eval_batches = task.eval_batches(max(cfg.batch_size, 64)) if main else []
     progress = Progress(cfg.steps, step, cfg.task, enabled=main and (
-        cfg.progress if cfg.progress is not None else __import__("sys").stderr.isatty()))
+        cfg.progress if cfg.progress is not None else sys.stderr.isatty()))
     if out and main:
         os.makedirs(out, exist_ok=True)
     t_start, step0 = time.time(), step
@@ -320,3 +323,29 @@ def reproducible(row: dict) -> dict:
 
 def is_finite(row: dict) -> bool:
     return all(not isinstance(v, float) or math.isfinite(v) for v in row.values())
+
+
+def evaluate_checkpoint(out: str, task_args: Optional[dict] = None, device: Optional[str] = None,
+                        beam_size: Optional[int] = None, name: str = "eval.json", verbose: bool = True) -> dict:
+    """Evaluate the checkpoint of the run in ``out`` on its task, with ``task_args`` overriding the
+    run's task arguments (e.g. eval_min_len=40 for copy, eval_n_max=60 for anbn).  Writes
+    ``out/<name>`` ({"step", "task_args", "metrics"}) and returns the metrics."""
+    path = os.path.join(out, CHECKPOINT)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    saved = ckpt.load(path)
+    cfg = TrainConfig(**saved["config"])
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[cfg.dtype]
+    targs = dict(cfg.task_args, **(task_args or {}))
+    task = tasks_mod.make(cfg.task, seed=cfg.seed, **targs)
+    model, mspec = build_model(cfg.task, task, cfg.model, backend=cfg.backend, **cfg.model_args)
+    model.load_state_dict(saved["model"])
+    model.to(device=dev, dtype=dtype)
+    beam = cfg.beam_size if beam_size is None else beam_size
+    objective = make_objective(task, one_hot=mspec.one_hot, **({"beam_size": beam} if task.kind == "seq2seq" else {}))
+    metrics = objective.evaluate(model, task.eval_batches(max(cfg.batch_size, 64)), dev, dtype)
+    ckpt.write_json(os.path.join(out, name), {"step": saved["step"], "task_args": targs, "metrics": metrics})
+    if verbose:
+        print(f"[{cfg.task} checkpoint step {saved['step']}, task args {targs}] {_fmt(metrics)}", flush=True)
+    return metrics
