@@ -119,20 +119,18 @@ def test_lm_tying_and_sampling():
 
 def test_variational_masks_held_per_sequence():
     """Decoders use the cell's held variational mask: one draw per sequence, not per step."""
-    for model, inputs, cell in [
-        (lambda m: (m, _make("seq2seq:bahdanau", "auto")[1], m.cell))(_make("seq2seq:bahdanau", "auto")[0]),
-        (lambda m: (m, _make("ntm", "auto")[1], m.controller))(_make("ntm", "auto")[0]),
-        (lambda m: (m, _make("caption", "auto")[1], m.cell))(_make("caption", "auto")[0]),
-        (lambda m: (m, _make("stack", "auto")[1], m.controller))(_make("stack", "auto")[0]),
-    ]:
+    for name, cell_attr in [("seq2seq:bahdanau", "cell"), ("ntm", "controller"), ("caption", "cell"),
+                            ("stack", "controller")]:
+        model, inputs = _make(name, "auto")
+        cell = getattr(model, cell_attr)
         calls = []
         orig = cell.sample_mask
         cell.sample_mask = lambda *a, **k: calls.append(1) or orig(*a, **k)
         model.train()
         model(*inputs)
-        assert len(calls) == 1, type(model).__name__
+        assert len(calls) == 1, name
         model(*inputs)
-        assert len(calls) == 2, f"{type(model).__name__}: a new mask for a new sequence"
+        assert len(calls) == 2, f"{name}: a new mask for a new sequence"
 
 
 def test_tagger_and_classifier_respect_lengths():
