@@ -159,6 +159,25 @@ def test_many_programs_per_step(monkeypatch, case):
 
 
 @cpu_only
+@pytest.mark.parametrize("P", [0, 3])
+def test_forward_and_backward_plan_the_same_grid(monkeypatch, P):
+    """Backward derives its plan from (B, H, R) as forward does (a backward planned for
+    another shape would launch a persistent grid that cannot be co-resident: in the
+    interpreter, two programs, the first waiting forever for the second)."""
+    seen = []
+    real = TC.candidates
+
+    def record(s, dev, design="auto"):
+        seen.append(s)
+        return real(s, dev, design)
+
+    monkeypatch.setattr(TC, "candidates", record)
+    args, leaves = make_case("shared", "train", P, True, True, T=3, B=3, H=20)
+    check_against_reference(args, leaves, "persistent")
+    assert len(seen) == 2 and seen[0] == seen[1] and seen[0].H == 20
+
+
+@cpu_only
 def test_poisoned_workspace_fully_written():
     """Every element of every output and saved workspace is written (torch.empty is
     NaN-poisoned here), for each design, with lengths (finished rows) and reverse."""

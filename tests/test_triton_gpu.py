@@ -82,7 +82,10 @@ def test_module_within_2x_of_nn_lstm(dtype, design, monkeypatch):
     assert max(errs) <= budget(dtype), (errs, nn_lstm_error(dtype))
 
 
-def _op_case(dtype, seed=0, Bn=B, Hn=H, P=24):
+def _op_case(dtype, seed=0, Bn=B, Hn=H, P=24, with_bn=True):
+    """Inputs in float64 and a builder that rounds them to a dtype.  Batch norm over very
+    few rows is ill-conditioned (two rows normalise to +-1 whatever their distance), so
+    three quarters of the rows run the whole sequence; the rest stop at random lengths."""
     g = torch.Generator().manual_seed(seed)
     R, G = P or Hn, 4 * Hn
 
@@ -91,7 +94,7 @@ def _op_case(dtype, seed=0, Bn=B, Hn=H, P=24):
 
     from fusedrnn.backends.base import RecurrentBN
     lengths = torch.randint(1, T + 1, (Bn,), generator=g)
-    lengths[0] = T
+    lengths[: (3 * Bn) // 4] = T
     mask = torch.bernoulli(torch.full((Bn, R), 0.75, dtype=torch.float64), generator=g) / 0.75
     S = 6
     bn = dict(weight_x=0.1 + torch.rand(G, generator=g, dtype=torch.float64),
@@ -112,19 +115,22 @@ def _op_case(dtype, seed=0, Bn=B, Hn=H, P=24):
         for k in ("xp", "h0", "c0", "w_hh", "w_hr"):
             if d[k] is not None:
                 d[k].requires_grad_()
-        b = RecurrentBN(**{k: v.to("cuda", dt) for k, v in bn.items()}, training=True,
-                        momentum=0.1, eps=1e-5)
-        for t in (b.weight_h, b.weight_c, b.bias_c):
-            t.requires_grad_()
+        b = None
+        leaves = [d[k] for k in ("xp", "h0", "c0", "w_hh", "w_hr") if d[k] is not None]
+        if with_bn:
+            b = RecurrentBN(**{k: v.to("cuda", dt) for k, v in bn.items()}, training=True,
+                            momentum=0.1, eps=1e-5)
+            for t in (b.weight_h, b.weight_c, b.bias_c):
+                t.requires_grad_()
+            leaves += [b.weight_h, b.weight_c, b.bias_c]
         args = (d["xp"], d["h0"], d["c0"], d["w_hh"], d["w_hr"], d["mask"], d["lengths"], True, b)
-        leaves = [d[k] for k in ("xp", "h0", "c0", "w_hh", "w_hr") if d[k] is not None] + [
-            b.weight_h, b.weight_c, b.bias_c]
         return args, leaves
 
     return build
 
 
 def _op_errors(build, dtype, design):
+    """{name: relative error} of y, h_n, c_n, the batch statistics and every gradient."""
     outs = []
     for dt, fn in ((torch.float64, REF.recurrence),
                    (dtype, lambda *a: TR.recurrence(*a, design=design))):
@@ -134,8 +140,12 @@ def _op_errors(build, dtype, design):
         loss = sum((t.double() * torch.randn(t.shape, generator=g, device="cuda",
                                              dtype=torch.float64)).sum() for t in res[:3])
         grads = torch.autograd.grad(loss, leaves)
-        outs.append(list(res[:3]) + list(res.stats) + list(grads))
-    return [rel(a, b) for a, b in zip(outs[1], outs[0])]
+        named = dict(zip(("y", "h_n", "c_n"), res[:3]))
+        if res.stats is not None:
+            named.update(zip(("mean_h", "var_h", "mean_c", "var_c"), res.stats))
+        named.update((f"grad{i}", gr) for i, gr in enumerate(grads))
+        outs.append(named)
+    return {k: rel(outs[1][k], outs[0][k]) for k in outs[0]}
 
 
 @pytest.mark.parametrize("design", ["auto", "step"])
@@ -144,7 +154,7 @@ def test_every_option_against_float64(dtype, design, monkeypatch):
     """Shared mask, batch norm (train), proj_size, lengths and reverse together."""
     monkeypatch.setattr(TR, "AUTOTUNE", False)
     errs = _op_errors(_op_case(dtype), dtype, design)
-    assert max(errs) <= budget(dtype), errs
+    assert max(errs.values()) <= budget(dtype), (errs, budget(dtype))
 
 
 def test_persistent_many_programs_deterministic(monkeypatch):
@@ -172,9 +182,9 @@ def test_persistent_many_programs_deterministic(monkeypatch):
 
 def test_autotuned_configs(monkeypatch):
     monkeypatch.setattr(TR, "AUTOTUNE", True)
-    build = _op_case(torch.bfloat16, Bn=40, Hn=128, P=0)
+    build = _op_case(torch.bfloat16, Bn=40, Hn=128, P=0, with_bn=False)  # 4 persistent configs
     errs = _op_errors(build, torch.bfloat16, "auto")
-    assert max(errs) <= budget(torch.bfloat16), errs
+    assert max(errs.values()) <= budget(torch.bfloat16), errs
     assert TR._TUNERS, "no autotuner ran"
 
 

@@ -49,11 +49,12 @@ def _shape(B: int, H: int, R: int, proj: bool, bn: bool, dtype: torch.dtype) -> 
     return C.Shape(B=B, H=H, R=R, proj=proj, bn=bn, esize=dtype.itemsize)
 
 
-def _plans(xp: Tensor, w_hh: Tensor, proj: bool, bn: bool, design: int) -> list[C.Plan]:
-    """The plan the heuristic picks, then the rest of its autotuning space (config.py)."""
-    T, B, G = xp.shape
-    s = _shape(B, G // 4, w_hh.shape[1], proj, bn, w_hh.dtype)
-    return C.candidates(s, C.Device.of(xp.device, INTERPRET), C.DESIGNS[design])
+def _plans(device: torch.device, B: int, H: int, w_hh: Tensor, proj: bool, bn: bool,
+           design: int) -> list[C.Plan]:
+    """The plan the heuristic picks, then the rest of its autotuning space (config.py).
+    Forward and backward derive the same plans from (B, H, R = w_hh.shape[1])."""
+    s = _shape(B, H, w_hh.shape[1], proj, bn, w_hh.dtype)
+    return C.candidates(s, C.Device.of(device, INTERPRET), C.DESIGNS[design])
 
 
 # Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's plan).
@@ -68,11 +69,24 @@ def _tile_consts(p: C.Plan) -> dict:
     return dict(BB=p.BB, BH=p.BH, BK=p.BK)
 
 
+def _check_coresident(plans: list[C.Plan], grid, device: torch.device) -> None:
+    """A persistent launch whose programs cannot all be resident at once would spin
+    forever at its first grid barrier (in the interpreter: more than one program)."""
+    limit = C.Device.of(device, INTERPRET).sm_count
+    for p in plans:
+        n = grid(_tile_consts(p))[0]
+        if n > limit:
+            raise RuntimeError(f"fusedrnn triton: a persistent launch of {n} programs exceeds "
+                               f"the {limit} that can be co-resident ({p})")
+
+
 def _run(kernel, plans: list[C.Plan], grid, args: tuple, kwargs: dict, tune: bool,
          restore: tuple = ()):
     """Launch kernel with the first plan's tiles, or autotune over all plans (the tiles
     and warps of the plans are the configs; sequence length is not part of the key, so
     a new T neither re-tunes nor recompiles).  grid: a function of the tile constants."""
+    if plans[0].design == "persistent":
+        _check_coresident(plans, grid, args[0].device)
     if tune and len(plans) > 1:
         key = (kernel.__name__, tuple(plans))
         tuner = _TUNERS.get(key)
@@ -132,7 +146,7 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
     stats_h = e(T, 2, G) if bn_mode == 1 else e(0)
     stats_c = e(T, 2, H) if bn_mode == 1 else e(0)
     if T > 0:
-        plans = _plans(xp, w_hh, proj, bn_mode != 0, design)
+        plans = _plans(dev, B, H, w_hh, proj, bn_mode != 0, design)
         p, tune = plans[0], _tuning(xp)
         dummy = e(1)
         ws = [_or(t, dummy) for t in (act, hhat, stats_h, stats_c)]
@@ -191,7 +205,7 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     dg_h = e(T, G) if bn_mode else e(0)
     dg_c = e(T, H) if bn_mode else e(0)
     db_c = e(T, H) if bn_mode else e(0)
-    plans = _plans(dy, w_hh, proj, bn_mode != 0, design) if T > 0 else None
+    plans = _plans(dev, B, H, w_hh, proj, bn_mode != 0, design) if T > 0 else None
     p, tune = (plans[0] if plans else None), _tuning(dy)
     dummy = e(1)
     msk = _or(mask, dummy)
