@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_backward_cpu(
   const Rows rows{len, T_, B, reverse};
   at::Tensor grad_v = new_output({T_, B, F}, v.options());
   at::Tensor grad_w = at::zeros({F}, v.options());
-  at::Tensor grad_b = g.sum({0, 1});
+  at::Tensor grad_b = g.sum(at::IntArrayRef{0, 1});  // explicit: torch 2.11 finds {0, 1} ambiguous
   at::Tensor scratch = at::empty({3 * F}, v.options());
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "batch_norm_steps_backward_cpu", [&] {
     using T = scalar_t;

@@ -428,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_backward_cuda(
                                                grad_v.data_ptr(), gw_part.data_ptr(), stream()),
                "batch_norm_steps_backward");
   const at::ScalarType st = v.scalar_type();
-  return {grad_v, gw_part.sum(0).to(st), g.sum({0, 1}, false, aopt.dtype().toScalarType()).to(st)};
+  return {grad_v, gw_part.sum(0).to(st), g.sum(at::IntArrayRef{0, 1}, false, aopt.dtype().toScalarType()).to(st)};
 }
 
 std::tuple<bool, std::string, int64_t, int64_t, int64_t, int64_t> cuda_layer_plan_cuda(
