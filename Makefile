@@ -1,5 +1,6 @@
 # fusedrnn: the two commands that do all the set-up on a fresh machine.
-#   make test    create .venv, install torch and fusedrnn from source, run the test suite
+#   make test    create .venv, install torch and fusedrnn from source, run the GPU compile
+#                gate (benchmarks/compile_gate.py, no GPU needed) and the test suite
 #   make bench   the same set-up, then the benchmark suite on the default device
 # Set-up steps are stamped in .venv, so a second run only rebuilds what changed.
 
@@ -33,6 +34,7 @@ $(VENV)/.built: $(VENV)/.deps setup.py $(CSRC)
 install: $(VENV)/.built
 
 test: install
+	$(PY) benchmarks/compile_gate.py
 	$(PY) -m pytest -q tests
 
 bench: install

@@ -1,0 +1,400 @@
+"""The GPU compile gate, on the CPU: every Triton and CUDA kernel the dispatcher can choose
+is compiled for sm_80 and sm_90, and its resources are checked before any GPU sees it.
+
+    python benchmarks/compile_gate.py [--full] [--write benchmarks/resources.md] [--jobs N]
+
+Triton: for every point of the GPU benchmark grid (benchmarks/gpu_check.sh, preset
+"anchors") and both benchmarked variants (plain, variational+bn), the kernel
+configurations the triton backend's dispatcher picks there (--full: every design and every
+autotuning candidate) are compiled with triton.compile(ASTSource, GPUTarget) for sm_90 and
+sm_80; Triton's bundled ptxas -v gives registers and spills, the metadata shared memory.
+CUDA: every csrc/cuda/*.cu is compiled to cubin for sm_80 / sm_90 with ptxas -v; the
+persistent kernels' plan (the same C++ function the dispatcher calls at run time,
+persistent_plan_for) is evaluated for the grid with H100 and A100 limits; cuobjdump's SASS
+shows whether the recurrent matmuls use tensor cores (HMMA).
+
+Fails (exit 1) on: a compile failure; shared memory over the device's opt-in limit;
+registers x threads over the register file; spills not on the allow-list below; a
+persistent plan the heuristic accepts that would not fit one block per SM; a grid shape
+the CUDA plan should run persistently but rejects; no MMA in a bf16/fp16 recurrent
+kernel.  Writes the resource table to benchmarks/resources.md and prints a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.pop("TRITON_INTERPRET", None)  # the interpreter would replace the kernels
+
+import torch  # noqa: E402
+
+LIMITS = {  # arch -> (opt-in shared memory per block, SMs, registers per SM), H100 SXM / A100
+    90: (232448, 132, 65536),
+    80: (166912, 108, 65536),
+}
+
+# Spills accepted, each with its reason: (kernel name regex, max bytes, why).
+SPILL_ALLOW = [
+    (r"^fwd_persistent_kernel\[(bf16|fp16)\]", 128,
+     "persistent forward in half types streaming W at 255 registers: a few words of the "
+     "addressing spill to L1; measured harmless on the H200 run (fusedrnn/backends/triton/NOTES.md)"),
+    (r"^fwd_persistent_kernel\[fp32\]", 128, "as above, fp32 with a 32-wide hidden tile"),
+    (r"^(fwd|bwd)_step_kernel\[.*\] w16 .*BN=1", 4608,
+     "per-step batch norm with 64 < B <= 256 rows in one program (16 warps; the grid point "
+     "bf16 B=256 H=1024 variational+bn); the only triton design that keeps the batch "
+     "statistics in one program; up to 4.5 KB on sm_80, speed unmeasured"),
+    (r"^bwd_persistent_kernel\[fp32\]", 64, "fp32 persistent backward on sm_80: 40 bytes"),
+    (r"^void forward_kernel<", 32,
+     "CUDA per-step forward pointwise kernel: 16-24 bytes (the by-value LayerParams and the "
+     "units loop); the per-step design is the fallback, not the fast path"),
+]
+
+
+def allowed_spill(name: str, nbytes: int):
+    for pat, limit, why in SPILL_ALLOW:
+        if re.search(pat, name) and nbytes <= limit:
+            return why
+    return None
+
+
+# ---- Triton --------------------------------------------------------------------------------
+
+
+def triton_jobs(full: bool):
+    from fusedrnn.backends.triton import config as C
+    from fusedrnn.backends.triton import gate
+    from fusedrnn.bench.suite import DTYPES, PRESETS
+
+    variants = {"plain": dict(), "variational+bn": dict(mask="shared", bn="train")}
+    seen, jobs = set(), []
+    for p in PRESETS["anchors"]["points"]:
+        dt = DTYPES[p.dtype]
+        for vname, opts in variants.items():
+            for arch in (90, 80):
+                dev = C.SM90 if arch == 90 else C.SM80
+                o = dict(opts, device=dev)
+                if not full:
+                    o.update(autotune=False, designs=("auto",))
+                try:
+                    kcs = gate.kernel_configs(dt, p.T, p.B, p.H, p.H, o)
+                except Exception as e:  # noqa: BLE001 - the backend declines: reported as such
+                    jobs.append(("error", arch, f"{p} {vname}", f"{type(e).__name__}: {e}"))
+                    continue
+                for kc in kcs:
+                    key = (arch, gate.describe(kc))
+                    if key not in seen:
+                        seen.add(key)
+                        jobs.append(("triton", arch, gate.describe(kc), kc))
+    return jobs
+
+
+def compile_triton(job):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fusedrnn.backends.triton import gate
+
+    _, arch, name, kc = job
+    row = dict(kind="triton", name=name, arch=arch, dtype=name.split("[")[1].split("]")[0],
+               threads=32 * kc.num_warps, ok=False, error=None, mma=None)
+    # pointers 16-byte aligned, as the JIT specialises fresh torch allocations
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kc.kernel.arg_names)
+             if kc.signature[n].startswith("*")}
+    try:
+        ck = triton.compile(ASTSource(fn=kc.kernel, signature=kc.signature, constexprs=kc.constexprs, attrs=attrs),
+                            target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=kc.num_warps, num_stages=kc.num_stages))
+    except Exception as e:  # noqa: BLE001 - reported as a gate failure
+        row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+        return row
+    ptx = ck.asm["ptx"]
+    rep = gate.ptxas_report(ptx, arch)
+    row.update(ok=rep.get("ptxas_ok", False), regs=rep.get("regs"), spills=rep.get("spills"),
+               shared=ck.metadata.shared,
+               # the recurrent matmul of a half-type kernel must be tensor-core MMA
+               mma="mma.sync" in ptx or "wgmma" in ptx)
+    if not row["ok"]:
+        row["error"] = "ptxas failed"
+    return row
+
+
+# ---- CUDA ------------------------------------------------------------------------------------
+
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
+              "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+              "-D__CUDA_NO_HALF2_OPERATORS__"]
+
+
+def nvcc() -> str:
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    path = os.path.join(home, "bin", "nvcc")
+    return path if os.path.exists(path) else (shutil.which("nvcc") or "")
+
+
+def cuobjdump() -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def demangle(names):
+    r = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
+    return r.stdout.splitlines() if r.returncode == 0 else list(names)
+
+
+def compile_cuda(job):
+    _, arch, src, tmp = job
+    out = os.path.join(tmp, f"{os.path.basename(src)}.sm{arch}.cubin")
+    cmd = [nvcc(), *NVCC_FLAGS, f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin", "-Xptxas", "-v",
+           "-I", os.path.join(ROOT, "csrc"), src, "-o", out]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return [dict(kind="cuda", name=os.path.basename(src), arch=arch, ok=False, error=r.stderr[-2000:])]
+    rows, cur = [], None
+    for line in (r.stdout + r.stderr).splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            cur = dict(kind="cuda", mangled=m.group(1), arch=arch, ok=True, error=None, file=os.path.basename(src))
+            rows.append(cur)
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur["stack"], cur["spills"] = int(m.group(1)), int(m.group(2)) + int(m.group(3))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            cur["regs"] = int(m.group(1))
+            m2 = re.search(r"(\d+) bytes smem", line)
+            cur["shared"] = int(m2.group(1)) if m2 else 0
+    names = demangle([x["mangled"] for x in rows])
+    sass = ""
+    if os.path.exists(cuobjdump()):
+        sass = subprocess.run([cuobjdump(), "--dump-sass", out], capture_output=True, text=True).stdout
+    for row, nm in zip(rows, names):
+        row["name"] = re.sub(r"fusedrnn::cuda::(\(anonymous namespace\)::)?", "", nm)
+        row["threads"] = 256
+        row["dtype"] = _cuda_dtype(row["name"])
+        if "persistent" in row["name"]:
+            row["mma"] = _sass_has_mma(sass, row["mangled"])
+    return rows
+
+
+def _cuda_dtype(name: str) -> str:
+    for k, v in (("__nv_bfloat16", "bf16"), ("__half", "fp16"), ("double", "fp64"), ("float", "fp32")):
+        if k in name:
+            return v
+    return "-"
+
+
+def _sass_has_mma(sass: str, mangled: str) -> bool:
+    start = sass.find(f"Function : {mangled}")
+    if start < 0:
+        return False
+    end = sass.find("Function : ", start + 10)
+    body = sass[start:end if end > 0 else len(sass)]
+    return "HMMA" in body
+
+
+PLAN_DRIVER = r"""
+#include <cstdio>
+#include "cuda/launch.h"
+using namespace fusedrnn::cuda;
+int main(int argc, char** argv) {
+  // lines of: dtype B H R smem_limit sms
+  int dt; long long B, H, R, smem; int sms;
+  while (std::scanf("%d %lld %lld %lld %lld %d", &dt, &B, &H, &R, &smem, &sms) == 6) {
+    PersistentPlan p = persistent_plan_for(static_cast<DType>(dt), B, H, R, false, (size_t)smem, sms);
+    std::printf("%d %d %d %zu %zu %s\n", p.ok ? 1 : 0, p.units, p.blocks, p.smem_forward, p.smem_backward,
+                p.ok ? "-" : p.why);
+  }
+  return 0;
+}
+"""
+
+# The grid shapes whose CUDA plan must be persistent on an H100 (no projection): the
+# benchmark anchors (bf16 / fp16; fp32 with TF32).
+DTYPE_CODE = {"fp32": 0, "fp64": 1, "fp16": 2, "bf16": 3}
+
+
+def cuda_plans(tmp: str):
+    from fusedrnn.bench.suite import PRESETS
+
+    exe = os.path.join(tmp, "plan_driver")
+    src = os.path.join(tmp, "plan_driver.cu")
+    with open(src, "w") as f:
+        f.write(PLAN_DRIVER)
+    r = subprocess.run([nvcc(), *NVCC_FLAGS, "-gencode=arch=compute_90,code=sm_90", "-I", os.path.join(ROOT, "csrc"),
+                        src, os.path.join(ROOT, "csrc", "cuda", "layer_persistent.cu"), "-o", exe],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return [dict(kind="plan", ok=False, error=r.stderr[-2000:], name="plan_driver", arch=90)]
+    queries, meta = [], []
+    for p in PRESETS["anchors"]["points"]:
+        for arch, (smem, sms, _) in LIMITS.items():
+            queries.append(f"{DTYPE_CODE[p.dtype]} {p.B} {p.H} {p.H} {smem} {sms}")
+            meta.append((p, arch))
+    out = subprocess.run([exe], input="\n".join(queries) + "\n", capture_output=True, text=True).stdout.splitlines()
+    rows = []
+    for (p, arch), line in zip(meta, out):
+        ok, units, blocks, sf, sb, *why = line.split(" ")
+        smem, sms, _ = LIMITS[arch]
+        rows.append(dict(kind="plan", arch=arch, dtype=p.dtype, B=p.B, T=p.T, H=p.H, ok=ok == "1", units=int(units),
+                         blocks=int(blocks), smem_forward=int(sf), smem_backward=int(sb), why=" ".join(why),
+                         fits=int(blocks) <= sms and int(sf) <= smem and int(sb) <= smem))
+    return rows
+
+
+# ---- checks and report -------------------------------------------------------------------------
+
+
+def check(rows):
+    problems = []
+    for r in rows:
+        where = f"{r.get('kind')} sm_{r.get('arch')} {r.get('name', '')}"
+        if r["kind"] == "plan":
+            if not r.get("ok", False) and r.get("error"):
+                problems.append(f"{where}: plan driver failed: {r['error']}")
+            elif r["ok"] and not r["fits"]:
+                problems.append(f"plan sm_{r['arch']} {r['dtype']} B={r['B']} H={r['H']}: accepted but does not fit")
+            elif not r["ok"] and r["arch"] == 90:
+                problems.append(f"plan sm_90 {r['dtype']} B={r['B']} H={r['H']}: grid shape not persistent ({r['why']})")
+            continue
+        if not r.get("ok"):
+            problems.append(f"{where}: compile failed: {r.get('error')}")
+            continue
+        smem_limit, _, regs_per_sm = LIMITS[r["arch"]]
+        if (r.get("shared") or 0) > smem_limit:
+            problems.append(f"{where}: {r['shared']} B shared memory > {smem_limit}")
+        if r.get("regs") is not None and r["regs"] * r.get("threads", 256) > regs_per_sm:
+            problems.append(f"{where}: {r['regs']} registers x {r['threads']} threads > {regs_per_sm}")
+        if r.get("spills"):
+            why = allowed_spill(r["name"], r["spills"])
+            if why is None:
+                problems.append(f"{where}: {r['spills']} bytes of spills (not on the allow-list)")
+            else:
+                r["allowed"] = True
+        if r.get("mma") is False and r.get("dtype") in ("bf16", "fp16") and (
+                "persistent" in r["name"] or "_step_kernel" in r["name"]):
+            problems.append(f"{where}: no tensor-core MMA in a half-type recurrent kernel")
+    return problems
+
+
+def write_table(rows, path, seconds, problems):
+    lines = [
+        "# Kernel resources (the compile gate)",
+        "",
+        f"Written by `python benchmarks/compile_gate.py` ({time.strftime('%Y-%m-%d')}, torch {torch.__version__}"
+        f", triton {_triton_version()}, {_nvcc_version()}); {len(rows)} rows, {seconds:.0f} s,"
+        f" {len(problems)} problems. Limits: sm_90 = H100 SXM (232448 B shared memory per block, 132 SMs),"
+        " sm_80 = A100 (166912 B, 108 SMs). Spills marked * are on the commented allow-list in the gate.",
+        "",
+        "## Compiled kernels",
+        "",
+        "| backend | kernel and config | dtype | arch | registers | spills (B) | shared (B) | MMA |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted((r for r in rows if r["kind"] != "plan"), key=lambda r: (r["kind"], r.get("name", ""), r["arch"])):
+        sp = r.get("spills")
+        sp_s = "-" if sp is None else f"{sp}{'*' if r.get('allowed') else ''}"
+        mma = {True: "yes", False: "no", None: "-"}[r.get("mma")]
+        lines.append(f"| {r['kind']} | `{r.get('name', '')}` | {r.get('dtype', '-')} | sm_{r['arch']} | "
+                     f"{r.get('regs', '-')} | {sp_s} | {r.get('shared', '-')} | {mma} |")
+    lines += ["", "## CUDA persistent plans for the benchmark grid", "",
+              "| dtype | B | T | H | arch | persistent | units/block | blocks | smem fwd | smem bwd | why not |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["kind"] == "plan" and "B" in r:
+            lines.append(f"| {r['dtype']} | {r['B']} | {r['T']} | {r['H']} | sm_{r['arch']} | {'yes' if r['ok'] else 'no'} | "
+                         f"{r['units']} | {r['blocks']} | {r['smem_forward']} | {r['smem_backward']} | {r['why']} |")
+    if problems:
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return "none"
+
+
+def _nvcc_version():
+    try:
+        out = subprocess.run([nvcc(), "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"release ([\d.]+)", out)
+        return f"nvcc {m.group(1)}" if m else "nvcc"
+    except OSError:
+        return "no nvcc"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="every design and autotuning candidate (slow)")
+    ap.add_argument("--write", default=os.path.join(ROOT, "benchmarks", "resources.md"),
+                    help="where to write the resource table ('' for nowhere)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--skip-triton", action="store_true")
+    ap.add_argument("--skip-cuda", action="store_true")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    rows = []
+    have_nvcc = bool(nvcc()) and not args.skip_cuda
+    try:
+        import triton  # noqa: F401
+
+        have_triton = not args.skip_triton
+    except ImportError:
+        have_triton = False
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = []
+        if have_triton:
+            jobs += triton_jobs(args.full)
+        if have_nvcc:
+            for src in sorted(os.listdir(os.path.join(ROOT, "csrc", "cuda"))):
+                if src.endswith(".cu"):
+                    for arch in (80, 90):
+                        jobs.append(("cuda", arch, os.path.join(ROOT, "csrc", "cuda", src), tmp))
+        for j in jobs:
+            if j[0] == "error":
+                rows.append(dict(kind="triton", arch=j[1], name=j[2], ok=False, error=j[3]))
+        with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+            futs = [ex.submit(compile_triton if j[0] == "triton" else compile_cuda, j) for j in jobs
+                    if j[0] in ("triton", "cuda")]
+            for f in futs:
+                res = f.result()
+                rows.extend(res if isinstance(res, list) else [res])
+        if have_nvcc:
+            rows.extend(cuda_plans(tmp))
+    problems = check(rows)
+    seconds = time.time() - t0
+    if args.write:
+        write_table(rows, args.write, seconds, problems)
+    for p in problems:
+        print("GATE:", p)
+    n_t = sum(r["kind"] == "triton" for r in rows)
+    n_c = sum(r["kind"] == "cuda" for r in rows)
+    n_p = sum(r["kind"] == "plan" for r in rows)
+    print(f"compile gate: {n_t} triton configs, {n_c} CUDA kernels, {n_p} persistent plans for sm_80/sm_90 "
+          f"in {seconds:.0f} s: {'OK' if not problems else f'{len(problems)} PROBLEMS'}"
+          f"{'' if have_triton else ' (no triton)'}{'' if have_nvcc else ' (no nvcc)'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The compile gate (benchmarks/compile_gate.py) catches a configuration that would not
+launch, or would run badly, on the GPU: a deliberately oversized Triton tile and a CUDA
+shape too large for the persistent kernel.  (make test runs the gate itself.)"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r"""
+import json, sys, tempfile, torch
+sys.path.insert(0, "benchmarks")
+import compile_gate as G
+from fusedrnn.backends.triton import gate
+kc = gate.kernel_configs(torch.bfloat16, 10, 16, 128, 128, dict(autotune=False, designs=("step",)))[0]
+big = kc._replace(constexprs=dict(kc.constexprs, BB=32, BH=32, BK=32), num_warps=1)  # 1 warp for 32x32x4 tiles
+rows = [G.compile_triton(("triton", 90, gate.describe(big), big))]
+out = {"triton": G.check(rows)}
+print("JSON" + json.dumps(out))
+"""
+
+
+def _run(script):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    return json.loads(next(l for l in r.stdout.splitlines() if l.startswith("JSON"))[4:])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_oversized_triton_tile_is_caught():
+    out = _run(SCRIPT)
+    assert out["triton"], "a 32 x 32 x 4-gate tile on one warp passed the gate"
+    assert any("spills" in p or "shared memory" in p or "registers" in p or "compile failed" in p
+               for p in out["triton"])
+
+
+def test_oversized_cuda_shape_is_not_persistent():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import compile_gate as G
+
+    if not G.nvcc():
+        pytest.skip("nvcc not found")
+    from fusedrnn.bench import suite
+
+    big = suite.Point(16, 100, 8192, 8192, "bf16")
+    orig = suite.PRESETS["anchors"]["points"]
+    suite.PRESETS["anchors"]["points"] = [big]
+    try:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = G.cuda_plans(tmp)
+    finally:
+        suite.PRESETS["anchors"]["points"] = orig
+    assert rows and all(not r["ok"] for r in rows), rows  # the plan refuses it: per-step runs
+    problems = G.check(rows)
+    assert any("not persistent" in p for p in problems)
