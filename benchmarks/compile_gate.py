@@ -48,7 +48,7 @@ LIMITS = {  # arch -> (opt-in shared memory per block, SMs, registers per SM), H
 SPILL_ALLOW = [
     (r"^fwd_persistent_kernel\[(bf16|fp16)\]", 128,
      "persistent forward in half types streaming W at 255 registers: a few words of the "
-     "addressing spill to L1; measured harmless on the H200 run (fusedrnn/backends/triton/NOTES.md)"),
+     "addressing spill to L1; measured harmless on the H200 run (benchmarks/NOTES.md)"),
     (r"^fwd_persistent_kernel\[fp32\]", 128, "as above, fp32 with a 32-wide hidden tile"),
     (r"^(fwd|bwd)_step_kernel\[.*\] w16 .*BN=1", 4608,
      "per-step batch norm with 64 < B <= 256 rows in one program (16 warps; the grid point "

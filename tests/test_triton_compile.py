@@ -8,7 +8,7 @@ default; FUSEDRNN_SLOW=1 compiles the whole grid (python -m fusedrnn.backends.tr
 
 The whole grid's results (354 configurations, sm_90 and sm_80: no compile failure, at most
 116 bytes of spills with 4 / 8 warps, up to 2.4 KB for per-step batch norm with B > 64) are in
-fusedrnn/backends/triton/NOTES.md.
+benchmarks/NOTES.md.
 """
 
 import json
