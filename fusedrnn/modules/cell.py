@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops import dispatch
 from ..ops.dropout import dropout_mask
 from .regularizers import RegularizedMixin
 
@@ -90,6 +91,9 @@ class LSTMCell(RegularizedMixin, nn.LSTMCell):
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None, *,
                 mask: Optional[Tensor] = None, step: Optional[int] = None) -> tuple[Tensor, Tensor]:
         """One step; see the class docstring."""
+        regularized = self.batch_norm or mask is not None or (self.training and self.recurrent_dropout > 0)
+        if dispatch.module_backend(self.backend, input.device, input.dtype, regularized) == "aten":
+            return nn.LSTMCell.forward(self, input, hx)  # torch's own cell (see ops.dispatch)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:

@@ -9,6 +9,7 @@ is missing; nothing falls back silently.  :func:`explain_config` reports the dec
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional, Union
 
@@ -107,7 +108,15 @@ def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple
 
 
 def resolve(name: str, cfg: Config, op: str = "recurrence") -> Backend:
-    """The backend that runs ``op`` ("recurrence" or "cell") for this configuration."""
+    """The backend that runs ``op`` ("recurrence" or "cell") for this configuration.
+
+    Decisions depend only on (requested backend, configuration, op) and are cached: a
+    decoder stepping a cell pays the dispatch once, not at every step."""
+    return _resolve(_requested(name), cfg, op)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve(name: str, cfg: Config, op: str) -> Backend:
     decisions = explain_config(name, cfg, op)
     for n, why in decisions:
         if why is None:
