@@ -21,11 +21,27 @@ def _bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = "quick" if args.quick else (args.preset or ("anchors" if device.type == "cuda" else "cpu"))
+    if args.backend:
+        from .ops.dispatch import check_backend_name
+
+        for b in args.backend:
+            try:
+                check_backend_name(b)
+            except ValueError as e:
+                print(f"fusedrnn bench: --backend: {e}", file=sys.stderr)
+                return 2
     t0 = time.time()
-    records = suite.run(preset, device=device, dtype=args.dtype, out=args.out,
-                        modes=args.mode or suite.MODES, variants=args.variant or None,
-                        backends=args.backend or None, reps=args.reps, progress=not args.no_progress,
-                        budget_s=args.budget_s)
+    if preset == "models":
+        from .bench.models import run_models
+        from .ops.dispatch import available_backends
+
+        backends = args.backend or ["auto"] + [b for b in available_backends(device) if b != "reference"]
+        records = run_models(device, backends, args.out, reps=args.reps or 10, budget_s=args.budget_s)
+    else:
+        records = suite.run(preset, device=device, dtype=args.dtype, out=args.out,
+                            modes=args.mode or suite.MODES, variants=args.variant or None,
+                            backends=args.backend or None, reps=args.reps, progress=not args.no_progress,
+                            budget_s=args.budget_s)
     title = f"fusedrnn bench --preset {preset} on {records[0]['device'] if records else device} " \
             f"(torch {torch.__version__}, {time.time() - t0:.0f} s)"
     suite.print_table(records, title)
@@ -36,6 +52,14 @@ def _bench(args: argparse.Namespace) -> int:
         with open(md, "w") as f:
             f.write(f"{title}\n\n{suite.markdown_table(records)}\n")
         print(f"records appended to {os.path.join(args.out, device_slug(device) + '.jsonl')}; table in {md}")
+        if not args.no_plots:
+            try:
+                from .bench.plots import plot_all
+
+                for path in plot_all(records, args.out, f"{device_slug(device)}-{preset}"):
+                    print(f"plot: {path}")
+            except ImportError as e:
+                print(f"no plots ({e}): pip install matplotlib", file=sys.stderr)
     return 0
 
 
@@ -45,7 +69,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fusedrnn", description="fusedrnn command line")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="run the benchmark suite on the default device (CUDA if present)")
-    b.add_argument("--preset", choices=sorted(PRESETS), help="default: anchors on CUDA, cpu on the CPU")
+    b.add_argument("--preset", choices=sorted(PRESETS) + ["models"],
+                   help="default: anchors on CUDA, cpu on the CPU; models: training steps of the reference models")
     b.add_argument("--quick", action="store_true", help="the quick preset (under 2 minutes on 2 cores)")
     b.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     b.add_argument("--dtype", choices=sorted(DTYPES), help="override the preset's dtypes")
@@ -57,6 +82,7 @@ def main(argv=None) -> int:
     b.add_argument("--budget-s", type=float, help="seconds of timed runs per group at most (at least 3 runs)")
     b.add_argument("--out", default="benchmarks/results", help="directory for records and tables ('' for none)")
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     from .train.cli import add_parser as _add_train_parser
 
     _add_train_parser(sub)

@@ -128,8 +128,9 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     header += [f"{p.split('-', 1)[1]} vs {tn}" for p in fused for tn in torch_names]
     header += [f"{p.split('-', 1)[1]} vs loop" for p in fused if "loop" in providers]
     rows = []
-    variants_order = list(VARIANTS)
     for key, g in groups.items():
+        present = {v for (_, v) in g}
+        variants_order = [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))
         for var in variants_order:
             if not any(v == var for (_, v) in g):
                 continue
@@ -139,7 +140,9 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
                 row.append("-" if t is None else f"{t:.2f}")
             for p in fused:
                 for tn in torch_names:
-                    base, t = g.get((tn, "plain")), g.get((p, var))
+                    # regularized variants against torch's plain LSTM; model rows against the
+                    # same model on torch's modules
+                    base, t = g.get((tn, "plain")) or g.get((tn, var)), g.get((p, var))
                     row.append("-" if base is None or t is None else f"{base / t:.2f}x")
             if "loop" in providers:
                 for p in fused:

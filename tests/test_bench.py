@@ -1,0 +1,96 @@
+"""The benchmark suite's plumbing: records in the DESIGN.md format, the table, the plots,
+the CLI's arguments (bad ones rejected with a clear message), the model-level benchmark."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fusedrnn.bench import harness, suite
+from fusedrnn.bench.suite import Point
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [Point(4, 6, 8, 8), Point(8, 6, 8, 8)]
+
+
+def test_records_have_the_design_keys_and_append(tmp_path):
+    recs = suite.run("quick", device=torch.device("cpu"), out=str(tmp_path), points=TINY, reps=2,
+                     variants=("plain", "variational+bn"), backends=["native"], progress=False)
+    assert recs and all(tuple(r) == harness.RECORD_KEYS for r in recs)
+    path = tmp_path / (harness.device_slug(torch.device("cpu")) + ".jsonl")
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(recs)
+    r = json.loads(lines[0])
+    assert r["torch"] == torch.__version__ and r["median_ms"] > 0 and r["p20_ms"] <= r["p80_ms"]
+    providers = {x["provider"] for x in recs}
+    assert {"torch-cpu", "fusedrnn-native", "loop"} <= providers
+    assert not any(x["provider"] == "torch-cpu" and x["variant"] != "plain" for x in recs)
+    suite.run("quick", device=torch.device("cpu"), out=str(tmp_path), points=TINY[:1], reps=1,
+              variants=("plain",), backends=["native"], modes=("fwd",), progress=False)
+    assert len(path.read_text().splitlines()) > len(lines)  # appended, not overwritten
+
+
+def test_table_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fusedrnn.bench.plots import plot_all
+
+    recs = suite.run("quick", device=torch.device("cpu"), out=None, points=TINY, reps=1,
+                     variants=("plain", "variational+bn"), backends=["native"], progress=False)
+    header, rows = suite.summarize(recs)
+    assert "native vs torch-cpu" in header and rows
+    paths = plot_all(recs, str(tmp_path), "t")
+    names = {os.path.basename(p) for p in paths}
+    assert {"t-speedup-batch.png", "t-regularized-cost.png"} <= names
+    for p in paths:
+        assert os.path.getsize(p) > 1000
+
+
+def test_percentile_and_budget():
+    assert harness.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.5) == 3.0
+    assert harness.percentile([2.0], 0.2) == 2.0
+    calls = []
+    t = harness.time_group({"a": lambda k: calls.append(k)}, torch.device("cpu"), warmup=1, reps=50, budget_s=1e-9)
+    assert t["a"].samples == 3  # the budget cuts to the minimum of three
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fusedrnn", "bench", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--reps", "0"], "--reps"), (["--threads", "0"], "--threads"), (["--budget-s", "-1"], "--budget-s"),
+    (["--preset", "nope"], "--preset"), (["--dtype", "int8"], "--dtype"), (["--mode", "bwd"], "--mode"),
+    (["--variant", "dropout"], "--variant"), (["--backend", "cudnn"], "--backend"),
+])
+def test_cli_rejects_bad_arguments(args, msg):
+    r = _cli(*args, "--out", "")
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_cli_quick_run_writes_records_and_plots(tmp_path):
+    r = _cli("--preset", "quick", "--mode", "fwd", "--variant", "plain", "--variant", "variational+bn", "--reps", "1",
+             "--backend", "native",
+             "--out", str(tmp_path), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    files = os.listdir(tmp_path)
+    assert any(f.endswith(".jsonl") for f in files) and any(f.endswith("-quick.md") for f in files)
+    assert any(f.endswith(".png") for f in files)
+
+
+def test_model_benchmark_swaps_to_torch_modules():
+    from torch import nn
+
+    from fusedrnn.bench.models import MODEL_POINTS, run_models, to_torch_modules
+    from fusedrnn.models import Seq2Seq
+
+    m = Seq2Seq(10, 12, attention="bahdanau")
+    t = to_torch_modules(m)
+    assert not any(type(x).__module__.startswith("fusedrnn.modules") for x in t.modules())
+    assert any(isinstance(x, nn.LSTMCell) for x in t.modules())
+    recs = run_models(torch.device("cpu"), ["native"], None, reps=1, points=MODEL_POINTS[:1])
+    assert {r["provider"] for r in recs} == {"fusedrnn-native", "torch-cpu"}
+    assert all(r["mode"] == "train-step" and r["variant"].startswith("model:") for r in recs)
