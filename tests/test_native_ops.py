@@ -248,3 +248,24 @@ def test_opcheck_batch_norm_steps():
     assert torch.autograd.gradcheck(
         lambda v, w, b: torch.ops.fusedrnn.batch_norm_steps_forward(v, w, b, torch.tensor([4, 2, 3]), True,
                                                                     None, None, True, 1e-5)[0], (v, w, b))
+
+
+def test_shared_gate_math_accuracy_and_special_values():
+    """csrc/gates.h (the gate math the CUDA kernels compile too): the CPU build's
+    vectorised exp / tanh stay within fp32 rounding of float64 over the whole range, and
+    NaN / +-Inf pre-activations behave like torch's sigmoid / tanh."""
+    x = torch.linspace(-90, 90, 200001, dtype=torch.float64)
+    gates = torch.stack([x, x, x, x], 1).repeat(1, 1)  # i = f = g = o = x, H = 1
+    cx = torch.zeros(x.numel(), 1, dtype=torch.float64)
+    hy32, cy32, act32 = torch.ops.fusedrnn.lstm_cell_forward(gates.float(), cx.float())
+    s, t = torch.sigmoid(x.float().double()), torch.tanh(x.float().double())
+    assert (act32[:, 0].double() - s).abs().max() < 2e-7
+    assert (act32[:, 2].double() - t).abs().max() < 2e-7
+    ref_c = s * t
+    assert (cy32[:, 0].double() - ref_c).abs().max() < 4e-7
+    special = torch.tensor([[float("nan")] * 4, [float("inf")] * 4, [-float("inf")] * 4, [0.0] * 4])
+    hy, cy, act = torch.ops.fusedrnn.lstm_cell_forward(special, torch.zeros(4, 1))
+    assert torch.isnan(hy[0]).all() and torch.isnan(cy[0]).all()
+    torch.testing.assert_close(act[1], torch.ones(4))  # sigmoid(inf) = tanh(inf) = 1
+    torch.testing.assert_close(act[2], torch.tensor([0.0, 0.0, -1.0, 0.0]), atol=1e-30, rtol=0)
+    torch.testing.assert_close(act[3], torch.tensor([0.5, 0.5, 0.0, 0.5]))
