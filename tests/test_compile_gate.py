@@ -41,7 +41,9 @@ def test_oversized_triton_tile_is_caught():
                for p in out["triton"])
 
 
-def test_oversized_cuda_shape_is_not_persistent():
+def test_oversized_cuda_shape_is_not_persistent(monkeypatch):
+    if "TRITON_INTERPRET" in os.environ:  # compile_gate pops it on import: restore it afterwards
+        monkeypatch.setenv("TRITON_INTERPRET", os.environ["TRITON_INTERPRET"])
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import compile_gate as G
 
