@@ -141,7 +141,10 @@ class Backend:
         return None
 
     def unsupported_reason(self, cfg: Config) -> Optional[str]:
-        """None if the backend can run this configuration, else why not."""
+        """None if the backend can run this configuration, else why not.
+
+        Must not depend on ``cfg.T``: under torch.compile one traced decision serves every
+        sequence length (see :mod:`fusedrnn.ops.dispatch`)."""
         return None
 
     def recurrence(

@@ -25,14 +25,29 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
     LOAD_ERROR = f"fusedrnn._C could not be imported ({e}); build it with `pip install -e .`"
 
 
-def has_kernel(op: str, dispatch_key: str) -> bool:
-    """Whether fusedrnn::<op> has a kernel registered for dispatch_key ("CPU", "CUDA")."""
+def _query_kernel(op: str, dispatch_key: str) -> bool:
     if LOAD_ERROR is not None:
         return False
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{op}", dispatch_key)
     except RuntimeError:  # no such op in this build
         return False
+
+
+# Registrations are fixed once the library is loaded: the answers are looked up in a plain
+# dict, which torch.compile traces (it cannot trace the dispatcher query itself).
+_KERNELS = {(op, key): _query_kernel(op, key)
+            for op in ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward",
+                       "lstm_layer_backward", "batch_norm_steps_forward",
+                       "batch_norm_steps_backward", "cuda_layer_plan")
+            for key in ("CPU", "CUDA")}
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether fusedrnn::<op> has a kernel registered for dispatch_key ("CPU", "CUDA")."""
+    if (op, dispatch_key) not in _KERNELS:
+        _KERNELS[op, dispatch_key] = _query_kernel(op, dispatch_key)
+    return _KERNELS[op, dispatch_key]
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:

@@ -5,11 +5,21 @@ preference list that is available and supports the configuration; the environmen
 variable ``FUSEDRNN_BACKEND`` overrides "auto".  An explicitly named backend that is
 unavailable, or cannot serve the configuration, raises :class:`BackendError` naming what
 is missing; nothing falls back silently.  :func:`explain_config` reports the decision.
+
+Under torch.compile the decisions are taken while tracing, as constants
+(``torch.compiler.assume_constant_result``): they depend only on Python values (the
+requested name, the device type, the dtype, the options and the sizes), which Dynamo
+guards on, so the traced graph holds the chosen backend's op with no graph break.  The
+batch size is specialised (a new batch size recompiles), the sequence length is not
+(backends must not decide on ``Config.T``), and ``FUSEDRNN_BACKEND`` is read when a graph
+is traced.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import operator
 import os
 from typing import Optional, Union
 
@@ -78,15 +88,21 @@ def module_backend(name: str, device: torch.device, dtype: torch.dtype, regulari
     """"aten" when a whole fusedrnn.LSTM should run as torch's own LSTM, else None.
 
     Explicit backend="aten" on a regularized module raises BackendError."""
+    regularized = True if regularized else False  # a plain bool under torch.compile (see resolve)
+    return _module_backend(name, torch.device(device).type, dtype, regularized) or None
+
+
+@torch.compiler.assume_constant_result
+def _module_backend(name: str, device_type: str, dtype: torch.dtype, regularized: bool) -> str:
     name = _requested(name)
     if name == "aten":
         if regularized:
             raise BackendError("backend='aten' (torch's own LSTM) cannot run recurrent dropout, "
                                "variational masks or batch norm")
         return "aten"
-    if name == "auto" and device.type == "cpu" and dtype in (torch.float32, torch.float64) and not regularized:
+    if name == "auto" and device_type == "cpu" and dtype in (torch.float32, torch.float64) and not regularized:
         return "aten"
-    return None
+    return ""
 
 
 def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple[str, Optional[str]]]:
@@ -112,15 +128,36 @@ def resolve(name: str, cfg: Config, op: str = "recurrence") -> Backend:
 
     Decisions depend only on (requested backend, configuration, op) and are cached: a
     decoder stepping a cell pays the dispatch once, not at every step."""
-    return _resolve(_requested(name), cfg, op)
+    # Plain Python values: under torch.compile a symbolic size or flag (e.g. a float module
+    # option compared with 0) is specialised here, which Dynamo guards.  No backend decides
+    # on the sequence length, so T is left out: one compiled graph serves every length.
+    fields = tuple(-1 if f.name == "T" else _PLAIN.get(f.type, _same)(getattr(cfg, f.name))
+                   for f in _CONFIG_FIELDS)
+    return backends.get(_resolve_name(name, op, fields))
+
+
+def _same(v):
+    return v
+
+
+# operator.index specialises a symbolic int under Dynamo (int() would keep it symbolic).
+_PLAIN = {"int": operator.index, "bool": lambda v: True if v else False}
+
+
+_CONFIG_FIELDS = dataclasses.fields(Config)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_name(name: str, op: str, fields: tuple) -> str:
+    return _resolve(_requested(name), Config(*fields), op)
 
 
 @functools.lru_cache(maxsize=4096)
-def _resolve(name: str, cfg: Config, op: str) -> Backend:
+def _resolve(name: str, cfg: Config, op: str) -> str:
     decisions = explain_config(name, cfg, op)
     for n, why in decisions:
         if why is None:
-            return backends.get(n)
+            return n
     if len(decisions) == 1:
         n, why = decisions[0]
         raise BackendError(f"backend={n!r} cannot run this {op}: {why}")
