@@ -91,11 +91,18 @@ class LSTMCell(RegularizedMixin, nn.LSTMCell):
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None, *,
                 mask: Optional[Tensor] = None, step: Optional[int] = None) -> tuple[Tensor, Tensor]:
         """One step; see the class docstring."""
+        if not isinstance(input, Tensor):
+            raise TypeError(f"LSTMCell: input must be a Tensor, got {type(input).__name__}")
         regularized = self.batch_norm or mask is not None or (self.training and self.recurrent_dropout > 0)
+        # Under autocast the fused path runs (its cell state stays float32), not torch's cell.
+        if ops.autocast_dtype(input) is not None:
+            regularized = True
         if dispatch.module_backend(self.backend, input.device, input.dtype, regularized) == "aten":
             return nn.LSTMCell.forward(self, input, hx)  # torch's own cell (see ops.dispatch)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and len(hx) != 2:
+            raise RuntimeError("lstm_cell expects two hidden states")
         if hx is not None:
             for idx, value in enumerate(hx):
                 if value.dim() not in (1, 2):
@@ -114,7 +121,11 @@ class LSTMCell(RegularizedMixin, nn.LSTMCell):
         B = input.size(0)
         self._check_bn_batch(B)
 
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+            raise ValueError(f"step must be an integer >= 0 (the batch-norm step index), got {step!r}")
         if mask is not None:
+            if not isinstance(mask, Tensor):
+                raise TypeError(f"mask must be a Tensor, got {type(mask).__name__}")
             if mask.dim() == 1 and not is_batched:
                 mask = mask.unsqueeze(0)
             if mask.shape != (B, self.hidden_size):
@@ -152,7 +163,18 @@ class LSTMCell(RegularizedMixin, nn.LSTMCell):
                 raise RuntimeError(
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
                 )
-        if input.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
-            raise ValueError(
+        if input.device != self.weight_ih.device:
+            raise RuntimeError("Input and parameter tensors are not at the same device, found input "
+                               f"tensor at {input.device} and parameter tensor at {self.weight_ih.device}")
+        autocast = ops.autocast_dtype(input) is not None
+        if input.dtype != self.weight_ih.dtype and not autocast:
+            raise RuntimeError(  # nn.LSTMCell fails in its GEMM with a RuntimeError
                 f"LSTMCell input dtype ({input.dtype}) does not match weight dtype ({self.weight_ih.dtype})"
             )
+        for i, h in enumerate(hx):
+            if h.device != input.device:
+                raise RuntimeError("Input and hidden tensors are not at the same device, found input "
+                                   f"tensor at {input.device} and hidden tensor at {h.device}")
+            if h.dtype != input.dtype and not autocast:
+                raise RuntimeError(f"hx[{i}] ({'h_0' if i == 0 else 'c_0'}) must have the dtype of the "
+                                   f"input ({input.dtype}), got {h.dtype}")

@@ -38,6 +38,30 @@ def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor
     return padded.view(T, B, -1), lengths.to(data.device), index
 
 
+def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
+    """A PackedSequence's batch_sizes: a non-empty CPU int64 vector of positive,
+    non-increasing counts that sum to the number of packed rows (pack_padded_sequence and
+    pack_sequence make nothing else; anything else would index out of range or silently
+    mix rows)."""
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise RuntimeError("PackedSequence batch_sizes must be a 1-D int64 CPU tensor, got "
+                           f"{batch_sizes.dtype} of shape {tuple(batch_sizes.shape)} on {batch_sizes.device}")
+    if batch_sizes.numel() == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN (the PackedSequence "
+                           "has no steps: batch_sizes is empty)")
+    if torch.compiler.is_compiling():
+        return
+    if int(batch_sizes.min()) < 1:
+        raise RuntimeError("PackedSequence batch_sizes must be positive (every sequence has length "
+                           f">= 1), got {batch_sizes.tolist()}")
+    if batch_sizes.numel() > 1 and bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        raise RuntimeError("PackedSequence batch_sizes must be non-increasing (sequences sorted by "
+                           f"decreasing length), got {batch_sizes.tolist()}")
+    if data.dim() >= 1 and int(batch_sizes.sum()) != data.shape[0]:
+        raise RuntimeError(f"PackedSequence batch_sizes sum to {int(batch_sizes.sum())} but data has "
+                           f"{data.shape[0]} rows")
+
+
 class LSTM(RegularizedMixin, nn.RNNBase):
     r"""Drop-in replacement for :class:`torch.nn.LSTM`, on fused kernels.
 
@@ -123,16 +147,24 @@ class LSTM(RegularizedMixin, nn.RNNBase):
 
     def forward(self, input, hx=None):
         """See the class docstring for shapes."""
+        if not isinstance(input, (Tensor, PackedSequence)):
+            raise TypeError(f"LSTM: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
         ref = input.data if isinstance(input, PackedSequence) else input
-        if dispatch.module_backend(self.backend, ref.device, ref.dtype, self.regularized()) == "aten":
+        autocast = ops.autocast_dtype(ref) is not None
+        # Under autocast the fused path runs (its cell state stays float32), not torch's LSTM.
+        if dispatch.module_backend(self.backend, ref.device, ref.dtype,
+                                   self.regularized() or autocast) == "aten":
             return nn.LSTM.forward(self, input, hx)
         self._update_flat_weights()
         orig_input = input
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         lengths = index = batch_sizes = None
+        if hx is not None and len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
+            _check_batch_sizes(input, batch_sizes)
             is_batched = True
             max_batch_size = int(batch_sizes[0])
         else:
@@ -166,11 +198,17 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             self.check_forward_args(input, hx, batch_sizes)
         else:
             self.check_forward_args(input, hx, batch_sizes)
+            self._check_devices_and_dtypes(input, hx, autocast)
             hx = self.permute_hidden(hx, sorted_indices)
+        if input.device != self.weight_ih_l0.device:
+            raise RuntimeError("Input and parameter tensors are not at the same device, found input "
+                               f"tensor at {input.device} and parameter tensor at {self.weight_ih_l0.device}")
         if batch_sizes is not None:
             x, lengths, index = _packed_to_padded(input, batch_sizes)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
+            if x.shape[0] == 0:  # nn.LSTM's error for an empty sequence
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         self._check_bn_batch(max_batch_size)
 
         output, h_n, c_n = self._layers(x, hx, lengths)
@@ -186,6 +224,18 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             output = output.squeeze(1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
+
+    @staticmethod
+    def _check_devices_and_dtypes(input: Tensor, hx: tuple[Tensor, Tensor], autocast: bool) -> None:
+        """h_0 / c_0 on the input's device (nn.LSTM's message) and, outside autocast, in its
+        dtype (nn.LSTM fails in its kernel; the reference would silently promote)."""
+        for i, h in enumerate(hx):
+            if h.device != input.device:
+                raise RuntimeError("Input and hidden tensors are not at the same device, found input "
+                                   f"tensor at {input.device} and hidden tensor at {h.device}")
+            if not autocast and h.dtype != input.dtype:
+                raise RuntimeError(f"hx[{i}] ({'h_0' if i == 0 else 'c_0'}) must have the dtype of "
+                                   f"the input ({input.dtype}), got {h.dtype}")
 
     def _layer_weights(self, k: int) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         w = self._flat_weights[k * len(self._all_weights[0]):(k + 1) * len(self._all_weights[0])]

@@ -100,12 +100,12 @@ class RegularizedMixin:
         )
 
     def _check_bn_batch(self: nn.Module, batch_size: int) -> None:
-        if self.batch_norm and self.training and batch_size < 2:
+        if self.batch_norm and self.training and batch_size == 1:
             raise ValueError(
                 "batch_norm in training needs more than one sequence per batch to compute "
                 f"batch statistics, got input batch size {batch_size} (call .eval() to use "
                 "the running statistics)"
-            )
+            )  # an empty batch (0) runs and returns empty outputs, as nn.LSTM does
 
     def _regularizer_repr(self) -> str:
         s = ""

@@ -12,7 +12,8 @@ from ..backends.base import BackendError, BatchStats, Config, RecurrentBN
 from .cell import lstm_cell
 from .dispatch import PREFERENCE, available_backends, check_backend_name, explain_config, resolve
 from .dropout import dropout_mask, recurrent_mask, survival_probability
-from .layer import input_projection, lstm_layer, lstm_recurrence, update_running_stats
+from .layer import (autocast_dtype, check_recurrence_args, input_projection, lstm_layer, lstm_recurrence,
+                    update_running_stats)
 
 __all__ = [
     "BackendError",
@@ -20,7 +21,9 @@ __all__ = [
     "Config",
     "PREFERENCE",
     "RecurrentBN",
+    "autocast_dtype",
     "available_backends",
+    "check_recurrence_args",
     "check_backend_name",
     "dropout_mask",
     "explain_config",

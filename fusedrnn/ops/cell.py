@@ -5,14 +5,41 @@ Dimension letters: B batch, I input, H hidden, G = 4H gates (i, f, g, o).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..backends.base import Config, RecurrentBN
 from . import dispatch
-from .layer import lstm_layer
+from .layer import autocast_dtype, lstm_layer, recurrence_dtype
+
+
+def check_cell_args(input: Tensor, hx: Tensor, cx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                    mask: Optional[Tensor], autocast: bool) -> None:
+    """Shapes, dtypes and devices of the cell op (ValueError / TypeError / RuntimeError
+    naming the argument)."""
+    for name, t in (("input", input), ("hx", hx), ("cx", cx)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if input.dim() != 2:
+        raise ValueError(f"input must be [B, I] (2-D), got shape {tuple(input.shape)}")
+    B, G = input.shape[0], weight_hh.shape[0]
+    H = G // 4
+    if tuple(weight_ih.shape) != (G, input.shape[1]) or tuple(weight_hh.shape) != (G, H) or G % 4:
+        raise ValueError(f"weight_ih must be [4H, I] and weight_hh [4H, H] for input [B, I] = "
+                         f"{list(input.shape)}, got {list(weight_ih.shape)} and {list(weight_hh.shape)}")
+    for name, t in (("hx", hx), ("cx", cx), ("mask", mask)):
+        if t is None:
+            continue
+        if tuple(t.shape) != (B, H):
+            raise ValueError(f"{name} must be [B, H] = [{B}, {H}], got shape {tuple(t.shape)}")
+        if t.device != input.device:
+            raise RuntimeError(f"{name} must be on the device of input ({input.device}), got {t.device}")
+        if not autocast and t.dtype != input.dtype:
+            raise TypeError(f"{name} must have the dtype of input ({input.dtype}), got {t.dtype}")
 
 
 def lstm_cell(
@@ -43,7 +70,13 @@ def lstm_cell(
 
     Without batch norm: the two projections are GEMMs, then one fused pointwise kernel
     (gates, cell update, output).  With batch norm the step is the layer op with T = 1.
+
+    Under torch.autocast the GEMMs run in the autocast dtype, the cell math in that dtype
+    where a fused kernel serves it (else float32); hy comes back in the autocast dtype and
+    cy in float32, so a decoder's cell state is never rounded to 16 bits between steps.
     """
+    dt = autocast_dtype(input)
+    check_cell_args(input, hx, cx, weight_ih, weight_hh, mask, dt is not None)
     if bn is not None:
         _, hy, cy = lstm_layer(input.unsqueeze(0), hx, cx, weight_ih, weight_hh, bias_ih,
                                bias_hh, mask=mask, bn=bn, backend=backend)
@@ -52,6 +85,17 @@ def lstm_cell(
     if bias_ih is not None:
         bias = bias_ih if bias_hh is None else bias_ih + bias_hh
     h_in = hx if mask is None else hx * mask
+    if dt is not None:
+        cfg = Config(device_type=input.device.type, dtype=dt, T=1, B=input.shape[0], H=cx.shape[1],
+                     R=hx.shape[1], proj=False, mask=None if mask is None else "shared",
+                     lengths=False, reverse=False, bn=None, requires_grad=torch.is_grad_enabled())
+        with torch.autocast(input.device.type, enabled=False):
+            rd = recurrence_dtype(backend, cfg, op="cell")
+            gates = (F.linear(input.to(dt), weight_ih.to(dt), None if bias is None else bias.to(dt)).to(rd)
+                     + F.linear(h_in.to(dt), weight_hh.to(dt)).to(rd))
+            be = dispatch.resolve(backend, dataclasses.replace(cfg, dtype=rd), op="cell")
+            hy, cy = be.cell(gates, cx.to(rd))
+        return hy.to(dt), cy.to(torch.float32)
     gates = F.linear(input, weight_ih, bias) + F.linear(h_in, weight_hh)
     cfg = Config(device_type=input.device.type, dtype=input.dtype, T=1, B=input.shape[0],
                  H=cx.shape[1], R=hx.shape[1], proj=False,
