@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..backends.base import Config, RecurrentBN
 from . import dispatch
-from .layer import autocast_dtype, lstm_layer, recurrence_dtype
+from .layer import autocast_dtype, lstm_layer
 
 
 def check_cell_args(input: Tensor, hx: Tensor, cx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -71,9 +71,10 @@ def lstm_cell(
     Without batch norm: the two projections are GEMMs, then one fused pointwise kernel
     (gates, cell update, output).  With batch norm the step is the layer op with T = 1.
 
-    Under torch.autocast the GEMMs run in the autocast dtype, the cell math in that dtype
-    where a fused kernel serves it (else float32); hy comes back in the autocast dtype and
-    cy in float32, so a decoder's cell state is never rounded to 16 bits between steps.
+    Under torch.autocast the GEMMs run in the autocast dtype and the pointwise cell math in
+    float32 (the cell kernels take c in the gates' dtype, and a 16-bit c would be rounded at
+    every step); hy comes back in the autocast dtype and cy in float32, so a decoder's cell
+    state is never rounded to 16 bits between steps.
     """
     dt = autocast_dtype(input)
     check_cell_args(input, hx, cx, weight_ih, weight_hh, mask, dt is not None)
@@ -90,7 +91,7 @@ def lstm_cell(
                      R=hx.shape[1], proj=False, mask=None if mask is None else "shared",
                      lengths=False, reverse=False, bn=None, requires_grad=torch.is_grad_enabled())
         with torch.autocast(input.device.type, enabled=False):
-            rd = recurrence_dtype(backend, cfg, op="cell")
+            rd = torch.float32
             gates = (F.linear(input.to(dt), weight_ih.to(dt), None if bias is None else bias.to(dt)).to(rd)
                      + F.linear(h_in.to(dt), weight_hh.to(dt)).to(rd))
             be = dispatch.resolve(backend, dataclasses.replace(cfg, dtype=rd), op="cell")
