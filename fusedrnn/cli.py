@@ -1,5 +1,5 @@
-"""Command line: ``python -m fusedrnn bench ...`` and ``python -m fusedrnn train ...`` (also the
-console script ``fusedrnn``)."""
+"""Command line: ``python -m fusedrnn bench ...``, ``python -m fusedrnn train ...`` and
+``python -m fusedrnn experiment ...`` (also the console script ``fusedrnn``)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     from .train.cli import add_parser as _add_train_parser
 
     _add_train_parser(sub)
+    from .experiments.cli import add_parser as _add_experiment_parser
+
+    _add_experiment_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "bench":
         if args.reps is not None and args.reps < 1:
@@ -99,6 +102,10 @@ def main(argv=None) -> int:
         from .train.cli import run as _train
 
         return _train(args, parser)
+    if args.command == "experiment":
+        from .experiments.cli import run as _experiment
+
+        return _experiment(args, argv, parser)
     return 1
 
 
