@@ -57,7 +57,8 @@ def _plans(device: torch.device, B: int, H: int, w_hh: Tensor, proj: bool, bn: b
     return C.candidates(s, C.Device.of(device, INTERPRET), C.DESIGNS[design])
 
 
-# Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's plan).
+# Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's plan), and so
+# does torch.use_deterministic_algorithms(True).
 AUTOTUNE = os.environ.get("FUSEDRNN_TRITON_AUTOTUNE", "1").strip() != "0"
 _FLAG_KEYS = ["B", "H", "R", "MASK", "HAS_LEN", "REVERSE", "BN", "PROJ", "SAVE", "PREC"]
 _TUNERS: dict = {}
@@ -105,8 +106,11 @@ def _run(kernel, plans: list[C.Plan], grid, args: tuple, kwargs: dict, tune: boo
 
 
 def _tuning(t: Tensor) -> bool:
-    """Autotune only eagerly on real CUDA tensors (not while torch.compile traces)."""
-    return AUTOTUNE and not INTERPRET and type(t) is torch.Tensor and t.is_cuda
+    """Autotune only eagerly on real CUDA tensors (not while torch.compile traces), and not
+    under torch.use_deterministic_algorithms(True): a timing-dependent tile choice could
+    change the rounding between runs, the heuristic's plan cannot."""
+    return (AUTOTUNE and not INTERPRET and type(t) is torch.Tensor and t.is_cuda
+            and not torch.are_deterministic_algorithms_enabled())
 
 
 def _nprog(B: int, H: int, R: int, c: dict) -> int:
