@@ -9,7 +9,8 @@
 - Peak memory of forward + backward is O(T B H): it grows 4x from T = 1024 to T = 4096, and
   at T = 4096 the native kernel's peak is within 1.2x of torch.nn.LSTM's (oneDNN) at the
   same shape.  Each measurement runs in a fresh process (peak resident set over the one
-  forward + backward, after a warm-up at a short length).
+  forward + backward, reset before it via /proc/self/clear_refs, after a warm-up at a
+  short length).
 - No growth over 1,000 training iterations of LSTM and LSTMCell models (resident set after
   iteration 200 vs after iteration 1000).
 """
@@ -122,7 +123,7 @@ def test_same_seed_bitwise_identical_on_gpu(backend, dtype):
 # ---- memory --------------------------------------------------------------------------------------------
 
 _PEAK = r"""
-import json, resource, sys, torch, fusedrnn
+import json, sys, torch, fusedrnn
 torch.set_num_threads(1)
 provider, T, B, H = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if provider == "torch":
@@ -134,11 +135,15 @@ else:
 x = torch.randn(T, B, H, requires_grad=True)
 y, _ = m(x[:8]); y.sum().backward()  # warm-up: thread pools, packed weights, first allocations
 x.grad = None; m.zero_grad(set_to_none=True); del y
-with open("/proc/self/statm") as f:
-    before = int(f.read().split()[1]) * 4096
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key)) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident set restarts from the current one
+before = status("VmRSS:")
 y, (h, c) = m(x)
 (y.sum() + h.sum()).backward()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM:")
 print(json.dumps(dict(peak_mb=(peak - before) / 2**20)))
 """
 
