@@ -229,7 +229,8 @@ def batch_norm_steps(
     if training:
         if active is None:
             mean = v.mean(1)
-            var = v.var(1, unbiased=False)
+            # an empty batch has no statistics: NaN, as nn.BatchNorm1d (without its warning)
+            var = v.var(1, unbiased=False) if v.shape[1] else mean.clone()
         else:
             a = active.to(v.dtype).unsqueeze(2)  # [T, B, 1]
             n = a.sum(1).clamp(min=1)  # [T, 1]
