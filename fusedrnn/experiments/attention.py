@@ -34,7 +34,7 @@ from ..tasks import DatesTask
 from ..tasks.base import BOS, EOS, PAD, Vocab, pad_sequences
 from ..tasks.dates import FORMATS, human
 from ..train.objectives import make_objective
-from .common import Context, mean_std, plt, pm, seeds_text, shade
+from .common import Context, mean_std, optimizer_step, plt, pm, seeds_text, shade
 
 NAME = "attention"
 TITLE = "Attention on the seq2seq date normalizer"
@@ -99,11 +99,7 @@ def train_arm(ctx: Context, arm: str, seed: int, length_set: dict) -> dict:
     for step in range(1, c["steps"] + 1):
         b = {k: v.to(ctx.device) for k, v in task.train_batch(step, c["batch_size"]).items()}
         loss = objective.loss(model, b) / objective.count(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c["clip"]:
-            nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
-        opt.step()
+        optimizer_step(model, opt, loss, c["clip"])
         loss_sum += loss.item()
         n += 1
         if step % c["eval_every"] == 0 or step == c["steps"]:
@@ -173,11 +169,7 @@ def train_copy(ctx: Context, arm: str, seed: int) -> dict:
                                                         c["copy_max_len"]).items()}
         logits, _ = model(b["src"], b["src_len"], b["tgt_in"])
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=PAD)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c["clip"]:
-            nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
-        opt.step()
+        optimizer_step(model, opt, loss, c["clip"])
     train_s = time.time() - t0
     model.eval()
     exact, chars = {}, {}

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..models import SequenceClassifier
 from ..tasks import SeqDigitsTask
-from .common import Context, mean_std, plt, pm, shade
+from .common import Context, mean_std, optimizer_step, plt, pm, shade
 
 NAME = "batchnorm"
 TITLE = "Recurrent batch norm: BN-LSTM vs LSTM on sequential digits"
@@ -89,11 +89,7 @@ def train_arm(ctx: Context, mode: str, arm: str, seed: int) -> dict:
     for step in range(1, steps + 1):
         b = task.train_batch(step, c["batch_size"])
         loss = F.cross_entropy(model(as_mode(b["x"], mode).to(ctx.device)), b["y"].to(ctx.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c["clip"]:
-            nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
-        opt.step()
+        optimizer_step(model, opt, loss, c["clip"])
         loss_sum += loss.item()
         loss_n += 1
         if step % c["eval_every"] == 0 or step == steps:

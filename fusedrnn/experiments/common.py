@@ -100,6 +100,17 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   clip: Optional[float]) -> None:
+    """One training step of every experiment: zero the gradients, backpropagate ``loss``,
+    clip the gradient norm to ``clip`` (0 or None: no clipping) and step ``opt``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+
+
 def mean_std(values) -> tuple[float, float]:
     vals = [float(v) for v in values]
     m = sum(vals) / len(vals)
@@ -307,4 +318,4 @@ def parse_value(text: str):
 
 
 __all__ = ["ConfigError", "Context", "run_experiment", "resolve", "markdown_table", "fmt", "pm", "mean_std", "shade", "plt",
-           "jsonable", "PRESET_NAMES"]
+           "jsonable", "PRESET_NAMES", "optimizer_step"]

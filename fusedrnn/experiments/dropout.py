@@ -42,7 +42,7 @@ from ..modules.explain import explain
 from ..ops.dropout import dropout_mask, recurrent_mask, survival_probability
 from ..tasks.base import Vocab
 from ..tasks.text import DEFAULT_TEXT
-from .common import ConfigError, Context, mean_std, plt, pm, shade
+from .common import ConfigError, Context, mean_std, optimizer_step, plt, pm, shade
 
 NAME = "dropout"
 TITLE = "Dropout schemes on a character-level LSTM language model"
@@ -158,11 +158,7 @@ def train_arm(ctx: Context, scheme: str, seed: int, vocab_size: int, train_ids, 
         x, y = windows(train_ids, rng.integers(0, len(train_ids) - T - 1, size=B), T)
         logits = model(x.to(ctx.device))
         loss = F.cross_entropy(logits.flatten(0, 1), y.to(ctx.device).flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c["clip"]:
-            nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
-        opt.step()
+        optimizer_step(model, opt, loss, c["clip"])
         loss_sum += loss.item()
         loss_n += 1
         if step % c["eval_every"] == 0 or step == c["steps"]:

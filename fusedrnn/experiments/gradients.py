@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules import LSTM, LSTMCell
-from .common import Context, mean_std, plt, pm, shade
+from .common import Context, mean_std, optimizer_step, plt, pm, shade
 
 NAME = "gradients"
 TITLE = "Vanishing gradients: tanh RNN vs LSTM"
@@ -161,11 +161,7 @@ def train_model(ctx: Context, kind: str, seed: int) -> dict:
             break
         x, y = make_batch(seed, 0, step, B, T, K, c["distractors"])
         loss = F.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c["clip"]:
-            nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
-        opt.step()
+        optimizer_step(model, opt, loss, c["clip"])
         loss_sum += loss.item()
         n += 1
         if (step + 1) % c["eval_every"] == 0 or step + 1 == c["steps"]:

@@ -24,7 +24,7 @@ from torch import nn
 from ..models import NTM, SequenceTagger
 from ..tasks import CopyTask
 from ..train.objectives import make_objective
-from .common import ConfigError, Context, mean_std, plt, pm, shade
+from .common import ConfigError, Context, mean_std, optimizer_step, plt, pm, shade
 
 NAME = "ntm"
 TITLE = "Neural Turing Machine on copy"
@@ -83,11 +83,7 @@ def train_model(ctx: Context, kind: str, seed: int) -> dict:
     for step in range(1, c["steps"] + 1):
         b = {k: v.to(ctx.device) for k, v in task.train_batch(step, c["batch_size"]).items()}
         loss = objective.loss(model, b) / objective.count(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if c["clip"]:
-            nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
-        opt.step()
+        optimizer_step(model, opt, loss, c["clip"])
         loss_sum += loss.item()
         n += 1
         if step % c["eval_every"] == 0 or step == c["steps"]:
