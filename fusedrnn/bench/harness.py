@@ -107,19 +107,26 @@ def time_group(fns: dict[str, Callable[[int], None]], device: torch.device, *, w
 # ---- environment -------------------------------------------------------------------------
 
 
-def _git_rev() -> str:
+def git_revision() -> Optional[tuple[str, bool]]:
+    """(short commit, whether tracked files differ from it) of the fusedrnn checkout, or None
+    outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
+                             text=True, timeout=10)
         rev = out.stdout.strip()
-        if rev:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return rev + ("-dirty" if dirty else "")
+        if out.returncode != 0 or not rev:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev, bool(dirty)
     except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
+        return None
+
+
+def _git_rev() -> str:
+    rev = git_revision()
+    return "unknown" if rev is None else rev[0] + ("-dirty" if rev[1] else "")
 
 
 def cpu_name() -> str:

@@ -17,13 +17,13 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 
+from ..bench.harness import cpu_name, git_revision
 from ..train import checkpoint as _files
 
 PRESET_NAMES = ("smoke", "default", "full")
@@ -42,17 +42,6 @@ def _plt():
     return plt
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_description(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
@@ -60,17 +49,9 @@ def device_description(device: torch.device, threads: int) -> str:
 
 
 def git_commit() -> Optional[str]:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+    """'abc1234' or 'abc1234+dirty' (tracked files changed), None outside a git checkout."""
+    rev = git_revision()
+    return None if rev is None else rev[0] + ("+dirty" if rev[1] else "")
 
 
 def jsonable(obj: Any) -> Any:
