@@ -53,6 +53,18 @@ def poison_empty(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(request):
+    """Modules marked ``one_thread`` run with one torch thread (restored afterwards)."""
+    if request.node.get_closest_marker("one_thread") is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

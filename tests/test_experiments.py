@@ -34,12 +34,8 @@ TABLES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one thread is as fast and does not fight other processes for the cores (conftest.py)
+pytestmark = pytest.mark.one_thread
 
 
 def test_registry_and_presets():

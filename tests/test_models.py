@@ -13,13 +13,8 @@ BACKENDS = [b for b in fusedrnn.available_backends("cpu") if b != "triton"]
 REG = dict(recurrent_dropout=0.2, variational=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast and does not fight other processes for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one thread is as fast and does not fight other processes for the cores (conftest.py)
+pytestmark = pytest.mark.one_thread
 
 
 

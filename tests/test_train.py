@@ -18,13 +18,8 @@ from fusedrnn.train import checkpoint as ckpt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one thread is as fast and does not fight other processes for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one thread is as fast and does not fight other processes for the cores (conftest.py)
+pytestmark = pytest.mark.one_thread
 
 
 TINY_TASK = {
