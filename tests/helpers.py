@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -56,3 +61,21 @@ def random_loss(out, h_n, c_n, seed=1):
         w = torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device)
         total = total + (t * w).sum()
     return total
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(script: str, *args: str, timeout: float = 300, **env: str) -> str:
+    """Run ``python -c script args`` in a fresh process at the repository root (outputs not
+    NaN-poisoned there; ``env`` adds variables) and return its stdout; fails the test with the
+    process's stderr if it exits non-zero."""
+    r = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout, env=dict(os.environ, FUSEDRNN_POISON_OUTPUTS="0", **env))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def run_python_json(script: str, *args: str, **kw) -> dict:
+    """:func:`run_python`, then the JSON object on the last line of its stdout."""
+    return json.loads(run_python(script, *args, **kw).strip().splitlines()[-1])

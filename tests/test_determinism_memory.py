@@ -17,17 +17,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import fusedrnn
+from helpers import run_python, run_python_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_BACKENDS = list(fusedrnn.available_backends("cpu"))
 if fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None:
     CPU_BACKENDS.append("triton")
@@ -66,8 +61,7 @@ def _assert_bitwise(a: list, b: list):
     assert len(a) == len(b)
     for i, (u, v) in enumerate(zip(a, b)):
         assert u.dtype == v.dtype and u.shape == v.shape, i
-        assert torch.equal(u, v) or (torch.isnan(u) == torch.isnan(v)).all() and torch.equal(
-            u.nan_to_num(), v.nan_to_num()), f"tensor {i} differs: max |diff| {(u - v).abs().max()}"
+        torch.testing.assert_close(u, v, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"tensor {i}: {m}")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["auto"])
@@ -100,9 +94,7 @@ print(h.hexdigest())
 
 def test_same_seed_bitwise_identical_across_processes():
     """Two fresh processes (the native kernel, threads as configured) hash to the same bytes."""
-    env = dict(os.environ, FUSEDRNN_POISON_OUTPUTS="0")
-    digests = {subprocess.run([sys.executable, "-c", _DIGEST, "native"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120, check=True).stdout.strip() for _ in range(2)}
+    digests = {run_python(_DIGEST, "native", timeout=120).strip() for _ in range(2)}
     assert len(digests) == 1, digests
 
 
@@ -149,11 +141,7 @@ print(json.dumps(dict(peak_mb=(peak - before) / 2**20)))
 
 
 def _peak_mb(provider: str, T: int, B: int = 16, H: int = 128) -> float:
-    env = dict(os.environ, OMP_NUM_THREADS="1", FUSEDRNN_POISON_OUTPUTS="0")
-    r = subprocess.run([sys.executable, "-c", _PEAK, provider, str(T), str(B), str(H)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"]
+    return run_python_json(_PEAK, provider, str(T), str(B), str(H), OMP_NUM_THREADS="1")["peak_mb"]
 
 
 def test_peak_memory_t4096_within_1_2x_of_nn_lstm():
@@ -209,9 +197,5 @@ print(json.dumps(dict(growth_mb=marks[1000] - marks[200], finite=bool(torch.isfi
 
 @pytest.mark.parametrize("kind", ["lstm", "cell"])
 def test_no_memory_growth_over_1000_iterations(kind):
-    env = dict(os.environ, OMP_NUM_THREADS="1", FUSEDRNN_POISON_OUTPUTS="0")
-    r = subprocess.run([sys.executable, "-c", _LEAK, kind], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_python_json(_LEAK, kind, OMP_NUM_THREADS="1")
     assert out["finite"] and out["growth_mb"] < 4, out

@@ -12,9 +12,6 @@ import dataclasses
 import faulthandler
 import io
 import math
-import os
-import subprocess
-import sys
 from typing import Callable, Optional
 
 import pytest
@@ -24,9 +21,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fusedrnn
 from fusedrnn import ops
-from helpers import assert_close, grads
+from helpers import assert_close, grads, run_python_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_BACKENDS = fusedrnn.available_backends("cpu")  # native, reference (+ triton when interpreted)
 try:
     from fusedrnn.backends import triton as _triton_backend  # noqa: F401
@@ -413,13 +409,7 @@ def test_t_100000_on_cpu(backend, reg):
     """T = 100000 in a fresh process (a blown stack would kill it): forward and backward
     finish, everything is finite, the first steps equal a run over only those steps, and
     the peak memory is the O(T B H) workspace (a few tens of MB here), not more."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536", FUSEDRNN_POISON_OUTPUTS="0")
-    r = subprocess.run([sys.executable, "-c", _LONG, backend, reg], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    import json
-
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_python_json(_LONG, backend, reg, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
     assert out["finite"] and out["prefix"], out
     # workspace + gradients: T * B * (4H act + H c + R hm (+ 4H BN) + 4H grad_xp + I) floats
     assert out["peak_mb"] < 400, out
