@@ -34,7 +34,7 @@ from ..tasks import DatesTask
 from ..tasks.base import BOS, EOS, PAD, Vocab, pad_sequences
 from ..tasks.dates import FORMATS, human
 from ..train.objectives import make_objective
-from .common import Context, mean_std, optimizer_step, plt, pm, seeds_text, shade
+from .common import Context, mean_std, optimizer_step, plt, pm, seeds_text, shade, train_on_task
 
 NAME = "attention"
 TITLE = "Attention on the seq2seq date normalizer"
@@ -91,23 +91,8 @@ def train_arm(ctx: Context, arm: str, seed: int, length_set: dict) -> dict:
     torch.manual_seed(seed)
     model = Seq2Seq(len(task.src_vocab), len(task.tgt_vocab), embed_size=c["embed_size"],
                     hidden_size=c["hidden_size"], attention=ARMS[arm]).to(ctx.device)
-    objective = make_objective(task)
-    opt = torch.optim.Adam(model.parameters(), lr=c["lr"])
-    hist = {"step": [], "train_loss": [], "exact_match": []}
-    loss_sum, n = 0.0, 0
-    t0 = time.time()
-    for step in range(1, c["steps"] + 1):
-        b = {k: v.to(ctx.device) for k, v in task.train_batch(step, c["batch_size"]).items()}
-        loss = objective.loss(model, b) / objective.count(b)
-        optimizer_step(model, opt, loss, c["clip"])
-        loss_sum += loss.item()
-        n += 1
-        if step % c["eval_every"] == 0 or step == c["steps"]:
-            hist["step"].append(step)
-            hist["train_loss"].append(loss_sum / n)
-            hist["exact_match"].append(float(exact_match(model, task, curve_set, ctx.device).mean()))
-            loss_sum, n = 0.0, 0
-    train_s = time.time() - t0
+    hist, train_s = train_on_task(ctx, model, task, make_objective(task), "exact_match",
+                                  lambda: float(exact_match(model, task, curve_set, ctx.device).mean()))
     right = exact_match(model, task, length_set, ctx.device)
     ctx.log(f"{arm:12s} seed {seed}: exact match {right.mean():.3f} on {len(right)} held-out inputs "
             f"(curve {hist['exact_match'][-1]:.3f}), {train_s:.0f} s")

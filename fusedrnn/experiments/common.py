@@ -92,6 +92,32 @@ def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: tor
     opt.step()
 
 
+def train_on_task(ctx: "Context", model: torch.nn.Module, task, objective, metric: str,
+                  evaluate: Callable[[], float]) -> tuple[dict, float]:
+    """Train ``model`` with Adam (``lr``) on ``task.train_batch(step, batch_size)`` for ``steps``
+    steps of ``objective``'s loss per counted element (clipped at ``clip``), the settings taken
+    from ``ctx.cfg``.  Every ``eval_every`` steps and at the end, record the step, the mean
+    training loss since the last record and ``evaluate()`` (under ``metric``).
+    Returns (history, training seconds)."""
+    c = ctx.cfg
+    opt = torch.optim.Adam(model.parameters(), lr=c["lr"])
+    hist = {"step": [], "train_loss": [], metric: []}
+    loss_sum, n = 0.0, 0
+    t0 = time.time()
+    for step in range(1, c["steps"] + 1):
+        b = {k: v.to(ctx.device) for k, v in task.train_batch(step, c["batch_size"]).items()}
+        loss = objective.loss(model, b) / objective.count(b)
+        optimizer_step(model, opt, loss, c["clip"])
+        loss_sum += loss.item()
+        n += 1
+        if step % c["eval_every"] == 0 or step == c["steps"]:
+            hist["step"].append(step)
+            hist["train_loss"].append(loss_sum / n)
+            hist[metric].append(evaluate())
+            loss_sum, n = 0.0, 0
+    return hist, time.time() - t0
+
+
 def mean_std(values) -> tuple[float, float]:
     vals = [float(v) for v in values]
     m = sum(vals) / len(vals)
@@ -299,4 +325,4 @@ def parse_value(text: str):
 
 
 __all__ = ["ConfigError", "Context", "run_experiment", "resolve", "markdown_table", "fmt", "pm", "mean_std", "shade", "plt",
-           "jsonable", "PRESET_NAMES", "optimizer_step"]
+           "jsonable", "PRESET_NAMES", "optimizer_step", "train_on_task"]

@@ -15,7 +15,6 @@ one sequence of the training length and one longer sequence.
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from ..models import NTM, SequenceTagger
 from ..tasks import CopyTask
 from ..train.objectives import make_objective
-from .common import ConfigError, Context, mean_std, optimizer_step, plt, pm, shade
+from .common import ConfigError, Context, mean_std, plt, pm, shade, train_on_task
 
 NAME = "ntm"
 TITLE = "Neural Turing Machine on copy"
@@ -76,22 +75,8 @@ def train_model(ctx: Context, kind: str, seed: int) -> dict:
     objective = make_objective(task)
     torch.manual_seed(seed)
     model = build(kind, task, c).to(ctx.device)
-    opt = torch.optim.Adam(model.parameters(), lr=c["lr"])
-    hist = {"step": [], "train_loss": [], "bit_errors": []}
-    loss_sum, n = 0.0, 0
-    t0 = time.time()
-    for step in range(1, c["steps"] + 1):
-        b = {k: v.to(ctx.device) for k, v in task.train_batch(step, c["batch_size"]).items()}
-        loss = objective.loss(model, b) / objective.count(b)
-        optimizer_step(model, opt, loss, c["clip"])
-        loss_sum += loss.item()
-        n += 1
-        if step % c["eval_every"] == 0 or step == c["steps"]:
-            hist["step"].append(step)
-            hist["train_loss"].append(loss_sum / n)
-            hist["bit_errors"].append(score(model, objective, eval_batches, ctx.device)["bit_errors"])
-            loss_sum, n = 0.0, 0
-    train_s = time.time() - t0
+    hist, train_s = train_on_task(ctx, model, task, objective, "bit_errors",
+                                  lambda: score(model, objective, eval_batches, ctx.device)["bit_errors"])
     gen = {}
     for L in range(1, c["gen_max_len"] + 1):
         t = CopyTask(width=c["width"], min_len=1, max_len=c["max_len"], eval_min_len=L, eval_max_len=L,
