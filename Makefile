@@ -9,7 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 export MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
-export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
 CSRC := $(shell find csrc -type f 2>/dev/null)
 

@@ -4,7 +4,10 @@ build and nvcc is found (a GPU is not needed to compile them).
 Environment switches:
   FUSEDRNN_CUDA=0|1        skip CUDA, or require it (fail if torch or nvcc cannot build it);
                            unset: build CUDA whenever it can be built.
-  TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0").
+  TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0+PTX": kernel images for sm_80 and
+                           sm_90, and sm_90 PTX that newer GPUs JIT-compile).  The targets are
+                           recorded in the build (fusedrnn._C.CUDA_TARGETS): the cuda backend is
+                           offered only on GPUs they can run on.
   MAX_JOBS                 parallel compile jobs (ninja), as torch's BuildExtension reads it.
   FUSEDRNN_DEBUG=1         -O0 -g host code, -lineinfo device code.
 """
@@ -37,10 +40,11 @@ _cuda_home = _find_cuda_home()
 if _cuda_home:
     # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
     os.environ.setdefault("CUDA_HOME", _cuda_home)
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+from torch.utils.cpp_extension import _get_cuda_arch_flags  # noqa: E402
 
 
 def _want_cuda():
@@ -57,6 +61,16 @@ def _want_cuda():
     if not can:
         print(f"fusedrnn: building without CUDA kernels ({why})")
     return can
+
+
+def cuda_targets() -> str:
+    """The code targets nvcc builds for (TORCH_CUDA_ARCH_LIST, resolved by torch exactly as the
+    build resolves it): "sm_80;sm_90;compute_90" (sm_XY a kernel image, compute_XY PTX)."""
+    out = []
+    for flag in _get_cuda_arch_flags():
+        code = flag.rsplit("code=", 1)[-1].strip("[]")
+        out += [c for c in code.split(",") if c and c not in out]
+    return ";".join(out)
 
 
 def extensions():
@@ -77,8 +91,10 @@ def extensions():
             "FUSEDRNN_PTXAS_VERBOSE") == "1" else "-lineinfo"]
         if debug:
             nvcc += ["-lineinfo"]
-        return [CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DFUSEDRNN_WITH_CUDA"],
-                                                                   "nvcc": nvcc}, **common)]
+        # '/'-separated tokens, stringified in csrc/module.cpp (no quotes to survive the shell)
+        targets = "-DFUSEDRNN_CUDA_TARGETS=" + cuda_targets().replace(";", "/")
+        return [CUDAExtension(sources=sources, extra_compile_args={
+            "cxx": cxx + ["-DFUSEDRNN_WITH_CUDA", targets], "nvcc": nvcc}, **common)]
     return [CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)]
 
 

@@ -5,12 +5,29 @@
 #include <Python.h>
 #include <torch/library.h>
 
+// The CUDA code targets this build carries, as setup.py passed them (tokens such as
+// sm_80/sm_90/compute_90: sm_XY a kernel image, compute_XY PTX), as a string; empty in a
+// build without CUDA.  fusedrnn offers the cuda backend only on GPUs one of them can run on
+// (fusedrnn/backends/native.py).
+#define FUSEDRNN_STR_(...) #__VA_ARGS__
+#define FUSEDRNN_STR(...) FUSEDRNN_STR_(__VA_ARGS__)
+#ifdef FUSEDRNN_CUDA_TARGETS
+#define FUSEDRNN_CUDA_TARGETS_STR FUSEDRNN_STR(FUSEDRNN_CUDA_TARGETS)
+#else
+#define FUSEDRNN_CUDA_TARGETS_STR ""
+#endif
+
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "fusedrnn compiled ops (registered under torch.ops.fusedrnn)",
       -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+  if (m != nullptr && PyModule_AddStringConstant(m, "CUDA_TARGETS", FUSEDRNN_CUDA_TARGETS_STR) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }
 }
 

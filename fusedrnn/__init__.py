@@ -4,14 +4,20 @@ recurrent batch norm, as drop-in replacements for torch.nn.LSTM and torch.nn.LST
     import fusedrnn
     lstm = fusedrnn.LSTM(256, 512, num_layers=2, recurrent_dropout=0.25, variational=True)
     model = fusedrnn.convert(model)          # every nn.LSTM inside -> fusedrnn.LSTM
+    with fusedrnn.patch(recurrent_dropout=0.25):
+        model = build_third_party_model()    # its nn.LSTM(...) builds fusedrnn.LSTM
 
-Layers:  models -> modules (LSTM, LSTMCell, convert) -> ops (contract, dispatch) -> backends.
+Layers:  models -> modules (LSTM, LSTMCell, convert, patch) -> ops (contract, dispatch) -> backends.
+Importing fusedrnn registers its classes for torch.load(weights_only=True) (fusedrnn.serialization).
 """
 
-from . import ops
-from .modules import LSTM, LSTMCell, convert, explain
+from . import ops, serialization
+from .modules import LSTM, LSTMCell, Patch, convert, explain, patch
 from .ops import BackendError, available_backends
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "LSTMCell", "BackendError", "available_backends", "convert", "explain", "ops"]
+serialization.register()
+
+__all__ = ["LSTM", "LSTMCell", "BackendError", "Patch", "available_backends", "convert", "explain", "ops",
+           "patch"]

@@ -31,16 +31,54 @@ def _pair(cfg, dtype=torch.float64, **options):
     return ref, fused
 
 
-@pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu"))
+# "auto" with a plain CPU module runs torch's own LSTM (compared with itself here only as the
+# default construction users write); "auto-fused" is the default construction on the fused path:
+# batch norm in eval mode made an identity (unit gammas and running variances, zero means and
+# beta, eps 1e-300: exact in float64), which auto must route to the fused kernels.
+DROPIN_BACKENDS = fusedrnn.available_backends("cpu") + ["auto", "auto-fused"]
+
+
+def _dropin_pair(cfg, backend):
+    if backend != "auto-fused":
+        return _pair(cfg, backend=backend)
+    ref, fused = _pair(cfg, batch_norm=True, bn_eps=1e-300)
+    with torch.no_grad():
+        for n, p in fused.named_parameters():
+            if n.startswith("bn_") and "weight" in n:
+                p.fill_(1.0)
+    return ref.eval(), fused.eval()
+
+
+@pytest.mark.parametrize("backend", DROPIN_BACKENDS)
 @pytest.mark.parametrize("cfg", GRID, ids=_id)
 @pytest.mark.parametrize("kind", ["batched", "unbatched", "packed", "packed_unsorted"])
 @pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
 def test_matches_nn_lstm(cfg, kind, with_hx, backend):
-    if kind == "unbatched" and cfg["batch_first"]:
-        pytest.skip("unbatched ignores batch_first")
-    ref, fused = _pair(cfg, backend=backend)
-    # Same construction, same initialization, same names and order.
-    assert [n for n, _ in ref.named_parameters()] == [n for n, _ in fused.named_parameters()]
+    _check_matches_nn_lstm(cfg, kind, with_hx, backend)
+
+
+TRITON_GRID = [c for c in GRID if c["num_layers"] == 2 and c["bias"] and c["bidirectional"]]
+
+
+@pytest.mark.skipif(fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is not None,
+                    reason="triton interpreter not available")
+@pytest.mark.parametrize("cfg", TRITON_GRID, ids=_id)
+@pytest.mark.parametrize("kind", ["batched", "unbatched", "packed_unsorted"])
+@pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
+def test_matches_nn_lstm_triton(cfg, kind, with_hx):
+    """The same on the triton kernels (interpreter), on a reduced grid (two bidirectional layers
+    with bias; the interpreter takes about a second a case)."""
+    _check_matches_nn_lstm(cfg, kind, with_hx, "triton")
+
+
+def _check_matches_nn_lstm(cfg, kind, with_hx, backend):
+    ref, fused = _dropin_pair(cfg, backend)
+    if backend == "auto-fused":
+        assert "aten" not in fusedrnn.explain(fused, make_input(kind, T, B, I, cfg["batch_first"],
+                                                                torch.float64)[0])
+    # Same construction, same initialization, same names and order (batch norm's come after).
+    names = [n for n, _ in ref.named_parameters()]
+    assert names == [n for n, _ in fused.named_parameters()][:len(names)]
     for (n, p), (_, q) in zip(ref.named_parameters(), fused.named_parameters()):
         assert torch.equal(p, q), n
     inp, leaf = make_input(kind, T, B, I, cfg["batch_first"], torch.float64)
@@ -72,11 +110,12 @@ def test_matches_nn_lstm(cfg, kind, with_hx, backend):
         assert_close(a, b, msg=f"grad {n}")
 
 
+@pytest.mark.parametrize("backend", ["auto", "native"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_state_dict_both_ways(dtype):
+def test_state_dict_both_ways(dtype, backend):
     cfg = dict(num_layers=2, bidirectional=True, proj_size=3)
     ref = nn.LSTM(I, H, dtype=dtype, **cfg)
-    fused = fusedrnn.LSTM(I, H, dtype=dtype, **cfg)
+    fused = fusedrnn.LSTM(I, H, dtype=dtype, backend=backend, **cfg)
     assert list(ref.state_dict()) == list(fused.state_dict())
     fused.load_state_dict(ref.state_dict())
     for (n, p), (_, q) in zip(ref.named_parameters(), fused.named_parameters()):
@@ -119,16 +158,19 @@ def test_init_matches_under_seed_with_regularizers():
     assert torch.equal(torch.rand(3), (torch.manual_seed(7), nn.LSTM(I, H, num_layers=2), torch.rand(3))[2])
 
 
-def test_eval_mode_regularizers_are_identity_without_bn():
+@pytest.mark.parametrize("backend", ["auto", "native", "reference"])
+def test_eval_mode_regularizers_are_identity_without_bn(backend):
     torch.manual_seed(0)
     ref = nn.LSTM(I, H, num_layers=2, dropout=0.5).eval()
-    fused = fusedrnn.LSTM(I, H, num_layers=2, dropout=0.5, recurrent_dropout=0.5, variational=True).eval()
+    fused = fusedrnn.LSTM(I, H, num_layers=2, dropout=0.5, recurrent_dropout=0.5, variational=True,
+                          backend=backend).eval()
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, I)
     assert_close(fused(x)[0], ref(x)[0], dtype=torch.float32)
 
 
-def test_convert_replaces_every_lstm():
+@pytest.mark.parametrize("backend", ["auto", "native"])
+def test_convert_replaces_every_lstm(backend):
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
@@ -141,8 +183,9 @@ def test_convert_replaces_every_lstm():
     x = torch.randn(B, T, I, dtype=torch.float64)
     ref_out = m.enc(x)[0]
     ref_cell = m.dec(ref_out[:, -1])
-    new = fusedrnn.convert(m, recurrent_dropout=0.1)
+    new = fusedrnn.convert(m, recurrent_dropout=0.1, backend=backend)
     assert new is m and isinstance(m.enc, fusedrnn.LSTM) and isinstance(m.dec, fusedrnn.LSTMCell)
+    assert m.enc.backend == backend and m.dec.backend == backend
     assert m.enc.recurrent_dropout == 0.1 and not m.enc.training
     assert m.enc.weight_ih_l0.dtype == torch.float64
     assert_close(m.enc(x)[0], ref_out)

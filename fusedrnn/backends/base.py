@@ -106,6 +106,7 @@ class Config:
     reverse: bool
     bn: Optional[str]  # None, "train" or "eval"
     requires_grad: bool
+    arch: str = ""  # the GPU's compute capability as "sm_90" (device_arch); "" on the CPU
 
     @staticmethod
     def of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn) -> "Config":
@@ -128,7 +129,32 @@ class Config:
                 for t in (xp, h0, c0, w_hh, w_hr)
                 + ((bn.weight_h, bn.weight_c, bn.bias_c) if bn is not None else ())
             ),
+            arch=device_arch(xp.device),
         )
+
+
+def device_arch(device: torch.device) -> str:
+    """"sm_XY" for a CUDA device of compute capability X.Y, "" for any other device."""
+    if device.type != "cuda":
+        return ""
+    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+
+
+_ARCHS: dict[int, str] = {}
+
+
+@torch.compiler.assume_constant_result  # a trace-time constant under torch.compile
+def _cuda_arch(index: int) -> str:
+    if index not in _ARCHS:
+        major, minor = torch.cuda.get_device_capability(index)
+        _ARCHS[index] = f"sm_{major}{minor}"
+    return _ARCHS[index]
+
+
+def arch_capability(arch: str) -> tuple[int, int]:
+    """"sm_90" -> (9, 0); "sm_120" -> (12, 0)."""
+    num = arch.partition("_")[2]
+    return int(num[:-1]), int(num[-1])
 
 
 class Backend:

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Backend, BatchStats, Config, RecurrenceResult
+from .base import Backend, BatchStats, Config, RecurrenceResult, arch_capability
 
 try:  # the compiled library; absent when the package was not built
     from .. import _C  # noqa: F401  (loading it registers the ops)
@@ -23,6 +23,47 @@ try:  # the compiled library; absent when the package was not built
     LOAD_ERROR: Optional[str] = None
 except ImportError as e:  # pragma: no cover - exercised only on broken installs
     LOAD_ERROR = f"fusedrnn._C could not be imported ({e}); build it with `pip install -e .`"
+
+
+def _parse_targets(spec: str) -> tuple[tuple[str, int, int, bool], ...]:
+    """"sm_80/sm_90/compute_90" -> (("sm", 8, 0, False), ("sm", 9, 0, False), ("compute", 9, 0, False));
+    the last field marks an arch-specific target (sm_90a), which runs on that exact arch only."""
+    out = []
+    for tok in spec.replace(";", "/").split("/"):
+        kind, _, num = tok.strip().partition("_")
+        specific = num.endswith(("a", "f"))
+        num = num.rstrip("af")
+        if kind in ("sm", "compute") and num.isdigit() and len(num) >= 2:
+            out.append((kind, int(num[:-1]), int(num[-1]), specific))
+    return tuple(out)
+
+
+CUDA_TARGETS = _parse_targets(getattr(_C, "CUDA_TARGETS", "")) if LOAD_ERROR is None else ()
+
+
+def cuda_targets_text(targets=None) -> str:
+    t = CUDA_TARGETS if targets is None else targets
+    return ", ".join(f"{k}_{a}{b}{'a' if s else ''}" for k, a, b, s in t) or "none"
+
+
+def cuda_arch_reason(capability: tuple[int, int], targets=None) -> Optional[str]:
+    """None if the build has code a GPU of this compute capability runs, else why not.
+
+    A kernel image sm_XY runs on GPUs of the same major version and minor >= Y (sm_80 on an
+    sm_86 / sm_89 card); PTX compute_XY is JIT-compiled for any GPU of capability >= X.Y;
+    an arch-specific image (sm_90a) runs on that arch only."""
+    targets = CUDA_TARGETS if targets is None else targets
+    major, minor = capability
+    for kind, a, b, specific in targets:
+        if specific and (a, b) != (major, minor):
+            continue
+        if kind == "sm" and a == major and b <= minor:
+            return None
+        if kind == "compute" and (a, b) <= (major, minor):
+            return None
+    return (f"fusedrnn._C has no kernel image or PTX for this GPU (sm_{major}{minor}); it was built "
+            f"for {cuda_targets_text(targets)} (rebuild with TORCH_CUDA_ARCH_LIST including "
+            f"{major}.{minor})")
 
 
 def _query_kernel(op: str, dispatch_key: str) -> bool:
@@ -297,8 +338,10 @@ class CompiledBackend(Backend):
             )
         if not has_kernel("lstm_cell_forward", self.dispatch_key):
             return f"fusedrnn._C was built without {self.dispatch_key} kernels"
-        if device.type == "cuda" and not torch.cuda.is_available():
-            return "no CUDA device is available"
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                return "no CUDA device is available"
+            return cuda_arch_reason(torch.cuda.get_device_capability(device))
         return None
 
     def unsupported_reason(self, cfg) -> Optional[str]:
@@ -306,6 +349,13 @@ class CompiledBackend(Backend):
             return f"the {self.name} layer recurrence kernel is not built"
         if self.device_type == "cpu" and cfg.dtype not in (torch.float32, torch.float64):
             return f"the native CPU kernel takes float32 or float64, got {cfg.dtype}"
+        if self.device_type == "cuda" and cfg.arch:
+            return cuda_arch_reason(arch_capability(cfg.arch))
+        return None
+
+    def cell_unsupported_reason(self, cfg) -> Optional[str]:
+        if self.device_type == "cuda" and cfg.arch:
+            return cuda_arch_reason(arch_capability(cfg.arch))
         return None
 
     def recurrence(self, xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn) -> RecurrenceResult:

@@ -174,13 +174,17 @@ def environment(device: torch.device) -> dict:
 
 
 def make_record(env: dict, *, provider: str, variant: str, mode: str, dtype: torch.dtype, B: int, T: int,
-                I: int, H: int, timing: Timing) -> dict:
+                I: int, H: int, timing: Timing, L: int = 1) -> dict:
+    """One JSON record (RECORD_KEYS, and "L" for a model of several layers)."""
     rec = dict(env)
     rec.update(provider=provider, variant=variant, mode=mode, dtype=str(dtype).replace("torch.", ""),
                B=B, T=T, I=I, H=H, median_ms=round(timing.median_ms, 4), p20_ms=round(timing.p20_ms, 4),
                p80_ms=round(timing.p80_ms, 4),
                peak_mem_mb=None if timing.peak_mem_mb is None else round(timing.peak_mem_mb, 2))
-    return {k: rec[k] for k in RECORD_KEYS}
+    out = {k: rec[k] for k in RECORD_KEYS}
+    if L != 1:
+        out["L"] = L
+    return out
 
 
 def append_records(records: list[dict], path: str) -> None:

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from .. import LSTM, LSTMCell
+from ..modules._torch import TorchLSTM, TorchLSTMCell
+from ..modules.lstm import torch_forward_padded
 from .. import tasks as tasks_mod
 from ..train import build_model, make_objective
 from ..tasks import to_device
@@ -33,7 +35,16 @@ MODEL_POINTS = [
 ]
 
 
-class _TorchCell(nn.LSTMCell):
+class _TorchLSTM(TorchLSTM):
+    """nn.LSTM taking the padded input + ``lengths=`` the models pass (packed inside)."""
+
+    def forward(self, input, hx=None, *, lengths=None):
+        if lengths is None:
+            return super().forward(input, hx)
+        return torch_forward_padded(self, input, hx, lengths)
+
+
+class _TorchCell(TorchLSTMCell):
     """nn.LSTMCell with the no-op per-sequence reset() the models call."""
 
     def reset(self) -> None:
@@ -51,7 +62,7 @@ def to_torch_modules(model: nn.Module) -> nn.Module:
         if isinstance(m, LSTM):
             if m.regularized() or m.batch_norm:
                 raise ValueError("the model uses fusedrnn-only regularizers")
-            new = nn.LSTM(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, float(m.dropout),
+            new = _TorchLSTM(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, float(m.dropout),
                           m.bidirectional, m.proj_size, **kw)
         else:
             if m.recurrent_dropout or m.batch_norm:

@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import LSTM, LSTMCell
 from ..ops.dispatch import available_backends, explain_config
+from ..modules._torch import TorchLSTM, TorchLSTMCell
 from .loop import LoopLSTM
 
 VARIANTS = {
@@ -64,26 +65,29 @@ def serves(provider: str, variant: str, B: int, T: int, I: int, H: int, dtype, d
     return None
 
 
-def build_module(provider: str, variant: str, I: int, H: int, T: int, dtype, device) -> nn.Module:
+def build_module(provider: str, variant: str, I: int, H: int, T: int, dtype, device, layers: int = 1) -> nn.Module:
     torch.manual_seed(0)
     opts = VARIANTS[variant]
     if provider in ("cudnn", "torch-cpu"):
-        m = nn.LSTM(I, H)
+        m = TorchLSTM(I, H, layers)
     elif provider == "loop":
         m = LoopLSTM(I, H, recurrent_dropout=opts.get("recurrent_dropout", 0.0),
                      variational=opts.get("variational", False), batch_norm=opts.get("batch_norm", False),
                      max_steps=T)
     elif provider.startswith("fusedrnn-"):
-        m = LSTM(I, H, backend=provider[len("fusedrnn-"):], bn_max_steps=max(T, 1), **opts)
+        m = LSTM(I, H, layers, backend=provider[len("fusedrnn-"):], bn_max_steps=max(T, 1), **opts)
     else:
         raise ValueError(f"unknown provider {provider!r}")
     return m.to(device=device, dtype=dtype).train()
 
 
 def build_layer_fn(provider: str, variant: str, mode: str, B: int, T: int, I: int, H: int, dtype,
-                   device, rotate: int = 1) -> Callable[[int], None]:
-    """fn(k): one forward (or forward + backward) of a one-layer LSTM on input set k."""
-    m = build_module(provider, variant, I, H, T, dtype, device)
+                   device, rotate: int = 1, layers: int = 1) -> Callable[[int], None]:
+    """fn(k): one forward (or forward + backward) of an LSTM (one layer unless ``layers``) on
+    input set k."""
+    if provider == "loop" and layers != 1:
+        raise ValueError("the loop provider is one layer")
+    m = build_module(provider, variant, I, H, T, dtype, device, layers)
     g = torch.Generator(device="cpu").manual_seed(1)
     xs = [torch.randn(T, B, I, generator=g).to(device=device, dtype=dtype) for _ in range(rotate)]
     if mode == "fwd":
@@ -108,7 +112,7 @@ def build_cell_fn(provider: str, variant: str, mode: str, B: int, H: int, dtype,
     torch.manual_seed(0)
     opts = {k: v for k, v in VARIANTS[variant].items()}
     if provider in ("cudnn", "torch-cpu"):
-        cell = nn.LSTMCell(H, H)
+        cell = TorchLSTMCell(H, H)
     else:
         cell = LSTMCell(H, H, backend=provider[len("fusedrnn-"):], **opts)
     cell = cell.to(device=device, dtype=dtype).train()

@@ -30,6 +30,7 @@ class Point:
     H: int
     dtype: str = "fp32"
     cell: bool = False
+    layers: int = 1
 
 
 _GPU_GRID = (
@@ -49,6 +50,11 @@ PRESETS: dict[str, dict] = {
                   variants=("plain", "variational+bn")),
     "cell": dict(points=[Point(b, 1, h, h, cell=True) for b in (32, 128) for h in (256, 1024)],
                  variants=("plain", "variational+bn")),
+    # The module's per-call cost over nn.LSTM as users meet it: the default construction
+    # (backend "auto") against torch's LSTM at the word-LM size of pytorch/examples (two
+    # layers, embedding and hidden 100, batch 20, bptt 35), and one streaming step.
+    "overhead": dict(points=[Point(20, 35, 100, 100, layers=2), Point(1, 1, 100, 100)], variants=("plain",),
+                     backends=["auto"], loop=False, reps=300),
 }
 
 
@@ -65,9 +71,10 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
     spec = PRESETS[preset]
     points = points or spec["points"]
     variants = variants or spec["variants"]
+    backends = backends or spec.get("backends")
     env = harness.environment(device)
     cuda = device.type == "cuda"
-    reps = reps or (20 if cuda else 7)
+    reps = reps or spec.get("reps") or (20 if cuda else 7)
     groups = [(p, mode) for p in points for mode in modes]
     records: list[dict] = []
     bar = _progress(len(groups)) if progress else None
@@ -79,8 +86,8 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
     for p, mode in groups:
         dt = DTYPES[dtype or p.dtype]
         fns = {}
-        for prov in providers_for(device, backends):
-            if p.cell and prov == "loop":
+        for prov in providers_for(device, backends, include_loop=spec.get("loop", True)):
+            if (p.cell or p.layers != 1) and prov == "loop":
                 continue
             for var in variants:
                 if not supports(prov, var):
@@ -91,12 +98,12 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
                     fns[(prov, var)] = build_cell_fn(prov, var, mode, p.B, p.H, dt, device, rotate=4 if cuda else 1)
                 else:
                     fns[(prov, var)] = build_layer_fn(prov, var, mode, p.B, p.T, p.I, p.H, dt, device,
-                                                      rotate=4 if cuda else 1)
+                                                      rotate=4 if cuda else 1, layers=p.layers)
         timings = harness.time_group(fns, device, warmup=3 if cuda else 2, reps=reps, rotate=4 if cuda else 1,
                                      budget_s=budget_s)
         for (prov, var), tm in timings.items():
             records.append(harness.make_record(env, provider=prov, variant=var, mode=mode, dtype=dt,
-                                               B=p.B, T=p.T, I=p.I, H=p.H, timing=tm))
+                                               B=p.B, T=p.T, I=p.I, H=p.H, timing=tm, L=p.layers))
         if bar:
             bar.advance(f"B={p.B} T={p.T} H={p.H} {mode}")
         del fns
@@ -109,6 +116,10 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
 
 
 # ---- the table ------------------------------------------------------------------------------
+
+
+def _ms(t: float) -> str:
+    return f"{t:.2f}" if t >= 1 else f"{t:.3f}"
 
 
 def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -137,7 +148,7 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
             row = [str(k) for k in key] + [var]
             for p in providers:
                 t = g.get((p, var))
-                row.append("-" if t is None else f"{t:.2f}")
+                row.append("-" if t is None else _ms(t))
             for p in fused:
                 for tn in torch_names:
                     # regularized variants against torch's plain LSTM; model rows against the

@@ -12,7 +12,6 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..modules import LSTM, LSTMCell
 from ._common import length_mask, lstm_options
@@ -41,7 +40,7 @@ class EncoderMemory(NamedTuple):
 class Seq2Seq(nn.Module):
     r"""An LSTM encoder-decoder.
 
-    Encoder: embedding -> fusedrnn.LSTM (bidirectional by default) over the source (packed by
+    Encoder: embedding -> fusedrnn.LSTM (bidirectional by default) over the source (padded, with
     ``src_len``).  Its last layer's final states (both directions) initialise the decoder
     through a linear bridge.  Decoder: a fusedrnn.LSTMCell (its variational recurrent dropout
     mask is held for the whole target sequence), Luong-style: at step t
@@ -108,12 +107,7 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"Seq2Seq: src must be [B, S], got shape {tuple(src.shape)}")
         B, S = src.shape
         x = self.drop(self.src_embed(src))
-        if src_len is None:
-            y, (h_n, c_n) = self.encoder(x)
-        else:
-            packed = pack_padded_sequence(x, src_len.cpu(), batch_first=True, enforce_sorted=False)
-            y, (h_n, c_n) = self.encoder(packed)
-            y, _ = pad_packed_sequence(y, batch_first=True, total_length=S)
+        y, (h_n, c_n) = self.encoder(x, lengths=src_len)  # padded + lengths: no packing, compiles
         D = self.num_directions
         h = torch.cat(list(h_n[-D:]), -1)
         c = torch.cat(list(c_n[-D:]), -1)

@@ -10,7 +10,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..modules import LSTM
 from ._common import LockedDropout, check_input_spec, length_mask, lstm_options
@@ -40,13 +39,7 @@ class _Encoder(nn.Module):
         elif x.dim() != 3:
             raise ValueError(f"expected features [B, T, I], got shape {tuple(x.shape)}")
         x = self.drop(x)
-        T = x.shape[1]
-        if lengths is None:
-            y, (h_n, _) = self.lstm(x)
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            y, (h_n, _) = self.lstm(packed)
-            y, _ = pad_packed_sequence(y, batch_first=True, total_length=T)
+        y, (h_n, _) = self.lstm(x, lengths=lengths)  # padded + lengths: no packing, compiles
         return self.drop(y), h_n
 
 

@@ -15,17 +15,19 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops import dispatch
 from ..ops.dropout import dropout_mask
-from .regularizers import RegularizedMixin
+from ._torch import TorchLSTMCell
+from .regularizers import RegularizedMixin, check_option_names, take_options
 
 
-class LSTMCell(RegularizedMixin, nn.LSTMCell):
+class LSTMCell(RegularizedMixin, TorchLSTMCell):
     r"""Drop-in replacement for :class:`torch.nn.LSTMCell` (and a subclass of it).
 
     Args:
         input_size, hidden_size, bias, device, dtype: as :class:`torch.nn.LSTMCell`.
 
     Keyword-only options: recurrent_dropout, variational, batch_norm, bn_max_steps,
-    bn_momentum, bn_eps, backend, as :class:`fusedrnn.LSTM`.
+    bn_momentum, bn_eps, backend, as :class:`fusedrnn.LSTM` (and, like it, defaulting to an
+    active :func:`fusedrnn.patch`'s values).
 
     A decoder steps the cell through a sequence, so the cell carries two pieces of
     per-sequence state, both cleared by :meth:`reset`:
@@ -49,19 +51,13 @@ class LSTMCell(RegularizedMixin, nn.LSTMCell):
         bias: bool = True,
         device=None,
         dtype=None,
-        *,
-        recurrent_dropout: float = 0.0,
-        variational: bool = False,
-        batch_norm: bool = False,
-        bn_max_steps: int = 1000,
-        bn_momentum: float = 0.1,
-        bn_eps: float = 1e-5,
-        backend: str = "auto",
+        **options,
     ):
+        check_option_names(options, "LSTMCell")
+        options = take_options(options, "LSTMCell")
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
-        self._init_regularizers(recurrent_dropout, variational, batch_norm, bn_max_steps,
-                                bn_momentum, bn_eps, backend)
-        if batch_norm:
+        self._init_regularizers(**options)
+        if self.batch_norm:
             self._add_bn("", hidden_size, {"device": device, "dtype": dtype})
         self._mask: Optional[Tensor] = None
         self._step = 0
@@ -97,8 +93,9 @@ class LSTMCell(RegularizedMixin, nn.LSTMCell):
         # Under autocast the fused path runs (its cell state stays float32), not torch's cell.
         if ops.autocast_dtype(input) is not None:
             regularized = True
-        if dispatch.module_backend(self.backend, input.device, input.dtype, regularized) == "aten":
-            return nn.LSTMCell.forward(self, input, hx)  # torch's own cell (see ops.dispatch)
+        if dispatch.module_plan("cell", self.backend, input.device, input.dtype, regularized, self.training,
+                                False):
+            return TorchLSTMCell.forward(self, input, hx)  # torch's own cell (see ops.dispatch)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and len(hx) != 2:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._torch import TorchLSTM, TorchLSTMCell
 from .cell import LSTMCell
 from .lstm import LSTM
+from .regularizers import check_option_names
 
 
 def _replacement(m: nn.Module, options: dict) -> nn.Module:
     w = next(m.parameters())
     kw = dict(device=w.device, dtype=w.dtype, **options)
-    if isinstance(m, nn.LSTM):
+    if isinstance(m, TorchLSTM):
         new = LSTM(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, float(m.dropout),
                    m.bidirectional, m.proj_size, **kw)
     else:
@@ -31,7 +33,8 @@ def convert(module: nn.Module, **options) -> nn.Module:
     already fusedrnn modules are left alone.  Returns the model (the replacement itself
     when ``module`` is an nn.LSTM / nn.LSTMCell); submodules are replaced in place.
     """
-    targets = (nn.LSTM, nn.LSTMCell)
+    check_option_names(options, "convert")
+    targets = (TorchLSTM, TorchLSTMCell)
     if isinstance(module, targets) and not isinstance(module, (LSTM, LSTMCell)):
         return _replacement(module, options)
     for name, child in list(module.named_children()):

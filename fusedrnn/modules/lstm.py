@@ -13,12 +13,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import ops
+from ..backends.base import device_arch
 from ..ops import dispatch
 from ..ops.dropout import dropout_mask, recurrent_mask
-from .regularizers import RegularizedMixin
+from ._torch import TorchLSTM
+from .regularizers import RegularizedMixin, take_options
 
 
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -62,6 +64,25 @@ def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
                            f"{data.shape[0]} rows")
 
 
+def torch_forward_padded(module: nn.RNNBase, input: Tensor, hx, lengths: Tensor):
+    """``lengths=`` on torch's own LSTM forward (for a fusedrnn.LSTM on the "aten" path, or a
+    torch LSTM standing in for one): pack, run, pad back (zeros past each length).  A zero
+    length is given one step, and its outputs and state are then masked back to h_0 / c_0."""
+    bf = module.batch_first
+    T = input.shape[1] if bf else input.shape[0]
+    packed = pack_padded_sequence(input, lengths.clamp(min=1).cpu(), batch_first=bf, enforce_sorted=False)
+    out, (h_n, c_n) = TorchLSTM.forward(module, packed, hx)
+    y, _ = pad_packed_sequence(out, batch_first=bf, total_length=T)
+    empty = lengths == 0
+    if bool(empty.any()):
+        B = lengths.shape[0]
+        h0, c0 = hx if hx is not None else (torch.zeros_like(h_n), torch.zeros_like(c_n))
+        keep = empty.to(y.device).view(1, B, 1)
+        h_n, c_n = torch.where(keep, h0, h_n), torch.where(keep, c0, c_n)
+        y = y.masked_fill(keep.view(B, 1, 1) if bf else keep, 0)
+    return y, (h_n, c_n)
+
+
 class LSTM(RegularizedMixin, nn.RNNBase):
     r"""Drop-in replacement for :class:`torch.nn.LSTM`, on fused kernels.
 
@@ -73,7 +94,8 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
         proj_size, device, dtype: as :class:`torch.nn.LSTM`.
 
-    Keyword-only options (all off by default):
+    Keyword-only options (all off by default; while a :func:`fusedrnn.patch` is active, an
+    option not given takes the patch's value):
         recurrent_dropout (float in [0, 1)): dropout on h_{t-1} where it enters W_hh
             (the emitted h_t is not masked).
         variational (bool): every dropout mask of the module (between-layer ``dropout``
@@ -94,27 +116,22 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             PackedSequence.
         h_0: [L * D, B, R]; c_0: [L * D, B, H]; zeros when omitted.
 
+        lengths (keyword, fusedrnn only): [B] int64 lengths of a padded batched input, instead
+            of packing it: the same results as pack_padded_sequence -> LSTM ->
+            pad_packed_sequence (zeros past each length, h_n / c_n at each row's last step),
+            without the packing copies, and under torch.compile (which cannot trace
+            PackedSequence).  A length may be 0 (the row keeps h_0 / c_0).
+
     Outputs: output, (h_n, c_n)
         output: [T, B, D * R] (or [B, T, D * R], [T, D * R], or a PackedSequence).
         h_n: [L * D, B, R]; c_n: [L * D, B, H].
     """
 
-    def __init__(
-        self,
-        *args,
-        recurrent_dropout: float = 0.0,
-        variational: bool = False,
-        batch_norm: bool = False,
-        bn_max_steps: int = 1000,
-        bn_momentum: float = 0.1,
-        bn_eps: float = 1e-5,
-        backend: str = "auto",
-        **kwargs,
-    ):
+    def __init__(self, *args, **kwargs):
+        options = take_options(kwargs, "LSTM")  # the fusedrnn options; the rest are nn.LSTM's
         super().__init__("LSTM", *args, **kwargs)
-        self._init_regularizers(recurrent_dropout, variational, batch_norm, bn_max_steps,
-                                bn_momentum, bn_eps, backend)
-        if batch_norm:
+        self._init_regularizers(**options)
+        if self.batch_norm:
             factory_kwargs = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
             for suffix in self._suffixes():
                 self._add_bn(suffix, self.hidden_size, factory_kwargs)
@@ -133,9 +150,9 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                 self._reset_bn(suffix)
 
     # nn.LSTM's own argument checks and helpers, so messages and exception classes match.
-    get_expected_cell_size = nn.LSTM.get_expected_cell_size
-    check_forward_args = nn.LSTM.check_forward_args
-    permute_hidden = nn.LSTM.permute_hidden
+    get_expected_cell_size = TorchLSTM.get_expected_cell_size
+    check_forward_args = TorchLSTM.check_forward_args
+    permute_hidden = TorchLSTM.permute_hidden
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._regularizer_repr()
@@ -145,21 +162,38 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         return self.batch_norm or (self.training and (
             self.recurrent_dropout > 0 or (self.dropout > 0 and self.variational)))
 
-    def forward(self, input, hx=None):
-        """See the class docstring for shapes."""
+    def _needs_grad(self, ref: Tensor) -> bool:
+        return torch.is_grad_enabled() and (ref.requires_grad or self._flat_weights[1].requires_grad)
+
+    def _batch_size(self, input) -> int:
+        if isinstance(input, PackedSequence):
+            return int(input.batch_sizes[0]) if input.batch_sizes.numel() else 0
+        if input.dim() != 3:
+            return 1
+        return input.shape[0] if self.batch_first else input.shape[1]
+
+    def forward(self, input, hx=None, *, lengths: Optional[Tensor] = None):
+        """See the class docstring for shapes.  ``lengths`` (fusedrnn only): see there."""
         if not isinstance(input, (Tensor, PackedSequence)):
             raise TypeError(f"LSTM: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+        if lengths is not None:
+            lengths = self._check_lengths(input, lengths)
         ref = input.data if isinstance(input, PackedSequence) else input
         autocast = ops.autocast_dtype(ref) is not None
         # Under autocast the fused path runs (its cell state stays float32), not torch's LSTM.
-        if dispatch.module_backend(self.backend, ref.device, ref.dtype,
-                                   self.regularized() or autocast) == "aten":
-            return nn.LSTM.forward(self, input, hx)
+        # (Every call pays this prelude: plain attribute reads, one cached decision.)
+        cuda = ref.is_cuda
+        if dispatch.module_plan("lstm", self.backend, ref.device, ref.dtype, autocast or self.regularized(),
+                                self.training, self._needs_grad(ref), self._batch_size(input) if cuda else 0,
+                                self.hidden_size if cuda else 0):
+            if lengths is not None:
+                return torch_forward_padded(self, input, hx, lengths)
+            return TorchLSTM.forward(self, input, hx)
         self._update_flat_weights()
         orig_input = input
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        lengths = index = batch_sizes = None
+        index = batch_sizes = None
         if hx is not None and len(hx) != 2:
             raise RuntimeError("lstm expects two hidden states")
         if isinstance(orig_input, PackedSequence):
@@ -205,6 +239,9 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                                f"tensor at {input.device} and parameter tensor at {self.weight_ih_l0.device}")
         if batch_sizes is not None:
             x, lengths, index = _packed_to_padded(input, batch_sizes)
+        elif lengths is not None:
+            x = input.transpose(0, 1) if self.batch_first else input
+            lengths = lengths.to(x.device)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
             if x.shape[0] == 0:  # nn.LSTM's error for an empty sequence
@@ -220,10 +257,28 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             return packed, self.permute_hidden((h_n, c_n), unsorted_indices)
         if self.batch_first:
             output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(1)
+        if not is_batched:  # the batch dimension the input was given (as nn.LSTM)
+            output = output.squeeze(0 if self.batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
+
+    def _check_lengths(self, input, lengths) -> Tensor:
+        """``lengths=`` goes with a batched padded tensor: an integer [B] tensor of values in
+        [0, T] (checked where that costs no device sync)."""
+        if isinstance(input, PackedSequence) or input.dim() != 3:
+            raise ValueError("lengths= goes with a batched (3-D) padded input tensor, not "
+                             f"{'a PackedSequence' if isinstance(input, PackedSequence) else f'{input.dim()}-D input'}")
+        if not isinstance(lengths, Tensor) or lengths.dtype not in (torch.int64, torch.int32) or lengths.dim() != 1:
+            raise ValueError("lengths must be a 1-D int64 tensor of sequence lengths, got "
+                             f"{getattr(lengths, 'dtype', type(lengths).__name__)}")
+        T, B = (input.shape[1], input.shape[0]) if self.batch_first else input.shape[:2]
+        if lengths.shape[0] != B:
+            raise ValueError(f"lengths must have one entry per sequence (B = {B}), got {lengths.shape[0]}")
+        if lengths.device.type == "cpu" and B > 0 and not torch.compiler.is_compiling():
+            lo, hi = int(lengths.min()), int(lengths.max())
+            if lo < 0 or hi > T:
+                raise ValueError(f"lengths must lie in [0, T = {T}], got values in [{lo}, {hi}]")
+        return lengths.long()
 
     @staticmethod
     def _check_devices_and_dtypes(input: Tensor, hx: tuple[Tensor, Tensor], autocast: bool) -> None:
@@ -301,5 +356,6 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                 R=R, proj=self.proj_size > 0, mask=mask, lengths=lengths,
                 reverse=suffix.endswith("_reverse"), bn=bn,
                 requires_grad=torch.is_grad_enabled() and self.weight_hh_l0.requires_grad,
+                arch=device_arch(ref.device),
             )))
         return out

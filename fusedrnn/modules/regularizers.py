@@ -25,6 +25,45 @@ from ..ops.dispatch import check_backend_name
 
 BN_GAMMA_INIT = 0.1
 
+# The keyword-only options of LSTM and LSTMCell (beyond torch's own arguments) and their
+# defaults: the one list that the constructors, convert() and patch() accept.
+OPTIONS = {
+    "recurrent_dropout": 0.0,
+    "variational": False,
+    "batch_norm": False,
+    "bn_max_steps": 1000,
+    "bn_momentum": 0.1,
+    "bn_eps": 1e-5,
+    "backend": "auto",
+}
+
+# Defaults set by active fusedrnn.patch(...) calls, innermost last: (owners, options), owners
+# the class names ("LSTM", "LSTMCell") the patch swapped; see modules/patch.py.
+_patch_defaults: list[tuple[frozenset, dict]] = []
+
+
+def take_options(kwargs: dict, owner: str) -> dict:
+    """Remove the fusedrnn options from a constructor's ``kwargs`` and return all of them:
+    given ones, else those of the innermost active patch that swapped ``owner``'s class,
+    else :data:`OPTIONS`.  Validated."""
+    opts = dict(OPTIONS)
+    for owners, patched in reversed(_patch_defaults):
+        if owner in owners:
+            opts.update(patched)
+            break
+    for k in [k for k in kwargs if k in OPTIONS]:
+        opts[k] = kwargs.pop(k)
+    validate(**opts)
+    return opts
+
+
+def check_option_names(options: dict, owner: str) -> None:
+    """TypeError naming an unknown option (as Python names an unexpected keyword)."""
+    for k in options:
+        if k not in OPTIONS:
+            raise TypeError(f"{owner}() got an unexpected keyword argument {k!r} (fusedrnn options: "
+                            f"{', '.join(OPTIONS)})")
+
 
 def validate(recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, backend):
     """Check the regularizer options; raises ValueError / TypeError naming the argument."""
@@ -59,8 +98,6 @@ class RegularizedMixin:
 
     def _init_regularizers(self, recurrent_dropout, variational, batch_norm, bn_max_steps,
                            bn_momentum, bn_eps, backend):
-        validate(recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps,
-                 backend)
         self.recurrent_dropout = float(recurrent_dropout)
         self.variational = variational
         self.batch_norm = batch_norm

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backends.base import Config, RecurrentBN
+from ..backends.base import Config, RecurrentBN, device_arch
 from . import dispatch
 from .layer import autocast_dtype, lstm_layer
 
@@ -89,7 +89,8 @@ def lstm_cell(
     if dt is not None:
         cfg = Config(device_type=input.device.type, dtype=dt, T=1, B=input.shape[0], H=cx.shape[1],
                      R=hx.shape[1], proj=False, mask=None if mask is None else "shared",
-                     lengths=False, reverse=False, bn=None, requires_grad=torch.is_grad_enabled())
+                     lengths=False, reverse=False, bn=None, requires_grad=torch.is_grad_enabled(),
+                     arch=device_arch(input.device))
         with torch.autocast(input.device.type, enabled=False):
             rd = torch.float32
             gates = (F.linear(input.to(dt), weight_ih.to(dt), None if bias is None else bias.to(dt)).to(rd)
@@ -101,6 +102,6 @@ def lstm_cell(
     cfg = Config(device_type=input.device.type, dtype=input.dtype, T=1, B=input.shape[0],
                  H=cx.shape[1], R=hx.shape[1], proj=False,
                  mask=None if mask is None else "shared", lengths=False, reverse=False, bn=None,
-                 requires_grad=gates.requires_grad)
+                 requires_grad=gates.requires_grad, arch=device_arch(input.device))
     be = dispatch.resolve(backend, cfg, op="cell")
     return be.cell(gates, cx)

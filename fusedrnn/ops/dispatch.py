@@ -26,15 +26,15 @@ from typing import Optional, Union
 import torch
 
 from .. import backends
-from ..backends.base import Backend, BackendError, Config
+from ..backends.base import Backend, BackendError, Config, device_arch
+from . import evidence
 
 # Backends that run whole fusedrnn.LSTM modules rather than one recurrence: "aten" is
-# torch's own LSTM (oneDNN on CPU), which "auto" uses on the CPU for the configurations it
-# can run (no recurrent dropout, variational masks or batch norm) because it measures at
-# least as fast there (benchmarks/NOTES.md).
+# torch's own LSTM / LSTMCell (oneDNN on the CPU, cuDNN on a GPU); see :func:`module_plan`.
 MODULE_ONLY = ("aten",)
 
-# Fastest first, per device type.
+# Fastest first, per device type.  On a GPU, backends validated on real hardware of that
+# GPU class come first (:func:`candidates`).
 PREFERENCE = {
     "cpu": ("native", "reference"),
     "cuda": ("cuda", "triton", "reference"),
@@ -84,25 +84,94 @@ def _requested(name: str) -> str:
     return name
 
 
-def module_backend(name: str, device: torch.device, dtype: torch.dtype, regularized: bool) -> Optional[str]:
-    """"aten" when a whole fusedrnn.LSTM should run as torch's own LSTM, else None.
+def module_plan(kind: str, name: str, device: torch.device, dtype: torch.dtype, regularized: bool,
+                training: bool, needs_grad: bool, B: int = 0, H: int = 0) -> bool:
+    """Whether a whole fusedrnn.LSTM (kind "lstm") or LSTMCell ("cell") call runs as torch's
+    own module ("aten") instead of the fused ops.  Cached per configuration (this runs on
+    every module call: plain positional arguments, one dict lookup).  :func:`module_rule`
+    says which rule decided; explicit backend="aten" on a configuration torch cannot run
+    raises BackendError.  B and H matter on a GPU only (the CPU rule ignores the shape).
 
-    Explicit backend="aten" on a regularized module raises BackendError."""
-    regularized = True if regularized else False  # a plain bool under torch.compile (see resolve)
-    return _module_backend(name, torch.device(device).type, dtype, regularized) or None
+    ``regularized``: an option torch lacks is active in this call (recurrent dropout,
+    variational masks, batch norm, an explicit cell mask, or autocast, under which the fused
+    path keeps the cell state in float32)."""
+    if torch.compiler.is_compiling():
+        return _compiled_plan(kind, name, device.type, dtype, True if regularized else False)
+    key = (kind, name, os.environ.get("FUSEDRNN_BACKEND"), device, dtype, regularized, training, needs_grad, B, H)
+    aten = _PLANS.get(key)
+    if aten is None:
+        aten = _PLANS[key] = module_rule(kind, name, device.type, dtype, bool(regularized), bool(training),
+                                         bool(needs_grad), B, H, _arch(device))[0]
+    return aten
 
 
-@torch.compiler.assume_constant_result
-def _module_backend(name: str, device_type: str, dtype: torch.dtype, regularized: bool) -> str:
+_PLANS: dict = {}
+
+
+def _arch(device: torch.device) -> str:
+    return "" if device.type != "cuda" else device_arch(device)
+
+
+@torch.compiler.assume_constant_result  # a trace-time constant (see the module docstring)
+def _compiled_plan(kind: str, name: str, device_type: str, dtype: torch.dtype, regularized: bool) -> bool:
+    """module_plan under torch.compile.  torch.compile cannot trace torch's LSTM (Dynamo
+    refuses nn.LSTM, and the CPU kernel is not traceable): the fused ops run the whole LSTM,
+    so a plain fullgraph compile works.  torch's cell traces, and keeps its rule."""
+    if kind == "lstm":
+        if _requested(name) == "aten":
+            raise BackendError("backend='aten' runs torch's own LSTM, which torch.compile cannot trace; "
+                               "use backend='auto' or a fused backend")
+        return False
+    return module_rule(kind, name, device_type, dtype, regularized, True, True, 0, 0, "")[0]
+
+
+def module_rule(kind: str, name: str, device_type: str, dtype: torch.dtype, regularized: bool, training: bool,
+                needs_grad: bool, B: int, H: int, arch: str) -> tuple[bool, str]:
+    """(torch's own module runs, the rule that decided), for :func:`module_plan` and explain()."""
     name = _requested(name)
     if name == "aten":
         if regularized:
             raise BackendError("backend='aten' (torch's own LSTM) cannot run recurrent dropout, "
-                               "variational masks or batch norm")
-        return "aten"
-    if name == "auto" and device_type == "cpu" and dtype in (torch.float32, torch.float64) and not regularized:
-        return "aten"
-    return ""
+                               "variational masks, batch norm or an explicit mask")
+        return True, "backend='aten' was requested"
+    if name != "auto":
+        return False, f"backend={name!r} was requested"
+    if regularized:
+        return False, "an option torch's LSTM lacks is active (or autocast, whose cell state stays float32)"
+    if kind == "cell":
+        return True, "a plain cell step: torch's own cell runs the same GEMMs and pointwise kernel"
+    if device_type == "cpu":
+        if dtype in (torch.float32, torch.float64):
+            return True, "plain LSTM on the CPU: torch's own (oneDNN) measures at least as fast"
+        return False, f"torch's CPU LSTM is not the measured path for {dtype}"
+    if device_type == "cuda":
+        mode = "fwd+bwd" if needs_grad else "fwd"
+        rec = evidence.faster_than_cudnn(arch, str(dtype).replace("torch.", ""), B, H, mode)
+        if rec is not None:
+            return False, (f"a committed measurement on {rec.get('gpu', arch)} has {rec['backend']} faster than "
+                           f"cuDNN here ({rec['fused_ms']} vs {rec['cudnn_ms']} ms {mode}, {rec.get('source', '')})")
+        if not training and needs_grad:
+            return False, "eval mode with gradients: cuDNN has no backward in eval mode"
+        return True, (f"plain LSTM on the GPU: cuDNN, since no committed measurement on {arch or 'this GPU'} shows "
+                      f"a fused design faster at B={B}, H={H}, {dtype} ({mode})")
+    return False, f"torch's LSTM is not used on {device_type}"
+
+
+def candidates(name: str, cfg: Config) -> tuple[tuple[str, ...], str]:
+    """The backends to try, in order, for a configuration, and the rule that ordered them."""
+    name = _requested(name)
+    if name != "auto":
+        return (name,), f"backend={name!r} was requested"
+    order = PREFERENCE.get(cfg.device_type, ("reference",))
+    if cfg.device_type != "cuda":
+        return order, f"the {cfg.device_type} preference order (fastest first)"
+    proven = tuple(n for n in order if evidence.validated(n, cfg.arch))
+    if not proven:
+        return order, (f"no backend has passed its GPU tests on {cfg.arch or 'this GPU'}: the default order "
+                       "(fastest first by design)")
+    rest = tuple(n for n in order if n not in proven)
+    return proven + rest, (f"{', '.join(proven)} passed its GPU tests on real {cfg.arch} hardware: it comes "
+                           "before backends that have not")
 
 
 def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple[str, Optional[str]]]:
@@ -110,11 +179,9 @@ def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple
 
     The first entry with None is the one :func:`resolve` picks.
     """
-    name = _requested(name)
     device = torch.device(cfg.device_type)
-    candidates = PREFERENCE.get(cfg.device_type, ("reference",)) if name == "auto" else (name,)
     out = []
-    for n in candidates:
+    for n in candidates(name, cfg)[0]:
         why = unavailable_reason(n, device)
         if why is None:
             be = backends.get(n)
@@ -166,5 +233,5 @@ def _resolve(name: str, cfg: Config, op: str) -> str:
     )
 
 
-__all__ = ["MODULE_ONLY", "PREFERENCE", "available_backends", "check_backend_name", "explain_config",
-           "module_backend", "resolve"]
+__all__ = ["MODULE_ONLY", "PREFERENCE", "available_backends", "candidates", "check_backend_name",
+           "explain_config", "module_plan", "module_rule", "resolve"]

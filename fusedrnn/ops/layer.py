@@ -22,6 +22,7 @@ from ..backends.base import (
     RecurrentBN,
     active_rows,
     batch_norm_steps,
+    device_arch,
     reverse_sequences,
     step_counts,
 )
@@ -156,7 +157,7 @@ def _autocast_layer(dt, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weigh
                  mask=None if mask is None else ("shared" if mask.dim() == 2 else "per_step"),
                  lengths=lengths is not None, reverse=bool(reverse),
                  bn=None if bn is None else ("train" if bn.training else "eval"),
-                 requires_grad=torch.is_grad_enabled())
+                 requires_grad=torch.is_grad_enabled(), arch=device_arch(x.device))
     with torch.autocast(x.device.type, enabled=False):
         rd = recurrence_dtype(backend, cfg)
         bias = None

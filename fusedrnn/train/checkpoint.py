@@ -31,7 +31,9 @@ def save(obj: Any, path: str) -> None:
 
 
 def load(path: str, map_location="cpu") -> Any:
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """torch.load under weights_only=True: a checkpoint holds tensors, state dicts and plain
+    values (step, history, config, RNG states), and nothing that runs code when loaded."""
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def write_text(path: str, text: str) -> None:

@@ -15,6 +15,7 @@ backward loop: dW_hh = sum_s dhh_s^T (h_{s-1} m_s), dW_hr = sum_s dhn_s^T hc_s.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -125,12 +126,18 @@ def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
 # ---- host functions ---------------------------------------------------------------------
 
 
+def device_guard(t: Tensor):
+    """A context that makes t's device current: Triton launches on the current device, which
+    need not be the tensors' (inputs on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-            mask: Optional[Tensor], lengths: Optional[Tensor], bn_wh: Optional[Tensor],
-            bn_wc: Optional[Tensor], bn_bc: Optional[Tensor], rm_h: Optional[Tensor],
-            rv_h: Optional[Tensor], rm_c: Optional[Tensor], rv_c: Optional[Tensor],
-            reverse: bool, bn_mode: int, bn_offset: int, bn_eps: float, save: bool, design: int,
-            tf32: bool) -> tuple[Tensor, ...]:
+             mask: Optional[Tensor], lengths: Optional[Tensor], bn_wh: Optional[Tensor],
+             bn_wc: Optional[Tensor], bn_bc: Optional[Tensor], rm_h: Optional[Tensor],
+             rv_h: Optional[Tensor], rm_c: Optional[Tensor], rv_c: Optional[Tensor],
+             reverse: bool, bn_mode: int, bn_offset: int, bn_eps: float, save: bool, design: int,
+             tf32: bool) -> tuple[Tensor, ...]:
     T, B, G = xp.shape
     H, R = G // 4, w_hh.shape[1]
     proj = w_hr is not None
@@ -280,8 +287,9 @@ def lstm_forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optiona
                  reverse: bool, bn_mode: int, bn_offset: int, bn_eps: float, save: bool,
                  design: int, tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                                    Tensor, Tensor, Tensor, Tensor]:
-    return forward(xp, h0, c0, w_hh, w_hr, mask, lengths, bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c,
-                   rv_c, reverse, bn_mode, bn_offset, bn_eps, save, design, tf32)
+    with device_guard(xp):
+        return forward(xp, h0, c0, w_hh, w_hr, mask, lengths, bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c,
+                       rv_c, reverse, bn_mode, bn_offset, bn_eps, save, design, tf32)
 
 
 @_define("fusedrnn_triton::lstm_backward", mutates_args=())
@@ -293,9 +301,10 @@ def lstm_backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Op
                   reverse: bool, bn_mode: int, bn_offset: int, bn_eps: float, design: int,
                   tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                        Tensor]:
-    return backward(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, bn_wh, bn_wc, bn_bc, rv_h, rm_c,
-                    rv_c, stats_h, stats_c, hs, cs, act, hhat, hc, reverse, bn_mode, bn_offset,
-                    bn_eps, design, tf32)
+    with device_guard(dy):
+        return backward(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, bn_wh, bn_wc, bn_bc, rv_h, rm_c,
+                        rv_c, stats_h, stats_c, hs, cs, act, hhat, hc, reverse, bn_mode, bn_offset,
+                        bn_eps, design, tf32)
 
 
 @lstm_forward.register_fake
