@@ -2,6 +2,7 @@
 #   make test    create .venv, install torch and fusedrnn from source, run the GPU compile
 #                gate (benchmarks/compile_gate.py, no GPU needed) and the test suite
 #   make bench   the same set-up, then the benchmark suite on the default device
+#   make mutants the same set-up, then every curated mutant against the tests that must catch it
 # Set-up steps are stamped in .venv, so a second run only rebuilds what changed.
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
 CSRC := $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: all install test bench gate clean
+.PHONY: all install test bench mutants clean
 
 all: test
 
@@ -39,6 +40,10 @@ test: install
 
 bench: install
 	$(PY) -m fusedrnn bench
+
+# Not part of CI: apply each curated bug (tests/mutants.py) and check the tests catch it.
+mutants: install
+	$(PY) tests/mutants.py
 
 clean:
 	rm -rf build *.egg-info fusedrnn/*.so

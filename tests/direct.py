@@ -43,6 +43,11 @@ def direct_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, mask
             keep = not bn["training"] or s < S  # steps past the last slot do not update it
 
             def norm(v, part, weight, bias):
+                if bn["training"] and v.shape[0] == 1:
+                    # one row running: mean = the row, biased variance 0, so the output is the
+                    # bias; the running statistics are not updated (no unbiased variance)
+                    out = (v - v) * weight  # zero, with zero gradient (as the exact formula)
+                    return out if bias is None else out + bias
                 rm = bn[f"rm_{part}"][slot] if keep else None
                 rv = bn[f"rv_{part}"][slot] if keep else None
                 return F.batch_norm(v, rm, rv, weight, bias, bn["training"], bn["momentum"], bn["eps"])

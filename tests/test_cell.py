@@ -10,10 +10,13 @@ from fusedrnn import ops
 from helpers import assert_close, grads
 
 B, I, H = 4, 3, 5
+# triton has no cell kernel (a single step runs on native / reference): it is not in these
+# lists; its layer kernel serves a batch-norm cell (test_batch_norm_cell_steps_like_the_layer).
 CPU_BACKENDS = fusedrnn.available_backends("cpu")
+TRITON = fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["auto"])  # auto: torch's own cell for a plain step
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("with_hx", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
@@ -99,11 +102,12 @@ def test_variational_mask_held_until_reset():
     assert seen[7] is None
 
 
-def test_batch_norm_cell_steps_like_the_layer():
+@pytest.mark.parametrize("backend", CPU_BACKENDS + (["triton"] if TRITON else []))
+def test_batch_norm_cell_steps_like_the_layer(backend):
     torch.manual_seed(0)
     T, S = 5, 3
-    lstm = fusedrnn.LSTM(I, H, batch_norm=True, bn_max_steps=S, dtype=torch.float64)
-    cell = fusedrnn.LSTMCell(I, H, batch_norm=True, bn_max_steps=S, dtype=torch.float64)
+    lstm = fusedrnn.LSTM(I, H, batch_norm=True, bn_max_steps=S, dtype=torch.float64, backend="reference")
+    cell = fusedrnn.LSTMCell(I, H, batch_norm=True, bn_max_steps=S, dtype=torch.float64, backend=backend)
     cell.load_state_dict({k.replace("_l0", ""): v for k, v in lstm.state_dict().items()})
     x = torch.randn(T, B, I, dtype=torch.float64)
     for training in (True, False):

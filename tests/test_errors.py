@@ -71,12 +71,17 @@ def _forward_cases():
     ]
 
 
+# "auto" with a plain CPU module runs torch's own LSTM; the fused backends check by themselves.
+ERROR_BACKENDS = ["auto"] + fusedrnn.available_backends("cpu")
+
+
+@pytest.mark.parametrize("backend", ERROR_BACKENDS)
 @pytest.mark.parametrize("case", _forward_cases(), ids=lambda c: c[0])
-def test_forward_errors_match_nn_lstm(case):
+def test_forward_errors_match_nn_lstm(case, backend):
     _, args, kw = case
     torch.manual_seed(0)
     ref = nn.LSTM(3, 4)
-    ours = fusedrnn.LSTM(3, 4)
+    ours = fusedrnn.LSTM(3, 4, backend=backend)
     with pytest.raises(Exception) as r:
         ref(*args, **kw)
     with pytest.raises(type(r.value)):
@@ -92,10 +97,11 @@ CELL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ERROR_BACKENDS)
 @pytest.mark.parametrize("case", CELL_CASES, ids=lambda c: c[0])
-def test_cell_errors_match_nn_lstmcell(case):
+def test_cell_errors_match_nn_lstmcell(case, backend):
     _, args = case
-    ref, ours = nn.LSTMCell(3, 4), fusedrnn.LSTMCell(3, 4)
+    ref, ours = nn.LSTMCell(3, 4), fusedrnn.LSTMCell(3, 4, backend=backend)
     with pytest.raises(Exception) as r:
         ref(*args)
     with pytest.raises(type(r.value)) as o:

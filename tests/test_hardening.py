@@ -443,10 +443,16 @@ def test_backward_in_eval_mode(backend, kw):
     for a, b in zip(res[1], res[0]):
         assert_close(a, b)
     assert all(p.grad is None for p in ours.parameters())  # grads() does not accumulate
-    cell = fusedrnn.LSTMCell(I, H, backend=_cell_backend(backend), batch_norm=bool(kw), dtype=torch.float64).eval()
-    hy, cy = cell(x[0].clone().requires_grad_())
-    (hy.sum() + cy.sum()).backward()
-    assert all(torch.isfinite(p.grad).all() for p in cell.parameters())
+    cells = [fusedrnn.LSTMCell(I, H, backend=b, batch_norm=bool(kw), dtype=torch.float64).eval()
+             for b in ("reference", _cell_backend(backend))]
+    cells[1].load_state_dict(cells[0].state_dict())
+    res = []
+    for cell in cells:
+        x0 = x[0].clone().requires_grad_()
+        hy, cy = cell(x0)
+        res.append([hy, cy, *grads(hy.sum() + cy.pow(2).sum(), [x0] + list(cell.parameters()))])
+    for a, b in zip(res[1], res[0]):
+        assert_close(a, b)
 
 
 # ---- autocast -------------------------------------------------------------------------------------------
@@ -477,7 +483,7 @@ def test_autocast_bf16_on_cpu(backend, kw):
         torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.05, msg=lambda s: f"{n}: {s}")
     for a, b in zip(g, g32):
         assert a.dtype == b.dtype
-        assert _rel_err(a, b) < 0.05, _rel_err(a, b)
+        assert _rel_err(a, b) < 0.02, _rel_err(a, b)  # measured 0.010-0.012
 
 
 def _rel_err(a, b):

@@ -47,10 +47,19 @@ CASES = list(itertools.product([None, "shared", "per_step"], [None, "train", "ev
                                [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu"))
-@pytest.mark.parametrize("mask_kind,bn_mode,proj,packed,reverse", CASES,
-                         ids=[f"mask{m}-bn{b}-P{p}-len{int(l)}-rev{int(r)}" for m, b, p, l, r in CASES])
-def test_layer_matches_direct(mask_kind, bn_mode, proj, packed, reverse, backend):
+TRITON = fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None
+# the triton kernels (interpreter, about a second a case) on a subset: every option once,
+# and all of them together
+TRITON_CASES = [c for c in CASES if sum((c[0] is not None, c[1] is not None, c[2] != 0, c[3], c[4])) <= 1
+                or c == ("per_step", "train", P, True, True) or c == ("shared", "eval", P, True, False)]
+BACKEND_CASES = [(b, c) for b in fusedrnn.available_backends("cpu") for c in CASES] + \
+    ([("triton", c) for c in TRITON_CASES] if TRITON else [])
+
+
+@pytest.mark.parametrize("backend,case", BACKEND_CASES,
+                         ids=[f"{b}-mask{m}-bn{bn}-P{p}-len{int(l)}-rev{int(r)}" for b, (m, bn, p, l, r) in BACKEND_CASES])
+def test_layer_matches_direct(case, backend):
+    mask_kind, bn_mode, proj, packed, reverse = case
     dtype = torch.float64
     g = torch.Generator().manual_seed(11)
     R = proj or H
@@ -95,15 +104,26 @@ def test_layer_matches_direct(mask_kind, bn_mode, proj, packed, reverse, backend
             assert_close(bn_f[k], bn_d[k], msg=f"running {k}")
 
 
-def test_gradients_through_final_state_only():
-    """Gradients that flow only through h_n / c_n (no loss on y)."""
-    torch.manual_seed(0)
-    lstm = fusedrnn.LSTM(I, H, num_layers=2, bidirectional=True, batch_norm=True,
-                         recurrent_dropout=0.2, variational=True, dtype=torch.float64, backend="reference")
-    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    _, (h_n, c_n) = lstm(x)
-    (gx,) = torch.autograd.grad(h_n.sum() + c_n.pow(2).sum(), x)
-    assert torch.isfinite(gx).all() and gx.abs().sum() > 0
+@pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu") + (["triton"] if TRITON else []))
+def test_gradients_through_final_state_only(backend):
+    """Gradients that flow only through h_n / c_n (no loss on y), with every regularizer:
+    equal to the reference backend's, and equal to the gradient of the same function with a
+    zero weight on y (so nothing leaks from an unused output)."""
+    def run(be, y_weight):
+        torch.manual_seed(0)
+        lstm = fusedrnn.LSTM(I, H, num_layers=2, bidirectional=True, batch_norm=True, recurrent_dropout=0.2,
+                             variational=True, dtype=torch.float64, backend=be)
+        x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+        torch.manual_seed(1)  # the same masks
+        y, (h_n, c_n) = lstm(x)
+        loss = h_n.sum() + c_n.pow(2).sum() + (0 if y_weight is None else (y * y_weight).sum())
+        return torch.autograd.grad(loss, [x] + list(lstm.parameters()))
+
+    want = run("reference", None)
+    assert want[0].abs().sum() > 0
+    for got in (run(backend, None), run(backend, torch.zeros(T, B, 2 * H, dtype=torch.float64))):
+        for a, b in zip(got, want):
+            assert_close(a, b)
 
 
 # ---- module-level mask semantics ----------------------------------------------------
@@ -138,8 +158,9 @@ def test_recurrent_masks_shared_or_per_step(monkeypatch, variational):
         assert set(torch.unique(m).tolist()) <= {0.0, torch.tensor(1 / 0.6).item()}
     assert not torch.equal(masks[0], masks[1])  # independent per direction / layer
     rec.calls.clear()
+    lstm.backend = "native"  # auto would run torch's own LSTM in eval mode: no layer op to inspect
     lstm.eval()(torch.randn(T, B, I))
-    assert all(c["mask"] is None for c in rec.calls)
+    assert len(rec.calls) == 4 and all(c["mask"] is None for c in rec.calls)
 
 
 def test_drop_rate_and_scaling():

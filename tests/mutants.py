@@ -1,0 +1,177 @@
+"""``make mutants``: apply realistic bugs one at a time and check that the tests catch each.
+
+Every mutant is a small edit of one source file (an exact text that must occur once) and
+the fast tests that should catch it.  The working tree is copied once to a scratch folder
+(tracked and untracked, not ignored files, plus the built fusedrnn/_C library); each
+mutant is applied there, its tests run with the scratch copy first on the import path,
+and the edit is undone.  The report says, per mutant, caught or SURVIVED (a survivor is a
+missing test).  Not part of CI (it runs the selected tests once per mutant).
+
+    python tests/mutants.py [--only NAME ...] [--list] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    why: str
+
+
+SEM = "tests/test_semantics.py"
+MUTANTS = [
+    Mutant("running-stats-one-row", "fusedrnn/ops/layer.py", "upd = cnt > 1", "upd = cnt > 0",
+           (SEM + "::test_running_stats_with_one_active_row", SEM + "::test_update_running_stats_skips_single_row_steps"),
+           "steps with a single active row pull running_var towards 0"),
+    Mutant("dropout-after-last-layer", "fusedrnn/modules/lstm.py",
+           "if self.dropout > 0 and self.training and layer < self.num_layers - 1:",
+           "if self.dropout > 0 and self.training:",
+           (SEM + "::test_between_layer_dropout_matches_nn_lstm", SEM + "::test_no_dropout_after_the_last_layer"),
+           "between-layer dropout also on the last layer's output"),
+    Mutant("variational-dropout-not-regularized", "fusedrnn/modules/lstm.py",
+           "self.recurrent_dropout > 0 or (self.dropout > 0 and self.variational)",
+           "self.recurrent_dropout > 0",
+           (SEM + "::test_variational_between_layer_mask_is_constant_over_time", SEM + "::test_which_path_runs_lstm"),
+           "auto runs torch's LSTM (per-element masks) for variational between-layer dropout"),
+    Mutant("cell-mask-ignored-under-auto", "fusedrnn/modules/cell.py",
+           "regularized = self.batch_norm or mask is not None or",
+           "regularized = self.batch_norm or",
+           (SEM + "::test_explicit_cell_mask_is_honoured", SEM + "::test_which_path_runs_cell"),
+           "an explicit LSTMCell mask is ignored and the call goes to torch's cell"),
+    Mutant("python-bn-x-fallback-raises", "fusedrnn/ops/layer.py",
+           "        xs = reverse_sequences(xw, lengths) if reverse else xw  # processing order\n",
+           "        raise RuntimeError('mutant')\n",
+           (SEM + "::test_python_bn_x_path_without_the_native_kernel",),
+           "the plain-PyTorch BN_x path (no native batch-norm kernel) is broken"),
+    Mutant("triton-persistent-block-mapping", "fusedrnn/backends/triton/kernels.py",
+           "    pid_b = pid % n_bblk\n    pid_c = pid // n_bblk\n    offs_b = pid_b * BB + tl.arange(0, BB)\n"
+           "    offs_j = pid_c * BH + tl.arange(0, BH)\n    offs_p",
+           "    pid_c = pid % n_bblk\n    pid_b = pid // n_bblk\n    offs_b = pid_b * BB + tl.arange(0, BB)\n"
+           "    offs_j = pid_c * BH + tl.arange(0, BH)\n    offs_p",
+           (SEM + "::test_triton_persistent_with_several_row_and_column_blocks",),
+           "row and column block indices of the persistent forward swapped"),
+    Mutant("gate-order", "fusedrnn/backends/reference.py",
+           "i, f, g, o = (xp[s] + hh).chunk(4, 1)", "f, i, g, o = (xp[s] + hh).chunk(4, 1)",
+           ("tests/test_lstm_dropin.py::test_matches_nn_lstm",),
+           "input and forget gates swapped in the reference recurrence"),
+    Mutant("dropout-scale", "fusedrnn/ops/dropout.py",
+           "bernoulli_(keep).div_(keep)", "bernoulli_(keep)",
+           ("tests/test_regularizers.py::test_drop_rate_and_scaling",
+            SEM + "::test_variational_between_layer_mask_is_constant_over_time"),
+           "masks not scaled by 1 / (1 - p)"),
+    Mutant("c0-gradient", "fusedrnn/backends/native.py",
+           "return (g_xp, g_h0, g_c0, g_whh,", "return (g_xp, g_h0, None, g_whh,",
+           ("tests/test_lstm_dropin.py::test_matches_nn_lstm",),
+           "the native layer op drops the gradient of c0"),
+    Mutant("reverse-off-by-one", "fusedrnn/backends/base.py",
+           "idx = torch.where(s < L, L - 1 - s, s)", "idx = torch.where(s < L - 1, L - 2 - s, s)",
+           ("tests/test_lstm_dropin.py::test_matches_nn_lstm", "tests/test_regularizers.py::test_layer_matches_direct"),
+           "each row reversed within one step less than its length"),
+    Mutant("bn-eval-uses-batch-stats", "fusedrnn/backends/base.py",
+           "    if training:\n        if active is None:", "    if True:\n        if active is None:",
+           ("tests/test_regularizers.py::test_layer_matches_direct",),
+           "eval-mode batch norm normalises with batch statistics (reference)"),
+    Mutant("patch-defaults-leak", "fusedrnn/modules/patch.py",
+           "            if stack[i] is self._entry:\n                del stack[i]\n",
+           "            if stack[i] is self._entry:\n                pass\n",
+           ("tests/test_user_paths.py::test_patch_builds_fusedrnn_modules_with_options_and_restores",),
+           "restore() leaves the patch's options as the defaults"),
+    Mutant("unbatched-batch-first", "fusedrnn/modules/lstm.py",
+           "output = output.squeeze(0 if self.batch_first else 1)", "output = output.squeeze(1)",
+           ("tests/test_lstm_dropin.py::test_matches_nn_lstm",),
+           "unbatched input with batch_first returns [1, T, H]"),
+]
+
+
+def _copy_tree(dst: str) -> None:
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    files += [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "fusedrnn", "_C*.so"))]
+    for f in filter(None, files):
+        src = os.path.join(ROOT, f)
+        if not os.path.isfile(src):
+            continue
+        os.makedirs(os.path.dirname(os.path.join(dst, f)) or dst, exist_ok=True)
+        shutil.copy2(src, os.path.join(dst, f))
+
+
+def _run_tests(scratch: str, tests: tuple[str, ...]) -> tuple[bool, str]:
+    env = dict(os.environ, PYTHONPATH=scratch, PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:logging", *tests]
+    r = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, timeout=1800)
+    failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in r.stdout.splitlines() if ln.startswith("FAILED ")]
+    return r.returncode != 0, (failed[0] if failed else r.stdout.strip().splitlines()[-1] if r.stdout else r.stderr[-200:])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", help="mutant names")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    args = ap.parse_args(argv)
+    todo = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.list:
+        for m in todo:
+            print(f"{m.name:38s} {m.file}: {m.why}")
+        return 0
+    scratch = tempfile.mkdtemp(prefix="fusedrnn-mutants-")
+    _copy_tree(scratch)
+    check = subprocess.run([sys.executable, "-c", "import fusedrnn; print(fusedrnn.__file__)"], cwd=scratch,
+                           env=dict(os.environ, PYTHONPATH=scratch), capture_output=True, text=True)
+    if not check.stdout.startswith(scratch):
+        print(f"mutants: the scratch copy does not shadow the installed fusedrnn ({check.stdout or check.stderr})")
+        return 2
+    rows, survivors = [], 0
+    try:
+        failed, last = _run_tests(scratch, tuple(sorted({t for m in todo for t in m.tests})))
+        if failed:
+            print(f"mutants: the selected tests fail without any mutant ({last}); fix them first")
+            return 2
+        for m in todo:
+            path = os.path.join(scratch, m.file)
+            with open(path) as f:
+                src = f.read()
+            if src.count(m.old) != 1:
+                rows.append((m.name, "STALE", 0.0, f"the text to mutate occurs {src.count(m.old)} times in {m.file}"))
+                survivors += 1
+                continue
+            with open(path, "w") as f:
+                f.write(src.replace(m.old, m.new))
+            t0 = time.time()
+            try:
+                caught, detail = _run_tests(scratch, m.tests)
+            finally:
+                with open(path, "w") as f:
+                    f.write(src)
+            survivors += not caught
+            rows.append((m.name, "caught" if caught else "SURVIVED", time.time() - t0, detail))
+            print(f"{m.name:38s} {rows[-1][1]:9s} {rows[-1][2]:6.1f} s  {detail}", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\n| mutant | result | by |\n|---|---|---|")
+    for name, res, _, detail in rows:
+        print(f"| {name} | {res} | {detail} |")
+    print(f"\n{len(rows) - survivors} of {len(rows)} caught" + (f"; {survivors} survived" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
