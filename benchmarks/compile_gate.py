@@ -73,7 +73,7 @@ def allowed_spill(name: str, nbytes: int):
 
 def triton_jobs(full: bool):
     from fusedrnn.backends.triton import config as C
-    from fusedrnn.backends.triton import gate
+    from fusedrnn.backends.triton import aot as gate
     from fusedrnn.bench.suite import DTYPES, PRESETS
 
     variants = {"plain": dict(), "variational+bn": dict(mask="shared", bn="train")}
@@ -104,7 +104,7 @@ def compile_triton(job):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fusedrnn.backends.triton import gate
+    from fusedrnn.backends.triton import aot as gate
 
     _, arch, name, kc = job
     row = dict(kind="triton", name=name, arch=arch, dtype=name.split("[")[1].split("]")[0],

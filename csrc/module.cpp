@@ -31,6 +31,13 @@ PyObject* PyInit__C(void) {
 }
 }
 
+// The parameter arguments of both layer ops (ops.h LayerArgs), in order.
+#define FUSEDRNN_LAYER_PARAMS                                                                      \
+  "Tensor w_hh, Tensor? w_hr, Tensor? mask, int mask_mode, Tensor? lengths, bool reverse, "        \
+  "int norm_mode, Tensor? bn_h_weight, Tensor? bn_c_weight, Tensor? bn_c_bias, "                   \
+  "Tensor? bn_h_running_mean, Tensor? bn_h_running_var, Tensor? bn_c_running_mean, "               \
+  "Tensor? bn_c_running_var, int bn_step_offset, float bn_eps"
+
 TORCH_LIBRARY(fusedrnn, m) {
   // Fused LSTM cell pointwise step.  Shapes: gates [B, 4H], cx [B, H].
   m.def("lstm_cell_forward(Tensor gates, Tensor cx) -> (Tensor hy, Tensor cy, Tensor act)",
@@ -41,34 +48,30 @@ TORCH_LIBRARY(fusedrnn, m) {
       {at::Tag::pt2_compliant_tag});
 
   // The layer recurrence op: one LSTM layer, one direction, a whole sequence (see
-  // fusedrnn/backends/base.py for the exact semantics).  Shapes: xp [T, B, G], h0 [B, R],
-  // c0 [B, H], w_hh [G, R], w_hr [P, H], mask [B, R] or [T, B, R], lengths [B] (int64),
-  // BN: weights [G] / [H], running statistics [S, G] / [S, H].
+  // fusedrnn/ops/contract.py for the exact semantics and the encodings; the Triton ops
+  // fusedrnn_triton::lstm_layer_forward / _backward have the same schema).  Shapes: xp [T, B, G],
+  // h0 [B, R], c0 [B, H], w_hh [G, R], w_hr [P, H], mask [B, R] (mask_mode 1, shared) or
+  // [T, B, R] (mask_mode 2, per step), lengths [B] (int64); norm_mode 0 none, 1 batch norm in
+  // training, 2 batch norm with the running statistics: BN weights [G] / [H], running
+  // statistics [S, G] / [S, H].
   // Outputs: y [T, B, R], h_n [B, R], c_n [B, H]; batch statistics h_stats [T, 2, G] and
-  // c_stats [T, 2, H] (mean, biased var; empty unless BN in training); and the workspace
-  // kept for backward (empty unless save_workspace): hm [T, B, R] (masked h entering
-  // W_hh), act [T, B, G] (activated gates), c [T + 1, B, H] (cell states, c0 first),
-  // hh_hat [T, B, G] (normalised W_hh h, BN only), hc [T, B, H] (h before W_hr, proj only).
-  // Workspace tensors are indexed by the step s (processing order).
+  // c_stats [T, 2, H] (mean, biased var; empty unless norm_mode 1); and the workspace kept
+  // for backward (empty unless save_workspace): ws_h [T, B, R] (masked h entering W_hh),
+  // ws_act [T, B, G] (activated gates), ws_c [T + 1, B, H] (cell states, c0 first),
+  // ws_hh_hat [T, B, G] (normalised W_hh h, BN only), ws_hc [T, B, H] (h before W_hr, proj
+  // only).  Workspace tensors are indexed by the step s (processing order).
   m.def(
-      "lstm_layer_forward(Tensor xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? mask,"
-      " Tensor? lengths, bool reverse, Tensor? bn_h_weight, Tensor? bn_c_weight, Tensor? bn_c_bias,"
-      " Tensor? bn_h_running_mean, Tensor? bn_h_running_var, Tensor? bn_c_running_mean,"
-      " Tensor? bn_c_running_var, bool bn_training, int bn_step_offset, float bn_eps,"
-      " bool save_workspace)"
-      " -> (Tensor y, Tensor h_n, Tensor c_n, Tensor h_stats, Tensor c_stats, Tensor ws_hm,"
+      "lstm_layer_forward(Tensor xp, Tensor h0, Tensor c0, " FUSEDRNN_LAYER_PARAMS ", bool save_workspace)"
+      " -> (Tensor y, Tensor h_n, Tensor c_n, Tensor h_stats, Tensor c_stats, Tensor ws_h,"
       " Tensor ws_act, Tensor ws_c, Tensor ws_hh_hat, Tensor ws_hc)",
       {at::Tag::pt2_compliant_tag});
-  // Backward of lstm_layer_forward.  grad_y [T, B, R], grad_h_n [B, R], grad_c_n [B, H].
-  // Returns grad_xp [T, B, G], grad_h0, grad_c0, grad_w_hh [G, R], grad_w_hr [P, H] (empty
-  // without projection), and the gradients of bn_h_weight, bn_c_weight, bn_c_bias (empty
-  // without batch norm).
+  // Backward of lstm_layer_forward: the gradients of its three outputs, its parameter
+  // arguments unchanged, then its statistics and workspace.  Returns grad_xp [T, B, G],
+  // grad_h0, grad_c0, grad_w_hh [G, R], grad_w_hr [P, H] (empty without projection), and the
+  // gradients of bn_h_weight, bn_c_weight, bn_c_bias (empty without batch norm).
   m.def(
-      "lstm_layer_backward(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh,"
-      " Tensor? w_hr, Tensor? mask, Tensor? lengths, bool reverse, Tensor? bn_h_weight,"
-      " Tensor? bn_c_weight, Tensor? bn_c_bias, Tensor? bn_h_running_var, Tensor? bn_c_running_mean,"
-      " Tensor? bn_c_running_var, bool bn_training, int bn_step_offset, float bn_eps,"
-      " Tensor h_stats, Tensor c_stats, Tensor ws_hm, Tensor ws_act, Tensor ws_c, Tensor ws_hh_hat,"
+      "lstm_layer_backward(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, " FUSEDRNN_LAYER_PARAMS ","
+      " Tensor h_stats, Tensor c_stats, Tensor ws_h, Tensor ws_act, Tensor ws_c, Tensor ws_hh_hat,"
       " Tensor ws_hc)"
       " -> (Tensor grad_xp, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh, Tensor grad_w_hr,"
       " Tensor grad_bn_h_weight, Tensor grad_bn_c_weight, Tensor grad_bn_c_bias)",

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -50,80 +51,38 @@ inline void check_cell_backward_args(const at::Tensor& grad_hy, const at::Tensor
 
 // ---- lstm_layer: the layer recurrence op (schema and shapes in module.cpp) -------------
 
-struct LayerDims {
-  int64_t T, B, H, G, R, P, S;
-  bool proj, mask, mask_per_step, lengths, bn, reverse;
-};
-
 using OptT = std::optional<at::Tensor>;
 
-// Checks every argument of lstm_layer_forward / _backward that they share; returns the sizes.
-// xp stands for the data dtype and device; T, B, G are the sizes of xp ([T, B, G]).
-inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Tensor& xp,
-                                  const at::Tensor& h0, const at::Tensor& c0,
-                                  const at::Tensor& w_hh, const OptT& w_hr, const OptT& mask,
-                                  const OptT& lengths, bool reverse, const OptT& bn_h_weight,
-                                  const OptT& bn_c_weight, const OptT& bn_c_bias) {
-  LayerDims d{};
-  check_float(xp, "xp");
-  d.T = T;
-  d.B = B;
-  d.G = G;
-  TORCH_CHECK(d.G % 4 == 0, "fusedrnn: xp must have 4H gate columns, got ", d.G);
-  d.H = d.G / 4;
-  check_dim(w_hh, 2, "w_hh");
-  check_same(xp, w_hh, "xp", "w_hh");
-  TORCH_CHECK(w_hh.size(0) == d.G, "fusedrnn: w_hh must have ", d.G, " rows (4H), got ", w_hh.size(0));
-  d.R = w_hh.size(1);
-  d.proj = w_hr.has_value();
-  d.P = d.proj ? w_hr->size(0) : 0;
-  if (d.proj) {
-    check_dim(*w_hr, 2, "w_hr");
-    check_same(xp, *w_hr, "xp", "w_hr");
-    TORCH_CHECK(w_hr->size(0) == d.R && w_hr->size(1) == d.H, "fusedrnn: w_hr must have shape [",
-                d.R, ", ", d.H, "], got ", w_hr->sizes());
-  } else {
-    TORCH_CHECK(d.R == d.H, "fusedrnn: w_hh must have shape [4H, H] = [", d.G, ", ", d.H,
-                "] without projection, got ", w_hh.sizes());
-  }
-  check_same(xp, h0, "xp", "h0");
-  check_same(xp, c0, "xp", "c0");
-  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == d.B && h0.size(1) == d.R,
-              "fusedrnn: h0 must have shape [", d.B, ", ", d.R, "], got ", h0.sizes());
-  TORCH_CHECK(c0.dim() == 2 && c0.size(0) == d.B && c0.size(1) == d.H,
-              "fusedrnn: c0 must have shape [", d.B, ", ", d.H, "], got ", c0.sizes());
-  d.mask = mask.has_value();
-  if (d.mask) {
-    check_same(xp, *mask, "xp", "mask");
-    d.mask_per_step = mask->dim() == 3;
-    const bool ok = d.mask_per_step
-                        ? (mask->size(0) == d.T && mask->size(1) == d.B && mask->size(2) == d.R)
-                        : (mask->dim() == 2 && mask->size(0) == d.B && mask->size(1) == d.R);
-    TORCH_CHECK(ok, "fusedrnn: mask must have shape [", d.B, ", ", d.R, "] (shared) or [", d.T,
-                ", ", d.B, ", ", d.R, "] (per step), got ", mask->sizes());
-  }
-  d.lengths = lengths.has_value();
-  if (d.lengths) {
-    TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
-                    lengths->size(0) == d.B,
-                "fusedrnn: lengths must be an int64 tensor of shape [", d.B, "], got ",
-                lengths->scalar_type(), " ", lengths->sizes());
-  }
-  d.reverse = reverse;
-  d.bn = bn_h_weight.has_value();
-  TORCH_CHECK(d.bn == bn_c_weight.has_value() && d.bn == bn_c_bias.has_value(),
-              "fusedrnn: bn_h_weight, bn_c_weight and bn_c_bias must be given together");
-  if (d.bn) {
-    check_same(xp, *bn_h_weight, "xp", "bn_h_weight");
-    check_same(xp, *bn_c_weight, "xp", "bn_c_weight");
-    check_same(xp, *bn_c_bias, "xp", "bn_c_bias");
-    TORCH_CHECK(bn_h_weight->numel() == d.G && bn_c_weight->numel() == d.H &&
-                    bn_c_bias->numel() == d.H,
-                "fusedrnn: batch-norm weights must have ", d.G, ", ", d.H, " and ", d.H,
-                " elements (bn_h_weight, bn_c_weight, bn_c_bias)");
-  }
-  return d;
-}
+// The encodings of the op contract (fusedrnn/ops/contract.py: MaskMode, NormMode).
+enum MaskMode : int64_t { kMaskNone = 0, kMaskShared = 1, kMaskPerStep = 2 };
+enum NormMode : int64_t { kNormNone = 0, kNormBatchTrain = 1, kNormBatchEval = 2 };
+
+// The parameter arguments of lstm_layer_forward and lstm_layer_backward, in schema order
+// (both ops take them, after their three data tensors).
+struct LayerArgs {
+  const at::Tensor& w_hh;
+  const OptT& w_hr;
+  const OptT& mask;
+  int64_t mask_mode;
+  const OptT& lengths;
+  bool reverse;
+  int64_t norm_mode;
+  const OptT& bn_h_weight;
+  const OptT& bn_c_weight;
+  const OptT& bn_c_bias;
+  const OptT& bn_h_running_mean;
+  const OptT& bn_h_running_var;
+  const OptT& bn_c_running_mean;
+  const OptT& bn_c_running_var;
+  int64_t bn_step_offset;
+  double bn_eps;
+};
+
+struct LayerDims {
+  int64_t T, B, H, G, R, P;
+  int64_t S;  // running-statistics slots (eval-mode batch norm), else 1
+  bool proj, mask, mask_per_step, lengths, bn, bn_train, reverse;
+};
 
 // Running statistics (eval-mode batch norm): [S, width], at least one slot.
 inline int64_t check_running(const OptT& t, int64_t width, const at::Tensor& like, const char* name) {
@@ -132,6 +91,91 @@ inline int64_t check_running(const OptT& t, int64_t width, const at::Tensor& lik
   TORCH_CHECK(t->dim() == 2 && t->size(0) >= 1 && t->size(1) == width, "fusedrnn: ", name,
               " must have shape [S, ", width, "], got ", t->sizes());
   return t->size(0);
+}
+
+// Checks every argument the layer ops share and returns the sizes.  like stands for the data
+// dtype and device (xp forward, grad_y backward); [T, B, G] are xp's sizes; h0 / c0 (or their
+// gradients) are [B, R] / [B, H].
+inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Tensor& like,
+                                  const at::Tensor& h0, const at::Tensor& c0, const LayerArgs& a) {
+  LayerDims d{};
+  check_float(like, "xp");
+  d.T = T;
+  d.B = B;
+  d.G = G;
+  TORCH_CHECK(d.G % 4 == 0, "fusedrnn: xp must have 4H gate columns, got ", d.G);
+  d.H = d.G / 4;
+  check_dim(a.w_hh, 2, "w_hh");
+  check_same(like, a.w_hh, "xp", "w_hh");
+  TORCH_CHECK(a.w_hh.size(0) == d.G, "fusedrnn: w_hh must have ", d.G, " rows (4H), got ", a.w_hh.size(0));
+  d.R = a.w_hh.size(1);
+  d.proj = a.w_hr.has_value();
+  d.P = d.proj ? a.w_hr->size(0) : 0;
+  if (d.proj) {
+    check_dim(*a.w_hr, 2, "w_hr");
+    check_same(like, *a.w_hr, "xp", "w_hr");
+    TORCH_CHECK(a.w_hr->size(0) == d.R && a.w_hr->size(1) == d.H, "fusedrnn: w_hr must have shape [",
+                d.R, ", ", d.H, "], got ", a.w_hr->sizes());
+  } else {
+    TORCH_CHECK(d.R == d.H, "fusedrnn: w_hh must have shape [4H, H] = [", d.G, ", ", d.H,
+                "] without projection, got ", a.w_hh.sizes());
+  }
+  check_same(like, h0, "xp", "h0");
+  check_same(like, c0, "xp", "c0");
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == d.B && h0.size(1) == d.R,
+              "fusedrnn: h0 must have shape [", d.B, ", ", d.R, "], got ", h0.sizes());
+  TORCH_CHECK(c0.dim() == 2 && c0.size(0) == d.B && c0.size(1) == d.H,
+              "fusedrnn: c0 must have shape [", d.B, ", ", d.H, "], got ", c0.sizes());
+  TORCH_CHECK(a.mask_mode >= kMaskNone && a.mask_mode <= kMaskPerStep,
+              "fusedrnn: mask_mode must be 0 (none), 1 (shared) or 2 (per step), got ", a.mask_mode);
+  d.mask = a.mask_mode != kMaskNone;
+  TORCH_CHECK(d.mask == a.mask.has_value(), "fusedrnn: mask_mode ", a.mask_mode,
+              (d.mask ? " needs a mask" : " takes no mask"));
+  if (d.mask) {
+    check_same(like, *a.mask, "xp", "mask");
+    d.mask_per_step = a.mask_mode == kMaskPerStep;
+    const at::Tensor& m = *a.mask;
+    const bool ok = d.mask_per_step
+                        ? (m.dim() == 3 && m.size(0) == d.T && m.size(1) == d.B && m.size(2) == d.R)
+                        : (m.dim() == 2 && m.size(0) == d.B && m.size(1) == d.R);
+    TORCH_CHECK(ok, "fusedrnn: mask must have shape ",
+                d.mask_per_step ? "[T, B, R] (per step) = [" : "[B, R] (shared) = [",
+                d.mask_per_step ? std::to_string(d.T) + ", " : std::string(), d.B, ", ", d.R, "], got ",
+                m.sizes());
+  }
+  d.lengths = a.lengths.has_value();
+  if (d.lengths) {
+    TORCH_CHECK(a.lengths->scalar_type() == at::kLong && a.lengths->dim() == 1 && a.lengths->size(0) == d.B,
+                "fusedrnn: lengths must be an int64 tensor of shape [", d.B, "], got ",
+                a.lengths->scalar_type(), " ", a.lengths->sizes());
+  }
+  d.reverse = a.reverse;
+  TORCH_CHECK(a.norm_mode >= kNormNone && a.norm_mode <= kNormBatchEval,
+              "fusedrnn: norm_mode must be 0 (none), 1 (batch norm, training) or 2 (batch norm, eval), got ",
+              a.norm_mode);
+  d.bn = a.norm_mode != kNormNone;
+  d.bn_train = a.norm_mode == kNormBatchTrain;
+  TORCH_CHECK(d.bn == a.bn_h_weight.has_value() && d.bn == a.bn_c_weight.has_value() &&
+                  d.bn == a.bn_c_bias.has_value(),
+              "fusedrnn: bn_h_weight, bn_c_weight and bn_c_bias go with batch norm (norm_mode ", a.norm_mode, ")");
+  if (d.bn) {
+    check_same(like, *a.bn_h_weight, "xp", "bn_h_weight");
+    check_same(like, *a.bn_c_weight, "xp", "bn_c_weight");
+    check_same(like, *a.bn_c_bias, "xp", "bn_c_bias");
+    TORCH_CHECK(a.bn_h_weight->numel() == d.G && a.bn_c_weight->numel() == d.H && a.bn_c_bias->numel() == d.H,
+                "fusedrnn: batch-norm weights must have ", d.G, ", ", d.H, " and ", d.H,
+                " elements (bn_h_weight, bn_c_weight, bn_c_bias)");
+  }
+  TORCH_CHECK(a.bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
+  d.S = 1;
+  if (d.bn && !d.bn_train) {
+    d.S = check_running(a.bn_h_running_mean, d.G, like, "bn_h_running_mean");
+    TORCH_CHECK(check_running(a.bn_h_running_var, d.G, like, "bn_h_running_var") == d.S &&
+                    check_running(a.bn_c_running_mean, d.H, like, "bn_c_running_mean") == d.S &&
+                    check_running(a.bn_c_running_var, d.H, like, "bn_c_running_var") == d.S,
+                "fusedrnn: running statistics must all have the same number of slots");
+  }
+  return d;
 }
 
 // Sequence lengths on the CPU, checked to lie in [0, T].
@@ -154,21 +198,28 @@ using LayerForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tenso
 using LayerBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                     at::Tensor, at::Tensor, at::Tensor>;
 
-LayerForwardOut lstm_layer_forward_cpu(
-    const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
-    const OptT& w_hr, const OptT& mask, const OptT& lengths, bool reverse, const OptT& bn_h_weight,
-    const OptT& bn_c_weight, const OptT& bn_c_bias, const OptT& bn_h_running_mean,
-    const OptT& bn_h_running_var, const OptT& bn_c_running_mean, const OptT& bn_c_running_var,
-    bool bn_training, int64_t bn_step_offset, double bn_eps, bool save_workspace);
+// The op signatures (schemas in module.cpp), one implementation per device: the three data
+// tensors, the LayerArgs in order, then save_workspace (forward) or the statistics and the
+// workspace (backward).
+#define FUSEDRNN_LAYER_ARGS_DECL                                                                     \
+  const at::Tensor &w_hh, const OptT &w_hr, const OptT &mask, int64_t mask_mode, const OptT &lengths, \
+      bool reverse, int64_t norm_mode, const OptT &bn_h_weight, const OptT &bn_c_weight,             \
+      const OptT &bn_c_bias, const OptT &bn_h_running_mean, const OptT &bn_h_running_var,              \
+      const OptT &bn_c_running_mean, const OptT &bn_c_running_var, int64_t bn_step_offset, double bn_eps
+#define FUSEDRNN_LAYER_ARGS                                                                           \
+  LayerArgs {                                                                                          \
+    w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, bn_h_weight, bn_c_weight, bn_c_bias,    \
+        bn_h_running_mean, bn_h_running_var, bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps \
+  }
+#define FUSEDRNN_LAYER_BACKWARD_TAIL_DECL                                                              \
+  const at::Tensor &h_stats, const at::Tensor &c_stats, const at::Tensor &ws_h, const at::Tensor &ws_act, \
+      const at::Tensor &ws_c, const at::Tensor &ws_hh_hat, const at::Tensor &ws_hc
 
-LayerBackwardOut lstm_layer_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-    const at::Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& lengths, bool reverse,
-    const OptT& bn_h_weight, const OptT& bn_c_weight, const OptT& bn_c_bias,
-    const OptT& bn_h_running_var, const OptT& bn_c_running_mean, const OptT& bn_c_running_var,
-    bool bn_training, int64_t bn_step_offset, double bn_eps, const at::Tensor& h_stats,
-    const at::Tensor& c_stats, const at::Tensor& ws_hm, const at::Tensor& ws_act,
-    const at::Tensor& ws_c, const at::Tensor& ws_hh_hat, const at::Tensor& ws_hc);
+LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,
+                                       FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace);
+LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n,
+                                         const at::Tensor& grad_c_n, FUSEDRNN_LAYER_ARGS_DECL,
+                                         FUSEDRNN_LAYER_BACKWARD_TAIL_DECL);
 
 // ---- batch_norm_steps: per-step batch norm over [T, B, F] (schema in module.cpp) ---------
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_forward_cpu(

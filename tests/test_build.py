@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn.backends import native
+from fusedrnn.backends import compiled
 
 
 def test_extension_loaded():
-    assert native.LOAD_ERROR is None, native.LOAD_ERROR
-    assert native.has_kernel("lstm_cell_forward", "CPU")
+    assert compiled.LOAD_ERROR is None, compiled.LOAD_ERROR
+    assert compiled.has_kernel("lstm_cell_forward", "CPU")
     assert "native" in fusedrnn.available_backends("cpu")
 
 
@@ -23,8 +23,8 @@ def test_cuda_kernels_compiled():
     nvcc = shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")
     if not nvcc:
         pytest.skip("nvcc not found")
-    assert native.has_kernel("lstm_cell_forward", "CUDA")
-    assert native.has_kernel("lstm_cell_backward", "CUDA")
+    assert compiled.has_kernel("lstm_cell_forward", "CUDA")
+    assert compiled.has_kernel("lstm_cell_backward", "CUDA")
 
 
 def test_available_backends():

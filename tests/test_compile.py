@@ -18,7 +18,8 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import fusedrnn
-from fusedrnn.backends import native
+from fusedrnn.backends import compiled
+from fusedrnn.ops import schema
 
 BACKENDS = list(fusedrnn.available_backends("cpu"))
 if fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None:
@@ -128,7 +129,7 @@ def test_inductor_fullgraph_native():
 # ---- opcheck ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(native.LOAD_ERROR is not None, reason="fusedrnn._C not built")
+@pytest.mark.skipif(compiled.LOAD_ERROR is not None, reason="fusedrnn._C not built")
 @pytest.mark.parametrize("training", [True, False])
 def test_opcheck_batch_norm_steps_backward(training):
     g = torch.Generator().manual_seed(0)
@@ -145,17 +146,15 @@ def test_opcheck_batch_norm_steps_backward(training):
 
 
 def _triton_args(case, device="cpu", dtype=torch.float64):
+    """The schema's forward args of a test_triton case (fusedrnn.ops.schema.layer_params)."""
     from test_triton import make_case
+
+    from fusedrnn.ops.contract import Config
 
     args, _ = make_case(*case, device=device, dtype=dtype)
     xp, h0, c0, w_hh, w_hr, m, lens, rev, bn = args
-    bn_mode = 0 if bn is None else (1 if bn.training else 2)
-    bn_args = (None,) * 7 if bn is None else (
-        (bn.weight_h, bn.weight_c, bn.bias_c) + ((None,) * 4 if bn.training else
-                                                 (bn.running_mean_h, bn.running_var_h, bn.running_mean_c,
-                                                  bn.running_var_c)))
-    return (xp, h0, c0, w_hh, w_hr, m, lens, *bn_args, rev, bn_mode, 1 if bn is not None else 0,
-            1e-3 if bn is not None else 1e-5, True, 0, False)
+    cfg = Config.of(xp, h0, c0, w_hh, w_hr, m, lens, rev, bn)
+    return (xp, h0, c0, *schema.layer_params(cfg, w_hh, w_hr, m, lens, bn), True)
 
 
 TRITON_CASES = [(None, None, 0, False, False), ("per_step", "train", 3, True, True), ("shared", "eval", 3, True, False)]
@@ -164,18 +163,29 @@ TRITON_CASES = [(None, None, 0, False, False), ("per_step", "train", 3, True, Tr
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton interpreter not available")
 @pytest.mark.parametrize("case", TRITON_CASES, ids=["plain", "train-all", "eval-all"])
 def test_opcheck_triton_ops(case):
-    fwd, bwd = torch.ops.fusedrnn_triton.lstm_forward, torch.ops.fusedrnn_triton.lstm_backward
+    fwd, bwd = torch.ops.fusedrnn_triton.lstm_layer_forward, torch.ops.fusedrnn_triton.lstm_layer_backward
     args = _triton_args(case)
     torch.library.opcheck(fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     with torch.no_grad():
-        y, h_n, c_n, stats_h, stats_c, hs, cs, act, hhat, hc = fwd(*args)
-    (xp, h0, c0, w_hh, w_hr, m, lens, bwh, bwc, bbc, rmh, rvh, rmc, rvc, rev, bn_mode, off, eps, _, design, tf32) = args
-    bargs = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), w_hh, w_hr, m, lens, bwh, bwc, bbc,
-             rvh, rmc, rvc, stats_h, stats_c, hs, cs, act, hhat, hc, rev, bn_mode, off, eps, design, tf32)
+        out = fwd(*args)
+    bargs = (torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]),
+             *args[3:3 + len(schema.PARAMS)], *out[3:])
     bargs = tuple(a.detach() if torch.is_tensor(a) else a for a in bargs)
     torch.library.opcheck(bwd.default, bargs,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_op_families_share_one_schema():
+    """fusedrnn:: and fusedrnn_triton:: layer ops: the same argument names, order and types."""
+    if "triton" not in BACKENDS or compiled.LOAD_ERROR is not None:
+        pytest.skip("needs both op families")
+    for name in ("lstm_layer_forward", "lstm_layer_backward"):
+        a = getattr(torch.ops.fusedrnn, name).default._schema
+        b = getattr(torch.ops.fusedrnn_triton, name).default._schema
+        sig = lambda s: [(x.name, str(x.type)) for x in s.arguments]  # noqa: E731
+        assert sig(a) == sig(b), name
+        assert [x.name for x in a.arguments][3:3 + len(schema.PARAMS)] == list(schema.PARAMS)
 
 
 @pytest.mark.gpu
@@ -199,9 +209,8 @@ def test_opcheck_cuda_ops():
         torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_forward.default, args)
         with torch.no_grad():
             out = torch.ops.fusedrnn.lstm_layer_forward(*args)
-        bargs = (torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]), args[3], args[4],
-                 args[5], args[6], args[7], args[8], args[9], args[10], args[12], args[13], args[14], args[15],
-                 args[16], args[17], *out[3:])
+        bargs = (torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]),
+                 *args[3:3 + len(schema.PARAMS)], *out[3:])
         bargs = tuple(a.detach() if torch.is_tensor(a) else a for a in bargs)
         torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_backward.default, bargs)
     v = torch.randn(4, 3, 5, device=dev, requires_grad=True)

@@ -15,7 +15,7 @@ SCRIPT = r"""
 import json, sys, tempfile, torch
 sys.path.insert(0, "benchmarks")
 import compile_gate as G
-from fusedrnn.backends.triton import gate
+from fusedrnn.backends.triton import aot as gate
 kc = gate.kernel_configs(torch.bfloat16, 10, 16, 128, 128, dict(autotune=False, designs=("step",)))[0]
 big = kc._replace(constexprs=dict(kc.constexprs, BB=32, BH=32, BK=32), num_warps=1)  # 1 warp for 32x32x4 tiles
 rows = [G.compile_triton(("triton", 90, gate.describe(big), big))]

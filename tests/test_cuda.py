@@ -11,11 +11,11 @@ from torch import nn
 
 import fusedrnn
 from fusedrnn import ops
-from fusedrnn.backends import native
+from fusedrnn.backends import compiled
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-              pytest.mark.skipif(not native.has_kernel("lstm_layer_forward", "CUDA"),
+              pytest.mark.skipif(not compiled.has_kernel("lstm_layer_forward", "CUDA"),
                                  reason="fusedrnn._C built without CUDA kernels")]
 
 DEV = "cuda"

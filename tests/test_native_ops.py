@@ -4,9 +4,10 @@ poisoned-output check of the native kernels."""
 import pytest
 import torch
 
-from fusedrnn.backends import native
+from fusedrnn.backends import compiled
+from fusedrnn.ops import schema
 
-pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason="fusedrnn._C not built")
+pytestmark = pytest.mark.skipif(compiled.LOAD_ERROR is not None, reason="fusedrnn._C not built")
 
 
 def _cell_samples(device="cpu"):
@@ -111,8 +112,15 @@ def _layer_args(case, dtype=torch.float64, T=4, B=3, H=3, P=2, S=3, requires_gra
     diff = [xp, h0, c0, w_hh] + ([w_hr] if w_hr is not None else []) + [t for t in bn_w if t is not None]
     for t in diff:
         t.requires_grad_(requires_grad)
-    return (xp, h0, c0, w_hh, w_hr, mask, lengths, bool(case.get("reverse")), *bn_w, *running,
-            bn == "train", 1, 1e-3, True), diff
+    mask_mode = {None: 0, "shared": 1, "per_step": 2}[case.get("mask")]
+    norm_mode = {None: 0, "train": 1, "eval": 2}[bn]
+    return (xp, h0, c0, w_hh, w_hr, mask, mask_mode, lengths, bool(case.get("reverse")), norm_mode, *bn_w,
+            *running, 1, 1e-3, True), diff
+
+
+def _params(args):
+    """The schema's PARAMS of forward args (what the backward takes after the gradients)."""
+    return args[3:3 + len(schema.PARAMS)]
 
 
 def _layer_id(c):
@@ -129,10 +137,8 @@ def test_opcheck_layer_backward():
     args, _ = _layer_args(dict(bn="train", mask="shared", proj=True, lengths=True))
     with torch.no_grad():
         out = torch.ops.fusedrnn.lstm_layer_forward(*args)
-    y, h_n, c_n, h_stats, c_stats, hm, act, c, hh_hat, hc = out
-    (xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, gh, gc, bc, rmh, rvh, rmc, rvc, train, off, eps, _) = args
-    bargs = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), w_hh, w_hr, mask, lengths,
-             reverse, gh, gc, bc, rvh, rmc, rvc, train, off, eps, h_stats, c_stats, hm, act, c, hh_hat, hc)
+    y, h_n, c_n = out[:3]
+    bargs = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), *_params(args), *out[3:])
     bargs = tuple(a.detach() if torch.is_tensor(a) else a for a in bargs)
     torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_backward.default, bargs)
 
@@ -140,14 +146,13 @@ def test_opcheck_layer_backward():
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_layer_id)
 def test_gradcheck_layer(case):
     args, diff = _layer_args(case)
-    names = ["xp", "h0", "c0", "w_hh", "w_hr", "mask", "lengths", "reverse", "gh", "gc", "bc", "rmh", "rvh",
-             "rmc", "rvc", "train", "off", "eps", "save"]
+    names = ["xp", "h0", "c0", *schema.PARAMS, "save"]
     a = dict(zip(names, args))
 
     def f(*ts):
         b = dict(a)
         it = iter(ts)
-        for k in ("xp", "h0", "c0", "w_hh", "w_hr", "gh", "gc", "bc"):
+        for k in ("xp", "h0", "c0", "w_hh", "w_hr", "bn_h_weight", "bn_c_weight", "bn_c_bias"):
             if b[k] is not None:
                 b[k] = next(it)
         out = torch.ops.fusedrnn.lstm_layer_forward(*(b[k] for k in names))
@@ -174,9 +179,7 @@ def test_layer_outputs_fully_written():
         for t in out:
             assert not torch.isnan(t).any(), case
         grads = torch.ops.fusedrnn.lstm_layer_backward(
-            torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]), args[3], args[4],
-            args[5], args[6], args[7], args[8], args[9], args[10], args[12], args[13], args[14], args[15],
-            args[16], args[17], *out[3:])
+            torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]), *_params(args), *out[3:])
         for t in grads:
             assert not torch.isnan(t).any(), case
 
@@ -188,13 +191,25 @@ def test_layer_bad_arguments():
     with pytest.raises(RuntimeError, match="h0 must have shape"):
         torch.ops.fusedrnn.lstm_layer_forward(*bad_h0)
     bad_len = list(args)
-    bad_len[6] = torch.tensor([9, 1, 1])
+    bad_len[7] = torch.tensor([9, 1, 1])
     with pytest.raises(RuntimeError, match="lengths must lie in"):
         torch.ops.fusedrnn.lstm_layer_forward(*bad_len)
     bad_mask = list(args)
-    bad_mask[5] = torch.ones(2, 3, dtype=torch.float64)
+    bad_mask[5], bad_mask[6] = torch.ones(2, 3, dtype=torch.float64), 1
     with pytest.raises(RuntimeError, match="mask must have shape"):
         torch.ops.fusedrnn.lstm_layer_forward(*bad_mask)
+    bad_mode = list(args)
+    bad_mode[5], bad_mode[6] = torch.ones(3, 3, dtype=torch.float64), 2  # a shared mask called per step
+    with pytest.raises(RuntimeError, match="mask must have shape"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_mode)
+    no_mask = list(args)
+    no_mask[6] = 1
+    with pytest.raises(RuntimeError, match="needs a mask"):
+        torch.ops.fusedrnn.lstm_layer_forward(*no_mask)
+    bad_norm = list(args)
+    bad_norm[9] = 3
+    with pytest.raises(RuntimeError, match="norm_mode must be"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_norm)
     bad_dtype = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
     bad_dtype[3] = args[3]
     with pytest.raises(RuntimeError, match="dtype"):
@@ -209,7 +224,8 @@ BN_CASES = [(t, l, r, b) for t in (True, False) for l in (False, True) for r in 
 @pytest.mark.parametrize("training,packed,reverse,bias", BN_CASES,
                          ids=[f"train{int(t)}-len{int(l)}-rev{int(r)}-bias{int(b)}" for t, l, r, b in BN_CASES])
 def test_batch_norm_steps_matches_python(training, packed, reverse, bias):
-    from fusedrnn.backends.base import active_rows, batch_norm_steps, reverse_sequences
+    from fusedrnn.backends.reference import batch_norm_steps
+    from fusedrnn.ops.contract import active_rows, reverse_sequences
     g = torch.Generator().manual_seed(0)
     T, B, F, S = 5, 4, 6, 3
     v = torch.randn(T, B, F, generator=g, dtype=torch.float64, requires_grad=True)

@@ -7,8 +7,9 @@ path runs for each class of configuration.
 - an explicit LSTMCell mask, honoured in train and eval;
 - eval mode: regularizers off, and the fused layer op provably called;
 - the path each configuration class takes (torch's own module or the fused ops);
-- the fallbacks: the Python BN_x path, the Triton persistent kernels with several row
-  and column blocks (interpreter, programs as threads: tests/interp_grid.py).
+- the fallbacks: the reference backend with no compiled code at all (its Python BN_x), the
+  Triton persistent kernels with several row and column blocks (interpreter, programs as
+  threads: tests/interp_grid.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 from fusedrnn import ops
-from fusedrnn.backends import native
 from direct import direct_layer
 from helpers import assert_close, grads
 
@@ -251,30 +251,59 @@ def test_which_path_runs_cell(options, training, with_mask, fused, monkeypatch):
 # ---- fallbacks -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_python_bn_x_path_without_the_native_kernel(training, monkeypatch):
-    """BN_x in plain PyTorch (the path a build without the fused batch-norm kernel takes)
-    gives the native kernel's results: outputs, gradients and running statistics."""
+_NO_COMPILED = r"""
+import json, sys
+sys.modules["fusedrnn._C"] = None  # the compiled library cannot be imported
+import torch, fusedrnn
+from fusedrnn.backends import compiled
+from torch.nn.utils.rnn import pack_padded_sequence
+assert compiled.LOAD_ERROR is not None and fusedrnn.available_backends("cpu") == ["reference"]
+assert not hasattr(torch.ops.fusedrnn, "lstm_layer_forward")
+out = {}
+for training in (True, False):
     torch.manual_seed(0)
-    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(6, 5, 4, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([6, 6, 4, 3, 2])
+    torch.manual_seed(1)
+    m = fusedrnn.LSTM(4, 5, bidirectional=True, batch_norm=True, recurrent_dropout=0.3, dtype=torch.float64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    m.train(training)
+    torch.manual_seed(2)
+    y, (h, c) = m(pack_padded_sequence(x, lengths))
+    g = torch.autograd.grad((y.data ** 2).sum() + h.sum(), [x] + list(m.parameters()))
+    out[str(training)] = [t.detach().flatten().tolist() for t in [y.data, h, c, *g, *m.buffers()]]
+print(json.dumps(out))
+"""
 
-    def run():
+
+def test_reference_backend_runs_without_compiled_code():
+    """With fusedrnn._C unavailable (a fresh process), the reference backend runs a whole
+    regularized LSTM (batch norm with its Python BN_x, recurrent dropout, packed, both
+    directions, train and eval) and gives the native kernels' results: outputs, gradients
+    and running statistics."""
+    from helpers import run_python_json
+
+    got = run_python_json(_NO_COMPILED)
+    for training in (True, False):
+        torch.manual_seed(0)
+        x = torch.randn(6, 5, 4, dtype=torch.float64, requires_grad=True)
+        lengths = torch.tensor([6, 6, 4, 3, 2])
         torch.manual_seed(1)
-        m = fusedrnn.LSTM(I, H, bidirectional=True, batch_norm=True, dtype=torch.float64, backend="native")
+        m = fusedrnn.LSTM(4, 5, bidirectional=True, batch_norm=True, recurrent_dropout=0.3, dtype=torch.float64,
+                          backend="native")
         with torch.no_grad():
-            for n, p in m.named_parameters():
+            for p in m.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         m.train(training)
+        torch.manual_seed(2)
         y, (h, c) = m(pack_padded_sequence(x, lengths))
         g = torch.autograd.grad((y.data ** 2).sum() + h.sum(), [x] + list(m.parameters()))
-        return [y.data, h, c, *g, *m.buffers()]
-
-    want = run()
-    monkeypatch.setattr(native, "batch_norm_steps_available", lambda v: False)
-    got = run()
-    for a, b in zip(got, want):
-        assert_close(a, b)
+        want = [y.data, h, c, *g, *m.buffers()]
+        assert len(want) == len(got[str(training)])
+        for a, b in zip(got[str(training)], want):
+            assert_close(torch.tensor(a, dtype=torch.float64), b.detach().flatten())
 
 
 @pytest.mark.skipif(not TRITON, reason="triton interpreter not available")
@@ -293,15 +322,16 @@ def test_triton_persistent_with_several_row_and_column_blocks(case, monkeypatch)
     works: the block mapping, the exchange of h through global memory and the barriers,
     forward and backward, against the reference."""
     from interp_grid import gpu_sized_plans, threaded_programs
-    from test_triton import TR, check_against_reference, make_case
+    from test_triton import TH, check_against_reference, make_case
 
     case = dict(case)
     design, batch, hidden, dtype, nprog = (case.pop(k) for k in ("design", "B", "H", "dtype", "nprog"))
     args, leaves = make_case(case.get("mask"), case.get("bn"), case.get("P", 0), case.get("lengths", False),
                              case.get("reverse", False), T=4, B=batch, H=hidden, dtype=dtype)
     gpu_sized_plans(monkeypatch)
-    plan = TR._plans(torch.device("cpu"), batch, hidden, args[3], bool(case.get("P")), case.get("bn") is not None,
-                     TR._DESIGN_CODES[design])[0]
+    with TH.forced_design(design):
+        plan = TH.plans_for(torch.device("cpu"), TH.shape_of(batch, hidden, args[3].shape[1], bool(case.get("P")),
+                                                             case.get("bn") is not None, dtype))[0]
     assert plan.design == "persistent" and plan.nprog == nprog, plan
     with threaded_programs():
         check_against_reference(args, leaves, design, tol=1e-9 if dtype == torch.float64 else 2e-5)

@@ -20,10 +20,13 @@ pytest.importorskip("triton")
 
 import fusedrnn  # noqa: E402
 from fusedrnn.backends import BackendError  # noqa: E402
-from fusedrnn.backends.base import Config, RecurrentBN  # noqa: E402
-from fusedrnn.backends.reference import BACKEND as REF  # noqa: E402
+from fusedrnn.backends import reference as REF  # noqa: E402  (REF.recurrence: the reference on the op's arguments)
+from fusedrnn.ops import schema  # noqa: E402
+from fusedrnn.ops.contract import Config, MaskMode, NormMode, RecurrentBN  # noqa: E402
 
-TR = importlib.import_module("fusedrnn.backends.triton.recurrence")
+TR = importlib.import_module("fusedrnn.backends.triton.backend")  # recurrence(..., design), BACKEND
+TH = importlib.import_module("fusedrnn.backends.triton.host")
+TOPS = importlib.import_module("fusedrnn.backends.triton.ops")
 TC = importlib.import_module("fusedrnn.backends.triton.config")
 CPU_DESIGNS = ("step", "persistent", "persistent-stream")
 
@@ -184,10 +187,10 @@ def test_poisoned_workspace_fully_written():
     for design in CPU_DESIGNS:
         args, _ = make_case("shared", "train", 3, True, True)
         xp, h0, c0, w_hh, w_hr, m, lens, rev, bn = args
-        outs = TR.lstm_forward(xp, h0, c0, w_hh, w_hr, m, lens, bn.weight_h, bn.weight_c, bn.bias_c,
-                               None, None, None, None, rev, 1, bn.step_offset, bn.eps, True,
-                               TR._DESIGN_CODES[design], False)
-        for name, t in zip(("y", "h_n", "c_n", "stats_h", "stats_c", "hs", "cs", "act", "hhat", "hc"), outs):
+        cfg = Config.of(xp, h0, c0, w_hh, w_hr, m, lens, rev, bn)
+        with TH.forced_design(design):
+            outs = TOPS.lstm_layer_forward(xp, h0, c0, *schema.layer_params(cfg, w_hh, w_hr, m, lens, bn), True)
+        for name, t in zip(schema.FORWARD_OUTPUTS, outs):
             assert t.numel() > 0 and not torch.isnan(t).any(), f"{design}: {name} has unwritten elements"
         # a poisoned (NaN) buffer really is NaN before the kernels run
         assert torch.isnan(torch.empty(3, dtype=torch.float64)).all()
@@ -267,13 +270,12 @@ def test_module_regularizers_and_explain():
 def test_unavailable_and_unsupported_reasons():
     be = TR.BACKEND
     cpu = be.unavailable_reason(torch.device("cpu"))
-    if TR.INTERPRET:
+    if TH.INTERPRET:
         assert cpu is None
-        assert "interpreter" in be.unsupported_reason(Config(
-            "cpu", torch.bfloat16, 5, 2, 4, 4, False, None, False, False, None, False))
+        assert "interpreter" in be.unsupported_reason(Config.build("cpu", torch.bfloat16, 5, 2, 4, 4))
     else:
         assert "CUDA" in cpu
-    cfg = Config("cpu", torch.float32, 5, 300, 4, 4, False, None, False, False, "train", False)
+    cfg = Config.build("cpu", torch.float32, 5, 300, 4, 4, norm=NormMode.BATCH_TRAIN)
     assert "B=300" in be.unsupported_reason(cfg)
     assert be.cell_unsupported_reason(cfg)
 
@@ -294,9 +296,9 @@ def test_interpreter_was_set_before_triton_import():
     """conftest.py sets TRITON_INTERPRET=1 on machines without CUDA before triton is
     imported: the kernels are then interpreted functions."""
     if torch.cuda.is_available():
-        assert not TR.INTERPRET
+        assert not TH.INTERPRET
     else:
-        assert TR.INTERPRET
+        assert TH.INTERPRET
 
 
 @cpu_only

@@ -4,7 +4,7 @@ within the device's shared memory, without (beyond a few bytes of) register spil
 
 Runs in a subprocess without TRITON_INTERPRET (this process may have the interpreter on,
 which replaces the kernels by Python functions).  A few representative configurations by
-default; FUSEDRNN_SLOW=1 compiles the whole grid (python -m fusedrnn.backends.triton.gate).
+default; FUSEDRNN_SLOW=1 compiles the whole grid (python -m fusedrnn.backends.triton.aot).
 
 The whole grid's results (354 configurations, sm_90 and sm_80: no compile failure, at most
 116 bytes of spills with 4 / 8 warps, up to 2.4 KB for per-step batch norm with B > 64) are in
@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 
 SCRIPT = r"""
 import json, torch
-from fusedrnn.backends.triton import gate
+from fusedrnn.backends.triton import aot as gate
 cases = [
     (torch.bfloat16, 32, 256, 256, dict(bn="train", mask="shared", lengths=True, reverse=True)),
     (torch.float16, 64, 128, 96, dict(mask="per_step")),
@@ -62,6 +62,6 @@ def test_chosen_configs_compile_for_sm90_and_sm80():
 @pytest.mark.skipif(os.environ.get("FUSEDRNN_SLOW") != "1", reason="FUSEDRNN_SLOW=1 compiles the whole grid")
 def test_whole_grid_compiles():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-m", "fusedrnn.backends.triton.gate", "--arch", "90", "80"],
+    r = subprocess.run([sys.executable, "-m", "fusedrnn.backends.triton.aot", "--arch", "90", "80"],
                        env=env, capture_output=True, text=True, timeout=7200)
     assert "FAIL" not in r.stdout, r.stdout[-5000:]

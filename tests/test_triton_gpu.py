@@ -17,10 +17,11 @@ from torch import nn
 pytest.importorskip("triton")
 
 import fusedrnn  # noqa: E402
-from fusedrnn.backends.reference import BACKEND as REF  # noqa: E402
+from fusedrnn.backends import reference as REF  # noqa: E402  (REF.recurrence on the op's arguments)
 
 pytestmark = pytest.mark.gpu
-TR = importlib.import_module("fusedrnn.backends.triton.recurrence")
+TR = importlib.import_module("fusedrnn.backends.triton.backend")  # recurrence(..., design)
+TH = importlib.import_module("fusedrnn.backends.triton.host")  # AUTOTUNE, the autotuners
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 T, B, I, H = 12, 16, 32, 64
 _NN_ERR = {}
@@ -76,7 +77,7 @@ def budget(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_module_within_2x_of_nn_lstm(dtype, design, monkeypatch):
     monkeypatch.setattr(TR, "DESIGN", design)
-    monkeypatch.setattr(TR, "AUTOTUNE", False)
+    monkeypatch.setattr(TH, "AUTOTUNE", False)
     errs = _module_errors({}, dtype,
                           lambda dt: fusedrnn.LSTM(I, H, device="cuda", dtype=dt, backend="triton"))
     assert max(errs) <= budget(dtype), (errs, nn_lstm_error(dtype))
@@ -92,7 +93,7 @@ def _op_case(dtype, seed=0, Bn=B, Hn=H, P=24, with_bn=True):
     def r(*s, scale=1.0):
         return scale * torch.randn(*s, generator=g, dtype=torch.float64)
 
-    from fusedrnn.backends.base import RecurrentBN
+    from fusedrnn.ops.contract import RecurrentBN
     lengths = torch.randint(1, T + 1, (Bn,), generator=g)
     lengths[: (3 * Bn) // 4] = T
     mask = torch.bernoulli(torch.full((Bn, R), 0.75, dtype=torch.float64), generator=g) / 0.75
@@ -152,7 +153,7 @@ def _op_errors(build, dtype, design):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_every_option_against_float64(dtype, design, monkeypatch):
     """Shared mask, batch norm (train), proj_size, lengths and reverse together."""
-    monkeypatch.setattr(TR, "AUTOTUNE", False)
+    monkeypatch.setattr(TH, "AUTOTUNE", False)
     errs = _op_errors(_op_case(dtype), dtype, design)
     assert max(errs.values()) <= budget(dtype), (errs, budget(dtype))
 
@@ -160,7 +161,7 @@ def test_every_option_against_float64(dtype, design, monkeypatch):
 def test_persistent_many_programs_deterministic(monkeypatch):
     """B = 48, H = 256: 2 row blocks x 16 hidden blocks = 32 programs through the grid
     barrier; the result is bitwise the same on every run and matches the per-step design."""
-    monkeypatch.setattr(TR, "AUTOTUNE", False)
+    monkeypatch.setattr(TH, "AUTOTUNE", False)
     torch.manual_seed(0)
     Bn, Hn = 48, 256
     xp = torch.randn(40, Bn, 4 * Hn, device="cuda", dtype=torch.bfloat16)
@@ -181,18 +182,18 @@ def test_persistent_many_programs_deterministic(monkeypatch):
 
 
 def test_autotuned_configs(monkeypatch):
-    monkeypatch.setattr(TR, "AUTOTUNE", True)
+    monkeypatch.setattr(TH, "AUTOTUNE", True)
     build = _op_case(torch.bfloat16, Bn=40, Hn=128, P=0, with_bn=False)  # 4 persistent configs
     errs = _op_errors(build, torch.bfloat16, "auto")
     assert max(errs.values()) <= budget(torch.bfloat16), errs
-    assert TR._TUNERS, "no autotuner ran"
+    assert TH._TUNERS, "no autotuner ran"
 
 
 def test_auto_dispatch_and_compile(monkeypatch):
     """backend='auto' can pick triton on CUDA; torch.compile(fullgraph=True) traces the
     module through the triton_op with no graph break and matches eager."""
     assert "triton" in fusedrnn.available_backends("cuda")
-    monkeypatch.setattr(TR, "AUTOTUNE", False)
+    monkeypatch.setattr(TH, "AUTOTUNE", False)
     torch.manual_seed(0)
     mod = fusedrnn.LSTM(I, H, device="cuda", backend="triton")
     x = torch.randn(T, B, I, device="cuda", requires_grad=True)

@@ -21,9 +21,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import models, serialization
-from fusedrnn.backends import native
-from fusedrnn.backends.base import Config
-from fusedrnn.ops import dispatch, evidence
+from fusedrnn.backends import compiled
+from fusedrnn.backends import cuda as cuda_backend
+from fusedrnn.ops import dispatch, evidence, plan
+from fusedrnn.ops.contract import Config, MaskMode, NormMode
 from helpers import assert_close
 
 TORCH_LSTM, TORCH_CELL = torch.nn.modules.rnn.LSTM, torch.nn.modules.rnn.LSTMCell
@@ -389,9 +390,9 @@ def test_lengths_bad(bad, match):
 
 
 def test_build_records_its_cuda_targets():
-    if not native.has_kernel("lstm_layer_forward", "CUDA"):
+    if not compiled.has_kernel("lstm_layer_forward", "CUDA"):
         pytest.skip("built without CUDA kernels")
-    kinds = {(k, a, b) for k, a, b, _ in native.CUDA_TARGETS}
+    kinds = {(k, a, b) for k, a, b, _ in cuda_backend.TARGETS}
     assert {("sm", 8, 0), ("sm", 9, 0), ("compute", 9, 0)} <= kinds  # the default list, with PTX
 
 
@@ -399,46 +400,49 @@ def test_build_records_its_cuda_targets():
                                            ((9, 0), True), ((10, 0), True), ((12, 0), True)],
                          ids=["T4", "A100", "A10", "L4", "H100", "B200", "RTX50"])
 def test_cuda_backend_offered_only_where_the_build_runs(capability, ok):
-    targets = native._parse_targets("sm_80/compute_90/sm_90")
-    why = native.cuda_arch_reason(capability, targets)
+    targets = cuda_backend.parse_targets("sm_80/compute_90/sm_90")
+    why = cuda_backend.cuda_arch_reason(capability, targets)
     assert (why is None) == ok, why
     if not ok:
         assert f"sm_{capability[0]}{capability[1]}" in why and "TORCH_CUDA_ARCH_LIST" in why
     # without PTX, a newer major version has nothing to run; an arch-specific image only its arch
-    assert native.cuda_arch_reason((10, 0), native._parse_targets("sm_80/sm_90")) is not None
-    assert native.cuda_arch_reason((9, 0), native._parse_targets("sm_90a")) is None
-    assert native.cuda_arch_reason((10, 0), native._parse_targets("sm_90a")) is not None
+    assert cuda_backend.cuda_arch_reason((10, 0), cuda_backend.parse_targets("sm_80/sm_90")) is not None
+    assert cuda_backend.cuda_arch_reason((9, 0), cuda_backend.parse_targets("sm_90a")) is None
+    assert cuda_backend.cuda_arch_reason((10, 0), cuda_backend.parse_targets("sm_90a")) is not None
 
 
 def _cfg(arch="sm_90", dtype=torch.bfloat16, **kw):
-    base = dict(device_type="cuda", dtype=dtype, T=50, B=16, H=64, R=64, proj=False, mask=None, lengths=False,
-                reverse=False, bn=None, requires_grad=True, arch=arch)
+    """A configuration on a GPU of class ``arch`` (built directly: no GPU here to ask)."""
+    base = dict(device_type="cuda", dtype=dtype, T=50, B=16, H=64, R=64, proj=False, mask=MaskMode.NONE,
+                lengths=False, reverse=False, norm=NormMode.NONE, requires_grad=True, arch=arch)
     base.update(kw)
     return Config(**base)
 
 
 def test_cuda_backend_refuses_an_arch_without_code():
-    why = native.CUDA.unsupported_reason(_cfg(arch="sm_75"))
-    if not native.has_kernel("lstm_layer_forward", "CUDA"):
+    why = cuda_backend.BACKEND.unsupported_reason(_cfg(arch="sm_75"))
+    if not compiled.has_kernel("lstm_layer_forward", "CUDA"):
         assert "not built" in why
     else:
         assert "no kernel image or PTX" in why and "sm_75" in why
-        assert native.CUDA.unsupported_reason(_cfg(arch="sm_90")) is None
+        assert cuda_backend.BACKEND.unsupported_reason(_cfg(arch="sm_90")) is None
 
 
 @pytest.fixture
 def no_evidence(monkeypatch):
     monkeypatch.setattr(evidence, "load", lambda path=evidence.PATH: {"validated": {}, "faster": []})
-    dispatch._PLANS.clear()
+    plan._PLANS.clear()
+    dispatch._resolve.cache_clear()
     yield
-    dispatch._PLANS.clear()
+    plan._PLANS.clear()
+    dispatch._resolve.cache_clear()
 
 
 def _rule(**kw):
     args = dict(kind="lstm", name="auto", device_type="cuda", dtype=torch.bfloat16, regularized=False,
                 training=True, needs_grad=True, B=16, H=768, arch="sm_90")
     args.update(kw)
-    return dispatch.module_rule(**args)
+    return plan.module_rule(**args)
 
 
 def test_gpu_plain_runs_cudnn_without_evidence(no_evidence):
@@ -484,14 +488,14 @@ def test_committed_evidence_names_triton_on_sm90():
 
 
 def test_cpu_rules():
-    assert dispatch.module_rule("lstm", "auto", "cpu", torch.float32, False, True, True, 0, 0, "")[0]
-    assert not dispatch.module_rule("lstm", "auto", "cpu", torch.float32, True, True, True, 0, 0, "")[0]
+    assert plan.module_rule("lstm", "auto", "cpu", torch.float32, False, True, True, 0, 0, "")[0]
+    assert not plan.module_rule("lstm", "auto", "cpu", torch.float32, True, True, True, 0, 0, "")[0]
     assert dispatch.candidates("auto", _cfg(arch="", device_type="cpu", dtype=torch.float32))[0] == \
         ("native", "reference")
 
 
 def test_triton_launches_under_a_device_guard(monkeypatch):
-    tr = pytest.importorskip("fusedrnn.backends.triton.recurrence")
+    tr = pytest.importorskip("fusedrnn.backends.triton.host")
     guard = tr.device_guard(types.SimpleNamespace(device=torch.device("cuda", 1)))
     assert isinstance(guard, torch.cuda.device) and guard.idx == 1
     if fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is not None:

@@ -222,33 +222,18 @@ void layer_forward(const LayerDims& d, const Rows& rows, const cpu::RepeatedGemm
 
 }  // namespace
 
-LayerForwardOut lstm_layer_forward_cpu(
-    const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
-    const at::Tensor& w_hh, const OptT& w_hr, const OptT& mask_in, const OptT& lengths,
-    bool reverse, const OptT& bn_h_weight, const OptT& bn_c_weight, const OptT& bn_c_bias,
-    const OptT& bn_h_running_mean, const OptT& bn_h_running_var, const OptT& bn_c_running_mean,
-    const OptT& bn_c_running_var, bool bn_training, int64_t bn_step_offset, double bn_eps,
-    bool save_workspace) {
+LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
+                                       FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner GEMMs record no graph
   check_float(xp_in, "xp");
   check_dim(xp_in, 3, "xp");
-  const LayerDims d = check_layer_args(xp_in.size(0), xp_in.size(1), xp_in.size(2), xp_in, h0_in,
-                                       c0_in, w_hh, w_hr, mask_in, lengths, reverse, bn_h_weight,
-                                       bn_c_weight, bn_c_bias);
+  const LayerDims d = check_layer_args(xp_in.size(0), xp_in.size(1), xp_in.size(2), xp_in, h0_in, c0_in,
+                                       FUSEDRNN_LAYER_ARGS);
   TORCH_CHECK(xp_in.scalar_type() == at::kFloat || xp_in.scalar_type() == at::kDouble,
               "fusedrnn: the native CPU layer kernel takes float32 or float64, got ",
               xp_in.scalar_type());
-  TORCH_CHECK(bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
-  const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
-  int64_t S = 1;
-  const bool bn_train = d.bn && bn_training;
-  if (d.bn && !bn_training) {
-    S = check_running(bn_h_running_mean, G, xp_in, "bn_h_running_mean");
-    TORCH_CHECK(check_running(bn_h_running_var, G, xp_in, "bn_h_running_var") == S &&
-                    check_running(bn_c_running_mean, H, xp_in, "bn_c_running_mean") == S &&
-                    check_running(bn_c_running_var, H, xp_in, "bn_c_running_var") == S,
-                "fusedrnn: running statistics must all have the same number of slots");
-  }
+  const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R, S = d.S;
+  const bool bn_train = d.bn_train;
   const std::vector<int64_t> len = lengths_vector(lengths, B, T_);
   const Rows rows{len, T_, B, reverse};
   const at::Tensor xp = xp_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
@@ -270,7 +255,7 @@ LayerForwardOut lstm_layer_forward_cpu(
   at::Tensor stat_scratch = at::empty({2 * G + 2 * H}, opt);
   ws_c.select(0, 0).copy_(c0);
 
-  const OptT mask = mask_in.has_value() ? OptT(mask_in->contiguous()) : OptT();
+  const OptT mask_c = mask.has_value() ? OptT(mask->contiguous()) : OptT();
   const cpu::RepeatedGemm gemm_hh(w_hh, /*trans=*/true, B);
   const std::optional<cpu::RepeatedGemm> gemm_hr =
       d.proj ? std::make_optional<cpu::RepeatedGemm>(*w_hr, true, B) : std::nullopt;
@@ -279,7 +264,7 @@ LayerForwardOut lstm_layer_forward_cpu(
     gh = bn_h_weight->contiguous();
     gc = bn_c_weight->contiguous();
     bc = bn_c_bias->contiguous();
-    if (!bn_training) {
+    if (!bn_train) {
       rmh = bn_h_running_mean->contiguous();
       rvh = bn_h_running_var->contiguous();
       rmc = bn_c_running_mean->contiguous();
@@ -292,7 +277,7 @@ LayerForwardOut lstm_layer_forward_cpu(
     auto ptr = [](const OptT& t) -> T* { return t.has_value() ? t->data_ptr<T>() : nullptr; };
     FwdBuffers<T> f{};
     f.xp = xp.data_ptr<T>();
-    f.mask = ptr(mask);
+    f.mask = ptr(mask_c);
     f.mask_per_step = d.mask_per_step;
     f.gamma_h = ptr(gh);
     f.gamma_c = ptr(gc);
@@ -319,8 +304,7 @@ LayerForwardOut lstm_layer_forward_cpu(
     f.mean_c = st + 2 * G;
     f.rstd_c = st + 2 * G + H;
     layer_forward<T>(d, rows, gemm_hh, d.proj ? &*gemm_hr : nullptr, h0, f, ws_hm, hh, ws_hc, hp,
-                     bn_train,
-                     bn_step_offset, S, bn_eps);
+                     bn_train, bn_step_offset, S, bn_eps);
   });
   h_n.copy_(h_cur);
   c_n.copy_(ws_c.select(0, save_workspace ? T_ : (T_ & 1)));
@@ -509,35 +493,23 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
 
 }  // namespace
 
-LayerBackwardOut lstm_layer_backward_cpu(
-    const at::Tensor& grad_y_in, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-    const at::Tensor& w_hh, const OptT& w_hr, const OptT& mask_in, const OptT& lengths,
-    bool reverse, const OptT& bn_h_weight, const OptT& bn_c_weight, const OptT& bn_c_bias,
-    const OptT& bn_h_running_var, const OptT& bn_c_running_mean, const OptT& bn_c_running_var,
-    bool bn_training, int64_t bn_step_offset, double bn_eps, const at::Tensor& h_stats_in,
-    const at::Tensor& c_stats_in, const at::Tensor& ws_hm, const at::Tensor& ws_act,
-    const at::Tensor& ws_c, const at::Tensor& ws_hh_hat, const at::Tensor& ws_hc) {
+LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& grad_h_n,
+                                         const at::Tensor& grad_c_n, FUSEDRNN_LAYER_ARGS_DECL,
+                                         const at::Tensor& h_stats_in, const at::Tensor& c_stats_in,
+                                         const at::Tensor& ws_hm, const at::Tensor& ws_act, const at::Tensor& ws_c,
+                                         const at::Tensor& ws_hh_hat, const at::Tensor& ws_hc) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner GEMMs record no graph
   TORCH_CHECK(grad_y_in.dim() == 3, "fusedrnn: grad_y must be [T, B, R]");
   const int64_t T_ = grad_y_in.size(0), B = grad_y_in.size(1);
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, "fusedrnn: w_hh must be [4H, R]");
-  const int64_t G = w_hh.size(0);
-  const at::Tensor& xp_like = grad_y_in;  // dtype and device of every data tensor
-  const LayerDims d = check_layer_args(T_, B, G, xp_like, grad_h_n, grad_c_n, w_hh, w_hr, mask_in,
-                                       lengths, reverse, bn_h_weight, bn_c_weight, bn_c_bias);
+  const LayerDims d = check_layer_args(T_, B, w_hh.size(0), grad_y_in, grad_h_n, grad_c_n, FUSEDRNN_LAYER_ARGS);
   TORCH_CHECK(grad_y_in.size(2) == d.R, "fusedrnn: grad_y must have shape [", T_, ", ", B, ", ",
               d.R, "], got ", grad_y_in.sizes());
-  const int64_t H = d.H, R = d.R, P = d.P;
-  const bool bn_train = d.bn && bn_training;
+  const int64_t G = d.G, H = d.H, R = d.R, P = d.P, S = d.S;
+  const bool bn_train = d.bn_train;
   TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T_ && ws_c.size(0) == T_ + 1 &&
                   ws_hm.size(0) == T_,
               "fusedrnn: lstm_layer_backward needs the full workspace (save_workspace=True)");
-  int64_t S = 1;
-  if (d.bn && !bn_training) {
-    S = check_running(bn_h_running_var, G, xp_like, "bn_h_running_var");
-    check_running(bn_c_running_mean, H, xp_like, "bn_c_running_mean");
-    check_running(bn_c_running_var, H, xp_like, "bn_c_running_var");
-  }
   const std::vector<int64_t> len = lengths_vector(lengths, B, T_);
   const Rows rows{len, T_, B, reverse};
   const at::TensorOptions opt = grad_y_in.options();
@@ -545,7 +517,7 @@ LayerBackwardOut lstm_layer_backward_cpu(
   const at::Tensor act = ws_act.contiguous(), c = ws_c.contiguous(), hm = ws_hm.contiguous();
   const at::Tensor hh_hat = ws_hh_hat.contiguous(), hc = ws_hc.contiguous();
   const at::Tensor h_stats = h_stats_in.contiguous(), c_stats = c_stats_in.contiguous();
-  const OptT mask = mask_in.has_value() ? OptT(mask_in->contiguous()) : OptT();
+  const OptT mask_c = mask.has_value() ? OptT(mask->contiguous()) : OptT();
 
   at::Tensor grad_xp = new_output({T_, B, G}, opt);
   // Without BN_h, lengths or reversal, dL/dhh of step s is grad_xp[s]: no second buffer.
@@ -571,7 +543,7 @@ LayerBackwardOut lstm_layer_backward_cpu(
       gh = bn_h_weight->contiguous();
       gc = bn_c_weight->contiguous();
       bc = bn_c_bias->contiguous();
-      if (!bn_training) {
+      if (!bn_train) {
         rvh = bn_h_running_var->contiguous();
         rmc = bn_c_running_mean->contiguous();
         rvc = bn_c_running_var->contiguous();
@@ -579,7 +551,7 @@ LayerBackwardOut lstm_layer_backward_cpu(
     }
     BwdBuffers<T> f{};
     f.grad_y = grad_y.data_ptr<T>();
-    f.mask = ptr(mask);
+    f.mask = ptr(mask_c);
     f.mask_per_step = d.mask_per_step;
     f.gamma_h = ptr(gh);
     f.gamma_c = ptr(gc);

@@ -138,79 +138,87 @@ cuda::PersistentPlan choose_plan(const LayerDims& d, at::ScalarType st, bool nee
   return it->second;
 }
 
-cuda::LayerParams layer_params(const LayerDims& d, const at::Tensor& xp, const at::Tensor& w_hh,
-                               const OptT& mask, const at::Tensor& lengths_dev, const at::Tensor& counts,
-                               const OptT& gh, const OptT& gc, const OptT& bc, const OptT& rmh, const OptT& rvh,
-                               const OptT& rmc, const OptT& rvc, bool bn_training, int64_t offset, double eps,
-                               bool save, int64_t S) {
-  cuda::LayerParams p{};
-  p.dtype = dtype_of_scalar(xp.scalar_type());
-  p.T = d.T;
-  p.B = d.B;
-  p.H = d.H;
-  p.R = d.R;
-  p.S = S;
-  p.proj = d.proj;
-  p.reverse = d.reverse;
-  p.bn = d.bn;
-  p.bn_train = d.bn && bn_training;
-  p.mask_per_step = d.mask_per_step;
-  p.save = save;
-  p.lengths = d.lengths ? lengths_dev.data_ptr<int64_t>() : nullptr;
-  p.counts = counts.data_ptr<int>();
-  p.xp = xp.data_ptr();
-  p.mask = ptr_or_null(mask);
-  p.w_hh = w_hh.data_ptr();
-  p.gamma_h = ptr_or_null(gh);
-  p.gamma_c = ptr_or_null(gc);
-  p.beta_c = ptr_or_null(bc);
-  p.run_mean_h = ptr_or_null(rmh);
-  p.run_var_h = ptr_or_null(rvh);
-  p.run_mean_c = ptr_or_null(rmc);
-  p.run_var_c = ptr_or_null(rvc);
-  p.step_offset = offset;
-  p.eps = eps;
-  return p;
-}
-
 OptT contiguous_opt(const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : OptT(); }
 
-LayerForwardOut lstm_layer_forward_cuda(
-    const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in, const at::Tensor& w_hh_in,
-    const OptT& w_hr_in, const OptT& mask_in, const OptT& lengths, bool reverse, const OptT& bn_h_weight,
-    const OptT& bn_c_weight, const OptT& bn_c_bias, const OptT& bn_h_running_mean, const OptT& bn_h_running_var,
-    const OptT& bn_c_running_mean, const OptT& bn_c_running_var, bool bn_training, int64_t bn_step_offset,
-    double bn_eps, bool save_workspace) {
+// What the forward and the backward of the layer op both set up: contiguous parameters
+// (named members: the kernels read their pointers after the call), lengths and per-step row
+// counts on the device, and the launcher's parameters.
+struct LayerSetup {
+  LayerDims d;
+  at::Tensor w_hh, lengths_dev, counts;
+  OptT w_hr, mask, gh, gc, bc, rmh, rvh, rmc, rvc;
+  cuda::LayerParams p{};
+
+  LayerSetup(const LayerDims& dims, const at::Tensor& like, const LayerArgs& a, bool save) : d(dims) {
+    w_hh = a.w_hh.contiguous();
+    w_hr = contiguous_opt(a.w_hr);
+    mask = contiguous_opt(a.mask);
+    gh = contiguous_opt(a.bn_h_weight);
+    gc = contiguous_opt(a.bn_c_weight);
+    bc = contiguous_opt(a.bn_c_bias);
+    if (d.bn && !d.bn_train) {
+      rmh = contiguous_opt(a.bn_h_running_mean);
+      rvh = contiguous_opt(a.bn_h_running_var);
+      rmc = contiguous_opt(a.bn_c_running_mean);
+      rvc = contiguous_opt(a.bn_c_running_var);
+    }
+    const std::vector<int64_t> len = lengths_vector(a.lengths, d.B, d.T);
+    if (d.lengths) lengths_dev = a.lengths->to(like.device(), at::kLong).contiguous();
+    counts = step_counts(len, d.T, d.B, like.options(), d.lengths);
+    p.dtype = dtype_of_scalar(like.scalar_type());
+    p.T = d.T;
+    p.B = d.B;
+    p.H = d.H;
+    p.R = d.R;
+    p.S = d.S;
+    p.proj = d.proj;
+    p.reverse = d.reverse;
+    p.bn = d.bn;
+    p.bn_train = d.bn_train;
+    p.mask_per_step = d.mask_per_step;
+    p.save = save;
+    p.lengths = d.lengths ? lengths_dev.data_ptr<int64_t>() : nullptr;
+    p.counts = counts.data_ptr<int>();
+    p.mask = ptr_or_null(mask);
+    p.w_hh = w_hh.data_ptr();
+    p.gamma_h = ptr_or_null(gh);
+    p.gamma_c = ptr_or_null(gc);
+    p.beta_c = ptr_or_null(bc);
+    p.run_mean_h = ptr_or_null(rmh);
+    p.run_var_h = ptr_or_null(rvh);
+    p.run_mean_c = ptr_or_null(rmc);
+    p.run_var_c = ptr_or_null(rvc);
+    p.step_offset = a.bn_step_offset;
+    p.eps = a.bn_eps;
+  }
+
+  // The exchange buffer of a persistent launch (zeroed: it holds the barrier counters).
+  at::Tensor exchange() const {
+    return at::zeros({static_cast<int64_t>(cuda::persistent_exchange_bytes(p.dtype, d.B, d.H, d.R))},
+                     w_hh.options().dtype(at::kByte));
+  }
+};
+
+LayerForwardOut lstm_layer_forward_cuda(const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
+                                        FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_float(xp_in, "xp");
   check_dim(xp_in, 3, "xp");
   TORCH_CHECK(xp_in.is_cuda(), "fusedrnn: xp must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(xp_in.device());
-  const LayerDims d = check_layer_args(xp_in.size(0), xp_in.size(1), xp_in.size(2), xp_in, h0_in, c0_in, w_hh_in,
-                                       w_hr_in, mask_in, lengths, reverse, bn_h_weight, bn_c_weight, bn_c_bias);
-  TORCH_CHECK(bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
+  const LayerArgs a = FUSEDRNN_LAYER_ARGS;
+  const LayerSetup L(check_layer_args(xp_in.size(0), xp_in.size(1), xp_in.size(2), xp_in, h0_in, c0_in, a), xp_in, a,
+                     save_workspace);
+  const LayerDims& d = L.d;
   const int64_t T = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
-  int64_t S = 1;
-  if (d.bn && !bn_training) {
-    S = check_running(bn_h_running_mean, G, xp_in, "bn_h_running_mean");
-    TORCH_CHECK(check_running(bn_h_running_var, G, xp_in, "bn_h_running_var") == S &&
-                    check_running(bn_c_running_mean, H, xp_in, "bn_c_running_mean") == S &&
-                    check_running(bn_c_running_var, H, xp_in, "bn_c_running_var") == S,
-                "fusedrnn: running statistics must all have the same number of slots");
-  }
   const at::Tensor xp = xp_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
-  const at::Tensor w_hh = w_hh_in.contiguous();
-  const OptT w_hr = contiguous_opt(w_hr_in), mask = contiguous_opt(mask_in);
-  const std::vector<int64_t> len = lengths_vector(lengths, B, T);
-  const at::Tensor lengths_dev = d.lengths ? lengths->to(xp.device(), at::kLong).contiguous() : at::Tensor();
   const at::TensorOptions opt = xp.options();
   const at::TensorOptions aopt = opt.dtype(acc_type_of(xp.scalar_type()));
-  const at::Tensor counts = step_counts(len, T, B, opt, d.lengths);
   const int64_t TW = save_workspace ? T : 1;
 
   at::Tensor y = new_output({T, B, R}, opt);
-  at::Tensor h_stats = new_output({d.bn && bn_training ? T : 0, 2, G}, aopt);
-  at::Tensor c_stats = new_output({d.bn && bn_training ? T : 0, 2, H}, aopt);
+  at::Tensor h_stats = new_output({d.bn_train ? T : 0, 2, G}, aopt);
+  at::Tensor c_stats = new_output({d.bn_train ? T : 0, 2, H}, aopt);
   at::Tensor ws_hm = new_output({TW, B, R}, opt);
   at::Tensor ws_act = new_output({TW, B, G}, aopt);
   at::Tensor ws_c = new_output({save_workspace ? T + 1 : 2, B, H}, aopt);
@@ -219,12 +227,8 @@ LayerForwardOut lstm_layer_forward_cuda(
   at::Tensor h_state = at::empty({B, R}, aopt);
   ws_c.select(0, 0).copy_(c0);
 
-  // Named locals: the kernels read these pointers after this statement.
-  const OptT gh = contiguous_opt(bn_h_weight), gc = contiguous_opt(bn_c_weight), bc = contiguous_opt(bn_c_bias);
-  const OptT rmh = contiguous_opt(bn_h_running_mean), rvh = contiguous_opt(bn_h_running_var);
-  const OptT rmc = contiguous_opt(bn_c_running_mean), rvc = contiguous_opt(bn_c_running_var);
-  cuda::LayerParams p = layer_params(d, xp, w_hh, mask, lengths_dev, counts, gh, gc, bc, rmh, rvh, rmc, rvc,
-                                     bn_training, bn_step_offset, bn_eps, save_workspace, S);
+  cuda::LayerParams p = L.p;
+  p.xp = xp.data_ptr();
   p.y = y.data_ptr();
   p.h_stats = h_stats.data_ptr();
   p.c_stats = c_stats.data_ptr();
@@ -238,21 +242,20 @@ LayerForwardOut lstm_layer_forward_cuda(
   if (T > 0 && B > 0) {
     const cuda::PersistentPlan plan = choose_plan(d, xp.scalar_type(), save_workspace);
     if (plan.ok) {
-      at::Tensor xch = at::zeros({static_cast<int64_t>(cuda::persistent_exchange_bytes(p.dtype, B, H, R))},
-                                 opt.dtype(at::kByte));
+      at::Tensor xch = L.exchange();
       check_launch(cuda::layer_persistent_forward(p, plan, h0.data_ptr(), xch.data_ptr(), stream()),
                    "the persistent forward kernel");
     } else {
       at::Tensor hh = at::empty({B, G}, aopt);
       at::Tensor hp = at::empty({d.proj ? B : 0, R}, opt);
       check_launch(cuda::layer_step_init(p, h0.data_ptr(), stream()), "layer_step_init");
-      const at::Tensor w_hh_t = w_hh.t();
+      const at::Tensor w_hh_t = L.w_hh.t();
       for (int64_t s = 0; s < T; ++s) {
         const int64_t ws = save_workspace ? s : 0;
         mm_acc_out(hh, ws_hm.select(0, ws), w_hh_t);
         check_launch(cuda::layer_step_forward(p, s, hh.data_ptr(), stream()), "layer_step_forward");
         if (d.proj) {
-          at::mm_out(hp, ws_hc.select(0, ws), w_hr->t());
+          at::mm_out(hp, ws_hc.select(0, ws), L.w_hr->t());
           check_launch(cuda::layer_step_forward_proj(p, s, hp.data_ptr(), stream()), "layer_step_forward_proj");
         }
       }
@@ -267,42 +270,28 @@ LayerForwardOut lstm_layer_forward_cuda(
   return {y, h_n, c_n, h_stats, c_stats, ws_hm, ws_act, ws_c, ws_hh_hat, ws_hc};
 }
 
-LayerBackwardOut lstm_layer_backward_cuda(
-    const at::Tensor& grad_y_in, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& w_hh_in,
-    const OptT& w_hr_in, const OptT& mask_in, const OptT& lengths, bool reverse, const OptT& bn_h_weight,
-    const OptT& bn_c_weight, const OptT& bn_c_bias, const OptT& bn_h_running_var, const OptT& bn_c_running_mean,
-    const OptT& bn_c_running_var, bool bn_training, int64_t bn_step_offset, double bn_eps, const at::Tensor& h_stats,
-    const at::Tensor& c_stats, const at::Tensor& ws_hm, const at::Tensor& ws_act, const at::Tensor& ws_c,
-    const at::Tensor& ws_hh_hat, const at::Tensor& ws_hc) {
+LayerBackwardOut lstm_layer_backward_cuda(const at::Tensor& grad_y_in, const at::Tensor& grad_h_n,
+                                          const at::Tensor& grad_c_n, FUSEDRNN_LAYER_ARGS_DECL,
+                                          FUSEDRNN_LAYER_BACKWARD_TAIL_DECL) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK(grad_y_in.dim() == 3 && grad_y_in.is_cuda(), "fusedrnn: grad_y must be a CUDA [T, B, R] tensor");
   const c10::cuda::CUDAGuard guard(grad_y_in.device());
-  const int64_t T = grad_y_in.size(0), B = grad_y_in.size(1);
-  TORCH_CHECK(w_hh_in.dim() == 2 && w_hh_in.size(0) % 4 == 0, "fusedrnn: w_hh must be [4H, R]");
-  const int64_t G = w_hh_in.size(0);
-  const LayerDims d = check_layer_args(T, B, G, grad_y_in, grad_h_n, grad_c_n, w_hh_in, w_hr_in, mask_in, lengths,
-                                       reverse, bn_h_weight, bn_c_weight, bn_c_bias);
-  const int64_t H = d.H, R = d.R, P = d.P;
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, "fusedrnn: w_hh must be [4H, R]");
+  const LayerArgs a = FUSEDRNN_LAYER_ARGS;
+  const LayerSetup L(check_layer_args(grad_y_in.size(0), grad_y_in.size(1), w_hh.size(0), grad_y_in, grad_h_n,
+                                      grad_c_n, a),
+                     grad_y_in, a, true);
+  const LayerDims& d = L.d;
+  const int64_t T = d.T, B = d.B, G = d.G, H = d.H, R = d.R, P = d.P;
   TORCH_CHECK(grad_y_in.size(2) == R, "fusedrnn: grad_y must have ", R, " features");
-  TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T && ws_c.size(0) == T + 1 && ws_hm.size(0) == T,
+  TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T && ws_c.size(0) == T + 1 && ws_h.size(0) == T,
               "fusedrnn: lstm_layer_backward needs the full workspace (save_workspace=True)");
-  int64_t S = 1;
-  if (d.bn && !bn_training) {
-    S = check_running(bn_h_running_var, G, grad_y_in, "bn_h_running_var");
-    TORCH_CHECK(check_running(bn_c_running_mean, H, grad_y_in, "bn_c_running_mean") == S &&
-                    check_running(bn_c_running_var, H, grad_y_in, "bn_c_running_var") == S,
-                "fusedrnn: running statistics must all have the same number of slots");
-  }
   const at::TensorOptions opt = grad_y_in.options();
   const at::TensorOptions aopt = opt.dtype(acc_type_of(grad_y_in.scalar_type()));
-  const at::Tensor grad_y = grad_y_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const OptT w_hr = contiguous_opt(w_hr_in), mask = contiguous_opt(mask_in);
-  const at::Tensor act = ws_act.contiguous(), c = ws_c.contiguous(), hm = ws_hm.contiguous();
+  const at::Tensor grad_y = grad_y_in.contiguous();
+  const at::Tensor act = ws_act.contiguous(), c = ws_c.contiguous(), hm = ws_h.contiguous();
   const at::Tensor hh_hat = ws_hh_hat.contiguous(), hc = ws_hc.contiguous();
   const at::Tensor hs = h_stats.contiguous(), cs = c_stats.contiguous();
-  const std::vector<int64_t> len = lengths_vector(lengths, B, T);
-  const at::Tensor lengths_dev = d.lengths ? lengths->to(grad_y.device(), at::kLong).contiguous() : at::Tensor();
-  const at::Tensor counts = step_counts(len, T, B, opt, d.lengths);
 
   at::Tensor grad_xp = new_output({T, B, G}, opt);
   at::Tensor dhh = at::empty({T, B, G}, opt);
@@ -312,12 +301,7 @@ LayerBackwardOut lstm_layer_backward_cuda(
   at::Tensor dgamma_h = at::zeros({d.bn ? G : 0}, aopt), dgamma_c = at::zeros({d.bn ? H : 0}, aopt);
   at::Tensor dbeta_c = at::zeros({d.bn ? H : 0}, aopt);
 
-  const OptT gh = contiguous_opt(bn_h_weight), gc = contiguous_opt(bn_c_weight), bc = contiguous_opt(bn_c_bias);
-  const OptT rvh = contiguous_opt(bn_h_running_var), rmc = contiguous_opt(bn_c_running_mean);
-  const OptT rvc = contiguous_opt(bn_c_running_var);
-  cuda::LayerParams p = layer_params(d, grad_y, w_hh, mask, lengths_dev, counts, gh, gc, bc, OptT(), rvh, rmc, rvc,
-                                     bn_training, bn_step_offset, bn_eps, true, S);
-  p.xp = nullptr;
+  cuda::LayerParams p = L.p;
   p.h_stats = const_cast<void*>(hs.data_ptr());
   p.c_stats = const_cast<void*>(cs.data_ptr());
   p.ws_hm = const_cast<void*>(hm.data_ptr());
@@ -339,8 +323,7 @@ LayerBackwardOut lstm_layer_backward_cuda(
   if (T > 0 && B > 0) {
     const cuda::PersistentPlan plan = choose_plan(d, grad_y.scalar_type(), true);
     if (plan.ok) {
-      at::Tensor xch = at::zeros({static_cast<int64_t>(cuda::persistent_exchange_bytes(p.dtype, B, H, R))},
-                                 opt.dtype(at::kByte));
+      at::Tensor xch = L.exchange();
       check_launch(cuda::layer_persistent_backward(p, g, plan, xch.data_ptr(), stream()),
                    "the persistent backward kernel");
     } else {
@@ -349,11 +332,11 @@ LayerBackwardOut lstm_layer_backward_cuda(
       for (int64_t s = T - 1; s >= 0; --s) {
         if (d.proj) {
           check_launch(cuda::layer_step_backward_pre(p, g, s, stream()), "layer_step_backward_pre");
-          mm_acc_out(dhc, dh_all.select(0, s), *w_hr);
+          mm_acc_out(dhc, dh_all.select(0, s), *L.w_hr);
         }
         check_launch(cuda::layer_step_backward(p, g, s, d.proj ? dhc.data_ptr() : nullptr, stream()),
                      "layer_step_backward");
-        mm_acc_out(dh_rec, dhh.select(0, s), w_hh);
+        mm_acc_out(dh_rec, dhh.select(0, s), L.w_hh);
         check_launch(cuda::layer_step_backward_merge(p, g, s, dh_rec.data_ptr(), stream()),
                      "layer_step_backward_merge");
       }

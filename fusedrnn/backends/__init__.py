@@ -1,8 +1,12 @@
-"""Backends of the recurrence op.  Each implements :class:`~fusedrnn.backends.base.Backend`.
+"""The backends of the op contract (:mod:`fusedrnn.ops.contract`), and their registry.
 
 - ``reference``: plain PyTorch, the oracle (:mod:`.reference`);
-- ``native``: the C++ CPU kernels of fusedrnn._C; ``cuda``: its CUDA kernels (:mod:`.native`);
+- ``native``: the C++ CPU kernels of fusedrnn._C (:mod:`.cpu`);
+- ``cuda``: its CUDA kernels (:mod:`.cuda`);
 - ``triton``: Triton kernels (:mod:`.triton`).
+
+A backend module is imported when it is first asked for, so a missing toolchain (no
+triton, no fusedrnn._C) only makes that backend unavailable.
 """
 
 from __future__ import annotations
@@ -10,12 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import Optional
 
-from .base import Backend, BackendError
+from ..ops.contract import Backend, BackendError
 
 NAMES = ("reference", "native", "cuda", "triton")
 
-_MODULES = {"reference": (".reference", "BACKEND"), "native": (".native", "NATIVE"),
-            "cuda": (".native", "CUDA"), "triton": (".triton", "BACKEND")}
+_MODULES = {"reference": ".reference", "native": ".cpu", "cuda": ".cuda", "triton": ".triton"}
 _CACHE: dict[str, Backend] = {}
 _IMPORT_ERRORS: dict[str, str] = {}
 
@@ -25,9 +28,8 @@ def get(name: str) -> Optional[Backend]:
     if name not in _MODULES:
         raise ValueError(f"backend must be one of {('auto',) + NAMES}, got {name!r}")
     if name not in _CACHE and name not in _IMPORT_ERRORS:
-        mod, attr = _MODULES[name]
         try:
-            _CACHE[name] = getattr(importlib.import_module(mod, __name__), attr)
+            _CACHE[name] = importlib.import_module(_MODULES[name], __name__).BACKEND
         except (ImportError, AttributeError) as e:
             _IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
     return _CACHE.get(name)

@@ -1,6 +1,7 @@
-"""The reference backend: the recurrence op in plain PyTorch, a loop over steps with
-autograd.  It is the oracle for every test and the fallback for anything a fast path
-cannot do.  Readable first, fast never.  It imports no other backend.
+"""The reference backend: the op contract (recurrence, input norm, cell step) in plain
+PyTorch, a loop over steps with autograd.  It is the oracle for every test and the fallback
+for anything a fast path cannot do.  Readable first, fast never.  It imports no other
+backend and runs no compiled code.
 
 Dimension letters: T steps, B batch, H hidden, R width of h (proj_size or H), G = 4H.
 Low-precision inputs (fp16 / bf16) are computed in fp32, outputs cast back.
@@ -13,38 +14,68 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import (
+from ..ops.contract import (
     Backend,
     BatchStats,
+    Config,
     RecurrenceResult,
     RecurrentBN,
+    acc_dtype,
     active_rows,
-    batch_norm_steps,
     reverse_sequences,
 )
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
+def batch_norm_steps(
+    v: Tensor,
+    active: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor],
+    running_mean: Tensor,
+    running_var: Tensor,
+    slots: Tensor,
+    training: bool,
+    eps: float,
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Per-step batch norm of v [T, B, F] (statistics over B, separately for each step).
+
+    Training: statistics over the active rows of each step (active [T, B] bool or None),
+    biased variance; returns (out, mean [T, F], var [T, F]) with the statistics detached.
+    Eval: running statistics of the given slots [T]; returns (out, None, None).
+    Inactive rows (padding) come out as 0 (+ bias).  Differentiable through the batch
+    statistics.
+    """
+    if training:
+        if active is None:
+            mean = v.mean(1)
+            # an empty batch has no statistics: NaN, as nn.BatchNorm1d (without its warning)
+            var = v.var(1, unbiased=False) if v.shape[1] else mean.clone()
+        else:
+            a = active.to(v.dtype).unsqueeze(2)  # [T, B, 1]
+            n = a.sum(1).clamp(min=1)  # [T, 1]
+            mean = (v * a).sum(1) / n
+            var = (((v - mean.unsqueeze(1)) * a) ** 2).sum(1) / n
+        stats = (mean.detach(), var.detach())
+    else:
+        mean = running_mean.index_select(0, slots).to(v.dtype)
+        var = running_var.index_select(0, slots).to(v.dtype)
+        stats = (None, None)
+    out = (v - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + eps) * weight.to(v.dtype)
+    if active is not None:  # finished rows (padding) normalise to 0
+        out = out * active.to(v.dtype).unsqueeze(2)
+    if bias is not None:
+        out = out + bias.to(v.dtype)
+    return out, stats[0], stats[1]
 
 
 class ReferenceBackend(Backend):
     name = "reference"
 
-    def recurrence(
-        self,
-        xp: Tensor,
-        h0: Tensor,
-        c0: Tensor,
-        w_hh: Tensor,
-        w_hr: Optional[Tensor],
-        mask: Optional[Tensor],
-        lengths: Optional[Tensor],
-        reverse: bool,
-        bn: Optional[RecurrentBN],
-    ) -> RecurrenceResult:
+    def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+                   mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[RecurrentBN]) -> RecurrenceResult:
         out_dtype = xp.dtype
-        acc = _acc_dtype(xp.dtype)
+        acc = acc_dtype(xp.dtype)
+        reverse = cfg.reverse
         xp, h0, c0, w_hh = (t.to(acc) for t in (xp, h0, c0, w_hh))
         w_hr = None if w_hr is None else w_hr.to(acc)
         mask = None if mask is None else mask.to(acc)
@@ -100,8 +131,17 @@ class ReferenceBackend(Backend):
             batch_stats = BatchStats(*(torch.cat(z) for z in zip(*stats)))
         return RecurrenceResult(y.to(out_dtype), h.to(out_dtype), c.to(out_dtype), batch_stats)
 
+    def input_norm(self, cfg: Config, xw: Tensor, bias: Optional[Tensor], lengths: Optional[Tensor],
+                   bn: RecurrentBN, slots: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        T = xw.shape[0]
+        xs = reverse_sequences(xw, lengths) if cfg.reverse else xw  # processing order
+        xs, mean, var = batch_norm_steps(xs, active_rows(T, lengths, xw.device), bn.weight_x, None,
+                                         bn.running_mean_x, bn.running_var_x, slots, bn.training, bn.eps)
+        xp = reverse_sequences(xs, lengths) if cfg.reverse else xs
+        return (xp if bias is None else xp + bias), mean, var
+
     def cell(self, gates: Tensor, cx: Tensor) -> tuple[Tensor, Tensor]:
-        acc = _acc_dtype(gates.dtype)
+        acc = acc_dtype(gates.dtype)
         i, f, g, o = gates.to(acc).chunk(4, 1)
         cy = torch.sigmoid(f) * cx.to(acc) + torch.sigmoid(i) * torch.tanh(g)
         hy = torch.sigmoid(o) * torch.tanh(cy)
@@ -109,3 +149,9 @@ class ReferenceBackend(Backend):
 
 
 BACKEND = ReferenceBackend()
+
+
+def recurrence(xp, h0, c0, w_hh, w_hr=None, mask=None, lengths=None, reverse=False, bn=None) -> RecurrenceResult:
+    """The reference recurrence on the contract's arguments (its Config built from them)."""
+    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn)
+    return BACKEND.recurrence(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)

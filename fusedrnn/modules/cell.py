@@ -13,7 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops import dispatch
 from ..ops.dropout import dropout_mask
 from ._torch import TorchLSTMCell
 from .regularizers import RegularizedMixin, check_option_names, take_options
@@ -84,18 +83,23 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         like = torch.empty(0, device=device or self.weight_hh.device, dtype=dtype or self.weight_hh.dtype)
         return dropout_mask(self.recurrent_dropout, (batch_size, self.hidden_size), like)
 
+    def plan(self, input: Tensor, mask: Optional[Tensor] = None) -> ops.Plan:
+        """The plan of a step on ``input`` in the current mode (fusedrnn.ops.plan)."""
+        B = input.shape[0] if input.dim() == 2 else 1
+        masked = mask is not None or self._mask_mode() != ops.MaskMode.NONE  # a cell's mask is [B, H]
+        return ops.plan_module(
+            "cell", "recurrence" if self.batch_norm else "cell", self.backend, input.device, input.dtype,
+            ops.autocast_dtype(input), self.regularized(mask), self.training, False, B, self.hidden_size,
+            self.hidden_size, False, ops.MaskMode.SHARED if masked else ops.MaskMode.NONE, self._norm_mode(), False)
+
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None, *,
                 mask: Optional[Tensor] = None, step: Optional[int] = None) -> tuple[Tensor, Tensor]:
         """One step; see the class docstring."""
         if not isinstance(input, Tensor):
             raise TypeError(f"LSTMCell: input must be a Tensor, got {type(input).__name__}")
-        regularized = self.batch_norm or mask is not None or (self.training and self.recurrent_dropout > 0)
-        # Under autocast the fused path runs (its cell state stays float32), not torch's cell.
-        if ops.autocast_dtype(input) is not None:
-            regularized = True
-        if dispatch.module_plan("cell", self.backend, input.device, input.dtype, regularized, self.training,
-                                False):
-            return TorchLSTMCell.forward(self, input, hx)  # torch's own cell (see ops.dispatch)
+        plan = self.plan(input, mask)  # every call pays this: plain reads, one cached decision
+        if plan.aten:
+            return TorchLSTMCell.forward(self, input, hx)  # torch's own cell (fusedrnn.ops.plan)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and len(hx) != 2:
@@ -140,7 +144,7 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
             if step is None:
                 self._step += 1
         hy, cy = ops.lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
-                               self.bias_hh, mask=mask, bn=bn, backend=self.backend)
+                               self.bias_hh, mask=mask, bn=bn, backend=plan.check())
         if not is_batched:
             hy, cy = hy.squeeze(0), cy.squeeze(0)
         return hy, cy

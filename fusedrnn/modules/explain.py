@@ -9,8 +9,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
-from ..backends.base import device_arch
-from ..ops.dispatch import candidates, explain_config, module_rule
+from ..ops.dispatch import candidates, explain_config
+from ..ops.plan import module_rule
 from .cell import LSTMCell
 from .lstm import LSTM
 
@@ -25,32 +25,32 @@ def explain(module: nn.Module, input) -> str:
     for name, m in lstms:
         lines.append(f"{name or type(module).__name__}: {m!r}")
         ref = input.data if isinstance(input, PackedSequence) else input
-        regularized = m.regularized() or ops.autocast_dtype(ref) is not None
-        aten, rule = module_rule(
-            "lstm", m.backend, ref.device.type, ref.dtype, regularized, m.training, m._needs_grad(ref),
-            m._batch_size(input) if ref.is_cuda else 0, m.hidden_size, device_arch(ref.device))
-        if aten:
+        plan = m.plan(input)  # what forward would run
+        configs = m.layer_configs(input)
+        first = configs[0][1]
+        _, rule = module_rule("lstm", m.backend, first.device_type, ops.autocast_dtype(ref) or ref.dtype,
+                              m.regularized() or ops.autocast_dtype(ref) is not None, m.training,
+                              first.requires_grad, first.B, first.H, first.arch)
+        if plan.aten:
             lines.append(f"  all layers: aten (torch's own LSTM), rule: {rule}")
             continue
-        lines.append(f"  fused layers, rule: {rule}")
-        for suffix, cfg in m.layer_configs(input):
+        lines.append(f"  fused layers on {plan.backend.name} in {plan.dtype}"
+                     f"{f' (autocast {plan.autocast})' if plan.autocast else ''}, rule: {rule}")
+        for suffix, cfg in configs:
             decisions = explain_config(m.backend, cfg)
-            chosen = next((n for n, why in decisions if why is None), None)
-            lines.append(f"  layer{suffix}: {chosen or 'none'}"
+            lines.append(f"  layer{suffix}: {plan.backend.name}"
                          f"  [T={cfg.T} B={cfg.B} H={cfg.H} R={cfg.R} {cfg.dtype} {cfg.device_type}"
-                         f"{' ' + cfg.arch if cfg.arch else ''} mask={cfg.mask} bn={cfg.bn} "
-                         f"lengths={cfg.lengths} reverse={cfg.reverse}]")
+                         f"{' ' + cfg.arch if cfg.arch else ''} mask={cfg.mask.name.lower()} "
+                         f"norm={cfg.norm.name.lower()} lengths={cfg.lengths} reverse={cfg.reverse}]")
             lines.append(f"    order: {candidates(m.backend, cfg)[1]}")
             for n, why in decisions:
+                if n == plan.backend.name:
+                    break
                 if why is not None:
                     lines.append(f"    not {n}: {why}")
-                if n == chosen:
-                    break
-            if chosen == "cuda":
-                from ..backends.native import cuda_design
-
-                device = next(m.parameters()).device
-                lines.append(f"    design: {cuda_design(cfg, device, cfg.requires_grad)}")
+            detail = plan.backend.describe(cfg, ref.device)
+            if detail:
+                lines.append(f"    design: {detail}")
     for name, m in module.named_modules():
         if isinstance(m, LSTMCell):
             lines.append(f"{name or type(module).__name__}: {m!r} (cell, backend={m.backend})")

@@ -16,8 +16,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import ops
-from ..backends.base import device_arch
-from ..ops import dispatch
 from ..ops.dropout import dropout_mask, recurrent_mask
 from ._torch import TorchLSTM
 from .regularizers import RegularizedMixin, take_options
@@ -157,11 +155,6 @@ class LSTM(RegularizedMixin, nn.RNNBase):
     def extra_repr(self) -> str:
         return super().extra_repr() + self._regularizer_repr()
 
-    def regularized(self) -> bool:
-        """Whether this forward (in the current mode) uses a regularizer torch's LSTM lacks."""
-        return self.batch_norm or (self.training and (
-            self.recurrent_dropout > 0 or (self.dropout > 0 and self.variational)))
-
     def _needs_grad(self, ref: Tensor) -> bool:
         return torch.is_grad_enabled() and (ref.requires_grad or self._flat_weights[1].requires_grad)
 
@@ -172,23 +165,29 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             return 1
         return input.shape[0] if self.batch_first else input.shape[1]
 
+    def plan(self, input, lengths: Optional[Tensor] = None) -> ops.Plan:
+        """The plan of a forward on ``input`` in the current mode (fusedrnn.ops.plan): torch's
+        own LSTM, or the backend and dtype every layer runs in.  Made once per call."""
+        ref = input.data if isinstance(input, PackedSequence) else input
+        dt = ops.autocast_dtype(ref)
+        R = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return ops.plan_module(
+            "lstm", "recurrence", self.backend, ref.device, ref.dtype, dt, self.regularized(), self.training,
+            self._needs_grad(ref), self._batch_size(input), self.hidden_size, R, self.proj_size > 0,
+            self._mask_mode(), self._norm_mode(), lengths is not None or isinstance(input, PackedSequence))
+
     def forward(self, input, hx=None, *, lengths: Optional[Tensor] = None):
         """See the class docstring for shapes.  ``lengths`` (fusedrnn only): see there."""
         if not isinstance(input, (Tensor, PackedSequence)):
             raise TypeError(f"LSTM: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
         if lengths is not None:
             lengths = self._check_lengths(input, lengths)
-        ref = input.data if isinstance(input, PackedSequence) else input
-        autocast = ops.autocast_dtype(ref) is not None
-        # Under autocast the fused path runs (its cell state stays float32), not torch's LSTM.
-        # (Every call pays this prelude: plain attribute reads, one cached decision.)
-        cuda = ref.is_cuda
-        if dispatch.module_plan("lstm", self.backend, ref.device, ref.dtype, autocast or self.regularized(),
-                                self.training, self._needs_grad(ref), self._batch_size(input) if cuda else 0,
-                                self.hidden_size if cuda else 0):
+        plan = self.plan(input, lengths)  # every call pays this: plain reads, one cached decision
+        if plan.aten:
             if lengths is not None:
                 return torch_forward_padded(self, input, hx, lengths)
             return TorchLSTM.forward(self, input, hx)
+        autocast = plan.autocast is not None
         self._update_flat_weights()
         orig_input = input
         num_directions = 2 if self.bidirectional else 1
@@ -248,7 +247,7 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         self._check_bn_batch(max_batch_size)
 
-        output, h_n, c_n = self._layers(x, hx, lengths)
+        output, h_n, c_n = self._layers(x, hx, lengths, plan.check())
 
         if index is not None:
             T, B = x.shape[0], x.shape[1]
@@ -300,8 +299,8 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         w_hr = w[-1] if self.proj_size > 0 else None
         return w_ih, w_hh, b_ih, b_hh, w_hr
 
-    def _layers(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Optional[Tensor]):
-        """Run every layer and direction on x [T, B, I]; returns (y [T, B, D*R], h_n, c_n)."""
+    def _layers(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Optional[Tensor], plan: ops.Plan):
+        """Run every layer and direction on x [T, B, I] as planned; returns (y [T, B, D*R], h_n, c_n)."""
         T, B = x.shape[0], x.shape[1]
         D = 2 if self.bidirectional else 1
         R = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -319,7 +318,7 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                 bn = self._bn_state(suffixes[k]) if self.batch_norm else None
                 y, h_n, c_n = ops.lstm_layer(
                     layer_input, h0[k], c0[k], *self._layer_weights(k), mask=mask,
-                    lengths=lengths, reverse=d == 1, bn=bn, backend=self.backend,
+                    lengths=lengths, reverse=d == 1, bn=bn, backend=plan,
                 )
                 outs.append(y)
                 hs.append(h_n)
@@ -345,17 +344,8 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                 T, B = (input.shape[1], input.shape[0]) if self.batch_first else input.shape[:2]
             lengths = False
         R = self.proj_size if self.proj_size > 0 else self.hidden_size
-        mask = None
-        if self.training and self.recurrent_dropout > 0:
-            mask = "shared" if self.variational else "per_step"
-        bn = None if not self.batch_norm else ("train" if self.training else "eval")
-        out = []
-        for k, suffix in enumerate(self._suffixes()):
-            out.append((suffix, ops.Config(
-                device_type=ref.device.type, dtype=ref.dtype, T=T, B=B, H=self.hidden_size,
-                R=R, proj=self.proj_size > 0, mask=mask, lengths=lengths,
-                reverse=suffix.endswith("_reverse"), bn=bn,
-                requires_grad=torch.is_grad_enabled() and self.weight_hh_l0.requires_grad,
-                arch=device_arch(ref.device),
-            )))
-        return out
+        return [(suffix, ops.Config.build(ref.device, ref.dtype, T, B, self.hidden_size, R, proj=self.proj_size > 0,
+                                          mask=self._mask_mode(), lengths=lengths,
+                                          reverse=suffix.endswith("_reverse"), norm=self._norm_mode(),
+                                          requires_grad=self._needs_grad(ref)))
+                for suffix in self._suffixes()]

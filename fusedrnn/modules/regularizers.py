@@ -20,7 +20,7 @@ import numbers
 import torch
 from torch import nn
 
-from ..backends.base import RecurrentBN
+from ..ops.contract import MaskMode, NormMode, RecurrentBN
 from ..ops.dispatch import check_backend_name
 
 BN_GAMMA_INIT = 0.1
@@ -105,6 +105,27 @@ class RegularizedMixin:
         self.bn_momentum = float(bn_momentum)
         self.bn_eps = float(bn_eps)
         self.backend = backend
+
+    def regularized(self, mask=None) -> bool:
+        """Whether a call in the current mode uses an option torch's module lacks: batch norm,
+        an explicit mask, and in training recurrent dropout or variational between-layer
+        dropout (the one rule of LSTM and LSTMCell)."""
+        if self.batch_norm or mask is not None:
+            return True
+        if not self.training:
+            return False
+        return self.recurrent_dropout > 0 or (getattr(self, "dropout", 0) > 0 and self.variational)
+
+    def _mask_mode(self) -> MaskMode:
+        """The recurrent mask of a call in the current mode."""
+        if not (self.training and self.recurrent_dropout > 0):
+            return MaskMode.NONE
+        return MaskMode.SHARED if self.variational else MaskMode.PER_STEP
+
+    def _norm_mode(self) -> NormMode:
+        if not self.batch_norm:
+            return NormMode.NONE
+        return NormMode.BATCH_TRAIN if self.training else NormMode.BATCH_EVAL
 
     def _add_bn(self: nn.Module, suffix: str, hidden_size: int, factory_kwargs) -> None:
         G, H, S = 4 * hidden_size, hidden_size, self.bn_max_steps

@@ -5,16 +5,15 @@ Dimension letters: B batch, I input, H hidden, G = 4H gates (i, f, g, o).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backends.base import Config, RecurrentBN, device_arch
-from . import dispatch
+from .contract import Config, MaskMode, RecurrentBN
 from .layer import autocast_dtype, lstm_layer
+from .plan import Plan, plan_op
 
 
 def check_cell_args(input: Tensor, hx: Tensor, cx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -53,7 +52,7 @@ def lstm_cell(
     *,
     mask: Optional[Tensor] = None,
     bn: Optional[RecurrentBN] = None,
-    backend: str = "auto",
+    backend: Union[str, Plan] = "auto",
 ) -> tuple[Tensor, Tensor]:
     """One LSTM step.
 
@@ -63,18 +62,18 @@ def lstm_cell(
         mask: [B, H] recurrent dropout mask on hx (scaled by 1 / (1 - p)), or None.
         bn: recurrent batch norm, with ``bn.step_offset`` the step index of this step
             (selects the running-statistics slot), or None.
-        backend: "auto" or a backend name.
+        backend: "auto", a backend name, or the Plan a module made for this call.
 
     Returns:
         hy [B, H], cy [B, H].
 
-    Without batch norm: the two projections are GEMMs, then one fused pointwise kernel
-    (gates, cell update, output).  With batch norm the step is the layer op with T = 1.
+    Without batch norm: the two projections are GEMMs, then the backend's fused pointwise
+    cell step (gates, cell update, output).  With batch norm the step is the layer op with
+    T = 1.
 
     Under torch.autocast the GEMMs run in the autocast dtype and the pointwise cell math in
-    float32 (the cell kernels take c in the gates' dtype, and a 16-bit c would be rounded at
-    every step); hy comes back in the autocast dtype and cy in float32, so a decoder's cell
-    state is never rounded to 16 bits between steps.
+    float32 (a 16-bit c would be rounded at every step); hy comes back in the autocast dtype
+    and cy in float32, so a decoder's cell state is never rounded to 16 bits between steps.
     """
     dt = autocast_dtype(input)
     check_cell_args(input, hx, cx, weight_ih, weight_hh, mask, dt is not None)
@@ -86,22 +85,18 @@ def lstm_cell(
     if bias_ih is not None:
         bias = bias_ih if bias_hh is None else bias_ih + bias_hh
     h_in = hx if mask is None else hx * mask
+    if isinstance(backend, Plan):
+        be = backend.backend
+    else:  # the pointwise step runs in float32 under autocast
+        cfg = Config.build(input.device, torch.float32 if dt is not None else input.dtype, 1, input.shape[0],
+                           cx.shape[1], hx.shape[1], mask=MaskMode.of(mask))
+        be = plan_op(backend, cfg, op="cell").backend
     if dt is not None:
-        cfg = Config(device_type=input.device.type, dtype=dt, T=1, B=input.shape[0], H=cx.shape[1],
-                     R=hx.shape[1], proj=False, mask=None if mask is None else "shared",
-                     lengths=False, reverse=False, bn=None, requires_grad=torch.is_grad_enabled(),
-                     arch=device_arch(input.device))
         with torch.autocast(input.device.type, enabled=False):
             rd = torch.float32
             gates = (F.linear(input.to(dt), weight_ih.to(dt), None if bias is None else bias.to(dt)).to(rd)
                      + F.linear(h_in.to(dt), weight_hh.to(dt)).to(rd))
-            be = dispatch.resolve(backend, dataclasses.replace(cfg, dtype=rd), op="cell")
             hy, cy = be.cell(gates, cx.to(rd))
         return hy.to(dt), cy.to(torch.float32)
     gates = F.linear(input, weight_ih, bias) + F.linear(h_in, weight_hh)
-    cfg = Config(device_type=input.device.type, dtype=input.dtype, T=1, B=input.shape[0],
-                 H=cx.shape[1], R=hx.shape[1], proj=False,
-                 mask=None if mask is None else "shared", lengths=False, reverse=False, bn=None,
-                 requires_grad=gates.requires_grad, arch=device_arch(input.device))
-    be = dispatch.resolve(backend, cfg, op="cell")
     return be.cell(gates, cx)

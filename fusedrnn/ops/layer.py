@@ -1,9 +1,11 @@
 """The layer op: one LSTM layer, one direction, a whole sequence.
 
-    xp = BN_x(x @ W_ih^T) + b_ih + b_hh     one GEMM over all steps (here, shared code)
-    y, h_n, c_n = recurrence(xp, ...)       the backend's fused kernel (backends/)
+    xp = BN_x(x @ W_ih^T) + b_ih + b_hh     one GEMM over all steps, the backend's input norm
+    y, h_n, c_n = recurrence(xp, ...)       the backend's fused recurrence (backends/)
 
 and the running-statistics update of recurrent batch norm, which every backend shares.
+The op is planned once (:mod:`.plan`: the backend and the compute dtype) and calls only
+that backend.
 
 Dimension letters: T steps, B batch, I input, H hidden, P projection, R = P or H, G = 4H.
 """
@@ -11,23 +13,14 @@ Dimension letters: T steps, B batch, I input, H hidden, P projection, R = P or H
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backends.base import (
-    Config,
-    RecurrentBN,
-    active_rows,
-    batch_norm_steps,
-    device_arch,
-    reverse_sequences,
-    step_counts,
-)
-from ..backends import native
-from . import dispatch
+from .contract import Backend, Config, MaskMode, NormMode, RecurrentBN, step_counts
+from .plan import Plan, plan_op
 
 
 @torch.no_grad()
@@ -130,97 +123,53 @@ def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia")
 
 
-def recurrence_dtype(backend: str, cfg: Config, op: str = "recurrence") -> torch.dtype:
-    """Under autocast (cfg.dtype the autocast dtype), the dtype the recurrence runs in: the
-    autocast dtype where a fused kernel serves it (CUDA / Triton: 16-bit data, fp32 cell
-    state and accumulation), else float32 (the CPU kernels take fp32 / fp64; the reference
-    computes in fp32 anyway)."""
-    for name, why in dispatch.explain_config(backend, cfg, op):
-        if why is None:
-            return cfg.dtype if name != "reference" else torch.float32
-    return torch.float32
-
-
 def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return None if t is None else t.to(dtype)
 
 
-def _autocast_layer(dt, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, mask,
-                    lengths, reverse, bn, backend):
-    """lstm_layer under autocast: the input GEMM in the autocast dtype dt (as autocast runs
-    F.linear), the recurrence in :func:`recurrence_dtype`, y and h_n returned in dt (as
-    nn.LSTM under autocast) and c_n in float32: the cell state is never rounded to 16 bits."""
-    T, B = x.shape[0], x.shape[1]
-    R = weight_hh.shape[1]
-    cfg = Config(device_type=x.device.type, dtype=dt, T=T, B=B, H=weight_hh.shape[0] // 4, R=R,
-                 proj=weight_hr is not None,
-                 mask=None if mask is None else ("shared" if mask.dim() == 2 else "per_step"),
-                 lengths=lengths is not None, reverse=bool(reverse),
-                 bn=None if bn is None else ("train" if bn.training else "eval"),
-                 requires_grad=torch.is_grad_enabled(), arch=device_arch(x.device))
-    with torch.autocast(x.device.type, enabled=False):
-        rd = recurrence_dtype(backend, cfg)
-        bias = None
-        if bias_ih is not None:
-            bias = bias_ih if bias_hh is None else bias_ih + bias_hh
-        if bn is None:
-            xp = F.linear(x.to(dt), weight_ih.to(dt), _cast(bias, dt)).to(rd)
-        else:
-            bn = dataclasses.replace(bn, weight_x=bn.weight_x.to(rd), weight_h=bn.weight_h.to(rd),
-                                     weight_c=bn.weight_c.to(rd), bias_c=bn.bias_c.to(rd))
-            xw = F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
-            xp = _normalize_projection(xw, _cast(bias, rd), lengths, reverse, bn)
-        y, h_n, c_n = lstm_recurrence(xp, h0.to(rd), c0.to(rd), weight_hh.to(rd), _cast(weight_hr, rd),
-                                      mask=_cast(mask, rd), lengths=lengths, reverse=reverse, bn=bn,
-                                      backend=backend)
-    return y.to(dt), h_n.to(dt), c_n.to(torch.float32)
+def _bias(bias_ih: Optional[Tensor], bias_hh: Optional[Tensor]) -> Optional[Tensor]:
+    if bias_ih is None:
+        return None
+    return bias_ih if bias_hh is None else bias_ih + bias_hh
 
 
 # ---- the op ----------------------------------------------------------------------------------
 
 
-def input_projection(
-    x: Tensor,
-    weight_ih: Tensor,
-    bias_ih: Optional[Tensor],
-    bias_hh: Optional[Tensor],
-    *,
-    lengths: Optional[Tensor] = None,
-    reverse: bool = False,
-    bn: Optional[RecurrentBN] = None,
-) -> Tensor:
-    """xp [T, B, G] = BN_x(x @ W_ih^T) + b_ih + b_hh for x [T, B, I], as one GEMM.
-
-    BN_x statistics are per step s of the recurrence (the row's reversed position in the
-    reverse direction), over the rows active at that step, computed for all steps at once.
-    """
-    bias = None
-    if bias_ih is not None:
-        bias = bias_ih if bias_hh is None else bias_ih + bias_hh
+def input_projection(plan: Plan, cfg: Config, x: Tensor, weight_ih: Tensor, bias: Optional[Tensor],
+                     lengths: Optional[Tensor], bn: Optional[RecurrentBN]) -> Tensor:
+    """xp [T, B, G] = BN_x(x @ W_ih^T) + bias for x [T, B, I], as one GEMM and the planned
+    backend's input norm (statistics per step s of the recurrence, over the rows active at
+    s: the row's reversed position in the reverse direction).  Under autocast the GEMM runs
+    in the autocast dtype and xp comes out in the recurrence's dtype.  Updates BN_x's
+    running statistics in training."""
+    dt, rd = plan.autocast, plan.dtype
     if bn is None:
-        return F.linear(x, weight_ih, bias)
-    return _normalize_projection(F.linear(x, weight_ih), bias, lengths, reverse, bn)
-
-
-def _normalize_projection(xw: Tensor, bias: Optional[Tensor], lengths: Optional[Tensor],
-                          reverse: bool, bn: RecurrentBN) -> Tensor:
-    """BN_x(xw) + bias for xw = x @ W_ih^T [T, B, G]; updates BN_x's running statistics."""
+        if dt is None:
+            return F.linear(x, weight_ih, bias)
+        return F.linear(x.to(dt), weight_ih.to(dt), _cast(bias, dt)).to(rd)
+    xw = F.linear(x, weight_ih) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
     T, B = xw.shape[0], xw.shape[1]
-    slots = bn.slot_index(T, xw.device)
-    if native.batch_norm_steps_available(xw):  # one fused pass, bias included
-        xp, mean, var = native.batch_norm_steps(xw, bn.weight_x, bias, lengths, reverse, slots, bn)
-    else:
-        xs = reverse_sequences(xw, lengths) if reverse else xw  # processing order
-        xs, mean, var = batch_norm_steps(
-            xs, active_rows(T, lengths, xw.device), bn.weight_x, None, bn.running_mean_x,
-            bn.running_var_x, slots, bn.training, bn.eps,
-        )
-        xp = reverse_sequences(xs, lengths) if reverse else xs
-        xp = xp if bias is None else xp + bias
+    xp, mean, var = plan.backend.input_norm(cfg, xw, _cast(bias, rd), lengths, bn, bn.slot_index(T, xw.device))
     if bn.training:
-        update_running_stats(bn.running_mean_x, bn.running_var_x, mean, var,
-                             step_counts(T, B, lengths, xw.device), bn.step_offset, bn.momentum)
+        update_running_stats(bn.running_mean_x, bn.running_var_x, mean, var, step_counts(T, B, lengths, xw.device),
+                             bn.step_offset, bn.momentum)
     return xp
+
+
+def run_recurrence(backend: Backend, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor,
+                   weight_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor],
+                   bn: Optional[RecurrentBN]) -> tuple[Tensor, Tensor, Tensor]:
+    """The backend's recurrence, then the running-statistics update of BN_h and BN_c."""
+    res = backend.recurrence(cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, bn)
+    if bn is not None and bn.training and res.stats is not None:
+        counts = step_counts(cfg.T, cfg.B, lengths, xp.device)
+        st = res.stats
+        update_running_stats(bn.running_mean_h, bn.running_var_h, st.mean_h, st.var_h, counts,
+                             bn.step_offset, bn.momentum)
+        update_running_stats(bn.running_mean_c, bn.running_var_c, st.mean_c, st.var_c, counts,
+                             bn.step_offset, bn.momentum)
+    return res.y, res.h_n, res.c_n
 
 
 def lstm_recurrence(
@@ -236,7 +185,7 @@ def lstm_recurrence(
     bn: Optional[RecurrentBN] = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The recurrence op (see :mod:`fusedrnn.backends.base` for the exact semantics).
+    """The recurrence op (see :mod:`fusedrnn.ops.contract` for the exact semantics).
 
     Args:
         xp: [T, B, G] input projection, biases (and BN_x) included, in time order.
@@ -257,16 +206,7 @@ def lstm_recurrence(
         lengths = lengths.to(xp.device)
     check_recurrence_args(xp, h0, c0, weight_hh, weight_hr, mask, lengths)
     cfg = Config.of(xp, h0, c0, weight_hh, weight_hr, mask, lengths, reverse, bn)
-    be = dispatch.resolve(backend, cfg)
-    res = be.recurrence(xp, h0, c0, weight_hh, weight_hr, mask, lengths, reverse, bn)
-    if bn is not None and bn.training and res.stats is not None:
-        counts = step_counts(cfg.T, cfg.B, lengths, xp.device)
-        st = res.stats
-        update_running_stats(bn.running_mean_h, bn.running_var_h, st.mean_h, st.var_h, counts,
-                             bn.step_offset, bn.momentum)
-        update_running_stats(bn.running_mean_c, bn.running_var_c, st.mean_c, st.var_c, counts,
-                             bn.step_offset, bn.momentum)
-    return res.y, res.h_n, res.c_n
+    return run_recurrence(plan_op(backend, cfg).backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, bn)
 
 
 def lstm_layer(
@@ -283,7 +223,7 @@ def lstm_layer(
     lengths: Optional[Tensor] = None,
     reverse: bool = False,
     bn: Optional[RecurrentBN] = None,
-    backend: str = "auto",
+    backend: Union[str, Plan] = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer in one direction over a whole sequence.
 
@@ -292,14 +232,16 @@ def lstm_layer(
         h0: [B, R]; c0: [B, H].
         weight_ih: [G, I]; weight_hh: [G, R]; bias_ih, bias_hh: [G] or None;
         weight_hr: [P, H] or None.
-        mask, lengths, reverse, bn, backend: as :func:`lstm_recurrence`.
+        mask, lengths, reverse, bn: as :func:`lstm_recurrence`.
+        backend: "auto", a backend name, or the :class:`~fusedrnn.ops.plan.Plan` a module
+            made for this call (no second decision).
 
     Returns:
         y [T, B, R], h_n [B, R], c_n [B, H].
 
     Under torch.autocast the input GEMM runs in the autocast dtype, the recurrence in that
-    dtype where a fused kernel serves it (else float32), y and h_n come back in the
-    autocast dtype and c_n in float32 (see :func:`_autocast_layer`).
+    dtype where the backend keeps its cell state in float32 (else float32), y and h_n come
+    back in the autocast dtype and c_n in float32: the cell state is never rounded to 16 bits.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
@@ -308,10 +250,27 @@ def lstm_layer(
     if weight_ih.dim() != 2 or weight_ih.shape[1] != x.shape[2]:
         raise ValueError(f"weight_ih must be [4H, I] with I = {x.shape[2]} (the last dim of x), "
                          f"got shape {tuple(weight_ih.shape)}")
+    if lengths is not None and isinstance(lengths, Tensor) and lengths.device != x.device:
+        lengths = lengths.to(x.device)
     dt = autocast_dtype(x)
-    if dt is not None:
-        return _autocast_layer(dt, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, mask,
-                               lengths, reverse, bn, backend)
-    xp = input_projection(x, weight_ih, bias_ih, bias_hh, lengths=lengths, reverse=reverse, bn=bn)
-    return lstm_recurrence(xp, h0, c0, weight_hh, weight_hr, mask=mask, lengths=lengths,
-                           reverse=reverse, bn=bn, backend=backend)
+    T, B = x.shape[0], x.shape[1]
+    H, R = weight_hh.shape[0] // 4, weight_hh.shape[1]
+    cfg = Config.build(x.device, dt or x.dtype, T, B, H, R, proj=weight_hr is not None, mask=MaskMode.of(mask),
+                       lengths=lengths is not None, reverse=reverse, norm=NormMode.of(bn))
+    plan = backend if isinstance(backend, Plan) else plan_op(backend, cfg, autocast=dt)
+    bias = _bias(bias_ih, bias_hh)
+    if plan.autocast is None:
+        xp = input_projection(plan, cfg, x, weight_ih, bias, lengths, bn)
+        args = (xp, h0, c0, weight_hh, weight_hr, mask, lengths)
+        check_recurrence_args(*args)
+        return run_recurrence(plan.backend, Config.of(*args, reverse, bn), *args, bn)
+    rd = plan.dtype
+    with torch.autocast(x.device.type, enabled=False):
+        if bn is not None:
+            bn = dataclasses.replace(bn, weight_x=bn.weight_x.to(rd), weight_h=bn.weight_h.to(rd),
+                                     weight_c=bn.weight_c.to(rd), bias_c=bn.bias_c.to(rd))
+        xp = input_projection(plan, dataclasses.replace(cfg, dtype=rd), x, weight_ih, bias, lengths, bn)
+        args = (xp, h0.to(rd), c0.to(rd), weight_hh.to(rd), _cast(weight_hr, rd), _cast(mask, rd), lengths)
+        check_recurrence_args(*args)
+        y, h_n, c_n = run_recurrence(plan.backend, Config.of(*args, reverse, bn), *args, bn)
+    return y.to(dt), h_n.to(dt), c_n.to(torch.float32)

@@ -1,11 +1,11 @@
-"""The ahead-of-time compile gate: every kernel configuration the triton backend can choose,
-and a compiler for them that needs no GPU.
+"""The ahead-of-time compile check: every kernel configuration the triton backend can choose
+(what :mod:`.launch` says the plans launch), and a compiler for them that needs no GPU.
 
     kernel_configs(dtype, T, B, H, R, options) -> [KernelConfig(kernel, signature,
                                                    constexprs, num_warps, num_stages)]
     compile_config(cfg, arch=90) -> {"regs", "spills", "stack", "shared", "ok", "error"}
 
-``python -m fusedrnn.backends.triton.gate [--arch 90 80]`` compiles the configurations of a
+``python -m fusedrnn.backends.triton.aot [--arch 90 80]`` compiles the configurations of a
 grid of representative shapes and prints one line each (registers, spill bytes, shared
 memory).  Run it in a process without TRITON_INTERPRET (the interpreter replaces the
 kernels by Python functions).
@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import config as C
-from . import kernels as K
+from . import launch as L
 
 _TY = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -82,13 +82,8 @@ def _flags(o: dict, dtype: torch.dtype) -> dict:
     prec = "tf32" if dtype == torch.float32 and o.get("tf32", False) else "ieee"
     mask = {None: 0, "shared": 1, "per_step": 2}[o.get("mask")]
     bn = {None: 0, "train": 1, "eval": 2}[o.get("bn")]
-    return dict(MASK=mask, HAS_LEN=bool(o.get("lengths")), REVERSE=bool(o.get("reverse")), BN=bn,
-                PROJ=bool(o.get("proj")), SAVE=bool(o.get("save", True)), PREC=prec)
-
-
-def _pick(kernel, consts: dict) -> dict:
-    names = set(kernel.arg_names)
-    return {k: v for k, v in consts.items() if k in names}
+    return L.flags(mask, bool(o.get("lengths")), bool(o.get("reverse")), bn, bool(o.get("proj")),
+                   bool(o.get("save", True)), prec)
 
 
 def configs_of_plan(p: C.Plan, s: C.Shape, dtype: torch.dtype, o: dict) -> list[KernelConfig]:
@@ -97,30 +92,13 @@ def configs_of_plan(p: C.Plan, s: C.Shape, dtype: torch.dtype, o: dict) -> list[
     opts = dict(mask=o.get("mask") is not None, proj=s.proj, bn=o.get("bn") is not None,
                 bn_eval=o.get("bn") == "eval")
     out = []
-
-    def add(kernel, consts):
-        sig = _signature(kernel, dtype, opts)
-        ce = _pick(kernel, consts)
+    for launch in L.launches(p, s, f):
+        sig = _signature(launch.kernel, dtype, opts)
+        ce = launch.constexprs
         missing = [n for n, t in sig.items() if t == "constexpr" and n not in ce]
         if missing:
-            raise KeyError(f"{kernel.__name__}: no value for constexprs {missing}")
-        out.append(KernelConfig(kernel, sig, ce, p.num_warps, p.num_stages))
-
-    tiles = p.tiles(s)
-    if p.design == "persistent":
-        add(K.fwd_persistent_kernel, dict(f, RESIDENT=p.resident, BB=p.BB, BH=p.BH, BP=p.BP,
-                                          BK=p.BK, RP=tiles["RP"], HP=tiles["HP"]))
-        if f["SAVE"]:
-            add(K.bwd_persistent_kernel, dict(f, RESIDENT=p.resident, BB=p.BB, BH=p.BH, BP=p.BP,
-                                              BK=p.BK, GP=tiles["GP"], PP=tiles["PP"]))
-    else:
-        add(K.fwd_step_kernel, dict(f, BB=p.BB, BH=p.BH, BK=p.BK))
-        if s.proj:
-            add(K.fwd_proj_kernel, dict(f, BB=p.BB, BP=p.BP, BK=p.BK))
-        if f["SAVE"]:
-            add(K.bwd_step_kernel, dict(f, BB=p.BB, BH=p.BH, BK=p.BK))
-            for final in (False, True) if s.proj else (True,):
-                add(K.bwd_transfer_kernel, dict(f, FINAL=final, BB=p.BB, BR=p.BP, BK=p.BK))
+            raise KeyError(f"{launch.kernel.__name__}: no value for constexprs {missing}")
+        out.append(KernelConfig(launch.kernel, sig, ce, launch.num_warps, launch.num_stages))
     return out
 
 

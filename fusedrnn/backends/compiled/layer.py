@@ -1,0 +1,34 @@
+"""``fusedrnn::lstm_layer_forward`` / ``_backward``: fake kernels and autograd (the schema is
+:mod:`fusedrnn.ops.schema`'s; csrc/module.cpp defines it, csrc/cpu/layer.cpp and
+csrc/cuda/register.cpp implement it).
+
+Workspace of this family (saved when save_workspace): ws_h [T, B, R] the masked h entering
+W_hh (data dtype), ws_act [T, B, G] activated gates, ws_c [T + 1, B, H] cell states with c0
+first, ws_hh_hat [T, B, G] normalised W_hh h (batch norm), ws_hc [T, B, H] h before W_hr
+(data dtype, projection); statistics and the rest in the accumulation dtype.  Without
+save_workspace: one step of each, and ws_c two (a ring).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...ops import schema
+
+FORWARD, BACKWARD = "fusedrnn::lstm_layer_forward", "fusedrnn::lstm_layer_backward"
+
+
+def _workspace(new, T, B, H, R, save, norm, proj):
+    TW = T if save else 1
+    return (new(TW, B, R, acc_type=False), new(TW, B, 4 * H), new(T + 1 if save else 2, B, H),
+            new(TW if norm else 0, B, 4 * H), new(TW if proj else 0, B, H, acc_type=False))
+
+
+torch.library.register_fake(FORWARD)(lambda xp, h0, c0, *params: schema.fake_forward(xp, params, _workspace))
+schema.register_layer_autograd(FORWARD, BACKWARD)
+
+
+def forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn):
+    """The contract's recurrence on fusedrnn::lstm_layer_forward (the kernel of xp's device)."""
+    return schema.run_layer_forward(torch.ops.fusedrnn.lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask,
+                                    lengths, bn)

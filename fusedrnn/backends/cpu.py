@@ -1,0 +1,28 @@
+"""The ``native`` backend: the C++ CPU kernels of fusedrnn._C (csrc/cpu/), float32 and
+float64.  The recurrence runs one packed-MKL GEMM and one fused pointwise pass per step;
+BN_x one fused pass over the sequence; the cell step one fused pass (fusedrnn.backends.compiled).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..ops.contract import Config
+from .compiled import CompiledBackend
+
+SERVED = (torch.float32, torch.float64)
+
+
+class CPUBackend(CompiledBackend):
+    def __init__(self):
+        super().__init__("native", "cpu", "CPU")
+
+    def unsupported_reason(self, cfg: Config) -> Optional[str]:
+        if cfg.dtype not in SERVED:
+            return f"the native CPU kernel takes float32 or float64, got {cfg.dtype}"
+        return super().unsupported_reason(cfg)
+
+
+BACKEND = CPUBackend()

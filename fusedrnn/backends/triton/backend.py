@@ -1,0 +1,83 @@
+"""The ``triton`` backend: the layer recurrence on Triton kernels (a persistent
+whole-sequence kernel where the grid fits the device, else one fused kernel per step;
+config.py has the heuristic), BN_x in plain PyTorch (the reference's), no cell kernel."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ...ops import schema
+from ...ops.contract import Backend, Config, NormMode, RecurrenceResult
+from ..reference import BACKEND as REFERENCE
+from . import config as C
+from . import host
+from .host import INTERPRET
+from .ops import lstm_layer_forward
+
+SERVED = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def recurrence(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn, design: Optional[str] = None) -> RecurrenceResult:
+    """The contract's recurrence on the Triton kernels (tests and benchmarks call it with a
+    design; the backend uses the current one)."""
+    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn)
+    if design is None:
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)
+    with host.forced_design(design):
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    autocast_native = True  # 16-bit data, float32 cell state and accumulation
+
+    def unavailable_reason(self, device: torch.device) -> Optional[str]:
+        device = torch.device(device)
+        if device.type == "cuda":
+            if INTERPRET:
+                return ("TRITON_INTERPRET=1 was set when the kernels were defined: they run "
+                        "on CPU tensors only")
+            if not torch.cuda.is_available():
+                return "no CUDA device is available"
+            return None
+        if device.type == "cpu":
+            if INTERPRET:
+                return None
+            return ("the triton backend runs on CUDA tensors (on CPU tensors only through the "
+                    "interpreter: TRITON_INTERPRET=1 set before triton is imported)")
+        return f"the triton backend does not run on {device.type} tensors"
+
+    def unsupported_reason(self, cfg: Config) -> Optional[str]:
+        # The interpreter computes bf16 / fp16 dots wrongly (numpy has no bf16): CPU runs
+        # take fp32 / fp64.  On CUDA fp64 is left to the other backends.
+        served = (torch.float32, torch.float64) if INTERPRET else SERVED
+        if cfg.dtype not in served:
+            where = "under the Triton interpreter" if INTERPRET else "on CUDA"
+            names = ", ".join(str(d).replace("torch.", "") for d in served)
+            return f"the triton kernels take {names} {where}, got {str(cfg.dtype).replace('torch.', '')}"
+        if cfg.norm != NormMode.NONE and cfg.B > C.MAX_BN_ROWS:
+            return (f"recurrent batch norm keeps all B rows in one program for its per-step "
+                    f"statistics; B={cfg.B} > {C.MAX_BN_ROWS}")
+        return None
+
+    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn) -> RecurrenceResult:
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)
+
+    def input_norm(self, cfg, xw, bias, lengths, bn, slots):
+        return REFERENCE.input_norm(cfg, xw, bias, lengths, bn, slots)
+
+    def cell_unsupported_reason(self, cfg: Config) -> Optional[str]:
+        return "the triton backend has no cell kernel (the single step runs elsewhere)"
+
+    def describe(self, cfg: Config, device: torch.device) -> Optional[str]:
+        p = host.plans_for(device, host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, cfg.norm != NormMode.NONE,
+                                                 cfg.dtype))[0]
+        tiles = f"BB={p.BB} BH={p.BH}" + (f" BP={p.BP}" if cfg.proj else "")
+        if p.design == "persistent":
+            return f"persistent ({p.nprog} programs, {tiles}, W {'resident' if p.resident else 'streamed'})"
+        return f"per-step ({tiles})"
+
+
+BACKEND = TritonBackend()

@@ -1,0 +1,258 @@
+"""Host functions of the Triton layer ops: buffers, plans and launches, forward and backward.
+
+Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H.
+
+The arguments are the layer-op schema's (:mod:`fusedrnn.ops.schema`).  Workspace of this
+family: ws_h = hs [T + 1, B, R] the h states (hs[0] = h0), ws_c = cs [T + 1, B, H] the cell
+states, ws_act [T, B, G] gate activations, ws_hh_hat [T, B, G] normalised W_hh h (batch
+norm), ws_hc [T, B, H] h before the projection; all in the accumulation dtype.  The weight
+gradients are GEMMs after the backward loop: dW_hh = sum_s dhh_s^T (h_{s-1} m_s),
+dW_hr = sum_s dhn_s^T hc_s.
+
+Design ("auto" unless FUSEDRNN_TRITON_DESIGN or :func:`forced_design` names one of
+config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch is
+planned; under torch.compile, when the graph is traced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Optional
+
+import torch
+import triton
+from torch import Tensor
+
+from ...ops.contract import acc_dtype
+from . import config as C
+from . import kernels as K
+from . import launch as L
+
+INTERPRET = not isinstance(K.fwd_step_kernel, triton.runtime.JITFunction)
+DESIGN = os.environ.get("FUSEDRNN_TRITON_DESIGN", "auto").strip() or "auto"
+_design = contextvars.ContextVar("fusedrnn_triton_design", default=DESIGN)
+
+# Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's plan), and so
+# does torch.use_deterministic_algorithms(True).
+AUTOTUNE = os.environ.get("FUSEDRNN_TRITON_AUTOTUNE", "1").strip() != "0"
+_KEY = ["B", "H", "R", "MASK", "HAS_LEN", "REVERSE", "BN", "PROJ", "SAVE", "PREC"]
+_TUNERS: dict = {}
+
+
+@contextlib.contextmanager
+def forced_design(design: str):
+    """Plan every launch inside the block with this design (one of config.DESIGNS)."""
+    if design not in C.DESIGNS:
+        raise ValueError(f"FUSEDRNN_TRITON_DESIGN / design must be one of {C.DESIGNS}, got {design!r}")
+    token = _design.set(design)
+    try:
+        yield
+    finally:
+        _design.reset(token)
+
+
+def current_design() -> str:
+    d = _design.get()
+    if d not in C.DESIGNS:
+        raise ValueError(f"FUSEDRNN_TRITON_DESIGN / design must be one of {C.DESIGNS}, got {d!r}")
+    return d
+
+
+def device_guard(t: Tensor):
+    """A context that makes t's device current: Triton launches on the current device, which
+    need not be the tensors' (inputs on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def shape_of(B: int, H: int, R: int, proj: bool, bn: bool, dtype: torch.dtype) -> C.Shape:
+    return C.Shape(B=B, H=H, R=R, proj=proj, bn=bn, esize=dtype.itemsize)
+
+
+def plans_for(device: torch.device, s: C.Shape) -> list[C.Plan]:
+    """The plan the heuristic picks for the current design, then the rest of its autotuning
+    space (config.py).  Forward and backward derive the same plans from the same shape."""
+    return C.candidates(s, C.Device.of(device, INTERPRET), current_design())
+
+
+def _prec(dtype: torch.dtype) -> str:
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    return "tf32" if (dtype == torch.float32 and tf32 and not INTERPRET) else "ieee"
+
+
+def _tuning(t: Tensor) -> bool:
+    """Autotune only eagerly on real CUDA tensors (not while torch.compile traces), and not
+    under torch.use_deterministic_algorithms(True): a timing-dependent tile choice could
+    change the rounding between runs, the heuristic's plan cannot."""
+    return (AUTOTUNE and not INTERPRET and type(t) is torch.Tensor and t.is_cuda
+            and not torch.are_deterministic_algorithms_enabled())
+
+
+def _check_coresident(plans: list[C.Plan], s: C.Shape, device: torch.device) -> None:
+    """A persistent launch whose programs cannot all be resident at once would spin forever
+    at its first grid barrier (in the interpreter: more than one program)."""
+    limit = C.Device.of(device, INTERPRET).sm_count
+    for p in plans:
+        n = L.grid("fwd", p.design, s.B, s.H, s.R, L.tiles(p, s))[0]
+        if n > limit:
+            raise RuntimeError(f"fusedrnn triton: a persistent launch of {n} programs exceeds "
+                               f"the {limit} that can be co-resident ({p})")
+
+
+def _run(role: str, plans: list[C.Plan], s: C.Shape, f: dict, args: tuple, tune: bool, restore: tuple = ()):
+    """Launch ``role`` with the first plan's tiles, or autotune over all plans (the tiles and
+    warps of the plans are the configs; the sequence length is not part of the key, so a
+    new T neither re-tunes nor recompiles)."""
+    if plans[0].design == "persistent":
+        _check_coresident(plans, s, args[0].device)
+    first = L.launch(plans[0], s, f, role)
+
+    def grid(meta):
+        return L.grid(role, plans[0].design, s.B, s.H, s.R, meta)
+
+    if tune and len(plans) > 1:
+        key = (first.kernel.__name__, role, tuple(plans))
+        tuner = _TUNERS.get(key)
+        if tuner is None:
+            configs = [triton.Config(L.launch(p, s, f, role).tiles, num_warps=p.num_warps, num_stages=p.num_stages)
+                       for p in plans]
+            tuner = triton.autotune(configs=configs, key=[k for k in _KEY if k in first.kernel.arg_names],
+                                    restore_value=list(restore))(first.kernel)
+            _TUNERS[key] = tuner
+        torch.library.wrap_triton(tuner)[grid](*args, **first.flags)
+    else:
+        torch.library.wrap_triton(first.kernel)[grid(first.tiles)](
+            *args, **first.constexprs, num_warps=first.num_warps, num_stages=first.num_stages)
+
+
+def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
+    return dummy if t is None else t.contiguous()
+
+
+def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
+            mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int, bn_h_weight: Optional[Tensor],
+            bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
+            bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
+            bn_c_running_var: Optional[Tensor], bn_step_offset: int, bn_eps: float,
+            save_workspace: bool) -> tuple[Tensor, ...]:
+    T, B, G = xp.shape
+    H, R = G // 4, w_hh.shape[1]
+    proj = w_hr is not None
+    save = save_workspace
+    dev, acc = xp.device, acc_dtype(xp.dtype)
+    xp, w_hh = xp.contiguous(), w_hh.contiguous()
+    NS = T + 1 if save else 2
+    NSC = max(T, 1) if save else 1
+    hs = torch.empty(NS, B, R, device=dev, dtype=acc)
+    cs = torch.empty(NS, B, H, device=dev, dtype=acc)
+    hs[0].copy_(h0)
+    cs[0].copy_(c0)
+    y = torch.empty(T, B, R, device=dev, dtype=xp.dtype)
+    e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731
+    act = e(T, B, G) if save else e(0)
+    hhat = e(T, B, G) if save and norm_mode else e(0)
+    hc = e(NSC, B, H) if proj else e(0)
+    stats_h = e(T if norm_mode == 1 else 0, 2, G)
+    stats_c = e(T if norm_mode == 1 else 0, 2, H)
+    if T > 0:
+        s = shape_of(B, H, R, proj, norm_mode != 0, w_hh.dtype)
+        plans = plans_for(dev, s)
+        f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, save, _prec(xp.dtype))
+        tune = _tuning(xp)
+        dummy = e(1)
+        ws = [_or(t if t.numel() else None, dummy) for t in (act, hhat, stats_h, stats_c)]
+        bnt = [_or(t, dummy) for t in (bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_mean, bn_h_running_var,
+                                       bn_c_running_mean, bn_c_running_var)]
+        msk = _or(mask, dummy)
+        lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
+        hcw = _or(hc if proj else None, dummy)
+        bn_S = bn_h_running_mean.shape[0] if norm_mode == 2 else 1
+        if plans[0].design == "persistent":
+            bar = torch.zeros(2, device=dev, dtype=torch.int32)
+            _run("fwd", plans, s, f, (xp, w_hh, _or(w_hr, w_hh), msk, lens, hs, cs, y, hcw, *ws, *bnt, bar, T, B, H,
+                                      R, NS, NSC, bn_step_offset, bn_S, bn_eps), tune, restore=("hs", "cs"))
+        else:
+            for step in range(T):
+                _run("fwd", plans, s, f, (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, step, T, B, H, R, NS, NSC,
+                                          bn_step_offset, bn_S, bn_eps), tune)
+                if proj:
+                    _run("fwd_proj", plans[:1], s, f, (w_hr.contiguous(), lens, hs, y, hcw, step, T, B, H, R, NS,
+                                                       NSC), False)
+    h_n = hs[T % NS].to(h0.dtype, copy=True)
+    c_n = cs[T % NS].to(c0.dtype, copy=True)
+    if not save:  # nothing for backward: hand back no workspace
+        hs, cs = e(0), e(0)
+    return y, h_n, c_n, stats_h, stats_c, hs, act, cs, hhat, hc
+
+
+def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
+             mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int,
+             bn_h_weight: Optional[Tensor], bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor],
+             bn_h_running_mean: Optional[Tensor], bn_h_running_var: Optional[Tensor],
+             bn_c_running_mean: Optional[Tensor], bn_c_running_var: Optional[Tensor], bn_step_offset: int,
+             bn_eps: float, h_stats: Tensor, c_stats: Tensor, ws_h: Tensor, ws_act: Tensor, ws_c: Tensor,
+             ws_hh_hat: Tensor, ws_hc: Tensor) -> tuple[Tensor, ...]:
+    T, B, R = dy.shape
+    G = w_hh.shape[0]
+    H = G // 4
+    proj = w_hr is not None
+    hs, cs, act = ws_h, ws_c, ws_act
+    dev, acc = dy.device, act.dtype
+    dy, dh_n, dc_n, w_hh = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh.contiguous()
+    e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731
+    dxp = torch.empty(T, B, G, device=dev, dtype=dy.dtype)
+    dh0 = torch.empty(B, R, device=dev, dtype=dh_n.dtype)
+    dc0 = torch.empty(B, H, device=dev, dtype=dc_n.dtype)
+    dhh = e(T, B, G)
+    dhn = e(T, B, R) if proj else e(0)
+    dg_h = e(T, G) if norm_mode else e(0)
+    dg_c = e(T, H) if norm_mode else e(0)
+    db_c = e(T, H) if norm_mode else e(0)
+    s = shape_of(B, H, R, proj, norm_mode != 0, w_hh.dtype)
+    plans = plans_for(dev, s) if T > 0 else None
+    f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, True, _prec(dy.dtype))
+    tune = _tuning(dy)
+    dummy = e(1)
+    msk = _or(mask, dummy)
+    lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
+    w_r = _or(w_hr, w_hh)
+    bnt = [_or(t, dummy) for t in (bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_var, bn_c_running_mean,
+                                   bn_c_running_var)]
+    ws = [_or(t if t.numel() else None, dummy) for t in (h_stats, c_stats)]
+    dhn_w, dgs = _or(dhn if proj else None, dummy), [_or(t, dummy) for t in (dg_h, dg_c, db_c)]
+    hhat = _or(ws_hh_hat if norm_mode else None, dummy)
+    bn_S = bn_h_running_var.shape[0] if norm_mode == 2 else 1
+    if T == 0:
+        dh0.copy_(dh_n)
+        dc0.copy_(dc_n)
+    elif plans[0].design == "persistent":
+        bar = torch.zeros(2, device=dev, dtype=torch.int32)
+        _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, dxp, dhh, dhn_w,
+                                  dh0, dc0, *dgs, bar, T, B, H, R, bn_step_offset, bn_S, bn_eps), tune)
+    else:
+        dh_buf, dc_buf = e(2, B, R), e(2, B, H)
+        for step in range(T - 1, -1, -1):
+            if proj:
+                _run("transfer", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, dhh, dh_buf, dhn_w, dh0, step, T, B, H,
+                                                   R), False)
+            _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, dxp, dhh,
+                                      dhn_w, dh_buf, dc_buf, *dgs, step, T, B, H, R, bn_step_offset, bn_S, bn_eps), tune)
+        _run("transfer_final", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, dhh, dh_buf, dhn_w, dh0, -1, T, B, H, R),
+             False)
+        dc0.copy_(dc_buf[0])
+    # Weight gradients: one GEMM each over all steps and rows (finished rows have zero dhh / dhn).
+    hm = hs[:T]
+    if mask is not None:
+        hm = hm * mask.to(acc)
+    dw_hh = torch.matmul(dhh.reshape(T * B, G).t(), hm.reshape(T * B, R)).to(w_hh.dtype)
+    dw_hr = torch.matmul(dhn.reshape(T * B, R).t(), ws_hc[:T].reshape(T * B, H)).to(w_hr.dtype) if proj else e(0)
+    if norm_mode:
+        dg_h = dg_h.sum(0).to(bn_h_weight.dtype)
+        dg_c = dg_c.sum(0).to(bn_c_weight.dtype)
+        db_c = db_c.sum(0).to(bn_c_bias.dtype)
+    return dxp, dh0, dc0, dw_hh, dw_hr, dg_h, dg_c, db_c
+
+
+__all__ = ["AUTOTUNE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard", "forced_design", "forward",
+           "plans_for", "shape_of"]

@@ -1,0 +1,95 @@
+"""What a plan launches: the kernels, their constexprs and their grids.
+
+One function of (plan, shape, flags) serves both the launches (:mod:`.host`) and the
+ahead-of-time compile check (:mod:`.aot`), so the check compiles exactly what runs.
+
+Dimension letters: B batch, H hidden, R = P or H, G = 4H.
+
+Roles: persistent plans launch ``fwd`` (and ``bwd``); per-step plans launch ``fwd`` every
+step, ``fwd_proj`` after it with proj_size, and backward ``bwd`` every step, ``transfer``
+(proj_size, every step) and ``transfer_final`` once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import triton
+
+from . import config as C
+from . import kernels as K
+
+ROLES = {
+    "persistent": {"fwd": K.fwd_persistent_kernel, "bwd": K.bwd_persistent_kernel},
+    "step": {"fwd": K.fwd_step_kernel, "fwd_proj": K.fwd_proj_kernel, "bwd": K.bwd_step_kernel,
+             "transfer": K.bwd_transfer_kernel, "transfer_final": K.bwd_transfer_kernel},
+}
+# constexprs that are tile sizes (what autotuning varies); the rest are flags
+TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "RP", "HP", "GP", "PP")
+
+
+def flags(mask_mode: int, lengths: bool, reverse: bool, norm_mode: int, proj: bool, save: bool,
+          prec: str) -> dict:
+    """The option constexprs of every kernel: MASK and BN are the contract's mask_mode and
+    norm_mode; PREC the tl.dot input precision ("ieee", or "tf32" for fp32 with TF32)."""
+    return dict(MASK=int(mask_mode), HAS_LEN=bool(lengths), REVERSE=bool(reverse), BN=int(norm_mode),
+                PROJ=bool(proj), SAVE=bool(save), PREC=prec)
+
+
+def tiles(p: C.Plan, s: C.Shape) -> dict:
+    """The tile constexprs of a plan (BR: the h columns of a transfer program)."""
+    t = dict(BB=p.BB, BH=p.BH, BP=p.BP, BR=p.BP, BK=p.BK)
+    if p.design == "persistent":
+        t.update(RESIDENT=p.resident, **p.tiles(s))
+    return t
+
+
+class Launch(NamedTuple):
+    role: str
+    kernel: object  # the @triton.jit function
+    flags: dict  # the option constexprs it takes
+    tiles: dict  # the tile constexprs it takes
+    num_warps: int
+    num_stages: int
+
+    @property
+    def constexprs(self) -> dict:
+        return {**self.flags, **self.tiles}
+
+
+def _take(kernel, consts: dict) -> dict:
+    names = set(kernel.arg_names)
+    return {k: v for k, v in consts.items() if k in names}
+
+
+def launch(p: C.Plan, s: C.Shape, f: dict, role: str) -> Launch:
+    """The launch of one role of plan p for shape s with option flags f."""
+    kernel = ROLES[p.design][role]
+    extra = {"FINAL": role == "transfer_final"} if role.startswith("transfer") else {}
+    t = tiles(p, s)
+    return Launch(role, kernel, _take(kernel, {**f, **extra}),
+                  _take(kernel, {k: v for k, v in t.items() if k in TILE_KEYS}), p.num_warps, p.num_stages)
+
+
+def launches(p: C.Plan, s: C.Shape, f: dict) -> list[Launch]:
+    """Every launch plan p makes for shape s (backward roles only with f["SAVE"])."""
+    if p.design == "persistent":
+        roles = ["fwd"] + (["bwd"] if f["SAVE"] else [])
+    else:
+        roles = ["fwd"] + (["fwd_proj"] if s.proj else [])
+        if f["SAVE"]:
+            roles += ["bwd"] + (["transfer"] if s.proj else []) + ["transfer_final"]
+    return [launch(p, s, f, r) for r in roles]
+
+
+def grid(role: str, p_design: str, B: int, H: int, R: int, t: dict) -> tuple:
+    """The launch grid of a role, from the tile constexprs (a function of them, so that
+    autotuning, which varies the tiles, gets the grid of each candidate)."""
+    if p_design == "persistent":  # one program per (row block, column block)
+        return (triton.cdiv(B, t["BB"]) * max(triton.cdiv(H, t["BH"]), triton.cdiv(R, t["BP"])),)
+    if role in ("fwd", "bwd"):
+        return (triton.cdiv(H, t["BH"]), triton.cdiv(B, t["BB"]))
+    return (triton.cdiv(R, t.get("BP", t.get("BR"))), triton.cdiv(B, t["BB"]))
+
+
+__all__ = ["Launch", "ROLES", "TILE_KEYS", "flags", "grid", "launch", "launches", "tiles"]

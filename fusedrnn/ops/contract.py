@@ -1,0 +1,292 @@
+"""The op contract every backend implements (DESIGN.md, "One op contract").
+
+Dimension letters: T steps, B batch, I input, H hidden, P projection (proj_size),
+R = P if P > 0 else H (the width of h), G = 4H gate columns in the order i, f, g, o.
+
+The unit of fusion is one LSTM layer in one direction over a whole sequence.  The layer op
+(:mod:`fusedrnn.ops.layer`) computes ``xp = norm_x(x @ W_ih^T) + b_ih + b_hh`` with one GEMM
+and the backend's input norm, then the backend's *recurrence*:
+
+    for step s = 0 .. T-1 (t = s, or the row's own reversed position when reverse):
+        hh_s   = (h_{s-1} * m_s) @ W_hh^T                      [B, G]
+        pre_s  = xp_t + BN_h(hh_s)                             (BN_h only with batch norm)
+        i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of pre_s
+        c_s    = f * c_{s-1} + i * g                           [B, H]
+        h_s    = o * tanh(BN_c(c_s))                           (BN_c only with batch norm)
+        h_s    = h_s @ W_hr^T                                   (only with proj_size)
+        y_t    = h_s                                           [B, R]
+
+with, for variable lengths, rows whose sequence has ended (s >= lengths[b]) keeping their
+state and emitting zeros.  In the reverse direction each row runs over its own sequence
+backwards: step s reads position t = lengths[b] - 1 - s (T - 1 - s without lengths).
+Batch-norm statistics, per-step masks and running-statistics slots are indexed by the step
+s, not by the position t.
+
+Batch norm (Cooijmans et al.): in training, per-step statistics over the rows active at
+that step (biased variance to normalise); in eval the running statistics of slot
+``min(step_offset + s, S - 1)``.  Backends return the batch statistics of every step; the
+layer op updates the running statistics (one home: :func:`fusedrnn.ops.layer.update_running_stats`).
+
+Here: the encodings (:class:`MaskMode`, :class:`NormMode`), the configuration record
+(:class:`Config`, built by :meth:`Config.build` only), the batch-norm state
+(:class:`RecurrentBN`), what a recurrence returns, the :class:`Backend` protocol, and the
+indexing helpers of the semantics above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of a data dtype: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class MaskMode(enum.IntEnum):
+    """The recurrent dropout mask on h_{s-1}: none, one [B, R] mask for every step
+    (shared, variational), or one [T, B, R] mask per step.  The integer is the encoding of
+    every op (``mask_mode``) and kernel (``MASK``)."""
+
+    NONE = 0
+    SHARED = 1
+    PER_STEP = 2
+
+    @staticmethod
+    def of(mask: Optional[Tensor]) -> "MaskMode":
+        """The mode of a mask tensor: [B, R] shared, [T, B, R] per step (the one place the
+        mode is read off a tensor's rank)."""
+        if mask is None:
+            return MaskMode.NONE
+        return MaskMode.SHARED if mask.dim() == 2 else MaskMode.PER_STEP
+
+
+class NormMode(enum.IntEnum):
+    """Normalisation inside the recurrence: none, batch norm with per-step batch statistics
+    (training) or with the running statistics (eval).  The op encoding ``norm_mode`` and the
+    kernels' ``BN``."""
+
+    NONE = 0
+    BATCH_TRAIN = 1
+    BATCH_EVAL = 2
+
+    @staticmethod
+    def of(bn: Optional["RecurrentBN"]) -> "NormMode":
+        if bn is None:
+            return NormMode.NONE
+        return NormMode.BATCH_TRAIN if bn.training else NormMode.BATCH_EVAL
+
+
+@dataclasses.dataclass
+class RecurrentBN:
+    """Parameters and state of recurrent batch norm for one layer and direction.
+
+    Shapes: weight_x, weight_h [G]; weight_c, bias_c [H]; running_* [S, G] for x and h,
+    [S, H] for c, where S = bn_max_steps.  BN_x is the backend's input norm; the recurrence
+    uses the h and c parts.
+    """
+
+    weight_x: Tensor
+    weight_h: Tensor
+    weight_c: Tensor
+    bias_c: Tensor
+    running_mean_x: Tensor
+    running_var_x: Tensor
+    running_mean_h: Tensor
+    running_var_h: Tensor
+    running_mean_c: Tensor
+    running_var_c: Tensor
+    training: bool
+    momentum: float
+    eps: float
+    step_offset: int = 0  # the step index of the first step (LSTMCell steps one at a time)
+
+    @property
+    def max_steps(self) -> int:
+        return self.running_mean_h.shape[0]
+
+    def slot_index(self, T: int, device) -> Tensor:
+        """Running-statistics slot of each of T steps: min(step_offset + s, S - 1)."""
+        s = torch.arange(T, device=device) + self.step_offset
+        return s.clamp_(max=self.max_steps - 1)
+
+
+class BatchStats(NamedTuple):
+    """Biased batch statistics of each step, returned by a backend in training mode.
+
+    mean_h, var_h: [T, G]; mean_c, var_c: [T, H].
+    """
+
+    mean_h: Tensor
+    var_h: Tensor
+    mean_c: Tensor
+    var_c: Tensor
+
+
+class RecurrenceResult(NamedTuple):
+    y: Tensor  # [T, B, R]
+    h_n: Tensor  # [B, R]
+    c_n: Tensor  # [B, H]
+    stats: Optional[BatchStats]  # only with batch norm in training
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What a backend needs to know to say whether it can run a recurrence (or a cell step).
+
+    Built only by :meth:`build` (from plain facts) and :meth:`of` (from the op's tensors)."""
+
+    device_type: str
+    dtype: torch.dtype
+    T: int
+    B: int
+    H: int
+    R: int
+    proj: bool
+    mask: MaskMode
+    lengths: bool
+    reverse: bool
+    norm: NormMode
+    requires_grad: bool
+    arch: str  # the GPU's compute capability as "sm_90" (device_arch); "" elsewhere
+
+    @staticmethod
+    def build(device: torch.device, dtype: torch.dtype, T: int, B: int, H: int, R: int, *,
+              proj: bool = False, mask: MaskMode = MaskMode.NONE, lengths: bool = False,
+              reverse: bool = False, norm: NormMode = NormMode.NONE, requires_grad: bool = False) -> "Config":
+        """The one constructor: the facts of a recurrence on ``device``."""
+        device = torch.device(device)
+        return Config(device_type=device.type, dtype=dtype, T=T, B=B, H=H, R=R, proj=bool(proj),
+                      mask=MaskMode(mask), lengths=bool(lengths), reverse=bool(reverse), norm=NormMode(norm),
+                      requires_grad=bool(requires_grad), arch=device_arch(device))
+
+    @staticmethod
+    def of(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
+           lengths: Optional[Tensor], reverse: bool, bn: Optional[RecurrentBN]) -> "Config":
+        """The configuration of the recurrence op's arguments (xp [T, B, G], w_hh [G, R])."""
+        T, B, G = xp.shape
+        grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (xp, h0, c0, w_hh, w_hr) + ((bn.weight_h, bn.weight_c, bn.bias_c) if bn is not None else ()))
+        return Config.build(xp.device, xp.dtype, T, B, G // 4, w_hh.shape[1], proj=w_hr is not None,
+                            mask=MaskMode.of(mask), lengths=lengths is not None, reverse=reverse,
+                            norm=NormMode.of(bn), requires_grad=grad)
+
+
+_ARCHS: dict[int, str] = {}
+
+
+def device_arch(device: torch.device) -> str:
+    """"sm_XY" for a CUDA device of compute capability X.Y, "" for any other device."""
+    if device.type != "cuda":
+        return ""
+    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@torch.compiler.assume_constant_result  # a trace-time constant under torch.compile
+def _cuda_arch(index: int) -> str:
+    if index not in _ARCHS:
+        major, minor = torch.cuda.get_device_capability(index)
+        _ARCHS[index] = f"sm_{major}{minor}"
+    return _ARCHS[index]
+
+
+def arch_capability(arch: str) -> tuple[int, int]:
+    """"sm_90" -> (9, 0); "sm_120" -> (12, 0)."""
+    num = arch.partition("_")[2]
+    return int(num[:-1]), int(num[-1])
+
+
+class BackendError(RuntimeError):
+    """An explicitly requested backend cannot run here or cannot serve this configuration."""
+
+
+class Backend:
+    """What a backend implements for the layer op and the cell op.  Subclasses override
+    what they implement; every method gets the :class:`Config` the op built once."""
+
+    name: str = "?"
+    # Under autocast the recurrence may run in the 16-bit autocast dtype: the backend keeps
+    # its cell state and accumulation in float32 (else the op runs it in float32).
+    autocast_native: bool = False
+
+    def unavailable_reason(self, device: torch.device) -> Optional[str]:
+        """None if the backend can run on ``device``, else why not."""
+        return None
+
+    def unsupported_reason(self, cfg: Config) -> Optional[str]:
+        """None if the backend can run this recurrence, else why not.
+
+        Must not depend on ``cfg.T``: under torch.compile one traced decision serves every
+        sequence length (see :mod:`fusedrnn.ops.dispatch`)."""
+        return None
+
+    def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+                   w_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor],
+                   bn: Optional[RecurrentBN]) -> RecurrenceResult:
+        """The recurrence (module docstring) on xp [T, B, G]; cfg.reverse, cfg.mask and
+        cfg.norm say the direction and the modes."""
+        raise NotImplementedError
+
+    def input_norm(self, cfg: Config, xw: Tensor, bias: Optional[Tensor], lengths: Optional[Tensor],
+                   bn: RecurrentBN, slots: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """BN_x of the input projection xw = x @ W_ih^T [T, B, G] (time order), plus bias:
+        per-step statistics over the rows active at each step s (the row's reversed position
+        when cfg.reverse); eval uses the running statistics of ``slots`` [T].  Returns
+        (xp, mean [T, G], biased var [T, G]); the statistics only in training."""
+        raise NotImplementedError
+
+    def cell_unsupported_reason(self, cfg: Config) -> Optional[str]:
+        """None if :meth:`cell` can run this configuration (T = 1), else why not."""
+        return None
+
+    def describe(self, cfg: Config, device: torch.device) -> Optional[str]:
+        """What design the recurrence would run for this configuration (explain() prints it)."""
+        return None
+
+    def cell(self, gates: Tensor, cx: Tensor) -> tuple[Tensor, Tensor]:
+        """The pointwise LSTM cell step: gates [B, G] pre-activations, cx [B, H] -> (hy, cy)."""
+        raise NotImplementedError
+
+
+# ---- the indexing of the semantics (shared by the reference backend and the layer op) -------
+
+
+def reverse_sequences(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """Reverse each row of x [T, B, ...] within its own length (padding stays in place).
+
+    Maps between time order and the processing order of the reverse direction; it is its
+    own inverse.  Differentiable.
+    """
+    if lengths is None:
+        return x.flip(0)
+    T, B = x.shape[0], x.shape[1]
+    s = torch.arange(T, device=x.device).unsqueeze(1)  # [T, 1]
+    L = lengths.to(x.device).unsqueeze(0)  # [1, B]
+    idx = torch.where(s < L, L - 1 - s, s)  # [T, B]
+    idx = idx.view(T, B, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, idx)
+
+
+def active_rows(T: int, lengths: Optional[Tensor], device) -> Optional[Tensor]:
+    """[T, B] bool: row b is still running at step s (s < lengths[b]); None without lengths."""
+    if lengths is None:
+        return None
+    return torch.arange(T, device=device).unsqueeze(1) < lengths.to(device).unsqueeze(0)
+
+
+def step_counts(T: int, B: int, lengths: Optional[Tensor], device) -> Tensor:
+    """[T] number of rows running at each step."""
+    if lengths is None:
+        return torch.full((T,), B, device=device, dtype=torch.int64)
+    return active_rows(T, lengths, device).sum(1)
+
+
+__all__ = ["Backend", "BackendError", "BatchStats", "Config", "MaskMode", "NormMode", "RecurrenceResult",
+           "RecurrentBN", "acc_dtype", "active_rows", "arch_capability", "device_arch", "reverse_sequences",
+           "step_counts"]

@@ -1,0 +1,159 @@
+"""The schema of the layer ops, shared by every op family, and its torch.library wiring.
+
+Both ``fusedrnn::lstm_layer_forward`` / ``_backward`` (C++, csrc/module.cpp) and
+``fusedrnn_triton::lstm_layer_forward`` / ``_backward`` take the same arguments, in this
+order, with these encodings:
+
+    forward(xp, h0, c0, *PARAMS, save_workspace)
+        -> (y, h_n, c_n, h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc)
+    backward(grad_y, grad_h_n, grad_c_n, *PARAMS, h_stats, c_stats, ws_h, ws_act, ws_c,
+             ws_hh_hat, ws_hc)
+        -> (grad_xp, grad_h0, grad_c0, grad_w_hh, grad_w_hr, grad_bn_h_weight,
+            grad_bn_c_weight, grad_bn_c_bias)
+
+with PARAMS the names below.  What the workspace tensors hold is each family's own
+(its fake kernel says their shapes); their names and order are the contract's.
+:func:`layer_params` is the one flattener of the contract's arguments into PARAMS, and
+:func:`register_layer_autograd` the one autograd formula of a forward / backward pair.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .contract import BatchStats, Config, RecurrenceResult, RecurrentBN, acc_dtype
+
+PARAMS = ("w_hh", "w_hr", "mask", "mask_mode", "lengths", "reverse", "norm_mode", "bn_h_weight", "bn_c_weight",
+          "bn_c_bias", "bn_h_running_mean", "bn_h_running_var", "bn_c_running_mean", "bn_c_running_var",
+          "bn_step_offset", "bn_eps")
+FORWARD_OUTPUTS = ("y", "h_n", "c_n", "h_stats", "c_stats", "ws_h", "ws_act", "ws_c", "ws_hh_hat", "ws_hc")
+# the parameters that have a gradient, and its position among the backward's outputs
+_PARAM_GRADS = {"w_hh": 3, "w_hr": 4, "bn_h_weight": 5, "bn_c_weight": 6, "bn_c_bias": 7}
+
+
+def named(params: tuple) -> dict:
+    """The PARAMS (and save_workspace, when given) of an op call's arguments after its three
+    data tensors, by name."""
+    return dict(zip(PARAMS + ("save_workspace",), params))
+
+
+def layer_params(cfg: Config, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
+                 lengths: Optional[Tensor], bn: Optional[RecurrentBN]) -> tuple:
+    """The PARAMS of a recurrence, in order.  Eval-mode running statistics in the data dtype."""
+    if bn is None:
+        norm = (None,) * 7 + (0, 1e-5)
+    else:
+        run = (None,) * 4 if bn.training else tuple(
+            t.to(cfg.dtype) for t in (bn.running_mean_h, bn.running_var_h, bn.running_mean_c, bn.running_var_c))
+        norm = (bn.weight_h, bn.weight_c, bn.bias_c) + run + (int(bn.step_offset), float(bn.eps))
+    return (w_hh, w_hr, mask, int(cfg.mask), lengths, bool(cfg.reverse), int(cfg.norm)) + norm
+
+
+def run_layer_forward(op, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+                      mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[RecurrentBN]) -> RecurrenceResult:
+    """Call a layer forward op of any family on the contract's arguments; the contract's result."""
+    y, h_n, c_n, h_stats, c_stats, *_ = op(xp, h0, c0, *layer_params(cfg, w_hh, w_hr, mask, lengths, bn),
+                                           cfg.requires_grad)
+    stats = None
+    if bn is not None and bn.training:
+        stats = BatchStats(h_stats[:, 0], h_stats[:, 1], c_stats[:, 0], c_stats[:, 1])
+    return RecurrenceResult(y, h_n, c_n, stats)
+
+
+def no_double_backward(op: str):
+    """An autograd formula for a backward op: it refuses to be differentiated."""
+    def formula(ctx, *grads):
+        raise RuntimeError(f"fusedrnn: {op} is not differentiable (no double backward); use "
+                           "backend='reference' for higher-order gradients")
+    return formula
+
+
+def register_layer_autograd(forward: str, backward: str) -> None:
+    """The fake kernel of the backward op (the same for every family), the autograd formula
+    of a forward / backward op pair with this schema (qualified names,
+    "fusedrnn::lstm_layer_forward"), and no double backward."""
+    torch.library.register_fake(backward)(lambda *args: fake_grads(args[0], args[3], args[4], args[9]))
+    backward_op = _op(backward)
+    n = len(PARAMS)
+
+    def setup_context(ctx, inputs, output):
+        params = inputs[3:3 + n]
+        save = inputs[3 + n]
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(*output[3:])
+        tensors = [i for i, p in enumerate(params) if p is None or isinstance(p, Tensor)]
+        ctx.tensor_pos = tensors
+        ctx.scalars = {i: p for i, p in enumerate(params) if i not in tensors}
+        ctx.save_for_backward(*(params[i] for i in tensors), *output[3:])
+        ctx.save = save
+        ctx.meta = tuple((t.shape, t.dtype) for t in output[:3])
+
+    def backward_fn(ctx, grad_y, grad_h_n, grad_c_n, *_workspace_grads):
+        if not ctx.save:
+            raise RuntimeError(
+                f"fusedrnn: {forward} ran without saving for backward (no input required grad), so it "
+                "cannot be differentiated")
+        saved = ctx.saved_tensors
+        k = len(ctx.tensor_pos)
+        params = [None] * n
+        for i, t in zip(ctx.tensor_pos, saved[:k]):
+            params[i] = t
+        for i, v in ctx.scalars.items():
+            params[i] = v
+        dev = saved[k].device  # h_stats
+        grads = [torch.zeros(shape, dtype=dtype, device=dev) if g is None else g
+                 for g, (shape, dtype) in zip((grad_y, grad_h_n, grad_c_n), ctx.meta)]
+        out = backward_op(*grads, *params, *saved[k:])
+        names = dict(zip(PARAMS, params))
+        result = [out[0], out[1], out[2]]
+        for name in PARAMS:
+            pos = _PARAM_GRADS.get(name)
+            result.append(out[pos] if pos is not None and names[name] is not None else None)
+        return tuple(result) + (None,)  # save_workspace
+
+    torch.library.register_autograd(forward, backward_fn, setup_context=setup_context)
+    torch.library.register_autograd(backward, no_double_backward(backward),
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+def fake_forward(xp: Tensor, params: tuple, workspace) -> tuple:
+    """The fake (meta) outputs of a layer forward: y, h_n, c_n, h_stats, c_stats, the same
+    for every family, then ``workspace(new, T, B, H, R, save, norm, proj)``, the family's
+    five workspace tensors (``new(*shape, acc=True)`` makes one, in the accumulation dtype
+    or the data dtype)."""
+    a = named(params)
+    T, B, G = xp.shape
+    H, R = G // 4, a["w_hh"].shape[1]
+    acc = acc_dtype(xp.dtype)
+    norm = a["norm_mode"]
+    n = T if norm == 1 else 0
+
+    def new(*shape, acc_type=True):
+        return xp.new_empty(shape, dtype=acc if acc_type else xp.dtype)
+
+    return (xp.new_empty(T, B, R), xp.new_empty(B, R), xp.new_empty(B, H), new(n, 2, G), new(n, 2, H)) + tuple(
+        workspace(new, T, B, H, R, a["save_workspace"], norm, a["w_hr"] is not None))
+
+
+def fake_grads(grad_y: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], norm_mode: int) -> tuple:
+    """The fake outputs of a layer backward (the same for every family; arguments 0, 3, 4
+    and 9 of the backward op)."""
+    T, B, _ = grad_y.shape
+    G, R = w_hh.shape
+    H = G // 4
+    bn = norm_mode != 0
+    e = grad_y.new_empty
+    return (e(T, B, G), e(B, R), e(B, H), e(G, R), e(*w_hr.shape) if w_hr is not None else e(0),
+            e(G if bn else 0), e(H if bn else 0), e(H if bn else 0))
+
+
+def _op(qualname: str):
+    ns, name = qualname.split("::")
+    return getattr(getattr(torch.ops, ns), name).default
+
+
+__all__ = ["FORWARD_OUTPUTS", "PARAMS", "fake_forward", "fake_grads", "layer_params", "named", "no_double_backward",
+           "register_layer_autograd", "run_layer_forward"]
