@@ -133,6 +133,26 @@ FUSEDRNN_HD void cell_backward(acc_t dc, acc_t i, acc_t f, acc_t g, acc_t c_prev
   dc_prev = dc * f;
 }
 
+// One unit of the fused cell step (the cell op: LSTMCell without batch norm): activates the
+// four pre-activations in place and returns c_t = f * c_{t-1} + i * g and h_t = o * tanh(c_t).
+template <typename acc_t>
+FUSEDRNN_HD void cell_step(acc_t& i, acc_t& f, acc_t& g, acc_t& o, acc_t c_prev, acc_t& c, acc_t& h) {
+  activate(i, f, g, o);
+  c = cell_update(i, f, g, c_prev);
+  acc_t tc;
+  h = hidden(o, c, tc);
+}
+
+// Backward of cell_step from the activated gates, c_{t-1}, c_t and dL/dh_t, dL/dc_t: the
+// pre-activation gradients d[0..3] (i, f, g, o) and dL/dc_{t-1}.
+template <typename acc_t>
+FUSEDRNN_HD void cell_step_backward(acc_t i, acc_t f, acc_t g, acc_t o, acc_t c_prev, acc_t c, acc_t dh, acc_t dc,
+                                    acc_t* d, acc_t& dc_prev) {
+  acc_t dc_h;
+  hidden_backward(dh, o, tanh_(c), d[3], dc_h);
+  cell_backward(dc + dc_h, i, f, g, c_prev, d[0], d[1], d[2], dc_prev);
+}
+
 // Batch-norm normalisation of one value with given statistics.
 template <typename acc_t>
 FUSEDRNN_HD acc_t bn_normalize(acc_t v, acc_t mean, acc_t rstd) {

@@ -49,6 +49,35 @@ inline void check_cell_backward_args(const at::Tensor& grad_hy, const at::Tensor
               acc_type_of(cx.scalar_type()), ", got ", act.scalar_type());
 }
 
+// The cell ops' contiguous inputs and fresh outputs, arguments checked (both devices).
+struct CellForward {
+  at::Tensor gates, cx, hy, cy, act;
+  int64_t B, H;
+  CellForward(const at::Tensor& gates_in, const at::Tensor& cx_in) {
+    check_cell_forward_args(gates_in, cx_in);
+    gates = gates_in.contiguous();
+    cx = cx_in.contiguous();
+    B = cx.size(0), H = cx.size(1);
+    hy = new_output({B, H}, cx.options());
+    cy = new_output({B, H}, cx.options());
+    act = new_output({B, 4 * H}, cx.options().dtype(acc_type_of(cx.scalar_type())));
+  }
+};
+
+struct CellBackward {
+  at::Tensor grad_hy, grad_cy, act, cx, cy, grad_gates, grad_cx;
+  int64_t B, H;
+  CellBackward(const at::Tensor& grad_hy_in, const at::Tensor& grad_cy_in, const at::Tensor& act_in,
+               const at::Tensor& cx_in, const at::Tensor& cy_in) {
+    check_cell_backward_args(grad_hy_in, grad_cy_in, act_in, cx_in, cy_in);
+    grad_hy = grad_hy_in.contiguous(), grad_cy = grad_cy_in.contiguous(), act = act_in.contiguous();
+    cx = cx_in.contiguous(), cy = cy_in.contiguous();
+    B = cx.size(0), H = cx.size(1);
+    grad_gates = new_output({B, 4 * H}, cx.options());
+    grad_cx = new_output({B, H}, cx.options());
+  }
+};
+
 // ---- lstm_layer: the layer recurrence op (schema and shapes in module.cpp) -------------
 
 using OptT = std::optional<at::Tensor>;
@@ -177,6 +206,30 @@ inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Ten
   }
   return d;
 }
+
+inline OptT contiguous_opt(const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : OptT(); }
+
+// The parameter tensors of a layer op call, contiguous; the running statistics only for
+// eval-mode batch norm.  Named members: the kernels read their pointers after the call.
+struct LayerTensors {
+  at::Tensor w_hh;
+  OptT w_hr, mask, bn_h_weight, bn_c_weight, bn_c_bias, rm_h, rv_h, rm_c, rv_c;
+
+  LayerTensors(const LayerDims& d, const LayerArgs& a)
+      : w_hh(a.w_hh.contiguous()),
+        w_hr(contiguous_opt(a.w_hr)),
+        mask(contiguous_opt(a.mask)),
+        bn_h_weight(contiguous_opt(a.bn_h_weight)),
+        bn_c_weight(contiguous_opt(a.bn_c_weight)),
+        bn_c_bias(contiguous_opt(a.bn_c_bias)) {
+    if (d.bn && !d.bn_train) {
+      rm_h = a.bn_h_running_mean->contiguous();
+      rv_h = a.bn_h_running_var->contiguous();
+      rm_c = a.bn_c_running_mean->contiguous();
+      rv_c = a.bn_c_running_var->contiguous();
+    }
+  }
+};
 
 // Sequence lengths on the CPU, checked to lie in [0, T].
 inline std::vector<int64_t> lengths_vector(const OptT& lengths, int64_t B, int64_t T) {

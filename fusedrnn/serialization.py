@@ -28,9 +28,8 @@ def safe_classes() -> list[type]:
     """Every class a pickled fusedrnn module or reference model refers to, beyond what
     torch allows by default."""
     from . import models
-    from .models._common import LockedDropout
     from .models.tagger import _Encoder
-    from .modules import LSTM, LSTMCell
+    from .modules import LSTM, LockedDropout, LSTMCell
 
     ours = [LSTM, LSTMCell, LockedDropout, _Encoder] + [getattr(models, n) for n in models.__all__]
     return ours + [nn.Embedding, nn.Linear, nn.Dropout, nn.Identity, nn.ReLU, nn.Sequential]

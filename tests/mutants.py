@@ -59,13 +59,11 @@ MUTANTS = [
            "        raise RuntimeError('mutant')\n",
            (SEM + "::test_reference_backend_runs_without_compiled_code",),
            "the plain-PyTorch BN_x (the reference backend's input norm) is broken"),
-    Mutant("triton-persistent-block-mapping", "fusedrnn/backends/triton/kernels.py",
-           "    pid_b = pid % n_bblk\n    pid_c = pid // n_bblk\n    offs_b = pid_b * BB + tl.arange(0, BB)\n"
-           "    offs_j = pid_c * BH + tl.arange(0, BH)\n    offs_p",
-           "    pid_c = pid % n_bblk\n    pid_b = pid // n_bblk\n    offs_b = pid_b * BB + tl.arange(0, BB)\n"
-           "    offs_j = pid_c * BH + tl.arange(0, BH)\n    offs_p",
+    Mutant("triton-persistent-block-mapping", "fusedrnn/backends/triton/_helpers.py",
+           "    pid_b = pid % n_bblk\n    pid_c = pid // n_bblk\n",
+           "    pid_c = pid % n_bblk\n    pid_b = pid // n_bblk\n",
            (SEM + "::test_triton_persistent_with_several_row_and_column_blocks",),
-           "row and column block indices of the persistent forward swapped"),
+           "row and column block indices of the persistent kernels swapped"),
     Mutant("gate-order", "fusedrnn/backends/reference.py",
            "i, f, g, o = (xp[s] + hh).chunk(4, 1)", "f, i, g, o = (xp[s] + hh).chunk(4, 1)",
            ("tests/test_lstm_dropin.py::test_matches_nn_lstm",),

@@ -14,7 +14,7 @@ import torch
 
 from fusedrnn.cli import main as cli_main
 from fusedrnn.experiments import EXPERIMENTS, get
-from fusedrnn.experiments.common import PRESET_NAMES, resolve
+from fusedrnn.experiments.run import PRESET_NAMES, resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "EXPERIMENTS.md")

@@ -251,21 +251,15 @@ def test_which_path_runs_cell(options, training, with_mask, fused, monkeypatch):
 # ---- fallbacks -----------------------------------------------------------------------------------
 
 
-_NO_COMPILED = r"""
-import json, sys
-sys.modules["fusedrnn._C"] = None  # the compiled library cannot be imported
-import torch, fusedrnn
-from fusedrnn.backends import compiled
-from torch.nn.utils.rnn import pack_padded_sequence
-assert compiled.LOAD_ERROR is not None and fusedrnn.available_backends("cpu") == ["reference"]
-assert not hasattr(torch.ops.fusedrnn, "lstm_layer_forward")
-out = {}
-for training in (True, False):
+def regularized_lstm_run(training: bool, backend: str) -> list:
+    """Outputs, gradients and running statistics of a regularized LSTM step (batch norm,
+    recurrent dropout, packed, both directions) on a backend."""
     torch.manual_seed(0)
     x = torch.randn(6, 5, 4, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([6, 6, 4, 3, 2])
     torch.manual_seed(1)
-    m = fusedrnn.LSTM(4, 5, bidirectional=True, batch_norm=True, recurrent_dropout=0.3, dtype=torch.float64)
+    m = fusedrnn.LSTM(4, 5, bidirectional=True, batch_norm=True, recurrent_dropout=0.3, dtype=torch.float64,
+                      backend=backend)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -273,8 +267,19 @@ for training in (True, False):
     torch.manual_seed(2)
     y, (h, c) = m(pack_padded_sequence(x, lengths))
     g = torch.autograd.grad((y.data ** 2).sum() + h.sum(), [x] + list(m.parameters()))
-    out[str(training)] = [t.detach().flatten().tolist() for t in [y.data, h, c, *g, *m.buffers()]]
-print(json.dumps(out))
+    return [t.detach() for t in [y.data, h, c, *g, *m.buffers()]]
+
+
+_NO_COMPILED = r"""
+import json, sys
+sys.modules["fusedrnn._C"] = None  # the compiled library cannot be imported
+sys.path.insert(0, "tests")
+import torch, fusedrnn
+from fusedrnn.backends import compiled
+from test_semantics import regularized_lstm_run
+assert compiled.LOAD_ERROR is not None and fusedrnn.available_backends("cpu") == ["reference"]
+assert not hasattr(torch.ops.fusedrnn, "lstm_layer_forward")
+print(json.dumps({str(t): [v.flatten().tolist() for v in regularized_lstm_run(t, "auto")] for t in (True, False)}))
 """
 
 
@@ -287,23 +292,10 @@ def test_reference_backend_runs_without_compiled_code():
 
     got = run_python_json(_NO_COMPILED)
     for training in (True, False):
-        torch.manual_seed(0)
-        x = torch.randn(6, 5, 4, dtype=torch.float64, requires_grad=True)
-        lengths = torch.tensor([6, 6, 4, 3, 2])
-        torch.manual_seed(1)
-        m = fusedrnn.LSTM(4, 5, bidirectional=True, batch_norm=True, recurrent_dropout=0.3, dtype=torch.float64,
-                          backend="native")
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        m.train(training)
-        torch.manual_seed(2)
-        y, (h, c) = m(pack_padded_sequence(x, lengths))
-        g = torch.autograd.grad((y.data ** 2).sum() + h.sum(), [x] + list(m.parameters()))
-        want = [y.data, h, c, *g, *m.buffers()]
+        want = regularized_lstm_run(training, "native")
         assert len(want) == len(got[str(training)])
         for a, b in zip(got[str(training)], want):
-            assert_close(torch.tensor(a, dtype=torch.float64), b.detach().flatten())
+            assert_close(torch.tensor(a, dtype=torch.float64), b.flatten())
 
 
 @pytest.mark.skipif(not TRITON, reason="triton interpreter not available")

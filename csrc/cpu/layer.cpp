@@ -35,25 +35,54 @@ using cpu::add_row;
 using cpu::column_stats;
 using cpu::grain_for;
 
+// The parameters every pass reads: mask [B, R] or [T, B, R] (or null), batch-norm weights,
+// running statistics (eval).
 template <typename T>
-struct FwdBuffers {
-  // inputs
-  const T* xp;
-  const T* mask;  // [B, R] or [T, B, R] or null
+struct ParamPtrs {
+  const T* mask;
   bool mask_per_step;
   const T *gamma_h, *gamma_c, *beta_c;
-  // running statistics (eval)
   const T *rm_h, *rv_h, *rm_c, *rv_c;
+
+  ParamPtrs(const LayerDims& d, const LayerTensors& t)
+      : mask(ptr(t.mask)), mask_per_step(d.mask_per_step), gamma_h(ptr(t.bn_h_weight)),
+        gamma_c(ptr(t.bn_c_weight)), beta_c(ptr(t.bn_c_bias)), rm_h(ptr(t.rm_h)), rv_h(ptr(t.rv_h)),
+        rm_c(ptr(t.rm_c)), rv_c(ptr(t.rv_c)) {}
+  static const T* ptr(const OptT& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
+};
+
+// The per-step GEMMs with W_hh and W_hr (packed once per call); forward multiplies by W^T.
+struct LayerGemms {
+  cpu::RepeatedGemm hh;
+  std::optional<cpu::RepeatedGemm> hr;
+  LayerGemms(const LayerDims& d, const LayerTensors& t, bool forward)
+      : hh(t.w_hh, forward, d.B),
+        hr(d.proj ? std::make_optional<cpu::RepeatedGemm>(*t.w_hr, forward, d.B) : std::nullopt) {}
+};
+
+template <typename T>
+struct FwdBuffers : ParamPtrs<T> {
+  using ParamPtrs<T>::ParamPtrs;
+  // inputs
+  const T* xp{};
   // outputs
-  T* y;
-  T *h_stats, *c_stats;  // [T, 2, G], [T, 2, H]
-  T *hm, *act, *c, *hh_hat, *hc;
-  bool save;  // workspace holds every step (else rolling slots)
+  T* y{};
+  T *h_stats{}, *c_stats{};  // [T, 2, G], [T, 2, H]
+  T *hm{}, *act{}, *c{}, *hh_hat{}, *hc{};
+  bool save{};  // workspace holds every step (else rolling slots)
   // scratch
-  T* h_cur;  // [B, R]
-  T* hh;     // [B, G]  GEMM output
-  T* hp;     // [B, P]  projection GEMM output
-  T *mean_g, *rstd_g, *mean_c, *rstd_c;  // per column of this step
+  T* h_cur{};  // [B, R]
+  T* hh{};     // [B, G]  GEMM output
+  T* hp{};     // [B, P]  projection GEMM output
+  T *mean_g{}, *rstd_g{}, *mean_c{}, *rstd_c{};  // per column of this step
+
+  // Statistics scratch of one step, carved from st [2G + 2H].
+  void set_scratch(T* st, int64_t G, int64_t H) {
+    mean_g = st;
+    rstd_g = st + G;
+    mean_c = st + 2 * G;
+    rstd_c = st + 2 * G + H;
+  }
 };
 
 // BN_h of one row, columns [c0, c1): saves x_hat and rewrites hh in place to gamma * x_hat.
@@ -255,37 +284,13 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor stat_scratch = at::empty({2 * G + 2 * H}, opt);
   ws_c.select(0, 0).copy_(c0);
 
-  const OptT mask_c = mask.has_value() ? OptT(mask->contiguous()) : OptT();
-  const cpu::RepeatedGemm gemm_hh(w_hh, /*trans=*/true, B);
-  const std::optional<cpu::RepeatedGemm> gemm_hr =
-      d.proj ? std::make_optional<cpu::RepeatedGemm>(*w_hr, true, B) : std::nullopt;
-  OptT gh, gc, bc, rmh, rvh, rmc, rvc;
-  if (d.bn) {
-    gh = bn_h_weight->contiguous();
-    gc = bn_c_weight->contiguous();
-    bc = bn_c_bias->contiguous();
-    if (!bn_train) {
-      rmh = bn_h_running_mean->contiguous();
-      rvh = bn_h_running_var->contiguous();
-      rmc = bn_c_running_mean->contiguous();
-      rvc = bn_c_running_var->contiguous();
-    }
-  }
+  const LayerTensors pt(d, FUSEDRNN_LAYER_ARGS);
+  const LayerGemms gemm(d, pt, /*forward=*/true);
 
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_layer_forward_cpu", [&] {
     using T = scalar_t;
-    auto ptr = [](const OptT& t) -> T* { return t.has_value() ? t->data_ptr<T>() : nullptr; };
-    FwdBuffers<T> f{};
+    FwdBuffers<T> f(d, pt);
     f.xp = xp.data_ptr<T>();
-    f.mask = ptr(mask_c);
-    f.mask_per_step = d.mask_per_step;
-    f.gamma_h = ptr(gh);
-    f.gamma_c = ptr(gc);
-    f.beta_c = ptr(bc);
-    f.rm_h = ptr(rmh);
-    f.rv_h = ptr(rvh);
-    f.rm_c = ptr(rmc);
-    f.rv_c = ptr(rvc);
     f.y = y.data_ptr<T>();
     f.h_stats = h_stats.data_ptr<T>();
     f.c_stats = c_stats.data_ptr<T>();
@@ -298,12 +303,8 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
     f.h_cur = h_cur.data_ptr<T>();
     f.hh = hh.data_ptr<T>();
     f.hp = hp.data_ptr<T>();
-    T* st = stat_scratch.data_ptr<T>();
-    f.mean_g = st;
-    f.rstd_g = st + G;
-    f.mean_c = st + 2 * G;
-    f.rstd_c = st + 2 * G + H;
-    layer_forward<T>(d, rows, gemm_hh, d.proj ? &*gemm_hr : nullptr, h0, f, ws_hm, hh, ws_hc, hp,
+    f.set_scratch(stat_scratch.data_ptr<T>(), G, H);
+    layer_forward<T>(d, rows, gemm.hh, d.proj ? &*gemm.hr : nullptr, h0, f, ws_hm, hh, ws_hc, hp,
                      bn_train, bn_step_offset, S, bn_eps);
   });
   h_n.copy_(h_cur);
@@ -318,24 +319,29 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
 namespace {
 
 template <typename T>
-struct BwdBuffers {
-  const T* grad_y;
-  const T* mask;
-  bool mask_per_step;
-  const T *gamma_h, *gamma_c, *beta_c;
-  const T *rv_h, *rm_c, *rv_c;        // eval statistics
-  const T *h_stats, *c_stats;          // train statistics
-  const T *act, *c, *hh_hat;           // workspace
-  T* grad_xp;                          // [T, B, G]
-  T* dhh;                              // [T, B, G] (may alias grad_xp)
-  T* dh_all;                           // [T, B, P] (proj only)
-  T *dgamma_h, *dgamma_c, *dbeta_c;
-  T* dh_carry;  // [B, R]
-  T* dc_carry;  // [B, H]
-  T* dh_cur;    // [B, R]
-  T* dhc;       // [B, H] gradient of h before projection (aliases dh_cur without proj)
-  T* dh_rec;    // [B, R] GEMM output
-  T *mean_g, *rstd_g, *mean_c, *rstd_c, *sum1_g, *sum2_g, *sum1_c, *sum2_c;  // scratch
+struct BwdBuffers : ParamPtrs<T> {
+  using ParamPtrs<T>::ParamPtrs;
+  const T* grad_y{};
+  const T *h_stats{}, *c_stats{};          // train statistics
+  const T *act{}, *c{}, *hh_hat{};           // workspace
+  T* grad_xp{};                          // [T, B, G]
+  T* dhh{};                              // [T, B, G] (may alias grad_xp)
+  T* dh_all{};                           // [T, B, P] (proj only)
+  T *dgamma_h{}, *dgamma_c{}, *dbeta_c{};
+  T* dh_carry{};  // [B, R]
+  T* dc_carry{};  // [B, H]
+  T* dh_cur{};    // [B, R]
+  T* dhc{};       // [B, H] gradient of h before projection (aliases dh_cur without proj)
+  T* dh_rec{};    // [B, R] GEMM output
+  T *mean_g{}, *rstd_g{}, *mean_c{}, *rstd_c{}, *sum1_g{}, *sum2_g{}, *sum1_c{}, *sum2_c{};  // scratch
+
+  // Statistics and batch-sum scratch of one step, carved from st [4G + 4H].
+  void set_scratch(T* st, int64_t G, int64_t H) {
+    T* g[4] = {st, st + G, st + 2 * G, st + 3 * G};
+    T* c[4] = {st + 4 * G, st + 4 * G + H, st + 4 * G + 2 * H, st + 4 * G + 3 * H};
+    mean_g = g[0], rstd_g = g[1], sum1_g = g[2], sum2_g = g[3];
+    mean_c = c[0], rstd_c = c[1], sum1_c = c[2], sum2_c = c[3];
+  }
 };
 
 // BN_c backward, first pass over one active row: accumulates dgamma_c, dbeta_c and the batch
@@ -517,7 +523,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   const at::Tensor act = ws_act.contiguous(), c = ws_c.contiguous(), hm = ws_hm.contiguous();
   const at::Tensor hh_hat = ws_hh_hat.contiguous(), hc = ws_hc.contiguous();
   const at::Tensor h_stats = h_stats_in.contiguous(), c_stats = c_stats_in.contiguous();
-  const OptT mask_c = mask.has_value() ? OptT(mask->contiguous()) : OptT();
+  const LayerTensors pt(d, FUSEDRNN_LAYER_ARGS);
 
   at::Tensor grad_xp = new_output({T_, B, G}, opt);
   // Without BN_h, lengths or reversal, dL/dhh of step s is grad_xp[s]: no second buffer.
@@ -531,34 +537,12 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   at::Tensor dgamma_h = at::zeros({d.bn ? G : 0}, opt), dgamma_c = at::zeros({d.bn ? H : 0}, opt);
   at::Tensor dbeta_c = at::zeros({d.bn ? H : 0}, opt);
   at::Tensor scratch = at::empty({4 * G + 4 * H}, opt);
-  const cpu::RepeatedGemm gemm_hh(w_hh, /*trans=*/false, B);
-  const std::optional<cpu::RepeatedGemm> gemm_hr =
-      d.proj ? std::make_optional<cpu::RepeatedGemm>(*w_hr, false, B) : std::nullopt;
+  const LayerGemms gemm(d, pt, /*forward=*/false);
 
   AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "lstm_layer_backward_cpu", [&] {
     using T = scalar_t;
-    auto ptr = [](const OptT& t) -> T* { return t.has_value() ? t->data_ptr<T>() : nullptr; };
-    OptT gh, gc, bc, rvh, rmc, rvc;
-    if (d.bn) {
-      gh = bn_h_weight->contiguous();
-      gc = bn_c_weight->contiguous();
-      bc = bn_c_bias->contiguous();
-      if (!bn_train) {
-        rvh = bn_h_running_var->contiguous();
-        rmc = bn_c_running_mean->contiguous();
-        rvc = bn_c_running_var->contiguous();
-      }
-    }
-    BwdBuffers<T> f{};
+    BwdBuffers<T> f(d, pt);
     f.grad_y = grad_y.data_ptr<T>();
-    f.mask = ptr(mask_c);
-    f.mask_per_step = d.mask_per_step;
-    f.gamma_h = ptr(gh);
-    f.gamma_c = ptr(gc);
-    f.beta_c = ptr(bc);
-    f.rv_h = ptr(rvh);
-    f.rm_c = ptr(rmc);
-    f.rv_c = ptr(rvc);
     f.h_stats = bn_train ? h_stats.data_ptr<T>() : nullptr;
     f.c_stats = bn_train ? c_stats.data_ptr<T>() : nullptr;
     f.act = act.data_ptr<T>();
@@ -575,15 +559,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     f.dh_cur = dh_cur.data_ptr<T>();
     f.dhc = dhc.data_ptr<T>();
     f.dh_rec = dh_rec.data_ptr<T>();
-    T* st = scratch.data_ptr<T>();
-    f.mean_g = st;
-    f.rstd_g = st + G;
-    f.sum1_g = st + 2 * G;
-    f.sum2_g = st + 3 * G;
-    f.mean_c = st + 4 * G;
-    f.rstd_c = st + 4 * G + H;
-    f.sum1_c = st + 4 * G + 2 * H;
-    f.sum2_c = st + 4 * G + 3 * H;
+    f.set_scratch(scratch.data_ptr<T>(), G, H);
 
     for (int64_t s = T_ - 1; s >= 0; --s) {
       // dL/dh_s: from the output at this step plus what flows back from step s + 1
@@ -598,11 +574,11 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
       }
       if (d.proj) {
         std::memcpy(f.dh_all + s * B * R, f.dh_cur, sizeof(T) * B * R);
-        gemm_hr->run(dh_cur, dhc);  // [B, P] @ W_hr
+        gemm.hr->run(dh_cur, dhc);  // [B, P] @ W_hr
       }
       const int64_t slot = std::min<int64_t>(bn_step_offset + s, S - 1);
       backward_pointwise<T>(rows, d, f, s, bn_train, slot, bn_eps);
-      gemm_hh.run(dhh.select(0, s), dh_rec);  // [B, G] @ W_hh
+      gemm.hh.run(dhh.select(0, s), dh_rec);  // [B, G] @ W_hh
       const T* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;

@@ -139,11 +139,9 @@ cudaError_t batch_norm_steps_forward(DType dtype, const void* v, const void* wei
   return dispatch(dtype, [&](auto tag) {
     using T_ = decltype(tag);
     using A = typename Acc<T_>::type;
-    bn_forward_kernel<T_><<<bn_grid(T, F), dim3(kCols, kRowWarps), 0, stream>>>(
-        static_cast<const T_*>(v), static_cast<const T_*>(weight), static_cast<const T_*>(bias),
-        Rows{lengths, T, reverse}, B, F, training, eps, static_cast<A*>(mean), static_cast<A*>(var),
-        static_cast<T_*>(out));
-    return cudaGetLastError();
+    return launch(bn_forward_kernel<T_>, bn_grid(T, F), dim3(kCols, kRowWarps), 0, stream, static_cast<const T_*>(v),
+                  static_cast<const T_*>(weight), static_cast<const T_*>(bias), Rows{lengths, T, reverse}, B, F,
+                  training, eps, static_cast<A*>(mean), static_cast<A*>(var), static_cast<T_*>(out));
   });
 }
 
@@ -155,11 +153,10 @@ cudaError_t batch_norm_steps_backward(DType dtype, const void* grad_out, const v
   return dispatch(dtype, [&](auto tag) {
     using T_ = decltype(tag);
     using A = typename Acc<T_>::type;
-    bn_backward_kernel<T_><<<bn_grid(T, F), dim3(kCols, kRowWarps), 0, stream>>>(
-        static_cast<const T_*>(grad_out), static_cast<const T_*>(v), static_cast<const T_*>(weight),
-        Rows{lengths, T, reverse}, B, F, training, eps, static_cast<const A*>(mean), static_cast<const A*>(var),
-        static_cast<T_*>(grad_v), static_cast<A*>(grad_w_part));
-    return cudaGetLastError();
+    return launch(bn_backward_kernel<T_>, bn_grid(T, F), dim3(kCols, kRowWarps), 0, stream,
+                  static_cast<const T_*>(grad_out), static_cast<const T_*>(v), static_cast<const T_*>(weight),
+                  Rows{lengths, T, reverse}, B, F, training, eps, static_cast<const A*>(mean),
+                  static_cast<const A*>(var), static_cast<T_*>(grad_v), static_cast<A*>(grad_w_part));
   });
 }
 

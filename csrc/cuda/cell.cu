@@ -14,25 +14,19 @@ __global__ void cell_forward_kernel(const T* __restrict__ gates, const T* __rest
                                     typename Acc<T>::type* __restrict__ act, int64_t B,
                                     int64_t H) {
   using acc_t = typename Acc<T>::type;
-  const int64_t n = B * H;
-  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n;
-       k += (int64_t)gridDim.x * blockDim.x) {
+  grid_stride(B * H, [&](int64_t k) {
     const int64_t b = k / H, j = k - b * H;
     const T* gr = gates + b * 4 * H;
-    acc_t i = to_acc(gr[j]), f = to_acc(gr[H + j]), g = to_acc(gr[2 * H + j]),
-          o = to_acc(gr[3 * H + j]);
-    gates::activate(i, f, g, o);
-    const acc_t c = gates::cell_update(i, f, g, to_acc(cx[k]));
-    acc_t tc;
-    const acc_t h = gates::hidden(o, c, tc);
     acc_t* ar = act + b * 4 * H;
-    ar[j] = i;
-    ar[H + j] = f;
-    ar[2 * H + j] = g;
-    ar[3 * H + j] = o;
+    acc_t a[4], c, h;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) a[q] = to_acc(gr[q * H + j]);
+    gates::cell_step(a[0], a[1], a[2], a[3], to_acc(cx[k]), c, h);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) ar[q * H + j] = a[q];
     cy[k] = from_acc<T>(c);
     hy[k] = from_acc<T>(h);
-  }
+  });
 }
 
 template <typename T>
@@ -43,25 +37,17 @@ __global__ void cell_backward_kernel(const T* __restrict__ grad_hy,
                                      T* __restrict__ grad_gates, T* __restrict__ grad_cx,
                                      int64_t B, int64_t H) {
   using acc_t = typename Acc<T>::type;
-  const int64_t n = B * H;
-  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n;
-       k += (int64_t)gridDim.x * blockDim.x) {
+  grid_stride(B * H, [&](int64_t k) {
     const int64_t b = k / H, j = k - b * H;
     const acc_t* ar = act + b * 4 * H;
-    const acc_t i = ar[j], f = ar[H + j], g = ar[2 * H + j], o = ar[3 * H + j];
-    const acc_t tc = gates::tanh_(to_acc(cy[k]));
-    acc_t dpre_o, dc_h;
-    gates::hidden_backward(to_acc(grad_hy[k]), o, tc, dpre_o, dc_h);
-    acc_t dpre_i, dpre_f, dpre_g, dc_prev;
-    gates::cell_backward(to_acc(grad_cy[k]) + dc_h, i, f, g, to_acc(cx[k]), dpre_i, dpre_f,
-                         dpre_g, dc_prev);
+    acc_t d[4], dc_prev;
+    gates::cell_step_backward(ar[j], ar[H + j], ar[2 * H + j], ar[3 * H + j], to_acc(cx[k]), to_acc(cy[k]),
+                              to_acc(grad_hy[k]), to_acc(grad_cy[k]), d, dc_prev);
     T* dg = grad_gates + b * 4 * H;
-    dg[j] = from_acc<T>(dpre_i);
-    dg[H + j] = from_acc<T>(dpre_f);
-    dg[2 * H + j] = from_acc<T>(dpre_g);
-    dg[3 * H + j] = from_acc<T>(dpre_o);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) dg[q * H + j] = from_acc<T>(d[q]);
     grad_cx[k] = from_acc<T>(dc_prev);
-  }
+  });
 }
 
 constexpr int kThreads = 256;
@@ -71,14 +57,12 @@ constexpr int kThreads = 256;
 cudaError_t lstm_cell_forward(DType dtype, const void* gates, const void* cx, void* hy,
                               void* cy, void* act, int64_t B, int64_t H,
                               cudaStream_t stream) {
-  if (B * H == 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
-    cell_forward_kernel<T><<<blocks_for(B * H, kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(gates), static_cast<const T*>(cx), static_cast<T*>(hy),
-        static_cast<T*>(cy), static_cast<acc_t*>(act), B, H);
-    return cudaGetLastError();
+    return launch_flat(cell_forward_kernel<T>, B * H, kThreads, stream, static_cast<const T*>(gates),
+                       static_cast<const T*>(cx), static_cast<T*>(hy), static_cast<T*>(cy), static_cast<acc_t*>(act),
+                       B, H);
   });
 }
 
@@ -86,15 +70,12 @@ cudaError_t lstm_cell_backward(DType dtype, const void* grad_hy, const void* gra
                                const void* act, const void* cx, const void* cy,
                                void* grad_gates, void* grad_cx, int64_t B, int64_t H,
                                cudaStream_t stream) {
-  if (B * H == 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename Acc<T>::type;
-    cell_backward_kernel<T><<<blocks_for(B * H, kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(grad_hy), static_cast<const T*>(grad_cy),
-        static_cast<const acc_t*>(act), static_cast<const T*>(cx), static_cast<const T*>(cy),
-        static_cast<T*>(grad_gates), static_cast<T*>(grad_cx), B, H);
-    return cudaGetLastError();
+    return launch_flat(cell_backward_kernel<T>, B * H, kThreads, stream, static_cast<const T*>(grad_hy),
+                       static_cast<const T*>(grad_cy), static_cast<const acc_t*>(act), static_cast<const T*>(cx),
+                       static_cast<const T*>(cy), static_cast<T*>(grad_gates), static_cast<T*>(grad_cx), B, H);
   });
 }
 

@@ -2,6 +2,8 @@
 // accumulation type, and the dispatch from launch.h's DType to a template.
 #pragma once
 
+#include <utility>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -30,21 +32,41 @@ template <> struct FromAcc<__nv_bfloat16> {
 template <typename T>
 __device__ __forceinline__ T from_acc(typename Acc<T>::type v) { return FromAcc<T>::cvt(v); }
 
-// Calls fn(T{}) with T the element type of dtype.
+// Calls fn(T{}) with T the element type of dtype and returns its result (any type).
 template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn&& fn) {
+auto dispatch(DType dtype, Fn&& fn) -> decltype(fn(float{})) {
   switch (dtype) {
-    case DType::kF32: return fn(float{});
     case DType::kF64: return fn(double{});
     case DType::kF16: return fn(__half{});
     case DType::kBF16: return fn(__nv_bfloat16{});
+    default: return fn(float{});
   }
-  return cudaErrorInvalidValue;
+}
+
+// Calls fn(k) for every k in [0, n), spread over the whole grid (a grid-stride loop).
+template <class Fn>
+__device__ __forceinline__ void grid_stride(int64_t n, Fn fn) {
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) fn(k);
 }
 
 inline unsigned int blocks_for(int64_t n, int threads) {
   int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned int>(b < 65535 * 8 ? (b < 1 ? 1 : b) : 65535 * 8);
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...); returns the launch error.
+template <typename... KArgs, typename... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+  return cudaGetLastError();
+}
+
+// A grid-stride kernel over n elements with `threads` threads per block (nothing for n = 0).
+template <typename... KArgs, typename... Args>
+cudaError_t launch_flat(void (*kernel)(KArgs...), int64_t n, int threads, cudaStream_t stream, Args&&... args) {
+  if (n == 0) return cudaSuccess;
+  return launch(kernel, dim3(blocks_for(n, threads)), dim3(threads), 0, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace cuda

@@ -33,6 +33,44 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
+// The biased mean and variance of v(b) over the rows active at step s (inv_n = 1 / their
+// count), a warp's reduction: every lane gets them.
+template <typename A, class V>
+__device__ __forceinline__ void warp_moments(const Rows& rows, int64_t s, int64_t B, A inv_n, int lane, V v, A& mean,
+                                             A& var) {
+  A sum = 0;
+  for (int64_t b = lane; b < B; b += 32)
+    if (rows.active(b, s)) sum += v(b);
+  mean = warp_sum(sum) * inv_n;
+  A sq = 0;
+  for (int64_t b = lane; b < B; b += 32)
+    if (rows.active(b, s)) {
+      const A d = v(b) - mean;
+      sq += d * d;
+    }
+  var = warp_sum(sq) * inv_n;
+}
+
+// The statistics of one batch-norm column (col of a width-wide layout) at step s: in
+// training warp_moments of v, stored to stats[s, 0 | 1, col] by lane 0; in eval the running
+// statistics of slot.
+template <typename T, typename A, class V>
+__device__ __forceinline__ void column_stats(const LayerParams& p, const Rows& rows, int64_t s, int64_t slot, A inv_n,
+                                             int lane, void* stats, const void* run_mean, const void* run_var,
+                                             int64_t width, int64_t col, V v, A& mean, A& var) {
+  if (p.bn_train) {
+    warp_moments(rows, s, p.B, inv_n, lane, v, mean, var);
+    if (lane == 0) {
+      A* st = static_cast<A*>(stats);
+      st[(s * 2) * width + col] = mean;
+      st[(s * 2 + 1) * width + col] = var;
+    }
+  } else {
+    mean = to_acc(static_cast<const T*>(run_mean)[slot * width + col]);
+    var = to_acc(static_cast<const T*>(run_var)[slot * width + col]);
+  }
+}
+
 // Shared-memory scratch of forward_units / backward_units, in accumulation-type elements.
 __host__ __device__ inline int64_t units_scratch(int64_t U, int64_t B, bool bn) {
   return 16 * U + (bn ? 4 * U * B : 0);
@@ -102,27 +140,8 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
       if (u >= Uv) continue;
       const int64_t col = k * H + j0 + u;
       A mean, var;
-      if (p.bn_train) {
-        A sum = 0;
-        for (int64_t b = lane; b < B; b += 32)
-          if (rows.active(b, s)) sum += hh(b, k, u);
-        mean = warp_sum(sum) * inv_n;
-        A sq = 0;
-        for (int64_t b = lane; b < B; b += 32)
-          if (rows.active(b, s)) {
-            const A d = hh(b, k, u) - mean;
-            sq += d * d;
-          }
-        var = warp_sum(sq) * inv_n;
-        if (lane == 0) {
-          A* hs = static_cast<A*>(p.h_stats);
-          hs[(s * 2) * G + col] = mean;
-          hs[(s * 2 + 1) * G + col] = var;
-        }
-      } else {
-        mean = to_acc(static_cast<const T*>(p.run_mean_h)[slot * G + col]);
-        var = to_acc(static_cast<const T*>(p.run_var_h)[slot * G + col]);
-      }
+      column_stats<T>(p, rows, s, slot, inv_n, lane, p.h_stats, p.run_mean_h, p.run_var_h, G, col,
+                      [&](int64_t b) { return hh(b, k, u); }, mean, var);
       if (lane == 0) {
         mean_g[c] = mean;
         rstd_g[c] = gates::rsqrt_(var + A(p.eps));
@@ -181,27 +200,8 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
   for (int u = warp; u < Uv; u += nwarps) {  // BN_c statistics: one warp per unit
     const int64_t j = j0 + u;
     A mean, var;
-    if (p.bn_train) {
-      A sum = 0;
-      for (int64_t b = lane; b < B; b += 32)
-        if (rows.active(b, s)) sum += c_new[b * H + j];
-      mean = warp_sum(sum) * inv_n;
-      A sq = 0;
-      for (int64_t b = lane; b < B; b += 32)
-        if (rows.active(b, s)) {
-          const A d = c_new[b * H + j] - mean;
-          sq += d * d;
-        }
-      var = warp_sum(sq) * inv_n;
-      if (lane == 0) {
-        A* cs = static_cast<A*>(p.c_stats);
-        cs[(s * 2) * H + j] = mean;
-        cs[(s * 2 + 1) * H + j] = var;
-      }
-    } else {
-      mean = to_acc(static_cast<const T*>(p.run_mean_c)[slot * H + j]);
-      var = to_acc(static_cast<const T*>(p.run_var_c)[slot * H + j]);
-    }
+    column_stats<T>(p, rows, s, slot, inv_n, lane, p.c_stats, p.run_mean_c, p.run_var_c, H, j,
+                    [&](int64_t b) { return c_new[b * H + j]; }, mean, var);
     if (lane == 0) {
       mean_c[u] = mean;
       rstd_c[u] = gates::rsqrt_(var + A(p.eps));

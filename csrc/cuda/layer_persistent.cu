@@ -49,6 +49,24 @@ template <> struct Mma<float> {
   }
 };
 
+// acc += A @ B over the K chunks [k0, k1) of KSTEP columns: A a 16 x K row-major tile at a
+// (leading dimension lda, chunk kk at a + kk * KSTEP), B a K x 16 tile of layout LB at b
+// (leading dimension ldb, chunk kk at b + kk * b_step).
+template <typename T, typename LB, int KSTEP, class Acc16>
+__device__ __forceinline__ void mma_chunks(Acc16& acc, int64_t k0, int64_t k1, const T* a, unsigned lda, const T* b,
+                                           unsigned ldb, int64_t b_step) {
+  using E = typename Mma<T>::elem;
+  for (int64_t kk = k0; kk < k1; ++kk) {
+    wmma::fragment<wmma::matrix_a, 16, 16, KSTEP, E, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, KSTEP, E, LB> fb;
+    wmma::load_matrix_sync(fa, a + kk * KSTEP, lda);
+    wmma::load_matrix_sync(fb, b + kk * b_step, ldb);
+    Mma<T>::fix(fa);
+    Mma<T>::fix(fb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+}
+
 struct Geometry {
   int U, Mp, KS_f, KS_b;
   int64_t Bp, Rp, ldw;
@@ -138,16 +156,9 @@ __global__ void __launch_bounds__(kPThreads, 1)
       const int q = item % KS, t = item / KS, mt = t % tiles_m, nt = t / tiles_m;
       wmma::fragment<wmma::accumulator, 16, 16, KSTEP, float> acc;
       wmma::fill_fragment(acc, 0.0f);
-      const int64_t k0 = kchunks * q / KS, k1 = kchunks * (q + 1) / KS;
-      for (int64_t kk = k0; kk < k1; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, KSTEP, E, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, KSTEP, E, wmma::col_major> fb;
-        wmma::load_matrix_sync(fa, wsm + mt * 16 * ldw + kk * KSTEP, static_cast<unsigned>(ldw));
-        wmma::load_matrix_sync(fb, xs + nt * 16 * Rp + kk * KSTEP, static_cast<unsigned>(Rp));
-        Mma<T>::fix(fa);
-        Mma<T>::fix(fb);
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
+      mma_chunks<T, wmma::col_major, KSTEP>(acc, kchunks * q / KS, kchunks * (q + 1) / KS, wsm + mt * 16 * ldw,
+                                            static_cast<unsigned>(ldw), xs + nt * 16 * Rp,
+                                            static_cast<unsigned>(Rp), KSTEP);
       wmma::store_matrix_sync(part + (size_t(q) * Mp + mt * 16) * Bp + nt * 16, acc,
                               static_cast<unsigned>(Bp), wmma::mem_row_major);
     }
@@ -213,16 +224,8 @@ __global__ void __launch_bounds__(kPThreads, 1)
       const int q = item % KS, mt = item / KS;
       wmma::fragment<wmma::accumulator, 16, 16, KSTEP, float> acc;
       wmma::fill_fragment(acc, 0.0f);
-      const int64_t k0 = kchunks * q / KS, k1 = kchunks * (q + 1) / KS;
-      for (int64_t kk = k0; kk < k1; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, KSTEP, E, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, KSTEP, E, wmma::row_major> fb;
-        wmma::load_matrix_sync(fa, xs + mt * 16 * G + kk * KSTEP, static_cast<unsigned>(G));
-        wmma::load_matrix_sync(fb, wsm + kk * KSTEP * 16, 16u);
-        Mma<T>::fix(fa);
-        Mma<T>::fix(fb);
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
+      mma_chunks<T, wmma::row_major, KSTEP>(acc, kchunks * q / KS, kchunks * (q + 1) / KS, xs + mt * 16 * G,
+                                            static_cast<unsigned>(G), wsm, 16u, KSTEP * 16);
       wmma::store_matrix_sync(part + (size_t(q) * Bp + mt * 16) * 16, acc, 16u, wmma::mem_row_major);
     }
     __syncthreads();
@@ -291,25 +294,37 @@ int occupancy_of(const void* fn, int threads, size_t smem) {
   return n;
 }
 
-template <typename Fn>
-PersistentPlan dispatch_plan(DType dtype, Fn&& fn) {
+// Calls fn(T{}) for the element types the persistent kernels take (fp32 through TF32, fp16,
+// bf16: tensor-core MMA), else returns `unsupported`.
+template <typename R, typename Fn>
+R dispatch_mma(DType dtype, R unsupported, Fn&& fn) {
   switch (dtype) {
     case DType::kF32: return fn(float{});
     case DType::kF16: return fn(__half{});
     case DType::kBF16: return fn(__nv_bfloat16{});
-    default: {
-      PersistentPlan p{};
-      p.why = "float64 (no tensor-core MMA)";
-      return p;
-    }
+    default: return unsupported;
   }
+}
+
+PersistentPlan no_mma_plan() {
+  PersistentPlan p{};
+  p.why = "float64 (no tensor-core MMA)";
+  return p;
+}
+
+// A cooperative launch of one of the persistent kernels with `smem` bytes of dynamic shared memory.
+cudaError_t launch_cooperative(const void* kernel, const PersistentPlan& plan, size_t smem, void** args,
+                               cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  return cudaLaunchCooperativeKernel(kernel, dim3(plan.blocks), dim3(kPThreads), args, smem, stream);
 }
 
 }  // namespace
 
 PersistentPlan persistent_plan_for(DType dtype, int64_t B, int64_t H, int64_t R, bool proj, size_t smem_limit,
                                    int sm_count) {
-  return dispatch_plan(dtype, [&](auto tag) {
+  return dispatch_mma(dtype, no_mma_plan(), [&](auto tag) {
     using T = decltype(tag);
     return plan_t<T>(B, H, R, proj, smem_limit, sm_count, nullptr, true);
   });
@@ -326,7 +341,7 @@ PersistentPlan persistent_plan(DType dtype, int64_t B, int64_t H, int64_t R, boo
     return fail.why = "cannot query the device", fail;
   }
   if (!coop) return fail.why = "the device has no cooperative launch", fail;
-  return dispatch_plan(dtype, [&](auto tag) {
+  return dispatch_mma(dtype, no_mma_plan(), [&](auto tag) {
     using T = decltype(tag);
     return plan_t<T>(B, H, R, proj, static_cast<size_t>(optin), sms, &occupancy_of, need_backward);
   });
@@ -341,46 +356,30 @@ size_t persistent_exchange_bytes(DType dtype, int64_t B, int64_t H, int64_t R) {
 cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentPlan& plan, const void* h0, void* exchange,
                                      cudaStream_t stream) {
   if (!plan.ok) return cudaErrorInvalidConfiguration;
-  return dispatch(p.dtype, [&](auto tag) -> cudaError_t {
+  return dispatch_mma(p.dtype, cudaErrorInvalidValue, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    if constexpr (std::is_same<T, double>::value) {
-      return cudaErrorInvalidValue;
-    } else {
-      Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
-      LayerParams pp = p;
-      const T* h0t = static_cast<const T*>(h0);
-      T* xch = static_cast<T*>(exchange);
-      void* args[] = {&pp, &geo, &h0t, &xch};
-      cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&persistent_forward_kernel<T>),
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(plan.smem_forward));
-      if (err != cudaSuccess) return err;
-      return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&persistent_forward_kernel<T>),
-                                         dim3(plan.blocks), dim3(kPThreads), args, plan.smem_forward, stream);
-    }
+    Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
+    LayerParams pp = p;
+    const T* h0t = static_cast<const T*>(h0);
+    T* xch = static_cast<T*>(exchange);
+    void* args[] = {&pp, &geo, &h0t, &xch};
+    return launch_cooperative(reinterpret_cast<const void*>(&persistent_forward_kernel<T>), plan, plan.smem_forward,
+                              args, stream);
   });
 }
 
 cudaError_t layer_persistent_backward(const LayerParams& p, const LayerGrads& g, const PersistentPlan& plan,
                                       void* exchange, cudaStream_t stream) {
   if (!plan.ok) return cudaErrorInvalidConfiguration;
-  return dispatch(p.dtype, [&](auto tag) -> cudaError_t {
+  return dispatch_mma(p.dtype, cudaErrorInvalidValue, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    if constexpr (std::is_same<T, double>::value) {
-      return cudaErrorInvalidValue;
-    } else {
-      Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
-      LayerParams pp = p;
-      LayerGrads gg = g;
-      T* xch = static_cast<T*>(exchange);
-      void* args[] = {&pp, &gg, &geo, &xch};
-      cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(&persistent_backward_kernel<T>),
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(plan.smem_backward));
-      if (err != cudaSuccess) return err;
-      return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&persistent_backward_kernel<T>),
-                                         dim3(plan.blocks), dim3(kPThreads), args, plan.smem_backward, stream);
-    }
+    Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
+    LayerParams pp = p;
+    LayerGrads gg = g;
+    T* xch = static_cast<T*>(exchange);
+    void* args[] = {&pp, &gg, &geo, &xch};
+    return launch_cooperative(reinterpret_cast<const void*>(&persistent_backward_kernel<T>), plan, plan.smem_backward,
+                              args, stream);
   });
 }
 

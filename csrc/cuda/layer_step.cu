@@ -159,11 +159,9 @@ size_t units_smem(const LayerParams& p, int U, bool backward) {
 }  // namespace
 
 cudaError_t layer_step_init(const LayerParams& p, const void* h0, cudaStream_t stream) {
-  if (p.B * p.R == 0) return cudaSuccess;
   return dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    init_kernel<T><<<blocks_for(p.B * p.R, kThreads), kThreads, 0, stream>>>(p, static_cast<const T*>(h0));
-    return cudaGetLastError();
+    return launch_flat(init_kernel<T>, p.B * p.R, kThreads, stream, p, static_cast<const T*>(h0));
   });
 }
 
@@ -173,27 +171,22 @@ cudaError_t layer_step_forward(const LayerParams& p, int64_t s, const void* hh, 
     using T = decltype(tag);
     using A = typename Acc<T>::type;
     const int U = step_units<A>(p);
-    const unsigned blocks = static_cast<unsigned>((p.H + U - 1) / U);
-    forward_kernel<T><<<blocks, kThreads, units_smem<T>(p, U, false), stream>>>(p, s, U, static_cast<const A*>(hh));
-    return cudaGetLastError();
+    return launch(forward_kernel<T>, dim3(static_cast<unsigned>((p.H + U - 1) / U)), dim3(kThreads),
+                  units_smem<T>(p, U, false), stream, p, s, U, static_cast<const A*>(hh));
   });
 }
 
 cudaError_t layer_step_forward_proj(const LayerParams& p, int64_t s, const void* hp, cudaStream_t stream) {
-  if (p.B * p.R == 0) return cudaSuccess;
   return dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    forward_proj_kernel<T><<<blocks_for(p.B * p.R, kThreads), kThreads, 0, stream>>>(p, s, static_cast<const T*>(hp));
-    return cudaGetLastError();
+    return launch_flat(forward_proj_kernel<T>, p.B * p.R, kThreads, stream, p, s, static_cast<const T*>(hp));
   });
 }
 
 cudaError_t layer_step_backward_pre(const LayerParams& p, const LayerGrads& g, int64_t s, cudaStream_t stream) {
-  if (p.B * p.R == 0) return cudaSuccess;
   return dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    backward_pre_kernel<T><<<blocks_for(p.B * p.R, kThreads), kThreads, 0, stream>>>(p, g, s);
-    return cudaGetLastError();
+    return launch_flat(backward_pre_kernel<T>, p.B * p.R, kThreads, stream, p, g, s);
   });
 }
 
@@ -204,23 +197,21 @@ cudaError_t layer_step_backward(const LayerParams& p, const LayerGrads& g, int64
     using T = decltype(tag);
     using A = typename Acc<T>::type;
     const int U = step_units<A>(p);
-    const unsigned blocks = static_cast<unsigned>((p.H + U - 1) / U);
     const size_t smem = units_smem<T>(p, U, true);
     cudaError_t err = prepare_smem(reinterpret_cast<const void*>(&backward_kernel<T>), smem);
     if (err != cudaSuccess) return err;
-    backward_kernel<T><<<blocks, kThreads, smem, stream>>>(p, g, s, U, static_cast<const A*>(dhc));
-    return cudaGetLastError();
+    return launch(backward_kernel<T>, dim3(static_cast<unsigned>((p.H + U - 1) / U)), dim3(kThreads), smem,
+                  stream, p, g, s, U, static_cast<const A*>(dhc));
   });
 }
 
 cudaError_t layer_step_backward_merge(const LayerParams& p, const LayerGrads& g, int64_t s, const void* dh_rec,
                                       cudaStream_t stream) {
-  if (p.B * p.R == 0) return cudaSuccess;
   return dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    backward_merge_kernel<T><<<blocks_for(p.B * p.R, kThreads), kThreads, 0, stream>>>(p, g, s, static_cast<const A*>(dh_rec));
-    return cudaGetLastError();
+    return launch_flat(backward_merge_kernel<T>, p.B * p.R, kThreads, stream, p, g, s,
+                       static_cast<const A*>(dh_rec));
   });
 }
 

@@ -44,42 +44,29 @@ void check_launch(cudaError_t err, const char* what) {
               cudaGetErrorString(err));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cuda(const at::Tensor& gates_in,
-                                                                      const at::Tensor& cx_in) {
-  check_cell_forward_args(gates_in, cx_in);
-  TORCH_CHECK(gates_in.is_cuda(), "fusedrnn: gates must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(gates_in.device());
-  const at::Tensor gates = gates_in.contiguous(), cx = cx_in.contiguous();
-  const int64_t B = cx.size(0), H = cx.size(1);
-  at::Tensor hy = new_output({B, H}, cx.options());
-  at::Tensor cy = new_output({B, H}, cx.options());
-  at::Tensor act = new_output({B, 4 * H}, cx.options().dtype(acc_type_of(cx.scalar_type())));
-  check_launch(cuda::lstm_cell_forward(dtype_of(cx), gates.data_ptr(), cx.data_ptr(),
-                                       hy.data_ptr(), cy.data_ptr(), act.data_ptr(), B, H,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cuda(const at::Tensor& gates,
+                                                                      const at::Tensor& cx) {
+  TORCH_CHECK(gates.is_cuda(), "fusedrnn: gates must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(gates.device());
+  CellForward c(gates, cx);
+  check_launch(cuda::lstm_cell_forward(dtype_of(c.cx), c.gates.data_ptr(), c.cx.data_ptr(), c.hy.data_ptr(),
+                                       c.cy.data_ptr(), c.act.data_ptr(), c.B, c.H,
                                        c10::cuda::getCurrentCUDAStream().stream()),
                "lstm_cell_forward");
-  return {hy, cy, act};
+  return {c.hy, c.cy, c.act};
 }
 
-std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cuda(const at::Tensor& grad_hy_in,
-                                                           const at::Tensor& grad_cy_in,
-                                                           const at::Tensor& act_in,
-                                                           const at::Tensor& cx_in,
-                                                           const at::Tensor& cy_in) {
-  check_cell_backward_args(grad_hy_in, grad_cy_in, act_in, cx_in, cy_in);
-  TORCH_CHECK(cx_in.is_cuda(), "fusedrnn: cx must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(cx_in.device());
-  const at::Tensor grad_hy = grad_hy_in.contiguous(), grad_cy = grad_cy_in.contiguous();
-  const at::Tensor act = act_in.contiguous(), cx = cx_in.contiguous(), cy = cy_in.contiguous();
-  const int64_t B = cx.size(0), H = cx.size(1);
-  at::Tensor grad_gates = new_output({B, 4 * H}, cx.options());
-  at::Tensor grad_cx = new_output({B, H}, cx.options());
-  check_launch(cuda::lstm_cell_backward(dtype_of(cx), grad_hy.data_ptr(), grad_cy.data_ptr(),
-                                        act.data_ptr(), cx.data_ptr(), cy.data_ptr(),
-                                        grad_gates.data_ptr(), grad_cx.data_ptr(), B, H,
-                                        c10::cuda::getCurrentCUDAStream().stream()),
+std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                                                           const at::Tensor& act, const at::Tensor& cx,
+                                                           const at::Tensor& cy) {
+  TORCH_CHECK(cx.is_cuda(), "fusedrnn: cx must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(cx.device());
+  CellBackward c(grad_hy, grad_cy, act, cx, cy);
+  check_launch(cuda::lstm_cell_backward(dtype_of(c.cx), c.grad_hy.data_ptr(), c.grad_cy.data_ptr(),
+                                        c.act.data_ptr(), c.cx.data_ptr(), c.cy.data_ptr(), c.grad_gates.data_ptr(),
+                                        c.grad_cx.data_ptr(), c.B, c.H, c10::cuda::getCurrentCUDAStream().stream()),
                "lstm_cell_backward");
-  return {grad_gates, grad_cx};
+  return {c.grad_gates, c.grad_cx};
 }
 
 // ---- the layer recurrence ----------------------------------------------------------------
@@ -138,30 +125,16 @@ cuda::PersistentPlan choose_plan(const LayerDims& d, at::ScalarType st, bool nee
   return it->second;
 }
 
-OptT contiguous_opt(const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : OptT(); }
-
 // What the forward and the backward of the layer op both set up: contiguous parameters
 // (named members: the kernels read their pointers after the call), lengths and per-step row
 // counts on the device, and the launcher's parameters.
 struct LayerSetup {
   LayerDims d;
-  at::Tensor w_hh, lengths_dev, counts;
-  OptT w_hr, mask, gh, gc, bc, rmh, rvh, rmc, rvc;
+  LayerTensors t;
+  at::Tensor lengths_dev, counts;
   cuda::LayerParams p{};
 
-  LayerSetup(const LayerDims& dims, const at::Tensor& like, const LayerArgs& a, bool save) : d(dims) {
-    w_hh = a.w_hh.contiguous();
-    w_hr = contiguous_opt(a.w_hr);
-    mask = contiguous_opt(a.mask);
-    gh = contiguous_opt(a.bn_h_weight);
-    gc = contiguous_opt(a.bn_c_weight);
-    bc = contiguous_opt(a.bn_c_bias);
-    if (d.bn && !d.bn_train) {
-      rmh = contiguous_opt(a.bn_h_running_mean);
-      rvh = contiguous_opt(a.bn_h_running_var);
-      rmc = contiguous_opt(a.bn_c_running_mean);
-      rvc = contiguous_opt(a.bn_c_running_var);
-    }
+  LayerSetup(const LayerDims& dims, const at::Tensor& like, const LayerArgs& a, bool save) : d(dims), t(dims, a) {
     const std::vector<int64_t> len = lengths_vector(a.lengths, d.B, d.T);
     if (d.lengths) lengths_dev = a.lengths->to(like.device(), at::kLong).contiguous();
     counts = step_counts(len, d.T, d.B, like.options(), d.lengths);
@@ -179,15 +152,15 @@ struct LayerSetup {
     p.save = save;
     p.lengths = d.lengths ? lengths_dev.data_ptr<int64_t>() : nullptr;
     p.counts = counts.data_ptr<int>();
-    p.mask = ptr_or_null(mask);
-    p.w_hh = w_hh.data_ptr();
-    p.gamma_h = ptr_or_null(gh);
-    p.gamma_c = ptr_or_null(gc);
-    p.beta_c = ptr_or_null(bc);
-    p.run_mean_h = ptr_or_null(rmh);
-    p.run_var_h = ptr_or_null(rvh);
-    p.run_mean_c = ptr_or_null(rmc);
-    p.run_var_c = ptr_or_null(rvc);
+    p.mask = ptr_or_null(t.mask);
+    p.w_hh = t.w_hh.data_ptr();
+    p.gamma_h = ptr_or_null(t.bn_h_weight);
+    p.gamma_c = ptr_or_null(t.bn_c_weight);
+    p.beta_c = ptr_or_null(t.bn_c_bias);
+    p.run_mean_h = ptr_or_null(t.rm_h);
+    p.run_var_h = ptr_or_null(t.rv_h);
+    p.run_mean_c = ptr_or_null(t.rm_c);
+    p.run_var_c = ptr_or_null(t.rv_c);
     p.step_offset = a.bn_step_offset;
     p.eps = a.bn_eps;
   }
@@ -195,7 +168,7 @@ struct LayerSetup {
   // The exchange buffer of a persistent launch (zeroed: it holds the barrier counters).
   at::Tensor exchange() const {
     return at::zeros({static_cast<int64_t>(cuda::persistent_exchange_bytes(p.dtype, d.B, d.H, d.R))},
-                     w_hh.options().dtype(at::kByte));
+                     t.w_hh.options().dtype(at::kByte));
   }
 };
 
@@ -249,13 +222,13 @@ LayerForwardOut lstm_layer_forward_cuda(const at::Tensor& xp_in, const at::Tenso
       at::Tensor hh = at::empty({B, G}, aopt);
       at::Tensor hp = at::empty({d.proj ? B : 0, R}, opt);
       check_launch(cuda::layer_step_init(p, h0.data_ptr(), stream()), "layer_step_init");
-      const at::Tensor w_hh_t = L.w_hh.t();
+      const at::Tensor w_hh_t = L.t.w_hh.t();
       for (int64_t s = 0; s < T; ++s) {
         const int64_t ws = save_workspace ? s : 0;
         mm_acc_out(hh, ws_hm.select(0, ws), w_hh_t);
         check_launch(cuda::layer_step_forward(p, s, hh.data_ptr(), stream()), "layer_step_forward");
         if (d.proj) {
-          at::mm_out(hp, ws_hc.select(0, ws), L.w_hr->t());
+          at::mm_out(hp, ws_hc.select(0, ws), L.t.w_hr->t());
           check_launch(cuda::layer_step_forward_proj(p, s, hp.data_ptr(), stream()), "layer_step_forward_proj");
         }
       }
@@ -332,11 +305,11 @@ LayerBackwardOut lstm_layer_backward_cuda(const at::Tensor& grad_y_in, const at:
       for (int64_t s = T - 1; s >= 0; --s) {
         if (d.proj) {
           check_launch(cuda::layer_step_backward_pre(p, g, s, stream()), "layer_step_backward_pre");
-          mm_acc_out(dhc, dh_all.select(0, s), *L.w_hr);
+          mm_acc_out(dhc, dh_all.select(0, s), *L.t.w_hr);
         }
         check_launch(cuda::layer_step_backward(p, g, s, d.proj ? dhc.data_ptr() : nullptr, stream()),
                      "layer_step_backward");
-        mm_acc_out(dh_rec, dhh.select(0, s), L.w_hh);
+        mm_acc_out(dh_rec, dhh.select(0, s), L.t.w_hh);
         check_launch(cuda::layer_step_backward_merge(p, g, s, dh_rec.data_ptr(), stream()),
                      "layer_step_backward_merge");
       }

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
+from ..report import pyplot, save_png
+
 BASELINES = ("cudnn", "torch-cpu")
 
 
@@ -49,11 +51,7 @@ def _speedup_series(records, xkey):
 
 def plot_all(records, out_dir: str, stem: str) -> list[str]:
     """Write the plots that the records support; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     device = records[0]["device"] if records else "?"
     paths = []
@@ -73,8 +71,7 @@ def plot_all(records, out_dir: str, stem: str) -> list[str]:
         ax.grid(True, alpha=0.3)
         path = os.path.join(out_dir, f"{stem}-{name}.png")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_png(fig, path)
         paths.append(path)
 
     idx = _index(records)
@@ -103,7 +100,6 @@ def plot_all(records, out_dir: str, stem: str) -> list[str]:
         ax.legend(fontsize=7)
         path = os.path.join(out_dir, f"{stem}-regularized-cost.png")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_png(fig, path)
         paths.append(path)
     return paths

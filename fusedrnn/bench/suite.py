@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from .. import report
 from . import harness
 from .providers import MODES, VARIANTS, build_cell_fn, build_layer_fn, providers_for, serves, supports, torch_provider_name
 
@@ -164,10 +165,7 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown_table(records: list[dict]) -> str:
-    header, rows = summarize(records)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return report.markdown_table(*summarize(records))
 
 
 def print_table(records: list[dict], title: str = "") -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 
-from .common import run_experiment
+from .run import run_experiment
 
 # name -> (module, one-line description); the modules are imported only when run
 EXPERIMENTS = {

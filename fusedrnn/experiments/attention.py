@@ -30,11 +30,14 @@ import torch
 from torch import nn
 
 from ..models import Seq2Seq
+from ..report import pyplot
 from ..tasks import DatesTask
 from ..tasks.base import BOS, EOS, PAD, Vocab, pad_sequences
 from ..tasks.dates import FORMATS, human
 from ..train.objectives import make_objective
-from .common import Context, mean_std, optimizer_step, plt, pm, seeds_text, shade, train_on_task
+from .run import Context
+from .summary import mean_std, pm, seeds_text, shade
+from .training import optimizer_step, train_on_task
 
 NAME = "attention"
 TITLE = "Attention on the seq2seq date normalizer"
@@ -109,7 +112,7 @@ def heatmaps(ctx: Context, run: dict) -> None:
     with torch.no_grad():
         tokens, attn = model.greedy(batch["src"].to(ctx.device), batch["src_len"].to(ctx.device), max_len=16)
     n = len(days)
-    fig, axes = plt().subplots(1, n, figsize=(4.4 * n, 4.0), squeeze=False)
+    fig, axes = pyplot().subplots(1, n, figsize=(4.4 * n, 4.0), squeeze=False)
     for i, ax in enumerate(axes[0]):
         src = list(human(days[i], HEATMAP_FORMATS[i])) + ["</s>"]
         out = task.tgt_vocab.decode(tokens[i].cpu())
@@ -235,7 +238,7 @@ def run(ctx: Context) -> dict:
     ctx.write_json("curves.json", {"dates": [{k: v for k, v in r.items() if k not in ("model", "task")} for r in runs],
                                    "copy": copy_runs})
 
-    fig, axes = plt().subplots(1, 3, figsize=(17, 4.6))
+    fig, axes = pyplot().subplots(1, 3, figsize=(17, 4.6))
     for arm in c["arms"]:
         rs = [r for r in runs if r["arm"] == arm]
         shade(axes[0], rs[0]["history"]["step"], [r["history"]["exact_match"] for r in rs], arm, COLORS[arm])

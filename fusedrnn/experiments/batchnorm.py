@@ -23,8 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import SequenceClassifier
+from ..report import pyplot
 from ..tasks import SeqDigitsTask
-from .common import Context, mean_std, optimizer_step, plt, pm, shade
+from .run import Context
+from .summary import mean_std, pm, shade
+from .training import optimizer_step
 
 NAME = "batchnorm"
 TITLE = "Recurrent batch norm: BN-LSTM vs LSTM on sequential digits"
@@ -138,7 +141,7 @@ def run(ctx: Context) -> dict:
     ctx.write_table("batchnorm", rows, title=f"Test accuracy (eval mode; {len(ctx.seeds)} seeds "
                     f"{ctx.seeds}, mean ± std; 'mean over training' is the area under the accuracy curve)")
 
-    fig, axes = plt().subplots(len(c["modes"]), 2, figsize=(12, 4.0 * len(c["modes"])), squeeze=False)
+    fig, axes = pyplot().subplots(len(c["modes"]), 2, figsize=(12, 4.0 * len(c["modes"])), squeeze=False)
     for i, mode in enumerate(c["modes"]):
         for arm in c["arms"]:
             rs = [r for r in runs if r["mode"] == mode and r["arm"] == arm]
@@ -153,12 +156,8 @@ def run(ctx: Context) -> dict:
         for ax, what in zip(axes[i], ("training loss", "test accuracy")):
             ax.set_title(f"{mode}: {T} steps of {I} pixel{'s' if I > 1 else ''} - {what}")
             ax.set_xlabel(f"training step (batch {c['batch_size']})")
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-    fig.suptitle(f"BN-LSTM (gamma 0.1 and 1.0) vs LSTM, hidden {c['hidden_size']}, sequential 8x8 digits; "
-                 f"band: min-max over {len(ctx.seeds)} seeds")
-    fig.tight_layout()
-    ctx.save_figure(fig, "batchnorm_curves.png")
+    ctx.finish_figure(fig, f"BN-LSTM (gamma 0.1 and 1.0) vs LSTM, hidden {c['hidden_size']}, sequential 8x8 "
+                      f"digits; band: min-max over {len(ctx.seeds)} seeds", "batchnorm_curves.png", axes.flat)
     return summary
 
 

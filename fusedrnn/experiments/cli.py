@@ -17,7 +17,7 @@ tables, results.md and run.json (command, device, versions, duration, seeds).
 
 
 def _kv(text: str):
-    from .common import parse_value
+    from .run import parse_value
 
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, argv=None, parser=None) -> int:
     import os
 
     from . import EXPERIMENTS, get
-    from .common import ConfigError, run_experiment
+    from .run import ConfigError, run_experiment
 
     if args.name == "list":
         for n in EXPERIMENTS:

@@ -40,9 +40,12 @@ from torch import nn
 from ..modules import LSTM
 from ..modules.explain import explain
 from ..ops.dropout import dropout_mask, recurrent_mask, survival_probability
+from ..report import pyplot
 from ..tasks.base import Vocab
 from ..tasks.text import DEFAULT_TEXT
-from .common import ConfigError, Context, mean_std, optimizer_step, plt, pm, shade
+from .run import ConfigError, Context
+from .summary import mean_std, pm, shade
+from .training import optimizer_step
 
 NAME = "dropout"
 TITLE = "Dropout schemes on a character-level LSTM language model"
@@ -206,7 +209,7 @@ def mask_survival(ctx: Context) -> dict:
     curve = (alive / n).tolist()
     out = {"p": p, "units": n, "per_step_curve": curve, "shared": kept_shared / n,
            "per_step": {k: v / n for k, v in checks.items()}, "analytic": {k: (1 - p) ** k for k in checks}}
-    fig, ax = plt().subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     k = np.arange(1, S + 1)
     measured = np.asarray(curve)
     pos = measured > 0
@@ -271,7 +274,7 @@ def run(ctx: Context) -> dict:
                     "bpc in eval mode, lower is better)")
 
     # -- figure --
-    fig, axes = plt().subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.4))
     for s in c["schemes"]:
         rs = [r for r in runs if r["scheme"] == s]
         x = rs[0]["history"]["step"]

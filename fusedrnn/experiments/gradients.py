@@ -31,7 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules import LSTM, LSTMCell
-from .common import Context, mean_std, optimizer_step, plt, pm, shade
+from ..report import pyplot
+from .run import Context
+from .summary import mean_std, pm, shade
+from .training import optimizer_step
 
 NAME = "gradients"
 TITLE = "Vanishing gradients: tanh RNN vs LSTM"
@@ -206,7 +209,7 @@ def run(ctx: Context) -> dict:
                     f"(T = {T}; median over {c['probe_size']} probe sequences; {len(ctx.seeds)} seeds, mean ± std)")
 
     n = len(checkpoints) + 1
-    fig, axes = plt().subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
+    fig, axes = pyplot().subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
     axes = axes[0]
     t = np.arange(1, T + 1)
     for i, s in enumerate(checkpoints):

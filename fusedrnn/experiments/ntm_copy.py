@@ -21,9 +21,12 @@ import torch
 from torch import nn
 
 from ..models import NTM, SequenceTagger
+from ..report import pyplot
 from ..tasks import CopyTask
 from ..train.objectives import make_objective
-from .common import ConfigError, Context, mean_std, plt, pm, shade, train_on_task
+from .run import ConfigError, Context
+from .summary import mean_std, pm, shade
+from .training import train_on_task
 
 NAME = "ntm"
 TITLE = "Neural Turing Machine on copy"
@@ -93,7 +96,7 @@ def weightings(ctx: Context, run: dict) -> None:
     c = ctx.cfg
     model = run["module"]
     lengths = [c["max_len"], min(2 * c["max_len"], c["gen_max_len"])]
-    fig, axes = plt().subplots(5, len(lengths), figsize=(6.2 * len(lengths), 9.5), squeeze=False,
+    fig, axes = pyplot().subplots(5, len(lengths), figsize=(6.2 * len(lengths), 9.5), squeeze=False,
                                gridspec_kw={"height_ratios": [1, 1, 1, 2.2, 2.2]})
     model.eval()
     for j, L in enumerate(lengths):
@@ -156,7 +159,7 @@ def run(ctx: Context) -> dict:
     ctx.write_table("ntm_copy", rows, title=f"Copy after {c['steps']} steps (trained on lengths 1-{c['max_len']}; "
                     f"{len(ctx.seeds)} seed{'s' if len(ctx.seeds) > 1 else ''})")
 
-    fig, axes = plt().subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.4))
     for kind in c["models"]:
         rs = [r for r in runs if r["model_name"] == kind]
         shade(axes[0], rs[0]["history"]["step"], [np.maximum(r["history"]["bit_errors"], 1e-3) for r in rs],
@@ -172,11 +175,6 @@ def run(ctx: Context) -> dict:
     axes[1].set_ylabel(f"bit error rate ({c['gen_size']} sequences per length)")
     axes[1].set_title("generalization to longer sequences")
     axes[1].set_ylim(-0.01, 0.6)
-    for ax in axes:
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"NTM (controller {c['controller_size']}, memory {c['memory_size']}x{c['memory_width']}) vs LSTM "
-                 f"(hidden {c['lstm_hidden']}) on copy of {c['width']}-bit vectors")
-    fig.tight_layout()
-    ctx.save_figure(fig, "ntm_copy.png")
+    ctx.finish_figure(fig, f"NTM (controller {c['controller_size']}, memory {c['memory_size']}x{c['memory_width']}) "
+                      f"vs LSTM (hidden {c['lstm_hidden']}) on copy of {c['width']}-bit vectors", "ntm_copy.png", axes)
     return summary

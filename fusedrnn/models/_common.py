@@ -5,29 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
-
-
-class LockedDropout(nn.Module):
-    """Variational (locked) dropout on a sequence: one [B, 1, F] mask per sequence, the same at
-    every step (Gal & Ghahramani).  Input [B, T, F] (or [B, F]: plain dropout); identity in eval.
-    """
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout should be in [0, 1), got {p!r}")
-        self.p = float(p)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
-            return x
-        shape = (x.shape[0], 1, x.shape[2]) if x.dim() == 3 else x.shape
-        mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p).div_(1 - self.p)
-        return x * mask
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+from torch import Tensor
 
 
 def lstm_options(recurrent_dropout: float, variational: bool, batch_norm: bool, backend: str) -> dict:

@@ -10,8 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..modules import LSTM
-from ._common import LockedDropout, lstm_options
+from ..modules import LSTM, LockedDropout
+from ._common import lstm_options
 
 
 class LanguageModel(nn.Module):

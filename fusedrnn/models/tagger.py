@@ -11,8 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..modules import LSTM
-from ._common import LockedDropout, check_input_spec, length_mask, lstm_options
+from ..modules import LSTM, LockedDropout
+from ._common import check_input_spec, length_mask, lstm_options
 
 
 class _Encoder(nn.Module):

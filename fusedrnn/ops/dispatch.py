@@ -103,19 +103,24 @@ def candidates(name: str, cfg: Config) -> tuple[tuple[str, ...], str]:
                            "before backends that have not")
 
 
+def _why_not(be: Backend, cfg: Config, op: str) -> Optional[str]:
+    return be.unsupported_reason(cfg) if op == "recurrence" else be.cell_unsupported_reason(cfg)
+
+
+def _candidates_with_reasons(name: str, cfg: Config, op: str):
+    """(name, backend or None when unavailable, why it cannot run cfg or None) in order."""
+    device = torch.device(cfg.device_type)
+    for n in candidates(name, cfg)[0]:
+        why = unavailable_reason(n, device)
+        be = backends.get(n) if why is None else None
+        yield n, be, (why if be is None else _why_not(be, cfg, op))
+
+
 def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple[str, Optional[str]]]:
     """For each candidate backend, None if it would run this configuration, else why not.
 
     The first entry with None is the one :func:`resolve` picks (outside autocast)."""
-    device = torch.device(cfg.device_type)
-    out = []
-    for n in candidates(name, cfg)[0]:
-        why = unavailable_reason(n, device)
-        if why is None:
-            be = backends.get(n)
-            why = be.unsupported_reason(cfg) if op == "recurrence" else be.cell_unsupported_reason(cfg)
-        out.append((n, why))
-    return out
+    return [(n, why) for n, _, why in _candidates_with_reasons(name, cfg, op)]
 
 
 def resolve(name: str, cfg: Config, op: str = "recurrence",
@@ -151,22 +156,16 @@ def _resolve_name(name: str, op: str, fields: tuple, autocast: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _resolve(name: str, cfg: Config, op: str, autocast: str) -> str:
-    device = torch.device(cfg.device_type)
     decisions = []
-    for n in candidates(name, cfg)[0]:
-        why = unavailable_reason(n, device)
-        if why is None:
-            be = backends.get(n)
+    for n, be, why in _candidates_with_reasons(name, cfg, op):
+        if be is not None:
             # under autocast a 16-bit recurrence only where the backend keeps its cell state and
             # accumulation in float32; elsewhere float32 (a 16-bit c would be rounded every step)
             dtypes = [cfg.dtype] if not autocast else (
                 [cfg.dtype, torch.float32] if be.autocast_native else [torch.float32])
             for dt in dtypes:
-                c = dataclasses.replace(cfg, dtype=dt)
-                w = be.unsupported_reason(c) if op == "recurrence" else be.cell_unsupported_reason(c)
-                if w is None:
+                if _why_not(be, dataclasses.replace(cfg, dtype=dt), op) is None:
                     return f"{n}|{str(dt).replace('torch.', '')}"
-                why = why or w
         decisions.append((n, why))
     if len(decisions) == 1:
         n, why = decisions[0]

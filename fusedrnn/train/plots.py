@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+from ..report import pyplot, save_png
 
 
 def attention_png(path: str, items) -> None:
     """items: [(source tokens, output tokens, weights [len(out), len(src)])] -> one heatmap each."""
-    plt = _plt()
+    plt = pyplot()
     n = len(items)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
     for ax, (src, out, w) in zip(axes[0], items):
@@ -34,14 +19,13 @@ def attention_png(path: str, items) -> None:
         ax.set_xlabel("source")
         ax.set_ylabel("output")
     fig.suptitle("attention weights (rows: output step, columns: source position)")
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def memory_access_png(path: str, x, y, out, mask, read_w, write_w) -> None:
     """NTM trace of one sequence: input, target, output, and the write / read weights of each
     head over time (x [T, I], y / out [T, O], mask [T], read_w [T, R, N], write_w [T, W, N])."""
-    plt = _plt()
+    plt = pyplot()
     R, W = read_w.shape[1], write_w.shape[1]
     used = (read_w.amax((0, 1)) > 1e-3) | (write_w.amax((0, 1)) > 1e-3)
     N = int(used.nonzero().max()) + 1 if used.any() else read_w.shape[-1]
@@ -59,5 +43,4 @@ def memory_access_png(path: str, x, y, out, mask, read_w, write_w) -> None:
         ax.set_yticks([])
     axes[-1, 0].set_xlabel("time step (head rows: memory slot, first %d shown)" % N)
     fig.suptitle("NTM memory access")
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)

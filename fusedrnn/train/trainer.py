@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import report
 from .. import tasks as tasks_mod
 from ..tasks import shard_batch, to_device
 from . import checkpoint as ckpt
@@ -144,8 +145,8 @@ def write_metrics(out: str, history: list[dict], config: dict) -> None:
     w.writeheader()
     for row in history:
         w.writerow(row)
-    ckpt.write_text(os.path.join(out, "metrics.csv"), buf.getvalue())
-    ckpt.write_json(os.path.join(out, "metrics.json"), {"config": config, "history": history})
+    report.write_text(os.path.join(out, "metrics.csv"), buf.getvalue())
+    report.write_json(os.path.join(out, "metrics.json"), {"config": config, "history": history})
 
 
 def _fmt(row: dict) -> str:
@@ -345,7 +346,7 @@ def evaluate_checkpoint(out: str, task_args: Optional[dict] = None, device: Opti
     beam = cfg.beam_size if beam_size is None else beam_size
     objective = make_objective(task, one_hot=mspec.one_hot, **({"beam_size": beam} if task.kind == "seq2seq" else {}))
     metrics = objective.evaluate(model, task.eval_batches(max(cfg.batch_size, 64)), dev, dtype)
-    ckpt.write_json(os.path.join(out, name), {"step": saved["step"], "task_args": targs, "metrics": metrics})
+    report.write_json(os.path.join(out, name), {"step": saved["step"], "task_args": targs, "metrics": metrics})
     if verbose:
         print(f"[{cfg.task} checkpoint step {saved['step']}, task args {targs}] {_fmt(metrics)}", flush=True)
     return metrics

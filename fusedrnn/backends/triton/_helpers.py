@@ -60,6 +60,61 @@ def row_step(L, vb, s, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def step_program(lengths, s, T, B, N, BB: tl.constexpr, BN: tl.constexpr, HAS_LEN: tl.constexpr,
+                 REVERSE: tl.constexpr):
+    """Where a per-step program works: columns block program_id(0) of BN of N columns (offs_n,
+    vn), rows block program_id(1) of BB rows (offs_b, vb), their lengths L, and at step s the
+    active rows and time positions t (row_step)."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
+    vn = offs_n < N
+    vb = offs_b < B
+    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    active, t = row_step(L, vb, s, REVERSE)
+    return offs_n, vn, offs_b, vb, L, active, t
+
+
+@triton.jit
+def persistent_program(lengths, T, B, H, R, BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr,
+                       HAS_LEN: tl.constexpr):
+    """What program pid of a persistent launch owns (the same in the forward and the backward):
+    rows block pid % n_bblk (n_bblk = cdiv(B, BB)) and column block c = pid // n_bblk, i.e.
+    hidden units [c * BH, (c + 1) * BH) and projection / h columns [c * BP, (c + 1) * BP).
+    Returns offs_b, vb, offs_j, vj, offs_p, vp and the rows' lengths L."""
+    pid = tl.program_id(0)
+    n_bblk = tl.cdiv(B, BB)
+    pid_b = pid % n_bblk
+    pid_c = pid // n_bblk
+    offs_b = pid_b * BB + tl.arange(0, BB)
+    offs_j = pid_c * BH + tl.arange(0, BH)
+    offs_p = pid_c * BP + tl.arange(0, BP)
+    vb = offs_b < B
+    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    return offs_b, vb, offs_j, offs_j < H, offs_p, offs_p < R, L
+
+
+@triton.jit
+def step_operands(hs, mask, s, NS, B, R, MASK: tl.constexpr):
+    """What step s multiplies by W_hh: h_{s-1} (slot s % NS of the h states) and the recurrent
+    mask (the shared [B, R] one, or step s of a per-step [T, B, R] one)."""
+    h_prev = hs + step_offset(s % NS, B, R)
+    m_ptr = mask
+    if MASK == 2:
+        m_ptr = mask + step_offset(s, B, R)
+    return h_prev, m_ptr
+
+
+@triton.jit
+def store_gates(ptr, H, m2, v_i, v_f, v_g, v_o):
+    """Store the four gate blocks of a [B, 4H] row-major buffer: ptr holds the offsets of the
+    i block; f, g and o follow H, 2H and 3H columns on."""
+    tl.store(ptr, v_i, mask=m2)
+    tl.store(ptr + H, v_f, mask=m2)
+    tl.store(ptr + 2 * H, v_g, mask=m2)
+    tl.store(ptr + 3 * H, v_o, mask=m2)
+
+
+@triton.jit
 def load_tile(ptr, offs_b, vb, offs_n, vn, F):
     """[BB, BN] tile of a [B, F] row-major buffer (zeros outside); L1 bypassed (.cg) because
     other programs of a persistent launch write these buffers."""
@@ -102,6 +157,17 @@ def mm_stream(acc, a_ptr, m_ptr, offs_b, vb, K, w_ptr, stride_k, offs_n, vn, str
         w = load_w(w_ptr, offs_k, vk, stride_k, offs_n, vn, stride_n)
         acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PREC)
     return acc
+
+
+@triton.jit
+def project(z, src, offs_b, vb, K, w_res, offs_k, vk, w_ptr, stride_k, offs_n, vn, stride_n,
+            RESIDENT: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
+    """z + src [BB, K] (an ACC state buffer) @ W: with RESIDENT, W is the tile w_res on chip
+    (K padded to offs_k), else it is streamed from w_ptr in chunks of BK (mm_stream)."""
+    if RESIDENT:
+        a = load_tile(src, offs_b, vb, offs_k, vk, K).to(w_res.dtype)
+        return tl.dot(a, w_res, z, input_precision=PREC)
+    return mm_stream(z, src, src, offs_b, vb, K, w_ptr, stride_k, offs_n, vn, stride_n, False, PREC, BK)
 
 
 @triton.jit

@@ -49,10 +49,14 @@ from ._helpers import (
     load_tile,
     load_w,
     mm_stream,
-    row_lengths,
+    persistent_program,
+    project,
     row_step,
     sigmoid,
     step_offset,
+    step_operands,
+    step_program,
+    store_gates,
     store_pos,
     store_tile,
     tanh,
@@ -97,22 +101,14 @@ def fwd_cell(a_i, a_f, a_g, a_o, c_prev, xp, s, t, active, offs_b, vb, offs_j, v
         x_o, a_o = _bn_h_fwd(a_o, a2, n, 3 * H + offs_j, vj, s, slot, G, stats_h, bn_wh, rm_h,
                              rv_h, eps, BN)
         if SAVE:
-            hp = hhat_ws + step_offset(s, B, G) + rows
-            tl.store(hp, x_i, mask=m2)
-            tl.store(hp + H, x_f, mask=m2)
-            tl.store(hp + 2 * H, x_g, mask=m2)
-            tl.store(hp + 3 * H, x_o, mask=m2)
+            store_gates(hhat_ws + step_offset(s, B, G) + rows, H, m2, x_i, x_f, x_g, x_o)
     xr = xp + t[:, None].to(tl.int64) * B * G + rows
     i = sigmoid(a_i + tl.load(xr, mask=m2, other=0.0).to(a_i.dtype))
     f = sigmoid(a_f + tl.load(xr + H, mask=m2, other=0.0).to(a_i.dtype))
     g = tanh(a_g + tl.load(xr + 2 * H, mask=m2, other=0.0).to(a_i.dtype))
     o = sigmoid(a_o + tl.load(xr + 3 * H, mask=m2, other=0.0).to(a_i.dtype))
     if SAVE:
-        ap = act_ws + step_offset(s, B, G) + rows
-        tl.store(ap, i, mask=m2)
-        tl.store(ap + H, f, mask=m2)
-        tl.store(ap + 2 * H, g, mask=m2)
-        tl.store(ap + 3 * H, o, mask=m2)
+        store_gates(act_ws + step_offset(s, B, G) + rows, H, m2, i, f, g, o)
     c_new = f * c_prev + i * g
     c_hat = c_new
     if BN != 0:
@@ -180,6 +176,8 @@ def bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act
     rows = offs_b[:, None] * G + offs_j[None, :]
     xr = dxp + t[:, None].to(tl.int64) * B * G + rows
     ty = dxp.dtype.element_ty
+    # (stores interleaved with the casts, not store_gates: the persistent backward sits at the
+    # register limit, and four live converted tiles spill)
     tl.store(xr, dp_i.to(ty), mask=m2)
     tl.store(xr + H, dp_f.to(ty), mask=m2)
     tl.store(xr + 2 * H, dp_g.to(ty), mask=m2)
@@ -215,17 +213,9 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
     GEMM (K = R in chunks of BK), the fused cell, and the new h (or, with proj_size, the
     pre-projection hc that fwd_proj_kernel projects)."""
     ACC = hs.dtype.element_ty
-    offs_j = tl.program_id(0) * BH + tl.arange(0, BH)
-    offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
-    vj = offs_j < H
-    vb = offs_b < B
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
-    active, t = row_step(L, vb, s, REVERSE)
+    offs_j, vj, offs_b, vb, L, active, t = step_program(lengths, s, T, B, H, BB, BH, HAS_LEN, REVERSE)
     slot = tl.minimum(bn_off + s, bn_S - 1)
-    h_prev = hs + step_offset(s % NS, B, R)
-    m_ptr = mask
-    if MASK == 2:
-        m_ptr = mask + step_offset(s, B, R)
+    h_prev, m_ptr = step_operands(hs, mask, s, NS, B, R, MASK)
     z = tl.zeros([BB, BH], dtype=ACC)
     a_i, a_f, a_g, a_o = gates_stream(z, z, z, z, h_prev, m_ptr, offs_b, vb, R, H, w_hh, offs_j,
                                       vj, MASK != 0, PREC, BK)
@@ -251,12 +241,7 @@ def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, s, T, B, H, P, NS, NSC,
                     BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
     """Step s with proj_size: h = hc @ W_hr^T for projection columns block program_id(0)."""
     ACC = hs.dtype.element_ty
-    offs_p = tl.program_id(0) * BP + tl.arange(0, BP)
-    offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
-    vp = offs_p < P
-    vb = offs_b < B
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
-    active, t = row_step(L, vb, s, REVERSE)
+    offs_p, vp, offs_b, vb, L, active, t = step_program(lengths, s, T, B, P, BB, BP, HAS_LEN, REVERSE)
     acc = mm_stream(tl.zeros([BB, BP], dtype=ACC), hc_ws + step_offset(s % NSC, B, H), hc_ws,
                     offs_b, vb, H, w_hr, 1, offs_p, vp, H, False, PREC, BK)
     a2 = active[:, None]
@@ -308,12 +293,7 @@ def bwd_step_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws, hhat_
     ring buffers dh_buf / dc_buf [2, B, *] hold it for the finished rows."""
     ACC = cs.dtype.element_ty
     G = 4 * H
-    offs_j = tl.program_id(0) * BH + tl.arange(0, BH)
-    offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
-    vj = offs_j < H
-    vb = offs_b < B
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
-    active, t = row_step(L, vb, s, REVERSE)
+    offs_j, vj, offs_b, vb, L, active, t = step_program(lengths, s, T, B, H, BB, BH, HAS_LEN, REVERSE)
     a2 = active[:, None]
     slot = tl.minimum(bn_off + s, bn_S - 1)
     if PROJ:
@@ -352,11 +332,7 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, dhh_ws, dh_buf, dhn_ws, d
     stores dL/dh0."""
     ACC = dhh_ws.dtype.element_ty
     G = 4 * H
-    offs_r = tl.program_id(0) * BR + tl.arange(0, BR)
-    offs_b = tl.program_id(1) * BB + tl.arange(0, BB)
-    vr = offs_r < R
-    vb = offs_b < B
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    offs_r, vr, offs_b, vb, L, active, t = step_program(lengths, s, T, B, R, BB, BR, HAS_LEN, REVERSE)
     nxt = s + 1
     if nxt < T:
         dh = load_tile(dh_buf + step_offset(nxt % 2, B, R), offs_b, vb, offs_r, vr, R)
@@ -368,7 +344,6 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, dhh_ws, dh_buf, dhn_ws, d
         store_tile(dh0, dh, offs_b, vb, offs_r, vr, R)
     else:
         store_tile(dh_buf + step_offset(s % 2, B, R), dh, offs_b, vb, offs_r, vr, R)
-        active, t = row_step(L, vb, s, REVERSE)
         dy_t = load_pos(dy, t, offs_b, vb, offs_r, vr, B, R).to(ACC)
         store_tile(dhn_ws + step_offset(s, B, R), tl.where(active[:, None], dh + dy_t, 0.0),
                    offs_b, vb, offs_r, vr, R)
@@ -387,24 +362,14 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
                           BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr,
                           RP: tl.constexpr, HP: tl.constexpr):
     """The whole forward in one launch.  Program pid owns rows block pid % n_bblk and
-    column block c = pid // n_bblk (n_bblk = cdiv(B, BB)): hidden units
+    column block c = pid // n_bblk (n_bblk = cdiv(B, BB); persistent_program): hidden units
     [c * BH, (c + 1) * BH) and, with proj_size, projection columns [c * BP, (c + 1) * BP).
     RESIDENT: its W_hh rows (4 tiles [RP, BH]) and W_hr rows ([HP, BP]) are loaded once,
     before the time loop."""
     ACC = hs.dtype.element_ty
     WT = w_hh.dtype.element_ty
-    pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    n_bblk = tl.cdiv(B, BB)
-    pid_b = pid % n_bblk
-    pid_c = pid // n_bblk
-    offs_b = pid_b * BB + tl.arange(0, BB)
-    offs_j = pid_c * BH + tl.arange(0, BH)
-    offs_p = pid_c * BP + tl.arange(0, BP)
-    vb = offs_b < B
-    vj = offs_j < H
-    vp = offs_p < R
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    offs_b, vb, offs_j, vj, offs_p, vp, L = persistent_program(lengths, T, B, H, R, BB, BH, BP, HAS_LEN)
     offs_k = tl.arange(0, RP)
     vk = offs_k < R
     offs_hk = tl.arange(0, HP)
@@ -416,15 +381,14 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
         w_o = load_w(w_hh + 3 * H * R, offs_k, vk, 1, offs_j, vj, R)
         if PROJ:
             w_r = load_w(w_hr, offs_hk, vhk, 1, offs_p, vp, H)
+    else:
+        w_r = w_hr  # streamed (project)
     c = load_tile(cs, offs_b, vb, offs_j, vj, H)
     for s in range(0, T):
         active, t = row_step(L, vb, s, REVERSE)
         a2 = active[:, None]
         slot = tl.minimum(bn_off + s, bn_S - 1)
-        h_prev = hs + step_offset(s % NS, B, R)
-        m_ptr = mask
-        if MASK == 2:
-            m_ptr = mask + step_offset(s, B, R)
+        h_prev, m_ptr = step_operands(hs, mask, s, NS, B, R, MASK)
         z = tl.zeros([BB, BH], dtype=ACC)
         if RESIDENT:
             a = load_a(h_prev, m_ptr, offs_b, vb, offs_k, vk, R, MASK != 0).to(WT)
@@ -445,12 +409,8 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
             hcp = hc_ws + step_offset(s % NSC, B, H)
             store_tile(hcp, hc, offs_b, vb, offs_j, vj, H)
             grid_sync(bar, (2 * s + 1) * nprog)
-            zp = tl.zeros([BB, BP], dtype=ACC)
-            if RESIDENT:
-                a = load_tile(hcp, offs_b, vb, offs_hk, vhk, H).to(WT)
-                hp = tl.dot(a, w_r, zp, input_precision=PREC)
-            else:
-                hp = mm_stream(zp, hcp, hcp, offs_b, vb, H, w_hr, 1, offs_p, vp, H, False, PREC, BK)
+            hp = project(tl.zeros([BB, BP], dtype=ACC), hcp, offs_b, vb, H, w_r, offs_hk, vhk, w_hr, 1, offs_p, vp,
+                         H, RESIDENT, PREC, BK)
             h_own = load_tile(h_prev, offs_b, vb, offs_p, vp, R)
             store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hp, h_own), offs_b, vb,
                        offs_p, vp, R)
@@ -480,23 +440,12 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
     dL/dc (its hidden units) stay in registers.  RESIDENT: W_hh[:, its h columns]
     ([GP, BR]) and W_hr[:, its hidden units] ([PP, BH]) are loaded once."""
     ACC = cs.dtype.element_ty
-    WT = w_hh.dtype.element_ty
     G = 4 * H
-    pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    n_bblk = tl.cdiv(B, BB)
-    pid_b = pid % n_bblk
-    pid_c = pid // n_bblk
-    offs_b = pid_b * BB + tl.arange(0, BB)
-    offs_j = pid_c * BH + tl.arange(0, BH)
-    vb = offs_b < B
-    vj = offs_j < H
-    if PROJ:
-        offs_r = pid_c * BP + tl.arange(0, BP)
-    else:
+    offs_b, vb, offs_j, vj, offs_r, vr, L = persistent_program(lengths, T, B, H, R, BB, BH, BP, HAS_LEN)
+    if not PROJ:  # h columns are the hidden units
         offs_r = offs_j
-    vr = offs_r < R
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+        vr = offs_r < R
     offs_q = tl.arange(0, PP)
     vq = offs_q < R
     w_t = w_hh
@@ -505,6 +454,8 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
         w_t = load_w(w_hh, offs_g, offs_g < G, R, offs_r, vr, 1)
         if PROJ:
             w_p = load_w(w_hr, offs_q, vq, H, offs_j, vj, 1)
+    else:
+        w_p = w_hr  # streamed (project)
     dh = load_tile(dh_n, offs_b, vb, offs_r, vr, R).to(ACC)
     dc = load_tile(dc_n, offs_b, vb, offs_j, vj, H).to(ACC)
     for it in range(0, T):
@@ -520,12 +471,8 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
             dn = dhn_ws + step_offset(s, B, R)
             store_tile(dn, tl.where(a2, dh + dy_t, 0.0), offs_b, vb, offs_r, vr, R)
             grid_sync(bar, (2 * it + 1) * nprog)
-            zh = tl.zeros([BB, BH], dtype=ACC)
-            if RESIDENT:
-                a = load_tile(dn, offs_b, vb, offs_q, vq, R).to(WT)
-                dhc = tl.dot(a, w_p, zh, input_precision=PREC)
-            else:
-                dhc = mm_stream(zh, dn, dn, offs_b, vb, R, w_hr, H, offs_j, vj, 1, False, PREC, BK)
+            dhc = project(tl.zeros([BB, BH], dtype=ACC), dn, offs_b, vb, R, w_p, offs_q, vq, w_hr, H, offs_j, vj, 1,
+                          RESIDENT, PREC, BK)
         else:
             dhc = tl.where(a2, dh + dy_t, 0.0)
         dc = bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act_ws,

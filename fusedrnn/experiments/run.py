@@ -1,10 +1,9 @@
-"""What every experiment shares: the run context (preset, seeds, device, output folder),
-the run record (run.json: command, device, versions, duration, seeds), result tables
-(JSON, CSV, Markdown), and matplotlib figures.
+"""Running an experiment: the run context (preset, seeds, device, output folder), the run
+record (run.json: command, device, versions, duration, seeds) and results.md.
 
 An experiment module defines ``NAME``, ``TITLE``, ``CLAIM``, ``PRESETS`` (``smoke`` /
 ``default`` / ``full`` -> a dict of settings, including ``seeds``) and ``run(ctx)``, which
-trains, writes its figures and tables into ``ctx.out`` with :meth:`Context.figure_path` /
+trains, writes its figures and tables into ``ctx.out`` with :meth:`Context.save_figure` /
 :meth:`Context.write_table`, and returns a JSON-able summary.  :func:`run_experiment`
 does the rest (seeding, threads, timing, run.json, results.md).
 """
@@ -24,22 +23,14 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..bench.harness import cpu_name, git_revision
-from ..train import checkpoint as _files
+from ..report import save_png, write_json, write_text
+from .summary import fmt, table
 
 PRESET_NAMES = ("smoke", "default", "full")
 
 
 class ConfigError(ValueError):
     """A bad experiment setting (reported by the command line without a traceback)."""
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def device_description(device: torch.device, threads: int) -> str:
@@ -52,6 +43,8 @@ def git_commit() -> Optional[str]:
     """'abc1234' or 'abc1234+dirty' (tracked files changed), None outside a git checkout."""
     rev = git_revision()
     return None if rev is None else rev[0] + ("+dirty" if rev[1] else "")
+
+
 
 
 def jsonable(obj: Any) -> Any:
@@ -69,85 +62,6 @@ def jsonable(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
         return jsonable(obj.item())
     return obj
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
-            return f"{v:.2e}"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
-                   clip: Optional[float]) -> None:
-    """One training step of every experiment: zero the gradients, backpropagate ``loss``,
-    clip the gradient norm to ``clip`` (0 or None: no clipping) and step ``opt``."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-
-
-def train_on_task(ctx: "Context", model: torch.nn.Module, task, objective, metric: str,
-                  evaluate: Callable[[], float]) -> tuple[dict, float]:
-    """Train ``model`` with Adam (``lr``) on ``task.train_batch(step, batch_size)`` for ``steps``
-    steps of ``objective``'s loss per counted element (clipped at ``clip``), the settings taken
-    from ``ctx.cfg``.  Every ``eval_every`` steps and at the end, record the step, the mean
-    training loss since the last record and ``evaluate()`` (under ``metric``).
-    Returns (history, training seconds)."""
-    c = ctx.cfg
-    opt = torch.optim.Adam(model.parameters(), lr=c["lr"])
-    hist = {"step": [], "train_loss": [], metric: []}
-    loss_sum, n = 0.0, 0
-    t0 = time.time()
-    for step in range(1, c["steps"] + 1):
-        b = {k: v.to(ctx.device) for k, v in task.train_batch(step, c["batch_size"]).items()}
-        loss = objective.loss(model, b) / objective.count(b)
-        optimizer_step(model, opt, loss, c["clip"])
-        loss_sum += loss.item()
-        n += 1
-        if step % c["eval_every"] == 0 or step == c["steps"]:
-            hist["step"].append(step)
-            hist["train_loss"].append(loss_sum / n)
-            hist[metric].append(evaluate())
-            loss_sum, n = 0.0, 0
-    return hist, time.time() - t0
-
-
-def mean_std(values) -> tuple[float, float]:
-    vals = [float(v) for v in values]
-    m = sum(vals) / len(vals)
-    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return m, s
-
-
-def pm(values, digits: int = 4) -> str:
-    """'mean ± std (n seeds)' or the single value."""
-    vals = list(values)
-    if len(vals) == 1:
-        return fmt(float(vals[0]), digits)
-    m, s = mean_std(vals)
-    return f"{fmt(m, digits)} ± {fmt(s, 2)}"
-
-
-def seeds_text(seeds) -> str:
-    """'seed 0' or '3 seeds [0, 1, 2], mean ± std'."""
-    seeds = list(seeds)
-    return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds {seeds}, mean ± std"
-
-
-def markdown_table(rows: list[dict], columns: Optional[list[str]] = None) -> str:
-    if not rows:
-        return ""
-    cols = columns or list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
-    return "\n".join(lines)
 
 
 @dataclass
@@ -178,16 +92,20 @@ class Context:
 
     def save_figure(self, fig, name: str) -> str:
         """Save a matplotlib figure as PNG in the output folder (atomically)."""
-        plt = _plt()
-        path = self.path(name)
-        tmp = f"{path}.tmp.{os.getpid()}.png"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-        plt.close(fig)
+        path = save_png(fig, self.path(name))
         if name not in self.figures:
             self.figures.append(name)
         self.log(f"figure {path}")
         return path
+
+    def finish_figure(self, fig, title: str, name: str, axes=()) -> str:
+        """Grid and legend on ``axes``, the title, a tight layout, then :meth:`save_figure`."""
+        for ax in axes:
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        return self.save_figure(fig, name)
 
     def write_table(self, name: str, rows: list[dict], columns: Optional[list[str]] = None,
                     title: Optional[str] = None) -> None:
@@ -198,30 +116,11 @@ class Context:
         w.writeheader()
         for r in rows:
             w.writerow({c: (fmt(r[c], 6) if isinstance(r.get(c), float) else r.get(c, "")) for c in cols})
-        _files.write_text(self.path(f"{name}.csv"), buf.getvalue())
-        self.tables[name] = (title or name, markdown_table(rows, cols))
+        write_text(self.path(f"{name}.csv"), buf.getvalue())
+        self.tables[name] = (title or name, table(rows, cols))
 
     def write_json(self, name: str, obj: Any) -> None:
-        _files.write_json(self.path(name), jsonable(obj))
-
-
-def plt():
-    """matplotlib.pyplot on the Agg backend."""
-    return _plt()
-
-
-def shade(ax, x, runs, label: str, color=None, style: str = "-", log: bool = False):
-    """Plot the mean of several runs (lists of equal length) with a min-max band."""
-    import numpy as np
-
-    a = np.asarray(runs, dtype=float)
-    if a.ndim == 1:
-        a = a[None]
-    mid = np.exp(np.log(a).mean(0)) if log else a.mean(0)
-    line, = ax.plot(x, mid, style, color=color, label=label + (f" (mean of {len(a)})" if len(a) > 1 else ""))
-    if len(a) > 1:
-        ax.fill_between(x, a.min(0), a.max(0), color=line.get_color(), alpha=0.18, linewidth=0)
-    return line
+        write_json(self.path(name), jsonable(obj))
 
 
 def resolve(module, preset: str, overrides: Optional[dict] = None, seeds: Optional[list] = None) -> dict:
@@ -290,7 +189,7 @@ def run_experiment(module, preset: str = "default", out: Optional[str] = None, d
         "summary": summary,
     }
     ctx.write_json("run.json", record)
-    _files.write_text(ctx.path("results.md"), results_markdown(record, ctx))
+    write_text(ctx.path("results.md"), results_markdown(record, ctx))
     ctx.log(f"done in {duration:.0f} s; record {ctx.path('run.json')}")
     return record
 
@@ -324,5 +223,4 @@ def parse_value(text: str):
         return text
 
 
-__all__ = ["ConfigError", "Context", "run_experiment", "resolve", "markdown_table", "fmt", "pm", "mean_std", "shade", "plt",
-           "jsonable", "PRESET_NAMES", "optimizer_step", "train_on_task"]
+__all__ = ["ConfigError", "Context", "PRESET_NAMES", "jsonable", "parse_value", "resolve", "run_experiment"]
