@@ -1,6 +1,7 @@
 # fusedrnn: the two commands that do all the set-up on a fresh machine.
 #   make test    create .venv, install torch and fusedrnn from source, run the GPU compile
-#                gate (benchmarks/compile_gate.py, no GPU needed) and the test suite
+#                gate (benchmarks/compile_gate.py, no GPU needed), the test suite and the
+#                GPU check's dry run (benchmarks/gpu_check.sh --dry-run, CPU only)
 #   make bench   the same set-up, then the benchmark suite on the default device
 #   make mutants the same set-up, then every curated mutant against the tests that must catch it
 # Set-up steps are stamped in .venv, so a second run only rebuilds what changed.
@@ -37,6 +38,7 @@ install: $(VENV)/.built
 test: install
 	$(PY) benchmarks/compile_gate.py
 	$(PY) -m pytest -q tests
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --dry-run bench-out/gpu-dry-run
 
 bench: install
 	$(PY) -m fusedrnn bench

@@ -6,9 +6,13 @@
   fails loudly.
 - Triton kernels run through the interpreter on CPU tensors (TRITON_INTERPRET=1) unless
   a GPU is present.
+- FUSEDRNN_TEST_TIMEOUT_S=N fails a test that runs longer than N seconds (SIGALRM, checked
+  when control is back in Python; benchmarks/gpu_check.sh sets it, with an outer timeout
+  for a kernel that never returns).
 """
 
 import os
+import signal
 
 os.environ.setdefault("FUSEDRNN_POISON_OUTPUTS", "1")
 os.environ.setdefault("FUSEDRNN_BACKEND", "auto")
@@ -69,6 +73,27 @@ def _one_thread(request):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+_TIMEOUT_S = float(os.environ.get("FUSEDRNN_TEST_TIMEOUT_S", "0") or 0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    if _TIMEOUT_S <= 0 or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _expired(signum, frame):
+        pytest.fail(f"over FUSEDRNN_TEST_TIMEOUT_S={_TIMEOUT_S:g} s", pytrace=False)
+
+    before = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, _TIMEOUT_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def pytest_collection_modifyitems(config, items):

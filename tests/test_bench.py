@@ -94,3 +94,71 @@ def test_model_benchmark_swaps_to_torch_modules():
     recs = run_models(torch.device("cpu"), ["native"], None, reps=1, points=MODEL_POINTS[:1])
     assert {r["provider"] for r in recs} == {"fusedrnn-native", "torch-cpu"}
     assert all(r["mode"] == "train-step" and r["variant"].startswith("model:") for r in recs)
+
+
+def test_records_are_appended_after_every_group(tmp_path, monkeypatch):
+    """A run cut short (the GPU check's time guard) keeps the groups it measured."""
+    real, calls = harness.time_group, []
+
+    def second_group_dies(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(harness, "time_group", second_group_dies)
+    with pytest.raises(KeyboardInterrupt):
+        suite.run("quick", device=torch.device("cpu"), out=str(tmp_path), points=TINY, reps=1,
+                  variants=("plain",), backends=["native"], modes=("fwd",), progress=False)
+    lines = (tmp_path / (harness.device_slug(torch.device("cpu")) + ".jsonl")).read_text().splitlines()
+    assert {json.loads(x)["B"] for x in lines} == {TINY[0].B}
+
+
+def test_loop_baseline_at_the_first_point_only(monkeypatch):
+    monkeypatch.setitem(suite.PRESETS, "t", dict(points=TINY, variants=("plain",), loop="first"))
+    recs = suite.run("t", device=torch.device("cpu"), out=None, reps=1, backends=["native"], modes=("fwd",),
+                     progress=False)
+    assert {r["B"] for r in recs if r["provider"] == "loop"} == {TINY[0].B}
+    assert {r["B"] for r in recs if r["provider"] == "fusedrnn-native"} == {p.B for p in TINY}
+    assert suite.PRESETS["anchors"]["loop"] == "first"
+
+
+def test_correctness_step_passes_and_catches_a_wrong_design(tmp_path, monkeypatch):
+    """The GPU check's correctness step, on the CPU (native against torch's LSTM and the
+    float64 reference): it passes, and a design whose output is off by one part in a
+    thousand fails against the 2x-torch bound."""
+    from fusedrnn.bench import correctness as cc
+
+    shapes = [(cc.Shape("t", 6, 4, 40), "fp32")]
+    designs = {"native": ("native", "auto"), "cuda persistent": ("cuda", "persistent")}
+    rows = cc.run_check(torch.device("cpu"), designs, shapes, budget_s=60, out=str(tmp_path))
+    assert [(r.design, r.verdict) for r in rows] == [("native", "ok"), ("cuda persistent", "skipped")] * 2
+    assert all(r.err <= r.bound for r in rows if r.verdict == "ok")
+    data = json.loads((tmp_path / "correctness.json").read_text())
+    assert len(data) == 4 and "| native | t | fp32 | v+bn | ok |" in (tmp_path / "correctness.md").read_text()
+
+    real = cc._run
+
+    def off(module, x, gy, seed):
+        out = real(module, x, gy, seed)
+        if getattr(module, "backend", None) == "native":
+            out["y"] = out["y"] * (1 + 1e-3)
+        return out
+
+    monkeypatch.setattr(cc, "_run", off)
+    rows = cc.run_check(torch.device("cpu"), designs, shapes, budget_s=60, out=None)
+    assert [r.verdict for r in rows if r.design == "native"] == ["FAIL", "FAIL"]
+    assert cc.main(["--sanitize", "--dry-run"]) == 0
+
+
+def test_sanitize_cases_run_on_the_native_backend(capsys):
+    from fusedrnn.bench import correctness as cc
+
+    cc.sanitize(torch.device("cpu"), backend="native", dtypes=("fp32",))
+    assert "every case ran" in capsys.readouterr().out
+
+
+def test_gpu_check_script_parses():
+    """benchmarks/gpu_check.sh is valid bash (the full dry run is part of make test)."""
+    r = subprocess.run(["bash", "-n", os.path.join(ROOT, "benchmarks", "gpu_check.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -225,6 +225,7 @@ def test_opcheck_cuda_ops():
 
 
 @pytest.mark.gpu
+@pytest.mark.inductor
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_compile_fullgraph_on_gpu(backend):
     """fullgraph compile of a regularized module on the GPU backends (inductor)."""

@@ -189,6 +189,7 @@ def test_autotuned_configs(monkeypatch):
     assert TH._TUNERS, "no autotuner ran"
 
 
+@pytest.mark.inductor
 def test_auto_dispatch_and_compile(monkeypatch):
     """backend='auto' can pick triton on CUDA; torch.compile(fullgraph=True) traces the
     module through the triton_op with no graph break and matches eager."""

@@ -44,7 +44,8 @@ _GPU_GRID = (
 PRESETS: dict[str, dict] = {
     # The GPU grid of benchmarks/gpu_check.sh: the FlashRNN point (B=16, T=1024, H=768) and
     # the haste point (B=64, T=50, H=512, I=256, fp32) among them.
-    "anchors": dict(points=_GPU_GRID, variants=("plain", "variational+bn")),
+    # The Python-loop baseline runs at the first point only (it is slow and changes little).
+    "anchors": dict(points=_GPU_GRID, variants=("plain", "variational+bn"), loop="first"),
     "cpu": dict(points=[Point(32, 100, 256, 256), Point(8, 100, 256, 256), Point(64, 50, 512, 512)],
                 variants=tuple(VARIANTS)),
     "quick": dict(points=[Point(16, 50, 128, 128), Point(32, 50, 256, 256)],
@@ -67,7 +68,10 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
         out: Optional[str] = "benchmarks/results", modes=MODES, variants=None, backends=None,
         reps: Optional[int] = None, progress: bool = True, points=None,
         budget_s: Optional[float] = None) -> list[dict]:
-    """Run a preset; returns the records (also appended to <out>/<device>.jsonl)."""
+    """Run a preset; returns the records, also appended to <out>/<device>.jsonl after every
+    group, so that a run cut short keeps what it measured.
+
+    The preset's ``loop`` is True (the loop baseline at every point), False, or "first"."""
     device = device or default_device()
     spec = PRESETS[preset]
     points = points or spec["points"]
@@ -78,6 +82,8 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
     reps = reps or spec.get("reps") or (20 if cuda else 7)
     groups = [(p, mode) for p in points for mode in modes]
     records: list[dict] = []
+    path = os.path.join(out, harness.device_slug(device) + ".jsonl") if out else None
+    loop = spec.get("loop", True)
     bar = _progress(len(groups)) if progress else None
     # fp32 on a GPU: TF32 allowed for every provider, as cuDNN does by default
     # (torch.backends.cudnn.allow_tf32) and fusedrnn does when matmul.allow_tf32 is set.
@@ -87,7 +93,8 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
     for p, mode in groups:
         dt = DTYPES[dtype or p.dtype]
         fns = {}
-        for prov in providers_for(device, backends, include_loop=spec.get("loop", True)):
+        with_loop = loop is True or (loop == "first" and p == points[0])
+        for prov in providers_for(device, backends, include_loop=with_loop):
             if (p.cell or p.layers != 1) and prov == "loop":
                 continue
             for var in variants:
@@ -102,17 +109,18 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
                                                       rotate=4 if cuda else 1, layers=p.layers)
         timings = harness.time_group(fns, device, warmup=3 if cuda else 2, reps=reps, rotate=4 if cuda else 1,
                                      budget_s=budget_s)
-        for (prov, var), tm in timings.items():
-            records.append(harness.make_record(env, provider=prov, variant=var, mode=mode, dtype=dt,
-                                               B=p.B, T=p.T, I=p.I, H=p.H, timing=tm, L=p.layers))
+        group = [harness.make_record(env, provider=prov, variant=var, mode=mode, dtype=dt,
+                                     B=p.B, T=p.T, I=p.I, H=p.H, timing=tm, L=p.layers)
+                 for (prov, var), tm in timings.items()]
+        records += group
+        if path:
+            harness.append_records(group, path)
         if bar:
             bar.advance(f"B={p.B} T={p.T} H={p.H} {mode}")
         del fns
     if bar:
         bar.close()
     torch.backends.cuda.matmul.allow_tf32 = tf32_before
-    if out:
-        harness.append_records(records, os.path.join(out, harness.device_slug(device) + ".jsonl"))
     return records
 
 
