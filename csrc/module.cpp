@@ -94,6 +94,14 @@ TORCH_LIBRARY(fusedrnn, m) {
       " -> (Tensor grad_v, Tensor grad_weight, Tensor grad_bias)",
       {at::Tag::pt2_compliant_tag});
 
+  // The input projection of a layer as the native backend runs it: x [..., I], weight [G, I],
+  // bias [G] -> x @ weight^T + bias [..., G].  Backward returns grad_x, grad_weight, and
+  // grad_bias [G] (empty when bias is False).
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("linear_backward(Tensor grad_y, Tensor x, Tensor weight, bool bias)"
+        " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
+        {at::Tag::pt2_compliant_tag});
+
   // Which CUDA design the layer op picks for this shape on like's device, and why
   // (fusedrnn.explain reports it): persistent when ok, else per-step.
   m.def(

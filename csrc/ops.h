@@ -282,6 +282,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& v, const at::Tensor& weight, const OptT& lengths,
     bool reverse, const at::Tensor& mean, const at::Tensor& var, bool training, double eps);
 
+// ---- linear: the input projection of the native backend (schema in module.cpp) ----------
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const OptT& bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+                                                                   const at::Tensor& weight, bool bias);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu(const at::Tensor& gates,
                                                                      const at::Tensor& cx);
 std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cpu(const at::Tensor& grad_hy,

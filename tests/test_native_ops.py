@@ -285,3 +285,66 @@ def test_shared_gate_math_accuracy_and_special_values():
     torch.testing.assert_close(act[1], torch.ones(4))  # sigmoid(inf) = tanh(inf) = 1
     torch.testing.assert_close(act[2], torch.tensor([0.0, 0.0, -1.0, 0.0]), atol=1e-30, rtol=0)
     torch.testing.assert_close(act[3], torch.tensor([0.5, 0.5, 0.0, 0.5]))
+
+
+# ---- fusedrnn::linear (the native input projection) and the CPU GEMM paths --------------------
+
+LINEAR_CASES = [(torch.float32, (3, 5, 8), 12, True), (torch.float64, (4, 7), 20, False),
+                (torch.float32, (64, 32, 256), 1024, True), (torch.float32, (0, 2, 4), 8, True)]
+
+
+@pytest.mark.parametrize("dtype,xshape,G,bias", LINEAR_CASES,
+                         ids=[f"{str(d)[6:]}-x{'x'.join(map(str, s))}-G{g}-b{int(b)}" for d, s, g, b in LINEAR_CASES])
+def test_linear_op(dtype, xshape, G, bias):
+    """opcheck, the values and gradients against F.linear in float64; the large case runs the
+    oneDNN path (weight reorder forward, GEMMs on transposed views backward)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*xshape, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(G, xshape[-1], generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(G, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    torch.library.opcheck(torch.ops.fusedrnn.linear.default, (x, w, b))
+    y = torch.ops.fusedrnn.linear(x, w, b)
+    gy = torch.randn(y.shape, generator=g, dtype=dtype)
+    got = torch.autograd.grad(y, [x, w] + ([b] if bias else []), gy)
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if bias else None
+    y64 = torch.nn.functional.linear(x64, w64, b64)
+    want = torch.autograd.grad(y64, [x64, w64] + ([b64] if bias else []), gy.double())
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y.double(), y64, **tol)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, **tol)
+
+
+@pytest.mark.parametrize("B,H,T", [(1, 40, 9), (5, 36, 6), (16, 24, 12), (17, 40, 5), (40, 130, 9), (4, 8, 3)],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("path", ["", "mkl", "mm"], ids=["best", "mkl", "mm"])
+def test_gemm_paths_agree_with_float64(B, H, T, path, monkeypatch):
+    """Each float32 GEMM path of the layer (FUSEDRNN_CPU_GEMM: the small-row panel kernel up
+    to 16 rows, oneDNN's reordered weight, MKL's packed GEMM, at::mm; chosen by rows, weight
+    size and steps) gives the float64 result, forward and backward, with BN (the chunked
+    dW_hh accumulation) and without."""
+    monkeypatch.setenv("FUSEDRNN_CPU_GEMM", path)
+    from fusedrnn import ops
+    for bn in (False, True):
+        g = torch.Generator().manual_seed(B * 100 + H)
+        d = dict(xp=torch.randn(T, B, 4 * H, generator=g), h0=torch.randn(B, H, generator=g) * 0.5,
+                 c0=torch.randn(B, H, generator=g) * 0.5, w=torch.randn(4 * H, H, generator=g) / H ** 0.5)
+        res = []
+        for dt in (torch.float32, torch.float64):
+            t = {k: v.to(dt).requires_grad_() for k, v in d.items()}
+            rbn = None
+            if bn and B > 1:
+                rbn = ops.RecurrentBN(weight_x=None, weight_h=torch.full((4 * H,), 0.5, dtype=dt, requires_grad=True),
+                                      weight_c=torch.ones(H, dtype=dt), bias_c=torch.zeros(H, dtype=dt),
+                                      running_mean_x=None, running_var_x=None,
+                                      running_mean_h=torch.zeros(T, 4 * H, dtype=dt),
+                                      running_var_h=torch.ones(T, 4 * H, dtype=dt),
+                                      running_mean_c=torch.zeros(T, H, dtype=dt), running_var_c=torch.ones(T, H, dtype=dt),
+                                      training=True, momentum=0.1, eps=1e-5)
+            y, h, c = ops.lstm_recurrence(t["xp"], t["h0"], t["c0"], t["w"], bn=rbn, backend="native")
+            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dt)
+            grads = torch.autograd.grad((y * gy).sum() + h.sum() + c.sum(), [t["xp"], t["h0"], t["c0"], t["w"]])
+            res.append([y, h, c, *grads])
+        for a, e in zip(*res):
+            torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=2e-4)

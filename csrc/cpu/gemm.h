@@ -1,17 +1,35 @@
-// A GEMM repeated at every step with the same weight: y [M, N] = a [M, K] @ op(w).
+// The GEMMs of the CPU kernels, float32 on oneDNN where it is faster than MKL.
 //
-// The recurrence multiplies by W_hh (and W_hr) once per step.  When torch's CPU build
-// carries MKL's packed-GEMM API (cblas_sgemm_pack / cblas_sgemm_compute, exported by
-// libtorch_cpu on x86-64), the weight is packed once per op call and every step reuses the
-// packed copy, instead of re-packing 4H x R floats per step.  Otherwise, and for float64,
-// at::mm_out.  The symbols are weak, so a torch without MKL loads and falls back.
+// Dimension letters: M rows, K reduction, N output columns.
+//
+// On the AVX-512 CPU measured (benchmarks/NOTES.md, "GEMM paths"), torch's oneDNN (mkldnn)
+// runs these shapes at 1.2-1.7x the rate of MKL, which at::mm uses for float32.  torch
+// exposes oneDNN's GEMMs two ways, both used here:
+//  - matmul(a, b, out): at::native::mkldnn_matmul (exported by libtorch_cpu), a GEMM into a
+//    given output that takes transposed views as they are: the whole-sequence GEMMs (input
+//    projection gradient, weight gradients dW = dY^T X without a transposed copy).
+//  - RepeatedGemm: the weight of the recurrence, multiplied once per step and laid out for
+//    it once per op call: up to kSmallRows rows, panels for our own outer-product kernel
+//    (small_gemm.h); more rows, oneDNN's blocked layout (torch's mkldnn::_reorder_linear_weight
+//    / _linear_pointwise ops), or MKL's packed-GEMM API (cblas_sgemm_pack / _compute) where
+//    oneDNN's fixed cost shows (K x N below 2^16).
+// Results are deterministic at a fixed thread count.  float64, and a torch without mkldnn or
+// MKL (the symbols are weak), use at::mm.  FUSEDRNN_CPU_GEMM=mkl (MKL only) or mm (at::mm
+// only), read per op call, forces a path; the tests use it to cover each.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "small_gemm.h"
 
 extern "C" {
 __attribute__((weak)) size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k);
@@ -23,48 +41,162 @@ __attribute__((weak)) void cblas_sgemm_compute(int layout, int transa, int trans
                                                int ldb, float beta, float* c, int ldc);
 }
 
+namespace at {
+namespace native {
+// result = beta * result + alpha * mat1 @ mat2 (ATen/native/mkldnn/Matmul.h, not installed).
+__attribute__((weak)) void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result,
+                                         float beta, float alpha);
+}  // namespace native
+}  // namespace at
+
 namespace fusedrnn {
 namespace cpu {
 
+enum class GemmPath { kOneDnn, kMkl, kMm };
+
+// FUSEDRNN_CPU_GEMM: "" (the best), "mkl" (MKL only: no oneDNN, no small-row kernel) or "mm".
+inline GemmPath requested_path() {
+  const char* env = std::getenv("FUSEDRNN_CPU_GEMM");
+  const std::string v = env ? env : "";
+  return v == "mm" ? GemmPath::kMm : v == "mkl" ? GemmPath::kMkl : GemmPath::kOneDnn;
+}
+
+inline bool mkl_packed_available() {
+  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
+}
+
+// Sizes below which a path's fixed cost outweighs its rate (measured, NOTES.md "GEMM paths"):
+// oneDNN's weight reorder costs about 250 us whatever the size, so the recurrence reorders
+// only when it has enough steps and each step enough work; a single step packs nothing.
+constexpr int64_t kReorderMinSteps = 8;
+constexpr int64_t kSmallMinSteps = 4;  // packing the panels costs about one pass
+constexpr int64_t kReorderMinWeight = int64_t{1} << 16;  // K x N
+constexpr int64_t kReorderMinRows = 4;
+constexpr int64_t kLinearReorderMinMacs = int64_t{1} << 26;  // M x N x K of a one-off GEMM
+constexpr int64_t kMatmulMinMacs = int64_t{1} << 21;
+
+// mkldnn_matmul takes float32 only on CPUs with avx512bw/vl/dq (or avx_ne_convert) and throws
+// elsewhere: the first refusal turns it off for the process.
+inline std::atomic<bool>& onednn_matmul_ok() {
+  static std::atomic<bool> ok{at::native::mkldnn_matmul != nullptr};
+  return ok;
+}
+
+// out [M, N] = a [M, K] @ b [K, N] (+ out when accumulate); a and b may be transposed views.
+inline void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate = false) {
+  if (a.scalar_type() == at::kFloat && a.numel() > 0 && b.numel() > 0 &&
+      a.size(0) * a.size(1) * b.size(1) >= kMatmulMinMacs && requested_path() == GemmPath::kOneDnn &&
+      onednn_matmul_ok()) {
+    try {
+      at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
+      return;
+    } catch (const c10::Error&) {
+      onednn_matmul_ok() = false;
+    }
+  }
+  if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
+inline at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  matmul(a, b, out);
+  return out;
+}
+
+// torch's oneDNN linear ops, looked up once (absent from a torch built without mkldnn).
+struct OneDnnLinear {
+  std::optional<c10::OperatorHandle> reorder, linear;
+  static const OneDnnLinear& get() {
+    static const OneDnnLinear ops = [] {
+      OneDnnLinear o;
+      auto& d = c10::Dispatcher::singleton();
+      o.reorder = d.findSchema({"mkldnn::_reorder_linear_weight", ""});
+      o.linear = d.findSchema({"mkldnn::_linear_pointwise", ""});
+      return o;
+    }();
+    return ops;
+  }
+  bool available() const { return reorder.has_value() && linear.has_value(); }
+
+  // w [N, K] in oneDNN's layout for M-row inputs.
+  at::Tensor pack(const at::Tensor& w, int64_t M) const {
+    std::vector<c10::IValue> st{w, M};
+    reorder->callBoxed(st);
+    return st[0].toTensor();
+  }
+  // a [M, K] @ w^T (+ bias [N]) for a weight from pack(); a new [M, N] tensor.
+  at::Tensor run(const at::Tensor& a, const at::Tensor& packed, const std::optional<at::Tensor>& bias = {}) const {
+    std::vector<c10::IValue> st{a, packed, bias ? c10::IValue(*bias) : c10::IValue(), std::string("none"),
+                                c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+    linear->callBoxed(st);
+    return st[0].toTensor();
+  }
+};
+
+// Whether a one-off GEMM of M x N x K multiply-adds is worth oneDNN (reorder: also the weight).
+inline bool onednn_one_off(int64_t macs, bool reorder) {
+  return requested_path() == GemmPath::kOneDnn &&
+         (reorder ? macs >= kLinearReorderMinMacs && OneDnnLinear::get().available()
+                  : macs >= kMatmulMinMacs && onednn_matmul_ok());
+}
+
 class RepeatedGemm {
  public:
-  // w: [N, K] if trans (op(w) = w^T) else [K, N]; every call has M rows.
-  RepeatedGemm(const at::Tensor& w, bool trans, int64_t M) : w_(w), trans_(trans), M_(M) {
+  // w: [N, K] if trans (op(w) = w^T) else [K, N]; `steps` calls, each with M rows.
+  RepeatedGemm(const at::Tensor& w, bool trans, int64_t M, int64_t steps) : w_(w), trans_(trans), M_(M) {
     N_ = trans ? w.size(0) : w.size(1);
     K_ = trans ? w.size(1) : w.size(0);
-    if (w.scalar_type() == at::kFloat && packed_available() && M > 0 && N_ > 0 && K_ > 0) {
+    const bool f32 = w.scalar_type() == at::kFloat && M > 0 && N_ > 0 && K_ > 0 && steps > 1;
+    const GemmPath want = f32 ? requested_path() : GemmPath::kMm;
+    if (want == GemmPath::kOneDnn && M <= kSmallRows && steps >= kSmallMinSteps) {
+      small_ = pack_panels(w, trans);
+    } else if (want == GemmPath::kOneDnn && steps >= kReorderMinSteps && M >= kReorderMinRows &&
+        N_ * K_ >= kReorderMinWeight && OneDnnLinear::get().available()) {
+      onednn_ = OneDnnLinear::get().pack((trans ? w : w.t()).contiguous(), M);
+    } else if (want != GemmPath::kMm && mkl_packed_available()) {
       const at::Tensor wc = w.contiguous();
       const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, M, N_, K_);
-      packed_ = at::empty({static_cast<int64_t>((bytes + 3) / 4)}, w.options());
-      cblas_sgemm_pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, M, N_, K_, 1.0f,
-                       wc.data_ptr<float>(), static_cast<int>(wc.size(1)),
-                       packed_.data_ptr<float>());
+      mkl_ = at::empty({static_cast<int64_t>((bytes + 3) / 4)}, w.options());
+      cblas_sgemm_pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, M, N_, K_, 1.0f, wc.data_ptr<float>(),
+                       static_cast<int>(wc.size(1)), mkl_.data_ptr<float>());
       w_ = wc;  // keep alive
     }
   }
 
-  static bool packed_available() {
-    return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
-           cblas_sgemm_compute != nullptr;
+  // Which path the steps take: "onednn", "mkl" or "mm".
+  const char* path() const {
+    return small_.defined() ? "small" : onednn_.defined() ? "onednn" : mkl_.defined() ? "mkl" : "mm";
   }
 
-  bool packed() const { return packed_.defined(); }
-
-  // out [M, N] = a [M, K] @ op(w); a and out contiguous.
-  void run(const at::Tensor& a, at::Tensor& out) const {
-    if (packed_.defined()) {
-      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, M_, N_, K_, a.data_ptr<float>(),
-                          static_cast<int>(K_), packed_.data_ptr<float>(), static_cast<int>(N_),
-                          0.0f, out.data_ptr<float>(), static_cast<int>(N_));
+  // [M, N] = a [M, K] @ op(w), a contiguous; returns the result's data: out's, or (oneDNN,
+  // which allocates its output) a tensor held until the next call.
+  template <typename T>
+  T* run(const at::Tensor& a, at::Tensor& out) {
+    if (small_.defined()) {
+      small_gemm(a.data_ptr<float>(), small_.data_ptr<float>(), out.data_ptr<float>(), M_, N_, K_);
+      return out.data_ptr<T>();
+    }
+    if (onednn_.defined()) {
+      result_ = OneDnnLinear::get().run(a, onednn_);
+      return result_.data_ptr<T>();
+    }
+    if (mkl_.defined()) {
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, M_, N_, K_, a.data_ptr<float>(), static_cast<int>(K_),
+                          mkl_.data_ptr<float>(), static_cast<int>(N_), 0.0f, out.data_ptr<float>(),
+                          static_cast<int>(N_));
     } else {
       at::mm_out(out, a, trans_ ? w_.t() : w_);
     }
+    return out.data_ptr<T>();
   }
 
  private:
-  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151,
-                       kBMatrix = 162;
-  at::Tensor w_, packed_;
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+  at::Tensor w_, mkl_, onednn_, small_, result_;
   bool trans_;
   int64_t M_, N_ = 0, K_ = 0;
 };

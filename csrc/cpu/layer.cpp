@@ -56,8 +56,8 @@ struct LayerGemms {
   cpu::RepeatedGemm hh;
   std::optional<cpu::RepeatedGemm> hr;
   LayerGemms(const LayerDims& d, const LayerTensors& t, bool forward)
-      : hh(t.w_hh, forward, d.B),
-        hr(d.proj ? std::make_optional<cpu::RepeatedGemm>(*t.w_hr, forward, d.B) : std::nullopt) {}
+      : hh(t.w_hh, forward, d.B, d.T),
+        hr(d.proj ? std::make_optional<cpu::RepeatedGemm>(*t.w_hr, forward, d.B, d.T) : std::nullopt) {}
 };
 
 template <typename T>
@@ -213,8 +213,8 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
 }
 
 template <typename T>
-void layer_forward(const LayerDims& d, const Rows& rows, const cpu::RepeatedGemm& gemm_hh,
-                   const cpu::RepeatedGemm* gemm_hr, const at::Tensor& h0, FwdBuffers<T>& f,
+void layer_forward(const LayerDims& d, const Rows& rows, cpu::RepeatedGemm& gemm_hh,
+                   cpu::RepeatedGemm* gemm_hr, const at::Tensor& h0, FwdBuffers<T>& f,
                    at::Tensor& hm_t,
                    at::Tensor& hh_t, at::Tensor& hc_t, at::Tensor& hp_t, bool bn_train,
                    int64_t step_offset, int64_t S, double eps) {
@@ -231,11 +231,11 @@ void layer_forward(const LayerDims& d, const Rows& rows, const cpu::RepeatedGemm
       std::memcpy(hm, f.h_cur, sizeof(T) * B * R);
     }
     at::Tensor hm_s = hm_t.select(0, ws);
-    gemm_hh.run(hm_s, hh_t);  // [B, R] @ W_hh^T
+    f.hh = gemm_hh.template run<T>(hm_s, hh_t);  // [B, R] @ W_hh^T
     const int64_t slot = std::min<int64_t>(step_offset + s, S - 1);
     forward_pointwise<T>(rows, d, f, s, bn_train, slot, eps);
     if (d.proj) {
-      gemm_hr->run(hc_t.select(0, ws), hp_t);  // [B, H] @ W_hr^T
+      f.hp = gemm_hr->template run<T>(hc_t.select(0, ws), hp_t);  // [B, H] @ W_hr^T
       for (int64_t b = 0; b < B; ++b) {
         if (rows.active(b, s)) {
           T* yr = f.y + (rows.pos(b, s) * B + b) * R;
@@ -285,7 +285,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   ws_c.select(0, 0).copy_(c0);
 
   const LayerTensors pt(d, FUSEDRNN_LAYER_ARGS);
-  const LayerGemms gemm(d, pt, /*forward=*/true);
+  LayerGemms gemm(d, pt, /*forward=*/true);
 
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_layer_forward_cpu", [&] {
     using T = scalar_t;
@@ -325,7 +325,8 @@ struct BwdBuffers : ParamPtrs<T> {
   const T *h_stats{}, *c_stats{};          // train statistics
   const T *act{}, *c{}, *hh_hat{};           // workspace
   T* grad_xp{};                          // [T, B, G]
-  T* dhh{};                              // [T, B, G] (may alias grad_xp)
+  T* dhh{};                              // [slots, B, G]: step s at s % slots (may alias grad_xp)
+  int64_t dhh_slots{};
   T* dh_all{};                           // [T, B, P] (proj only)
   T *dgamma_h{}, *dgamma_c{}, *dbeta_c{};
   T* dh_carry{};  // [B, R]
@@ -433,7 +434,7 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   const T* c_prev = f.c + s * B * H;
   const T* c_cur = f.c + (s + 1) * B * H;
   const T* hh_hat = d.bn ? f.hh_hat + s * B * G : nullptr;
-  T* dhh = f.dhh + s * B * G;
+  T* dhh = f.dhh + (s % f.dhh_slots) * B * G;
   const bool copy_dhh = f.dhh != f.grad_xp;
   const int64_t n = rows.count(s);
   const T n_bn = bn_train ? T(n) : T(0);  // 0 selects the eval formula in bn_backward
@@ -526,9 +527,16 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   const LayerTensors pt(d, FUSEDRNN_LAYER_ARGS);
 
   at::Tensor grad_xp = new_output({T_, B, G}, opt);
-  // Without BN_h, lengths or reversal, dL/dhh of step s is grad_xp[s]: no second buffer.
+  // Without BN_h, lengths or reversal, dL/dhh of step s is grad_xp[s]: no second buffer, and
+  // dW_hh is one GEMM after the loop.  Otherwise dL/dhh lives in a ring of `slots` steps and
+  // dW_hh accumulates one GEMM per chunk of steps (rows >= 512 keep the GEMM efficient), so
+  // the backward holds no second [T, B, G] buffer.
   const bool alias = !d.bn && !d.lengths && !reverse;
-  at::Tensor dhh = alias ? grad_xp : at::empty({T_, B, G}, opt);
+  const int64_t slots = alias ? std::max<int64_t>(T_, 1) : std::min<int64_t>(std::max<int64_t>(T_, 1),
+                                                                               std::max<int64_t>(16, (511 + B) / std::max<int64_t>(B, 1)));
+  at::Tensor dhh = alias ? grad_xp : at::empty({slots, B, G}, opt);
+  at::Tensor grad_w_hh = at::empty({G, R}, opt);
+  bool w_hh_written = false;
   at::Tensor dh_all = at::empty({d.proj ? T_ : 0, B, R}, opt);
   at::Tensor dh_carry = grad_h_n.to(opt).contiguous().clone();
   at::Tensor dc_carry = grad_c_n.to(opt).contiguous().clone();
@@ -537,7 +545,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   at::Tensor dgamma_h = at::zeros({d.bn ? G : 0}, opt), dgamma_c = at::zeros({d.bn ? H : 0}, opt);
   at::Tensor dbeta_c = at::zeros({d.bn ? H : 0}, opt);
   at::Tensor scratch = at::empty({4 * G + 4 * H}, opt);
-  const LayerGemms gemm(d, pt, /*forward=*/false);
+  LayerGemms gemm(d, pt, /*forward=*/false);
 
   AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "lstm_layer_backward_cpu", [&] {
     using T = scalar_t;
@@ -550,6 +558,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     f.hh_hat = d.bn ? hh_hat.data_ptr<T>() : nullptr;
     f.grad_xp = grad_xp.data_ptr<T>();
     f.dhh = dhh.data_ptr<T>();
+    f.dhh_slots = slots;
     f.dh_all = dh_all.data_ptr<T>();
     f.dgamma_h = dgamma_h.data_ptr<T>();
     f.dgamma_c = dgamma_c.data_ptr<T>();
@@ -574,11 +583,17 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
       }
       if (d.proj) {
         std::memcpy(f.dh_all + s * B * R, f.dh_cur, sizeof(T) * B * R);
-        gemm.hr->run(dh_cur, dhc);  // [B, P] @ W_hr
+        f.dhc = gemm.hr->template run<T>(dh_cur, dhc);  // [B, P] @ W_hr
       }
       const int64_t slot = std::min<int64_t>(bn_step_offset + s, S - 1);
       backward_pointwise<T>(rows, d, f, s, bn_train, slot, bn_eps);
-      gemm.hh.run(dhh.select(0, s), dh_rec);  // [B, G] @ W_hh
+      f.dh_rec = gemm.hh.template run<T>(dhh.select(0, s % slots), dh_rec);  // [B, G] @ W_hh
+      if (!alias && s % slots == 0) {  // the chunk [s, s + n) is complete: dW_hh += dhh^T hm
+        const int64_t n = std::min<int64_t>(slots, T_ - s);
+        cpu::matmul(dhh.narrow(0, 0, n).view({n * B, G}).t(), hm.narrow(0, s, n).view({n * B, R}), grad_w_hh,
+                    /*accumulate=*/w_hh_written);
+        w_hh_written = true;
+      }
       const T* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;
@@ -590,8 +605,12 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     }
   });
 
-  at::Tensor grad_w_hh = at::mm(dhh.view({T_ * B, G}).t(), hm.view({T_ * B, R}));
-  at::Tensor grad_w_hr = d.proj ? at::mm(dh_all.view({T_ * B, P}).t(), hc.view({T_ * B, H}))
+  if (alias) {
+    cpu::matmul(dhh.view({T_ * B, G}).t(), hm.view({T_ * B, R}), grad_w_hh);
+  } else if (!w_hh_written) {
+    grad_w_hh.zero_();
+  }
+  at::Tensor grad_w_hr = d.proj ? cpu::matmul(dh_all.view({T_ * B, P}).t(), hc.view({T_ * B, H}))
                                 : at::empty({0}, opt);
   return {grad_xp, dh_carry, dc_carry, grad_w_hh, grad_w_hr, dgamma_h, dgamma_c, dbeta_c};
 }

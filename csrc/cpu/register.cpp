@@ -10,4 +10,6 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("lstm_layer_backward", &fusedrnn::lstm_layer_backward_cpu);
   m.impl("batch_norm_steps_forward", &fusedrnn::batch_norm_steps_forward_cpu);
   m.impl("batch_norm_steps_backward", &fusedrnn::batch_norm_steps_backward_cpu);
+  m.impl("linear", &fusedrnn::linear_cpu);
+  m.impl("linear_backward", &fusedrnn::linear_backward_cpu);
 }

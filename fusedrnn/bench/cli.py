@@ -18,7 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="the quick preset (under 2 minutes on 2 cores)")
     b.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     b.add_argument("--dtype", choices=sorted(DTYPES), help="override the preset's dtypes")
-    b.add_argument("--mode", action="append", choices=MODES, help="fwd and/or fwd+bwd (default both)")
+    b.add_argument("--mode", action="append", choices=MODES, help="fwd, fwd+bwd and/or infer (default: the preset's)")
     b.add_argument("--variant", action="append", choices=list(VARIANTS), help="default: the preset's")
     b.add_argument("--backend", action="append", help="fusedrnn backends to time (default: all available)")
     b.add_argument("--reps", type=int, help="timed repetitions per provider")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         records = run_models(device, backends, args.out, reps=args.reps or 10, budget_s=args.budget_s)
     else:
         records = suite.run(preset, device=device, dtype=args.dtype, out=args.out,
-                            modes=args.mode or suite.MODES, variants=args.variant or None,
+                            modes=args.mode or None, variants=args.variant or None,
                             backends=args.backend or None, reps=args.reps, progress=not args.no_progress,
                             budget_s=args.budget_s)
     title = f"fusedrnn bench --preset {preset} on {records[0]['device'] if records else device} " \

@@ -5,7 +5,8 @@ Providers (DESIGN.md, "Benchmark records"):
   cudnn / torch-cpu    torch.nn.LSTM on CUDA (cuDNN) / on CPU (oneDNN): plain only
   loop                 the per-step loop of fusedrnn.bench.loop (every variant)
 Variants: plain, variational (recurrent_dropout=0.25, shared masks), bn (recurrent batch
-norm), variational+bn.  Modes: fwd (training-mode forward under no_grad), fwd+bwd.
+norm), variational+bn.  Modes: fwd (training-mode forward under no_grad), fwd+bwd, infer
+(eval mode under no_grad: inference, batch norm on its running statistics).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ VARIANTS = {
     "bn": dict(batch_norm=True),
     "variational+bn": dict(recurrent_dropout=0.25, variational=True, batch_norm=True),
 }
-MODES = ("fwd", "fwd+bwd")
+MODES = ("fwd", "fwd+bwd", "infer")
+DEFAULT_MODES = ("fwd", "fwd+bwd")
 
 
 def torch_provider_name(device: torch.device) -> str:
@@ -90,7 +92,9 @@ def build_layer_fn(provider: str, variant: str, mode: str, B: int, T: int, I: in
     m = build_module(provider, variant, I, H, T, dtype, device, layers)
     g = torch.Generator(device="cpu").manual_seed(1)
     xs = [torch.randn(T, B, I, generator=g).to(device=device, dtype=dtype) for _ in range(rotate)]
-    if mode == "fwd":
+    if mode in ("fwd", "infer"):
+        m.train(mode == "fwd")
+
         def fn(k: int) -> None:
             with torch.no_grad():
                 m(xs[k])
@@ -125,7 +129,8 @@ def build_cell_fn(provider: str, variant: str, mode: str, B: int, H: int, dtype,
         x, hx, gh = sets[k]
         if is_fused:
             cell.reset()
-        if mode == "fwd":
+        if mode in ("fwd", "infer"):
+            cell.train(mode == "fwd")
             with torch.no_grad():
                 cell(x, hx)
         else:

@@ -17,7 +17,7 @@ import torch
 
 from .. import report
 from . import harness
-from .providers import MODES, VARIANTS, build_cell_fn, build_layer_fn, providers_for, serves, supports, torch_provider_name
+from .providers import DEFAULT_MODES, MODES, VARIANTS, build_cell_fn, build_layer_fn, providers_for, serves, supports, torch_provider_name
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64, "float64": torch.float64}
@@ -46,8 +46,11 @@ PRESETS: dict[str, dict] = {
     # the haste point (B=64, T=50, H=512, I=256, fp32) among them.
     # The Python-loop baseline runs at the first point only (it is slow and changes little).
     "anchors": dict(points=_GPU_GRID, variants=("plain", "variational+bn"), loop="first"),
-    "cpu": dict(points=[Point(32, 100, 256, 256), Point(8, 100, 256, 256), Point(64, 50, 512, 512)],
-                variants=tuple(VARIANTS)),
+    # The CPU grid: B=1 (streaming inference) and the medium word-LM shape (B=128, T=35,
+    # I=H=650) beside the original three; training and inference.
+    "cpu": dict(points=[Point(32, 100, 256, 256), Point(8, 100, 256, 256), Point(64, 50, 512, 512),
+                        Point(1, 100, 256, 256), Point(128, 35, 650, 650)],
+                variants=tuple(VARIANTS), modes=("fwd+bwd", "infer")),
     "quick": dict(points=[Point(16, 50, 128, 128), Point(32, 50, 256, 256)],
                   variants=("plain", "variational+bn")),
     "cell": dict(points=[Point(b, 1, h, h, cell=True) for b in (32, 128) for h in (256, 1024)],
@@ -65,7 +68,7 @@ def default_device() -> torch.device:
 
 
 def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Optional[str] = None,
-        out: Optional[str] = "benchmarks/results", modes=MODES, variants=None, backends=None,
+        out: Optional[str] = "benchmarks/results", modes=None, variants=None, backends=None,
         reps: Optional[int] = None, progress: bool = True, points=None,
         budget_s: Optional[float] = None) -> list[dict]:
     """Run a preset; returns the records, also appended to <out>/<device>.jsonl after every
@@ -76,6 +79,7 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
     spec = PRESETS[preset]
     points = points or spec["points"]
     variants = variants or spec["variants"]
+    modes = modes or spec.get("modes", DEFAULT_MODES)
     backends = backends or spec.get("backends")
     env = harness.environment(device)
     cuda = device.type == "cuda"
@@ -102,6 +106,8 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
                     continue
                 if not p.cell and serves(prov, var, p.B, p.T, p.I, p.H, dt, device) is not None:
                     continue
+                if p.B == 1 and mode != "infer" and VARIANTS[var].get("batch_norm"):
+                    continue  # batch statistics of one row do not exist
                 if p.cell:
                     fns[(prov, var)] = build_cell_fn(prov, var, mode, p.B, p.H, dt, device, rotate=4 if cuda else 1)
                 else:

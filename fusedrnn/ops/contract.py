@@ -233,6 +233,11 @@ class Backend:
         cfg.norm say the direction and the modes."""
         raise NotImplementedError
 
+    def project(self, cfg: Config, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """The input projection x [T, B, I] @ weight^T [I, G] (+ bias [G]) -> [T, B, G], one
+        GEMM over all steps.  Default: F.linear (torch's GEMM)."""
+        return torch.nn.functional.linear(x, weight, bias)
+
     def input_norm(self, cfg: Config, xw: Tensor, bias: Optional[Tensor], lengths: Optional[Tensor],
                    bn: RecurrentBN, slots: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """BN_x of the input projection xw = x @ W_ih^T [T, B, G] (time order), plus bias:

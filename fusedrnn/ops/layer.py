@@ -146,9 +146,9 @@ def input_projection(plan: Plan, cfg: Config, x: Tensor, weight_ih: Tensor, bias
     dt, rd = plan.autocast, plan.dtype
     if bn is None:
         if dt is None:
-            return F.linear(x, weight_ih, bias)
+            return plan.backend.project(cfg, x, weight_ih, bias)
         return F.linear(x.to(dt), weight_ih.to(dt), _cast(bias, dt)).to(rd)
-    xw = F.linear(x, weight_ih) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
+    xw = plan.backend.project(cfg, x, weight_ih, None) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
     T, B = xw.shape[0], xw.shape[1]
     xp, mean, var = plan.backend.input_norm(cfg, xw, _cast(bias, rd), lengths, bn, bn.slot_index(T, xw.device))
     if bn.training:

@@ -3,7 +3,8 @@ torch.library wiring (fake kernels, autograd) of each op family, one file per op
 
 - :mod:`.layer`: ``fusedrnn::lstm_layer_forward`` / ``_backward`` (the recurrence);
 - :mod:`.batch_norm`: ``fusedrnn::batch_norm_steps_forward`` / ``_backward`` (BN_x);
-- :mod:`.cell`: ``fusedrnn::lstm_cell_forward`` / ``_backward`` (one pointwise step).
+- :mod:`.cell`: ``fusedrnn::lstm_cell_forward`` / ``_backward`` (one pointwise step);
+- :mod:`.linear`: ``fusedrnn::linear`` / ``_backward`` (the input projection; CPU only).
 
 One set of ops, with a kernel per dispatch key: the CPU kernels form the ``native``
 backend (:mod:`fusedrnn.backends.cpu`), the CUDA kernels the ``cuda`` backend
@@ -29,7 +30,7 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
     LOAD_ERROR = f"fusedrnn._C could not be imported ({e}); build it with `pip install -e .`"
 
 OPS = ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward", "lstm_layer_backward",
-       "batch_norm_steps_forward", "batch_norm_steps_backward", "cuda_layer_plan")
+       "batch_norm_steps_forward", "batch_norm_steps_backward", "linear", "linear_backward", "cuda_layer_plan")
 
 
 def _query_kernel(op: str, dispatch_key: str) -> bool:
@@ -54,7 +55,7 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 if LOAD_ERROR is None:
-    from . import batch_norm, cell, layer  # noqa: E402,F401  (register fake kernels and autograd)
+    from . import batch_norm, cell, layer, linear  # noqa: E402,F401  (register fake kernels and autograd)
 
 
 class CompiledBackend(Backend):
