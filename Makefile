@@ -1,7 +1,8 @@
 # fusedrnn: the two commands that do all the set-up on a fresh machine.
 #   make test    create .venv, install torch and fusedrnn from source, run the GPU compile
 #                gate (benchmarks/compile_gate.py, no GPU needed), the test suite and the
-#                GPU check's dry run (benchmarks/gpu_check.sh --dry-run, CPU only)
+#                GPU check's dry run (benchmarks/gpu_check.sh --dry-run, CPU only) and the
+#                packaging checks (tests/packaging/wheel_smoke.sh: wheel in a fresh venv, sdist)
 #   make bench   the same set-up, then the benchmark suite on the default device
 #   make mutants the same set-up, then every curated mutant against the tests that must catch it
 # Set-up steps are stamped in .venv, so a second run only rebuilds what changed.
@@ -24,13 +25,14 @@ $(VENV)/.torch:
 	$(PIP) install --quiet --disable-pip-version-check torch
 	@touch $@
 
+# The build requirements (pyproject.toml [build-system]); the package's own dependencies and
+# its [test] extra (pyproject.toml) come with the editable install below.
 $(VENV)/.deps: $(VENV)/.torch pyproject.toml
-	$(PIP) install --quiet --disable-pip-version-check ninja numpy "pytest>=8" "hypothesis>=6" \
-		"pytest-benchmark>=4" "rich>=13" "matplotlib>=3.7" "scikit-learn>=1.2"
+	$(PIP) install --quiet --disable-pip-version-check "setuptools>=64" wheel ninja
 	@touch $@
 
-$(VENV)/.built: $(VENV)/.deps setup.py $(CSRC)
-	$(PIP) install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CSRC)
+	$(PIP) install --quiet --disable-pip-version-check --no-build-isolation -e ".[test]"
 	@touch $@
 
 install: $(VENV)/.built
@@ -39,6 +41,7 @@ test: install
 	$(PY) benchmarks/compile_gate.py
 	$(PY) -m pytest -q tests
 	PYTHON=$(PY) bash benchmarks/gpu_check.sh --dry-run bench-out/gpu-dry-run
+	bash tests/packaging/wheel_smoke.sh $(PY)
 
 bench: install
 	$(PY) -m fusedrnn bench

@@ -42,7 +42,14 @@ if _cuda_home:
     os.environ.setdefault("CUDA_HOME", _cuda_home)
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
+except ImportError:
+    sys.exit("fusedrnn: torch is not importable in the build environment. fusedrnn's extension compiles "
+             "against the torch it will run with (the C++ ABI is specific to a torch release), so it is "
+             "built without build isolation: install torch first, then\n"
+             "    pip install --no-build-isolation .      (or: pip wheel --no-build-isolation .)\n"
+             "(`make test` does both).")
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 from torch.utils.cpp_extension import _get_cuda_arch_flags  # noqa: E402
 
@@ -73,6 +80,10 @@ def cuda_targets() -> str:
     return ";".join(out)
 
 
+# The extension uses the stable ABI of Python >= 3.10 (requires-python): the wheel is tagged
+# cp310-abi3 and loads on every later Python.
+LIMITED_API = ("Py_LIMITED_API", "0x030A0000")
+
 def extensions():
     debug = os.environ.get("FUSEDRNN_DEBUG", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
@@ -84,6 +95,7 @@ def extensions():
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_link_args=["-fopenmp"],
         py_limited_api=True,
+        define_macros=[LIMITED_API],
     )
     if _want_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
@@ -98,8 +110,15 @@ def extensions():
     return [CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)]
 
 
+def torch_requirement() -> str:
+    """The torch release line this build's ABI belongs to: torch>=X.Y,<X.(Y+1)."""
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
+
+
 setup(
     ext_modules=extensions(),
+    install_requires=[torch_requirement(), "numpy"],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

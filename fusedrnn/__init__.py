@@ -13,11 +13,12 @@ Importing fusedrnn registers its classes for torch.load(weights_only=True) (fuse
 
 from . import ops, serialization
 from .modules import LSTM, LSTMCell, Patch, convert, explain, patch
+from .modules.regularizers import ExportError
 from .ops import BackendError, available_backends
 
 __version__ = "0.1.0"
 
 serialization.register()
 
-__all__ = ["LSTM", "LSTMCell", "BackendError", "Patch", "available_backends", "convert", "explain", "ops",
-           "patch"]
+__all__ = ["LSTM", "LSTMCell", "BackendError", "ExportError", "Patch", "available_backends", "convert", "explain",
+           "ops", "patch"]

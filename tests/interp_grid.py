@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import sys
 import threading
+import time
 
 import pytest
 
@@ -32,6 +33,8 @@ def threaded_programs():
     local = threading.local()
     main = {"idx": None}
     base = type(builder)
+    abort = threading.Event()
+    rewrite_lock = threading.Lock()
 
     class PerThreadGrid(base):
         @property
@@ -44,6 +47,11 @@ def threaded_programs():
                 main["idx"] = value
             else:
                 local.idx = value
+
+        def create_load(self, *args, **kwargs):  # every spin of a barrier loads its counter
+            if abort.is_set() and threading.current_thread() is not threading.main_thread():
+                raise RuntimeError("stopped: another program of this launch failed")
+            return super().create_load(*args, **kwargs)
 
     class Concurrent:
         """Stands for the kernel in the interpreter's grid loop: collects the grid points,
@@ -74,15 +82,28 @@ def threaded_programs():
             threads = [threading.Thread(target=program, args=(idx,), daemon=True) for idx in todo]
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join(timeout=600)
-                if t.is_alive():
-                    raise RuntimeError("a program of a threaded persistent launch did not finish "
-                                       "(a grid barrier that never opens?)")
+            deadline = time.monotonic() + 600
+            while any(t.is_alive() for t in threads) and not errors and time.monotonic() < deadline:
+                for t in threads:
+                    t.join(timeout=0.05)
+            stuck = any(t.is_alive() for t in threads)
+            if stuck or errors:  # stop the programs still spinning at a barrier
+                abort.set()
+                for t in threads:
+                    t.join(timeout=60)
+                abort.clear()
             if errors:
                 raise errors[0]
+            if stuck:
+                raise RuntimeError("a program of a threaded persistent launch did not finish "
+                                   "(a grid barrier that never opens?)")
 
     run = interp.InterpretedFunction.run
+    rewrite = interp.InterpretedFunction.rewrite
+
+    def locked_rewrite(self):
+        with rewrite_lock:
+            return rewrite(self)
 
     def threaded_run(self, *args, grid, warmup, **kwargs):
         inner = self.rewrite
@@ -95,12 +116,14 @@ def threaded_programs():
     switch = sys.getswitchinterval()
     builder.__class__ = PerThreadGrid
     interp.InterpretedFunction.run = threaded_run
+    interp.InterpretedFunction.rewrite = locked_rewrite
     sys.setswitchinterval(1e-5)  # spinning programs hand the GIL over quickly
     try:
         yield
     finally:
         builder.__class__ = base
         interp.InterpretedFunction.run = run
+        interp.InterpretedFunction.rewrite = rewrite
         sys.setswitchinterval(switch)
 
 

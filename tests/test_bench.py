@@ -162,3 +162,35 @@ def test_gpu_check_script_parses():
     """benchmarks/gpu_check.sh is valid bash (the full dry run is part of make test)."""
     r = subprocess.run(["bash", "-n", os.path.join(ROOT, "benchmarks", "gpu_check.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_screen_table_fits_110_columns_and_leaves_the_reference_out(capsys):
+    recs = suite.run("quick", device=torch.device("cpu"), out=None, points=[Point(4, 6, 8, 8), Point(128, 6, 64, 64)],
+                     reps=1, variants=tuple(suite.VARIANTS), backends=["native", "reference"], progress=False)
+    suite.print_table(recs, "fusedrnn bench --preset quick on some long device name (torch 9.99, 100 s)")
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 110, out
+    header, rows = suite.console_rows(recs)
+    assert {r[5] for r in rows} == {"native"}  # the best contender; the oracle only on request
+    assert {r[5] for r in suite.console_rows(recs, include_reference=True)[1]} <= {"native", "reference"}
+    assert len(rows) == 2 * 2 * len(suite.VARIANTS)  # points x modes x variants
+
+
+def test_regularized_cost_plot_has_one_bar_per_variant_and_the_loop(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from fusedrnn.bench import plots
+
+    recs = suite.run("quick", device=torch.device("cpu"), out=None, points=TINY[:1], reps=1,
+                     variants=tuple(suite.VARIANTS), backends=["native", "reference"], progress=False)
+    import matplotlib.axes
+
+    seen = {}
+    real_bar = matplotlib.axes.Axes.bar
+
+    def bar(self, x, ys, *a, label=None, **kw):
+        seen[label] = ys
+        return real_bar(self, x, ys, *a, label=label, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    plots.plot_all(recs, str(tmp_path), "t")
+    assert set(seen) == {f"fusedrnn, {v}" for v in suite.VARIANTS} | {"loop, variational+bn"}

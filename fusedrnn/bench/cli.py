@@ -27,6 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--out", default="benchmarks/results", help="directory for records and tables ('' for none)")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    b.add_argument("--with-reference", action="store_true",
+                   help="count the reference backend (the oracle) as a contender on the screen and in the plots")
     return b
 
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                             budget_s=args.budget_s)
     title = f"fusedrnn bench --preset {preset} on {records[0]['device'] if records else device} " \
             f"(torch {torch.__version__}, {time.time() - t0:.0f} s)"
-    suite.print_table(records, title)
+    suite.print_table(records, title, include_reference=args.with_reference)
     if args.out:
         from .harness import device_slug
 
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             try:
                 from .plots import plot_all
 
-                for path in plot_all(records, args.out, f"{device_slug(device)}-{preset}"):
+                for path in plot_all(records, args.out, f"{device_slug(device)}-{preset}",
+                                     include_reference=args.with_reference):
                     print(f"plot: {path}")
             except ImportError as e:
                 print(f"no plots ({e}): pip install matplotlib", file=sys.stderr)

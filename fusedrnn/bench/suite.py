@@ -182,21 +182,49 @@ def markdown_table(records: list[dict]) -> str:
     return report.markdown_table(*summarize(records))
 
 
-def print_table(records: list[dict], title: str = "") -> None:
-    header, rows = summarize(records)
+_SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
+
+
+def console_rows(records: list[dict], include_reference: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The screen table (at most 110 columns): per shape, mode and variant, torch's plain
+    LSTM, the best fusedrnn backend, its speedup over torch and over the per-step loop.  The
+    full table (every provider) is :func:`markdown_table`, written beside the records."""
+    from .plots import best_times  # the plots' notion of "best", so screen and plots agree
+
+    base, loop = {}, {}
+    for r in records:
+        key = (r["mode"], r["dtype"], r["B"], r["T"], r["I"], r["H"])
+        if r["provider"] in ("cudnn", "torch-cpu") and r["variant"] == "plain":
+            base[key] = r["median_ms"]
+        elif r["provider"] == "loop":
+            loop[(r["variant"],) + key] = r["median_ms"]
+    header = ["shape", "dtype", "mode", "variant", "nn.LSTM", "best fusedrnn", "ms", "speedup", "vs loop"]
+    rows = []
+    for (variant, mode, dtype, B, T, I, H), (prov, ms) in best_times(records, include_reference).items():
+        key = (mode, dtype, B, T, I, H)
+        b, lp = base.get(key), loop.get((variant,) + key)
+        rows.append([f"B{B} T{T} I{I} H{H}", _SHORT_DTYPE.get(dtype, dtype), mode, variant,
+                     "-" if b is None else _ms(b), prov[len("fusedrnn-"):], _ms(ms),
+                     "-" if b is None else f"{b / ms:.2f}x", "-" if lp is None else f"{lp / ms:.1f}x"])
+    return header, rows
+
+
+def print_table(records: list[dict], title: str = "", include_reference: bool = False) -> None:
+    """Print the screen table (console_rows) in at most 110 columns."""
+    header, rows = console_rows(records, include_reference)
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
         print(title)
-        print(markdown_table(records))
+        print(report.markdown_table(header, rows))
         return
-    table = Table(title=title, show_lines=False)
+    table = Table(title=title, show_lines=False, pad_edge=False)
     for h in header:
-        table.add_column(h, justify="right")
+        table.add_column(h, justify="left" if h in ("shape", "variant", "best fusedrnn") else "right", no_wrap=True)
     for r in rows:
         table.add_row(*r)
-    Console(width=max(120, 12 * len(header))).print(table)
+    Console(width=110).print(table)
 
 
 class _progress:

@@ -97,6 +97,8 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         """One step; see the class docstring."""
         if not isinstance(input, Tensor):
             raise TypeError(f"LSTMCell: input must be a Tensor, got {type(input).__name__}")
+        if ops.exporting():
+            self.check_exportable(mask)
         plan = self.plan(input, mask)  # every call pays this: plain reads, one cached decision
         if plan.aten:
             return TorchLSTMCell.forward(self, input, hx)  # torch's own cell (fusedrnn.ops.plan)

@@ -182,13 +182,16 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             raise TypeError(f"LSTM: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
         if lengths is not None:
             lengths = self._check_lengths(input, lengths)
+        if ops.exporting():
+            self.check_exportable()
         plan = self.plan(input, lengths)  # every call pays this: plain reads, one cached decision
         if plan.aten:
             if lengths is not None:
                 return torch_forward_padded(self, input, hx, lengths)
             return TorchLSTM.forward(self, input, hx)
         autocast = plan.autocast is not None
-        self._update_flat_weights()
+        if not ops.exporting():  # under export the weights are read as attributes (_layer_weights)
+            self._update_flat_weights()
         orig_input = input
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -292,7 +295,11 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                                    f"the input ({input.dtype}), got {h.dtype}")
 
     def _layer_weights(self, k: int) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-        w = self._flat_weights[k * len(self._all_weights[0]):(k + 1) * len(self._all_weights[0])]
+        n = len(self._all_weights[0])
+        if ops.exporting():  # no attribute assignment inside an exported forward
+            w = [getattr(self, name) for name in self._flat_weights_names[k * n:(k + 1) * n]]
+        else:
+            w = self._flat_weights[k * n:(k + 1) * n]
         w_ih, w_hh = w[0], w[1]
         b_ih = w[2] if self.bias else None
         b_hh = w[3] if self.bias else None

@@ -27,6 +27,10 @@ BN_GAMMA_INIT = 0.1
 
 # The keyword-only options of LSTM and LSTMCell (beyond torch's own arguments) and their
 # defaults: the one list that the constructors, convert() and patch() accept.
+class ExportError(RuntimeError):
+    """A module configuration that torch.export / torch.onnx.export cannot capture."""
+
+
 OPTIONS = {
     "recurrent_dropout": 0.0,
     "variational": False,
@@ -115,6 +119,25 @@ class RegularizedMixin:
         if not self.training:
             return False
         return self.recurrent_dropout > 0 or (getattr(self, "dropout", 0) > 0 and self.variational)
+
+    def check_exportable(self, mask=None) -> None:
+        """ExportError naming each option that makes a call impossible to export: the options
+        that draw masks or batch statistics at run time in training mode, and an explicit mask.
+        In eval mode they are off (batch norm runs on its running statistics)."""
+        active = []
+        if mask is not None:
+            active.append("mask=<tensor> (an explicit mask is a run-time input of one call)")
+        if self.training:
+            if self.recurrent_dropout > 0:
+                active.append(f"recurrent_dropout={self.recurrent_dropout:g} (masks drawn at run time)")
+            if getattr(self, "dropout", 0) > 0:
+                active.append(f"dropout={self.dropout:g} (masks drawn at run time)")
+            if self.batch_norm:
+                active.append("batch_norm=True (statistics of the batch at run time)")
+        if active:
+            raise ExportError(f"fusedrnn.{type(self).__name__} cannot be exported with " + "; ".join(active)
+                              + ". Export the model in eval mode (model.eval()), where these are off"
+                              + (" and batch norm uses its running statistics" if self.batch_norm else "") + ".")
 
     def _mask_mode(self) -> MaskMode:
         """The recurrent mask of a call in the current mode."""

@@ -18,7 +18,7 @@ from .cell import lstm_cell
 from .dispatch import PREFERENCE, available_backends, check_backend_name, explain_config
 from .dropout import dropout_mask, recurrent_mask, survival_probability
 from .layer import autocast_dtype, check_recurrence_args, lstm_layer, lstm_recurrence, update_running_stats
-from .plan import Plan, plan_module, plan_op
+from .plan import Plan, exporting, plan_module, plan_op
 
 __all__ = [
     "Backend",
@@ -40,6 +40,7 @@ __all__ = [
     "lstm_cell",
     "lstm_layer",
     "lstm_recurrence",
+    "exporting",
     "plan_module",
     "plan_op",
     "recurrent_mask",

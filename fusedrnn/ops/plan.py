@@ -68,6 +68,10 @@ def plan_module(kind: str, op: str, name: str, device: torch.device, dtype: torc
     op: the fused op it runs ("recurrence", or "cell" for a cell step without batch norm);
     ``regularized``: an option torch's module lacks is active in this call; B, H, R, proj,
     mask, norm, lengths: its first layer's recurrence (MaskMode / NormMode values)."""
+    if exporting():
+        cfg = Config.build(device, autocast or dtype, 0, B, H, R, proj=proj, mask=mask, lengths=lengths,
+                           norm=norm, requires_grad=requires_grad)
+        return export_plan(kind, name, cfg, op, autocast, regularized)
     if torch.compiler.is_compiling():
         cfg = Config.build(device, autocast or dtype, 0, B, H, R, proj=proj, mask=mask, lengths=lengths,
                            norm=norm, requires_grad=requires_grad)
@@ -94,6 +98,25 @@ def plan_module(kind: str, op: str, name: str, device: torch.device, dtype: torc
 
 
 _PLANS: dict = {}
+
+
+def exporting() -> bool:
+    """Whether the call is being captured for deployment: torch.export (and the ONNX exporter
+    built on it) or torch.jit tracing (the TorchScript ONNX exporter)."""
+    return bool(torch.compiler.is_exporting() or torch.jit.is_tracing())
+
+
+def export_plan(kind: str, name: str, cfg: Config, op: str, autocast: Optional[torch.dtype],
+                regularized: bool) -> Plan:
+    """The plan of a call being exported: standard ops only, so that the program runs without
+    fusedrnn._C (AOT runtimes, ONNX).  A configuration torch's own module computes (no batch
+    norm, no projection for the LSTM: ONNX's LSTM op has none) runs as torch's module, which
+    exports to aten.lstm and ONNX's LSTM op; any other runs the reference backend, whose plain
+    PyTorch ops unroll over the steps.  backend='reference' is kept as asked."""
+    if dispatch.requested(name) != "reference" and not (regularized or autocast):
+        if kind == "cell" or not cfg.proj:
+            return ATEN
+    return plan_op("reference", cfg, op, autocast)
 
 
 @torch.compiler.assume_constant_result  # a trace-time constant (see fusedrnn.ops.dispatch)
@@ -141,4 +164,4 @@ def module_rule(kind: str, name: str, device_type: str, dtype: torch.dtype, regu
     return False, f"torch's LSTM is not used on {device_type}"
 
 
-__all__ = ["ATEN", "Plan", "device_arch", "module_rule", "plan_module", "plan_op"]
+__all__ = ["ATEN", "Plan", "device_arch", "export_plan", "exporting", "module_rule", "plan_module", "plan_op"]
