@@ -36,7 +36,7 @@ PyObject* PyInit__C(void) {
   "Tensor w_hh, Tensor? w_hr, Tensor? mask, int mask_mode, Tensor? lengths, bool reverse, "        \
   "int norm_mode, Tensor? bn_h_weight, Tensor? bn_c_weight, Tensor? bn_c_bias, "                   \
   "Tensor? bn_h_running_mean, Tensor? bn_h_running_var, Tensor? bn_c_running_mean, "               \
-  "Tensor? bn_c_running_var, int bn_step_offset, float bn_eps"
+  "Tensor? bn_c_running_var, int bn_step_offset, float bn_eps, Tensor? zoneout_c, Tensor? zoneout_h"
 
 TORCH_LIBRARY(fusedrnn, m) {
   // Fused LSTM cell pointwise step.  Shapes: gates [B, 4H], cx [B, H].
@@ -53,7 +53,8 @@ TORCH_LIBRARY(fusedrnn, m) {
   // h0 [B, R], c0 [B, H], w_hh [G, R], w_hr [P, H], mask [B, R] (mask_mode 1, shared) or
   // [T, B, R] (mask_mode 2, per step), lengths [B] (int64); norm_mode 0 none, 1 batch norm in
   // training, 2 batch norm with the running statistics: BN weights [G] / [H], running
-  // statistics [S, G] / [S, H].
+  // statistics [S, G] / [S, H]; zoneout_c [T, B, H] and zoneout_h [T, B, R] the zoneout weights of
+  // the previous state (any strides; an expanded scalar is one rate for all).
   // Outputs: y [T, B, R], h_n [B, R], c_n [B, H]; batch statistics h_stats [T, 2, G] and
   // c_stats [T, 2, H] (mean, biased var; empty unless norm_mode 1); and the workspace kept
   // for backward (empty unless save_workspace): ws_h [T, B, R] (masked h entering W_hh),

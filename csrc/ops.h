@@ -84,7 +84,7 @@ using OptT = std::optional<at::Tensor>;
 
 // The encodings of the op contract (fusedrnn/ops/contract.py: MaskMode, NormMode).
 enum MaskMode : int64_t { kMaskNone = 0, kMaskShared = 1, kMaskPerStep = 2 };
-enum NormMode : int64_t { kNormNone = 0, kNormBatchTrain = 1, kNormBatchEval = 2 };
+enum NormMode : int64_t { kNormNone = 0, kNormBatchTrain = 1, kNormBatchEval = 2, kNormLayer = 3 };
 
 // The parameter arguments of lstm_layer_forward and lstm_layer_backward, in schema order
 // (both ops take them, after their three data tensors).
@@ -105,13 +105,25 @@ struct LayerArgs {
   const OptT& bn_c_running_var;
   int64_t bn_step_offset;
   double bn_eps;
+  const OptT& zoneout_c;
+  const OptT& zoneout_h;
 };
 
 struct LayerDims {
   int64_t T, B, H, G, R, P;
   int64_t S;  // running-statistics slots (eval-mode batch norm), else 1
   bool proj, mask, mask_per_step, lengths, bn, bn_train, reverse;
+  bool ln;  // layer norm (LN_h over each row's G columns, LN_c over its H), gains and LN_c's bias in the bn_* slots
+  bool zoneout;
 };
+
+// A zoneout weight [T, B, W] as given: every element (strides of a contiguous tensor), or one
+// value for all (an expanded scalar: eval mode's rate).
+inline bool is_broadcast_scalar(const at::Tensor& t) {
+  for (int64_t k = 0; k < t.dim(); ++k)
+    if (t.stride(k) != 0 && t.size(k) != 1) return false;
+  return true;
+}
 
 // Running statistics (eval-mode batch norm): [S, width], at least one slot.
 inline int64_t check_running(const OptT& t, int64_t width, const at::Tensor& like, const char* name) {
@@ -179,15 +191,19 @@ inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Ten
                 a.lengths->scalar_type(), " ", a.lengths->sizes());
   }
   d.reverse = a.reverse;
-  TORCH_CHECK(a.norm_mode >= kNormNone && a.norm_mode <= kNormBatchEval,
-              "fusedrnn: norm_mode must be 0 (none), 1 (batch norm, training) or 2 (batch norm, eval), got ",
+  TORCH_CHECK(a.norm_mode >= kNormNone && a.norm_mode <= kNormLayer,
+              "fusedrnn: norm_mode must be 0 (none), 1 (batch norm, training), 2 (batch norm, eval) or 3 (layer "
+              "norm), got ",
               a.norm_mode);
-  d.bn = a.norm_mode != kNormNone;
+  d.bn = a.norm_mode == kNormBatchTrain || a.norm_mode == kNormBatchEval;
   d.bn_train = a.norm_mode == kNormBatchTrain;
-  TORCH_CHECK(d.bn == a.bn_h_weight.has_value() && d.bn == a.bn_c_weight.has_value() &&
-                  d.bn == a.bn_c_bias.has_value(),
-              "fusedrnn: bn_h_weight, bn_c_weight and bn_c_bias go with batch norm (norm_mode ", a.norm_mode, ")");
-  if (d.bn) {
+  d.ln = a.norm_mode == kNormLayer;
+  const bool norm = d.bn || d.ln;
+  TORCH_CHECK(norm == a.bn_h_weight.has_value() && norm == a.bn_c_weight.has_value() &&
+                  norm == a.bn_c_bias.has_value(),
+              "fusedrnn: bn_h_weight, bn_c_weight and bn_c_bias go with batch or layer norm (norm_mode ", a.norm_mode,
+              ")");
+  if (norm) {
     check_same(like, *a.bn_h_weight, "xp", "bn_h_weight");
     check_same(like, *a.bn_c_weight, "xp", "bn_c_weight");
     check_same(like, *a.bn_c_bias, "xp", "bn_c_bias");
@@ -196,6 +212,20 @@ inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Ten
                 " elements (bn_h_weight, bn_c_weight, bn_c_bias)");
   }
   TORCH_CHECK(a.bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
+  d.zoneout = a.zoneout_c.has_value();
+  TORCH_CHECK(d.zoneout == a.zoneout_h.has_value(), "fusedrnn: zoneout_c and zoneout_h go together");
+  if (d.zoneout) {
+    check_same(like, *a.zoneout_c, "xp", "zoneout_c");
+    check_same(like, *a.zoneout_h, "xp", "zoneout_h");
+    TORCH_CHECK(a.zoneout_c->dim() == 3 && a.zoneout_c->size(0) == d.T && a.zoneout_c->size(1) == d.B &&
+                    a.zoneout_c->size(2) == d.H,
+                "fusedrnn: zoneout_c must have shape [T, B, H] = [", d.T, ", ", d.B, ", ", d.H, "], got ",
+                a.zoneout_c->sizes());
+    TORCH_CHECK(a.zoneout_h->dim() == 3 && a.zoneout_h->size(0) == d.T && a.zoneout_h->size(1) == d.B &&
+                    a.zoneout_h->size(2) == d.R,
+                "fusedrnn: zoneout_h must have shape [T, B, R] = [", d.T, ", ", d.B, ", ", d.R, "], got ",
+                a.zoneout_h->sizes());
+  }
   d.S = 1;
   if (d.bn && !d.bn_train) {
     d.S = check_running(a.bn_h_running_mean, d.G, like, "bn_h_running_mean");
@@ -214,6 +244,12 @@ inline OptT contiguous_opt(const OptT& t) { return t.has_value() ? OptT(t->conti
 struct LayerTensors {
   at::Tensor w_hh;
   OptT w_hr, mask, bn_h_weight, bn_c_weight, bn_c_bias, rm_h, rv_h, rm_c, rv_c;
+  OptT zoneout_c, zoneout_h;  // contiguous, or kept as an expanded scalar (is_broadcast_scalar)
+
+  static OptT zoneout_opt(const OptT& t) {
+    if (!t.has_value() || t->numel() == 0 || is_broadcast_scalar(*t)) return t;
+    return t->contiguous();
+  }
 
   LayerTensors(const LayerDims& d, const LayerArgs& a)
       : w_hh(a.w_hh.contiguous()),
@@ -221,7 +257,9 @@ struct LayerTensors {
         mask(contiguous_opt(a.mask)),
         bn_h_weight(contiguous_opt(a.bn_h_weight)),
         bn_c_weight(contiguous_opt(a.bn_c_weight)),
-        bn_c_bias(contiguous_opt(a.bn_c_bias)) {
+        bn_c_bias(contiguous_opt(a.bn_c_bias)),
+        zoneout_c(zoneout_opt(a.zoneout_c)),
+        zoneout_h(zoneout_opt(a.zoneout_h)) {
     if (d.bn && !d.bn_train) {
       rm_h = a.bn_h_running_mean->contiguous();
       rv_h = a.bn_h_running_var->contiguous();
@@ -258,11 +296,13 @@ using LayerBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
   const at::Tensor &w_hh, const OptT &w_hr, const OptT &mask, int64_t mask_mode, const OptT &lengths, \
       bool reverse, int64_t norm_mode, const OptT &bn_h_weight, const OptT &bn_c_weight,             \
       const OptT &bn_c_bias, const OptT &bn_h_running_mean, const OptT &bn_h_running_var,              \
-      const OptT &bn_c_running_mean, const OptT &bn_c_running_var, int64_t bn_step_offset, double bn_eps
+      const OptT &bn_c_running_mean, const OptT &bn_c_running_var, int64_t bn_step_offset, double bn_eps,  \
+      const OptT &zoneout_c, const OptT &zoneout_h
 #define FUSEDRNN_LAYER_ARGS                                                                           \
   LayerArgs {                                                                                          \
     w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, bn_h_weight, bn_c_weight, bn_c_bias,    \
-        bn_h_running_mean, bn_h_running_var, bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps \
+        bn_h_running_mean, bn_h_running_var, bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps, \
+        zoneout_c, zoneout_h                                                                           \
   }
 #define FUSEDRNN_LAYER_BACKWARD_TAIL_DECL                                                              \
   const at::Tensor &h_stats, const at::Tensor &c_stats, const at::Tensor &ws_h, const at::Tensor &ws_act, \

@@ -13,11 +13,21 @@ import torch
 import torch.nn.functional as F
 
 
+def _layer_norm(v, weight, bias, eps):
+    """Each row of v normalised over its columns (biased variance), then weight * . + bias."""
+    mean = v.mean(1, keepdim=True)
+    var = ((v - mean) ** 2).mean(1, keepdim=True)
+    return (v - mean) / torch.sqrt(var + eps) * weight + bias
+
+
 def direct_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, mask=None,
-                 lengths=None, reverse=False, bn=None):
+                 lengths=None, reverse=False, bn=None, zoneout=None, ln=None):
     """x [T, B, I]; h0 [B, R]; c0 [B, H]; mask [B, R] or [T, B, R]; bn a dict with keys
     gamma_x, gamma_h, gamma_c, beta_c, rm_x, rv_x, rm_h, rv_h, rm_c, rv_c, training,
-    momentum, eps (running tensors are updated in place).  Returns y, h_n, c_n."""
+    momentum, eps (running tensors are updated in place); zoneout a pair (zc [T, B, H],
+    zh [T, B, R]) of weights of the previous state, by step; ln a dict with keys wx, bx, wh,
+    bh, wc, bc, eps (Ba et al.: LN of x W_ih^T and of h W_hh^T over the 4H columns, bias
+    after; LN of c~ before the output tanh).  Returns y, h_n, c_n."""
     T, B, _ = x.shape
     R = w_hh.shape[1]
     L = [T] * B if lengths is None else [int(v) for v in lengths]
@@ -37,6 +47,9 @@ def direct_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, mask
             ht = ht * m[rows]
         xw = xt @ w_ih.t()
         hh = ht @ w_hh.t()
+        if ln is not None:
+            xw = _layer_norm(xw, ln["wx"], ln["bx"], ln["eps"])
+            hh = _layer_norm(hh, ln["wh"], ln["bh"], ln["eps"])
         if bn is not None:
             S = bn["rm_x"].shape[0]
             slot = min(s, S - 1)
@@ -60,9 +73,15 @@ def direct_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, mask
         i, f, g, o = pre.chunk(4, 1)
         c_new = torch.sigmoid(f) * ct + torch.sigmoid(i) * torch.tanh(g)
         c_hat = c_new if bn is None else norm(c_new, "c", bn["gamma_c"], bn["beta_c"])
+        if ln is not None:
+            c_hat = _layer_norm(c_new, ln["wc"], ln["bc"], ln["eps"])
         h_new = torch.sigmoid(o) * torch.tanh(c_hat)
         if w_hr is not None:
             h_new = h_new @ w_hr.t()
+        if zoneout is not None:  # each unit keeps its previous value with weight z
+            zc, zh = zoneout[0][s][rows], zoneout[1][s][rows]
+            c_new = zc * ct + (1 - zc) * c_new
+            h_new = zh * torch.stack([h[b] for b in rows]) + (1 - zh) * h_new
         for k, (t, b) in enumerate(zip(pos, rows)):
             h[b], c[b], y[t][b] = h_new[k], c_new[k], h_new[k]
     return (torch.stack([torch.stack(r) for r in y]), torch.stack(h), torch.stack(c))

@@ -90,6 +90,9 @@ LAYER_CASES = [
     dict(lengths=True), dict(lengths=True, reverse=True), dict(bn="train"), dict(bn="eval"),
     dict(bn="train", mask="shared", proj=True, lengths=True, reverse=True),
     dict(bn="eval", mask="per_step", proj=True, lengths=True),
+    dict(zoneout=True), dict(zoneout="eval", proj=True, lengths=True, reverse=True), dict(bn="layer"),
+    dict(bn="layer", zoneout=True, mask="per_step", proj=True, lengths=True, reverse=True),
+    dict(bn="train", zoneout=True, lengths=True),
 ]
 
 
@@ -113,9 +116,16 @@ def _layer_args(case, dtype=torch.float64, T=4, B=3, H=3, P=2, S=3, requires_gra
     for t in diff:
         t.requires_grad_(requires_grad)
     mask_mode = {None: 0, "shared": 1, "per_step": 2}[case.get("mask")]
-    norm_mode = {None: 0, "train": 1, "eval": 2}[bn]
+    norm_mode = {None: 0, "train": 1, "eval": 2, "layer": 3}[bn]
+    zoneout = (None, None)
+    if case.get("zoneout") == "eval":  # the rates, as expanded scalars
+        zoneout = (torch.full((1, 1, 1), 0.3, dtype=dtype).expand(T, B, H),
+                   torch.full((1, 1, 1), 0.6, dtype=dtype).expand(T, B, R))
+    elif case.get("zoneout"):
+        zoneout = (torch.bernoulli(torch.full((T, B, H), 0.4, dtype=dtype), generator=g),
+                   torch.bernoulli(torch.full((T, B, R), 0.4, dtype=dtype), generator=g))
     return (xp, h0, c0, w_hh, w_hr, mask, mask_mode, lengths, bool(case.get("reverse")), norm_mode, *bn_w,
-            *running, 1, 1e-3, True), diff
+            *running, 1, 1e-3, *zoneout, True), diff
 
 
 def _params(args):
@@ -207,9 +217,19 @@ def test_layer_bad_arguments():
     with pytest.raises(RuntimeError, match="needs a mask"):
         torch.ops.fusedrnn.lstm_layer_forward(*no_mask)
     bad_norm = list(args)
-    bad_norm[9] = 3
+    bad_norm[9] = 4
     with pytest.raises(RuntimeError, match="norm_mode must be"):
         torch.ops.fusedrnn.lstm_layer_forward(*bad_norm)
+    bad_norm[9] = 3  # layer norm without its gains
+    with pytest.raises(RuntimeError, match="go with batch or layer norm"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_norm)
+    bad_zoneout = list(args)
+    bad_zoneout[19] = torch.zeros(4, 3, 3, dtype=torch.float64)  # zoneout_c without zoneout_h
+    with pytest.raises(RuntimeError, match="zoneout_c and zoneout_h go together"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_zoneout)
+    bad_zoneout[20] = torch.zeros(4, 3, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="zoneout_h must have shape"):
+        torch.ops.fusedrnn.lstm_layer_forward(*bad_zoneout)
     bad_dtype = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
     bad_dtype[3] = args[3]
     with pytest.raises(RuntimeError, match="dtype"):

@@ -37,19 +37,48 @@ using cpu::grain_for;
 
 // The parameters every pass reads: mask [B, R] or [T, B, R] (or null), batch-norm weights,
 // running statistics (eval).
+// A zoneout weight [T, B, W] (W = H for c, R for h): its element (s, b, j), or one rate for
+// all (eval mode's expanded scalar).
+template <typename T>
+struct ZoneoutWeight {
+  const T* p{};
+  bool scalar{};
+  int64_t B{}, W{};
+  ZoneoutWeight() = default;
+  ZoneoutWeight(const OptT& t, int64_t B_, int64_t W_) : B(B_), W(W_) {
+    if (!t.has_value() || t->numel() == 0) return;
+    p = t->data_ptr<T>();
+    scalar = is_broadcast_scalar(*t);
+  }
+  const T* row(int64_t s, int64_t b) const { return scalar ? p : p + (s * B + b) * W; }
+  T at(const T* r, int64_t j) const { return scalar ? r[0] : r[j]; }
+};
+
 template <typename T>
 struct ParamPtrs {
   const T* mask;
   bool mask_per_step;
   const T *gamma_h, *gamma_c, *beta_c;
   const T *rm_h, *rv_h, *rm_c, *rv_c;
+  ZoneoutWeight<T> zc, zh;  // zoneout weights of c_{s-1} and h_{s-1} (p null without zoneout)
 
   ParamPtrs(const LayerDims& d, const LayerTensors& t)
       : mask(ptr(t.mask)), mask_per_step(d.mask_per_step), gamma_h(ptr(t.bn_h_weight)),
         gamma_c(ptr(t.bn_c_weight)), beta_c(ptr(t.bn_c_bias)), rm_h(ptr(t.rm_h)), rv_h(ptr(t.rv_h)),
-        rm_c(ptr(t.rm_c)), rv_c(ptr(t.rv_c)) {}
+        rm_c(ptr(t.rm_c)), rv_c(ptr(t.rv_c)), zc(t.zoneout_c, d.B, d.H), zh(t.zoneout_h, d.B, d.R) {}
   static const T* ptr(const OptT& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
 };
+
+// Zoneout of one row, columns [j0, j1): v = z * prev + (1 - z) * v (prev may alias nothing
+// in v's columns; v holds the candidate on entry).
+template <typename T>
+FUSEDRNN_CPU_CLONES void zoneout_row(const ZoneoutWeight<T>& z, const T* __restrict zr,
+                                     const T* __restrict prev, T* __restrict v, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const T w = z.at(zr, j);
+    v[j] = w * prev[j] + (T(1) - w) * v[j];
+  }
+}
 
 // The per-step GEMMs with W_hh and W_hr (packed once per call); forward multiplies by W^T.
 struct LayerGemms {
@@ -72,6 +101,7 @@ struct FwdBuffers : ParamPtrs<T> {
   bool save{};  // workspace holds every step (else rolling slots)
   // scratch
   T* h_cur{};  // [B, R]
+  T* h_prev{}; // [B, R]  h_{s-1} (zoneout only: h_cur becomes h~ before zoneout mixes it back)
   T* hh{};     // [B, G]  GEMM output
   T* hp{};     // [B, P]  projection GEMM output
   T *mean_g{}, *rstd_g{}, *mean_c{}, *rstd_c{};  // per column of this step
@@ -131,6 +161,52 @@ FUSEDRNN_CPU_CLONES void fwd_bn_c_row(const T* __restrict c, const T* __restrict
   }
 }
 
+// Layer norm of one row v [n] (biased variance): saves x_hat, rewrites v to gamma * x_hat, and
+// returns the row's mean and rstd.
+template <typename T>
+void ln_forward_row(T* __restrict v, int64_t n, double eps, const T* __restrict gamma, T* __restrict xhat,
+                    T& mean_out, T& rstd_out) {
+  T mean = 0, var = 0;
+  for (int64_t c = 0; c < n; ++c) mean += v[c];
+  mean /= T(n);
+  for (int64_t c = 0; c < n; ++c) var += (v[c] - mean) * (v[c] - mean);
+  const T rstd = gates::rsqrt_(var / T(n) + T(eps));
+  for (int64_t c = 0; c < n; ++c) {
+    xhat[c] = (v[c] - mean) * rstd;
+    v[c] = gamma[c] * xhat[c];
+  }
+  mean_out = mean;
+  rstd_out = rstd;
+}
+
+// LN_c of one row and the output h = o * tanh(gamma_c * c_hat + beta_c) (c~ unchanged).
+template <typename T>
+void ln_c_forward_row(const T* __restrict c, int64_t H, double eps, const T* __restrict gamma,
+                      const T* __restrict beta, const T* __restrict o, T* __restrict h_out, T& mean_out,
+                      T& rstd_out) {
+  T mean = 0, var = 0;
+  for (int64_t j = 0; j < H; ++j) mean += c[j];
+  mean /= T(H);
+  for (int64_t j = 0; j < H; ++j) var += (c[j] - mean) * (c[j] - mean);
+  const T rstd = gates::rsqrt_(var / T(H) + T(eps));
+  for (int64_t j = 0; j < H; ++j) {
+    T tc;
+    h_out[j] = gates::hidden(o[j], gamma[j] * ((c[j] - mean) * rstd) + beta[j], tc);
+  }
+  mean_out = mean;
+  rstd_out = rstd;
+}
+
+// Zoneout of the cell state, units [j0, j1) of every active row: c_s = zc c_{s-1} + (1 - zc) c~_s
+// (c_new holds c~_s on entry, the state on exit).
+template <typename T>
+void zoneout_c(const Rows& rows, const FwdBuffers<T>& f, int64_t s, const T* c_prev, T* c_new, int64_t j0,
+               int64_t j1) {
+  const int64_t B = f.zc.B, H = f.zc.W;
+  for (int64_t b = 0; b < B; ++b)
+    if (rows.active(b, s)) zoneout_row(f.zc, f.zc.row(s, b), c_prev + b * H, c_new + b * H, j0, j1);
+}
+
 template <typename T>
 void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>& f, int64_t s,
                        bool bn_train, int64_t slot, double eps) {
@@ -141,12 +217,25 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
   const T* c_prev = f.c + wc0 * B * H;
   T* c_new = f.c + wc1 * B * H;
   T* act = f.act + ws * B * G;
-  T* hh_hat = d.bn ? f.hh_hat + ws * B * G : nullptr;
+  T* hh_hat = (d.bn || d.ln) ? f.hh_hat + ws * B * G : nullptr;
   T* hc = d.proj ? f.hc + ws * B * H : nullptr;
   const int64_t n = rows.count(s);
   const T inv_n = n > 0 ? T(1) / T(n) : T(0);
   T* var_g = f.rstd_g;  // variance, then turned into rstd in place
   T* var_c = f.rstd_c;
+
+  if (d.ln) {  // LN_h: each active row of hh over its G columns (rows in parallel)
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* st = f.h_stats + s * 2 * B;  // [2, B]: mean, rstd (0 for a finished row)
+        if (!rows.active(b, s)) {
+          st[b] = st[B + b] = T(0);
+          continue;
+        }
+        ln_forward_row(f.hh + b * G, G, eps, f.gamma_h, hh_hat + b * G, st[b], st[B + b]);
+      }
+    });
+  }
 
   at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
     const int64_t w = j1 - j0;
@@ -179,19 +268,27 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
       }
       const T* xr = f.xp + (rows.pos(b, s) * B + b) * G;
       T* h_out = hc ? hc + b * H : f.h_cur + b * R;
-      if (d.bn) {
-        for (int k = 0; k < 4; ++k)
-          fwd_bn_h_cols(f.hh + b * G, f.gamma_h, f.mean_g, f.rstd_g, hh_hat + b * G, k * H + j0,
-                        k * H + j1);
+      if (d.bn || d.ln) {  // (LN_h already applied to the whole row)
+        if (d.bn)
+          for (int k = 0; k < 4; ++k)
+            fwd_bn_h_cols(f.hh + b * G, f.gamma_h, f.mean_g, f.rstd_g, hh_hat + b * G, k * H + j0,
+                          k * H + j1);
         fwd_gates_row<T, false>(xr, f.hh + b * G, c_prev + b * H, c_new + b * H, act + b * G,
                                 nullptr, H, j0, j1);
       } else {
         fwd_gates_row<T, true>(xr, f.hh + b * G, c_prev + b * H, c_new + b * H, act + b * G,
                                h_out, H, j0, j1);
-        if (!hc) std::memcpy(f.y + (rows.pos(b, s) * B + b) * R + j0, h_out + j0, sizeof(T) * w);
+        if (!hc) {
+          if (f.zh.p) zoneout_row(f.zh, f.zh.row(s, b), f.h_prev + b * R, h_out, j0, j1);
+          std::memcpy(f.y + (rows.pos(b, s) * B + b) * R + j0, h_out + j0, sizeof(T) * w);
+        }
       }
     }
-    if (!d.bn) return;
+    if (d.ln) return;  // LN_c and the output: a row pass below
+    if (!d.bn) {
+      if (f.zc.p) zoneout_c(rows, f, s, c_prev, c_new, j0, j1);
+      return;
+    }
     // ---- BN_c statistics, then the output ----
     if (bn_train) {
       column_stats(rows, s, c_new, H, j0, j1, inv_n, f.mean_c, var_c);
@@ -207,7 +304,29 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
       T* h_out = hc ? hc + b * H : f.h_cur + b * R;
       fwd_bn_c_row(c_new + b * H, f.mean_c, f.rstd_c, f.gamma_c, f.beta_c, act + b * G + 3 * H, h_out,
                    j0, j1);
-      if (!hc) std::memcpy(f.y + (rows.pos(b, s) * B + b) * R + j0, h_out + j0, sizeof(T) * w);
+      if (!hc) {
+        if (f.zh.p) zoneout_row(f.zh, f.zh.row(s, b), f.h_prev + b * R, h_out, j0, j1);
+        std::memcpy(f.y + (rows.pos(b, s) * B + b) * R + j0, h_out + j0, sizeof(T) * w);
+      }
+    }
+    if (f.zc.p) zoneout_c(rows, f, s, c_prev, c_new, j0, j1);  // after BN_c read c~
+  });
+  if (!d.ln) return;
+  // ---- LN_c of each active row of c~ over its H columns, the output, zoneout ----
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* st = f.c_stats + s * 2 * B;
+      if (!rows.active(b, s)) {
+        st[b] = st[B + b] = T(0);
+        continue;
+      }
+      T* h_out = hc ? hc + b * H : f.h_cur + b * R;
+      ln_c_forward_row(c_new + b * H, H, eps, f.gamma_c, f.beta_c, act + b * G + 3 * H, h_out, st[b], st[B + b]);
+      if (!hc) {
+        if (f.zh.p) zoneout_row(f.zh, f.zh.row(s, b), f.h_prev + b * R, h_out, 0, R);
+        std::memcpy(f.y + (rows.pos(b, s) * B + b) * R, h_out, sizeof(T) * R);
+      }
+      if (f.zc.p) zoneout_row(f.zc, f.zc.row(s, b), c_prev + b * H, c_new + b * H, 0, H);
     }
   });
 }
@@ -230,6 +349,7 @@ void layer_forward(const LayerDims& d, const Rows& rows, cpu::RepeatedGemm& gemm
     } else {
       std::memcpy(hm, f.h_cur, sizeof(T) * B * R);
     }
+    if (f.zh.p) std::memcpy(f.h_prev, f.h_cur, sizeof(T) * B * R);
     at::Tensor hm_s = hm_t.select(0, ws);
     f.hh = gemm_hh.template run<T>(hm_s, hh_t);  // [B, R] @ W_hh^T
     const int64_t slot = std::min<int64_t>(step_offset + s, S - 1);
@@ -239,6 +359,7 @@ void layer_forward(const LayerDims& d, const Rows& rows, cpu::RepeatedGemm& gemm
       for (int64_t b = 0; b < B; ++b) {
         if (rows.active(b, s)) {
           T* yr = f.y + (rows.pos(b, s) * B + b) * R;
+          if (f.zh.p) zoneout_row(f.zh, f.zh.row(s, b), f.h_prev + b * R, f.hp + b * R, 0, R);
           for (int64_t p = 0; p < R; ++p) yr[p] = f.h_cur[b * R + p] = f.hp[b * R + p];
         } else {
           T* yr = f.y + (s * B + b) * R;
@@ -272,14 +393,17 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor y = new_output({T_, B, R}, opt);
   at::Tensor h_n = new_output({B, R}, opt);
   at::Tensor c_n = new_output({B, H}, opt);
-  at::Tensor h_stats = new_output({bn_train ? T_ : 0, 2, G}, opt);
-  at::Tensor c_stats = new_output({bn_train ? T_ : 0, 2, H}, opt);
+  // batch norm in training: per-step column statistics [T, 2, G] / [T, 2, H] (mean, biased var);
+  // layer norm: per-step row statistics [T, 2, B] (mean, rstd) of LN_h and LN_c
+  at::Tensor h_stats = new_output({(bn_train || d.ln) ? T_ : 0, 2, d.ln ? B : G}, opt);
+  at::Tensor c_stats = new_output({(bn_train || d.ln) ? T_ : 0, 2, d.ln ? B : H}, opt);
   at::Tensor ws_hm = new_output({TW, B, R}, opt);
   at::Tensor ws_act = new_output({TW, B, G}, opt);
   at::Tensor ws_c = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
-  at::Tensor ws_hh_hat = new_output({d.bn ? TW : 0, B, G}, opt);
+  at::Tensor ws_hh_hat = new_output({(d.bn || d.ln) ? TW : 0, B, G}, opt);
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
   at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({B, G}, opt);
+  at::Tensor h_prev = at::empty({d.zoneout ? B : 0, R}, opt);
   at::Tensor hp = at::empty({d.proj ? B : 0, R}, opt);
   at::Tensor stat_scratch = at::empty({2 * G + 2 * H}, opt);
   ws_c.select(0, 0).copy_(c0);
@@ -301,6 +425,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
     f.hc = ws_hc.data_ptr<T>();
     f.save = save_workspace;
     f.h_cur = h_cur.data_ptr<T>();
+    f.h_prev = h_prev.data_ptr<T>();
     f.hh = hh.data_ptr<T>();
     f.hp = hp.data_ptr<T>();
     f.set_scratch(stat_scratch.data_ptr<T>(), G, H);
@@ -334,6 +459,10 @@ struct BwdBuffers : ParamPtrs<T> {
   T* dh_cur{};    // [B, R]
   T* dhc{};       // [B, H] gradient of h before projection (aliases dh_cur without proj)
   T* dh_rec{};    // [B, R] GEMM output
+  T* dh_zone{};   // [B, R] zoneout: zh * dL/dh_s, the part that reaches h_{s-1} directly
+  T* dc_zone{};   // [B, H] zoneout: zc * dL/dc_s, the part that reaches c_{s-1} directly
+  T* c_til{};     // [B, H] zoneout or layer norm: the candidate c~_s, recomputed from the gates and c_{s-1}
+  T *ln_do{}, *ln_dy{}, *ln_chat{}, *ln_dc{};  // [B, H] each, layer norm: dL/dpre_o, dL/d(LN_c out), c_hat, dL/dc~
   T *mean_g{}, *rstd_g{}, *mean_c{}, *rstd_c{}, *sum1_g{}, *sum2_g{}, *sum1_c{}, *sum2_c{};  // scratch
 
   // Statistics and batch-sum scratch of one step, carved from st [4G + 4H].
@@ -432,15 +561,61 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   const int64_t B = d.B, H = d.H, G = d.G;
   const T* act = f.act + s * B * G;
   const T* c_prev = f.c + s * B * H;
-  const T* c_cur = f.c + (s + 1) * B * H;
-  const T* hh_hat = d.bn ? f.hh_hat + s * B * G : nullptr;
+  // with zoneout the output and the gates saw the candidate c~_s, not the state c_s
+  const T* c_cur = f.zc.p ? f.c_til : f.c + (s + 1) * B * H;
+  const T* hh_hat = (d.bn || d.ln) ? f.hh_hat + s * B * G : nullptr;
   T* dhh = f.dhh + (s % f.dhh_slots) * B * G;
   const bool copy_dhh = f.dhh != f.grad_xp;
   const int64_t n = rows.count(s);
   const T n_bn = bn_train ? T(n) : T(0);  // 0 selects the eval formula in bn_backward
 
+  if (d.ln) {  // LN_c and the output, backward, one active row at a time (rows in parallel)
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (!rows.active(b, s)) continue;
+        const T* ar = act + b * G;
+        const T mean = f.c_stats[s * 2 * B + b], rstd = f.c_stats[s * 2 * B + B + b];
+        const T* dh = f.dhc + b * H;
+        const int64_t k0 = b * H;
+        T m1 = 0, m2 = 0;
+        for (int64_t j = 0; j < H; ++j) {
+          const T ct = gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[k0 + j]);
+          const T chat = (ct - mean) * rstd;
+          const T tc = gates::tanh_(f.gamma_c[j] * chat + f.beta_c[j]);
+          T dpre_o, dy;
+          gates::hidden_backward(dh[j], ar[3 * H + j], tc, dpre_o, dy);
+          f.c_til[k0 + j] = ct;
+          f.ln_do[k0 + j] = dpre_o;
+          f.ln_dy[k0 + j] = dy;
+          f.ln_chat[k0 + j] = chat;
+          const T dchat = dy * f.gamma_c[j];
+          m1 += dchat;
+          m2 += dchat * chat;
+        }
+        m1 /= T(H);
+        m2 /= T(H);
+        for (int64_t j = 0; j < H; ++j)
+          f.ln_dc[k0 + j] = rstd * (f.ln_dy[k0 + j] * f.gamma_c[j] - m1 - f.ln_chat[k0 + j] * m2);
+      }
+    });
+  }
+
   at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
     const int64_t w = j1 - j0;
+    if (f.zc.p) {  // c~_s, and dL/dc_s split into its zoned-out part and the candidate's
+      for (int64_t b = 0; b < B; ++b) {
+        if (!rows.active(b, s)) continue;
+        const T* ar = act + b * G;
+        const T* zr = f.zc.row(s, b);
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t k = b * H + j;
+          f.c_til[k] = gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[k]);
+          const T z = f.zc.at(zr, j);
+          f.dc_zone[k] = z * f.dc_carry[k];
+          f.dc_carry[k] *= T(1) - z;
+        }
+      }
+    }
     if (d.bn) {  // statistics of this step; zeroed batch sums
       for (int k = 0; k < 4; ++k)
         for (int64_t j = j0; j < j1; ++j) {
@@ -471,12 +646,33 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
         continue;
       }
       T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
+      if (d.ln) {  // the gates from LN_c's backward; the parameter gradients of this chunk's columns
+        const T* ar = act + b * G;
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t k = b * H + j;
+          T dpre[4], dc_prev;
+          dpre[3] = f.ln_do[k];
+          gates::cell_backward(f.dc_carry[k] + f.ln_dc[k], ar[j], ar[H + j], ar[2 * H + j], c_prev[k], dpre[0],
+                               dpre[1], dpre[2], dc_prev);
+          f.dc_carry[k] = dc_prev;
+          for (int q = 0; q < 4; ++q) gx[q * H + j] = dpre[q];
+          f.dgamma_c[j] += f.ln_dy[k] * f.ln_chat[k];
+          f.dbeta_c[j] += f.ln_dy[k];
+        }
+        for (int q = 0; q < 4; ++q)
+          for (int64_t c = q * H + j0; c < q * H + j1; ++c) f.dgamma_h[c] += gx[c] * hh_hat[b * G + c];
+        if (f.zc.p)
+          for (int64_t j = j0; j < j1; ++j) f.dc_carry[b * H + j] += f.dc_zone[b * H + j];
+        continue;
+      }
       const auto args = std::make_tuple(act + b * G, c_prev + b * H, c_cur + b * H, f.dhc + b * H,
                                         f.dc_carry + b * H, gx, dhh + b * G, f.mean_c, f.rstd_c,
                                         f.gamma_c, f.beta_c, f.sum1_c, f.sum2_c, n_bn, H, j0, j1);
       if (d.bn) std::apply(bwd_gates_row<T, true, false>, args);
       else if (copy_dhh) std::apply(bwd_gates_row<T, false, true>, args);
       else std::apply(bwd_gates_row<T, false, false>, args);
+      if (f.zc.p)
+        for (int64_t j = j0; j < j1; ++j) f.dc_carry[b * H + j] += f.dc_zone[b * H + j];
       if (d.bn) {
         for (int k = 0; k < 4; ++k) {
           const auto cols = std::make_tuple(gx, hh_hat + b * G, f.gamma_h, f.rstd_g, f.dgamma_h,
@@ -494,6 +690,26 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
           bwd_bn_h_row(gx, f.gamma_h, hh_hat + b * G, f.rstd_g, f.sum1_g, f.sum2_g, dhh + b * G,
                        T(n), k * H + j0, k * H + j1);
       }
+    }
+  });
+  if (!d.ln) return;
+  // LN_h backward: dL/dhh of each active row from dL/d(LN_h out) = dL/dxp over its G columns
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (!rows.active(b, s)) continue;
+      const T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
+      const T* xh = hh_hat + b * G;
+      const T rstd = f.h_stats[s * 2 * B + B + b];
+      T m1 = 0, m2 = 0;
+      for (int64_t c = 0; c < G; ++c) {
+        const T dx = gx[c] * f.gamma_h[c];
+        m1 += dx;
+        m2 += dx * xh[c];
+      }
+      m1 /= T(G);
+      m2 /= T(G);
+      T* out = dhh + b * G;
+      for (int64_t c = 0; c < G; ++c) out[c] = rstd * (gx[c] * f.gamma_h[c] - m1 - xh[c] * m2);
     }
   });
 }
@@ -531,7 +747,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   // dW_hh is one GEMM after the loop.  Otherwise dL/dhh lives in a ring of `slots` steps and
   // dW_hh accumulates one GEMM per chunk of steps (rows >= 512 keep the GEMM efficient), so
   // the backward holds no second [T, B, G] buffer.
-  const bool alias = !d.bn && !d.lengths && !reverse;
+  const bool alias = !d.bn && !d.ln && !d.lengths && !reverse;
   const int64_t slots = alias ? std::max<int64_t>(T_, 1) : std::min<int64_t>(std::max<int64_t>(T_, 1),
                                                                                std::max<int64_t>(16, (511 + B) / std::max<int64_t>(B, 1)));
   at::Tensor dhh = alias ? grad_xp : at::empty({slots, B, G}, opt);
@@ -542,20 +758,23 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   at::Tensor dc_carry = grad_c_n.to(opt).contiguous().clone();
   at::Tensor dh_cur = at::empty({B, R}, opt), dh_rec = at::empty({B, R}, opt);
   at::Tensor dhc = d.proj ? at::empty({B, H}, opt) : dh_cur;
-  at::Tensor dgamma_h = at::zeros({d.bn ? G : 0}, opt), dgamma_c = at::zeros({d.bn ? H : 0}, opt);
-  at::Tensor dbeta_c = at::zeros({d.bn ? H : 0}, opt);
+  const bool norm = d.bn || d.ln;
+  at::Tensor dgamma_h = at::zeros({norm ? G : 0}, opt), dgamma_c = at::zeros({norm ? H : 0}, opt);
+  at::Tensor dbeta_c = at::zeros({norm ? H : 0}, opt);
   at::Tensor scratch = at::empty({4 * G + 4 * H}, opt);
+  at::Tensor zone = at::empty({(d.zoneout || d.ln) ? B * (R + 2 * H) : 0}, opt);  // dh_zone, dc_zone, c_til
+  at::Tensor ln_scratch = at::empty({d.ln ? 4 * B * H : 0}, opt);
   LayerGemms gemm(d, pt, /*forward=*/false);
 
   AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "lstm_layer_backward_cpu", [&] {
     using T = scalar_t;
     BwdBuffers<T> f(d, pt);
     f.grad_y = grad_y.data_ptr<T>();
-    f.h_stats = bn_train ? h_stats.data_ptr<T>() : nullptr;
-    f.c_stats = bn_train ? c_stats.data_ptr<T>() : nullptr;
+    f.h_stats = (bn_train || d.ln) ? h_stats.data_ptr<T>() : nullptr;
+    f.c_stats = (bn_train || d.ln) ? c_stats.data_ptr<T>() : nullptr;
     f.act = act.data_ptr<T>();
     f.c = c.data_ptr<T>();
-    f.hh_hat = d.bn ? hh_hat.data_ptr<T>() : nullptr;
+    f.hh_hat = (d.bn || d.ln) ? hh_hat.data_ptr<T>() : nullptr;
     f.grad_xp = grad_xp.data_ptr<T>();
     f.dhh = dhh.data_ptr<T>();
     f.dhh_slots = slots;
@@ -568,6 +787,17 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     f.dh_cur = dh_cur.data_ptr<T>();
     f.dhc = dhc.data_ptr<T>();
     f.dh_rec = dh_rec.data_ptr<T>();
+    if (d.zoneout || d.ln) {
+      f.dh_zone = zone.data_ptr<T>();
+      f.dc_zone = f.dh_zone + B * R;
+      f.c_til = f.dc_zone + B * H;
+    }
+    if (d.ln) {
+      f.ln_do = ln_scratch.data_ptr<T>();
+      f.ln_dy = f.ln_do + B * H;
+      f.ln_chat = f.ln_dy + B * H;
+      f.ln_dc = f.ln_chat + B * H;
+    }
     f.set_scratch(scratch.data_ptr<T>(), G, H);
 
     for (int64_t s = T_ - 1; s >= 0; --s) {
@@ -577,6 +807,14 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
         if (rows.active(b, s)) {
           const T* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
           for (int64_t r = 0; r < R; ++r) dst[r] = gy[r] + f.dh_carry[b * R + r];
+          if (f.zh.p) {  // h_s = zh h_{s-1} + (1 - zh) h~_s
+            const T* zr = f.zh.row(s, b);
+            for (int64_t r = 0; r < R; ++r) {
+              const T z = f.zh.at(zr, r);
+              f.dh_zone[b * R + r] = z * dst[r];
+              dst[r] *= T(1) - z;
+            }
+          }
         } else {
           for (int64_t r = 0; r < R; ++r) dst[r] = T(0);
         }
@@ -601,6 +839,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
           const int64_t k = b * R + r;
           f.dh_carry[k] = m ? f.dh_rec[k] * m[k] : f.dh_rec[k];
         }
+        if (f.zh.p)
+          for (int64_t r = 0; r < R; ++r) f.dh_carry[b * R + r] += f.dh_zone[b * R + r];
       }
     }
   });

@@ -135,6 +135,8 @@ struct LayerSetup {
   cuda::LayerParams p{};
 
   LayerSetup(const LayerDims& dims, const at::Tensor& like, const LayerArgs& a, bool save) : d(dims), t(dims, a) {
+    TORCH_CHECK(!d.zoneout && !d.ln, "fusedrnn: the CUDA layer kernels do not implement zoneout or layer norm yet "
+                "(the native CPU and reference backends do; backend='auto' picks one that serves it)");
     const std::vector<int64_t> len = lengths_vector(a.lengths, d.B, d.T);
     if (d.lengths) lengths_dev = a.lengths->to(like.device(), at::kLong).contiguous();
     counts = step_counts(len, d.T, d.B, like.options(), d.lengths);

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..ops.contract import Config, arch_capability
+from ..ops.contract import Config, NormMode, arch_capability
 from . import compiled
 from .compiled import CompiledBackend, has_kernel
 
@@ -74,6 +74,9 @@ class CUDABackend(CompiledBackend):
     def unsupported_reason(self, cfg: Config) -> Optional[str]:
         if cfg.arch and (why := cuda_arch_reason(arch_capability(cfg.arch))) is not None:
             return why
+        if cfg.zoneout or cfg.norm == NormMode.LAYER:
+            return ("the CUDA layer kernels have no zoneout or layer norm yet (the native CPU and reference "
+                    "backends have)")
         return super().unsupported_reason(cfg)
 
     def cell_unsupported_reason(self, cfg: Config) -> Optional[str]:

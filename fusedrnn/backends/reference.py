@@ -12,14 +12,18 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.contract import (
     Backend,
     BatchStats,
     Config,
+    Norm,
     RecurrenceResult,
     RecurrentBN,
+    RecurrentLN,
+    Zoneout,
     acc_dtype,
     active_rows,
     reverse_sequences,
@@ -72,7 +76,8 @@ class ReferenceBackend(Backend):
     name = "reference"
 
     def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-                   mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[RecurrentBN]) -> RecurrenceResult:
+                   mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[Norm],
+                   zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
         out_dtype = xp.dtype
         acc = acc_dtype(xp.dtype)
         reverse = cfg.reverse
@@ -83,6 +88,14 @@ class ReferenceBackend(Backend):
         if reverse:
             xp = reverse_sequences(xp, lengths)  # now in processing order
         active = active_rows(T, lengths, xp.device)  # [T, B] or None
+        ln = bn if isinstance(bn, RecurrentLN) else None
+        if ln is not None:
+            bn = None
+            G, H = w_hh.shape[0], c0.shape[1]
+            ln_h = lambda v: F.layer_norm(v, (G,), ln.weight_h.to(acc), ln.bias_h.to(acc), ln.eps)  # noqa: E731
+            ln_c = lambda v: F.layer_norm(v, (H,), ln.weight_c.to(acc), ln.bias_c.to(acc), ln.eps)  # noqa: E731
+        if zoneout is not None:
+            zc, zh = zoneout.c.to(acc), zoneout.h.to(acc)
         slots = None if bn is None else bn.slot_index(T, xp.device)
 
         h, c = h0, c0
@@ -93,6 +106,8 @@ class ReferenceBackend(Backend):
             if mask is not None:
                 h_in = h * (mask if mask.dim() == 2 else mask[s])
             hh = h_in @ w_hh.t()  # [B, G]
+            if ln is not None:
+                hh = ln_h(hh)
             if bn is not None:
                 hh, mean_h, var_h = batch_norm_steps(
                     hh.unsqueeze(0), a, bn.weight_h, None, bn.running_mean_h,
@@ -101,8 +116,8 @@ class ReferenceBackend(Backend):
                 hh = hh.squeeze(0)
             i, f, g, o = (xp[s] + hh).chunk(4, 1)
             i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-            c_new = f * c + i * g
-            c_hat = c_new
+            c_new = f * c + i * g  # c~
+            c_hat = c_new if ln is None else ln_c(c_new)
             if bn is not None:
                 c_hat, mean_c, var_c = batch_norm_steps(
                     c_new.unsqueeze(0), a, bn.weight_c, bn.bias_c, bn.running_mean_c,
@@ -114,6 +129,9 @@ class ReferenceBackend(Backend):
             h_new = o * torch.tanh(c_hat)
             if w_hr is not None:
                 h_new = h_new @ w_hr.t()
+            if zoneout is not None:  # the previous state where the unit zones out
+                c_new = zc[s] * c + (1 - zc[s]) * c_new
+                h_new = zh[s] * h + (1 - zh[s]) * h_new
             if a is None:
                 h, c, y = h_new, c_new, h_new
             else:
@@ -151,7 +169,8 @@ class ReferenceBackend(Backend):
 BACKEND = ReferenceBackend()
 
 
-def recurrence(xp, h0, c0, w_hh, w_hr=None, mask=None, lengths=None, reverse=False, bn=None) -> RecurrenceResult:
+def recurrence(xp, h0, c0, w_hh, w_hr=None, mask=None, lengths=None, reverse=False, bn=None,
+               zoneout=None) -> RecurrenceResult:
     """The reference recurrence on the contract's arguments (its Config built from them)."""
-    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn)
-    return BACKEND.recurrence(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)
+    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn, zoneout)
+    return BACKEND.recurrence(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)

@@ -26,7 +26,11 @@ VARIANTS = {
     "variational": dict(recurrent_dropout=0.25, variational=True),
     "bn": dict(batch_norm=True),
     "variational+bn": dict(recurrent_dropout=0.25, variational=True, batch_norm=True),
+    "zoneout": dict(zoneout=0.1),
+    "weight_dropout": dict(weight_dropout=0.25),
+    "layer_norm": dict(layer_norm=True),
 }
+LOOP_OPTIONS = ("recurrent_dropout", "variational", "batch_norm")  # what the Python loop baseline implements
 MODES = ("fwd", "fwd+bwd", "infer")
 DEFAULT_MODES = ("fwd", "fwd+bwd")
 
@@ -48,14 +52,20 @@ def providers_for(device: torch.device, backends: Optional[list[str]] = None,
 
 
 def supports(provider: str, variant: str) -> bool:
-    return variant == "plain" or provider not in ("cudnn", "torch-cpu")
+    if provider in ("cudnn", "torch-cpu"):
+        return variant == "plain"
+    if provider == "loop":
+        return all(k in LOOP_OPTIONS for k in VARIANTS[variant])
+    return True
 
 
 def serves(provider: str, variant: str, B: int, T: int, I: int, H: int, dtype, device) -> Optional[str]:
     """None if the provider can run this point, else why not (a backend may be available on
     the device but not serve the layer recurrence, or not this configuration)."""
     if not supports(provider, variant):
-        return "torch.nn.LSTM has no recurrent dropout or batch norm"
+        if provider == "loop":
+            return f"the loop baseline has no {variant}"
+        return "torch.nn.LSTM has none of fusedrnn's regularizers"
     if not provider.startswith("fusedrnn-"):
         return None
     m = LSTM(I, H, backend=provider[len("fusedrnn-"):], **VARIANTS[variant]).train()

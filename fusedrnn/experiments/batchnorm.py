@@ -8,7 +8,8 @@ state (:class:`fusedrnn.models.SequenceClassifier`).
 
 Arms: ``lstm`` (no batch norm), ``bn-lstm`` with the batch-norm gammas at 0.1 (the paper's
 and the library's initialization) and at 1.0 (the usual BN default, which the paper reports
-saturates the tanh and slows learning).  Every arm sees the same batches in the same order
+saturates the tanh and slows learning), and ``ln-lstm``, the LayerNorm LSTM of Ba et al.
+(``layer_norm=True``: no batch statistics, gains 1).  Every arm sees the same batches in the same order
 (per seed) with the same optimizer settings; curves are the mean over seeds with a min-max
 band.
 """
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import SequenceClassifier
+from ..modules import LSTM
 from ..report import pyplot
 from ..tasks import SeqDigitsTask
 from .run import Context
@@ -33,8 +35,10 @@ NAME = "batchnorm"
 TITLE = "Recurrent batch norm: BN-LSTM vs LSTM on sequential digits"
 CLAIM = "recurrent batch normalization speeds up training (and its gamma must start small, 0.1 rather than 1.0)"
 
-ARMS = {"lstm": (False, None), "bn-lstm gamma=0.1": (True, 0.1), "bn-lstm gamma=1.0": (True, 1.0)}
-COLORS = {"lstm": "tab:gray", "bn-lstm gamma=0.1": "tab:blue", "bn-lstm gamma=1.0": "tab:orange"}
+ARMS = {"lstm": (False, None), "bn-lstm gamma=0.1": (True, 0.1), "bn-lstm gamma=1.0": (True, 1.0),
+        "ln-lstm": ("layer", None)}
+COLORS = {"lstm": "tab:gray", "bn-lstm gamma=0.1": "tab:blue", "bn-lstm gamma=1.0": "tab:orange",
+          "ln-lstm": "tab:green"}
 MODES = {"rows": (8, 8), "pixels": (64, 1)}   # (steps, inputs per step)
 
 PRESETS = {
@@ -48,8 +52,18 @@ PRESETS = {
 
 def build(arm: str, mode: str, hidden_size: int, device) -> nn.Module:
     bn, gamma = ARMS[arm]
-    model = SequenceClassifier(10, input_size=MODES[mode][1], hidden_size=hidden_size, batch_norm=bn)
-    if bn:
+    model = SequenceClassifier(10, input_size=MODES[mode][1], hidden_size=hidden_size, batch_norm=bn is True)
+    if bn == "layer":  # the same model with the LayerNorm LSTM in place of its LSTM (same weights)
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, LSTM):
+                    ln = LSTM(child.input_size, child.hidden_size, child.num_layers, batch_first=child.batch_first,
+                              bidirectional=child.bidirectional, dropout=child.dropout,
+                              recurrent_dropout=child.recurrent_dropout, variational=child.variational,
+                              backend=child.backend, layer_norm=True)
+                    ln.load_state_dict(child.state_dict(), strict=False)
+                    setattr(parent, name, ln)
+    elif bn:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.split(".")[-1].startswith(("bn_x_weight", "bn_h_weight", "bn_c_weight")):

@@ -14,7 +14,11 @@ Arms (one dropout probability p for every arm that drops anything):
                     :func:`fusedrnn.ops.dropout_mask` broadcast over time on embeddings and outputs;
 - ``naive+nonrec`` (extra arm, not in the issue's four): ``nonrec`` plus per-step recurrent
   dropout, i.e. per-step masks everywhere: the same connections as ``variational``, so the
-  two differ only in whether a mask is shared across time.
+  two differ only in whether a mask is shared across time;
+- ``zoneout``:      zoneout (Krueger et al.) inside the recurrence only, at the paper's
+                    character-level rates (cell 0.5, hidden 0.05) rather than p;
+- ``weightdrop``:   DropConnect on W_hh only (``weight_dropout=p``, awd-lstm-lm's WeightDrop):
+                    one mask over the recurrent weights per batch.
 
 Data: Tiny Shakespeare at character level; the model trains on a small prefix of the text
 (default 50,000 characters) so that it overfits and regularization matters, and is scored
@@ -58,9 +62,12 @@ SCHEMES = {
     "nonrec": "non-recurrent only: embeddings, between layers, outputs (fresh masks)",
     "variational": "shared masks everywhere: embeddings, recurrent, between layers, outputs",
     "naive+nonrec": "per-step masks everywhere (extra arm)",
+    "zoneout": "zoneout in the recurrence only (cell 0.5, hidden 0.05)",
+    "weightdrop": "DropConnect on W_hh only (one weight mask per batch)",
 }
 COLORS = {"none": "tab:gray", "naive": "tab:red", "nonrec": "tab:blue", "variational": "tab:green",
-          "naive+nonrec": "tab:orange"}
+          "naive+nonrec": "tab:orange", "zoneout": "tab:purple", "weightdrop": "tab:brown"}
+ZONEOUT_RATES = (0.5, 0.05)  # Krueger et al., character-level Penn Treebank
 
 PRESETS = {
     "default": dict(seeds=[0], schemes=list(SCHEMES), p=0.25, embed_size=64, hidden_size=128, num_layers=2,
@@ -88,14 +95,15 @@ class CharLM(nn.Module):
         between = p if num_layers > 1 else 0.0
         kw = {"none": {}, "naive": dict(recurrent_dropout=p), "nonrec": dict(dropout=between),
               "variational": dict(dropout=between, recurrent_dropout=p, variational=True),
-              "naive+nonrec": dict(dropout=between, recurrent_dropout=p)}[scheme]
+              "naive+nonrec": dict(dropout=between, recurrent_dropout=p),
+              "zoneout": dict(zoneout=ZONEOUT_RATES), "weightdrop": dict(weight_dropout=p)}[scheme]
         self.embedding = nn.Embedding(vocab_size, embed_size)
         self.lstm = LSTM(embed_size, hidden_size, num_layers, batch_first=True, **kw)
         self.decoder = nn.Linear(hidden_size, vocab_size)
 
     def _drop(self, x):
         """Dropout on embeddings / outputs [B, T, F]: shared over time, per element, or none."""
-        if not self.training or self.p == 0 or self.scheme in ("none", "naive"):
+        if not self.training or self.p == 0 or self.scheme in ("none", "naive", "zoneout", "weightdrop"):
             return x
         if self.scheme == "variational":
             return x * dropout_mask(self.p, (x.shape[0], x.shape[2]), x).unsqueeze(1)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.dropout import dropout_mask
+from ..ops.dropout import dropout_mask, zoneout_weights
 from ._torch import TorchLSTMCell
 from .regularizers import RegularizedMixin, check_option_names, take_options
 
@@ -25,11 +25,12 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         input_size, hidden_size, bias, device, dtype: as :class:`torch.nn.LSTMCell`.
 
     Keyword-only options: recurrent_dropout, variational, batch_norm, bn_max_steps,
-    bn_momentum, bn_eps, backend, as :class:`fusedrnn.LSTM` (and, like it, defaulting to an
-    active :func:`fusedrnn.patch`'s values).
+    bn_momentum, bn_eps, zoneout, layer_norm, weight_dropout, backend, as
+    :class:`fusedrnn.LSTM` (and, like it, defaulting to an active :func:`fusedrnn.patch`'s
+    values).  Zoneout draws fresh weights at every step (its definition).
 
-    A decoder steps the cell through a sequence, so the cell carries two pieces of
-    per-sequence state, both cleared by :meth:`reset`:
+    A decoder steps the cell through a sequence, so the cell carries per-sequence state,
+    cleared by :meth:`reset`:
 
     - the recurrent dropout mask.  With ``variational=True`` the cell draws a [B, H]
       mask on its first training step and reuses it on every step until :meth:`reset`
@@ -38,6 +39,8 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
       (m of shape [B, H] scaled by 1 / (1 - p), e.g. from :meth:`sample_mask`).
     - the step counter of batch norm, which selects the per-step statistics.  It starts
       at 0, counts calls, and can be overridden with ``forward(..., step=t)``.
+    - the weight-dropout mask of W_hh ([4H, H]), drawn on the first training step and
+      reused on every step until :meth:`reset`, as the LSTM uses one per sequence.
 
     Inputs: input [B, I] or [I], (h_0 [B, H] or [H], c_0 likewise; zeros when omitted).
     Outputs: (h_1, c_1), shaped as h_0.
@@ -58,7 +61,10 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         self._init_regularizers(**options)
         if self.batch_norm:
             self._add_bn("", hidden_size, {"device": device, "dtype": dtype})
+        if self.layer_norm:
+            self._add_ln("", hidden_size, {"device": device, "dtype": dtype})
         self._mask: Optional[Tensor] = None
+        self._weight_mask: Optional[Tensor] = None
         self._step = 0
 
     def reset_parameters(self) -> None:
@@ -69,13 +75,16 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
                 nn.init.uniform_(w, -stdv, stdv)
         if getattr(self, "batch_norm", False):
             self._reset_bn("")
+        if getattr(self, "layer_norm", False):
+            self._reset_ln("")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._regularizer_repr()
 
     def reset(self) -> None:
-        """Start a new sequence: forget the held dropout mask and restart the BN step count."""
+        """Start a new sequence: forget the held dropout masks and restart the BN step count."""
         self._mask = None
+        self._weight_mask = None
         self._step = 0
 
     def sample_mask(self, batch_size: int, *, device=None, dtype=None) -> Tensor:
@@ -87,10 +96,12 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         """The plan of a step on ``input`` in the current mode (fusedrnn.ops.plan)."""
         B = input.shape[0] if input.dim() == 2 else 1
         masked = mask is not None or self._mask_mode() != ops.MaskMode.NONE  # a cell's mask is [B, H]
+        layer_op = self.batch_norm or self.layer_norm or self.zoneout_active()
         return ops.plan_module(
-            "cell", "recurrence" if self.batch_norm else "cell", self.backend, input.device, input.dtype,
+            "cell", "recurrence" if layer_op else "cell", self.backend, input.device, input.dtype,
             ops.autocast_dtype(input), self.regularized(mask), self.training, False, B, self.hidden_size,
-            self.hidden_size, False, ops.MaskMode.SHARED if masked else ops.MaskMode.NONE, self._norm_mode(), False)
+            self.hidden_size, False, ops.MaskMode.SHARED if masked else ops.MaskMode.NONE, self._norm_mode(), False,
+            zoneout=self.zoneout_active())
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None, *,
                 mask: Optional[Tensor] = None, step: Optional[int] = None) -> tuple[Tensor, Tensor]:
@@ -140,13 +151,21 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
                 if self._mask is None or self._mask.shape[0] != B or self._mask.device != input.device:
                     self._mask = self.sample_mask(B, device=input.device, dtype=input.dtype)
                 mask = self._mask
-        bn = None
-        if self.batch_norm:
-            bn = self._bn_state("", step_offset=self._step if step is None else int(step))
-            if step is None:
-                self._step += 1
-        hy, cy = ops.lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
-                               self.bias_hh, mask=mask, bn=bn, backend=plan.check())
+        bn = self._norm_state("", step_offset=self._step if step is None else int(step))
+        if self.batch_norm and step is None:
+            self._step += 1
+        weight_hh = self.weight_hh
+        if self.training and self.weight_dropout > 0:
+            wm = self._weight_mask
+            if wm is None or wm.device != weight_hh.device or wm.dtype != weight_hh.dtype:
+                wm = self._weight_mask = dropout_mask(self.weight_dropout, weight_hh.shape, weight_hh)
+            weight_hh = weight_hh * wm
+        zo = None
+        if self.zoneout_active():
+            z = zoneout_weights(self.zoneout_rates(), 1, B, self.hidden_size, self.hidden_size, input, self.training)
+            zo = ops.Zoneout(z.c[0], z.h[0])
+        hy, cy = ops.lstm_cell(input, hx[0], hx[1], self.weight_ih, weight_hh, self.bias_ih,
+                               self.bias_hh, mask=mask, bn=bn, zoneout=zo, backend=plan.check())
         if not is_batched:
             hy, cy = hy.squeeze(0), cy.squeeze(0)
         return hy, cy

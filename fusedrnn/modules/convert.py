@@ -19,7 +19,7 @@ def _replacement(m: nn.Module, options: dict) -> nn.Module:
     else:
         new = LSTMCell(m.input_size, m.hidden_size, m.bias, **kw)
     missing, unexpected = new.load_state_dict(m.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("bn_") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.startswith(("bn_", "ln_")) for k in missing), (missing, unexpected)
     new.train(m.training)
     return new
 
@@ -29,7 +29,8 @@ def convert(module: nn.Module, **options) -> nn.Module:
 
     The replacements hold the same weights (same values, device and dtype) and training
     mode; ``options`` (recurrent_dropout, variational, batch_norm, bn_max_steps,
-    bn_momentum, bn_eps, backend) add regularizers or pick a backend.  Modules that are
+    bn_momentum, bn_eps, zoneout, layer_norm, weight_dropout, backend) add regularizers or
+    pick a backend.  Modules that are
     already fusedrnn modules are left alone.  Returns the model (the replacement itself
     when ``module`` is an nn.LSTM / nn.LSTMCell); submodules are replaced in place.
     """

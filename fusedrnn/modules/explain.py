@@ -41,7 +41,8 @@ def explain(module: nn.Module, input) -> str:
             lines.append(f"  layer{suffix}: {plan.backend.name}"
                          f"  [T={cfg.T} B={cfg.B} H={cfg.H} R={cfg.R} {cfg.dtype} {cfg.device_type}"
                          f"{' ' + cfg.arch if cfg.arch else ''} mask={cfg.mask.name.lower()} "
-                         f"norm={cfg.norm.name.lower()} lengths={cfg.lengths} reverse={cfg.reverse}]")
+                         f"norm={cfg.norm.name.lower()}{' zoneout' if cfg.zoneout else ''} "
+                         f"lengths={cfg.lengths} reverse={cfg.reverse}]")
             lines.append(f"    order: {candidates(m.backend, cfg)[1]}")
             for n, why in decisions:
                 if n == plan.backend.name:

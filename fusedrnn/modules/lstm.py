@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import ops
-from ..ops.dropout import dropout_mask, recurrent_mask
+from ..ops.dropout import dropout_mask, recurrent_mask, zoneout_weights
 from ._torch import TorchLSTM
 from .regularizers import RegularizedMixin, take_options
 
@@ -105,6 +105,18 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             batch statistics, gammas 0.1; running statistics per step for
             t < bn_max_steps (eval uses slot min(t, bn_max_steps - 1)).
         bn_max_steps (int), bn_momentum (float), bn_eps (float): batch-norm settings.
+        zoneout (float or (float, float)): the (cell, hidden) zoneout rates (Krueger et al.):
+            in training each unit keeps its previous c (h) with that probability, drawn
+            fresh at every step per unit and sequence; in eval the expectation
+            c_t = z_c c_{t-1} + (1 - z_c) c~_t (likewise h).  A float sets both.
+        layer_norm (bool): the LayerNorm LSTM (Ba et al.): LayerNorm over the 4H gate
+            pre-activations of W_ih x and of W_hh h separately and over c before the output
+            tanh, each with its own gain (1) and bias (0); the LSTM bias is added after.
+            No batch statistics (train = eval).  Not with batch_norm.
+        weight_dropout (float): DropConnect on W_hh (Wan et al.; awd-lstm-lm's WeightDrop):
+            one Bernoulli mask over W_hh's elements per forward call, shared by every step
+            and sequence, scaled by 1 / (1 - p), in training only; the parameters (and the
+            state_dict) stay unmasked.
         backend (str): "auto" (fastest that supports the configuration), "reference",
             "native", "cuda", "triton", or "aten" (torch's own LSTM, which "auto" picks on
             the CPU when no regularizer is active; see fusedrnn.explain).
@@ -129,10 +141,12 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         options = take_options(kwargs, "LSTM")  # the fusedrnn options; the rest are nn.LSTM's
         super().__init__("LSTM", *args, **kwargs)
         self._init_regularizers(**options)
-        if self.batch_norm:
-            factory_kwargs = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
-            for suffix in self._suffixes():
+        factory_kwargs = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        for suffix in self._suffixes():
+            if self.batch_norm:
                 self._add_bn(suffix, self.hidden_size, factory_kwargs)
+            if self.layer_norm:
+                self._add_ln(suffix, self.hidden_size, factory_kwargs)
 
     def _suffixes(self) -> list[str]:
         D = 2 if self.bidirectional else 1
@@ -143,9 +157,11 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for name in self._flat_weights_names:
             nn.init.uniform_(getattr(self, name), -stdv, stdv)
-        if getattr(self, "batch_norm", False):
-            for suffix in self._suffixes():
+        for suffix in self._suffixes():
+            if getattr(self, "batch_norm", False):
                 self._reset_bn(suffix)
+            if getattr(self, "layer_norm", False):
+                self._reset_ln(suffix)
 
     # nn.LSTM's own argument checks and helpers, so messages and exception classes match.
     get_expected_cell_size = TorchLSTM.get_expected_cell_size
@@ -174,7 +190,8 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         return ops.plan_module(
             "lstm", "recurrence", self.backend, ref.device, ref.dtype, dt, self.regularized(), self.training,
             self._needs_grad(ref), self._batch_size(input), self.hidden_size, R, self.proj_size > 0,
-            self._mask_mode(), self._norm_mode(), lengths is not None or isinstance(input, PackedSequence))
+            self._mask_mode(), self._norm_mode(), lengths is not None or isinstance(input, PackedSequence),
+            zoneout=self.zoneout_active())
 
     def forward(self, input, hx=None, *, lengths: Optional[Tensor] = None):
         """See the class docstring for shapes.  ``lengths`` (fusedrnn only): see there."""
@@ -313,6 +330,8 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         R = self.proj_size if self.proj_size > 0 else self.hidden_size
         h0, c0 = hx
         p_rec = self.recurrent_dropout if self.training else 0.0
+        p_w = self.weight_dropout if self.training else 0.0
+        zoneout = self.zoneout_rates() if self.zoneout_active() else None
         suffixes = self._suffixes()
         layer_input = x
         hs, cs = [], []
@@ -322,10 +341,14 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                 k = layer * D + d
                 mask = (recurrent_mask(p_rec, T, B, R, x, shared=self.variational)
                         if p_rec > 0 else None)
-                bn = self._bn_state(suffixes[k]) if self.batch_norm else None
+                zo = (zoneout_weights(zoneout, T, B, self.hidden_size, R, x, self.training)
+                      if zoneout is not None else None)
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(k)
+                if p_w > 0:  # DropConnect: one mask over W_hh's elements for this call
+                    w_hh = w_hh * dropout_mask(p_w, w_hh.shape, w_hh)
                 y, h_n, c_n = ops.lstm_layer(
-                    layer_input, h0[k], c0[k], *self._layer_weights(k), mask=mask,
-                    lengths=lengths, reverse=d == 1, bn=bn, backend=plan,
+                    layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, mask=mask,
+                    lengths=lengths, reverse=d == 1, bn=self._norm_state(suffixes[k]), zoneout=zo, backend=plan,
                 )
                 outs.append(y)
                 hs.append(h_n)
@@ -354,5 +377,5 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         return [(suffix, ops.Config.build(ref.device, ref.dtype, T, B, self.hidden_size, R, proj=self.proj_size > 0,
                                           mask=self._mask_mode(), lengths=lengths,
                                           reverse=suffix.endswith("_reverse"), norm=self._norm_mode(),
-                                          requires_grad=self._needs_grad(ref)))
+                                          requires_grad=self._needs_grad(ref), zoneout=self.zoneout_active()))
                 for suffix in self._suffixes()]

@@ -91,7 +91,8 @@ def _dynamo_allow_rnn(value: bool):
 def patch(*, lstm: bool = True, cell: bool = True, **options) -> Patch:
     """Swap ``torch.nn.LSTM`` (``lstm=True``) and ``torch.nn.LSTMCell`` (``cell=True``) for
     fusedrnn's, so that models built afterwards use fusedrnn; ``options`` (recurrent_dropout,
-    variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, backend) become the defaults
+    variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, zoneout, layer_norm,
+    weight_dropout, backend) become the defaults
     of the modules built meanwhile.  Returns a :class:`Patch`: call ``restore()`` or use it
     as a context manager.  Options are validated at once (ValueError / TypeError)."""
     regularizers.check_option_names(options, "patch")

@@ -1,6 +1,6 @@
 """The regularizer options shared by :class:`~fusedrnn.LSTM` and :class:`~fusedrnn.LSTMCell`:
-recurrent dropout (naive or variational) and recurrent batch norm, with their validation
-and their parameters.
+recurrent dropout (naive or variational), recurrent batch norm, zoneout, layer norm and
+weight dropout (DropConnect on W_hh), with their validation and their parameters.
 
 Batch-norm parameters of one layer/direction (suffix "_l0", "_l0_reverse", or "" for a
 cell), G = 4H gate columns, H hidden, S = bn_max_steps:
@@ -11,6 +11,12 @@ cell), G = 4H gate columns, H hidden, S = bn_max_steps:
     bn_{x,h,c}_running_{mean,var}{sfx} [S, G or H]   per-step running statistics (buffers)
 
 gammas start at 0.1 and betas at 0 (Cooijmans et al.).
+
+Layer-norm parameters (layer_norm=True), gains start at 1 and biases at 0 (Ba et al.):
+
+    ln_x_weight{sfx}, ln_x_bias{sfx} [G]   LN of x @ W_ih^T (the LSTM bias is added after)
+    ln_h_weight{sfx}, ln_h_bias{sfx} [G]   LN of h @ W_hh^T
+    ln_c_weight{sfx}, ln_c_bias{sfx} [H]   LN of c before the output tanh
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numbers
 import torch
 from torch import nn
 
-from ..ops.contract import MaskMode, NormMode, RecurrentBN
+from ..ops.contract import MaskMode, NormMode, RecurrentBN, RecurrentLN
 from ..ops.dispatch import check_backend_name
 
 BN_GAMMA_INIT = 0.1
@@ -38,8 +44,12 @@ OPTIONS = {
     "bn_max_steps": 1000,
     "bn_momentum": 0.1,
     "bn_eps": 1e-5,
+    "zoneout": 0.0,
+    "layer_norm": False,
+    "weight_dropout": 0.0,
     "backend": "auto",
 }
+LN_EPS = 1e-5
 
 # Defaults set by active fusedrnn.patch(...) calls, innermost last: (owners, options), owners
 # the class names ("LSTM", "LSTMCell") the patch swapped; see modules/patch.py.
@@ -69,8 +79,35 @@ def check_option_names(options: dict, owner: str) -> None:
                             f"{', '.join(OPTIONS)})")
 
 
-def validate(recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, backend):
+def _is_rate(v) -> bool:
+    return isinstance(v, numbers.Number) and not isinstance(v, bool) and 0 <= v < 1
+
+
+def zoneout_rates(zoneout) -> tuple[float, float]:
+    """The (cell, hidden) zoneout rates of the ``zoneout`` option (a float sets both)."""
+    if isinstance(zoneout, (tuple, list)):
+        return float(zoneout[0]), float(zoneout[1])
+    return float(zoneout), float(zoneout)
+
+
+def validate(recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, backend,
+             zoneout=0.0, layer_norm=False, weight_dropout=0.0):
     """Check the regularizer options; raises ValueError / TypeError naming the argument."""
+    if isinstance(zoneout, (tuple, list)):
+        if len(zoneout) != 2 or not all(_is_rate(z) for z in zoneout):
+            raise ValueError("zoneout should be a number in range [0, 1) or a (cell, hidden) pair of them, "
+                             f"got {zoneout!r}")
+    elif not _is_rate(zoneout):
+        raise ValueError("zoneout should be a number in range [0, 1) (the probability that a unit keeps its "
+                         f"previous value) or a (cell, hidden) pair of them, got {zoneout!r}")
+    if not isinstance(layer_norm, bool):
+        raise TypeError(f"layer_norm should be of type bool, got: {type(layer_norm).__name__}")
+    if layer_norm and batch_norm is True:
+        raise ValueError("layer_norm=True and batch_norm=True cannot be combined: both normalise the same "
+                         "pre-activations and the cell state; choose one")
+    if not _is_rate(weight_dropout):
+        raise ValueError("weight_dropout should be a number in range [0, 1) representing the probability of "
+                         f"an element of weight_hh being zeroed, got {weight_dropout!r}")
     if (
         not isinstance(recurrent_dropout, numbers.Number)
         or isinstance(recurrent_dropout, bool)
@@ -101,7 +138,11 @@ class RegularizedMixin:
     """Holds the options and the batch-norm parameters of one module."""
 
     def _init_regularizers(self, recurrent_dropout, variational, batch_norm, bn_max_steps,
-                           bn_momentum, bn_eps, backend):
+                           bn_momentum, bn_eps, backend, zoneout=0.0, layer_norm=False, weight_dropout=0.0):
+        zc, zh = zoneout_rates(zoneout)
+        self.zoneout = zc if zc == zh else (zc, zh)
+        self.layer_norm = layer_norm
+        self.weight_dropout = float(weight_dropout)
         self.recurrent_dropout = float(recurrent_dropout)
         self.variational = variational
         self.batch_norm = batch_norm
@@ -112,13 +153,22 @@ class RegularizedMixin:
 
     def regularized(self, mask=None) -> bool:
         """Whether a call in the current mode uses an option torch's module lacks: batch norm,
-        an explicit mask, and in training recurrent dropout or variational between-layer
-        dropout (the one rule of LSTM and LSTMCell)."""
-        if self.batch_norm or mask is not None:
+        layer norm, zoneout (its eval mode is an expectation), an explicit mask, and in training
+        recurrent dropout, weight dropout or variational between-layer dropout (the one rule of
+        LSTM and LSTMCell)."""
+        if self.batch_norm or self.layer_norm or self.zoneout_active() or mask is not None:
             return True
         if not self.training:
             return False
-        return self.recurrent_dropout > 0 or (getattr(self, "dropout", 0) > 0 and self.variational)
+        return (self.recurrent_dropout > 0 or self.weight_dropout > 0
+                or (getattr(self, "dropout", 0) > 0 and self.variational))
+
+    def zoneout_rates(self) -> tuple[float, float]:
+        """(cell, hidden) zoneout rates."""
+        return zoneout_rates(self.zoneout)
+
+    def zoneout_active(self) -> bool:
+        return any(z > 0 for z in self.zoneout_rates())
 
     def check_exportable(self, mask=None) -> None:
         """ExportError naming each option that makes a call impossible to export: the options
@@ -134,10 +184,15 @@ class RegularizedMixin:
                 active.append(f"dropout={self.dropout:g} (masks drawn at run time)")
             if self.batch_norm:
                 active.append("batch_norm=True (statistics of the batch at run time)")
+            if self.zoneout_active():
+                active.append(f"zoneout={self.zoneout} (masks drawn at run time)")
+            if self.weight_dropout > 0:
+                active.append(f"weight_dropout={self.weight_dropout:g} (a weight mask drawn at run time)")
         if active:
             raise ExportError(f"fusedrnn.{type(self).__name__} cannot be exported with " + "; ".join(active)
                               + ". Export the model in eval mode (model.eval()), where these are off"
-                              + (" and batch norm uses its running statistics" if self.batch_norm else "") + ".")
+                              + (" and batch norm uses its running statistics" if self.batch_norm else "")
+                              + (" and zoneout its expectation" if self.zoneout_active() else "") + ".")
 
     def _mask_mode(self) -> MaskMode:
         """The recurrent mask of a call in the current mode."""
@@ -146,6 +201,8 @@ class RegularizedMixin:
         return MaskMode.SHARED if self.variational else MaskMode.PER_STEP
 
     def _norm_mode(self) -> NormMode:
+        if self.layer_norm:
+            return NormMode.LAYER
         if not self.batch_norm:
             return NormMode.NONE
         return NormMode.BATCH_TRAIN if self.training else NormMode.BATCH_EVAL
@@ -167,6 +224,30 @@ class RegularizedMixin:
         for part in "xhc":
             getattr(self, f"bn_{part}_running_mean{suffix}").zero_()
             getattr(self, f"bn_{part}_running_var{suffix}").fill_(1.0)
+
+    def _add_ln(self: nn.Module, suffix: str, hidden_size: int, factory_kwargs) -> None:
+        G, H = 4 * hidden_size, hidden_size
+        for part, n in (("x", G), ("h", G), ("c", H)):
+            self.register_parameter(f"ln_{part}_weight{suffix}", nn.Parameter(torch.empty(n, **factory_kwargs)))
+            self.register_parameter(f"ln_{part}_bias{suffix}", nn.Parameter(torch.empty(n, **factory_kwargs)))
+        self._reset_ln(suffix)
+
+    @torch.no_grad()
+    def _reset_ln(self: nn.Module, suffix: str) -> None:
+        for part in "xhc":
+            getattr(self, f"ln_{part}_weight{suffix}").fill_(1.0)
+            getattr(self, f"ln_{part}_bias{suffix}").zero_()
+
+    def _ln_state(self: nn.Module, suffix: str) -> RecurrentLN:
+        g = lambda name: getattr(self, name + suffix)  # noqa: E731
+        return RecurrentLN(weight_x=g("ln_x_weight"), bias_x=g("ln_x_bias"), weight_h=g("ln_h_weight"),
+                           bias_h=g("ln_h_bias"), weight_c=g("ln_c_weight"), bias_c=g("ln_c_bias"), eps=LN_EPS)
+
+    def _norm_state(self, suffix: str, step_offset: int = 0):
+        """The recurrence's ``bn`` argument: batch norm, layer norm, or None."""
+        if self.layer_norm:
+            return self._ln_state(suffix)
+        return self._bn_state(suffix, step_offset) if self.batch_norm else None
 
     def _bn_state(self: nn.Module, suffix: str, step_offset: int = 0) -> RecurrentBN:
         g = lambda name: getattr(self, name + suffix)  # noqa: E731
@@ -200,6 +281,12 @@ class RegularizedMixin:
                 s += f", bn_momentum={self.bn_momentum}"
             if self.bn_eps != 1e-5:
                 s += f", bn_eps={self.bn_eps}"
+        if self.zoneout_active():
+            s += f", zoneout={self.zoneout}"
+        if self.layer_norm:
+            s += ", layer_norm=True"
+        if self.weight_dropout:
+            s += f", weight_dropout={self.weight_dropout}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s

@@ -2,7 +2,8 @@
 
     modules (LSTM, LSTMCell)  ->  ops (this package)  ->  backends (reference | native | cuda | triton)
 
-- :mod:`.contract`: Config, MaskMode, NormMode, RecurrentBN, the Backend protocol;
+- :mod:`.contract`: Config, MaskMode, NormMode, RecurrentBN, RecurrentLN, Zoneout, the Backend
+  protocol;
 - :mod:`.plan`: one plan per module call (torch's own module, or a backend and a dtype);
 - :mod:`.dispatch`: which backend serves a configuration (:func:`available_backends`,
   :func:`explain_config`); :mod:`.evidence`: what real GPUs have shown;
@@ -13,10 +14,10 @@
 """
 
 from .contract import (Backend, BackendError, BatchStats, Config, MaskMode, NormMode, RecurrenceResult,
-                       RecurrentBN)
+                       RecurrentBN, RecurrentLN, Zoneout)
 from .cell import lstm_cell
 from .dispatch import PREFERENCE, available_backends, check_backend_name, explain_config
-from .dropout import dropout_mask, recurrent_mask, survival_probability
+from .dropout import dropout_mask, recurrent_mask, survival_probability, zoneout_weights
 from .layer import autocast_dtype, check_recurrence_args, lstm_layer, lstm_recurrence, update_running_stats
 from .plan import Plan, exporting, plan_module, plan_op
 
@@ -31,6 +32,9 @@ __all__ = [
     "Plan",
     "RecurrenceResult",
     "RecurrentBN",
+    "RecurrentLN",
+    "Zoneout",
+    "zoneout_weights",
     "autocast_dtype",
     "available_backends",
     "check_backend_name",

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contract import Config, MaskMode, RecurrentBN
+from .contract import Config, MaskMode, Norm, Zoneout
 from .layer import autocast_dtype, lstm_layer
 from .plan import Plan, plan_op
 
@@ -51,7 +51,8 @@ def lstm_cell(
     bias_hh: Optional[Tensor] = None,
     *,
     mask: Optional[Tensor] = None,
-    bn: Optional[RecurrentBN] = None,
+    bn: Optional[Norm] = None,
+    zoneout: Optional[Zoneout] = None,
     backend: Union[str, Plan] = "auto",
 ) -> tuple[Tensor, Tensor]:
     """One LSTM step.
@@ -61,15 +62,17 @@ def lstm_cell(
         weight_ih: [G, I]; weight_hh: [G, H]; bias_ih, bias_hh: [G] or None.
         mask: [B, H] recurrent dropout mask on hx (scaled by 1 / (1 - p)), or None.
         bn: recurrent batch norm, with ``bn.step_offset`` the step index of this step
-            (selects the running-statistics slot), or None.
+            (selects the running-statistics slot), layer norm, or None.
+        zoneout: zoneout weights of hx and cx for this step, c [B, H] and h [B, H] (0/1
+            draws in training, the rates in eval), or None.
         backend: "auto", a backend name, or the Plan a module made for this call.
 
     Returns:
         hy [B, H], cy [B, H].
 
-    Without batch norm: the two projections are GEMMs, then the backend's fused pointwise
-    cell step (gates, cell update, output).  With batch norm the step is the layer op with
-    T = 1.
+    Without a norm or zoneout: the two projections are GEMMs, then the backend's fused
+    pointwise cell step (gates, cell update, output).  With batch norm, layer norm or zoneout
+    the step is the layer op with T = 1.
 
     Under torch.autocast the GEMMs run in the autocast dtype and the pointwise cell math in
     float32 (a 16-bit c would be rounded at every step); hy comes back in the autocast dtype
@@ -77,9 +80,11 @@ def lstm_cell(
     """
     dt = autocast_dtype(input)
     check_cell_args(input, hx, cx, weight_ih, weight_hh, mask, dt is not None)
-    if bn is not None:
+    if bn is not None or zoneout is not None:
+        if zoneout is not None:
+            zoneout = Zoneout(zoneout.c.unsqueeze(0), zoneout.h.unsqueeze(0))
         _, hy, cy = lstm_layer(input.unsqueeze(0), hx, cx, weight_ih, weight_hh, bias_ih,
-                               bias_hh, mask=mask, bn=bn, backend=backend)
+                               bias_hh, mask=mask, bn=bn, zoneout=zoneout, backend=backend)
         return hy, cy
     bias = None
     if bias_ih is not None:

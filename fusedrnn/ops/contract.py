@@ -9,18 +9,29 @@ and the backend's input norm, then the backend's *recurrence*:
 
     for step s = 0 .. T-1 (t = s, or the row's own reversed position when reverse):
         hh_s   = (h_{s-1} * m_s) @ W_hh^T                      [B, G]
-        pre_s  = xp_t + BN_h(hh_s)                             (BN_h only with batch norm)
+        pre_s  = xp_t + N_h(hh_s)                              (N_h: BN_h or LN_h, with a norm)
         i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of pre_s
-        c_s    = f * c_{s-1} + i * g                           [B, H]
-        h_s    = o * tanh(BN_c(c_s))                           (BN_c only with batch norm)
-        h_s    = h_s @ W_hr^T                                   (only with proj_size)
+        c~_s   = f * c_{s-1} + i * g                           [B, H]
+        h~_s   = o * tanh(N_c(c~_s))                           (N_c: BN_c or LN_c, with a norm)
+        h~_s   = h~_s @ W_hr^T                                  (only with proj_size)
+        c_s    = zc_s * c_{s-1} + (1 - zc_s) * c~_s            (zoneout; else c_s = c~_s)
+        h_s    = zh_s * h_{s-1} + (1 - zh_s) * h~_s            (zoneout; else h_s = h~_s)
         y_t    = h_s                                           [B, R]
 
 with, for variable lengths, rows whose sequence has ended (s >= lengths[b]) keeping their
 state and emitting zeros.  In the reverse direction each row runs over its own sequence
 backwards: step s reads position t = lengths[b] - 1 - s (T - 1 - s without lengths).
-Batch-norm statistics, per-step masks and running-statistics slots are indexed by the step
-s, not by the position t.
+Batch-norm statistics, per-step masks, zoneout weights and running-statistics slots are
+indexed by the step s, not by the position t.
+
+Zoneout (Krueger et al.): zc [T, B, H] and zh [T, B, R] (:class:`Zoneout`) weigh the previous
+state; in training 0/1 draws (1 with the zoneout rate: the unit keeps its previous value),
+in eval the rates themselves (the expectation).  The unit emits its own zoned-out h, and
+c~ (not the zoned-out c) goes through the output tanh.
+
+Layer norm (Ba et al., :class:`RecurrentLN`): LN_h normalises each row's G columns of
+hh_s, LN_c each row's H columns of c~_s, each with its own gain and bias; LN_x (the
+layer op's input norm) each row of x @ W_ih^T.  No batch statistics: train = eval.
 
 Batch norm (Cooijmans et al.): in training, per-step statistics over the rows active at
 that step (biased variance to normalise); in eval the running statistics of slot
@@ -37,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -74,12 +85,20 @@ class NormMode(enum.IntEnum):
     NONE = 0
     BATCH_TRAIN = 1
     BATCH_EVAL = 2
+    LAYER = 3
 
     @staticmethod
-    def of(bn: Optional["RecurrentBN"]) -> "NormMode":
+    def of(bn: Optional["Norm"]) -> "NormMode":
         if bn is None:
             return NormMode.NONE
+        if isinstance(bn, RecurrentLN):
+            return NormMode.LAYER
         return NormMode.BATCH_TRAIN if bn.training else NormMode.BATCH_EVAL
+
+    @property
+    def batch(self) -> bool:
+        """Batch norm (either mode)."""
+        return self in (NormMode.BATCH_TRAIN, NormMode.BATCH_EVAL)
 
 
 @dataclasses.dataclass
@@ -114,6 +133,34 @@ class RecurrentBN:
         """Running-statistics slot of each of T steps: min(step_offset + s, S - 1)."""
         s = torch.arange(T, device=device) + self.step_offset
         return s.clamp_(max=self.max_steps - 1)
+
+
+@dataclasses.dataclass
+class RecurrentLN:
+    """Parameters of layer norm inside the recurrence for one layer and direction (the
+    LayerNorm LSTM of Ba et al.; haste's LayerNormLSTM).  Shapes: weight_x, bias_x, weight_h,
+    bias_h [G]; weight_c, bias_c [H].  LN_x is the layer op's input norm; the recurrence uses
+    the h and c parts.  No state: training and eval compute the same."""
+
+    weight_x: Tensor
+    bias_x: Tensor
+    weight_h: Tensor
+    bias_h: Tensor
+    weight_c: Tensor
+    bias_c: Tensor
+    eps: float
+
+
+Norm = Union[RecurrentBN, RecurrentLN]  # what a recurrence's ``bn`` argument holds
+
+
+class Zoneout(NamedTuple):
+    """Zoneout weights of one layer and direction, indexed by the step s: c [T, B, H] the
+    weight of c_{s-1}, h [T, B, R] the weight of h_{s-1} (0/1 draws in training, the rates in
+    eval), in the data dtype."""
+
+    c: Tensor
+    h: Tensor
 
 
 class BatchStats(NamedTuple):
@@ -154,28 +201,32 @@ class Config:
     norm: NormMode
     requires_grad: bool
     arch: str  # the GPU's compute capability as "sm_90" (device_arch); "" elsewhere
+    zoneout: bool = False
 
     @staticmethod
     def build(device: torch.device, dtype: torch.dtype, T: int, B: int, H: int, R: int, *,
               proj: bool = False, mask: MaskMode = MaskMode.NONE, lengths: bool = False,
-              reverse: bool = False, norm: NormMode = NormMode.NONE, requires_grad: bool = False) -> "Config":
+              reverse: bool = False, norm: NormMode = NormMode.NONE, requires_grad: bool = False,
+              zoneout: bool = False) -> "Config":
         """The one constructor: the facts of a recurrence on ``device``."""
         device = torch.device(device)
         return Config(device_type=device.type, dtype=dtype, T=T, B=B, H=H, R=R, proj=bool(proj),
                       mask=MaskMode(mask), lengths=bool(lengths), reverse=bool(reverse), norm=NormMode(norm),
-                      requires_grad=bool(requires_grad), arch=device_arch(device))
+                      requires_grad=bool(requires_grad), arch=device_arch(device), zoneout=bool(zoneout))
 
     @staticmethod
     def of(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
-           lengths: Optional[Tensor], reverse: bool, bn: Optional[RecurrentBN]) -> "Config":
+           lengths: Optional[Tensor], reverse: bool, bn: Optional[Norm],
+           zoneout: Optional[Zoneout] = None) -> "Config":
         """The configuration of the recurrence op's arguments (xp [T, B, G], w_hh [G, R])."""
         T, B, G = xp.shape
-        grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (xp, h0, c0, w_hh, w_hr) + ((bn.weight_h, bn.weight_c, bn.bias_c) if bn is not None else ()))
+        params = (xp, h0, c0, w_hh, w_hr)
+        if bn is not None:
+            params += (bn.weight_h, bn.weight_c, bn.bias_c) + ((bn.bias_h,) if isinstance(bn, RecurrentLN) else ())
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
         return Config.build(xp.device, xp.dtype, T, B, G // 4, w_hh.shape[1], proj=w_hr is not None,
                             mask=MaskMode.of(mask), lengths=lengths is not None, reverse=reverse,
-                            norm=NormMode.of(bn), requires_grad=grad)
+                            norm=NormMode.of(bn), requires_grad=grad, zoneout=zoneout is not None)
 
 
 _ARCHS: dict[int, str] = {}
@@ -228,9 +279,9 @@ class Backend:
 
     def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
                    w_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor],
-                   bn: Optional[RecurrentBN]) -> RecurrenceResult:
-        """The recurrence (module docstring) on xp [T, B, G]; cfg.reverse, cfg.mask and
-        cfg.norm say the direction and the modes."""
+                   bn: Optional[Norm], zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
+        """The recurrence (module docstring) on xp [T, B, G]; cfg.reverse, cfg.mask,
+        cfg.norm and cfg.zoneout say the direction and the modes."""
         raise NotImplementedError
 
     def project(self, cfg: Config, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -292,6 +343,6 @@ def step_counts(T: int, B: int, lengths: Optional[Tensor], device) -> Tensor:
     return active_rows(T, lengths, device).sum(1)
 
 
-__all__ = ["Backend", "BackendError", "BatchStats", "Config", "MaskMode", "NormMode", "RecurrenceResult",
-           "RecurrentBN", "acc_dtype", "active_rows", "arch_capability", "device_arch", "reverse_sequences",
-           "step_counts"]
+__all__ = ["Backend", "BackendError", "BatchStats", "Config", "MaskMode", "Norm", "NormMode", "RecurrenceResult",
+           "RecurrentBN", "RecurrentLN", "Zoneout", "acc_dtype", "active_rows", "arch_capability", "device_arch",
+           "reverse_sequences", "step_counts"]

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .contract import Zoneout
+
 
 def dropout_mask(p: float, shape: Sequence[int], like: Tensor) -> Tensor:
     """A mask of ``shape`` with zeros with probability p and 1 / (1 - p) elsewhere."""
@@ -26,6 +28,22 @@ def recurrent_mask(p: float, T: int, B: int, R: int, like: Tensor, shared: bool)
     shared=False (naive): a fresh mask at every step, [T, B, R].
     """
     return dropout_mask(p, (B, R) if shared else (T, B, R), like)
+
+
+def zoneout_weights(rates: tuple[float, float], T: int, B: int, H: int, R: int, like: Tensor,
+                    training: bool) -> Zoneout:
+    """Zoneout weights of the previous state (Krueger et al.) for T steps: c [T, B, H], h [T, B, R].
+
+    Training: Bernoulli draws, 1 with probability rate (the unit keeps its previous value),
+    fresh at every step, per unit and per row (c first, then h, from torch's generator).
+    Eval: the rates themselves (the expectation), as expanded views (no memory per step).
+    """
+    zc, zh = rates
+    if training:
+        c = torch.empty((T, B, H), dtype=like.dtype, device=like.device).bernoulli_(zc)
+        h = torch.empty((T, B, R), dtype=like.dtype, device=like.device).bernoulli_(zh)
+        return Zoneout(c, h)
+    return Zoneout(like.new_full((1, 1, 1), zc).expand(T, B, H), like.new_full((1, 1, 1), zh).expand(T, B, R))
 
 
 def survival_probability(mask: Tensor, steps: int) -> float:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contract import Backend, Config, MaskMode, NormMode, RecurrentBN, step_counts
+from .contract import Backend, Config, MaskMode, Norm, NormMode, RecurrentBN, RecurrentLN, Zoneout, step_counts
 from .plan import Plan, plan_op
 
 
@@ -57,7 +57,7 @@ def update_running_stats(
 
 def check_recurrence_args(xp: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor,
                           weight_hr: Optional[Tensor], mask: Optional[Tensor],
-                          lengths: Optional[Tensor]) -> None:
+                          lengths: Optional[Tensor], zoneout: Optional[Zoneout] = None) -> None:
     """The contract's shape, dtype and device rules, checked before any backend runs, so
     that every backend refuses bad arguments the same way (ValueError naming the argument;
     TypeError for a dtype; RuntimeError for a device, as torch does)."""
@@ -89,6 +89,11 @@ def check_recurrence_args(xp: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor,
         raise ValueError(f"mask must be [B, R] = [{B}, {R}] (shared) or [T, B, R] = [{T}, {B}, {R}] "
                          f"(per step), got shape {tuple(mask.shape)}")
     tensors = [("h0", h0), ("c0", c0), ("weight_hh", weight_hh), ("weight_hr", weight_hr), ("mask", mask)]
+    if zoneout is not None:
+        if tuple(zoneout.c.shape) != (T, B, H) or tuple(zoneout.h.shape) != (T, B, R):
+            raise ValueError(f"zoneout weights must be c [T, B, H] = [{T}, {B}, {H}] and h [T, B, R] = "
+                             f"[{T}, {B}, {R}], got {tuple(zoneout.c.shape)} and {tuple(zoneout.h.shape)}")
+        tensors += [("zoneout.c", zoneout.c), ("zoneout.h", zoneout.h)]
     for name, t in tensors:
         if t is not None and t.dtype != xp.dtype:
             raise TypeError(f"{name} must have the dtype of xp ({xp.dtype}), got {t.dtype}")
@@ -137,13 +142,18 @@ def _bias(bias_ih: Optional[Tensor], bias_hh: Optional[Tensor]) -> Optional[Tens
 
 
 def input_projection(plan: Plan, cfg: Config, x: Tensor, weight_ih: Tensor, bias: Optional[Tensor],
-                     lengths: Optional[Tensor], bn: Optional[RecurrentBN]) -> Tensor:
+                     lengths: Optional[Tensor], bn: Optional[Norm]) -> Tensor:
     """xp [T, B, G] = BN_x(x @ W_ih^T) + bias for x [T, B, I], as one GEMM and the planned
     backend's input norm (statistics per step s of the recurrence, over the rows active at
     s: the row's reversed position in the reverse direction).  Under autocast the GEMM runs
     in the autocast dtype and xp comes out in the recurrence's dtype.  Updates BN_x's
-    running statistics in training."""
+    running statistics in training.  With layer norm: LN_x(x @ W_ih^T) + bias, each row
+    normalised over its G columns (one pass, no statistics kept)."""
     dt, rd = plan.autocast, plan.dtype
+    if isinstance(bn, RecurrentLN):
+        xw = plan.backend.project(cfg, x, weight_ih, None) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
+        xp = F.layer_norm(xw, (xw.shape[2],), bn.weight_x.to(xw.dtype), bn.bias_x.to(xw.dtype), bn.eps)
+        return xp if bias is None else xp + bias.to(xw.dtype)
     if bn is None:
         if dt is None:
             return plan.backend.project(cfg, x, weight_ih, bias)
@@ -159,10 +169,10 @@ def input_projection(plan: Plan, cfg: Config, x: Tensor, weight_ih: Tensor, bias
 
 def run_recurrence(backend: Backend, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor,
                    weight_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor],
-                   bn: Optional[RecurrentBN]) -> tuple[Tensor, Tensor, Tensor]:
+                   bn: Optional[Norm], zoneout: Optional[Zoneout] = None) -> tuple[Tensor, Tensor, Tensor]:
     """The backend's recurrence, then the running-statistics update of BN_h and BN_c."""
-    res = backend.recurrence(cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, bn)
-    if bn is not None and bn.training and res.stats is not None:
+    res = backend.recurrence(cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, bn, zoneout)
+    if isinstance(bn, RecurrentBN) and bn.training and res.stats is not None:
         counts = step_counts(cfg.T, cfg.B, lengths, xp.device)
         st = res.stats
         update_running_stats(bn.running_mean_h, bn.running_var_h, st.mean_h, st.var_h, counts,
@@ -182,7 +192,8 @@ def lstm_recurrence(
     mask: Optional[Tensor] = None,
     lengths: Optional[Tensor] = None,
     reverse: bool = False,
-    bn: Optional[RecurrentBN] = None,
+    bn: Optional[Norm] = None,
+    zoneout: Optional[Zoneout] = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The recurrence op (see :mod:`fusedrnn.ops.contract` for the exact semantics).
@@ -195,8 +206,10 @@ def lstm_recurrence(
             1 / (1 - p): [B, R] shared by every step, or [T, B, R] one per step.
         lengths: [B] int64 sequence lengths (variable-length batches), or None.
         reverse: run each sequence backwards (the reverse direction).
-        bn: recurrent batch-norm parameters and state, or None.  Running statistics of
-            BN_h and BN_c are updated here in training mode.
+        bn: recurrent batch-norm parameters and state (running statistics of BN_h and BN_c
+            are updated here in training mode), layer-norm parameters, or None.
+        zoneout: the zoneout weights of the previous state, c [T, B, H] and h [T, B, R]
+            (:func:`fusedrnn.ops.zoneout_weights`), or None.
         backend: "auto" or a backend name.
 
     Returns:
@@ -204,9 +217,10 @@ def lstm_recurrence(
     """
     if lengths is not None and isinstance(lengths, Tensor) and lengths.device != xp.device:
         lengths = lengths.to(xp.device)
-    check_recurrence_args(xp, h0, c0, weight_hh, weight_hr, mask, lengths)
-    cfg = Config.of(xp, h0, c0, weight_hh, weight_hr, mask, lengths, reverse, bn)
-    return run_recurrence(plan_op(backend, cfg).backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, bn)
+    check_recurrence_args(xp, h0, c0, weight_hh, weight_hr, mask, lengths, zoneout)
+    cfg = Config.of(xp, h0, c0, weight_hh, weight_hr, mask, lengths, reverse, bn, zoneout)
+    return run_recurrence(plan_op(backend, cfg).backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, bn,
+                          zoneout)
 
 
 def lstm_layer(
@@ -222,7 +236,8 @@ def lstm_layer(
     mask: Optional[Tensor] = None,
     lengths: Optional[Tensor] = None,
     reverse: bool = False,
-    bn: Optional[RecurrentBN] = None,
+    bn: Optional[Norm] = None,
+    zoneout: Optional[Zoneout] = None,
     backend: Union[str, Plan] = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer in one direction over a whole sequence.
@@ -232,7 +247,8 @@ def lstm_layer(
         h0: [B, R]; c0: [B, H].
         weight_ih: [G, I]; weight_hh: [G, R]; bias_ih, bias_hh: [G] or None;
         weight_hr: [P, H] or None.
-        mask, lengths, reverse, bn: as :func:`lstm_recurrence`.
+        mask, lengths, reverse, bn, zoneout: as :func:`lstm_recurrence` (with layer norm,
+            LN_x normalises the input projection).
         backend: "auto", a backend name, or the :class:`~fusedrnn.ops.plan.Plan` a module
             made for this call (no second decision).
 
@@ -256,21 +272,23 @@ def lstm_layer(
     T, B = x.shape[0], x.shape[1]
     H, R = weight_hh.shape[0] // 4, weight_hh.shape[1]
     cfg = Config.build(x.device, dt or x.dtype, T, B, H, R, proj=weight_hr is not None, mask=MaskMode.of(mask),
-                       lengths=lengths is not None, reverse=reverse, norm=NormMode.of(bn))
+                       lengths=lengths is not None, reverse=reverse, norm=NormMode.of(bn), zoneout=zoneout is not None)
     plan = backend if isinstance(backend, Plan) else plan_op(backend, cfg, autocast=dt)
     bias = _bias(bias_ih, bias_hh)
     if plan.autocast is None:
         xp = input_projection(plan, cfg, x, weight_ih, bias, lengths, bn)
         args = (xp, h0, c0, weight_hh, weight_hr, mask, lengths)
-        check_recurrence_args(*args)
-        return run_recurrence(plan.backend, Config.of(*args, reverse, bn), *args, bn)
+        check_recurrence_args(*args, zoneout)
+        return run_recurrence(plan.backend, Config.of(*args, reverse, bn, zoneout), *args, bn, zoneout)
     rd = plan.dtype
     with torch.autocast(x.device.type, enabled=False):
-        if bn is not None:
-            bn = dataclasses.replace(bn, weight_x=bn.weight_x.to(rd), weight_h=bn.weight_h.to(rd),
-                                     weight_c=bn.weight_c.to(rd), bias_c=bn.bias_c.to(rd))
+        if bn is not None:  # every parameter of the norm in the recurrence's dtype
+            bn = dataclasses.replace(bn, **{f.name: getattr(bn, f.name).to(rd) for f in dataclasses.fields(bn)
+                                            if f.name.startswith(("weight_", "bias_"))})
+        if zoneout is not None:
+            zoneout = Zoneout(zoneout.c.to(rd), zoneout.h.to(rd))
         xp = input_projection(plan, dataclasses.replace(cfg, dtype=rd), x, weight_ih, bias, lengths, bn)
         args = (xp, h0.to(rd), c0.to(rd), weight_hh.to(rd), _cast(weight_hr, rd), _cast(mask, rd), lengths)
-        check_recurrence_args(*args)
-        y, h_n, c_n = run_recurrence(plan.backend, Config.of(*args, reverse, bn), *args, bn)
+        check_recurrence_args(*args, zoneout)
+        y, h_n, c_n = run_recurrence(plan.backend, Config.of(*args, reverse, bn, zoneout), *args, bn, zoneout)
     return y.to(dt), h_n.to(dt), c_n.to(torch.float32)

@@ -62,28 +62,28 @@ def plan_op(name: str, cfg: Config, op: str = "recurrence", autocast: Optional[t
 
 def plan_module(kind: str, op: str, name: str, device: torch.device, dtype: torch.dtype,
                 autocast: Optional[torch.dtype], regularized: bool, training: bool, requires_grad: bool, B: int,
-                H: int, R: int, proj: bool, mask: int, norm: int, lengths: bool) -> Plan:
+                H: int, R: int, proj: bool, mask: int, norm: int, lengths: bool, zoneout: bool = False) -> Plan:
     """The plan of one fusedrnn.LSTM (kind "lstm") or LSTMCell ("cell") call, from plain
     facts (every module call pays this: one dict lookup when the configuration was seen).
     op: the fused op it runs ("recurrence", or "cell" for a cell step without batch norm);
     ``regularized``: an option torch's module lacks is active in this call; B, H, R, proj,
-    mask, norm, lengths: its first layer's recurrence (MaskMode / NormMode values)."""
+    mask, norm, lengths, zoneout: its first layer's recurrence (MaskMode / NormMode values)."""
     if exporting():
         cfg = Config.build(device, autocast or dtype, 0, B, H, R, proj=proj, mask=mask, lengths=lengths,
-                           norm=norm, requires_grad=requires_grad)
+                           norm=norm, requires_grad=requires_grad, zoneout=zoneout)
         return export_plan(kind, name, cfg, op, autocast, regularized)
     if torch.compiler.is_compiling():
         cfg = Config.build(device, autocast or dtype, 0, B, H, R, proj=proj, mask=mask, lengths=lengths,
-                           norm=norm, requires_grad=requires_grad)
+                           norm=norm, requires_grad=requires_grad, zoneout=zoneout)
         if _compiled_rule(kind, name, device.type, cfg.dtype, True if (regularized or autocast) else False):
             return ATEN
         return plan_op(name, cfg, op, autocast)
     key = (kind, op, name, os.environ.get("FUSEDRNN_BACKEND"), device, dtype, autocast, regularized, training,
-           requires_grad, B, H, R, proj, mask, norm, lengths)
+           requires_grad, B, H, R, proj, mask, norm, lengths, zoneout)
     plan = _PLANS.get(key)
     if plan is None:
         cfg = Config.build(device, autocast or dtype, 0, B, H, R, proj=proj, mask=mask, lengths=lengths,
-                           norm=norm, requires_grad=requires_grad)
+                           norm=norm, requires_grad=requires_grad, zoneout=zoneout)
         aten = module_rule(kind, name, cfg.device_type, cfg.dtype, bool(regularized or autocast), training,
                            requires_grad, B, H, cfg.arch)[0]
         if aten:

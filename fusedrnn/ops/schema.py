@@ -4,7 +4,7 @@ Both ``fusedrnn::lstm_layer_forward`` / ``_backward`` (C++, csrc/module.cpp) and
 ``fusedrnn_triton::lstm_layer_forward`` / ``_backward`` take the same arguments, in this
 order, with these encodings:
 
-    forward(xp, h0, c0, *PARAMS, save_workspace)
+    forward(xp, h0, c0, *PARAMS, save_workspace)      (zoneout_c [T, B, H], zoneout_h [T, B, R])
         -> (y, h_n, c_n, h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc)
     backward(grad_y, grad_h_n, grad_c_n, *PARAMS, h_stats, c_stats, ws_h, ws_act, ws_c,
              ws_hh_hat, ws_hc)
@@ -24,11 +24,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .contract import BatchStats, Config, RecurrenceResult, RecurrentBN, acc_dtype
+from .contract import BatchStats, Config, NormMode, RecurrenceResult, RecurrentBN, Zoneout, acc_dtype
 
 PARAMS = ("w_hh", "w_hr", "mask", "mask_mode", "lengths", "reverse", "norm_mode", "bn_h_weight", "bn_c_weight",
           "bn_c_bias", "bn_h_running_mean", "bn_h_running_var", "bn_c_running_mean", "bn_c_running_var",
-          "bn_step_offset", "bn_eps")
+          "bn_step_offset", "bn_eps", "zoneout_c", "zoneout_h")
 FORWARD_OUTPUTS = ("y", "h_n", "c_n", "h_stats", "c_stats", "ws_h", "ws_act", "ws_c", "ws_hh_hat", "ws_hc")
 # the parameters that have a gradient, and its position among the backward's outputs
 _PARAM_GRADS = {"w_hh": 3, "w_hr": 4, "bn_h_weight": 5, "bn_c_weight": 6, "bn_c_bias": 7}
@@ -41,24 +41,30 @@ def named(params: tuple) -> dict:
 
 
 def layer_params(cfg: Config, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
-                 lengths: Optional[Tensor], bn: Optional[RecurrentBN]) -> tuple:
-    """The PARAMS of a recurrence, in order.  Eval-mode running statistics in the data dtype."""
-    if bn is None:
+                 lengths: Optional[Tensor], bn: Optional[RecurrentBN], zoneout: Optional[Zoneout] = None) -> tuple:
+    """The PARAMS of a recurrence, in order.  Eval-mode running statistics in the data dtype.
+    Layer norm (norm_mode 3) passes its LN_h gain, LN_c gain and LN_c bias in the batch-norm
+    slots; LN_h's bias is a constant of every step, which the backend adds to xp."""
+    zo = (None, None) if zoneout is None else (zoneout.c, zoneout.h)
+    if cfg.norm == NormMode.LAYER:
+        norm = (bn.weight_h, bn.weight_c, bn.bias_c) + (None,) * 4 + (0, float(bn.eps))
+    elif bn is None:
         norm = (None,) * 7 + (0, 1e-5)
     else:
         run = (None,) * 4 if bn.training else tuple(
             t.to(cfg.dtype) for t in (bn.running_mean_h, bn.running_var_h, bn.running_mean_c, bn.running_var_c))
         norm = (bn.weight_h, bn.weight_c, bn.bias_c) + run + (int(bn.step_offset), float(bn.eps))
-    return (w_hh, w_hr, mask, int(cfg.mask), lengths, bool(cfg.reverse), int(cfg.norm)) + norm
+    return (w_hh, w_hr, mask, int(cfg.mask), lengths, bool(cfg.reverse), int(cfg.norm)) + norm + zo
 
 
 def run_layer_forward(op, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-                      mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[RecurrentBN]) -> RecurrenceResult:
+                      mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[RecurrentBN],
+                      zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
     """Call a layer forward op of any family on the contract's arguments; the contract's result."""
-    y, h_n, c_n, h_stats, c_stats, *_ = op(xp, h0, c0, *layer_params(cfg, w_hh, w_hr, mask, lengths, bn),
+    y, h_n, c_n, h_stats, c_stats, *_ = op(xp, h0, c0, *layer_params(cfg, w_hh, w_hr, mask, lengths, bn, zoneout),
                                            cfg.requires_grad)
     stats = None
-    if bn is not None and bn.training:
+    if isinstance(bn, RecurrentBN) and bn.training:
         stats = BatchStats(h_stats[:, 0], h_stats[:, 1], c_stats[:, 0], c_stats[:, 1])
     return RecurrenceResult(y, h_n, c_n, stats)
 
@@ -129,12 +135,14 @@ def fake_forward(xp: Tensor, params: tuple, workspace) -> tuple:
     H, R = G // 4, a["w_hh"].shape[1]
     acc = acc_dtype(xp.dtype)
     norm = a["norm_mode"]
-    n = T if norm == 1 else 0
+    n = T if norm in (NormMode.BATCH_TRAIN, NormMode.LAYER) else 0
+    layer = norm == NormMode.LAYER  # per-row statistics [T, 2, B] instead of per column
 
     def new(*shape, acc_type=True):
         return xp.new_empty(shape, dtype=acc if acc_type else xp.dtype)
 
-    return (xp.new_empty(T, B, R), xp.new_empty(B, R), xp.new_empty(B, H), new(n, 2, G), new(n, 2, H)) + tuple(
+    return (xp.new_empty(T, B, R), xp.new_empty(B, R), xp.new_empty(B, H), new(n, 2, B if layer else G),
+            new(n, 2, B if layer else H)) + tuple(
         workspace(new, T, B, H, R, a["save_workspace"], norm, a["w_hr"] is not None))
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ...ops.contract import Backend, Config
+from ...ops.contract import Backend, Config, RecurrentLN
 
 try:  # the compiled library; absent when the package was not built
     from ... import _C  # noqa: F401  (loading it registers the ops)
@@ -81,8 +81,10 @@ class CompiledBackend(Backend):
             return f"the {self.name} layer recurrence kernel is not built"
         return None
 
-    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn):
-        return layer.forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)
+    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout=None):
+        if isinstance(bn, RecurrentLN):  # LN_h's bias enters every step's pre-activation: fold it into xp
+            xp = xp + bn.bias_h.to(xp.dtype)
+        return layer.forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
 
     def input_norm(self, cfg, xw, bias, lengths, bn, slots):
         return batch_norm.input_norm(cfg, xw, bias, lengths, bn, slots)

@@ -28,7 +28,7 @@ torch.library.register_fake(FORWARD)(lambda xp, h0, c0, *params: schema.fake_for
 schema.register_layer_autograd(FORWARD, BACKWARD)
 
 
-def forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn):
+def forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout=None):
     """The contract's recurrence on fusedrnn::lstm_layer_forward (the kernel of xp's device)."""
     return schema.run_layer_forward(torch.ops.fusedrnn.lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask,
-                                    lengths, bn)
+                                    lengths, bn, zoneout)

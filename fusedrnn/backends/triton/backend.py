@@ -19,14 +19,15 @@ from .ops import lstm_layer_forward
 SERVED = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def recurrence(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn, design: Optional[str] = None) -> RecurrenceResult:
+def recurrence(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn, design: Optional[str] = None,
+               zoneout=None) -> RecurrenceResult:
     """The contract's recurrence on the Triton kernels (tests and benchmarks call it with a
     design; the backend uses the current one)."""
-    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn)
+    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn, zoneout)
     if design is None:
-        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
     with host.forced_design(design):
-        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
 
 
 class TritonBackend(Backend):
@@ -57,13 +58,16 @@ class TritonBackend(Backend):
             where = "under the Triton interpreter" if INTERPRET else "on CUDA"
             names = ", ".join(str(d).replace("torch.", "") for d in served)
             return f"the triton kernels take {names} {where}, got {str(cfg.dtype).replace('torch.', '')}"
+        if cfg.norm == NormMode.LAYER or cfg.zoneout:
+            return (f"the triton kernels have no {'layer norm' if cfg.norm == NormMode.LAYER else 'zoneout'} yet "
+                    "(the reference backend runs it)")
         if cfg.norm != NormMode.NONE and cfg.B > C.MAX_BN_ROWS:
             return (f"recurrent batch norm keeps all B rows in one program for its per-step "
                     f"statistics; B={cfg.B} > {C.MAX_BN_ROWS}")
         return None
 
-    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn) -> RecurrenceResult:
-        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn)
+    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout=None) -> RecurrenceResult:
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
 
     def input_norm(self, cfg, xw, bias, lengths, bn, slots):
         return REFERENCE.input_norm(cfg, xw, bias, lengths, bn, slots)

@@ -60,6 +60,14 @@ def current_design() -> str:
     return d
 
 
+def refuse_zoneout(zoneout_c: Optional[Tensor]) -> None:
+    """The Triton kernels take the schema's zoneout arguments but do not implement zoneout yet
+    (TritonBackend.unsupported_reason keeps auto away from them)."""
+    if zoneout_c is not None:
+        raise NotImplementedError("fusedrnn: the triton layer kernels do not implement zoneout yet; "
+                                  "use backend='native' (CPU) or 'reference'")
+
+
 def device_guard(t: Tensor):
     """A context that makes t's device current: Triton launches on the current device, which
     need not be the tensors' (inputs on cuda:1 while cuda:0 is current)."""

@@ -1,0 +1,469 @@
+"""Zoneout, the LayerNorm LSTM and weight dropout (DropConnect on W_hh), against the
+independent oracle of tests/direct.py in float64, on every backend that serves them, and at
+module level: the default construction, the same masks for the same seed on every backend,
+eval semantics, LSTMCell's held masks, state_dict compatibility, convert / patch / explain.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import fusedrnn
+from fusedrnn import ops
+from direct import direct_layer
+from helpers import assert_close, grads
+
+T, B, I, H = 6, 4, 3, 5
+DT = torch.float64
+TRITON = ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None
+BACKENDS = fusedrnn.available_backends("cpu")  # native (when built) and reference
+ZONEOUT_BACKENDS = [b for b in BACKENDS if b in ("native", "reference")]
+
+
+def _weights(R=H, proj=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: (torch.rand(*s, generator=g, dtype=DT) - 0.5).requires_grad_()  # noqa: E731
+    w = dict(w_ih=r(4 * H, I), w_hh=r(4 * H, R), b_ih=r(4 * H), b_hh=r(4 * H))
+    w["w_hr"] = r(R, H) if proj else None
+    return w
+
+
+def _ln_params(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda n, c: (c + 0.3 * torch.randn(n, generator=g, dtype=DT)).requires_grad_()  # noqa: E731
+    return dict(wx=r(4 * H, 1), bx=r(4 * H, 0), wh=r(4 * H, 1), bh=r(4 * H, 0), wc=r(H, 1), bc=r(H, 0), eps=1e-5)
+
+
+def _recurrent_ln(p):
+    return ops.RecurrentLN(weight_x=p["wx"], bias_x=p["bx"], weight_h=p["wh"], bias_h=p["bh"], weight_c=p["wc"],
+                           bias_c=p["bc"], eps=p["eps"])
+
+
+def _zoneout(R, rates=(0.4, 0.3), seed=5, training=True):
+    g = torch.Generator().manual_seed(seed)
+    if not training:
+        return torch.full((T, B, H), rates[0], dtype=DT), torch.full((T, B, R), rates[1], dtype=DT)
+    return ((torch.rand(T, B, H, generator=g, dtype=DT) < rates[0]).to(DT),
+            (torch.rand(T, B, R, generator=g, dtype=DT) < rates[1]).to(DT))
+
+
+CASES = {
+    "zoneout": dict(zoneout=True),
+    "zoneout-eval": dict(zoneout="eval"),
+    "zoneout-proj": dict(zoneout=True, proj=True),
+    "zoneout-reverse-lengths": dict(zoneout=True, reverse=True, lengths=True),
+    "zoneout-var-mask": dict(zoneout=True, mask="shared"),
+    "zoneout-step-mask-proj-lengths": dict(zoneout=True, mask="per_step", proj=True, lengths=True),
+    "zoneout-bn": dict(zoneout=True, bn=True),
+    "zoneout-bn-lengths-reverse": dict(zoneout=True, bn=True, lengths=True, reverse=True),
+    "ln": dict(ln=True),
+    "ln-proj-reverse": dict(ln=True, proj=True, reverse=True),
+    "ln-zoneout-mask-lengths": dict(ln=True, zoneout=True, mask="per_step", lengths=True),
+}
+
+
+def _bn_dict(seed=7):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda n: (0.1 + 0.5 * torch.rand(n, generator=g, dtype=DT)).requires_grad_()  # noqa: E731
+    return dict(gamma_x=r(4 * H), gamma_h=r(4 * H), gamma_c=r(H), beta_c=(0.1 * torch.randn(H, generator=g,
+                dtype=DT)).requires_grad_(), rm_x=torch.zeros(T, 4 * H, dtype=DT), rv_x=torch.ones(T, 4 * H, dtype=DT),
+                rm_h=torch.zeros(T, 4 * H, dtype=DT), rv_h=torch.ones(T, 4 * H, dtype=DT),
+                rm_c=torch.zeros(T, H, dtype=DT), rv_c=torch.ones(T, H, dtype=DT), training=True, momentum=0.1,
+                eps=1e-5)
+
+
+def _recurrent_bn(d):
+    return ops.RecurrentBN(weight_x=d["gamma_x"], weight_h=d["gamma_h"], weight_c=d["gamma_c"], bias_c=d["beta_c"],
+                           running_mean_x=d["rm_x"].clone(), running_var_x=d["rv_x"].clone(),
+                           running_mean_h=d["rm_h"].clone(), running_var_h=d["rv_h"].clone(),
+                           running_mean_c=d["rm_c"].clone(), running_var_c=d["rv_c"].clone(), training=True,
+                           momentum=0.1, eps=1e-5)
+
+
+def _run_case(backend, case):
+    proj = case.get("proj", False)
+    R = 3 if proj else H
+    w = _weights(R, proj)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(T, B, I, generator=g, dtype=DT, requires_grad=True)
+    h0 = (0.5 * torch.randn(B, R, generator=g, dtype=DT)).requires_grad_()
+    c0 = (0.5 * torch.randn(B, H, generator=g, dtype=DT)).requires_grad_()
+    lengths = torch.tensor([T, 3, 1, 5]) if case.get("lengths") else None
+    mask = None
+    if case.get("mask"):
+        shape = (B, R) if case["mask"] == "shared" else (T, B, R)
+        mask = (torch.rand(*shape, generator=g, dtype=DT) > 0.3).to(DT) / 0.7
+    zo = _zoneout(R, training=case["zoneout"] is True) if case.get("zoneout") else None
+    ln = _ln_params() if case.get("ln") else None
+    bnd = _bn_dict() if case.get("bn") else None
+    reverse = case.get("reverse", False)
+    leaves = [x, h0, c0] + [t for t in w.values() if t is not None]
+    leaves += [t for t in (ln or {}).values() if isinstance(t, torch.Tensor)]
+    leaves += [bnd[k] for k in ("gamma_x", "gamma_h", "gamma_c", "beta_c")] if bnd else []
+    norm = _recurrent_ln(ln) if ln else (_recurrent_bn(bnd) if bnd else None)
+    out = ops.lstm_layer(x, h0, c0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], w["w_hr"], mask=mask, lengths=lengths,
+                         reverse=reverse, bn=norm, zoneout=None if zo is None else ops.Zoneout(*zo), backend=backend)
+    ref = direct_layer(x, h0, c0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], w["w_hr"], mask=mask, lengths=lengths,
+                       reverse=reverse, bn=bnd, zoneout=zo, ln=ln)
+    return out, ref, leaves
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("backend", ZONEOUT_BACKENDS)
+def test_layer_matches_direct_oracle(backend, case):
+    """Outputs, final state and every gradient (through y, h_n and c_n) against the direct
+    row-by-row oracle in float64, with explicit zoneout weights and LN parameters."""
+    out, ref, leaves = _run_case(backend, CASES[case])
+    for a, b, name in zip(out, ref, ("y", "h_n", "c_n")):
+        assert_close(a, b, msg=f"{backend} {case} {name}")
+    g = torch.Generator().manual_seed(2)
+    wts = [torch.randn(t.shape, generator=g, dtype=DT) for t in out]
+    ga = grads(sum((t * w).sum() for t, w in zip(out, wts)), leaves)
+    gb = grads(sum((t * w).sum() for t, w in zip(ref, wts)), leaves)
+    for k, (a, b) in enumerate(zip(ga, gb)):
+        assert_close(a, b, msg=f"{backend} {case} grad {k}")
+
+
+def test_zoneout_changes_the_result():
+    """The oracle comparison is not vacuous: zoneout weights of 1 keep the initial state."""
+    R = H
+    w = _weights()
+    x = torch.randn(T, B, I, dtype=DT)
+    h0, c0 = torch.randn(B, R, dtype=DT), torch.randn(B, H, dtype=DT)
+    ones = ops.Zoneout(torch.ones(T, B, H, dtype=DT), torch.ones(T, B, R, dtype=DT))
+    for backend in ZONEOUT_BACKENDS:
+        y, h_n, c_n = ops.lstm_layer(x, h0, c0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], zoneout=ones,
+                                     backend=backend)
+        assert_close(h_n, h0, msg=backend)
+        assert_close(c_n, c0, msg=backend)
+        assert_close(y, h0.expand(T, B, R), msg=backend)
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="fusedrnn._C not built")
+@pytest.mark.parametrize("what", ["zoneout-train", "zoneout-eval", "ln", "ln-zoneout-proj"])
+def test_native_op_gradcheck_and_opcheck(what):
+    """gradcheck of the native layer op with zoneout (train weights, eval rates) and layer
+    norm (every LN parameter), and opcheck of its schema with those arguments."""
+    from fusedrnn.ops import schema
+
+    Ts, Bs, Hs = 3, 2, 2
+    proj = what.endswith("proj")
+    R = 1 if proj else Hs
+    rg = lambda *s: torch.randn(*s, dtype=DT, requires_grad=True)  # noqa: E731
+    xp, h0, c0, w_hh = rg(Ts, Bs, 4 * Hs), rg(Bs, R), rg(Bs, Hs), rg(4 * Hs, R)
+    w_hr = rg(R, Hs) if proj else None
+    zo = None
+    if what.startswith("zoneout-train") or what == "ln-zoneout-proj":
+        zo = ops.Zoneout((torch.rand(Ts, Bs, Hs) < 0.5).to(DT), (torch.rand(Ts, Bs, R) < 0.5).to(DT))
+    elif what == "zoneout-eval":
+        zo = ops.Zoneout(torch.full((1, 1, 1), 0.3, dtype=DT).expand(Ts, Bs, Hs),
+                         torch.full((1, 1, 1), 0.2, dtype=DT).expand(Ts, Bs, R))
+    ln_params = [rg(4 * Hs), rg(4 * Hs), rg(Hs), rg(Hs)] if what.startswith("ln") else []
+
+    def f(xp, h0, c0, w_hh, *rest):
+        w_hr = rest[0] if proj else None
+        ln = None
+        if ln_params:
+            wh, bh, wc, bc = rest[-4:]
+            ln = ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=wh, bias_h=bh, weight_c=wc, bias_c=bc, eps=1e-5)
+        return ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, bn=ln, zoneout=zo, backend="native")
+
+    inputs = (xp, h0, c0, w_hh) + ((w_hr,) if proj else ()) + tuple(ln_params)
+    assert torch.autograd.gradcheck(f, inputs)
+    ln = (ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=ln_params[0], bias_h=ln_params[1],
+                          weight_c=ln_params[2], bias_c=ln_params[3], eps=1e-5) if ln_params else None)
+    cfg = ops.Config.of(xp, h0, c0, w_hh, w_hr, None, None, False, ln, zo)
+    args = (xp, h0, c0, *schema.layer_params(cfg, w_hh, w_hr, None, None, ln, zo), True)
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_forward.default, args)
+
+
+@settings(max_examples=25, deadline=None)
+@given(T_=st.integers(1, 5), B_=st.integers(1, 4), H_=st.integers(1, 4), proj=st.booleans(),
+       reverse=st.booleans(), lengths=st.booleans(), mask=st.sampled_from([None, "shared", "per_step"]),
+       rates=st.tuples(st.floats(0, 0.9), st.floats(0, 0.9)), training=st.booleans(), ln=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fuzz_native_matches_reference(T_, B_, H_, proj, reverse, lengths, mask, rates, training, ln, seed):
+    """Random shapes and options (zoneout, layer norm, masks, lengths, projection): the native
+    kernel against the reference backend (float64, outputs and gradients)."""
+    if "native" not in BACKENDS:
+        pytest.skip("fusedrnn._C not built")
+    g = torch.Generator().manual_seed(seed)
+    R = max(1, H_ - 1) if proj else H_
+    rn = lambda *s: torch.randn(*s, generator=g, dtype=DT)  # noqa: E731
+    xp, h0, c0, w_hh = rn(T_, B_, 4 * H_), rn(B_, R), rn(B_, H_), 0.5 * rn(4 * H_, R)
+    w_hr = 0.5 * rn(R, H_) if proj else None
+    lens = torch.randint(0, T_ + 1, (B_,), generator=g) if lengths else None
+    m = None
+    if mask:
+        m = (torch.rand(*((B_, R) if mask == "shared" else (T_, B_, R)), generator=g, dtype=DT) > 0.3).to(DT) / 0.7
+    if training:
+        zo = ops.Zoneout((torch.rand(T_, B_, H_, generator=g) < rates[0]).to(DT),
+                         (torch.rand(T_, B_, R, generator=g) < rates[1]).to(DT))
+    else:
+        zo = ops.zoneout_weights(rates, T_, B_, H_, R, xp, False)
+    lnp = (1 + 0.3 * rn(4 * H_), 0.3 * rn(4 * H_), 1 + 0.3 * rn(H_), 0.3 * rn(H_)) if ln else ()
+    leaves = [t.requires_grad_() for t in (xp, h0, c0, w_hh) + ((w_hr,) if proj else ()) + lnp]
+    norm = (ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=lnp[0], bias_h=lnp[1], weight_c=lnp[2],
+                            bias_c=lnp[3], eps=1e-5) if ln else None)
+    outs = {}
+    for backend in ("native", "reference"):
+        out = ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, mask=m, lengths=lens, reverse=reverse, bn=norm,
+                                  zoneout=zo, backend=backend)
+        loss = sum((t * (k + 1.5)).sum() for k, t in enumerate(out))
+        outs[backend] = list(out) + list(grads(loss, leaves))
+    for a, b in zip(outs["native"], outs["reference"]):
+        assert_close(a, b, msg="native vs reference")
+
+
+# ---- modules ------------------------------------------------------------------------------------
+
+
+MODULE_OPTIONS = {
+    "zoneout": dict(zoneout=0.3),
+    "zoneout-pair-var": dict(zoneout=(0.2, 0.5), recurrent_dropout=0.25, variational=True),
+    "zoneout-bn": dict(zoneout=0.2, batch_norm=True, bn_max_steps=T),
+    "layer_norm": dict(layer_norm=True),
+    "layer_norm-zoneout-wd": dict(layer_norm=True, zoneout=0.15, weight_dropout=0.3),
+    "weight_dropout": dict(weight_dropout=0.4),
+    "weight_dropout-rd": dict(weight_dropout=0.3, recurrent_dropout=0.2),
+}
+
+
+def _module_results(options, backend=None, *, training=True, bidirectional=True, proj_size=0, seed=0):
+    torch.manual_seed(seed)
+    kw = {} if backend is None else dict(backend=backend)
+    m = fusedrnn.LSTM(I, H, num_layers=2, bidirectional=bidirectional, proj_size=proj_size, dropout=0.2,
+                      dtype=DT, **options, **kw)
+    m.train(training)
+    torch.manual_seed(seed + 1)
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    torch.manual_seed(seed + 2)  # the masks
+    y, (h, c) = m(x)
+    loss = y.pow(2).sum() + (h * 0.7).sum() + (c * 1.3).sum()
+    params = [p for _, p in sorted(m.named_parameters())]
+    return [y, h, c] + list(grads(loss, [x] + params))
+
+
+@pytest.mark.parametrize("name", list(MODULE_OPTIONS))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_same_seed_same_result_on_every_backend(name, training):
+    """The default construction (no backend=) and every backend that serves the options give
+    the same outputs and gradients for the same seed: the masks are drawn once, in Python, in
+    one order."""
+    options = MODULE_OPTIONS[name]
+    base = _module_results(options, "reference", training=training)
+    for backend in [None] + [b for b in BACKENDS if b != "reference"]:
+        res = _module_results(options, backend, training=training)
+        for k, (a, b) in enumerate(zip(res, base)):
+            assert_close(a, b, msg=f"{name} {backend or 'default'} {k}")
+
+
+def test_module_zoneout_against_oracle_with_the_modules_draws():
+    """One layer, the default construction: training-mode zoneout is Bernoulli(rate) weights
+    drawn fresh at every step (c [T, B, H] then h [T, B, R]), and eval mode is the expectation."""
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(I, H, zoneout=(0.3, 0.6), dtype=DT)
+    x = torch.randn(T, B, I, dtype=DT)
+    args = (x, torch.zeros(B, H, dtype=DT), torch.zeros(B, H, dtype=DT), m.weight_ih_l0, m.weight_hh_l0,
+            m.bias_ih_l0, m.bias_hh_l0)
+    torch.manual_seed(1)
+    y, (h, c) = m(x)
+    torch.manual_seed(1)
+    zc = torch.empty(T, B, H, dtype=DT).bernoulli_(0.3)
+    zh = torch.empty(T, B, H, dtype=DT).bernoulli_(0.6)
+    ref = direct_layer(*args, zoneout=(zc, zh))
+    assert_close(y, ref[0], msg="train y")
+    assert_close(c[0], ref[2], msg="train c_n")
+    m.eval()
+    y, (h, c) = m(x)
+    ref = direct_layer(*args, zoneout=(torch.full((T, B, H), 0.3, dtype=DT), torch.full((T, B, H), 0.6, dtype=DT)))
+    assert_close(y, ref[0], msg="eval y")
+    assert_close(c[0], ref[2], msg="eval c_n")
+
+
+def test_weight_dropout_semantics():
+    """One mask over W_hh's elements per forward (scaled by 1 / (1 - p)), shared by every
+    step and row, training only; the parameter stays unmasked; eval is nn.LSTM exactly."""
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(I, H, weight_dropout=0.5, dtype=DT)
+    w_before = m.weight_hh_l0.detach().clone()
+    x = torch.randn(T, B, I, dtype=DT)
+    torch.manual_seed(3)
+    y, _ = m(x)
+    torch.manual_seed(3)
+    wm = torch.empty(4 * H, H, dtype=DT).bernoulli_(0.5).div_(0.5)
+    zeros = torch.zeros(B, H, dtype=DT)
+    ref = direct_layer(x, zeros, zeros, m.weight_ih_l0, m.weight_hh_l0 * wm, m.bias_ih_l0, m.bias_hh_l0)
+    assert_close(y, ref[0], msg="train")
+    assert torch.equal(m.weight_hh_l0.detach(), w_before)
+    y2, _ = m(x)  # a new call, a new mask
+    assert not torch.allclose(y, y2)
+    torch.manual_seed(0)
+    plain = nn.LSTM(I, H, dtype=DT)
+    m.eval()
+    plain.eval()
+    assert_close(m(x)[0], plain(x)[0], msg="eval")
+
+
+def test_weight_dropout_keeps_nn_lstm_checkpoints():
+    """state_dict keys and values are nn.LSTM's both ways (weight dropout adds no parameter)."""
+    src = nn.LSTM(I, H, num_layers=2)
+    m = fusedrnn.LSTM(I, H, num_layers=2, weight_dropout=0.3, zoneout=0.1)
+    m.load_state_dict(src.state_dict())
+    assert list(m.state_dict()) == list(src.state_dict())
+    back = nn.LSTM(I, H, num_layers=2)
+    back.load_state_dict(m.state_dict())
+
+
+def test_layer_norm_parameters_and_train_eval_agree():
+    m = fusedrnn.LSTM(I, H, num_layers=2, bidirectional=True, layer_norm=True, dtype=DT)
+    names = {n for n, _ in m.named_parameters() if n.startswith("ln_")}
+    assert {"ln_x_weight_l0", "ln_h_bias_l1_reverse", "ln_c_weight_l1", "ln_c_bias_l0_reverse"} <= names
+    assert len(names) == 6 * 4
+    assert all(torch.all(p == 1) for n, p in m.named_parameters() if n.startswith("ln_") and "weight" in n)
+    assert all(torch.all(p == 0) for n, p in m.named_parameters() if n.startswith("ln_") and "bias" in n)
+    x = torch.randn(T, B, I, dtype=DT)
+    y_train, _ = m(x)
+    m.eval()
+    y_eval, _ = m(x)
+    assert_close(y_train, y_eval, msg="layer norm has no batch statistics")
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="layer_norm=True and batch_norm=True"):
+        fusedrnn.LSTM(I, H, layer_norm=True, batch_norm=True)
+    with pytest.raises(ValueError, match="zoneout"):
+        fusedrnn.LSTM(I, H, zoneout=1.0)
+    with pytest.raises(ValueError, match="zoneout"):
+        fusedrnn.LSTM(I, H, zoneout=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match="weight_dropout"):
+        fusedrnn.LSTMCell(I, H, weight_dropout=-0.1)
+    with pytest.raises(TypeError, match="layer_norm"):
+        fusedrnn.LSTM(I, H, layer_norm=1)
+    with pytest.raises(ValueError, match="layer_norm=True and batch_norm=True"):
+        fusedrnn.patch(layer_norm=True, batch_norm=True)
+
+
+def test_explicit_backends_that_lack_an_option_refuse_it():
+    x = torch.randn(T, B, I)
+    if TRITON:
+        with pytest.raises(ops.BackendError, match="zoneout"):
+            fusedrnn.LSTM(I, H, zoneout=0.1, backend="triton")(x)
+    with pytest.raises(ops.BackendError):
+        fusedrnn.LSTM(I, H, zoneout=0.1, backend="aten")(x)
+
+
+def test_which_backend_runs_by_default():
+    """auto: zoneout, layer norm and weight dropout on the native kernel (when built);
+    explain() says so."""
+    x = torch.randn(T, B, I)
+    expected = "native" if "native" in BACKENDS else "reference"
+    for opts, be in ((dict(zoneout=0.2), expected), (dict(weight_dropout=0.2), expected),
+                     (dict(layer_norm=True), expected)):
+        m = fusedrnn.LSTM(I, H, **opts)
+        plan = m.plan(x)
+        assert not plan.aten and plan.backend.name == be, (opts, plan)
+        text = fusedrnn.explain(m, x)
+        assert f": {be}" in text
+    m = fusedrnn.LSTM(I, H, zoneout=0.2)
+    assert "zoneout" in fusedrnn.explain(m, x) and "zoneout=0.2" in repr(m)
+
+
+# ---- LSTMCell -------------------------------------------------------------------------------------
+
+
+def test_cell_holds_weight_mask_until_reset_and_draws_zoneout_each_step():
+    torch.manual_seed(0)
+    cell = fusedrnn.LSTMCell(I, H, weight_dropout=0.5, zoneout=(0.3, 0.4), dtype=DT)
+    x = torch.randn(3, B, I, dtype=DT)
+    torch.manual_seed(4)
+    h = c = torch.zeros(B, H, dtype=DT)
+    outs = []
+    for t in range(3):
+        h, c = cell(x[t], (h, c))
+        outs.append((h, c))
+    wm = cell._weight_mask
+    assert wm is not None and set(torch.unique(wm).tolist()) <= {0.0, 2.0}
+    # the oracle: the mask drawn first, then per step zoneout c [B, H] and h [B, H]
+    torch.manual_seed(4)
+    wm_ref = torch.empty(4 * H, H, dtype=DT).bernoulli_(0.5).div_(0.5)
+    assert torch.equal(wm, wm_ref)
+    h = c = torch.zeros(B, H, dtype=DT)
+    for t in range(3):
+        zc = torch.empty(1, B, H, dtype=DT).bernoulli_(0.3)
+        zh = torch.empty(1, B, H, dtype=DT).bernoulli_(0.4)
+        _, h, c = direct_layer(x[t:t + 1], h, c, cell.weight_ih, cell.weight_hh * wm_ref, cell.bias_ih,
+                               cell.bias_hh, zoneout=(zc, zh))
+        assert_close(outs[t][0], h, msg=f"h step {t}")
+        assert_close(outs[t][1], c, msg=f"c step {t}")
+    cell.reset()
+    assert cell._weight_mask is None
+
+
+def test_cell_layer_norm_eval_matches_lstm_layer():
+    """A LayerNorm cell stepped through a sequence equals the LayerNorm LSTM with the same
+    parameters."""
+    torch.manual_seed(0)
+    lstm = fusedrnn.LSTM(I, H, layer_norm=True, dtype=DT)
+    with torch.no_grad():
+        for n, p in lstm.named_parameters():
+            if n.startswith("ln_"):
+                p.add_(0.2 * torch.randn_like(p))
+    cell = fusedrnn.LSTMCell(I, H, layer_norm=True, dtype=DT)
+    sd = {k.removesuffix("_l0"): v for k, v in lstm.state_dict().items()}
+    cell.load_state_dict(sd)
+    x = torch.randn(T, B, I, dtype=DT)
+    y, _ = lstm(x)
+    h = c = torch.zeros(B, H, dtype=DT)
+    for t in range(T):
+        h, c = cell(x[t], (h, c))
+        assert_close(h, y[t], msg=f"step {t}")
+
+
+# ---- model-level: convert, patch, export ------------------------------------------------------
+
+
+def test_convert_and_patch_accept_the_options():
+    model = nn.Sequential(nn.LSTM(I, H))
+    fusedrnn.convert(model, zoneout=0.1, layer_norm=True, weight_dropout=0.2)
+    lstm = model[0]
+    assert lstm.zoneout == 0.1 and lstm.layer_norm and lstm.weight_dropout == 0.2
+    with fusedrnn.patch(zoneout=(0.1, 0.2), weight_dropout=0.3):
+        m = torch.nn.LSTM(I, H)
+        c = torch.nn.LSTMCell(I, H)
+    assert m.zoneout == (0.1, 0.2) and c.weight_dropout == 0.3
+    m(torch.randn(T, B, I))
+
+
+def test_export_in_eval_mode_and_the_error_in_training():
+    m = fusedrnn.LSTM(I, H, zoneout=0.2, layer_norm=True, weight_dropout=0.3).eval()
+    x = torch.randn(T, B, I)
+    ep = torch.export.export(m, (x,))
+    assert_close(ep.module()(x)[0], m(x)[0], dtype=torch.float32)
+    m.train()
+    with pytest.raises(fusedrnn.ExportError, match="zoneout=0.2.*weight_dropout=0.3"):
+        torch.export.export(m, (x,))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_compile_fullgraph_matches_eager(training):
+    """torch.compile(fullgraph=True) of the default construction with all three options: the
+    same outputs and gradients as eager for the same seed (masks drawn inside the graph)."""
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(I, H, num_layers=2, zoneout=(0.2, 0.1), layer_norm=True, weight_dropout=0.25).train(training)
+    x = torch.randn(T, B, I)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")  # aot_eager: eager's random draws
+    res = []
+    for fn in (m, compiled):
+        torch.manual_seed(5)
+        y, (h, c) = fn(x)
+        loss = y.pow(2).sum() + h.sum() + c.sum()
+        res.append([y, h, c] + list(grads(loss, [p for _, p in sorted(m.named_parameters())])))
+    torch._dynamo.reset()
+    for k, (a, b) in enumerate(zip(*res)):
+        assert_close(a, b, dtype=torch.float32, msg=f"{k}")
