@@ -307,6 +307,10 @@ def test_weight_dropout_semantics():
     m.eval()
     plain.eval()
     assert_close(m(x)[0], plain(x)[0], msg="eval")
+    for backend in BACKENDS:  # the fused layers in eval: no mask either
+        torch.manual_seed(0)
+        fused = fusedrnn.LSTM(I, H, weight_dropout=0.5, dtype=DT, backend=backend).eval()
+        assert_close(fused(x)[0], plain(x)[0], msg=f"eval {backend}")
 
 
 def test_weight_dropout_keeps_nn_lstm_checkpoints():

@@ -161,19 +161,67 @@ FUSEDRNN_CPU_CLONES void fwd_bn_c_row(const T* __restrict c, const T* __restrict
   }
 }
 
+// Row reductions with eight independent partial sums (a single running sum is one long chain
+// of dependent adds, which the compiler may not reorder; eight chains vectorise).
+template <typename T>
+FUSEDRNN_CPU_CLONES T row_sum(const T* __restrict v, int64_t n) {
+  T acc[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += v[c + k];
+  T s = 0;
+  for (; c < n; ++c) s += v[c];
+  for (int k = 0; k < 8; ++k) s += acc[k];
+  return s;
+}
+
+template <typename T>
+FUSEDRNN_CPU_CLONES T row_sq_dev(const T* __restrict v, int64_t n, T mean) {
+  T acc[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += (v[c + k] - mean) * (v[c + k] - mean);
+  T s = 0;
+  for (; c < n; ++c) s += (v[c] - mean) * (v[c] - mean);
+  for (int k = 0; k < 8; ++k) s += acc[k];
+  return s;
+}
+
+// s1 = sum(g * w), s2 = sum(g * w * x) over a row (layer norm's backward sums).
+template <typename T>
+FUSEDRNN_CPU_CLONES void row_ln_sums(const T* __restrict g, const T* __restrict w, const T* __restrict x,
+                                     int64_t n, T& s1, T& s2) {
+  T a1[8] = {}, a2[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int k = 0; k < 8; ++k) {
+      const T d = g[c + k] * w[c + k];
+      a1[k] += d;
+      a2[k] += d * x[c + k];
+    }
+  s1 = s2 = 0;
+  for (; c < n; ++c) {
+    const T d = g[c] * w[c];
+    s1 += d;
+    s2 += d * x[c];
+  }
+  for (int k = 0; k < 8; ++k) {
+    s1 += a1[k];
+    s2 += a2[k];
+  }
+}
+
 // Layer norm of one row v [n] (biased variance): saves x_hat, rewrites v to gamma * x_hat, and
 // returns the row's mean and rstd.
 template <typename T>
-void ln_forward_row(T* __restrict v, int64_t n, double eps, const T* __restrict gamma, T* __restrict xhat,
-                    T& mean_out, T& rstd_out) {
-  T mean = 0, var = 0;
-  for (int64_t c = 0; c < n; ++c) mean += v[c];
-  mean /= T(n);
-  for (int64_t c = 0; c < n; ++c) var += (v[c] - mean) * (v[c] - mean);
-  const T rstd = gates::rsqrt_(var / T(n) + T(eps));
+FUSEDRNN_CPU_CLONES void ln_forward_row(T* __restrict v, int64_t n, double eps, const T* __restrict gamma,
+                                        T* __restrict xhat, T& mean_out, T& rstd_out) {
+  const T mean = row_sum(v, n) / T(n);
+  const T rstd = gates::rsqrt_(row_sq_dev(v, n, mean) / T(n) + T(eps));
   for (int64_t c = 0; c < n; ++c) {
-    xhat[c] = (v[c] - mean) * rstd;
-    v[c] = gamma[c] * xhat[c];
+    const T x = (v[c] - mean) * rstd;
+    xhat[c] = x;
+    v[c] = gamma[c] * x;
   }
   mean_out = mean;
   rstd_out = rstd;
@@ -181,14 +229,11 @@ void ln_forward_row(T* __restrict v, int64_t n, double eps, const T* __restrict 
 
 // LN_c of one row and the output h = o * tanh(gamma_c * c_hat + beta_c) (c~ unchanged).
 template <typename T>
-void ln_c_forward_row(const T* __restrict c, int64_t H, double eps, const T* __restrict gamma,
-                      const T* __restrict beta, const T* __restrict o, T* __restrict h_out, T& mean_out,
-                      T& rstd_out) {
-  T mean = 0, var = 0;
-  for (int64_t j = 0; j < H; ++j) mean += c[j];
-  mean /= T(H);
-  for (int64_t j = 0; j < H; ++j) var += (c[j] - mean) * (c[j] - mean);
-  const T rstd = gates::rsqrt_(var / T(H) + T(eps));
+FUSEDRNN_CPU_CLONES void ln_c_forward_row(const T* __restrict c, int64_t H, double eps, const T* __restrict gamma,
+                                          const T* __restrict beta, const T* __restrict o, T* __restrict h_out,
+                                          T& mean_out, T& rstd_out) {
+  const T mean = row_sum(c, H) / T(H);
+  const T rstd = gates::rsqrt_(row_sq_dev(c, H, mean) / T(H) + T(eps));
   for (int64_t j = 0; j < H; ++j) {
     T tc;
     h_out[j] = gates::hidden(o[j], gamma[j] * ((c[j] - mean) * rstd) + beta[j], tc);
@@ -555,6 +600,58 @@ FUSEDRNN_CPU_CLONES void bwd_bn_h_row(const T* __restrict gx, const T* __restric
     dhh[c] = gates::bn_backward(gx[c] * gamma[c], hhat[c], rstd[c], s1[c], s2[c], n);
 }
 
+// LN_c and the output, backward, for one active row: c~ recomputed from the gates, then
+// dL/dpre_o, dL/d(LN_c out), c_hat and dL/dc~ (through the row's statistics).
+template <typename T>
+FUSEDRNN_CPU_CLONES void bwd_ln_c_row(const T* __restrict ar, const T* __restrict c_prev, const T* __restrict dh,
+                                      const T* __restrict gamma, const T* __restrict beta, T mean, T rstd,
+                                      T* __restrict c_til, T* __restrict d_o, T* __restrict dy,
+                                      T* __restrict chat, T* __restrict dc, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T ct = gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[j]);
+    const T ch = (ct - mean) * rstd;
+    const T tc = gates::tanh_(gamma[j] * ch + beta[j]);
+    T dpre_o, dyj;
+    gates::hidden_backward(dh[j], ar[3 * H + j], tc, dpre_o, dyj);
+    c_til[j] = ct;
+    d_o[j] = dpre_o;
+    dy[j] = dyj;
+    chat[j] = ch;
+  }
+  T m1, m2;
+  row_ln_sums(dy, gamma, chat, H, m1, m2);
+  m1 /= T(H);
+  m2 /= T(H);
+  for (int64_t j = 0; j < H; ++j) dc[j] = rstd * (dy[j] * gamma[j] - m1 - chat[j] * m2);
+}
+
+// Gate gradients of one active row under layer norm (units [j0, j1)): dL/dpre_o and the
+// output's dL/dc~ come from bwd_ln_c_row; accumulates LN_c's parameter gradients.
+template <typename T>
+FUSEDRNN_CPU_CLONES void bwd_gates_row_ln(const T* __restrict ar, const T* __restrict c_prev,
+                                          const T* __restrict d_o, const T* __restrict dc_out,
+                                          const T* __restrict dy, const T* __restrict chat,
+                                          T* __restrict dc_carry, T* __restrict gx, T* __restrict dgamma_c,
+                                          T* __restrict dbeta_c, int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    T dpre[3], dc_prev;
+    gates::cell_backward(dc_carry[j] + dc_out[j], ar[j], ar[H + j], ar[2 * H + j], c_prev[j], dpre[0], dpre[1],
+                         dpre[2], dc_prev);
+    dc_carry[j] = dc_prev;
+    for (int q = 0; q < 3; ++q) gx[q * H + j] = dpre[q];
+    gx[3 * H + j] = d_o[j];
+    dgamma_c[j] += dy[j] * chat[j];
+    dbeta_c[j] += dy[j];
+  }
+}
+
+// acc[c] += a[c] * b[c] over [c0, c1).
+template <typename T>
+FUSEDRNN_CPU_CLONES void add_product(const T* __restrict a, const T* __restrict b, T* __restrict acc, int64_t c0,
+                                     int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) acc[c] += a[c] * b[c];
+}
+
 template <typename T>
 void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f, int64_t s,
                         bool bn_train, int64_t slot, double eps) {
@@ -573,29 +670,10 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (!rows.active(b, s)) continue;
-        const T* ar = act + b * G;
-        const T mean = f.c_stats[s * 2 * B + b], rstd = f.c_stats[s * 2 * B + B + b];
-        const T* dh = f.dhc + b * H;
         const int64_t k0 = b * H;
-        T m1 = 0, m2 = 0;
-        for (int64_t j = 0; j < H; ++j) {
-          const T ct = gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[k0 + j]);
-          const T chat = (ct - mean) * rstd;
-          const T tc = gates::tanh_(f.gamma_c[j] * chat + f.beta_c[j]);
-          T dpre_o, dy;
-          gates::hidden_backward(dh[j], ar[3 * H + j], tc, dpre_o, dy);
-          f.c_til[k0 + j] = ct;
-          f.ln_do[k0 + j] = dpre_o;
-          f.ln_dy[k0 + j] = dy;
-          f.ln_chat[k0 + j] = chat;
-          const T dchat = dy * f.gamma_c[j];
-          m1 += dchat;
-          m2 += dchat * chat;
-        }
-        m1 /= T(H);
-        m2 /= T(H);
-        for (int64_t j = 0; j < H; ++j)
-          f.ln_dc[k0 + j] = rstd * (f.ln_dy[k0 + j] * f.gamma_c[j] - m1 - f.ln_chat[k0 + j] * m2);
+        bwd_ln_c_row(act + b * G, c_prev + k0, f.dhc + k0, f.gamma_c, f.beta_c, f.c_stats[s * 2 * B + b],
+                     f.c_stats[s * 2 * B + B + b], f.c_til + k0, f.ln_do + k0, f.ln_dy + k0, f.ln_chat + k0,
+                     f.ln_dc + k0, H);
       }
     });
   }
@@ -647,22 +725,12 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
       }
       T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
       if (d.ln) {  // the gates from LN_c's backward; the parameter gradients of this chunk's columns
-        const T* ar = act + b * G;
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t k = b * H + j;
-          T dpre[4], dc_prev;
-          dpre[3] = f.ln_do[k];
-          gates::cell_backward(f.dc_carry[k] + f.ln_dc[k], ar[j], ar[H + j], ar[2 * H + j], c_prev[k], dpre[0],
-                               dpre[1], dpre[2], dc_prev);
-          f.dc_carry[k] = dc_prev;
-          for (int q = 0; q < 4; ++q) gx[q * H + j] = dpre[q];
-          f.dgamma_c[j] += f.ln_dy[k] * f.ln_chat[k];
-          f.dbeta_c[j] += f.ln_dy[k];
-        }
-        for (int q = 0; q < 4; ++q)
-          for (int64_t c = q * H + j0; c < q * H + j1; ++c) f.dgamma_h[c] += gx[c] * hh_hat[b * G + c];
+        const int64_t k0 = b * H;
+        bwd_gates_row_ln(act + b * G, c_prev + k0, f.ln_do + k0, f.ln_dc + k0, f.ln_dy + k0, f.ln_chat + k0,
+                         f.dc_carry + k0, gx, f.dgamma_c, f.dbeta_c, H, j0, j1);
+        for (int q = 0; q < 4; ++q) add_product(gx, hh_hat + b * G, f.dgamma_h, q * H + j0, q * H + j1);
         if (f.zc.p)
-          for (int64_t j = j0; j < j1; ++j) f.dc_carry[b * H + j] += f.dc_zone[b * H + j];
+          for (int64_t j = j0; j < j1; ++j) f.dc_carry[k0 + j] += f.dc_zone[k0 + j];
         continue;
       }
       const auto args = std::make_tuple(act + b * G, c_prev + b * H, c_cur + b * H, f.dhc + b * H,
@@ -700,12 +768,8 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
       const T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
       const T* xh = hh_hat + b * G;
       const T rstd = f.h_stats[s * 2 * B + B + b];
-      T m1 = 0, m2 = 0;
-      for (int64_t c = 0; c < G; ++c) {
-        const T dx = gx[c] * f.gamma_h[c];
-        m1 += dx;
-        m2 += dx * xh[c];
-      }
+      T m1, m2;
+      row_ln_sums(gx, f.gamma_h, xh, G, m1, m2);
       m1 /= T(G);
       m2 /= T(G);
       T* out = dhh + b * G;
