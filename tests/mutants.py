@@ -100,7 +100,7 @@ MUTANTS = [
            ("tests/test_lstm_dropin.py::test_matches_nn_lstm",),
            "unbatched input with batch_first returns [1, T, H]"),
     Mutant("zoneout-eval-draws", "fusedrnn/ops/dropout.py",
-           "    if training:\n        c = torch.empty((T, B, H)", "    if True:\n        c = torch.empty((T, B, H)",
+           "    if training:\n        u = torch.rand(", "    if True:\n        u = torch.rand(",
            ("tests/test_zoneout_layernorm.py::test_module_zoneout_against_oracle_with_the_modules_draws",),
            "eval-mode zoneout draws masks instead of using the expectation"),
     Mutant("weight-dropout-in-eval", "fusedrnn/modules/lstm.py",

@@ -264,7 +264,8 @@ def test_same_seed_same_result_on_every_backend(name, training):
 
 def test_module_zoneout_against_oracle_with_the_modules_draws():
     """One layer, the default construction: training-mode zoneout is Bernoulli(rate) weights
-    drawn fresh at every step (c [T, B, H] then h [T, B, R]), and eval mode is the expectation."""
+    drawn fresh at every step (one uniform draw [T, B, H + R] compared with the rates), and
+    eval mode is the expectation."""
     torch.manual_seed(0)
     m = fusedrnn.LSTM(I, H, zoneout=(0.3, 0.6), dtype=DT)
     x = torch.randn(T, B, I, dtype=DT)
@@ -273,8 +274,8 @@ def test_module_zoneout_against_oracle_with_the_modules_draws():
     torch.manual_seed(1)
     y, (h, c) = m(x)
     torch.manual_seed(1)
-    zc = torch.empty(T, B, H, dtype=DT).bernoulli_(0.3)
-    zh = torch.empty(T, B, H, dtype=DT).bernoulli_(0.6)
+    u = torch.rand(T, B, 2 * H, dtype=DT)  # one draw: c's part, then h's
+    zc, zh = (u[..., :H] < 0.3).to(DT), (u[..., H:] < 0.6).to(DT)
     ref = direct_layer(*args, zoneout=(zc, zh))
     assert_close(y, ref[0], msg="train y")
     assert_close(c[0], ref[2], msg="train c_n")
@@ -392,14 +393,14 @@ def test_cell_holds_weight_mask_until_reset_and_draws_zoneout_each_step():
         outs.append((h, c))
     wm = cell._weight_mask
     assert wm is not None and set(torch.unique(wm).tolist()) <= {0.0, 2.0}
-    # the oracle: the mask drawn first, then per step zoneout c [B, H] and h [B, H]
+    # the oracle: the weight mask drawn first, then per step one uniform draw for c and h
     torch.manual_seed(4)
     wm_ref = torch.empty(4 * H, H, dtype=DT).bernoulli_(0.5).div_(0.5)
     assert torch.equal(wm, wm_ref)
     h = c = torch.zeros(B, H, dtype=DT)
     for t in range(3):
-        zc = torch.empty(1, B, H, dtype=DT).bernoulli_(0.3)
-        zh = torch.empty(1, B, H, dtype=DT).bernoulli_(0.4)
+        u = torch.rand(1, B, 2 * H, dtype=DT)
+        zc, zh = (u[..., :H] < 0.3).to(DT), (u[..., H:] < 0.4).to(DT)
         _, h, c = direct_layer(x[t:t + 1], h, c, cell.weight_ih, cell.weight_hh * wm_ref, cell.bias_ih,
                                cell.bias_hh, zoneout=(zc, zh))
         assert_close(outs[t][0], h, msg=f"h step {t}")

@@ -51,7 +51,6 @@ struct ZoneoutWeight {
     scalar = is_broadcast_scalar(*t);
   }
   const T* row(int64_t s, int64_t b) const { return scalar ? p : p + (s * B + b) * W; }
-  T at(const T* r, int64_t j) const { return scalar ? r[0] : r[j]; }
 };
 
 template <typename T>
@@ -69,15 +68,47 @@ struct ParamPtrs {
   static const T* ptr(const OptT& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
 };
 
-// Zoneout of one row, columns [j0, j1): v = z * prev + (1 - z) * v (prev may alias nothing
-// in v's columns; v holds the candidate on entry).
-template <typename T>
-FUSEDRNN_CPU_CLONES void zoneout_row(const ZoneoutWeight<T>& z, const T* __restrict zr,
-                                     const T* __restrict prev, T* __restrict v, int64_t j0, int64_t j1) {
+// Zoneout of one row, columns [j0, j1): v = z * prev + (1 - z) * v (v holds the candidate on
+// entry); z[j], or one rate z[0] (SCALAR).
+template <typename T, bool SCALAR>
+FUSEDRNN_CPU_CLONES void zoneout_mix(const T* __restrict z, const T* __restrict prev, T* __restrict v, int64_t j0,
+                                     int64_t j1) {
   for (int64_t j = j0; j < j1; ++j) {
-    const T w = z.at(zr, j);
+    const T w = SCALAR ? z[0] : z[j];
     v[j] = w * prev[j] + (T(1) - w) * v[j];
   }
+}
+
+template <typename T>
+void zoneout_row(const ZoneoutWeight<T>& z, const T* zr, const T* prev, T* v, int64_t j0, int64_t j1) {
+  if (z.scalar) zoneout_mix<T, true>(zr, prev, v, j0, j1);
+  else zoneout_mix<T, false>(zr, prev, v, j0, j1);
+}
+
+// Backward of zoneout_mix on a gradient g (dL/d state), columns [j0, j1): keep = z * g (what
+// reaches the previous state directly), g *= 1 - z (what reaches the candidate).
+template <typename T, bool SCALAR>
+FUSEDRNN_CPU_CLONES void zoneout_split_(const T* __restrict z, T* __restrict g, T* __restrict keep, int64_t j0,
+                                        int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const T w = SCALAR ? z[0] : z[j];
+    keep[j] = w * g[j];
+    g[j] *= T(1) - w;
+  }
+}
+
+template <typename T>
+void zoneout_split(const ZoneoutWeight<T>& z, const T* zr, T* g, T* keep, int64_t j0, int64_t j1) {
+  if (z.scalar) zoneout_split_<T, true>(zr, g, keep, j0, j1);
+  else zoneout_split_<T, false>(zr, g, keep, j0, j1);
+}
+
+// The candidate cell state c~ = f c_{s-1} + i g of one row, columns [j0, j1), from the saved
+// activations ar [G] (i, f, g, o).
+template <typename T>
+FUSEDRNN_CPU_CLONES void cell_candidates(const T* __restrict ar, const T* __restrict c_prev, T* __restrict c_til,
+                                         int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) c_til[j] = gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[j]);
 }
 
 // The per-step GEMMs with W_hh and W_hr (packed once per call); forward multiplies by W^T.
@@ -683,15 +714,9 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
     if (f.zc.p) {  // c~_s, and dL/dc_s split into its zoned-out part and the candidate's
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;
-        const T* ar = act + b * G;
-        const T* zr = f.zc.row(s, b);
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t k = b * H + j;
-          f.c_til[k] = gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[k]);
-          const T z = f.zc.at(zr, j);
-          f.dc_zone[k] = z * f.dc_carry[k];
-          f.dc_carry[k] *= T(1) - z;
-        }
+        const int64_t k0 = b * H;
+        cell_candidates(act + b * G, c_prev + k0, f.c_til + k0, H, j0, j1);
+        zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + k0, f.dc_zone + k0, j0, j1);
       }
     }
     if (d.bn) {  // statistics of this step; zeroed batch sums
@@ -871,14 +896,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
         if (rows.active(b, s)) {
           const T* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
           for (int64_t r = 0; r < R; ++r) dst[r] = gy[r] + f.dh_carry[b * R + r];
-          if (f.zh.p) {  // h_s = zh h_{s-1} + (1 - zh) h~_s
-            const T* zr = f.zh.row(s, b);
-            for (int64_t r = 0; r < R; ++r) {
-              const T z = f.zh.at(zr, r);
-              f.dh_zone[b * R + r] = z * dst[r];
-              dst[r] *= T(1) - z;
-            }
-          }
+          if (f.zh.p) zoneout_split(f.zh, f.zh.row(s, b), dst, f.dh_zone + b * R, 0, R);  // h_s = zh h_{s-1} + ...
         } else {
           for (int64_t r = 0; r < R; ++r) dst[r] = T(0);
         }

@@ -35,14 +35,15 @@ def zoneout_weights(rates: tuple[float, float], T: int, B: int, H: int, R: int, 
     """Zoneout weights of the previous state (Krueger et al.) for T steps: c [T, B, H], h [T, B, R].
 
     Training: Bernoulli draws, 1 with probability rate (the unit keeps its previous value),
-    fresh at every step, per unit and per row (c first, then h, from torch's generator).
+    fresh at every step, per unit and per row: one uniform draw u [T, B, H + R] from torch's
+    generator, c = u[..., :H] < rate_c and h = u[..., H:] < rate_h (one generator call: on
+    the CPU a draw costs more than the fused recurrence's work on it).
     Eval: the rates themselves (the expectation), as expanded views (no memory per step).
     """
     zc, zh = rates
     if training:
-        c = torch.empty((T, B, H), dtype=like.dtype, device=like.device).bernoulli_(zc)
-        h = torch.empty((T, B, R), dtype=like.dtype, device=like.device).bernoulli_(zh)
-        return Zoneout(c, h)
+        u = torch.rand((T, B, H + R), dtype=like.dtype, device=like.device)
+        return Zoneout((u[..., :H] < zc).to(like.dtype), (u[..., H:] < zh).to(like.dtype))
     return Zoneout(like.new_full((1, 1, 1), zc).expand(T, B, H), like.new_full((1, 1, 1), zh).expand(T, B, R))
 
 
