@@ -18,6 +18,7 @@
 // only), read per op call, forces a path; the tests use it to cover each.
 #pragma once
 
+#include <algorithm>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
@@ -74,6 +75,14 @@ constexpr int64_t kReorderMinWeight = int64_t{1} << 16;  // K x N
 constexpr int64_t kReorderMinRows = 4;
 constexpr int64_t kLinearReorderMinMacs = int64_t{1} << 26;  // M x N x K of a one-off GEMM
 constexpr int64_t kMatmulMinMacs = int64_t{1} << 21;
+// oneDNN's float32 GEMMs accumulate each output along K in one chain:
+// against float64 their largest error is 1.9x / 2.0x / 2.2-3.2x MKL's at K = 512 / 1024 /
+// 3600 (measured, NOTES.md), where the correctness rule allows 2x torch's own (MKL's) plus
+// one rounding of the result.  So the per-step GEMMs and the input projection take oneDNN up
+// to K = 512 (MKL beyond; the panel kernel sums K in blocks of 256), and the one-off GEMMs of
+// the backward (dX, dW: K = 4H or T*B) run on oneDNN in K chunks of 256 summed into the output.
+constexpr int64_t kOneDnnMaxK = 512;
+constexpr int64_t kOneDnnChunkK = 256;
 
 // mkldnn_matmul takes float32 only on CPUs with avx512bw/vl/dq (or avx_ne_convert) and throws
 // elsewhere: the first refusal turns it off for the process.
@@ -88,7 +97,12 @@ inline void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bo
       a.size(0) * a.size(1) * b.size(1) >= kMatmulMinMacs && requested_path() == GemmPath::kOneDnn &&
       onednn_matmul_ok()) {
     try {
-      at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
+      const int64_t K = a.size(1);
+      for (int64_t k0 = 0; k0 < K; k0 += kOneDnnChunkK) {
+        const int64_t kc = std::min(kOneDnnChunkK, K - k0);
+        const float beta = (k0 > 0 || accumulate) ? 1.0f : 0.0f;
+        at::native::mkldnn_matmul(a.narrow(1, k0, kc), b.narrow(0, k0, kc), out, beta, 1.0f);
+      }
       return;
     } catch (const c10::Error&) {
       onednn_matmul_ok() = false;
@@ -138,8 +152,8 @@ struct OneDnnLinear {
 };
 
 // Whether a one-off GEMM of M x N x K multiply-adds is worth oneDNN (reorder: also the weight).
-inline bool onednn_one_off(int64_t macs, bool reorder) {
-  return requested_path() == GemmPath::kOneDnn &&
+inline bool onednn_one_off(int64_t macs, int64_t K, bool reorder) {
+  return requested_path() == GemmPath::kOneDnn && K <= kOneDnnMaxK &&
          (reorder ? macs >= kLinearReorderMinMacs && OneDnnLinear::get().available()
                   : macs >= kMatmulMinMacs && onednn_matmul_ok());
 }
@@ -153,8 +167,8 @@ class RepeatedGemm {
     const bool f32 = w.scalar_type() == at::kFloat && M > 0 && N_ > 0 && K_ > 0 && steps > 1;
     const GemmPath want = f32 ? requested_path() : GemmPath::kMm;
     if (want == GemmPath::kOneDnn && M <= kSmallRows && steps >= kSmallMinSteps) {
-      small_ = pack_panels(w, trans);
-    } else if (want == GemmPath::kOneDnn && steps >= kReorderMinSteps && M >= kReorderMinRows &&
+      small_ = pack_panels(w, trans);  // sums K in blocks (small_gemm.h): any K
+    } else if (want == GemmPath::kOneDnn && K_ <= kOneDnnMaxK && steps >= kReorderMinSteps && M >= kReorderMinRows &&
         N_ * K_ >= kReorderMinWeight && OneDnnLinear::get().available()) {
       onednn_ = OneDnnLinear::get().pack((trans ? w : w.t()).contiguous(), M);
     } else if (want != GemmPath::kMm && mkl_packed_available()) {

@@ -26,7 +26,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const OptT&
   const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
   const OptT b = bias ? OptT(bias->contiguous()) : OptT();
   const int64_t macs = x2.size(0) * x2.size(1) * weight.size(0);
-  if (x.scalar_type() == at::kFloat && cpu::onednn_one_off(macs, /*reorder=*/true)) {
+  if (x.scalar_type() == at::kFloat && cpu::onednn_one_off(macs, x2.size(1), /*reorder=*/true)) {
     const auto& dnnl = cpu::OneDnnLinear::get();
     return dnnl.run(x2, dnnl.pack(weight.contiguous(), x2.size(0)), b).view(out_shape);
   }

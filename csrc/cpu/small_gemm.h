@@ -32,6 +32,7 @@ namespace cpu {
 
 constexpr int64_t kSmallRows = 16;  // M up to this runs here
 constexpr int64_t kLanes = 16;      // columns per panel (one AVX-512 register of floats)
+constexpr int64_t kKBlock = 256;    // K block of the panel kernel's sums
 constexpr int kRowTile = 8;         // rows per pass: 2 x 8 accumulators
 
 using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
@@ -62,30 +63,41 @@ template <int MR>
 FUSEDRNN_CPU_CLONES void small_gemm_tile(const float* __restrict a, int64_t lda, const float* __restrict p0,
                                          const float* __restrict p1, int64_t K, float* __restrict y, int64_t ldy,
                                          int64_t nl0, int64_t nl1) {
-  Vec16 acc0[MR], acc1[MR];
-  for (int b = 0; b < MR; ++b) acc0[b] = acc1[b] = Vec16{};
-  if (nl1 > 0) {
-    for (int64_t k = 0; k < K; ++k) {
-      Vec16 w0, w1;
-      std::memcpy(&w0, p0 + k * kLanes, sizeof(Vec16));
-      std::memcpy(&w1, p1 + k * kLanes, sizeof(Vec16));
-      for (int b = 0; b < MR; ++b) {
-        const float ab = a[b * lda + k];
-        acc0[b] += ab * w0;
-        acc1[b] += ab * w1;
+  // K in blocks of kKBlock, each summed in registers and then added to the totals: no output's
+  // sum is one chain of K adds (the accuracy of a blocked GEMM; gemm.h, kOneDnnMaxK).
+  Vec16 tot0[MR], tot1[MR];
+  for (int b = 0; b < MR; ++b) tot0[b] = tot1[b] = Vec16{};
+  for (int64_t kb = 0; kb < K; kb += kKBlock) {
+    const int64_t ke = std::min(K, kb + kKBlock);
+    Vec16 acc0[MR], acc1[MR];
+    for (int b = 0; b < MR; ++b) acc0[b] = acc1[b] = Vec16{};
+    if (nl1 > 0) {
+      for (int64_t k = kb; k < ke; ++k) {
+        Vec16 w0, w1;
+        std::memcpy(&w0, p0 + k * kLanes, sizeof(Vec16));
+        std::memcpy(&w1, p1 + k * kLanes, sizeof(Vec16));
+        for (int b = 0; b < MR; ++b) {
+          const float ab = a[b * lda + k];
+          acc0[b] += ab * w0;
+          acc1[b] += ab * w1;
+        }
+      }
+    } else {
+      for (int64_t k = kb; k < ke; ++k) {
+        Vec16 w0;
+        std::memcpy(&w0, p0 + k * kLanes, sizeof(Vec16));
+        for (int b = 0; b < MR; ++b) acc0[b] += a[b * lda + k] * w0;
       }
     }
-  } else {
-    for (int64_t k = 0; k < K; ++k) {
-      Vec16 w0;
-      std::memcpy(&w0, p0 + k * kLanes, sizeof(Vec16));
-      for (int b = 0; b < MR; ++b) acc0[b] += a[b * lda + k] * w0;
+    for (int b = 0; b < MR; ++b) {
+      tot0[b] += acc0[b];
+      tot1[b] += acc1[b];
     }
   }
   for (int b = 0; b < MR; ++b) {
     float out[2 * kLanes];
-    std::memcpy(out, &acc0[b], sizeof(Vec16));
-    std::memcpy(out + kLanes, &acc1[b], sizeof(Vec16));
+    std::memcpy(out, &tot0[b], sizeof(Vec16));
+    std::memcpy(out + kLanes, &tot1[b], sizeof(Vec16));
     float* yr = y + b * ldy;
     for (int64_t l = 0; l < nl0; ++l) yr[l] = out[l];
     for (int64_t l = 0; l < nl1; ++l) yr[kLanes + l] = out[kLanes + l];
