@@ -242,13 +242,32 @@ FUSEDRNN_CPU_CLONES void row_ln_sums(const T* __restrict g, const T* __restrict 
   }
 }
 
+// The mean and 1 / sqrt(biased variance + eps) of one row v [n] (layer norm's statistics).
+template <typename T>
+void row_moments(const T* v, int64_t n, double eps, T& mean, T& rstd) {
+  mean = row_sum(v, n) / T(n);
+  rstd = gates::rsqrt_(row_sq_dev(v, n, mean) / T(n) + T(eps));
+}
+
+// Layer norm's backward of one row: out = rstd * (g w - mean(g w) - x_hat mean(g w x_hat)),
+// the gradient of the normalised input from g = dL/d(w * x_hat + bias).
+template <typename T>
+FUSEDRNN_CPU_CLONES void ln_backward_row(const T* __restrict g, const T* __restrict w, const T* __restrict xhat,
+                                         T rstd, int64_t n, T* __restrict out) {
+  T m1, m2;
+  row_ln_sums(g, w, xhat, n, m1, m2);
+  m1 /= T(n);
+  m2 /= T(n);
+  for (int64_t c = 0; c < n; ++c) out[c] = rstd * (g[c] * w[c] - m1 - xhat[c] * m2);
+}
+
 // Layer norm of one row v [n] (biased variance): saves x_hat, rewrites v to gamma * x_hat, and
 // returns the row's mean and rstd.
 template <typename T>
 FUSEDRNN_CPU_CLONES void ln_forward_row(T* __restrict v, int64_t n, double eps, const T* __restrict gamma,
                                         T* __restrict xhat, T& mean_out, T& rstd_out) {
-  const T mean = row_sum(v, n) / T(n);
-  const T rstd = gates::rsqrt_(row_sq_dev(v, n, mean) / T(n) + T(eps));
+  T mean, rstd;
+  row_moments(v, n, eps, mean, rstd);
   for (int64_t c = 0; c < n; ++c) {
     const T x = (v[c] - mean) * rstd;
     xhat[c] = x;
@@ -263,8 +282,8 @@ template <typename T>
 FUSEDRNN_CPU_CLONES void ln_c_forward_row(const T* __restrict c, int64_t H, double eps, const T* __restrict gamma,
                                           const T* __restrict beta, const T* __restrict o, T* __restrict h_out,
                                           T& mean_out, T& rstd_out) {
-  const T mean = row_sum(c, H) / T(H);
-  const T rstd = gates::rsqrt_(row_sq_dev(c, H, mean) / T(H) + T(eps));
+  T mean, rstd;
+  row_moments(c, H, eps, mean, rstd);
   for (int64_t j = 0; j < H; ++j) {
     T tc;
     h_out[j] = gates::hidden(o[j], gamma[j] * ((c[j] - mean) * rstd) + beta[j], tc);
@@ -649,11 +668,7 @@ FUSEDRNN_CPU_CLONES void bwd_ln_c_row(const T* __restrict ar, const T* __restric
     dy[j] = dyj;
     chat[j] = ch;
   }
-  T m1, m2;
-  row_ln_sums(dy, gamma, chat, H, m1, m2);
-  m1 /= T(H);
-  m2 /= T(H);
-  for (int64_t j = 0; j < H; ++j) dc[j] = rstd * (dy[j] * gamma[j] - m1 - chat[j] * m2);
+  ln_backward_row(dy, gamma, chat, rstd, H, dc);
 }
 
 // Gate gradients of one active row under layer norm (units [j0, j1)): dL/dpre_o and the
@@ -715,7 +730,7 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;
         const int64_t k0 = b * H;
-        cell_candidates(act + b * G, c_prev + k0, f.c_til + k0, H, j0, j1);
+        if (!d.ln) cell_candidates(act + b * G, c_prev + k0, f.c_til + k0, H, j0, j1);  // (LN's row pass did)
         zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + k0, f.dc_zone + k0, j0, j1);
       }
     }
@@ -790,15 +805,8 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       if (!rows.active(b, s)) continue;
-      const T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
-      const T* xh = hh_hat + b * G;
-      const T rstd = f.h_stats[s * 2 * B + B + b];
-      T m1, m2;
-      row_ln_sums(gx, f.gamma_h, xh, G, m1, m2);
-      m1 /= T(G);
-      m2 /= T(G);
-      T* out = dhh + b * G;
-      for (int64_t c = 0; c < G; ++c) out[c] = rstd * (gx[c] * f.gamma_h[c] - m1 - xh[c] * m2);
+      ln_backward_row(f.grad_xp + (rows.pos(b, s) * B + b) * G, f.gamma_h, hh_hat + b * G,
+                      f.h_stats[s * 2 * B + B + b], G, dhh + b * G);
     }
   });
 }

@@ -150,15 +150,14 @@ def input_projection(plan: Plan, cfg: Config, x: Tensor, weight_ih: Tensor, bias
     running statistics in training.  With layer norm: LN_x(x @ W_ih^T) + bias, each row
     normalised over its G columns (one pass, no statistics kept)."""
     dt, rd = plan.autocast, plan.dtype
-    if isinstance(bn, RecurrentLN):
-        xw = plan.backend.project(cfg, x, weight_ih, None) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
-        xp = F.layer_norm(xw, (xw.shape[2],), bn.weight_x.to(xw.dtype), bn.bias_x.to(xw.dtype), bn.eps)
-        return xp if bias is None else xp + bias.to(xw.dtype)
     if bn is None:
         if dt is None:
             return plan.backend.project(cfg, x, weight_ih, bias)
         return F.linear(x.to(dt), weight_ih.to(dt), _cast(bias, dt)).to(rd)
     xw = plan.backend.project(cfg, x, weight_ih, None) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
+    if isinstance(bn, RecurrentLN):
+        xp = F.layer_norm(xw, (xw.shape[2],), bn.weight_x.to(xw.dtype), bn.bias_x.to(xw.dtype), bn.eps)
+        return xp if bias is None else xp + bias.to(xw.dtype)
     T, B = xw.shape[0], xw.shape[1]
     xp, mean, var = plan.backend.input_norm(cfg, xw, _cast(bias, rd), lengths, bn, bn.slot_index(T, xw.device))
     if bn.training:
