@@ -117,6 +117,19 @@ MUTANTS = [
            "bn.weight_x.to(xw.dtype), bn.bias_x.to(xw.dtype), bn.eps)",
            ("tests/test_zoneout_layernorm.py::test_layer_matches_direct_oracle",),
            "the LSTM bias normalised with W_ih x instead of added after LN_x"),
+    Mutant("triton-zoneout-no-carry", "fusedrnn/backends/triton/kernels.py",
+           "tr = tr + load_zone(zh, nxt, offs_b, vb, offs_r, vr, B, R, tr.dtype, ZO) * dh", "tr = tr",
+           ("tests/test_zoneout_layernorm.py::test_triton_designs_match_direct_oracle",),
+           "the Triton backward drops dL/dh that zoneout carries to the step before"),
+    Mutant("triton-ln-h-moment", "fusedrnn/backends/triton/kernels.py",
+           "rstd_h[:, None] * (dxh - n1[:, None] - xh * n2[:, None])", "rstd_h[:, None] * (dxh - n1[:, None])",
+           ("tests/test_zoneout_layernorm.py::test_triton_designs_match_direct_oracle",),
+           "LN_h's backward without the x_hat term (the Triton row kernel)"),
+    Mutant("triton-ln-one-block", "fusedrnn/backends/triton/kernels.py",
+           "    for j0 in range(0, N, BC):\n        offs = j0 + tl.arange(0, BC)",
+           "    for j0 in range(0, BC, BC):\n        offs = j0 + tl.arange(0, BC)",
+           ("tests/test_zoneout_layernorm.py::test_triton_step_design_with_many_blocks",),
+           "layer norm's row statistics over the first column block only (a row wider than a tile)"),
 ]
 
 

@@ -58,6 +58,18 @@ def _inputs(T, B, H, P, mask_kind, bn_mode, lengths, dtype, seed=0, S=4):
     return d
 
 
+def _zoneout(d, device, dtype):
+    """d["zoneout"]: None, ("train", zc, zh) float64 0 / 1 weights, or ("eval", (rate_c, rate_h))."""
+    z = d.get("zoneout")
+    if z is None:
+        return None
+    if z[0] == "eval":
+        T, B, G = d["xp"].shape
+        R = d["h0"].shape[1]
+        return ops.zoneout_weights(z[1], T, B, G // 4, R, torch.empty(0, device=device, dtype=dtype), False)
+    return ops.Zoneout(z[1].to(device=device, dtype=dtype), z[2].to(device=device, dtype=dtype))
+
+
 def _run(d, backend, device, dtype, reverse=False, grad_seed=1):
     """The recurrence on (device, dtype); returns outputs and gradients as float64 CPU tensors."""
     conv = lambda t: None if t is None else t.to(device=device, dtype=dtype).detach().requires_grad_(t.is_floating_point())  # noqa: E731
@@ -71,7 +83,7 @@ def _run(d, backend, device, dtype, reverse=False, grad_seed=1):
             b[k].requires_grad_()
         bn = ops.RecurrentBN(**b)
     y, h_n, c_n = ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, mask=mask, lengths=lengths, reverse=reverse, bn=bn,
-                                      backend=backend)
+                                      zoneout=_zoneout(d, device, dtype), backend=backend)
     g = torch.Generator().manual_seed(grad_seed)
     loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(device)).sum()
                for t in (y, h_n, c_n))
@@ -212,3 +224,54 @@ def test_cell_and_batch_norm_ops_match_cpu(dtype):
     out = torch.ops.fusedrnn.batch_norm_steps_forward(v.to(DEV, dtype), w.to(DEV, dtype), bias.to(DEV, dtype),
                                                       lengths.to(DEV), True, None, None, True, 1e-5)
     torch.testing.assert_close(out[0].double().cpu(), ref[0], **tol)
+
+
+# ---- zoneout (compiled, not yet validated on a GPU: FUSEDRNN_CUDA_UNVERIFIED=1 admits it) ----
+ZO_CASES = [(None, None, 0, False, False, "train"), ("shared", "train", 0, True, True, "train"),
+            ("per_step", "eval", 8, True, False, "eval"), (None, "train", 8, False, True, "train"),
+            ("shared", None, 0, True, False, "eval")]
+
+
+def _with_zoneout(d, kind, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    T, B, G = d["xp"].shape
+    H, R = G // 4, d["h0"].shape[1]
+    if kind == "eval":
+        d["zoneout"] = ("eval", (0.3, 0.2))
+    else:
+        d["zoneout"] = ("train", (torch.rand(T, B, H, generator=g) < 0.3).double(),
+                        (torch.rand(T, B, R, generator=g) < 0.2).double())
+    return d
+
+
+@pytest.mark.parametrize("mask_kind,bn_mode,proj,lengths,reverse,zo", ZO_CASES,
+                         ids=[f"mask{m}-bn{b}-P{p}-len{int(l)}-rev{int(r)}-{z}" for m, b, p, l, r, z in ZO_CASES])
+def test_zoneout_float64_matches_reference(mask_kind, bn_mode, proj, lengths, reverse, zo, design, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")
+    d = _with_zoneout(_inputs(T=7, B=5, H=16, P=proj, mask_kind=mask_kind, bn_mode=bn_mode, lengths=lengths,
+                              dtype=torch.float64), zo)
+    ref = _run(d, "reference", "cpu", torch.float64, reverse)
+    got = _run(d, "cuda", DEV, torch.float64, reverse)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"output/grad {i}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "tf32"])
+@pytest.mark.parametrize("zo", ["train", "eval"])
+def test_zoneout_low_precision(dtype, zo, design, monkeypatch):
+    """Zoneout at a shape the persistent plan takes (auto): within 2x of the reference
+    backend's own error at that dtype (cuDNN cannot run zoneout), per output / gradient."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype == torch.float32
+    try:
+        d = _with_zoneout(_inputs(T=16, B=16, H=256, P=0, mask_kind="shared", bn_mode=None, lengths=True,
+                                  dtype=torch.float64), zo)
+        want = _run(d, "reference", DEV, torch.float64, True)
+        own = _run(d, "reference", DEV, dtype, True)
+        got = _run(d, "cuda", DEV, dtype, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    rel = lambda a, b: ((a - b).norm() / b.norm().clamp(min=1e-30)).item()  # noqa: E731
+    for i, (a, o, w) in enumerate(zip(got, own, want)):
+        assert rel(a, w) <= max(2 * rel(o, w), 1e-5), (i, rel(a, w), rel(o, w))

@@ -27,6 +27,9 @@ cases = [
     (torch.bfloat16, 32, 256, 256, dict(bn="train", mask="shared", lengths=True, reverse=True)),
     (torch.float16, 64, 128, 96, dict(mask="per_step")),
     (torch.float32, 8, 64, 64, dict(bn="eval")),
+    (torch.bfloat16, 32, 256, 256, dict(zoneout="train", mask="shared", lengths=True, reverse=True)),
+    (torch.float16, 16, 768, 768, dict(zoneout="eval")),
+    (torch.bfloat16, 32, 256, 128, dict(bn="layer", zoneout="train", lengths=True, reverse=True)),
 ]
 out = []
 for dt, B, H, R, o in cases:

@@ -205,3 +205,57 @@ def test_auto_dispatch_and_compile(monkeypatch):
     (g,) = torch.autograd.grad(y.sum() + c.sum(), x)
     (g_ref,) = torch.autograd.grad(y_ref.sum() + c_ref.sum(), x)
     assert rel(g, g_ref) < 1e-5
+
+
+def _zoneout_ln_run(dt, backend, ln, design=None, seed=0, Bn=B, Hn=H):
+    """y, h_n, c_n and every gradient of the recurrence with zoneout (training weights), a
+    shared mask, lengths and reverse, and layer norm if ln, in dtype dt (inputs drawn in
+    float64 and rounded: the same data for every run)."""
+    import contextlib
+
+    from fusedrnn import ops
+
+    g = torch.Generator().manual_seed(seed)
+    G = 4 * Hn
+
+    def r(*s, scale=1.0):
+        return (scale * torch.randn(*s, generator=g, dtype=torch.float64)).to("cuda", dt)
+
+    leaves = [r(T, Bn, G), r(Bn, Hn), r(Bn, Hn), r(G, Hn, scale=Hn ** -0.5)]
+    lens = torch.randint(1, T + 1, (Bn,), generator=g).cuda()
+    mask = (torch.bernoulli(torch.full((Bn, Hn), 0.75, dtype=torch.float64), generator=g) / 0.75).to("cuda", dt)
+    zo = ops.Zoneout(*((torch.rand(T, Bn, n, generator=g, dtype=torch.float64) < p).to("cuda", dt)
+                       for n, p in ((Hn, 0.3), (Hn, 0.2))))
+    norm = None
+    if ln:
+        lnp = [1 + 0.2 * r(G), 0.2 * r(G), 1 + 0.2 * r(Hn), 0.2 * r(Hn)]
+        leaves += lnp
+        norm = ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=lnp[0], bias_h=lnp[1], weight_c=lnp[2],
+                               bias_c=lnp[3], eps=1e-5)
+    for t in leaves:
+        t.requires_grad_()
+    ctx = TH.forced_design(design) if design else contextlib.nullcontext()
+    with ctx:
+        out = ops.lstm_recurrence(*leaves[:4], mask=mask, lengths=lens, reverse=True, bn=norm, zoneout=zo,
+                                  backend=backend)
+        gw = torch.Generator(device="cuda").manual_seed(3)
+        loss = sum((t.double() * torch.randn(t.shape, generator=gw, device="cuda", dtype=torch.float64)).sum()
+                   for t in out)
+        grads = torch.autograd.grad(loss, leaves)
+    return list(out) + list(grads)
+
+
+@pytest.mark.parametrize("ln", [False, True], ids=["zoneout", "zoneout+ln"])
+@pytest.mark.parametrize("design", ["auto", "step"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_zoneout_and_layer_norm_against_float64(dtype, design, ln, monkeypatch):
+    """Zoneout on each design and layer norm (per-step only; auto picks it) against the
+    float64 reference; the bound per output is 2x the reference backend's own error at that
+    dtype (torch ops on the same rounded data: cuDNN cannot run these)."""
+    monkeypatch.setattr(TH, "AUTOTUNE", False)
+    want = _zoneout_ln_run(torch.float64, "reference", ln)
+    own = _zoneout_ln_run(dtype, "reference", ln)
+    got = _zoneout_ln_run(dtype, "triton", ln, design)
+    floor = 1e-5 if dtype == torch.float32 else 0.0
+    for k, (a, o, w) in enumerate(zip(got, own, want)):
+        assert rel(a, w) <= max(2 * rel(o, w), floor), (k, rel(a, w), rel(o, w))

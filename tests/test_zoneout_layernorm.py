@@ -21,7 +21,9 @@ T, B, I, H = 6, 4, 3, 5
 DT = torch.float64
 TRITON = ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None
 BACKENDS = fusedrnn.available_backends("cpu")  # native (when built) and reference
-ZONEOUT_BACKENDS = [b for b in BACKENDS if b in ("native", "reference")]
+# every backend that runs these options on the CPU: the Triton kernels through the interpreter
+ZONEOUT_BACKENDS = BACKENDS + (["triton"] if TRITON else [])
+TRITON_DESIGNS = ("step", "persistent", "persistent-stream")
 
 
 def _weights(R=H, proj=False, seed=0):
@@ -143,12 +145,118 @@ def test_zoneout_changes_the_result():
         assert_close(y, h0.expand(T, B, R), msg=backend)
 
 
-@pytest.mark.skipif("native" not in BACKENDS, reason="fusedrnn._C not built")
+@pytest.mark.skipif(not TRITON, reason="triton interpreter not available")
+@pytest.mark.parametrize("design", TRITON_DESIGNS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_triton_designs_match_direct_oracle(design, case):
+    """Each Triton design (the default one runs in test_layer_matches_direct_oracle) against
+    the direct oracle.  Layer norm runs on the per-step design only (its row statistics span
+    every column block); a forced persistent design refuses it, naming why."""
+    from fusedrnn.backends.triton import host as TH
+
+    with TH.forced_design(design):
+        if "ln" in case and design != "step":
+            with pytest.raises(ValueError, match="layer norm runs on the per-step design"):
+                _run_case("triton", CASES[case])
+            return
+        out, ref, leaves = _run_case("triton", CASES[case])
+        g = torch.Generator().manual_seed(2)
+        wts = [torch.randn(t.shape, generator=g, dtype=DT) for t in out]
+        ga = grads(sum((t * w).sum() for t, w in zip(out, wts)), leaves)
+    gb = grads(sum((t * w).sum() for t, w in zip(ref, wts)), leaves)
+    for k, (a, b) in enumerate(zip(list(out) + list(ga), list(ref) + list(gb))):
+        assert_close(a, b, msg=f"triton {design} {case} output/grad {k}")
+
+
+def _blocks_case(B_, H_, P_, T_=3, seed=4):
+    """Inputs of ops.lstm_recurrence with zoneout, layer norm, a per-step mask, lengths and
+    reverse at a shape larger than one tile."""
+    g = torch.Generator().manual_seed(seed)
+    R = P_ or H_
+    rn = lambda *s: torch.randn(*s, generator=g, dtype=DT)  # noqa: E731
+    xp, h0, c0, w_hh = rn(T_, B_, 4 * H_), rn(B_, R), rn(B_, H_), 0.3 * rn(4 * H_, R)
+    w_hr = 0.3 * rn(R, H_) if P_ else None
+    lens = torch.tensor(([T_, 1, T_ - 1, 2, 0] * B_)[:B_])
+    m = (torch.rand(T_, B_, R, generator=g, dtype=DT) > 0.3).to(DT) / 0.7
+    zo = ops.Zoneout((torch.rand(T_, B_, H_, generator=g) < 0.4).to(DT), (torch.rand(T_, B_, R, generator=g) < 0.3).to(DT))
+    lnp = (1 + 0.3 * rn(4 * H_), 0.3 * rn(4 * H_), 1 + 0.3 * rn(H_), 0.3 * rn(H_))
+    leaves = [t.requires_grad_() for t in (xp, h0, c0, w_hh) + ((w_hr,) if P_ else ()) + lnp]
+    ln = ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=lnp[0], bias_h=lnp[1], weight_c=lnp[2], bias_c=lnp[3],
+                         eps=1e-5)
+    return dict(xp=xp, h0=h0, c0=c0, weight_hh=w_hh, weight_hr=w_hr, mask=m, lengths=lens, reverse=True,
+                zoneout=zo), ln, leaves
+
+
+def _backends_agree(kw, leaves, backends=("triton", "reference")):
+    outs = {}
+    for backend in backends:
+        out = ops.lstm_recurrence(**kw, backend=backend)
+        loss = sum((t * (k + 1.5)).sum() for k, t in enumerate(out))
+        outs[backend] = list(out) + list(grads(loss, leaves))
+    for k, (a, b) in enumerate(zip(*outs.values())):
+        assert_close(a, b, msg=f"{backends} output/grad {k}")
+
+
+@pytest.mark.skipif(not TRITON, reason="triton interpreter not available")
+@pytest.mark.parametrize("norm", ["ln", "none"])
+@pytest.mark.parametrize("P_", [0, 18])
+def test_triton_step_design_with_many_blocks(monkeypatch, norm, P_):
+    """The per-step design with several column and row blocks (16-wide tiles over B = 20,
+    H = 20, P = 18, as on a GPU): layer norm's whole-row kernels loop over several column
+    blocks (their row statistics, the passes after a barrier) and write one parameter-gradient
+    row per row block; zoneout, masks, lengths and reverse on top."""
+    from fusedrnn.backends.triton import config as TC
+    from fusedrnn.backends.triton import host as TH
+
+    def small(s, dev):
+        return TC.Plan("step", BB=16, BH=16, BP=16, BK=16, num_warps=4, nb=-(-s.B // 16))
+
+    monkeypatch.setattr(TC, "step_plan", small)
+    monkeypatch.setattr(TC, "LN_COLS", {"ln_fwd": 16, "ln_bwd": 16})  # two blocks of H, five of 4H
+    kw, ln, leaves = _blocks_case(20, 20, P_)
+    if norm == "ln":
+        kw["bn"] = ln
+    else:
+        leaves = leaves[:-4]
+    with TH.forced_design("step"):
+        _backends_agree(kw, leaves)
+
+
+@pytest.mark.skipif(not TRITON, reason="triton interpreter not available")
+@pytest.mark.parametrize("P_", [0, 24])
+def test_triton_persistent_zoneout_with_several_blocks(monkeypatch, P_):
+    """Zoneout in the persistent kernels on the plan a GPU gets (B = 40: two row blocks;
+    H = 40 / 20: several column blocks), their programs run as threads so that the grid
+    barriers work: the carried dL/dh (dy included) that zoneout passes on to the step
+    before crosses programs through the transfer."""
+    from interp_grid import gpu_sized_plans, threaded_programs
+
+    from fusedrnn.backends.triton import host as TH
+
+    design, H_, nprog = "persistent-stream", 40, 6  # (W resident: the single-program interpreter runs)
+    kw, _, leaves = _blocks_case(40, H_, P_, T_=4)
+    leaves = leaves[:-4]
+    gpu_sized_plans(monkeypatch)
+    with TH.forced_design(design):
+        plan = TH.plans_for(torch.device("cpu"), TH.shape_of(40, H_, P_ or H_, bool(P_), 0, DT))[0]
+        assert plan.design == "persistent" and plan.nprog == nprog, plan
+        with threaded_programs():
+            _backends_agree(kw, leaves)
+
+
+@pytest.mark.parametrize("family", ["native", "triton"])
 @pytest.mark.parametrize("what", ["zoneout-train", "zoneout-eval", "ln", "ln-zoneout-proj"])
-def test_native_op_gradcheck_and_opcheck(what):
-    """gradcheck of the native layer op with zoneout (train weights, eval rates) and layer
-    norm (every LN parameter), and opcheck of its schema with those arguments."""
+def test_op_gradcheck_and_opcheck(family, what):
+    """gradcheck of the layer op of each family (the native C++ one, the Triton one through the
+    interpreter) with zoneout (train weights, eval rates) and layer norm (every LN
+    parameter), and opcheck of its schema with those arguments (forward; the Triton
+    backward too)."""
     from fusedrnn.ops import schema
+
+    if family == "native" and "native" not in BACKENDS:
+        pytest.skip("fusedrnn._C not built")
+    if family == "triton" and not TRITON:
+        pytest.skip("triton interpreter not available")
 
     Ts, Bs, Hs = 3, 2, 2
     proj = what.endswith("proj")
@@ -170,15 +278,27 @@ def test_native_op_gradcheck_and_opcheck(what):
         if ln_params:
             wh, bh, wc, bc = rest[-4:]
             ln = ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=wh, bias_h=bh, weight_c=wc, bias_c=bc, eps=1e-5)
-        return ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, bn=ln, zoneout=zo, backend="native")
+        return ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, bn=ln, zoneout=zo, backend=family)
 
     inputs = (xp, h0, c0, w_hh) + ((w_hr,) if proj else ()) + tuple(ln_params)
-    assert torch.autograd.gradcheck(f, inputs)
+    # the interpreter runs a Triton launch in ~0.1 s: the fast gradcheck (random directions)
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=family == "triton")
     ln = (ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=ln_params[0], bias_h=ln_params[1],
                           weight_c=ln_params[2], bias_c=ln_params[3], eps=1e-5) if ln_params else None)
     cfg = ops.Config.of(xp, h0, c0, w_hh, w_hr, None, None, False, ln, zo)
     args = (xp, h0, c0, *schema.layer_params(cfg, w_hh, w_hr, None, None, ln, zo), True)
-    torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_forward.default, args)
+    if family == "native":
+        torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_forward.default, args)
+        return
+    fwd, bwd = torch.ops.fusedrnn_triton.lstm_layer_forward, torch.ops.fusedrnn_triton.lstm_layer_backward
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
+    for save in (True, False):  # the fake workspace shapes with and without saving
+        torch.library.opcheck(fwd.default, args[:-1] + (save,), test_utils=utils)
+    out = fwd(*args)
+    bargs = (torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]),
+             *args[3:3 + len(schema.PARAMS)], *out[3:])
+    torch.library.opcheck(bwd.default, bargs, test_utils=utils)
 
 
 @settings(max_examples=25, deadline=None)
@@ -186,11 +306,13 @@ def test_native_op_gradcheck_and_opcheck(what):
        reverse=st.booleans(), lengths=st.booleans(), mask=st.sampled_from([None, "shared", "per_step"]),
        rates=st.tuples(st.floats(0, 0.9), st.floats(0, 0.9)), training=st.booleans(), ln=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_fuzz_native_matches_reference(T_, B_, H_, proj, reverse, lengths, mask, rates, training, ln, seed):
+def test_fuzz_fused_matches_reference(T_, B_, H_, proj, reverse, lengths, mask, rates, training, ln, seed):
     """Random shapes and options (zoneout, layer norm, masks, lengths, projection): the native
-    kernel against the reference backend (float64, outputs and gradients)."""
-    if "native" not in BACKENDS:
-        pytest.skip("fusedrnn._C not built")
+    kernel and the Triton kernels (interpreter, default design) against the reference
+    backend (float64, outputs and gradients)."""
+    fused = [b for b in ZONEOUT_BACKENDS if b != "reference"]
+    if not fused:
+        pytest.skip("neither fusedrnn._C nor the triton interpreter")
     g = torch.Generator().manual_seed(seed)
     R = max(1, H_ - 1) if proj else H_
     rn = lambda *s: torch.randn(*s, generator=g, dtype=DT)  # noqa: E731
@@ -209,14 +331,10 @@ def test_fuzz_native_matches_reference(T_, B_, H_, proj, reverse, lengths, mask,
     leaves = [t.requires_grad_() for t in (xp, h0, c0, w_hh) + ((w_hr,) if proj else ()) + lnp]
     norm = (ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=lnp[0], bias_h=lnp[1], weight_c=lnp[2],
                             bias_c=lnp[3], eps=1e-5) if ln else None)
-    outs = {}
-    for backend in ("native", "reference"):
-        out = ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, mask=m, lengths=lens, reverse=reverse, bn=norm,
-                                  zoneout=zo, backend=backend)
-        loss = sum((t * (k + 1.5)).sum() for k, t in enumerate(out))
-        outs[backend] = list(out) + list(grads(loss, leaves))
-    for a, b in zip(outs["native"], outs["reference"]):
-        assert_close(a, b, msg="native vs reference")
+    kw = dict(xp=xp, h0=h0, c0=c0, weight_hh=w_hh, weight_hr=w_hr, mask=m, lengths=lens, reverse=reverse, bn=norm,
+              zoneout=zo)
+    for backend in fused:
+        _backends_agree(kw, leaves, (backend, "reference"))
 
 
 # ---- modules ------------------------------------------------------------------------------------
@@ -256,7 +374,7 @@ def test_same_seed_same_result_on_every_backend(name, training):
     one order."""
     options = MODULE_OPTIONS[name]
     base = _module_results(options, "reference", training=training)
-    for backend in [None] + [b for b in BACKENDS if b != "reference"]:
+    for backend in [None] + [b for b in ZONEOUT_BACKENDS if b != "reference"]:
         res = _module_results(options, backend, training=training)
         for k, (a, b) in enumerate(zip(res, base)):
             assert_close(a, b, msg=f"{name} {backend or 'default'} {k}")
@@ -353,13 +471,22 @@ def test_option_errors():
         fusedrnn.patch(layer_norm=True, batch_norm=True)
 
 
-def test_explicit_backends_that_lack_an_option_refuse_it():
+def test_explicit_backends_that_lack_an_option_refuse_it(monkeypatch):
+    """aten (torch's own LSTM) has none of these options; the CUDA kernels have no layer norm
+    yet, and admit their zoneout (compiled, not yet run on a GPU) only on request; each says
+    so (auto then runs them on the triton backend)."""
     x = torch.randn(T, B, I)
-    if TRITON:
-        with pytest.raises(ops.BackendError, match="zoneout"):
-            fusedrnn.LSTM(I, H, zoneout=0.1, backend="triton")(x)
     with pytest.raises(ops.BackendError):
         fusedrnn.LSTM(I, H, zoneout=0.1, backend="aten")(x)
+    from fusedrnn.backends.cuda import BACKEND as CUDA
+
+    def why(**kw):
+        return CUDA.unsupported_reason(ops.Config.build("cpu", torch.float32, T, B, H, H, **kw))
+
+    assert "no layer norm" in why(norm=ops.NormMode.LAYER)
+    assert "FUSEDRNN_CUDA_UNVERIFIED=1" in why(zoneout=True)
+    monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")
+    assert why(zoneout=True) is None or "zoneout" not in why(zoneout=True)
 
 
 def test_which_backend_runs_by_default():

@@ -52,6 +52,11 @@ struct LayerParams {
   const void* run_var_c;
   int64_t step_offset;
   double eps;
+  // zoneout weights of the previous state (null: no zoneout): zone_c data [T, B, H],
+  // zone_h data [T, B, R], or with zone_scalar one rate each (eval: the expectation)
+  const void* zone_c;
+  const void* zone_h;
+  bool zone_scalar;
   // outputs
   void* y;         // data [T, B, R]
   void* h_stats;   // acc [T, 2, G]  (BN train)

@@ -71,6 +71,20 @@ __device__ __forceinline__ void column_stats(const LayerParams& p, const Rows& r
   }
 }
 
+// The zoneout weight of the previous state of row b, column j at step s (z of a W-wide
+// state: W = H for c, R for h), and the zoned value z * prev + (1 - z) * fresh.
+template <typename T>
+__device__ __forceinline__ typename Acc<T>::type zone_at(const LayerParams& p, const void* z, int64_t s, int64_t b,
+                                                         int64_t j, int64_t W) {
+  const T* zp = static_cast<const T*>(z);
+  return to_acc(p.zone_scalar ? zp[0] : zp[(s * p.B + b) * W + j]);
+}
+
+template <typename A>
+__device__ __forceinline__ A zone_mix(A z, A prev, A fresh) {
+  return z * prev + (A(1) - z) * fresh;
+}
+
 // Shared-memory scratch of forward_units / backward_units, in accumulation-type elements.
 __host__ __device__ inline int64_t units_scratch(int64_t U, int64_t B, bool bn) {
   return 16 * U + (bn ? 4 * U * B : 0);
@@ -89,6 +103,8 @@ struct HmOut {
 // Gates, BN_h, cell update, BN_c and output of units [j0, j0 + U) for every row at step s.
 // hh(b, k, u) returns (h_{s-1} * m_s) @ W_hh^T of row b, gate column k * H + j0 + u (acc).
 // Writes y (or hc with projection), h_state, the workspace, and h * m_{s+1} to hm_next.
+// Zoneout: the state keeps z of its previous value (h here without projection; c in
+// ws_c after BN_c and the output have read the fresh c~).
 // sm: units_scratch(U, B, bn) acc elements of shared memory.
 template <typename T, class HH>
 __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U, HH hh,
@@ -127,6 +143,7 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
       hc[b * H + j] = from_acc<T>(h);
       return;
     }
+    if (p.zone_h) h = zone_mix(zone_at<T>(p, p.zone_h, s, b, j, R), h_state[b * R + j], h);
     y[(rows.pos(b, s) * B + b) * R + j] = from_acc<T>(h);
     h_state[b * R + j] = h;
     const A hm = mask_next ? h * to_acc(mask_next[b * R + j]) : h;
@@ -188,10 +205,12 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
     const A c = gates::cell_update(pre[0], pre[1], pre[2], c_prev[b * H + j]);
 #pragma unroll
     for (int k = 0; k < 4; ++k) act[b * G + k * H + j] = pre[k];
-    c_new[b * H + j] = c;
-    if (!p.bn) {
+    if (!p.bn) {  // c is c~: the output reads it, the state keeps z of c_{s-1}
+      c_new[b * H + j] = p.zone_c ? zone_mix(zone_at<T>(p, p.zone_c, s, b, j, H), c_prev[b * H + j], c) : c;
       A tc;
       emit(b, j, gates::hidden(pre[3], c, tc));
+    } else {
+      c_new[b * H + j] = c;  // c~ for BN_c's statistics; zoned after the output pass
     }
   }
   if (!p.bn) return;
@@ -213,17 +232,21 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
     const int64_t b = e / U;
     if (u >= Uv || !rows.active(b, s)) continue;
     const int64_t j = j0 + u;
-    const A c_hat = gates::bn_normalize(c_new[b * H + j], mean_c[u], rstd_c[u]);
+    const A c_til = c_new[b * H + j];
+    const A c_hat = gates::bn_normalize(c_til, mean_c[u], rstd_c[u]);
     A tc;
     emit(b, j, gates::hidden(act[b * G + 3 * H + j], to_acc(gamma_c[j]) * c_hat + to_acc(beta_c[j]), tc));
+    if (p.zone_c) c_new[b * H + j] = zone_mix(zone_at<T>(p, p.zone_c, s, b, j, H), c_prev[b * H + j], c_til);
   }
 }
 
 // ---- backward -----------------------------------------------------------------------------
 // Gate gradients of units [j0, j0 + U) for every row at step s (processing order, from
-// T - 1 down).  dh(b, j) returns dL/dh (before the projection) of a running row.  Writes
-// grad_xp[pos], dL/d(W_hh h) into dhh (data [B, G], and dhh_b if not null), updates
-// dc_carry and the BN parameter gradients.  sm: units_scratch(U, B, bn) acc elements.
+// T - 1 down).  dh(b, j) returns dL/dh~ (the step's fresh output before the projection;
+// with zoneout the caller has scaled it by 1 - z_h) of a running row.  Writes grad_xp[pos],
+// dL/d(W_hh h) into dhh (data [B, G], and dhh_b if not null), updates dc_carry (zoneout:
+// z_c of it passes to c_{s-1} directly) and the BN parameter gradients.
+// sm: units_scratch(U, B, bn) acc elements.
 template <typename T, class DH>
 __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_t s, int64_t j0,
                                int U, DH dh, typename Acc<T>::type* sm, T* dhh, T* dhh_b) {
@@ -253,6 +276,13 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
   const T* beta_c = static_cast<const T*>(p.beta_c);
   T* grad_xp = static_cast<T*>(g.grad_xp);
   A* dc_carry = static_cast<A*>(g.dc_carry);
+  // c~_s, what the output and BN_c saw: the saved state, or with zoneout recomputed from the
+  // saved gates (the saved state is the zoned one)
+  auto c_til = [&](int64_t b, int64_t j) -> A {
+    if (!p.zone_c) return c_cur[b * H + j];
+    const A* ar = act + b * G;
+    return gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[b * H + j]);
+  };
 
   if (p.bn) {  // statistics of this step; BN_c batch sums, one warp per unit
     for (int c = tid; c < 4 * U; c += blockDim.x) {
@@ -274,7 +304,7 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
       A a1 = 0, a2 = 0, dg = 0, db = 0;
       for (int64_t b = lane; b < B; b += 32) {
         if (!rows.active(b, s)) continue;
-        const A c_hat = gates::bn_normalize(c_cur[b * H + j], mean, rstd);
+        const A c_hat = gates::bn_normalize(c_til(b, j), mean, rstd);
         const A tc = gates::tanh_(gc * c_hat + bc);
         A dpre_o, dcn;
         gates::hidden_backward(dh(b, j), act[b * G + 3 * H + j], tc, dpre_o, dcn);
@@ -318,18 +348,20 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
     const A i = ar[j], f = ar[H + j], gg = ar[2 * H + j], o = ar[3 * H + j];
     A dpre[4], dc_h, dc_prev;
     if (p.bn) {
-      const A c_hat = gates::bn_normalize(c_cur[b * H + j], mean_c[u], rstd_c[u]);
+      const A c_hat = gates::bn_normalize(c_til(b, j), mean_c[u], rstd_c[u]);
       const A gc = to_acc(gamma_c[j]);
       const A tc = gates::tanh_(gc * c_hat + to_acc(beta_c[j]));
       A dcn;
       gates::hidden_backward(dh(b, j), o, tc, dpre[3], dcn);
       dc_h = gates::bn_backward(dcn * gc, c_hat, rstd_c[u], s1_c[u], s2_c[u], n_bn);
     } else {
-      gates::hidden_backward(dh(b, j), o, gates::tanh_(c_cur[b * H + j]), dpre[3], dc_h);
+      gates::hidden_backward(dh(b, j), o, gates::tanh_(c_til(b, j)), dpre[3], dc_h);
     }
-    gates::cell_backward(dc_carry[b * H + j] + dc_h, i, f, gg, c_prev[b * H + j], dpre[0],
-                         dpre[1], dpre[2], dc_prev);
-    dc_carry[b * H + j] = dc_prev;
+    const A dc = dc_carry[b * H + j];
+    const A zc = p.zone_c ? zone_at<T>(p, p.zone_c, s, b, j, H) : A(0);
+    gates::cell_backward((A(1) - zc) * dc + dc_h, i, f, gg, c_prev[b * H + j], dpre[0], dpre[1], dpre[2],
+                         dc_prev);
+    dc_carry[b * H + j] = dc_prev + zc * dc;
     T* gx = grad_xp + (rows.pos(b, s) * B + b) * G;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {

@@ -214,8 +214,9 @@ __global__ void __launch_bounds__(kPThreads, 1)
   const int64_t kchunks = G / KSTEP;
   for (int64_t s = p.T - 1; s >= 0; --s) {
     T* xs = xch + (s & 1) * Bp * G;
-    auto dh_at = [&](int64_t b, int64_t j) -> A {
-      return to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j];
+    auto dh_at = [&](int64_t b, int64_t j) -> A {  // dL/dh~_s (zoneout: 1 - z_h of dL/dh_s)
+      const A d = to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j];
+      return p.zone_h ? (A(1) - zone_at<T>(p, p.zone_h, s, b, j, R)) * d : d;
     };
     backward_units<T>(p, g, s, j0, U, dh_at, scratch, xs, static_cast<T*>(g.dhh) + s * B * G);
     grid.sync();
@@ -236,7 +237,10 @@ __global__ void __launch_bounds__(kPThreads, 1)
       if (u >= Uv || !rows.active(b, s)) continue;
       A v = 0;
       for (int q = 0; q < KS; ++q) v += part[(size_t(q) * Bp + b) * 16 + u];
-      carry[b * R + j] = m ? v * to_acc(m[b * R + j]) : v;
+      if (m) v *= to_acc(m[b * R + j]);
+      if (p.zone_h)  // z_h of dL/dh_s reaches h_{s-1} directly (carry still holds step s's)
+        v += zone_at<T>(p, p.zone_h, s, b, j, R) * (to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j]);
+      carry[b * R + j] = v;
     }
     __syncthreads();
   }

@@ -87,8 +87,9 @@ __global__ void __launch_bounds__(kThreads) forward_proj_kernel(LayerParams p, i
        k += (int64_t)gridDim.x * blockDim.x) {
     const int64_t b = k / R, r = k - b * R;
     if (rows.active(b, s)) {
-      const A h = to_acc(hp[k]);
-      y[(rows.pos(b, s) * B + b) * R + r] = hp[k];
+      A h = to_acc(hp[k]);
+      if (p.zone_h) h = zone_mix(zone_at<T>(p, p.zone_h, s, b, r, R), h_state[k], h);
+      y[(rows.pos(b, s) * B + b) * R + r] = p.zone_h ? from_acc<T>(h) : hp[k];
       h_state[k] = h;
     } else {
       y[(s * B + b) * R + r] = from_acc<T>(A(0));
@@ -97,7 +98,8 @@ __global__ void __launch_bounds__(kThreads) forward_proj_kernel(LayerParams p, i
   }
 }
 
-// dh_s = grad_y[pos] + dh_carry of running rows (0 for finished ones), into dh_all[s].
+// dL/dh~_s = (grad_y[pos] + dh_carry) (times 1 - z_h with zoneout) of running rows (0 for
+// finished ones), into dh_all[s].
 template <typename T>
 __global__ void __launch_bounds__(kThreads) backward_pre_kernel(LayerParams p, LayerGrads g, int64_t s) {
   using A = typename Acc<T>::type;
@@ -109,8 +111,12 @@ __global__ void __launch_bounds__(kThreads) backward_pre_kernel(LayerParams p, L
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < B * R;
        k += (int64_t)gridDim.x * blockDim.x) {
     const int64_t b = k / R, r = k - b * R;
-    dh[k] = rows.active(b, s) ? from_acc<T>(to_acc(gy[(rows.pos(b, s) * B + b) * R + r]) + carry[k])
-                              : from_acc<T>(A(0));
+    A v = 0;
+    if (rows.active(b, s)) {
+      v = to_acc(gy[(rows.pos(b, s) * B + b) * R + r]) + carry[k];
+      if (p.zone_h) v *= A(1) - zone_at<T>(p, p.zone_h, s, b, r, R);
+    }
+    dh[k] = from_acc<T>(v);
   }
 }
 
@@ -127,13 +133,15 @@ __global__ void __launch_bounds__(kThreads)
   const A* carry = static_cast<const A*>(g.dh_carry);
   auto dh_at = [&](int64_t b, int64_t j) -> A {
     if (dhc) return dhc[b * H + j];
-    return to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j];
+    const A d = to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j];
+    return p.zone_h ? (A(1) - zone_at<T>(p, p.zone_h, s, b, j, R)) * d : d;
   };
   T* dhh = static_cast<T*>(g.dhh) + s * B * 4 * H;
   backward_units<T>(p, g, s, j0, U, dh_at, sm, dhh, nullptr);
 }
 
-// dh_carry = dh_rec * m_s for running rows (finished rows keep their carry).
+// dh_carry = dh_rec * m_s for running rows (finished rows keep their carry); with zoneout
+// plus z_h of dL/dh_s (grad_y[pos] + the old carry), which reaches h_{s-1} directly.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     backward_merge_kernel(LayerParams p, LayerGrads g, int64_t s, const typename Acc<T>::type* __restrict__ dh_rec) {
@@ -142,9 +150,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t B = p.B, R = p.R;
   const T* m = p.mask ? static_cast<const T*>(p.mask) + (p.mask_per_step ? s * B * R : 0) : nullptr;
   A* carry = static_cast<A*>(g.dh_carry);
+  const T* gy = static_cast<const T*>(g.grad_y);
   for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < B * R;
        k += (int64_t)gridDim.x * blockDim.x) {
-    if (rows.active(k / R, s)) carry[k] = m ? dh_rec[k] * to_acc(m[k]) : dh_rec[k];
+    const int64_t b = k / R, r = k - b * R;
+    if (!rows.active(b, s)) continue;
+    A v = m ? dh_rec[k] * to_acc(m[k]) : dh_rec[k];
+    if (p.zone_h)
+      v += zone_at<T>(p, p.zone_h, s, b, r, R) * (to_acc(gy[(rows.pos(b, s) * B + b) * R + r]) + carry[k]);
+    carry[k] = v;
   }
 }
 

@@ -135,8 +135,8 @@ struct LayerSetup {
   cuda::LayerParams p{};
 
   LayerSetup(const LayerDims& dims, const at::Tensor& like, const LayerArgs& a, bool save) : d(dims), t(dims, a) {
-    TORCH_CHECK(!d.zoneout && !d.ln, "fusedrnn: the CUDA layer kernels do not implement zoneout or layer norm yet "
-                "(the native CPU and reference backends do; backend='auto' picks one that serves it)");
+    TORCH_CHECK(!d.ln, "fusedrnn: the CUDA layer kernels do not implement layer norm yet (the triton, native "
+                "CPU and reference backends do; backend='auto' picks one that serves it)");
     const std::vector<int64_t> len = lengths_vector(a.lengths, d.B, d.T);
     if (d.lengths) lengths_dev = a.lengths->to(like.device(), at::kLong).contiguous();
     counts = step_counts(len, d.T, d.B, like.options(), d.lengths);
@@ -165,6 +165,15 @@ struct LayerSetup {
     p.run_var_c = ptr_or_null(t.rv_c);
     p.step_offset = a.bn_step_offset;
     p.eps = a.bn_eps;
+    if (d.zoneout) {  // contiguous [T, B, *] weights, or the eval rates as expanded scalars
+      p.zone_scalar = is_broadcast_scalar(*t.zoneout_c) && is_broadcast_scalar(*t.zoneout_h);
+      if (!p.zone_scalar) {  // a rate beside a tensor: both as tensors
+        t.zoneout_c = t.zoneout_c->contiguous();
+        t.zoneout_h = t.zoneout_h->contiguous();
+      }
+      p.zone_c = t.zoneout_c->data_ptr();
+      p.zone_h = t.zoneout_h->data_ptr();
+    }
   }
 
   // The exchange buffer of a persistent launch (zeroed: it holds the barrier counters).

@@ -9,6 +9,7 @@ applies the CUDA compatibility rules to a GPU's compute capability.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -74,9 +75,12 @@ class CUDABackend(CompiledBackend):
     def unsupported_reason(self, cfg: Config) -> Optional[str]:
         if cfg.arch and (why := cuda_arch_reason(arch_capability(cfg.arch))) is not None:
             return why
-        if cfg.zoneout or cfg.norm == NormMode.LAYER:
-            return ("the CUDA layer kernels have no zoneout or layer norm yet (the native CPU and reference "
+        if cfg.norm == NormMode.LAYER:
+            return ("the CUDA layer kernels have no layer norm yet (the triton, native CPU and reference "
                     "backends have)")
+        if cfg.zoneout and os.environ.get("FUSEDRNN_CUDA_UNVERIFIED") != "1":
+            return ("the CUDA kernels' zoneout has compiled but not yet run on a GPU: until the GPU check "
+                    "validates it, zoneout runs on triton (FUSEDRNN_CUDA_UNVERIFIED=1 admits it)")
         return super().unsupported_reason(cfg)
 
     def cell_unsupported_reason(self, cfg: Config) -> Optional[str]:

@@ -221,12 +221,14 @@ def verdict_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 
 
 def sanitize(device: torch.device, backend: str = "cuda", dtypes=("bf16", "fp32")) -> None:
-    """Every CUDA kernel once, forward and backward, at small shapes (for compute-sanitizer)."""
+    """Every CUDA kernel once, forward and backward, at small shapes (for compute-sanitizer);
+    zoneout too (FUSEDRNN_CUDA_UNVERIFIED=1: compiled, not yet validated on a GPU)."""
+    os.environ["FUSEDRNN_CUDA_UNVERIFIED"] = "1"
     for s in SANITIZE_SHAPES:
         for dt in dtypes:
             dtype = DTYPES[dt]
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs the persistent design via TF32
-            for var, opts in VARIANTS.items():
+            for var, opts in {**VARIANTS, "zoneout": dict(zoneout=0.2, recurrent_dropout=0.25)}.items():
                 for design in ("persistent", "step"):
                     with forced(backend, design):
                         m = LSTM(s.H, s.H, backend=backend, bn_max_steps=s.T, **opts).to(device=device, dtype=dtype)

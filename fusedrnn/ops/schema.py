@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .contract import BatchStats, Config, NormMode, RecurrenceResult, RecurrentBN, Zoneout, acc_dtype
+from .contract import BatchStats, Config, NormMode, RecurrenceResult, RecurrentBN, RecurrentLN, Zoneout, acc_dtype
 
 PARAMS = ("w_hh", "w_hr", "mask", "mask_mode", "lengths", "reverse", "norm_mode", "bn_h_weight", "bn_c_weight",
           "bn_c_bias", "bn_h_running_mean", "bn_h_running_var", "bn_c_running_mean", "bn_c_running_var",
@@ -44,7 +44,7 @@ def layer_params(cfg: Config, w_hh: Tensor, w_hr: Optional[Tensor], mask: Option
                  lengths: Optional[Tensor], bn: Optional[RecurrentBN], zoneout: Optional[Zoneout] = None) -> tuple:
     """The PARAMS of a recurrence, in order.  Eval-mode running statistics in the data dtype.
     Layer norm (norm_mode 3) passes its LN_h gain, LN_c gain and LN_c bias in the batch-norm
-    slots; LN_h's bias is a constant of every step, which the backend adds to xp."""
+    slots; LN_h's bias is a constant of every step, which :func:`run_layer_forward` adds to xp."""
     zo = (None, None) if zoneout is None else (zoneout.c, zoneout.h)
     if cfg.norm == NormMode.LAYER:
         norm = (bn.weight_h, bn.weight_c, bn.bias_c) + (None,) * 4 + (0, float(bn.eps))
@@ -61,6 +61,8 @@ def run_layer_forward(op, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh:
                       mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[RecurrentBN],
                       zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
     """Call a layer forward op of any family on the contract's arguments; the contract's result."""
+    if isinstance(bn, RecurrentLN):  # LN_h's bias enters every step's pre-activation: folded into xp
+        xp = xp + bn.bias_h.to(xp.dtype)
     y, h_n, c_n, h_stats, c_stats, *_ = op(xp, h0, c0, *layer_params(cfg, w_hh, w_hr, mask, lengths, bn, zoneout),
                                            cfg.requires_grad)
     stats = None

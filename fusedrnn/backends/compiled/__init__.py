@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ...ops.contract import Backend, Config, RecurrentLN
+from ...ops.contract import Backend, Config
 
 try:  # the compiled library; absent when the package was not built
     from ... import _C  # noqa: F401  (loading it registers the ops)
@@ -82,8 +82,6 @@ class CompiledBackend(Backend):
         return None
 
     def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout=None):
-        if isinstance(bn, RecurrentLN):  # LN_h's bias enters every step's pre-activation: fold it into xp
-            xp = xp + bn.bias_h.to(xp.dtype)
         return layer.forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
 
     def input_norm(self, cfg, xw, bias, lengths, bn, slots):

@@ -219,6 +219,28 @@ def grid_reset(bar, nprog):
         tl.atomic_xchg(bar + 1, 0, sem="relaxed", scope="gpu")
 
 
+# ---- zoneout ------------------------------------------------------------------------------
+
+
+@triton.jit
+def load_zone(ptr, s, offs_b, vb, offs_n, vn, B, F, dtype, ZO: tl.constexpr):
+    """Zoneout weights of the previous state at step s for rows offs_b, columns offs_n of an
+    F-wide state: ZO == 1 a [T, B, F] tensor ([BB, BN] tile), ZO == 2 one rate (a scalar; the
+    eval expectation, passed as an expanded view that the kernels read once)."""
+    if ZO == 2:
+        z = tl.load(ptr).to(dtype)
+    else:
+        z = tl.load(ptr + step_offset(s, B, F) + offs_b[:, None] * F + offs_n[None, :],
+                    mask=vb[:, None] & vn[None, :], other=0.0).to(dtype)
+    return z
+
+
+@triton.jit
+def zone_mix(z, prev, new):
+    """Zoneout of a state: z * prev + (1 - z) * new (z = 1 where the unit keeps its value)."""
+    return z * prev + (1.0 - z) * new
+
+
 # ---- batch norm over the active rows of one step --------------------------------------
 
 

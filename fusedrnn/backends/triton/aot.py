@@ -32,13 +32,14 @@ _TY = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", tor
 # Pointer arguments and the tensor each one is, by role: "in" the input dtype, "acc" the
 # fp32 / fp64 state and workspace dtype, "i64" lengths, "i32" the barrier counters.
 _IN = {"xp", "y", "mask", "dy", "dxp", "dh_n", "dc_n", "dh0", "dc0", "w_hh", "w_hr", "bn_wh",
-       "bn_wc", "bn_bc", "rm_h", "rv_h", "rm_c", "rv_c"}
+       "bn_wc", "bn_bc", "rm_h", "rv_h", "rm_c", "rv_c", "zc", "zh"}
 _ACC = {"hs", "cs", "hc_ws", "act_ws", "hhat_ws", "stats_h", "stats_c", "dhh_ws", "dhn_ws",
         "dh_buf", "dc_buf", "dg_h", "dg_c", "db_c"}
 _INTS = {"s", "T", "B", "H", "R", "P", "NS", "NSC", "bn_off", "bn_S"}
 # Pointers that the host replaces by an ACC dummy when the option is off.
 _OPTIONAL = {"mask": "mask", "w_hr": "proj", "bn_wh": "bn", "bn_wc": "bn", "bn_bc": "bn",
-             "rm_h": "bn_eval", "rv_h": "bn_eval", "rm_c": "bn_eval", "rv_c": "bn_eval"}
+             "rm_h": "bn_eval", "rv_h": "bn_eval", "rm_c": "bn_eval", "rv_c": "bn_eval", "zc": "zoneout",
+             "zh": "zoneout"}
 
 
 class KernelConfig(NamedTuple):
@@ -81,16 +82,17 @@ def _signature(kernel, dtype: torch.dtype, opts: dict) -> dict:
 def _flags(o: dict, dtype: torch.dtype) -> dict:
     prec = "tf32" if dtype == torch.float32 and o.get("tf32", False) else "ieee"
     mask = {None: 0, "shared": 1, "per_step": 2}[o.get("mask")]
-    bn = {None: 0, "train": 1, "eval": 2}[o.get("bn")]
+    bn = {None: 0, "train": 1, "eval": 2, "layer": 3}[o.get("bn")]
+    zo = {None: 0, "train": 1, "eval": 2}[o.get("zoneout")]
     return L.flags(mask, bool(o.get("lengths")), bool(o.get("reverse")), bn, bool(o.get("proj")),
-                   bool(o.get("save", True)), prec)
+                   bool(o.get("save", True)), prec, zo)
 
 
 def configs_of_plan(p: C.Plan, s: C.Shape, dtype: torch.dtype, o: dict) -> list[KernelConfig]:
     """The kernels (forward and, with save, backward) that plan p launches."""
     f = _flags(dict(o, proj=s.proj), dtype)
     opts = dict(mask=o.get("mask") is not None, proj=s.proj, bn=o.get("bn") is not None,
-                bn_eval=o.get("bn") == "eval")
+                bn_eval=o.get("bn") == "eval", zoneout=o.get("zoneout") is not None)
     out = []
     for launch in L.launches(p, s, f):
         sig = _signature(launch.kernel, dtype, opts)
@@ -107,15 +109,16 @@ def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
     """Every kernel + constexpr configuration that may run for this problem.
 
     options: proj (default R != H), mask (None | "shared" | "per_step"), lengths, reverse,
-    bn (None | "train" | "eval"), save (backward kernels too; default True), tf32,
+    bn (None | "train" | "eval" | "layer": layer norm), zoneout (None | "train": [T, B, *]
+    weights | "eval": one rate each), save (backward kernels too; default True), tf32,
     device (a config.Device; default config.SM90), designs (default: every design this
     shape admits: the auto choice, "step", and the persistent variants that can run),
     autotune (default True: each design's whole autotuning space, config.candidates)."""
     o = dict(options or {})
     o.setdefault("proj", R != H)
     dev = o.get("device", C.SM90)
-    s = C.Shape(B=B, H=H, R=R, proj=bool(o["proj"]), bn=o.get("bn") is not None,
-                esize=dtype.itemsize)
+    s = C.Shape(B=B, H=H, R=R, proj=bool(o["proj"]), bn=o.get("bn") in ("train", "eval"),
+                esize=dtype.itemsize, ln=o.get("bn") == "layer")
     designs = o.get("designs", ("auto", "step", "persistent-resident", "persistent-stream"))
     plans = []
     for d in designs:
@@ -177,10 +180,10 @@ def ptxas_report(ptx: str, arch: int) -> dict:
 
 def describe(kc: KernelConfig) -> str:
     c = kc.constexprs
-    keys = ("MASK", "HAS_LEN", "REVERSE", "BN", "PROJ", "SAVE", "RESIDENT", "FINAL", "BB", "BH",
+    keys = ("MASK", "HAS_LEN", "REVERSE", "BN", "PROJ", "SAVE", "ZO", "RESIDENT", "FINAL", "BB", "BH",
             "BP", "BR", "BK", "RP", "HP", "GP", "PP")
     parts = [f"{k}={c[k]}" for k in keys if k in c]
-    dt = kc.signature.get("w_hh", kc.signature.get("w_hr", "?"))
+    dt = next((kc.signature[k] for k in ("w_hh", "w_hr", "xp", "dc_n") if k in kc.signature), "?")
     return f"{kc.kernel.__name__}[{dt[1:]}] w{kc.num_warps} " + " ".join(parts)
 
 

@@ -58,10 +58,7 @@ class TritonBackend(Backend):
             where = "under the Triton interpreter" if INTERPRET else "on CUDA"
             names = ", ".join(str(d).replace("torch.", "") for d in served)
             return f"the triton kernels take {names} {where}, got {str(cfg.dtype).replace('torch.', '')}"
-        if cfg.norm == NormMode.LAYER or cfg.zoneout:
-            return (f"the triton kernels have no {'layer norm' if cfg.norm == NormMode.LAYER else 'zoneout'} yet "
-                    "(the reference backend runs it)")
-        if cfg.norm != NormMode.NONE and cfg.B > C.MAX_BN_ROWS:
+        if cfg.norm in (NormMode.BATCH_TRAIN, NormMode.BATCH_EVAL) and cfg.B > C.MAX_BN_ROWS:
             return (f"recurrent batch norm keeps all B rows in one program for its per-step "
                     f"statistics; B={cfg.B} > {C.MAX_BN_ROWS}")
         return None
@@ -76,8 +73,7 @@ class TritonBackend(Backend):
         return "the triton backend has no cell kernel (the single step runs elsewhere)"
 
     def describe(self, cfg: Config, device: torch.device) -> Optional[str]:
-        p = host.plans_for(device, host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, cfg.norm != NormMode.NONE,
-                                                 cfg.dtype))[0]
+        p = host.plans_for(device, host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, int(cfg.norm), cfg.dtype))[0]
         tiles = f"BB={p.BB} BH={p.BH}" + (f" BP={p.BP}" if cfg.proj else "")
         if p.design == "persistent":
             return f"persistent ({p.nprog} programs, {tiles}, W {'resident' if p.resident else 'streamed'})"

@@ -18,7 +18,9 @@ heuristic, in :func:`plan`, from resource facts (the budget in :func:`resources`
    the full-K operand tile of a step fit RESIDENT_BYTES; else each step streams them
    from L2 in BK chunks (still one launch).
 4. Otherwise: the per-step design (BB up to 64 rows, all B <= MAX_BN_ROWS with batch
-   norm; more warps for more rows).
+   norm; more warps for more rows).  Layer norm always takes it: a row's statistics
+   span every column block, which a persistent grid could only share across two more
+   grid barriers per step.
 In the Triton interpreter (CPU) programs run one after another, so a program that waits
 on another would wait forever: there the persistent design runs with a single program
 (grid = 1, tiles covering B, H and P), and the per-step design with many.
@@ -87,6 +89,7 @@ class Shape:
     proj: bool
     bn: bool  # batch norm (train or eval): all rows in one program
     esize: int  # bytes per weight element
+    ln: bool = False  # layer norm: per-step only (a row's statistics span every column block)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +142,23 @@ def _resident_fits(s: Shape, BB: int, BH: int, BP: int) -> bool:
     return r["w"] <= RESIDENT_BYTES and r["operand"] <= RESIDENT_BYTES
 
 
+LN_ROWS = 16  # rows per program of layer norm's whole-row kernels (more programs per step)
+LN_COLS = {"ln_fwd": 32, "ln_bwd": 64}  # columns per pass block of those kernels (the widest
+LN_WARPS = 8  # without spills on sm_80 / sm_90 in the compile gate): few serial blocks per row
+
+
+def ln_rows(p: Plan) -> int:
+    """Rows per program of the layer-norm row kernels of plan p (ln_fwd, ln_bwd)."""
+    return min(p.BB, LN_ROWS)
+
+
+def ln_cols(s: Shape, role: str) -> int:
+    """Column block of a layer-norm row kernel ("ln_fwd" / "ln_bwd"): a program walks its
+    rows' 4H gate columns and H units in blocks of this many (one program per 16 rows, so
+    the walk is serial)."""
+    return min(pow2(s.H), LN_COLS[role])
+
+
 def step_plan(s: Shape, dev: Device) -> Plan:
     """Per-step tiles: 16 hidden units per program, all rows (BN) or up to 64 per program;
     8 warps from 32 rows on, 16 from 128 (spill-free up to 64 rows on sm_90)."""
@@ -150,6 +170,8 @@ def step_plan(s: Shape, dev: Device) -> Plan:
 
 def persistent_plan(s: Shape, dev: Device, resident: Optional[bool] = None) -> Optional[Plan]:
     """The persistent plan, or None when it cannot run (see the module docstring)."""
+    if s.ln:
+        return None
     BK = min(32, pow2(min(s.R, s.H)))
     if dev.interpret:  # one program covering everything
         BB, BH, BP = pow2(s.B), pow2(s.H), pow2(s.R)
@@ -192,6 +214,9 @@ def plan(s: Shape, dev: Device, design: str = "auto") -> Plan:
 
 
 def persistent_limit_reason(s: Shape, dev: Device) -> str:
+    if s.ln:
+        return ("layer norm runs on the per-step design (its row statistics span every column "
+                "block: a persistent grid would need two more grid barriers per step)")
     rows = PERSISTENT_ELEMS * 32 * PERSISTENT_WARPS // 16
     if s.bn and s.B > rows:
         return (f"batch norm keeps all rows in one program and B={s.B} > {rows} rows "

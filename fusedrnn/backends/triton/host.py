@@ -60,12 +60,15 @@ def current_design() -> str:
     return d
 
 
-def refuse_zoneout(zoneout_c: Optional[Tensor]) -> None:
-    """The Triton kernels take the schema's zoneout arguments but do not implement zoneout yet
-    (TritonBackend.unsupported_reason keeps auto away from them)."""
-    if zoneout_c is not None:
-        raise NotImplementedError("fusedrnn: the triton layer kernels do not implement zoneout yet; "
-                                  "use backend='native' (CPU) or 'reference'")
+def zoneout_operands(zc: Optional[Tensor], zh: Optional[Tensor], dummy: Tensor) -> tuple[Tensor, Tensor, int]:
+    """(zc, zh, ZO): the zoneout weights as the kernels read them.  Training weights [T, B, H]
+    / [T, B, R] go contiguous (ZO = 1); the eval rates, expanded views of one value each
+    (every stride 0), go as those values (ZO = 2: read once per tile, no [T, B, *] memory)."""
+    if zc is None:
+        return dummy, dummy, 0
+    if all(st == 0 for st in zc.stride() + zh.stride()):
+        return zc, zh, 2
+    return zc.contiguous(), zh.contiguous(), 1
 
 
 def device_guard(t: Tensor):
@@ -74,8 +77,9 @@ def device_guard(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def shape_of(B: int, H: int, R: int, proj: bool, bn: bool, dtype: torch.dtype) -> C.Shape:
-    return C.Shape(B=B, H=H, R=R, proj=proj, bn=bn, esize=dtype.itemsize)
+def shape_of(B: int, H: int, R: int, proj: bool, norm_mode: int, dtype: torch.dtype) -> C.Shape:
+    """The plan's shape facts; norm_mode is the contract's (3: layer norm)."""
+    return C.Shape(B=B, H=H, R=R, proj=proj, bn=norm_mode in (1, 2), esize=dtype.itemsize, ln=norm_mode == 3)
 
 
 def plans_for(device: torch.device, s: C.Shape) -> list[C.Plan]:
@@ -143,7 +147,7 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
             bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
             bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
             bn_c_running_var: Optional[Tensor], bn_step_offset: int, bn_eps: float,
-            save_workspace: bool) -> tuple[Tensor, ...]:
+            zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], save_workspace: bool) -> tuple[Tensor, ...]:
     T, B, G = xp.shape
     H, R = G // 4, w_hh.shape[1]
     proj = w_hr is not None
@@ -158,17 +162,19 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
     cs[0].copy_(c0)
     y = torch.empty(T, B, R, device=dev, dtype=xp.dtype)
     e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731
+    layer = norm_mode == 3  # layer norm: per-row statistics; hhat is also the raw W_hh h ring
     act = e(T, B, G) if save else e(0)
-    hhat = e(T, B, G) if save and norm_mode else e(0)
+    hhat = e(NSC if layer else T, B, G) if (save or layer) and norm_mode else e(0)
     hc = e(NSC, B, H) if proj else e(0)
-    stats_h = e(T if norm_mode == 1 else 0, 2, G)
-    stats_c = e(T if norm_mode == 1 else 0, 2, H)
+    stats_h = e(T if norm_mode in (1, 3) else 0, 2, B if layer else G)
+    stats_c = e(T if norm_mode in (1, 3) else 0, 2, B if layer else H)
     if T > 0:
-        s = shape_of(B, H, R, proj, norm_mode != 0, w_hh.dtype)
+        s = shape_of(B, H, R, proj, norm_mode, w_hh.dtype)
         plans = plans_for(dev, s)
-        f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, save, _prec(xp.dtype))
-        tune = _tuning(xp)
         dummy = e(1)
+        zc, zh, zo = zoneout_operands(zoneout_c, zoneout_h, dummy)
+        f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, save, _prec(xp.dtype), zo)
+        tune = _tuning(xp)
         ws = [_or(t if t.numel() else None, dummy) for t in (act, hhat, stats_h, stats_c)]
         bnt = [_or(t, dummy) for t in (bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_mean, bn_h_running_var,
                                        bn_c_running_mean, bn_c_running_var)]
@@ -178,19 +184,22 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
         bn_S = bn_h_running_mean.shape[0] if norm_mode == 2 else 1
         if plans[0].design == "persistent":
             bar = torch.zeros(2, device=dev, dtype=torch.int32)
-            _run("fwd", plans, s, f, (xp, w_hh, _or(w_hr, w_hh), msk, lens, hs, cs, y, hcw, *ws, *bnt, bar, T, B, H,
-                                      R, NS, NSC, bn_step_offset, bn_S, bn_eps), tune, restore=("hs", "cs"))
+            _run("fwd", plans, s, f, (xp, w_hh, _or(w_hr, w_hh), msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, bar, T,
+                                      B, H, R, NS, NSC, bn_step_offset, bn_S, bn_eps), tune, restore=("hs", "cs"))
         else:
             for step in range(T):
-                _run("fwd", plans, s, f, (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, step, T, B, H, R, NS, NSC,
-                                          bn_step_offset, bn_S, bn_eps), tune)
+                _run("fwd", plans, s, f, (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, step, T, B, H, R, NS,
+                                          NSC, bn_step_offset, bn_S, bn_eps), tune and not layer)
+                if layer:
+                    _run("ln_fwd", plans[:1], s, f, (xp, lens, hs, cs, y, hcw, *ws, *bnt[:3], zc, zh, step, T, B, H, R,
+                                                     NS, NSC, bn_eps), False)
                 if proj:
-                    _run("fwd_proj", plans[:1], s, f, (w_hr.contiguous(), lens, hs, y, hcw, step, T, B, H, R, NS,
+                    _run("fwd_proj", plans[:1], s, f, (w_hr.contiguous(), lens, hs, y, hcw, zh, step, T, B, H, R, NS,
                                                        NSC), False)
     h_n = hs[T % NS].to(h0.dtype, copy=True)
     c_n = cs[T % NS].to(c0.dtype, copy=True)
     if not save:  # nothing for backward: hand back no workspace
-        hs, cs = e(0), e(0)
+        hs, cs, hhat = e(0), e(0), e(0)
     return y, h_n, c_n, stats_h, stats_c, hs, act, cs, hhat, hc
 
 
@@ -199,8 +208,9 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
              bn_h_weight: Optional[Tensor], bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor],
              bn_h_running_mean: Optional[Tensor], bn_h_running_var: Optional[Tensor],
              bn_c_running_mean: Optional[Tensor], bn_c_running_var: Optional[Tensor], bn_step_offset: int,
-             bn_eps: float, h_stats: Tensor, c_stats: Tensor, ws_h: Tensor, ws_act: Tensor, ws_c: Tensor,
-             ws_hh_hat: Tensor, ws_hc: Tensor) -> tuple[Tensor, ...]:
+             bn_eps: float, zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], h_stats: Tensor,
+             c_stats: Tensor, ws_h: Tensor, ws_act: Tensor, ws_c: Tensor, ws_hh_hat: Tensor,
+             ws_hc: Tensor) -> tuple[Tensor, ...]:
     T, B, R = dy.shape
     G = w_hh.shape[0]
     H = G // 4
@@ -212,23 +222,28 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     dxp = torch.empty(T, B, G, device=dev, dtype=dy.dtype)
     dh0 = torch.empty(B, R, device=dev, dtype=dh_n.dtype)
     dc0 = torch.empty(B, H, device=dev, dtype=dc_n.dtype)
-    dhh = e(T, B, G)
-    dhn = e(T, B, R) if proj else e(0)
-    dg_h = e(T, G) if norm_mode else e(0)
-    dg_c = e(T, H) if norm_mode else e(0)
-    db_c = e(T, H) if norm_mode else e(0)
-    s = shape_of(B, H, R, proj, norm_mode != 0, w_hh.dtype)
+    layer = norm_mode == 3
+    s = shape_of(B, H, R, proj, norm_mode, w_hh.dtype)
     plans = plans_for(dev, s) if T > 0 else None
-    f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, True, _prec(dy.dtype))
-    tune = _tuning(dy)
+    # per-step parameter-gradient rows: one per step (batch norm: one program holds every row),
+    # with layer norm one per step and row block (summed below)
+    nrow = T * (triton.cdiv(B, C.ln_rows(plans[0])) if layer else 1) if T > 0 else 0
+    dhh = e(T, B, G)
+    dhn = e(T, B, R) if (proj or layer) else e(0)
+    dg_h = e(nrow, G) if norm_mode else e(0)
+    dg_c = e(nrow, H) if norm_mode else e(0)
+    db_c = e(nrow, H) if norm_mode else e(0)
     dummy = e(1)
+    zc, zh, zo = zoneout_operands(zoneout_c, zoneout_h, dummy)
+    f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, True, _prec(dy.dtype), zo)
+    tune = _tuning(dy)
     msk = _or(mask, dummy)
     lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
     w_r = _or(w_hr, w_hh)
     bnt = [_or(t, dummy) for t in (bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_var, bn_c_running_mean,
                                    bn_c_running_var)]
     ws = [_or(t if t.numel() else None, dummy) for t in (h_stats, c_stats)]
-    dhn_w, dgs = _or(dhn if proj else None, dummy), [_or(t, dummy) for t in (dg_h, dg_c, db_c)]
+    dhn_w, dgs = _or(dhn if (proj or layer) else None, dummy), [_or(t, dummy) for t in (dg_h, dg_c, db_c)]
     hhat = _or(ws_hh_hat if norm_mode else None, dummy)
     bn_S = bn_h_running_var.shape[0] if norm_mode == 2 else 1
     if T == 0:
@@ -236,18 +251,23 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
         dc0.copy_(dc_n)
     elif plans[0].design == "persistent":
         bar = torch.zeros(2, device=dev, dtype=torch.int32)
-        _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, dxp, dhh, dhn_w,
-                                  dh0, dc0, *dgs, bar, T, B, H, R, bn_step_offset, bn_S, bn_eps), tune)
+        _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, zc, zh, dxp, dhh,
+                                  dhn_w, dh0, dc0, *dgs, bar, T, B, H, R, bn_step_offset, bn_S, bn_eps), tune)
     else:
         dh_buf, dc_buf = e(2, B, R), e(2, B, H)
         for step in range(T - 1, -1, -1):
-            if proj:
-                _run("transfer", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, dhh, dh_buf, dhn_w, dh0, step, T, B, H,
-                                                   R), False)
-            _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, dxp, dhh,
-                                      dhn_w, dh_buf, dc_buf, *dgs, step, T, B, H, R, bn_step_offset, bn_S, bn_eps), tune)
-        _run("transfer_final", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, dhh, dh_buf, dhn_w, dh0, -1, T, B, H, R),
-             False)
+            if proj or layer:
+                _run("transfer", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dhn_w, dh0, step, T, B,
+                                                   H, R), False)
+            if layer:
+                _run("ln_bwd", plans[:1], s, f, (dc_n, w_r, lens, cs, act, hhat, *ws, *bnt[:3], zc, dxp, dhh, dhn_w,
+                                                 dc_buf, *dgs, step, T, B, H, R, bn_eps), False)
+            else:
+                _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, zc, zh, dxp,
+                                          dhh, dhn_w, dh_buf, dc_buf, *dgs, step, T, B, H, R, bn_step_offset, bn_S,
+                                          bn_eps), tune)
+        _run("transfer_final", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dhn_w, dh0, -1, T, B, H,
+                                                 R), False)
         dc0.copy_(dc_buf[0])
     # Weight gradients: one GEMM each over all steps and rows (finished rows have zero dhh / dhn).
     hm = hs[:T]

@@ -48,9 +48,11 @@ from ._helpers import (
     load_pos,
     load_tile,
     load_w,
+    load_zone,
     mm_stream,
     persistent_program,
     project,
+    row_lengths,
     row_step,
     sigmoid,
     step_offset,
@@ -60,6 +62,7 @@ from ._helpers import (
     store_pos,
     store_tile,
     tanh,
+    zone_mix,
 )
 
 # Runtime integers that change with the sequence, never specialised on (no recompiles).
@@ -135,12 +138,14 @@ def _bn_h_bwd(dp, s, slot, offs_b, vb, col, vc, B, G, a2, n, hhat_ws, stats_h, r
 @triton.jit
 def bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act_ws, cs_prev,
              cs_new, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, dxp, dhh_ws,
-             dg_h, dg_c, db_c, BN: tl.constexpr):
+             dg_h, dg_c, db_c, zc, BN: tl.constexpr, ZO: tl.constexpr):
     """Backward of one step for hidden units offs_j.
 
     dhc [BB, BH]: dL/d(o * tanh(c_hat)) (zero on finished rows); dc: dL/dc_s from later
     steps.  Stores dxp at the rows' positions t, dhh of step s and the batch-norm
-    parameter gradients of step s; returns dL/dc_{s-1}."""
+    parameter gradients of step s; returns dL/dc_{s-1}.  Zoneout (ZO): c_s = z c_{s-1} +
+    (1 - z) c~_s, so c~_s (what the gates and the output saw) is recomputed from the
+    saved gates, dL/dc~ gets (1 - z) dc and dL/dc_{s-1} gets z dc besides f dL/dc~."""
     G = 4 * H
     a2 = active[:, None]
     m2 = vb[:, None] & vj[None, :]
@@ -150,7 +155,10 @@ def bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act
     g = load_tile(ab + 2 * H, offs_b, vb, offs_j, vj, G)
     o = load_tile(ab + 3 * H, offs_b, vb, offs_j, vj, G)
     c_prev = load_tile(cs_prev, offs_b, vb, offs_j, vj, H)
-    c_new = load_tile(cs_new, offs_b, vb, offs_j, vj, H)
+    if ZO != 0:
+        c_new = f * c_prev + i * g  # c~ (cs holds the zoned-out state)
+    else:
+        c_new = load_tile(cs_new, offs_b, vb, offs_j, vj, H)
     n = tl.maximum(tl.sum(active.to(dhc.dtype), axis=0), 1.0)
     c_hat = c_new
     if BN != 0:
@@ -168,7 +176,11 @@ def bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act
         tl.store(dg_c + so, tl.sum(tl.where(a2, dch * xc, 0.0), axis=0), mask=vj)
         tl.store(db_c + so, tl.sum(tl.where(a2, dch, 0.0), axis=0), mask=vj)
         dch = bn_backward(dch * gamma[None, :], xc, rstd, a2, n, BN)
-    dct = tl.where(a2, dc + dch, 0.0)
+    if ZO != 0:
+        z = load_zone(zc, s, offs_b, vb, offs_j, vj, B, H, dhc.dtype, ZO)
+        dct = tl.where(a2, (1.0 - z) * dc + dch, 0.0)
+    else:
+        dct = tl.where(a2, dc + dch, 0.0)
     dp_i = tl.where(a2, dct * g * i * (1.0 - i), 0.0)
     dp_f = tl.where(a2, dct * c_prev * f * (1.0 - f), 0.0)
     dp_g = tl.where(a2, dct * i * (1.0 - g * g), 0.0)
@@ -196,6 +208,9 @@ def bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act
     tl.store(hr + H, tl.where(a2, dp_f, 0.0), mask=m2)
     tl.store(hr + 2 * H, tl.where(a2, dp_g, 0.0), mask=m2)
     tl.store(hr + 3 * H, tl.where(a2, dp_o, 0.0), mask=m2)
+    if ZO != 0:  # z read again rather than kept live across the stores (a spill on sm_80)
+        z = load_zone(zc, s, offs_b, vb, offs_j, vj, B, H, dhc.dtype, ZO)
+        return tl.where(a2, dct * f + z * dc, dc)
     return tl.where(a2, dct * f, dc)
 
 
@@ -204,14 +219,16 @@ def bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act
 
 @triton.jit(do_not_specialize=_DNS)
 def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats_c,
-                    bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c, rv_c,
+                    bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c, rv_c, zc, zh,
                     s, T, B, H, R, NS, NSC, bn_off, bn_S, eps,
                     MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
-                    BN: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
-                    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+                    BN: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr, ZO: tl.constexpr,
+                    PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """Step s, hidden units block program_id(0), rows block program_id(1): the gates
-    GEMM (K = R in chunks of BK), the fused cell, and the new h (or, with proj_size, the
-    pre-projection hc that fwd_proj_kernel projects)."""
+    GEMM (K = R in chunks of BK), the fused cell, zoneout, and the new h (or, with
+    proj_size, the pre-projection hc that fwd_proj_kernel projects).  Layer norm (BN == 3):
+    the GEMM only, its raw W_hh h m stored to hhat_ws slot s % NSC for fwd_ln_kernel, which
+    normalises whole rows."""
     ACC = hs.dtype.element_ty
     offs_j, vj, offs_b, vb, L, active, t = step_program(lengths, s, T, B, H, BB, BH, HAS_LEN, REVERSE)
     slot = tl.minimum(bn_off + s, bn_S - 1)
@@ -219,27 +236,39 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
     z = tl.zeros([BB, BH], dtype=ACC)
     a_i, a_f, a_g, a_o = gates_stream(z, z, z, z, h_prev, m_ptr, offs_b, vb, R, H, w_hh, offs_j,
                                       vj, MASK != 0, PREC, BK)
-    c_prev = load_tile(cs + step_offset(s % NS, B, H), offs_b, vb, offs_j, vj, H)
-    hc, c_new = fwd_cell(a_i, a_f, a_g, a_o, c_prev, xp, s, t, active, offs_b, vb, offs_j, vj, B,
-                         H, slot, eps, act_ws, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc,
-                         rm_h, rv_h, rm_c, rv_c, BN, SAVE)
-    a2 = active[:, None]
-    store_tile(cs + step_offset((s + 1) % NS, B, H), tl.where(a2, c_new, c_prev), offs_b, vb,
-               offs_j, vj, H)
-    if PROJ:
-        store_tile(hc_ws + step_offset(s % NSC, B, H), hc, offs_b, vb, offs_j, vj, H)
+    if BN == 3:
+        raw = hhat_ws + step_offset(s % NSC, B, 4 * H)
+        store_tile(raw, a_i, offs_b, vb, offs_j, vj, 4 * H)
+        store_tile(raw + H, a_f, offs_b, vb, offs_j, vj, 4 * H)
+        store_tile(raw + 2 * H, a_g, offs_b, vb, offs_j, vj, 4 * H)
+        store_tile(raw + 3 * H, a_o, offs_b, vb, offs_j, vj, 4 * H)
     else:
-        h_own = load_tile(h_prev, offs_b, vb, offs_j, vj, R)
-        store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hc, h_own), offs_b, vb,
-                   offs_j, vj, R)
-        store_pos(y, tl.where(a2, hc, 0.0), t, offs_b, vb, offs_j, vj, B, R)
+        c_prev = load_tile(cs + step_offset(s % NS, B, H), offs_b, vb, offs_j, vj, H)
+        hc, c_new = fwd_cell(a_i, a_f, a_g, a_o, c_prev, xp, s, t, active, offs_b, vb, offs_j, vj, B,
+                             H, slot, eps, act_ws, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc,
+                             rm_h, rv_h, rm_c, rv_c, BN, SAVE)
+        if ZO != 0:
+            c_new = zone_mix(load_zone(zc, s, offs_b, vb, offs_j, vj, B, H, ACC, ZO), c_prev, c_new)
+        a2 = active[:, None]
+        store_tile(cs + step_offset((s + 1) % NS, B, H), tl.where(a2, c_new, c_prev), offs_b, vb,
+                   offs_j, vj, H)
+        if PROJ:
+            store_tile(hc_ws + step_offset(s % NSC, B, H), hc, offs_b, vb, offs_j, vj, H)
+        else:
+            h_own = load_tile(h_prev, offs_b, vb, offs_j, vj, R)
+            if ZO != 0:
+                hc = zone_mix(load_zone(zh, s, offs_b, vb, offs_j, vj, B, R, ACC, ZO), h_own, hc)
+            store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hc, h_own), offs_b, vb,
+                       offs_j, vj, R)
+            store_pos(y, tl.where(a2, hc, 0.0), t, offs_b, vb, offs_j, vj, B, R)
 
 
 @triton.jit(do_not_specialize=_DNS)
-def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, s, T, B, H, P, NS, NSC,
-                    HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
+def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, zh, s, T, B, H, P, NS, NSC,
+                    HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, ZO: tl.constexpr, PREC: tl.constexpr,
                     BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
-    """Step s with proj_size: h = hc @ W_hr^T for projection columns block program_id(0)."""
+    """Step s with proj_size: h = hc @ W_hr^T (zoned out) for projection columns block
+    program_id(0)."""
     ACC = hs.dtype.element_ty
     offs_p, vp, offs_b, vb, L, active, t = step_program(lengths, s, T, B, P, BB, BP, HAS_LEN, REVERSE)
     acc = mm_stream(tl.zeros([BB, BP], dtype=ACC), hc_ws + step_offset(s % NSC, B, H), hc_ws,
@@ -247,6 +276,8 @@ def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, s, T, B, H, P, NS, NSC,
     a2 = active[:, None]
     h_prev = hs + step_offset(s % NS, B, P)
     h_own = load_tile(h_prev, offs_b, vb, offs_p, vp, P)
+    if ZO != 0:
+        acc = zone_mix(load_zone(zh, s, offs_b, vb, offs_p, vp, B, P, ACC, ZO), h_own, acc)
     store_tile(hs + step_offset((s + 1) % NS, B, P), tl.where(a2, acc, h_own), offs_b, vb, offs_p,
                vp, P)
     store_pos(y, tl.where(a2, acc, 0.0), t, offs_b, vb, offs_p, vp, B, P)
@@ -256,12 +287,14 @@ def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, s, T, B, H, P, NS, NSC,
 
 
 @triton.jit
-def transfer(dh, nxt, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask,
-             MASK: tl.constexpr, REVERSE: tl.constexpr, RESIDENT: tl.constexpr,
+def transfer(dh, nxt, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask, zh,
+             MASK: tl.constexpr, REVERSE: tl.constexpr, RESIDENT: tl.constexpr, ZO: tl.constexpr,
              PREC: tl.constexpr, BK: tl.constexpr, GP: tl.constexpr):
-    """dL/dh_{nxt-1} for columns offs_r: (dhh_nxt @ W_hh) * m_nxt on the rows active at step
-    nxt, the carried dh (dL/dh_nxt) on the others.  RESIDENT: W_hh[:, offs_r] is the
-    on-chip tile w_t [GP, BR]; else it is streamed from w_hh in chunks of BK."""
+    """dL/dh_{nxt-1} for columns offs_r, given dh = dL/dh_nxt (all of it, dy included):
+    (dhh_nxt @ W_hh) * m_nxt (+ z_nxt * dh with zoneout, where h_nxt kept h_{nxt-1}) on the
+    rows active at step nxt, dh itself on the others (a finished row's h is held).
+    RESIDENT: W_hh[:, offs_r] is the on-chip tile w_t [GP, BR]; else it is streamed from
+    w_hh in chunks of BK."""
     act_n, _ = row_step(L, vb, nxt, REVERSE)
     dn = dhh_ws + step_offset(nxt, B, G)
     z = tl.zeros_like(dh)
@@ -275,22 +308,38 @@ def transfer(dh, nxt, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mas
         tr = tr * load_tile(mask, offs_b, vb, offs_r, vr, R).to(tr.dtype)
     if MASK == 2:
         tr = tr * load_tile(mask + step_offset(nxt, B, R), offs_b, vb, offs_r, vr, R).to(tr.dtype)
+    if ZO != 0:
+        tr = tr + load_zone(zh, nxt, offs_b, vb, offs_r, vr, B, R, tr.dtype, ZO) * dh
     return tl.where(act_n[:, None], tr, dh)
+
+
+@triton.jit
+def output_grad(dh, dy_t, a2, zh, s, offs_b, vb, offs_r, vr, B, R, ZO: tl.constexpr):
+    """Given dh = dL/dh_s from the steps after s: (the dh to carry to step s - 1, dL/dh~_s).
+    h~_s is the step's new output before zoneout; it gets (dh + dy_s) on the active rows,
+    times (1 - z_s) with zoneout, and 0 on finished rows.  With zoneout the carried dh has
+    dy_s in it, since z_s of it reaches h_{s-1} directly (transfer)."""
+    if ZO != 0:
+        dtot = tl.where(a2, dh + dy_t, dh)
+        return dtot, tl.where(a2, (1.0 - load_zone(zh, s, offs_b, vb, offs_r, vr, B, R, dh.dtype, ZO)) * dtot, 0.0)
+    # without zoneout a step's W_hh transfer replaces the carried dh on the rows it runs
+    # (transfer), so dy need not be carried: one tile fewer live in the persistent backward
+    return dh, tl.where(a2, dh + dy_t, 0.0)
 
 
 @triton.jit(do_not_specialize=_DNS)
 def bwd_step_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws, hhat_ws, stats_h,
-                    stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, dxp, dhh_ws, dhn_ws, dh_buf,
+                    stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, zc, zh, dxp, dhh_ws, dhn_ws, dh_buf,
                     dc_buf, dg_h, dg_c, db_c,
                     s, T, B, H, R, bn_off, bn_S, eps,
                     MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
-                    BN: tl.constexpr, PROJ: tl.constexpr, PREC: tl.constexpr,
+                    BN: tl.constexpr, PROJ: tl.constexpr, ZO: tl.constexpr, PREC: tl.constexpr,
                     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """Backward step s for hidden units block program_id(0), rows block program_id(1).
 
     dL/dh_s arrives as dhn[s] (with proj_size: bwd_transfer_kernel projected it) or is
-    computed here from step s + 1's dhh (GEMM with W_hh, K = G); the carried dh / dc
-    ring buffers dh_buf / dc_buf [2, B, *] hold it for the finished rows."""
+    computed here from step s + 1's dhh (GEMM with W_hh, K = G); the ring buffers dh_buf /
+    dc_buf [2, B, *] carry dL/dh_s (dy included) and dL/dc_s to step s - 1."""
     ACC = cs.dtype.element_ty
     G = 4 * H
     offs_j, vj, offs_b, vb, L, active, t = step_program(lengths, s, T, B, H, BB, BH, HAS_LEN, REVERSE)
@@ -303,50 +352,305 @@ def bwd_step_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws, hhat_
     else:
         if s < T - 1:
             dh = load_tile(dh_buf + step_offset((s + 1) % 2, B, R), offs_b, vb, offs_j, vj, R)
-            dh = transfer(dh, s + 1, L, vb, offs_b, offs_j, vj, B, G, R, dhh_ws, w_hh, w_hh, mask,
-                          MASK, REVERSE, False, PREC, BK, 16)
+            dh = transfer(dh, s + 1, L, vb, offs_b, offs_j, vj, B, G, R, dhh_ws, w_hh, w_hh, mask, zh,
+                          MASK, REVERSE, False, ZO, PREC, BK, 16)
         else:
             dh = load_tile(dh_n, offs_b, vb, offs_j, vj, R).to(ACC)
-        store_tile(dh_buf + step_offset(s % 2, B, R), dh, offs_b, vb, offs_j, vj, R)
         dy_t = load_pos(dy, t, offs_b, vb, offs_j, vj, B, R).to(ACC)
-        dhc = tl.where(a2, dh + dy_t, 0.0)
+        dh, dhc = output_grad(dh, dy_t, a2, zh, s, offs_b, vb, offs_j, vj, B, R, ZO)
+        store_tile(dh_buf + step_offset(s % 2, B, R), dh, offs_b, vb, offs_j, vj, R)
     if s < T - 1:
         dc = load_tile(dc_buf + step_offset((s + 1) % 2, B, H), offs_b, vb, offs_j, vj, H)
     else:
         dc = load_tile(dc_n, offs_b, vb, offs_j, vj, H).to(ACC)
     dc = bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act_ws,
                   cs + step_offset(s, B, H), cs + step_offset(s + 1, B, H), hhat_ws, stats_h,
-                  stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, dxp, dhh_ws, dg_h, dg_c, db_c,
-                  BN)
+                  stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, dxp, dhh_ws, dg_h, dg_c, db_c, zc,
+                  BN, ZO)
     store_tile(dc_buf + step_offset(s % 2, B, H), dc, offs_b, vb, offs_j, vj, H)
 
 
 @triton.jit(do_not_specialize=_DNS)
-def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, dhh_ws, dh_buf, dhn_ws, dh0,
+def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, zh, dhh_ws, dh_buf, dhn_ws, dh0,
                         s, T, B, H, R,
                         MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
-                        FINAL: tl.constexpr, PREC: tl.constexpr,
+                        ZO: tl.constexpr, FINAL: tl.constexpr, PREC: tl.constexpr,
                         BB: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):
-    """dL/dh_s for h columns block program_id(0) from step s + 1's dhh.  With proj_size
-    (before bwd_step_kernel of step s) it adds dy and stores dhn[s]; FINAL (s = -1) it
-    stores dL/dh0."""
+    """dL/dh_s for h columns block program_id(0) from step s + 1's dhh.  Before the cell's
+    backward of step s (proj_size: bwd_step_kernel; layer norm: bwd_ln_kernel) it adds dy and
+    stores dhn[s], the gradient of the step's new output h~_s; FINAL (s = -1) it stores
+    dL/dh0."""
     ACC = dhh_ws.dtype.element_ty
     G = 4 * H
     offs_r, vr, offs_b, vb, L, active, t = step_program(lengths, s, T, B, R, BB, BR, HAS_LEN, REVERSE)
     nxt = s + 1
     if nxt < T:
         dh = load_tile(dh_buf + step_offset(nxt % 2, B, R), offs_b, vb, offs_r, vr, R)
-        dh = transfer(dh, nxt, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_hh, mask,
-                      MASK, REVERSE, False, PREC, BK, 16)
+        dh = transfer(dh, nxt, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_hh, mask, zh,
+                      MASK, REVERSE, False, ZO, PREC, BK, 16)
     else:
         dh = load_tile(dh_n, offs_b, vb, offs_r, vr, R).to(ACC)
     if FINAL:
         store_tile(dh0, dh, offs_b, vb, offs_r, vr, R)
     else:
-        store_tile(dh_buf + step_offset(s % 2, B, R), dh, offs_b, vb, offs_r, vr, R)
         dy_t = load_pos(dy, t, offs_b, vb, offs_r, vr, B, R).to(ACC)
-        store_tile(dhn_ws + step_offset(s, B, R), tl.where(active[:, None], dh + dy_t, 0.0),
-                   offs_b, vb, offs_r, vr, R)
+        dh, dnew = output_grad(dh, dy_t, active[:, None], zh, s, offs_b, vb, offs_r, vr, B, R, ZO)
+        store_tile(dh_buf + step_offset(s % 2, B, R), dh, offs_b, vb, offs_r, vr, R)
+        store_tile(dhn_ws + step_offset(s, B, R), dnew, offs_b, vb, offs_r, vr, R)
+
+
+# ---- per-step design: layer norm (whole rows) -----------------------------------------
+
+
+@triton.jit
+def row_block():
+    """The rows of a whole-row program: rows block program_id(0) of BB rows."""
+    return tl.program_id(0)
+
+
+@triton.jit
+def row_sums(ptr, offs_b, vb, N, mean, BB: tl.constexpr, BC: tl.constexpr):
+    """Per row of a [B, N] buffer: the sum of its N values (mean is None) or of their squared
+    deviations from mean [BB] (two passes for the variance, as F.layer_norm)."""
+    acc = tl.zeros([BB], dtype=ptr.dtype.element_ty)
+    for j0 in range(0, N, BC):
+        offs = j0 + tl.arange(0, BC)
+        vn = offs < N
+        v = load_tile(ptr, offs_b, vb, offs, vn, N)
+        if mean is not None:
+            v = tl.where(vb[:, None] & vn[None, :], v - mean[:, None], 0.0)
+            v = v * v
+        acc += tl.sum(v, axis=1)
+    return acc
+
+
+@triton.jit
+def row_stats(ptr, offs_b, vb, N, eps, stats, s, B, BB: tl.constexpr, BC: tl.constexpr):
+    """(mean, rstd) [BB] of each row of a [B, N] buffer (biased variance); stored to
+    stats[s, 0 | 1, rows]."""
+    mean = row_sums(ptr, offs_b, vb, N, None, BB, BC) / N
+    rstd = 1.0 / tl.sqrt(row_sums(ptr, offs_b, vb, N, mean, BB, BC) / N + eps)
+    sp = stats + tl.cast(s, tl.int64) * 2 * B + offs_b
+    tl.store(sp, mean, mask=vb)
+    tl.store(sp + B, rstd, mask=vb)
+    return mean, rstd
+
+
+@triton.jit
+def _ln_gate(raw, offs_b, vb, col, vj, G, mean, rstd, ln_wh):
+    """LN_h of one gate block: x_hat (stored over the raw values) and gamma_h * x_hat."""
+    xh = (load_tile(raw, offs_b, vb, col, vj, G) - mean[:, None]) * rstd[:, None]
+    store_tile(raw, xh, offs_b, vb, col, vj, G)
+    return xh * tl.load(ln_wh + col, mask=vj, other=0.0).to(xh.dtype)[None, :]
+
+
+@triton.jit(do_not_specialize=_DNS)
+def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc,
+                  zc, zh, s, T, B, H, R, NS, NSC, eps,
+                  HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr,
+                  ZO: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr):
+    """Layer norm, step s, after fwd_step_kernel stored the raw W_hh h m: rows block
+    program_id(0), every column, in passes over BH-wide blocks (a row's statistics need all
+    of it): LN_h statistics over the 4H gates; x_hat over the raw values, the gates, c~ (in
+    the next cell-state slot) and its sum; LN_c statistics; the output o * tanh(LN_c(c~)),
+    zoneout and the new state.  bn_wh, bn_wc, bn_bc: LN_h's gain, LN_c's gain and bias (LN_h's
+    bias is in xp).  stats_h / stats_c [T, 2, B]: each row's mean and 1 / sqrt(var + eps)."""
+    ACC = hs.dtype.element_ty
+    G = 4 * H
+    offs_b = row_block() * BB + tl.arange(0, BB)
+    vb = offs_b < B
+    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    active, t = row_step(L, vb, s, REVERSE)
+    a2 = active[:, None]
+    raw = hhat_ws + step_offset(s % NSC, B, G)
+    c_prev_p = cs + step_offset(s % NS, B, H)
+    c_next_p = cs + step_offset((s + 1) % NS, B, H)
+    mean_h, rstd_h = row_stats(raw, offs_b, vb, G, eps, stats_h, s, B, BB, BH)
+    for j0 in range(0, H, BH):
+        offs_j = j0 + tl.arange(0, BH)
+        vj = offs_j < H
+        m2 = vb[:, None] & vj[None, :]
+        xr = xp + t[:, None].to(tl.int64) * B * G + offs_b[:, None] * G + offs_j[None, :]
+        ar = act_ws + step_offset(s, B, G) + offs_b[:, None] * G + offs_j[None, :]
+        # one gate at a time, each stored as soon as it is made (fewer live tiles)
+        i = sigmoid(_ln_gate(raw, offs_b, vb, offs_j, vj, G, mean_h, rstd_h, bn_wh)
+                    + tl.load(xr, mask=m2, other=0.0).to(ACC))
+        g = tanh(_ln_gate(raw, offs_b, vb, 2 * H + offs_j, vj, G, mean_h, rstd_h, bn_wh)
+                 + tl.load(xr + 2 * H, mask=m2, other=0.0).to(ACC))
+        if SAVE:
+            tl.store(ar, i, mask=m2)
+            tl.store(ar + 2 * H, g, mask=m2)
+        ig = i * g
+        f = sigmoid(_ln_gate(raw, offs_b, vb, H + offs_j, vj, G, mean_h, rstd_h, bn_wh)
+                    + tl.load(xr + H, mask=m2, other=0.0).to(ACC))
+        if SAVE:
+            tl.store(ar + H, f, mask=m2)
+        store_tile(c_next_p, f * load_tile(c_prev_p, offs_b, vb, offs_j, vj, H) + ig, offs_b, vb, offs_j, vj, H)
+        # x_hat of the o gate is stored for the output pass, which recomputes o from it
+        o = sigmoid(_ln_gate(raw, offs_b, vb, 3 * H + offs_j, vj, G, mean_h, rstd_h, bn_wh)
+                    + tl.load(xr + 3 * H, mask=m2, other=0.0).to(ACC))
+        if SAVE:
+            tl.store(ar + 3 * H, o, mask=m2)
+    tl.debug_barrier()  # c~ and x_hat of every block are written before any thread reads them
+    mean_c, rstd_c = row_stats(c_next_p, offs_b, vb, H, eps, stats_c, s, B, BB, BH)
+    tl.debug_barrier()
+    for j0 in range(0, H, BH):
+        offs_j = j0 + tl.arange(0, BH)
+        vj = offs_j < H
+        m2 = vb[:, None] & vj[None, :]
+        c_til = load_tile(c_next_p, offs_b, vb, offs_j, vj, H)
+        c_prev = load_tile(c_prev_p, offs_b, vb, offs_j, vj, H)
+        gamma = tl.load(bn_wc + offs_j, mask=vj, other=0.0).to(ACC)
+        beta = tl.load(bn_bc + offs_j, mask=vj, other=0.0).to(ACC)
+        c_hat = (c_til - mean_c[:, None]) * rstd_c[:, None] * gamma[None, :] + beta[None, :]
+        xo = load_tile(raw, offs_b, vb, 3 * H + offs_j, vj, G)  # x_hat of the o gate
+        xr = xp + t[:, None].to(tl.int64) * B * G + offs_b[:, None] * G + 3 * H + offs_j[None, :]
+        o = sigmoid(xo * tl.load(bn_wh + 3 * H + offs_j, mask=vj, other=0.0).to(ACC)[None, :]
+                    + tl.load(xr, mask=m2, other=0.0).to(ACC))
+        hc = o * tanh(c_hat)
+        c_new = c_til
+        if ZO != 0:
+            c_new = zone_mix(load_zone(zc, s, offs_b, vb, offs_j, vj, B, H, ACC, ZO), c_prev, c_til)
+        store_tile(c_next_p, tl.where(a2, c_new, c_prev), offs_b, vb, offs_j, vj, H)
+        if PROJ:
+            store_tile(hc_ws + step_offset(s % NSC, B, H), hc, offs_b, vb, offs_j, vj, H)
+        else:
+            h_own = load_tile(hs + step_offset(s % NS, B, R), offs_b, vb, offs_j, vj, R)
+            if ZO != 0:
+                hc = zone_mix(load_zone(zh, s, offs_b, vb, offs_j, vj, B, R, ACC, ZO), h_own, hc)
+            store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hc, h_own), offs_b, vb, offs_j,
+                       vj, R)
+            store_pos(y, tl.where(a2, hc, 0.0), t, offs_b, vb, offs_j, vj, B, R)
+
+
+@triton.jit
+def _ln_c_bwd(act_ws, cs, dhn_ws, dhh_ws, w_hr, s, offs_b, vb, offs_j, vj, B, H, R, mean_c, rstd_c, bn_wc, bn_bc,
+              STORE: tl.constexpr, PROJ: tl.constexpr, PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+              BK: tl.constexpr):
+    """One hidden block of step s's cell backward up to LN_c: the gates, c_{s-1}, c~, LN_c's
+    x_hat, tanh(c_hat), dL/dh~ (STORE: from dhn[s], times W_hr with proj_size, kept in the o
+    columns of dhh[s] for the second pass; else read back from there) and dL/dc_hat."""
+    G = 4 * H
+    ab = act_ws + step_offset(s, B, G)
+    i = load_tile(ab, offs_b, vb, offs_j, vj, G)
+    f = load_tile(ab + H, offs_b, vb, offs_j, vj, G)
+    g = load_tile(ab + 2 * H, offs_b, vb, offs_j, vj, G)
+    o = load_tile(ab + 3 * H, offs_b, vb, offs_j, vj, G)
+    c_prev = load_tile(cs + step_offset(s, B, H), offs_b, vb, offs_j, vj, H)
+    xc = (f * c_prev + i * g - mean_c[:, None]) * rstd_c[:, None]
+    gamma = tl.load(bn_wc + offs_j, mask=vj, other=0.0).to(i.dtype)
+    tc = tanh(xc * gamma[None, :] + tl.load(bn_bc + offs_j, mask=vj, other=0.0).to(i.dtype)[None, :])
+    keep = dhh_ws + step_offset(s, B, G) + 3 * H
+    if STORE:
+        dn = dhn_ws + step_offset(s, B, R)
+        if PROJ:
+            dhc = mm_stream(tl.zeros([BB, BH], dtype=i.dtype), dn, dn, offs_b, vb, R, w_hr, H, offs_j, vj, 1,
+                            False, PREC, BK)
+        else:
+            dhc = load_tile(dn, offs_b, vb, offs_j, vj, R)
+        store_tile(keep, dhc, offs_b, vb, offs_j, vj, G)
+    else:
+        dhc = load_tile(keep, offs_b, vb, offs_j, vj, G)
+    dchat = dhc * o * (1.0 - tc * tc)
+    return i, f, g, o, c_prev, xc, tc, gamma, dhc, dchat
+
+
+@triton.jit
+def _ln_h_sums(dp, n1, n2, hh, ln_wh, dg_h, prow, offs_b, vb, col, vc, G):
+    """LN_h backward of one gate block, first part: adds the block's share of the row sums of
+    dL/dx_hat and dL/dx_hat * x_hat to n1, n2 [BB]; stores its gain gradient to dg_h row prow."""
+    xh = load_tile(hh, offs_b, vb, col, vc, G)
+    dxh = dp * tl.load(ln_wh + col, mask=vc, other=0.0).to(dp.dtype)[None, :]
+    tl.store(dg_h + prow * G + col, tl.sum(dp * xh, axis=0), mask=vc)
+    return n1 + tl.sum(dxh, axis=1), n2 + tl.sum(dxh * xh, axis=1)
+
+
+@triton.jit(do_not_specialize=_DNS)
+def bwd_ln_kernel(dc_n, w_hr, lengths, cs, act_ws, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc, zc, dxp,
+                  dhh_ws, dhn_ws, dc_buf, dg_h, dg_c, db_c, s, T, B, H, R, eps,
+                  HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, PROJ: tl.constexpr, ZO: tl.constexpr,
+                  PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+    """Layer norm, backward step s, after bwd_transfer_kernel stored dhn[s] (dL/dh~_s): rows
+    block program_id(0), every column, in passes over BH-wide blocks: LN_c's row sums; the
+    gate gradients (dxp at the rows' positions, kept in dhh[s]), dL/dc_{s-1} into dc_buf
+    and LN_h's row sums; then LN_h's backward over dhh[s] in place.  The LN parameter
+    gradients of step s and this row block go to row s * n_row_blocks + program_id(0) of
+    dg_h [*, G], dg_c, db_c [*, H] (summed on the host: no atomics, the same sums every run)."""
+    ACC = cs.dtype.element_ty
+    G = 4 * H
+    pid = row_block()
+    offs_b = pid * BB + tl.arange(0, BB)
+    vb = offs_b < B
+    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    active, t = row_step(L, vb, s, REVERSE)
+    a2 = active[:, None]
+    sp = stats_c + tl.cast(s, tl.int64) * 2 * B + offs_b
+    mean_c = tl.load(sp, mask=vb, other=0.0)
+    rstd_c = tl.load(sp + B, mask=vb, other=1.0)
+    rstd_h = tl.load(stats_h + tl.cast(s, tl.int64) * 2 * B + B + offs_b, mask=vb, other=1.0)
+    prow = (tl.cast(s, tl.int64) * tl.num_programs(0) + pid)
+    m1 = tl.zeros([BB], dtype=ACC)
+    m2 = tl.zeros([BB], dtype=ACC)
+    for j0 in range(0, H, BH):  # pass 1: LN_c's row sums, LN_c's parameter gradients
+        offs_j = j0 + tl.arange(0, BH)
+        vj = offs_j < H
+        i, f, g, o, c_prev, xc, tc, gamma, dhc, dchat = _ln_c_bwd(
+            act_ws, cs, dhn_ws, dhh_ws, w_hr, s, offs_b, vb, offs_j, vj, B, H, R, mean_c, rstd_c, bn_wc, bn_bc,
+            True, PROJ, PREC, BB, BH, BK)
+        dxc = tl.where(a2, dchat * gamma[None, :], 0.0)
+        m1 += tl.sum(dxc, axis=1)
+        m2 += tl.sum(dxc * xc, axis=1)
+        tl.store(dg_c + prow * H + offs_j, tl.sum(tl.where(a2, dchat * xc, 0.0), axis=0), mask=vj)
+        tl.store(db_c + prow * H + offs_j, tl.sum(tl.where(a2, dchat, 0.0), axis=0), mask=vj)
+    m1 = m1 / H
+    m2 = m2 / H
+    tl.debug_barrier()
+    n1 = tl.zeros([BB], dtype=ACC)
+    n2 = tl.zeros([BB], dtype=ACC)
+    hh = hhat_ws + step_offset(s, B, G)
+    dd = dhh_ws + step_offset(s, B, G)
+    for j0 in range(0, H, BH):  # pass 2: the gate gradients, dL/dc_{s-1}, LN_h's row sums
+        offs_j = j0 + tl.arange(0, BH)
+        vj = offs_j < H
+        m2t = vb[:, None] & vj[None, :]
+        i, f, g, o, c_prev, xc, tc, gamma, dhc, dchat = _ln_c_bwd(
+            act_ws, cs, dhn_ws, dhh_ws, w_hr, s, offs_b, vb, offs_j, vj, B, H, R, mean_c, rstd_c, bn_wc, bn_bc,
+            False, PROJ, PREC, BB, BH, BK)
+        dtil = rstd_c[:, None] * (dchat * gamma[None, :] - m1[:, None] - xc * m2[:, None])
+        if s < T - 1:
+            dc = load_tile(dc_buf + step_offset((s + 1) % 2, B, H), offs_b, vb, offs_j, vj, H)
+        else:
+            dc = load_tile(dc_n, offs_b, vb, offs_j, vj, H).to(ACC)
+        if ZO != 0:
+            z = load_zone(zc, s, offs_b, vb, offs_j, vj, B, H, ACC, ZO)
+            dct = tl.where(a2, (1.0 - z) * dc + dtil, 0.0)
+            store_tile(dc_buf + step_offset(s % 2, B, H), tl.where(a2, dct * f + z * dc, dc), offs_b, vb, offs_j,
+                       vj, H)
+        else:
+            dct = tl.where(a2, dc + dtil, 0.0)
+            store_tile(dc_buf + step_offset(s % 2, B, H), tl.where(a2, dct * f, dc), offs_b, vb, offs_j, vj, H)
+        dp_i = tl.where(a2, dct * g * i * (1.0 - i), 0.0)
+        dp_f = tl.where(a2, dct * c_prev * f * (1.0 - f), 0.0)
+        dp_g = tl.where(a2, dct * i * (1.0 - g * g), 0.0)
+        dp_o = tl.where(a2, dhc * tc * o * (1.0 - o), 0.0)
+        rows = offs_b[:, None] * G + offs_j[None, :]
+        store_gates(dxp + t[:, None].to(tl.int64) * B * G + rows, H, m2t, dp_i, dp_f, dp_g, dp_o)
+        store_gates(dd + rows, H, m2t, dp_i, dp_f, dp_g, dp_o)
+        n1, n2 = _ln_h_sums(dp_i, n1, n2, hh, bn_wh, dg_h, prow, offs_b, vb, offs_j, vj, G)
+        n1, n2 = _ln_h_sums(dp_f, n1, n2, hh, bn_wh, dg_h, prow, offs_b, vb, H + offs_j, vj, G)
+        n1, n2 = _ln_h_sums(dp_g, n1, n2, hh, bn_wh, dg_h, prow, offs_b, vb, 2 * H + offs_j, vj, G)
+        n1, n2 = _ln_h_sums(dp_o, n1, n2, hh, bn_wh, dg_h, prow, offs_b, vb, 3 * H + offs_j, vj, G)
+    n1 = n1 / G
+    n2 = n2 / G
+    tl.debug_barrier()
+    for j0 in range(0, G, BH):  # pass 3: LN_h's backward: dL/d(W_hh h m), in place
+        col = j0 + tl.arange(0, BH)
+        vc = col < G
+        dp = load_tile(dd, offs_b, vb, col, vc, G)
+        xh = load_tile(hh, offs_b, vb, col, vc, G)
+        dxh = dp * tl.load(bn_wh + col, mask=vc, other=0.0).to(ACC)[None, :]
+        store_tile(dd, tl.where(a2, rstd_h[:, None] * (dxh - n1[:, None] - xh * n2[:, None]), 0.0), offs_b, vb,
+                   col, vc, G)
 
 
 # ---- persistent design ---------------------------------------------------------------
@@ -354,10 +658,10 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, dhh_ws, dh_buf, dhn_ws, d
 
 @triton.jit(do_not_specialize=_DNS)
 def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws,
-                          stats_h, stats_c, bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c, rv_c, bar,
+                          stats_h, stats_c, bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c, rv_c, zc, zh, bar,
                           T, B, H, R, NS, NSC, bn_off, bn_S, eps,
                           MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
-                          BN: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr,
+                          BN: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr, ZO: tl.constexpr,
                           RESIDENT: tl.constexpr, PREC: tl.constexpr,
                           BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr,
                           RP: tl.constexpr, HP: tl.constexpr):
@@ -402,6 +706,8 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
         hc, c_new = fwd_cell(a_i, a_f, a_g, a_o, c, xp, s, t, active, offs_b, vb, offs_j, vj, B,
                              H, slot, eps, act_ws, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc,
                              rm_h, rv_h, rm_c, rv_c, BN, SAVE)
+        if ZO != 0:
+            c_new = zone_mix(load_zone(zc, s, offs_b, vb, offs_j, vj, B, H, ACC, ZO), c, c_new)
         c = tl.where(a2, c_new, c)
         if SAVE:
             store_tile(cs + step_offset(s + 1, B, H), c, offs_b, vb, offs_j, vj, H)
@@ -412,12 +718,16 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
             hp = project(tl.zeros([BB, BP], dtype=ACC), hcp, offs_b, vb, H, w_r, offs_hk, vhk, w_hr, 1, offs_p, vp,
                          H, RESIDENT, PREC, BK)
             h_own = load_tile(h_prev, offs_b, vb, offs_p, vp, R)
+            if ZO != 0:
+                hp = zone_mix(load_zone(zh, s, offs_b, vb, offs_p, vp, B, R, ACC, ZO), h_own, hp)
             store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hp, h_own), offs_b, vb,
                        offs_p, vp, R)
             store_pos(y, tl.where(a2, hp, 0.0), t, offs_b, vb, offs_p, vp, B, R)
             grid_sync(bar, (2 * s + 2) * nprog)
         else:
             h_own = load_tile(h_prev, offs_b, vb, offs_j, vj, R)
+            if ZO != 0:
+                hc = zone_mix(load_zone(zh, s, offs_b, vb, offs_j, vj, B, R, ACC, ZO), h_own, hc)
             store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hc, h_own), offs_b, vb,
                        offs_j, vj, R)
             store_pos(y, tl.where(a2, hc, 0.0), t, offs_b, vb, offs_j, vj, B, R)
@@ -428,11 +738,11 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
 
 @triton.jit(do_not_specialize=_DNS)
 def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws, hhat_ws,
-                          stats_h, stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, dxp, dhh_ws,
+                          stats_h, stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, zc, zh, dxp, dhh_ws,
                           dhn_ws, dh0, dc0, dg_h, dg_c, db_c, bar,
                           T, B, H, R, bn_off, bn_S, eps,
                           MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
-                          BN: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
+                          BN: tl.constexpr, PROJ: tl.constexpr, ZO: tl.constexpr, RESIDENT: tl.constexpr,
                           PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
                           BP: tl.constexpr, BK: tl.constexpr, GP: tl.constexpr, PP: tl.constexpr):
     """The whole backward in one launch, the steps in reverse.  Program pid owns the same
@@ -464,27 +774,28 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
         a2 = active[:, None]
         slot = tl.minimum(bn_off + s, bn_S - 1)
         if s < T - 1:
-            dh = transfer(dh, s + 1, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask,
-                          MASK, REVERSE, RESIDENT, PREC, BK, GP)
+            dh = transfer(dh, s + 1, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask, zh,
+                          MASK, REVERSE, RESIDENT, ZO, PREC, BK, GP)
         dy_t = load_pos(dy, t, offs_b, vb, offs_r, vr, B, R).to(ACC)
+        dh, dnew = output_grad(dh, dy_t, a2, zh, s, offs_b, vb, offs_r, vr, B, R, ZO)
         if PROJ:
             dn = dhn_ws + step_offset(s, B, R)
-            store_tile(dn, tl.where(a2, dh + dy_t, 0.0), offs_b, vb, offs_r, vr, R)
+            store_tile(dn, dnew, offs_b, vb, offs_r, vr, R)
             grid_sync(bar, (2 * it + 1) * nprog)
             dhc = project(tl.zeros([BB, BH], dtype=ACC), dn, offs_b, vb, R, w_p, offs_q, vq, w_hr, H, offs_j, vj, 1,
                           RESIDENT, PREC, BK)
         else:
-            dhc = tl.where(a2, dh + dy_t, 0.0)
+            dhc = dnew
         dc = bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act_ws,
                       cs + step_offset(s, B, H), cs + step_offset(s + 1, B, H), hhat_ws, stats_h,
                       stats_c, bn_wh, bn_wc, bn_bc, rv_h, rm_c, rv_c, dxp, dhh_ws, dg_h, dg_c,
-                      db_c, BN)
+                      db_c, zc, BN, ZO)
         if PROJ:
             grid_sync(bar, (2 * it + 2) * nprog)
         else:
             grid_sync(bar, (it + 1) * nprog)
-    dh = transfer(dh, 0, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask, MASK,
-                  REVERSE, RESIDENT, PREC, BK, GP)
+    dh = transfer(dh, 0, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask, zh, MASK,
+                  REVERSE, RESIDENT, ZO, PREC, BK, GP)
     store_tile(dh0, dh, offs_b, vb, offs_r, vr, R)
     store_tile(dc0, dc, offs_b, vb, offs_j, vj, H)
     grid_reset(bar, nprog)

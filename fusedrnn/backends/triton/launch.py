@@ -7,7 +7,9 @@ Dimension letters: B batch, H hidden, R = P or H, G = 4H.
 
 Roles: persistent plans launch ``fwd`` (and ``bwd``); per-step plans launch ``fwd`` every
 step, ``fwd_proj`` after it with proj_size, and backward ``bwd`` every step, ``transfer``
-(proj_size, every step) and ``transfer_final`` once.
+(proj_size, every step) and ``transfer_final`` once.  With layer norm (per-step only) the
+forward step is ``fwd`` (the GEMM) then ``ln_fwd`` (whole rows), and the backward step
+``transfer`` then ``ln_bwd``.
 """
 
 from __future__ import annotations
@@ -22,18 +24,20 @@ from . import kernels as K
 ROLES = {
     "persistent": {"fwd": K.fwd_persistent_kernel, "bwd": K.bwd_persistent_kernel},
     "step": {"fwd": K.fwd_step_kernel, "fwd_proj": K.fwd_proj_kernel, "bwd": K.bwd_step_kernel,
-             "transfer": K.bwd_transfer_kernel, "transfer_final": K.bwd_transfer_kernel},
+             "transfer": K.bwd_transfer_kernel, "transfer_final": K.bwd_transfer_kernel,
+             "ln_fwd": K.fwd_ln_kernel, "ln_bwd": K.bwd_ln_kernel},
 }
 # constexprs that are tile sizes (what autotuning varies); the rest are flags
 TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "RP", "HP", "GP", "PP")
 
 
 def flags(mask_mode: int, lengths: bool, reverse: bool, norm_mode: int, proj: bool, save: bool,
-          prec: str) -> dict:
+          prec: str, zoneout: int = 0) -> dict:
     """The option constexprs of every kernel: MASK and BN are the contract's mask_mode and
-    norm_mode; PREC the tl.dot input precision ("ieee", or "tf32" for fp32 with TF32)."""
+    norm_mode (3: layer norm); ZO zoneout (0 off, 1 [T, B, *] weights, 2 one rate each for
+    c and h); PREC the tl.dot input precision ("ieee", or "tf32" for fp32 with TF32)."""
     return dict(MASK=int(mask_mode), HAS_LEN=bool(lengths), REVERSE=bool(reverse), BN=int(norm_mode),
-                PROJ=bool(proj), SAVE=bool(save), PREC=prec)
+                PROJ=bool(proj), SAVE=bool(save), ZO=int(zoneout), PREC=prec)
 
 
 def tiles(p: C.Plan, s: C.Shape) -> dict:
@@ -67,14 +71,22 @@ def launch(p: C.Plan, s: C.Shape, f: dict, role: str) -> Launch:
     kernel = ROLES[p.design][role]
     extra = {"FINAL": role == "transfer_final"} if role.startswith("transfer") else {}
     t = tiles(p, s)
+    warps = p.num_warps
+    if role in ("ln_fwd", "ln_bwd"):  # whole-row programs: their own rows, column blocks and warps
+        t.update(BB=C.ln_rows(p), BH=C.ln_cols(s, role))
+        warps = C.LN_WARPS
     return Launch(role, kernel, _take(kernel, {**f, **extra}),
-                  _take(kernel, {k: v for k, v in t.items() if k in TILE_KEYS}), p.num_warps, p.num_stages)
+                  _take(kernel, {k: v for k, v in t.items() if k in TILE_KEYS}), warps, p.num_stages)
 
 
 def launches(p: C.Plan, s: C.Shape, f: dict) -> list[Launch]:
     """Every launch plan p makes for shape s (backward roles only with f["SAVE"])."""
     if p.design == "persistent":
         roles = ["fwd"] + (["bwd"] if f["SAVE"] else [])
+    elif f["BN"] == 3:
+        roles = ["fwd", "ln_fwd"] + (["fwd_proj"] if s.proj else [])
+        if f["SAVE"]:
+            roles += ["transfer", "ln_bwd", "transfer_final"]
     else:
         roles = ["fwd"] + (["fwd_proj"] if s.proj else [])
         if f["SAVE"]:
@@ -87,6 +99,8 @@ def grid(role: str, p_design: str, B: int, H: int, R: int, t: dict) -> tuple:
     autotuning, which varies the tiles, gets the grid of each candidate)."""
     if p_design == "persistent":  # one program per (row block, column block)
         return (triton.cdiv(B, t["BB"]) * max(triton.cdiv(H, t["BH"]), triton.cdiv(R, t["BP"])),)
+    if role in ("ln_fwd", "ln_bwd"):  # whole rows
+        return (triton.cdiv(B, t["BB"]),)
     if role in ("fwd", "bwd"):
         return (triton.cdiv(H, t["BH"]), triton.cdiv(B, t["BB"]))
     return (triton.cdiv(R, t.get("BP", t.get("BR"))), triton.cdiv(B, t["BB"]))

@@ -35,11 +35,10 @@ def lstm_layer_forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: O
                        bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
                        bn_c_running_var: Optional[Tensor], bn_step_offset: int, bn_eps: float,
                        zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], save_workspace: bool) -> _OUT10:
-    host.refuse_zoneout(zoneout_c)
     with host.device_guard(xp):
         return host.forward(xp, h0, c0, w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, bn_h_weight,
                             bn_c_weight, bn_c_bias, bn_h_running_mean, bn_h_running_var, bn_c_running_mean,
-                            bn_c_running_var, bn_step_offset, bn_eps, save_workspace)
+                            bn_c_running_var, bn_step_offset, bn_eps, zoneout_c, zoneout_h, save_workspace)
 
 
 @_define(BACKWARD, mutates_args=())
@@ -52,12 +51,11 @@ def lstm_layer_backward(grad_y: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, w_hh
                         zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], h_stats: Tensor,
                         c_stats: Tensor, ws_h: Tensor, ws_act: Tensor, ws_c: Tensor, ws_hh_hat: Tensor,
                         ws_hc: Tensor) -> _OUT8:
-    host.refuse_zoneout(zoneout_c)
     with host.device_guard(grad_y):
         return host.backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode,
                              bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_mean, bn_h_running_var,
-                             bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps, h_stats, c_stats, ws_h,
-                             ws_act, ws_c, ws_hh_hat, ws_hc)
+                             bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps, zoneout_c, zoneout_h,
+                             h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc)
 
 
 def _workspace(new, T, B, H, R, save, norm, proj):
