@@ -125,11 +125,14 @@ MUTANTS = [
            "rstd_h[:, None] * (dxh - n1[:, None] - xh * n2[:, None])", "rstd_h[:, None] * (dxh - n1[:, None])",
            ("tests/test_zoneout_layernorm.py::test_triton_designs_match_direct_oracle",),
            "LN_h's backward without the x_hat term (the Triton row kernel)"),
-    Mutant("triton-ln-one-block", "fusedrnn/backends/triton/kernels.py",
-           "    for j0 in range(0, N, BC):\n        offs = j0 + tl.arange(0, BC)",
-           "    for j0 in range(0, BC, BC):\n        offs = j0 + tl.arange(0, BC)",
+    Mutant("triton-ln-h-merge", "fusedrnn/backends/triton/kernels.py",
+           "+ n_k[None, :] * d * d, 0.0)", ", 0.0)",
            ("tests/test_zoneout_layernorm.py::test_triton_step_design_with_many_blocks",),
-           "layer norm's row statistics over the first column block only (a row wider than a tile)"),
+           "LN_h's variance merged from the GEMM blocks without the spread of their means"),
+    Mutant("triton-ln-c-merge", "fusedrnn/backends/triton/kernels.py",
+           "m2 + tl.sum(dv * dv, axis=1) + d * d * (n * nb / n_new)", "m2 + tl.sum(dv * dv, axis=1)",
+           ("tests/test_zoneout_layernorm.py::test_triton_step_design_with_many_blocks",),
+           "LN_c's variance merged over column blocks without the spread of their means"),
 ]
 
 

@@ -213,6 +213,7 @@ def test_triton_step_design_with_many_blocks(monkeypatch, norm, P_):
 
     monkeypatch.setattr(TC, "step_plan", small)
     monkeypatch.setattr(TC, "LN_COLS", {"ln_fwd": 16, "ln_bwd": 16})  # two blocks of H, five of 4H
+    monkeypatch.setattr(TC, "LN_PARTS", 1)  # the two GEMM blocks' statistics merged in two loads
     kw, ln, leaves = _blocks_case(20, 20, P_)
     if norm == "ln":
         kw["bn"] = ln

@@ -34,7 +34,7 @@ _TY = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", tor
 _IN = {"xp", "y", "mask", "dy", "dxp", "dh_n", "dc_n", "dh0", "dc0", "w_hh", "w_hr", "bn_wh",
        "bn_wc", "bn_bc", "rm_h", "rv_h", "rm_c", "rv_c", "zc", "zh"}
 _ACC = {"hs", "cs", "hc_ws", "act_ws", "hhat_ws", "stats_h", "stats_c", "dhh_ws", "dhn_ws",
-        "dh_buf", "dc_buf", "dg_h", "dg_c", "db_c"}
+        "dh_buf", "dc_buf", "dg_h", "dg_c", "db_c", "ln_part"}
 _INTS = {"s", "T", "B", "H", "R", "P", "NS", "NSC", "bn_off", "bn_S"}
 # Pointers that the host replaces by an ACC dummy when the option is off.
 _OPTIONAL = {"mask": "mask", "w_hr": "proj", "bn_wh": "bn", "bn_wc": "bn", "bn_bc": "bn",

@@ -145,6 +145,7 @@ def _resident_fits(s: Shape, BB: int, BH: int, BP: int) -> bool:
 LN_ROWS = 16  # rows per program of layer norm's whole-row kernels (more programs per step)
 LN_COLS = {"ln_fwd": 32, "ln_bwd": 64}  # columns per pass block of those kernels (the widest
 LN_WARPS = 8  # without spills on sm_80 / sm_90 in the compile gate): few serial blocks per row
+LN_PARTS = 32  # GEMM-block statistics ln_fwd merges per load (64 hit ptxas' register cap)
 
 
 def ln_rows(p: Plan) -> int:

@@ -174,6 +174,8 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
         dummy = e(1)
         zc, zh, zo = zoneout_operands(zoneout_c, zoneout_h, dummy)
         f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, save, _prec(xp.dtype), zo)
+        # layer norm: each GEMM program's per-row (mean, M2) of the step, merged by ln_fwd
+        ln_part = e(triton.cdiv(H, plans[0].BH), 2, B) if layer else dummy
         tune = _tuning(xp)
         ws = [_or(t if t.numel() else None, dummy) for t in (act, hhat, stats_h, stats_c)]
         bnt = [_or(t, dummy) for t in (bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_mean, bn_h_running_var,
@@ -188,11 +190,11 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
                                       B, H, R, NS, NSC, bn_step_offset, bn_S, bn_eps), tune, restore=("hs", "cs"))
         else:
             for step in range(T):
-                _run("fwd", plans, s, f, (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, step, T, B, H, R, NS,
-                                          NSC, bn_step_offset, bn_S, bn_eps), tune and not layer)
+                _run("fwd", plans, s, f, (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, ln_part, step, T, B,
+                                          H, R, NS, NSC, bn_step_offset, bn_S, bn_eps), tune and not layer)
                 if layer:
-                    _run("ln_fwd", plans[:1], s, f, (xp, lens, hs, cs, y, hcw, *ws, *bnt[:3], zc, zh, step, T, B, H, R,
-                                                     NS, NSC, bn_eps), False)
+                    _run("ln_fwd", plans[:1], s, f, (xp, lens, hs, cs, y, hcw, *ws, *bnt[:3], zc, zh, ln_part, step, T,
+                                                     B, H, R, NS, NSC, bn_eps), False)
                 if proj:
                     _run("fwd_proj", plans[:1], s, f, (w_hr.contiguous(), lens, hs, y, hcw, zh, step, T, B, H, R, NS,
                                                        NSC), False)

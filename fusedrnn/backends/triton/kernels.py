@@ -219,7 +219,7 @@ def bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act
 
 @triton.jit(do_not_specialize=_DNS)
 def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats_c,
-                    bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c, rv_c, zc, zh,
+                    bn_wh, bn_wc, bn_bc, rm_h, rv_h, rm_c, rv_c, zc, zh, ln_part,
                     s, T, B, H, R, NS, NSC, bn_off, bn_S, eps,
                     MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
                     BN: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr, ZO: tl.constexpr,
@@ -228,7 +228,8 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
     GEMM (K = R in chunks of BK), the fused cell, zoneout, and the new h (or, with
     proj_size, the pre-projection hc that fwd_proj_kernel projects).  Layer norm (BN == 3):
     the GEMM only, its raw W_hh h m stored to hhat_ws slot s % NSC for fwd_ln_kernel, which
-    normalises whole rows."""
+    normalises whole rows, and each row's (mean, M2) over this block's 4 x BH gate columns
+    to ln_part [n_col_blocks, 2, B] (merged there by Chan's formula)."""
     ACC = hs.dtype.element_ty
     offs_j, vj, offs_b, vb, L, active, t = step_program(lengths, s, T, B, H, BB, BH, HAS_LEN, REVERSE)
     slot = tl.minimum(bn_off + s, bn_S - 1)
@@ -242,6 +243,15 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
         store_tile(raw + H, a_f, offs_b, vb, offs_j, vj, 4 * H)
         store_tile(raw + 2 * H, a_g, offs_b, vb, offs_j, vj, 4 * H)
         store_tile(raw + 3 * H, a_o, offs_b, vb, offs_j, vj, 4 * H)
+        v2 = vj[None, :]
+        n_blk = 4 * tl.sum(vj.to(ACC), axis=0)
+        mean = tl.sum(tl.where(v2, a_i + a_f + a_g + a_o, 0.0), axis=1) / n_blk
+        m = mean[:, None]
+        m2 = tl.sum(tl.where(v2, (a_i - m) * (a_i - m) + (a_f - m) * (a_f - m) + (a_g - m) * (a_g - m)
+                             + (a_o - m) * (a_o - m), 0.0), axis=1)
+        pp = ln_part + tl.program_id(0).to(tl.int64) * 2 * B + offs_b
+        tl.store(pp, mean, mask=vb)
+        tl.store(pp + B, m2, mask=vb)
     else:
         c_prev = load_tile(cs + step_offset(s % NS, B, H), offs_b, vb, offs_j, vj, H)
         hc, c_new = fwd_cell(a_i, a_f, a_g, a_o, c_prev, xp, s, t, active, offs_b, vb, offs_j, vj, B,
@@ -409,31 +419,46 @@ def row_block():
 
 
 @triton.jit
-def row_sums(ptr, offs_b, vb, N, mean, BB: tl.constexpr, BC: tl.constexpr):
-    """Per row of a [B, N] buffer: the sum of its N values (mean is None) or of their squared
-    deviations from mean [BB] (two passes for the variance, as F.layer_norm)."""
-    acc = tl.zeros([BB], dtype=ptr.dtype.element_ty)
-    for j0 in range(0, N, BC):
-        offs = j0 + tl.arange(0, BC)
-        vn = offs < N
-        v = load_tile(ptr, offs_b, vb, offs, vn, N)
-        if mean is not None:
-            v = tl.where(vb[:, None] & vn[None, :], v - mean[:, None], 0.0)
-            v = v * v
-        acc += tl.sum(v, axis=1)
-    return acc
-
-
-@triton.jit
-def row_stats(ptr, offs_b, vb, N, eps, stats, s, B, BB: tl.constexpr, BC: tl.constexpr):
-    """(mean, rstd) [BB] of each row of a [B, N] buffer (biased variance); stored to
-    stats[s, 0 | 1, rows]."""
-    mean = row_sums(ptr, offs_b, vb, N, None, BB, BC) / N
-    rstd = 1.0 / tl.sqrt(row_sums(ptr, offs_b, vb, N, mean, BB, BC) / N + eps)
+def merged_stats(part, offs_b, vb, H, eps, stats, s, B, BB: tl.constexpr, BG: tl.constexpr, NP: tl.constexpr):
+    """Each row's (mean, rstd) over its 4H gate values, from the per-block (mean, M2) that the
+    GEMM programs (BG hidden units each: 4 x min(BG, units left) values) stored to part
+    [n_blocks, 2, B]: Chan's merge, mean = sum n_k m_k / 4H, M2 = sum M2_k + n_k (m_k - mean)^2,
+    reading NP blocks per load.  Stored to stats[s, 0 | 1, rows]."""
+    G = 4 * H
+    nblk = tl.cdiv(H, BG)
+    mean = tl.zeros([BB], dtype=stats.dtype.element_ty)
+    for k0 in range(0, nblk, NP):
+        k = k0 + tl.arange(0, NP)
+        n_k = 4 * tl.minimum(BG, H - k * BG).to(mean.dtype)
+        m_k = tl.load(part + k[None, :].to(tl.int64) * 2 * B + offs_b[:, None], mask=vb[:, None] & (k < nblk)[None, :],
+                      other=0.0)
+        mean += tl.sum(tl.where((k < nblk)[None, :], n_k[None, :] * m_k, 0.0), axis=1)
+    mean = mean / G
+    m2 = tl.zeros([BB], dtype=mean.dtype)
+    for k0 in range(0, nblk, NP):
+        k = k0 + tl.arange(0, NP)
+        vk = (k < nblk)[None, :]
+        n_k = 4 * tl.minimum(BG, H - k * BG).to(mean.dtype)
+        pk = part + k[None, :].to(tl.int64) * 2 * B + offs_b[:, None]
+        d = tl.load(pk, mask=vb[:, None] & vk, other=0.0) - mean[:, None]
+        m2 += tl.sum(tl.where(vk, tl.load(pk + B, mask=vb[:, None] & vk, other=0.0) + n_k[None, :] * d * d, 0.0),
+                     axis=1)
+    rstd = 1.0 / tl.sqrt(m2 / G + eps)
     sp = stats + tl.cast(s, tl.int64) * 2 * B + offs_b
     tl.store(sp, mean, mask=vb)
     tl.store(sp + B, rstd, mask=vb)
     return mean, rstd
+
+
+@triton.jit
+def merge_block(n, mean, m2, v, valid, nb):
+    """Chan's merge of a running (count n, mean, M2) [BB] with one block v [BB, BC] of nb valid
+    columns per row (valid [BB, BC]): the statistics of both together."""
+    bm = tl.sum(tl.where(valid, v, 0.0), axis=1) / nb
+    dv = tl.where(valid, v - bm[:, None], 0.0)
+    n_new = n + nb
+    d = bm - mean
+    return n_new, mean + d * (nb / n_new), m2 + tl.sum(dv * dv, axis=1) + d * d * (n * nb / n_new)
 
 
 @triton.jit
@@ -446,14 +471,14 @@ def _ln_gate(raw, offs_b, vb, col, vj, G, mean, rstd, ln_wh):
 
 @triton.jit(do_not_specialize=_DNS)
 def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc,
-                  zc, zh, s, T, B, H, R, NS, NSC, eps,
+                  zc, zh, ln_part, s, T, B, H, R, NS, NSC, eps,
                   HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr,
-                  ZO: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr):
-    """Layer norm, step s, after fwd_step_kernel stored the raw W_hh h m: rows block
-    program_id(0), every column, in passes over BH-wide blocks (a row's statistics need all
-    of it): LN_h statistics over the 4H gates; x_hat over the raw values, the gates, c~ (in
-    the next cell-state slot) and its sum; LN_c statistics; the output o * tanh(LN_c(c~)),
-    zoneout and the new state.  bn_wh, bn_wc, bn_bc: LN_h's gain, LN_c's gain and bias (LN_h's
+                  ZO: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BG: tl.constexpr, NP: tl.constexpr):
+    """Layer norm, step s, after fwd_step_kernel stored the raw W_hh h m and its per-block
+    statistics: rows block program_id(0), every column, in two passes over BH-wide blocks:
+    LN_h statistics merged from the GEMM programs' (merged_stats); x_hat over the raw values,
+    the gates, c~ (in the next cell-state slot) and LN_c's statistics merged block by block;
+    then the output o * tanh(LN_c(c~)), zoneout and the new state.  bn_wh, bn_wc, bn_bc: LN_h's gain, LN_c's gain and bias (LN_h's
     bias is in xp).  stats_h / stats_c [T, 2, B]: each row's mean and 1 / sqrt(var + eps)."""
     ACC = hs.dtype.element_ty
     G = 4 * H
@@ -465,7 +490,10 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
     raw = hhat_ws + step_offset(s % NSC, B, G)
     c_prev_p = cs + step_offset(s % NS, B, H)
     c_next_p = cs + step_offset((s + 1) % NS, B, H)
-    mean_h, rstd_h = row_stats(raw, offs_b, vb, G, eps, stats_h, s, B, BB, BH)
+    mean_h, rstd_h = merged_stats(ln_part, offs_b, vb, H, eps, stats_h, s, B, BB, BG, NP)
+    cn = tl.zeros([BB], dtype=ACC)
+    c_mean = tl.zeros([BB], dtype=ACC)
+    c_m2 = tl.zeros([BB], dtype=ACC)
     for j0 in range(0, H, BH):
         offs_j = j0 + tl.arange(0, BH)
         vj = offs_j < H
@@ -485,15 +513,19 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
                     + tl.load(xr + H, mask=m2, other=0.0).to(ACC))
         if SAVE:
             tl.store(ar + H, f, mask=m2)
-        store_tile(c_next_p, f * load_tile(c_prev_p, offs_b, vb, offs_j, vj, H) + ig, offs_b, vb, offs_j, vj, H)
+        c_til = f * load_tile(c_prev_p, offs_b, vb, offs_j, vj, H) + ig
+        store_tile(c_next_p, c_til, offs_b, vb, offs_j, vj, H)
+        cn, c_mean, c_m2 = merge_block(cn, c_mean, c_m2, c_til, m2, tl.sum(vj.to(ACC), axis=0))
         # x_hat of the o gate is stored for the output pass, which recomputes o from it
         o = sigmoid(_ln_gate(raw, offs_b, vb, 3 * H + offs_j, vj, G, mean_h, rstd_h, bn_wh)
                     + tl.load(xr + 3 * H, mask=m2, other=0.0).to(ACC))
         if SAVE:
             tl.store(ar + 3 * H, o, mask=m2)
+    mean_c, rstd_c = c_mean, 1.0 / tl.sqrt(c_m2 / H + eps)
+    sp = stats_c + tl.cast(s, tl.int64) * 2 * B + offs_b
+    tl.store(sp, mean_c, mask=vb)
+    tl.store(sp + B, rstd_c, mask=vb)
     tl.debug_barrier()  # c~ and x_hat of every block are written before any thread reads them
-    mean_c, rstd_c = row_stats(c_next_p, offs_b, vb, H, eps, stats_c, s, B, BB, BH)
-    tl.debug_barrier()
     for j0 in range(0, H, BH):
         offs_j = j0 + tl.arange(0, BH)
         vj = offs_j < H

@@ -28,7 +28,7 @@ ROLES = {
              "ln_fwd": K.fwd_ln_kernel, "ln_bwd": K.bwd_ln_kernel},
 }
 # constexprs that are tile sizes (what autotuning varies); the rest are flags
-TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "RP", "HP", "GP", "PP")
+TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "RP", "HP", "GP", "PP", "BG", "NP")
 
 
 def flags(mask_mode: int, lengths: bool, reverse: bool, norm_mode: int, proj: bool, save: bool,
@@ -73,7 +73,8 @@ def launch(p: C.Plan, s: C.Shape, f: dict, role: str) -> Launch:
     t = tiles(p, s)
     warps = p.num_warps
     if role in ("ln_fwd", "ln_bwd"):  # whole-row programs: their own rows, column blocks and warps
-        t.update(BB=C.ln_rows(p), BH=C.ln_cols(s, role))
+        # BG: the GEMM programs' hidden block (their partial statistics), NP: partials per load
+        t.update(BB=C.ln_rows(p), BH=C.ln_cols(s, role), BG=p.BH, NP=min(C.pow2(triton.cdiv(s.H, p.BH), 2), C.LN_PARTS))
         warps = C.LN_WARPS
     return Launch(role, kernel, _take(kernel, {**f, **extra}),
                   _take(kernel, {k: v for k, v in t.items() if k in TILE_KEYS}), warps, p.num_stages)
