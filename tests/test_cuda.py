@@ -82,14 +82,19 @@ def _run(d, backend, device, dtype, reverse=False, grad_seed=1):
         for k in ("weight_h", "weight_c", "bias_c"):
             b[k].requires_grad_()
         bn = ops.RecurrentBN(**b)
+    if d.get("ln") is not None:
+        ln = {k: v.to(device=device, dtype=dtype).clone().requires_grad_() for k, v in d["ln"].items()}
+        bn = ops.RecurrentLN(weight_x=None, bias_x=None, eps=1e-5, **ln)
     y, h_n, c_n = ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, mask=mask, lengths=lengths, reverse=reverse, bn=bn,
                                       zoneout=_zoneout(d, device, dtype), backend=backend)
     g = torch.Generator().manual_seed(grad_seed)
     loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(device)).sum()
                for t in (y, h_n, c_n))
     wrt = [xp, h0, c0, w_hh] + ([w_hr] if w_hr is not None else [])
-    if bn is not None:
+    if d["bn"] is not None:
         wrt += [bn.weight_h, bn.weight_c, bn.bias_c]
+    if d.get("ln") is not None:
+        wrt += [bn.weight_h, bn.bias_h, bn.weight_c, bn.bias_c]
     grads = torch.autograd.grad(loss, wrt)
     cpu = lambda t: t.detach().double().cpu()  # noqa: E731
     return [cpu(y), cpu(h_n), cpu(c_n)] + [cpu(t) for t in grads]
@@ -226,17 +231,25 @@ def test_cell_and_batch_norm_ops_match_cpu(dtype):
     torch.testing.assert_close(out[0].double().cpu(), ref[0], **tol)
 
 
-# ---- zoneout (compiled, not yet validated on a GPU: FUSEDRNN_CUDA_UNVERIFIED=1 admits it) ----
-ZO_CASES = [(None, None, 0, False, False, "train"), ("shared", "train", 0, True, True, "train"),
-            ("per_step", "eval", 8, True, False, "eval"), (None, "train", 8, False, True, "train"),
-            ("shared", None, 0, True, False, "eval")]
+# ---- zoneout and layer norm (compiled, not yet validated on a GPU: FUSEDRNN_CUDA_UNVERIFIED=1
+# admits them) ----
+ZO_CASES = [(None, None, 0, False, False, "train", False), ("shared", "train", 0, True, True, "train", False),
+            ("per_step", "eval", 8, True, False, "eval", False), (None, "train", 8, False, True, "train", False),
+            ("shared", None, 0, True, False, "eval", False), (None, None, 0, False, False, None, True),
+            ("per_step", None, 8, True, True, "train", True), ("shared", None, 0, True, True, "eval", True)]
 
 
-def _with_zoneout(d, kind, seed=3):
+def _with_zoneout(d, kind, ln=False, seed=3):
+    """d with zoneout weights of kind ("train" / "eval" / None) and, if ln, layer-norm parameters."""
     g = torch.Generator().manual_seed(seed)
     T, B, G = d["xp"].shape
     H, R = G // 4, d["h0"].shape[1]
-    if kind == "eval":
+    if ln:
+        r = lambda n: torch.randn(n, generator=g, dtype=torch.float64)  # noqa: E731
+        d["ln"] = dict(weight_h=1 + 0.2 * r(G), bias_h=0.2 * r(G), weight_c=1 + 0.2 * r(H), bias_c=0.2 * r(H))
+    if kind is None:
+        d["zoneout"] = None
+    elif kind == "eval":
         d["zoneout"] = ("eval", (0.3, 0.2))
     else:
         d["zoneout"] = ("train", (torch.rand(T, B, H, generator=g) < 0.3).double(),
@@ -244,12 +257,16 @@ def _with_zoneout(d, kind, seed=3):
     return d
 
 
-@pytest.mark.parametrize("mask_kind,bn_mode,proj,lengths,reverse,zo", ZO_CASES,
-                         ids=[f"mask{m}-bn{b}-P{p}-len{int(l)}-rev{int(r)}-{z}" for m, b, p, l, r, z in ZO_CASES])
-def test_zoneout_float64_matches_reference(mask_kind, bn_mode, proj, lengths, reverse, zo, design, monkeypatch):
+@pytest.mark.parametrize("mask_kind,bn_mode,proj,lengths,reverse,zo,ln", ZO_CASES,
+                         ids=[f"mask{m}-bn{b}-P{p}-len{int(l)}-rev{int(r)}-zo{z}-ln{int(n)}"
+                              for m, b, p, l, r, z, n in ZO_CASES])
+def test_zoneout_and_layer_norm_float64_match_reference(mask_kind, bn_mode, proj, lengths, reverse, zo, ln, design,
+                                                        monkeypatch):
+    """Zoneout (both designs) and layer norm (the per-step design's row kernels: B = 5 blocks
+    of one row, H = 16) against the reference in float64, every gradient."""
     monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")
     d = _with_zoneout(_inputs(T=7, B=5, H=16, P=proj, mask_kind=mask_kind, bn_mode=bn_mode, lengths=lengths,
-                              dtype=torch.float64), zo)
+                              dtype=torch.float64), zo, ln)
     ref = _run(d, "reference", "cpu", torch.float64, reverse)
     got = _run(d, "cuda", DEV, torch.float64, reverse)
     for i, (a, b) in enumerate(zip(got, ref)):
@@ -257,16 +274,17 @@ def test_zoneout_float64_matches_reference(mask_kind, bn_mode, proj, lengths, re
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "tf32"])
-@pytest.mark.parametrize("zo", ["train", "eval"])
-def test_zoneout_low_precision(dtype, zo, design, monkeypatch):
-    """Zoneout at a shape the persistent plan takes (auto): within 2x of the reference
-    backend's own error at that dtype (cuDNN cannot run zoneout), per output / gradient."""
+@pytest.mark.parametrize("zo,ln", [("train", False), ("eval", False), ("train", True)])
+def test_zoneout_and_layer_norm_low_precision(dtype, zo, ln, design, monkeypatch):
+    """Zoneout at a shape the persistent plan takes (auto), layer norm on the per-step design
+    (H = 256 over 256 threads per row): within 2x of the reference backend's own error at
+    that dtype (cuDNN cannot run these), per output / gradient."""
     monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = dtype == torch.float32
     try:
         d = _with_zoneout(_inputs(T=16, B=16, H=256, P=0, mask_kind="shared", bn_mode=None, lengths=True,
-                                  dtype=torch.float64), zo)
+                                  dtype=torch.float64), zo, ln)
         want = _run(d, "reference", DEV, torch.float64, True)
         own = _run(d, "reference", DEV, dtype, True)
         got = _run(d, "cuda", DEV, dtype, True)

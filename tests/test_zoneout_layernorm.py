@@ -294,7 +294,7 @@ def test_op_gradcheck_and_opcheck(family, what):
     fwd, bwd = torch.ops.fusedrnn_triton.lstm_layer_forward, torch.ops.fusedrnn_triton.lstm_layer_backward
     utils = ("test_schema", "test_faketensor", "test_autograd_registration")
     args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
-    for save in (True, False):  # the fake workspace shapes with and without saving
+    for save in (True, False) if ln_params else (True,):  # layer norm's workspace with and without saving
         torch.library.opcheck(fwd.default, args[:-1] + (save,), test_utils=utils)
     out = fwd(*args)
     bargs = (torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]),
@@ -473,9 +473,9 @@ def test_option_errors():
 
 
 def test_explicit_backends_that_lack_an_option_refuse_it(monkeypatch):
-    """aten (torch's own LSTM) has none of these options; the CUDA kernels have no layer norm
-    yet, and admit their zoneout (compiled, not yet run on a GPU) only on request; each says
-    so (auto then runs them on the triton backend)."""
+    """aten (torch's own LSTM) has none of these options; the CUDA kernels admit zoneout and
+    layer norm (compiled, not yet run on a GPU) only on request, and say so (auto then runs
+    them on the triton backend)."""
     x = torch.randn(T, B, I)
     with pytest.raises(ops.BackendError):
         fusedrnn.LSTM(I, H, zoneout=0.1, backend="aten")(x)
@@ -484,10 +484,10 @@ def test_explicit_backends_that_lack_an_option_refuse_it(monkeypatch):
     def why(**kw):
         return CUDA.unsupported_reason(ops.Config.build("cpu", torch.float32, T, B, H, H, **kw))
 
-    assert "no layer norm" in why(norm=ops.NormMode.LAYER)
-    assert "FUSEDRNN_CUDA_UNVERIFIED=1" in why(zoneout=True)
+    assert "layer norm" in why(norm=ops.NormMode.LAYER) and "FUSEDRNN_CUDA_UNVERIFIED=1" in why(zoneout=True)
     monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")
-    assert why(zoneout=True) is None or "zoneout" not in why(zoneout=True)
+    for kw in (dict(zoneout=True), dict(norm=ops.NormMode.LAYER)):
+        assert why(**kw) is None or "UNVERIFIED" not in why(**kw)
 
 
 def test_which_backend_runs_by_default():

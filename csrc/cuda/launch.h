@@ -38,6 +38,7 @@ struct LayerParams {
   DType dtype;
   int64_t T, B, H, R, S;
   bool proj, reverse, bn, bn_train, mask_per_step, save;
+  bool ln;  // layer norm (per-step design only): gamma_h, gamma_c, beta_c are LN_h's gain, LN_c's gain and bias
   const int64_t* lengths;  // [B] on the device, or null
   const int* counts;       // [T] rows running at each step, on the device
   const void* xp;          // data [T, B, G]
@@ -85,9 +86,9 @@ struct LayerGrads {
   void* dh_all;        // data [T, B, P]  (proj) dL/dh per step
   void* dh_carry;      // acc [B, R]      starts as grad_h_n; ends as grad_h0
   void* dc_carry;      // acc [B, H]      starts as grad_c_n; ends as grad_c0
-  void* dgamma_h;      // acc [G]  (BN, accumulated)
-  void* dgamma_c;      // acc [H]
-  void* dbeta_c;       // acc [H]
+  void* dgamma_h;      // acc [G]  (BN, accumulated); layer norm: [B, G], one row per batch row
+  void* dgamma_c;      // acc [H]  (layer norm: [B, H])
+  void* dbeta_c;       // acc [H]  (layer norm: [B, H])
 };
 
 // Per-step design, backward, per step s from T - 1 down to 0:
@@ -102,6 +103,13 @@ cudaError_t layer_step_backward(const LayerParams& p, const LayerGrads& g, int64
                                 const void* dhc, cudaStream_t stream);
 cudaError_t layer_step_backward_merge(const LayerParams& p, const LayerGrads& g, int64_t s,
                                       const void* dh_rec, cudaStream_t stream);
+
+// Layer norm (p.ln, per-step design; layer_norm.cu), one block per batch row: in place of
+// layer_step_forward after the step's GEMM (hh: acc [B, G]) ...
+cudaError_t layer_ln_forward(const LayerParams& p, int64_t s, const void* hh, cudaStream_t stream);
+// ... and of layer_step_backward (dhc: acc [B, H] or null, as there).
+cudaError_t layer_ln_backward(const LayerParams& p, const LayerGrads& g, int64_t s, const void* dhc,
+                              cudaStream_t stream);
 
 // Persistent design (no projection; fp32 / fp16 / bf16): one cooperative launch runs the
 // whole loop, W_hh slices stay in shared memory, one grid-wide synchronisation per step.

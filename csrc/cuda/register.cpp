@@ -109,6 +109,7 @@ cuda::PersistentPlan choose_plan(const LayerDims& d, at::ScalarType st, bool nee
   cuda::PersistentPlan plan{};
   const char* force = std::getenv("FUSEDRNN_CUDA_DESIGN");
   if (force && std::string(force) == "step") return plan.why = "FUSEDRNN_CUDA_DESIGN=step", plan;
+  if (d.ln) return plan.why = "layer norm (a row's statistics span every block: per-step design)", plan;
   if (st == at::kFloat && !at::globalContext().allowTF32CuBLAS())
     return plan.why = "float32 without TF32 (torch.backends.cuda.matmul.allow_tf32 is False)", plan;
   // The plan depends on the device and the shape only: cache it (occupancy queries cost).
@@ -135,8 +136,6 @@ struct LayerSetup {
   cuda::LayerParams p{};
 
   LayerSetup(const LayerDims& dims, const at::Tensor& like, const LayerArgs& a, bool save) : d(dims), t(dims, a) {
-    TORCH_CHECK(!d.ln, "fusedrnn: the CUDA layer kernels do not implement layer norm yet (the triton, native "
-                "CPU and reference backends do; backend='auto' picks one that serves it)");
     const std::vector<int64_t> len = lengths_vector(a.lengths, d.B, d.T);
     if (d.lengths) lengths_dev = a.lengths->to(like.device(), at::kLong).contiguous();
     counts = step_counts(len, d.T, d.B, like.options(), d.lengths);
@@ -150,6 +149,7 @@ struct LayerSetup {
     p.reverse = d.reverse;
     p.bn = d.bn;
     p.bn_train = d.bn_train;
+    p.ln = d.ln;
     p.mask_per_step = d.mask_per_step;
     p.save = save;
     p.lengths = d.lengths ? lengths_dev.data_ptr<int64_t>() : nullptr;
@@ -201,12 +201,13 @@ LayerForwardOut lstm_layer_forward_cuda(const at::Tensor& xp_in, const at::Tenso
   const int64_t TW = save_workspace ? T : 1;
 
   at::Tensor y = new_output({T, B, R}, opt);
-  at::Tensor h_stats = new_output({d.bn_train ? T : 0, 2, G}, aopt);
-  at::Tensor c_stats = new_output({d.bn_train ? T : 0, 2, H}, aopt);
+  // per-step batch statistics [T, 2, G] / [T, 2, H]; layer norm's per-row ones [T, 2, B]
+  at::Tensor h_stats = new_output({(d.bn_train || d.ln) ? T : 0, 2, d.ln ? B : G}, aopt);
+  at::Tensor c_stats = new_output({(d.bn_train || d.ln) ? T : 0, 2, d.ln ? B : H}, aopt);
   at::Tensor ws_hm = new_output({TW, B, R}, opt);
   at::Tensor ws_act = new_output({TW, B, G}, aopt);
   at::Tensor ws_c = new_output({save_workspace ? T + 1 : 2, B, H}, aopt);
-  at::Tensor ws_hh_hat = new_output({d.bn ? TW : 0, B, G}, aopt);
+  at::Tensor ws_hh_hat = new_output({(d.bn || d.ln) ? TW : 0, B, G}, aopt);
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
   at::Tensor h_state = at::empty({B, R}, aopt);
   ws_c.select(0, 0).copy_(c0);
@@ -237,7 +238,10 @@ LayerForwardOut lstm_layer_forward_cuda(const at::Tensor& xp_in, const at::Tenso
       for (int64_t s = 0; s < T; ++s) {
         const int64_t ws = save_workspace ? s : 0;
         mm_acc_out(hh, ws_hm.select(0, ws), w_hh_t);
-        check_launch(cuda::layer_step_forward(p, s, hh.data_ptr(), stream()), "layer_step_forward");
+        if (d.ln)
+          check_launch(cuda::layer_ln_forward(p, s, hh.data_ptr(), stream()), "layer_ln_forward");
+        else
+          check_launch(cuda::layer_step_forward(p, s, hh.data_ptr(), stream()), "layer_step_forward");
         if (d.proj) {
           at::mm_out(hp, ws_hc.select(0, ws), L.t.w_hr->t());
           check_launch(cuda::layer_step_forward_proj(p, s, hp.data_ptr(), stream()), "layer_step_forward_proj");
@@ -282,8 +286,12 @@ LayerBackwardOut lstm_layer_backward_cuda(const at::Tensor& grad_y_in, const at:
   at::Tensor dh_all = at::empty({d.proj ? T : 0, B, R}, opt);
   at::Tensor dh_carry = grad_h_n.to(aopt).contiguous().clone();
   at::Tensor dc_carry = grad_c_n.to(aopt).contiguous().clone();
-  at::Tensor dgamma_h = at::zeros({d.bn ? G : 0}, aopt), dgamma_c = at::zeros({d.bn ? H : 0}, aopt);
-  at::Tensor dbeta_c = at::zeros({d.bn ? H : 0}, aopt);
+  // batch norm accumulates its parameter gradients per column; layer norm per row and column
+  // (each row's block adds to its own row), summed over the rows below
+  const int64_t NR = d.ln ? B : 1;
+  at::Tensor dgamma_h = at::zeros({(d.bn || d.ln) ? NR * G : 0}, aopt);
+  at::Tensor dgamma_c = at::zeros({(d.bn || d.ln) ? NR * H : 0}, aopt);
+  at::Tensor dbeta_c = at::zeros({(d.bn || d.ln) ? NR * H : 0}, aopt);
 
   cuda::LayerParams p = L.p;
   p.h_stats = const_cast<void*>(hs.data_ptr());
@@ -318,8 +326,12 @@ LayerBackwardOut lstm_layer_backward_cuda(const at::Tensor& grad_y_in, const at:
           check_launch(cuda::layer_step_backward_pre(p, g, s, stream()), "layer_step_backward_pre");
           mm_acc_out(dhc, dh_all.select(0, s), *L.t.w_hr);
         }
-        check_launch(cuda::layer_step_backward(p, g, s, d.proj ? dhc.data_ptr() : nullptr, stream()),
-                     "layer_step_backward");
+        if (d.ln)
+          check_launch(cuda::layer_ln_backward(p, g, s, d.proj ? dhc.data_ptr() : nullptr, stream()),
+                       "layer_ln_backward");
+        else
+          check_launch(cuda::layer_step_backward(p, g, s, d.proj ? dhc.data_ptr() : nullptr, stream()),
+                       "layer_step_backward");
         mm_acc_out(dh_rec, dhh.select(0, s), L.t.w_hh);
         check_launch(cuda::layer_step_backward_merge(p, g, s, dh_rec.data_ptr(), stream()),
                      "layer_step_backward_merge");
@@ -329,6 +341,11 @@ LayerBackwardOut lstm_layer_backward_cuda(const at::Tensor& grad_y_in, const at:
   at::Tensor grad_w_hh = at::mm(dhh.view({T * B, G}).t(), hm.view({T * B, R}));
   at::Tensor grad_w_hr = d.proj ? at::mm(dh_all.view({T * B, P}).t(), hc.view({T * B, H})) : at::empty({0}, opt);
   const at::ScalarType st = grad_y.scalar_type();
+  if (d.ln) {
+    dgamma_h = dgamma_h.view({B, G}).sum(0);
+    dgamma_c = dgamma_c.view({B, H}).sum(0);
+    dbeta_c = dbeta_c.view({B, H}).sum(0);
+  }
   return {grad_xp, dh_carry.to(st), dc_carry.to(st), grad_w_hh, grad_w_hr, dgamma_h.to(st), dgamma_c.to(st),
           dbeta_c.to(st)};
 }

@@ -59,6 +59,11 @@ def cuda_arch_reason(capability: tuple[int, int], targets=None) -> Optional[str]
             f"for {targets_text(targets)} (rebuild with TORCH_CUDA_ARCH_LIST including {major}.{minor})")
 
 
+# Options whose CUDA kernels have compiled but not yet passed the GPU tests (zoneout, layer
+# norm): refused unless this is "1" (tests/test_cuda.py and the GPU check's sanitizer set it).
+UNVERIFIED_ENV = "FUSEDRNN_CUDA_UNVERIFIED"
+
+
 class CUDABackend(CompiledBackend):
     autocast_native = True  # 16-bit data, float32 cell state and accumulation
     def __init__(self):
@@ -75,12 +80,10 @@ class CUDABackend(CompiledBackend):
     def unsupported_reason(self, cfg: Config) -> Optional[str]:
         if cfg.arch and (why := cuda_arch_reason(arch_capability(cfg.arch))) is not None:
             return why
-        if cfg.norm == NormMode.LAYER:
-            return ("the CUDA layer kernels have no layer norm yet (the triton, native CPU and reference "
-                    "backends have)")
-        if cfg.zoneout and os.environ.get("FUSEDRNN_CUDA_UNVERIFIED") != "1":
-            return ("the CUDA kernels' zoneout has compiled but not yet run on a GPU: until the GPU check "
-                    "validates it, zoneout runs on triton (FUSEDRNN_CUDA_UNVERIFIED=1 admits it)")
+        new = [name for name, on in (("zoneout", cfg.zoneout), ("layer norm", cfg.norm == NormMode.LAYER)) if on]
+        if new and os.environ.get(UNVERIFIED_ENV) != "1":
+            return (f"the CUDA kernels' {' and '.join(new)} compiled but have not yet run on a GPU: until the GPU "
+                    f"check validates them they run on triton ({UNVERIFIED_ENV}=1 admits them)")
         return super().unsupported_reason(cfg)
 
     def cell_unsupported_reason(self, cfg: Config) -> Optional[str]:

@@ -67,6 +67,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # --sanitize: small shapes, every CUDA kernel.  H=36: K padded (36 -> 48), 9 blocks of 4
 # units; H=532: 5-unit blocks on 132 SMs with a partial last block.
 SANITIZE_SHAPES = (Shape("small", 5, 3, 36), Shape("partial", 3, 2, 532))
+# and, in the first dtype, the kernels of the options that have not yet run on a GPU
+SANITIZE_EXTRA = {"zoneout": dict(zoneout=0.2, recurrent_dropout=0.25), "layer_norm": dict(layer_norm=True, zoneout=0.1)}
 
 
 @contextlib.contextmanager
@@ -222,13 +224,14 @@ def verdict_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 
 def sanitize(device: torch.device, backend: str = "cuda", dtypes=("bf16", "fp32")) -> None:
     """Every CUDA kernel once, forward and backward, at small shapes (for compute-sanitizer);
-    zoneout too (FUSEDRNN_CUDA_UNVERIFIED=1: compiled, not yet validated on a GPU)."""
+    zoneout and layer norm too (FUSEDRNN_CUDA_UNVERIFIED=1: compiled, not yet validated on a GPU)."""
     os.environ["FUSEDRNN_CUDA_UNVERIFIED"] = "1"
     for s in SANITIZE_SHAPES:
         for dt in dtypes:
             dtype = DTYPES[dt]
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs the persistent design via TF32
-            for var, opts in {**VARIANTS, "zoneout": dict(zoneout=0.2, recurrent_dropout=0.25)}.items():
+            extra = SANITIZE_EXTRA if dt == dtypes[0] else {}  # (once: the sanitizer's time limit)
+            for var, opts in {**VARIANTS, **extra}.items():
                 for design in ("persistent", "step"):
                     with forced(backend, design):
                         m = LSTM(s.H, s.H, backend=backend, bn_max_steps=s.T, **opts).to(device=device, dtype=dtype)
@@ -254,10 +257,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not a.dry_run
     if a.sanitize:
-        if not cuda:
+        if not cuda:  # the same cases on the native CPU kernels, so that the flow itself is checked
             print("sanitize: no CUDA device; cases: "
-                  + ", ".join(f"B={s.B} T={s.T} H={s.H}" for s in SANITIZE_SHAPES) + " x bf16/fp32 x plain/v+bn x "
-                  "persistent/step, and the cell")
+                  + ", ".join(f"B={s.B} T={s.T} H={s.H}" for s in SANITIZE_SHAPES) + " x bf16/fp32 x plain/v+bn "
+                  f"(+ {'/'.join(SANITIZE_EXTRA)} in bf16) x persistent/step, and the cell; run here on native fp32")
+            sanitize(torch.device("cpu"), backend="native", dtypes=("fp32",))
             return 0
         sanitize(torch.device("cuda"))
         return 0

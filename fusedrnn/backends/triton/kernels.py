@@ -413,12 +413,6 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, zh, dhh_ws, dh_buf, dhn_w
 
 
 @triton.jit
-def row_block():
-    """The rows of a whole-row program: rows block program_id(0) of BB rows."""
-    return tl.program_id(0)
-
-
-@triton.jit
 def merged_stats(part, offs_b, vb, H, eps, stats, s, B, BB: tl.constexpr, BG: tl.constexpr, NP: tl.constexpr):
     """Each row's (mean, rstd) over its 4H gate values, from the per-block (mean, M2) that the
     GEMM programs (BG hidden units each: 4 x min(BG, units left) values) stored to part
@@ -482,7 +476,7 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
     bias is in xp).  stats_h / stats_c [T, 2, B]: each row's mean and 1 / sqrt(var + eps)."""
     ACC = hs.dtype.element_ty
     G = 4 * H
-    offs_b = row_block() * BB + tl.arange(0, BB)
+    offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
     vb = offs_b < B
     L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
     active, t = row_step(L, vb, s, REVERSE)
@@ -610,7 +604,7 @@ def bwd_ln_kernel(dc_n, w_hr, lengths, cs, act_ws, hhat_ws, stats_h, stats_c, bn
     dg_h [*, G], dg_c, db_c [*, H] (summed on the host: no atomics, the same sums every run)."""
     ACC = cs.dtype.element_ty
     G = 4 * H
-    pid = row_block()
+    pid = tl.program_id(0)
     offs_b = pid * BB + tl.arange(0, BB)
     vb = offs_b < B
     L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
