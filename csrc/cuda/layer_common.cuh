@@ -85,6 +85,25 @@ __device__ __forceinline__ A zone_mix(A z, A prev, A fresh) {
   return z * prev + (A(1) - z) * fresh;
 }
 
+// The opt-in shared-memory limit per block of the current device.
+inline size_t smem_optin() {
+  int dev = 0, optin = 48 * 1024;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 48 * 1024;
+  }
+  return static_cast<size_t>(optin);
+}
+
+// Dynamic shared memory of a launch: opts in above 48 KB (large batches with BN, layer norm's
+// row of gate gradients at large H), or refuses a size beyond the device's limit.
+inline cudaError_t prepare_smem(const void* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  if (bytes > smem_optin()) return cudaErrorInvalidConfiguration;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
 // Shared-memory scratch of forward_units / backward_units, in accumulation-type elements.
 __host__ __device__ inline int64_t units_scratch(int64_t U, int64_t B, bool bn) {
   return 16 * U + (bn ? 4 * U * B : 0);

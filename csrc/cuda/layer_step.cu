@@ -15,31 +15,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The opt-in shared-memory limit per block of the current device.
-size_t smem_optin() {
-  int dev = 0, optin = 48 * 1024;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return 48 * 1024;
-  }
-  return static_cast<size_t>(optin);
-}
-
 // Units per block: 8, fewer when BN's backward scratch ([B][4U] acc) would exceed 48 KB.
 template <typename A>
 int step_units(const LayerParams& p) {
   int64_t U = 8;
   while (U > 1 && units_scratch(U, p.B, p.bn) * static_cast<int64_t>(sizeof(A)) > 48 * 1024) U /= 2;
   return static_cast<int>(U);
-}
-
-// Dynamic shared memory of a launch: opts in above 48 KB (large batches with BN), or
-// refuses a size beyond the device's limit.
-cudaError_t prepare_smem(const void* kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  if (bytes > smem_optin()) return cudaErrorInvalidConfiguration;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 template <typename T>

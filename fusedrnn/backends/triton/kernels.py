@@ -124,6 +124,18 @@ def fwd_cell(a_i, a_f, a_g, a_o, c_prev, xp, s, t, active, offs_b, vb, offs_j, v
 
 
 @triton.jit
+def emit_h(h_new, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_n, vn, B, W, NS, ZO: tl.constexpr):
+    """A step's new h (h~, [BB, BN]) for columns offs_n of the W-wide h: zoneout against
+    h_{s-1} (read from h_prev, the step's h-state slot), held on finished rows, stored to the
+    next h-state slot and to y at the rows' positions (zeros on finished rows)."""
+    h_own = load_tile(h_prev, offs_b, vb, offs_n, vn, W)
+    if ZO != 0:
+        h_new = zone_mix(load_zone(zh, s, offs_b, vb, offs_n, vn, B, W, h_new.dtype, ZO), h_own, h_new)
+    store_tile(hs + step_offset((s + 1) % NS, B, W), tl.where(a2, h_new, h_own), offs_b, vb, offs_n, vn, W)
+    store_pos(y, tl.where(a2, h_new, 0.0), t, offs_b, vb, offs_n, vn, B, W)
+
+
+@triton.jit
 def _bn_h_bwd(dp, s, slot, offs_b, vb, col, vc, B, G, a2, n, hhat_ws, stats_h, rv_h, bn_wh, dg_h,
               eps, BN: tl.constexpr):
     """BN_h backward of one gate block: stores dgamma_h of step s, returns dL/d(W_hh h m)."""
@@ -265,12 +277,7 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
         if PROJ:
             store_tile(hc_ws + step_offset(s % NSC, B, H), hc, offs_b, vb, offs_j, vj, H)
         else:
-            h_own = load_tile(h_prev, offs_b, vb, offs_j, vj, R)
-            if ZO != 0:
-                hc = zone_mix(load_zone(zh, s, offs_b, vb, offs_j, vj, B, R, ACC, ZO), h_own, hc)
-            store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hc, h_own), offs_b, vb,
-                       offs_j, vj, R)
-            store_pos(y, tl.where(a2, hc, 0.0), t, offs_b, vb, offs_j, vj, B, R)
+            emit_h(hc, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_j, vj, B, R, NS, ZO)
 
 
 @triton.jit(do_not_specialize=_DNS)
@@ -285,12 +292,7 @@ def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, zh, s, T, B, H, P, NS, NSC,
                     offs_b, vb, H, w_hr, 1, offs_p, vp, H, False, PREC, BK)
     a2 = active[:, None]
     h_prev = hs + step_offset(s % NS, B, P)
-    h_own = load_tile(h_prev, offs_b, vb, offs_p, vp, P)
-    if ZO != 0:
-        acc = zone_mix(load_zone(zh, s, offs_b, vb, offs_p, vp, B, P, ACC, ZO), h_own, acc)
-    store_tile(hs + step_offset((s + 1) % NS, B, P), tl.where(a2, acc, h_own), offs_b, vb, offs_p,
-               vp, P)
-    store_pos(y, tl.where(a2, acc, 0.0), t, offs_b, vb, offs_p, vp, B, P)
+    emit_h(acc, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_p, vp, B, P, NS, ZO)
 
 
 # ---- per-step design: backward -------------------------------------------------------
@@ -541,12 +543,7 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
         if PROJ:
             store_tile(hc_ws + step_offset(s % NSC, B, H), hc, offs_b, vb, offs_j, vj, H)
         else:
-            h_own = load_tile(hs + step_offset(s % NS, B, R), offs_b, vb, offs_j, vj, R)
-            if ZO != 0:
-                hc = zone_mix(load_zone(zh, s, offs_b, vb, offs_j, vj, B, R, ACC, ZO), h_own, hc)
-            store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hc, h_own), offs_b, vb, offs_j,
-                       vj, R)
-            store_pos(y, tl.where(a2, hc, 0.0), t, offs_b, vb, offs_j, vj, B, R)
+            emit_h(hc, hs + step_offset(s % NS, B, R), hs, y, zh, s, t, a2, offs_b, vb, offs_j, vj, B, R, NS, ZO)
 
 
 @triton.jit
@@ -743,20 +740,10 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
             grid_sync(bar, (2 * s + 1) * nprog)
             hp = project(tl.zeros([BB, BP], dtype=ACC), hcp, offs_b, vb, H, w_r, offs_hk, vhk, w_hr, 1, offs_p, vp,
                          H, RESIDENT, PREC, BK)
-            h_own = load_tile(h_prev, offs_b, vb, offs_p, vp, R)
-            if ZO != 0:
-                hp = zone_mix(load_zone(zh, s, offs_b, vb, offs_p, vp, B, R, ACC, ZO), h_own, hp)
-            store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hp, h_own), offs_b, vb,
-                       offs_p, vp, R)
-            store_pos(y, tl.where(a2, hp, 0.0), t, offs_b, vb, offs_p, vp, B, R)
+            emit_h(hp, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_p, vp, B, R, NS, ZO)
             grid_sync(bar, (2 * s + 2) * nprog)
         else:
-            h_own = load_tile(h_prev, offs_b, vb, offs_j, vj, R)
-            if ZO != 0:
-                hc = zone_mix(load_zone(zh, s, offs_b, vb, offs_j, vj, B, R, ACC, ZO), h_own, hc)
-            store_tile(hs + step_offset((s + 1) % NS, B, R), tl.where(a2, hc, h_own), offs_b, vb,
-                       offs_j, vj, R)
-            store_pos(y, tl.where(a2, hc, 0.0), t, offs_b, vb, offs_j, vj, B, R)
+            emit_h(hc, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_j, vj, B, R, NS, ZO)
             grid_sync(bar, (s + 1) * nprog)
     store_tile(cs + step_offset(T % NS, B, H), c, offs_b, vb, offs_j, vj, H)
     grid_reset(bar, nprog)
