@@ -414,8 +414,8 @@ def test_weight_dropout_semantics():
     x = torch.randn(T, B, I, dtype=DT)
     torch.manual_seed(3)
     y, _ = m(x)
-    torch.manual_seed(3)
-    wm = torch.empty(4 * H, H, dtype=DT).bernoulli_(0.5).div_(0.5)
+    torch.manual_seed(3)  # one uniform draw over W_hh, kept where u < 1 - p
+    wm = (torch.rand(4 * H, H, dtype=DT) < 0.5).to(DT).div_(0.5)
     zeros = torch.zeros(B, H, dtype=DT)
     ref = direct_layer(x, zeros, zeros, m.weight_ih_l0, m.weight_hh_l0 * wm, m.bias_ih_l0, m.bias_hh_l0)
     assert_close(y, ref[0], msg="train")
@@ -484,6 +484,7 @@ def test_explicit_backends_that_lack_an_option_refuse_it(monkeypatch):
     def why(**kw):
         return CUDA.unsupported_reason(ops.Config.build("cpu", torch.float32, T, B, H, H, **kw))
 
+    monkeypatch.delenv("FUSEDRNN_CUDA_UNVERIFIED", raising=False)
     assert "layer norm" in why(norm=ops.NormMode.LAYER) and "FUSEDRNN_CUDA_UNVERIFIED=1" in why(zoneout=True)
     monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")
     for kw in (dict(zoneout=True), dict(norm=ops.NormMode.LAYER)):
@@ -523,7 +524,7 @@ def test_cell_holds_weight_mask_until_reset_and_draws_zoneout_each_step():
     assert wm is not None and set(torch.unique(wm).tolist()) <= {0.0, 2.0}
     # the oracle: the weight mask drawn first, then per step one uniform draw for c and h
     torch.manual_seed(4)
-    wm_ref = torch.empty(4 * H, H, dtype=DT).bernoulli_(0.5).div_(0.5)
+    wm_ref = (torch.rand(4 * H, H, dtype=DT) < 0.5).to(DT).div_(0.5)
     assert torch.equal(wm, wm_ref)
     h = c = torch.zeros(B, H, dtype=DT)
     for t in range(3):

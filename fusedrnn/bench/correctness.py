@@ -224,8 +224,23 @@ def verdict_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 
 def sanitize(device: torch.device, backend: str = "cuda", dtypes=("bf16", "fp32")) -> None:
     """Every CUDA kernel once, forward and backward, at small shapes (for compute-sanitizer);
-    zoneout and layer norm too (FUSEDRNN_CUDA_UNVERIFIED=1: compiled, not yet validated on a GPU)."""
+    zoneout and layer norm too (FUSEDRNN_CUDA_UNVERIFIED=1 while it runs: compiled, not yet
+    validated on a GPU)."""
+    before = os.environ.get("FUSEDRNN_CUDA_UNVERIFIED")
     os.environ["FUSEDRNN_CUDA_UNVERIFIED"] = "1"
+    try:
+        _sanitize_cases(device, backend, dtypes)
+    finally:
+        if before is None:
+            os.environ.pop("FUSEDRNN_CUDA_UNVERIFIED", None)
+        else:
+            os.environ["FUSEDRNN_CUDA_UNVERIFIED"] = before
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    print("sanitize: every case ran")
+
+
+def _sanitize_cases(device: torch.device, backend: str, dtypes) -> None:
     for s in SANITIZE_SHAPES:
         for dt in dtypes:
             dtype = DTYPES[dt]
@@ -243,9 +258,6 @@ def sanitize(device: torch.device, backend: str = "cuda", dtypes=("bf16", "fp32"
                 xc = torch.randn(s.B, s.H, device=device, dtype=dtype, requires_grad=True)
                 h, c = cell(xc)
                 (h.float().sum() + c.float().sum()).backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    print("sanitize: every case ran")
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.dropout import dropout_mask, zoneout_weights
+from ..ops.dropout import dropout_mask, weight_mask, zoneout_weights
 from ._torch import TorchLSTMCell
 from .regularizers import RegularizedMixin, check_option_names, take_options
 
@@ -158,7 +158,7 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         if self.training and self.weight_dropout > 0:
             wm = self._weight_mask
             if wm is None or wm.device != weight_hh.device or wm.dtype != weight_hh.dtype:
-                wm = self._weight_mask = dropout_mask(self.weight_dropout, weight_hh.shape, weight_hh)
+                wm = self._weight_mask = weight_mask(self.weight_dropout, weight_hh.shape, weight_hh)
             weight_hh = weight_hh * wm
         zo = None
         if self.zoneout_active():

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import ops
-from ..ops.dropout import dropout_mask, recurrent_mask, zoneout_weights
+from ..ops.dropout import dropout_mask, recurrent_mask, weight_mask, zoneout_weights
 from ._torch import TorchLSTM
 from .regularizers import RegularizedMixin, take_options
 
@@ -345,7 +345,7 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                       if zoneout is not None else None)
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(k)
                 if p_w > 0:  # DropConnect: one mask over W_hh's elements for this call
-                    w_hh = w_hh * dropout_mask(p_w, w_hh.shape, w_hh)
+                    w_hh = w_hh * weight_mask(p_w, w_hh.shape, w_hh)
                 y, h_n, c_n = ops.lstm_layer(
                     layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, mask=mask,
                     lengths=lengths, reverse=d == 1, bn=self._norm_state(suffixes[k]), zoneout=zo, backend=plan,
