@@ -85,6 +85,18 @@ __device__ __forceinline__ A zone_mix(A z, A prev, A fresh) {
   return z * prev + (A(1) - z) * fresh;
 }
 
+// gates::cell_backward with zoneout: dL/dc_s (dc, the carried gradient) reaches c~_s as
+// (1 - z_c) of it plus dc_out (what the output and the norms sent back), and c_{s-1} as z_c
+// of it besides f dL/dc~.  Gives the pre-activation gradients of i, f, g; returns dL/dc_{s-1}.
+template <typename T, typename A>
+__device__ __forceinline__ A zoned_cell_backward(const LayerParams& p, int64_t s, int64_t b, int64_t j, A dc, A dc_out,
+                                                 A i, A f, A g, A c_prev, A& dpre_i, A& dpre_f, A& dpre_g) {
+  const A z = p.zone_c ? zone_at<T>(p, p.zone_c, s, b, j, p.H) : A(0);
+  A dc_prev;
+  gates::cell_backward((A(1) - z) * dc + dc_out, i, f, g, c_prev, dpre_i, dpre_f, dpre_g, dc_prev);
+  return dc_prev + z * dc;
+}
+
 // The opt-in shared-memory limit per block of the current device.
 inline size_t smem_optin() {
   int dev = 0, optin = 48 * 1024;
@@ -365,7 +377,7 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
     }
     const A* ar = act + b * G;
     const A i = ar[j], f = ar[H + j], gg = ar[2 * H + j], o = ar[3 * H + j];
-    A dpre[4], dc_h, dc_prev;
+    A dpre[4], dc_h;
     if (p.bn) {
       const A c_hat = gates::bn_normalize(c_til(b, j), mean_c[u], rstd_c[u]);
       const A gc = to_acc(gamma_c[j]);
@@ -376,11 +388,8 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
     } else {
       gates::hidden_backward(dh(b, j), o, gates::tanh_(c_til(b, j)), dpre[3], dc_h);
     }
-    const A dc = dc_carry[b * H + j];
-    const A zc = p.zone_c ? zone_at<T>(p, p.zone_c, s, b, j, H) : A(0);
-    gates::cell_backward((A(1) - zc) * dc + dc_h, i, f, gg, c_prev[b * H + j], dpre[0], dpre[1], dpre[2],
-                         dc_prev);
-    dc_carry[b * H + j] = dc_prev + zc * dc;
+    dc_carry[b * H + j] = zoned_cell_backward<T>(p, s, b, j, dc_carry[b * H + j], dc_h, i, f, gg, c_prev[b * H + j],
+                                                 dpre[0], dpre[1], dpre[2]);
     T* gx = grad_xp + (rows.pos(b, s) * B + b) * G;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {

@@ -194,12 +194,8 @@ __global__ void __launch_bounds__(kThreads)
     A xc, dchat, dpre[4];
     out_bwd(j, xc, dchat, dpre[3]);
     const A dtil = rstd_c * (dchat * to_acc(gamma_c[j]) - m1 - xc * m2);
-    const A dc = dc_carry[j];
-    const A zc = p.zone_c ? zone_at<T>(p, p.zone_c, s, b, j, H) : A(0);
-    A dc_prev;
-    gates::cell_backward((A(1) - zc) * dc + dtil, act[j], act[H + j], act[2 * H + j], c_prev[j], dpre[0], dpre[1],
-                         dpre[2], dc_prev);
-    dc_carry[j] = dc_prev + zc * dc;
+    dc_carry[j] = zoned_cell_backward<T>(p, s, b, j, dc_carry[j], dtil, act[j], act[H + j], act[2 * H + j], c_prev[j],
+                                         dpre[0], dpre[1], dpre[2]);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int64_t col = k * H + j;

@@ -474,8 +474,9 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
     statistics: rows block program_id(0), every column, in two passes over BH-wide blocks:
     LN_h statistics merged from the GEMM programs' (merged_stats); x_hat over the raw values,
     the gates, c~ (in the next cell-state slot) and LN_c's statistics merged block by block;
-    then the output o * tanh(LN_c(c~)), zoneout and the new state.  bn_wh, bn_wc, bn_bc: LN_h's gain, LN_c's gain and bias (LN_h's
-    bias is in xp).  stats_h / stats_c [T, 2, B]: each row's mean and 1 / sqrt(var + eps)."""
+    then the output o * tanh(LN_c(c~)), zoneout and the new state.  bn_wh, bn_wc, bn_bc:
+    LN_h's gain, LN_c's gain and bias (LN_h's bias is in xp).  stats_h / stats_c [T, 2, B]:
+    each row's mean and 1 / sqrt(var + eps)."""
     ACC = hs.dtype.element_ty
     G = 4 * H
     offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
@@ -512,7 +513,7 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
         c_til = f * load_tile(c_prev_p, offs_b, vb, offs_j, vj, H) + ig
         store_tile(c_next_p, c_til, offs_b, vb, offs_j, vj, H)
         cn, c_mean, c_m2 = merge_block(cn, c_mean, c_m2, c_til, m2, tl.sum(vj.to(ACC), axis=0))
-        # x_hat of the o gate is stored for the output pass, which recomputes o from it
+        # x_hat of the o gate (the output pass recomputes o from it when nothing is saved)
         o = sigmoid(_ln_gate(raw, offs_b, vb, 3 * H + offs_j, vj, G, mean_h, rstd_h, bn_wh)
                     + tl.load(xr + 3 * H, mask=m2, other=0.0).to(ACC))
         if SAVE:
@@ -531,10 +532,13 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
         gamma = tl.load(bn_wc + offs_j, mask=vj, other=0.0).to(ACC)
         beta = tl.load(bn_bc + offs_j, mask=vj, other=0.0).to(ACC)
         c_hat = (c_til - mean_c[:, None]) * rstd_c[:, None] * gamma[None, :] + beta[None, :]
-        xo = load_tile(raw, offs_b, vb, 3 * H + offs_j, vj, G)  # x_hat of the o gate
-        xr = xp + t[:, None].to(tl.int64) * B * G + offs_b[:, None] * G + 3 * H + offs_j[None, :]
-        o = sigmoid(xo * tl.load(bn_wh + 3 * H + offs_j, mask=vj, other=0.0).to(ACC)[None, :]
-                    + tl.load(xr, mask=m2, other=0.0).to(ACC))
+        if SAVE:  # the saved gate
+            o = load_tile(act_ws + step_offset(s, B, G) + 3 * H, offs_b, vb, offs_j, vj, G)
+        else:  # recomputed from its x_hat
+            xo = load_tile(raw, offs_b, vb, 3 * H + offs_j, vj, G)
+            xr = xp + t[:, None].to(tl.int64) * B * G + offs_b[:, None] * G + 3 * H + offs_j[None, :]
+            o = sigmoid(xo * tl.load(bn_wh + 3 * H + offs_j, mask=vj, other=0.0).to(ACC)[None, :]
+                        + tl.load(xr, mask=m2, other=0.0).to(ACC))
         hc = o * tanh(c_hat)
         c_new = c_til
         if ZO != 0:
@@ -644,14 +648,14 @@ def bwd_ln_kernel(dc_n, w_hr, lengths, cs, act_ws, hhat_ws, stats_h, stats_c, bn
             dc = load_tile(dc_buf + step_offset((s + 1) % 2, B, H), offs_b, vb, offs_j, vj, H)
         else:
             dc = load_tile(dc_n, offs_b, vb, offs_j, vj, H).to(ACC)
-        if ZO != 0:
+        if ZO != 0:  # as in bwd_cell: (1 - z) of dL/dc_s reaches c~, z of it c_{s-1}
             z = load_zone(zc, s, offs_b, vb, offs_j, vj, B, H, ACC, ZO)
             dct = tl.where(a2, (1.0 - z) * dc + dtil, 0.0)
-            store_tile(dc_buf + step_offset(s % 2, B, H), tl.where(a2, dct * f + z * dc, dc), offs_b, vb, offs_j,
-                       vj, H)
+            dc_prev = dct * f + z * dc
         else:
             dct = tl.where(a2, dc + dtil, 0.0)
-            store_tile(dc_buf + step_offset(s % 2, B, H), tl.where(a2, dct * f, dc), offs_b, vb, offs_j, vj, H)
+            dc_prev = dct * f
+        store_tile(dc_buf + step_offset(s % 2, B, H), tl.where(a2, dc_prev, dc), offs_b, vb, offs_j, vj, H)
         dp_i = tl.where(a2, dct * g * i * (1.0 - i), 0.0)
         dp_f = tl.where(a2, dct * c_prev * f * (1.0 - f), 0.0)
         dp_g = tl.where(a2, dct * i * (1.0 - g * g), 0.0)
