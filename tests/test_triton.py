@@ -223,6 +223,34 @@ def test_float32_tolerance():
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
 
 
+@cpu_only
+@pytest.mark.parametrize("design", ["step", "persistent"])
+@pytest.mark.parametrize("case", [dict(), dict(mask="shared", lengths=True, reverse=True), dict(bn="train", P=3)],
+                         ids=["plain", "mask-len-rev", "bn-proj"])
+def test_half_precision_exchange(design, case):
+    """fp16 models keep the h states and dL/d(W_hh h m) in 16 bits (the exchange between
+    programs, and the dW_hh GEMM in the model's dtype as cuDNN): every output and gradient
+    within 2x the reference's own fp16 error plus one fp16 rounding, against float64.  (The
+    backend serves fp16 on CUDA only; the interpreter's fp16 dots are exact enough here.)"""
+    args, leaves = make_case(**case, T=6, B=4, H=8, dtype=torch.float16)
+    res, grads = run_and_grad(lambda *a: TR.recurrence(*a, design=design), args, leaves)
+    own, own_grads = run_and_grad(REF.recurrence, args, leaves)
+    args64, leaves64 = make_case(**case, T=6, B=4, H=8, dtype=torch.float64)
+    ref, ref_grads = run_and_grad(REF.recurrence, args64, leaves64)
+    names = ["y", "h_n", "c_n"] + [f"grad{i}" for i in range(len(grads))]
+    for n, a, o, b in zip(names, list(res[:3]) + grads, list(own[:3]) + own_grads, list(ref[:3]) + ref_grads):
+        assert a.dtype == torch.float16, n
+        err, bound = (a.double() - b).abs().max().item(), 2 * (o.double() - b).abs().max().item()
+        bound += 2 * torch.finfo(torch.float16).eps * b.abs().max().item()
+        assert err <= bound, f"{design} {n}: {err:.2e} > {bound:.2e}"
+    xp, h0, c0, w_hh, w_hr, m, lens, rev, bn = args
+    cfg = Config.of(xp, h0, c0, w_hh, w_hr, m, lens, rev, bn)
+    with TH.forced_design(design), torch.no_grad():
+        outs = TOPS.lstm_layer_forward(xp, h0, c0, *schema.layer_params(cfg, w_hh, w_hr, m, lens, bn), True)
+    ws = dict(zip(schema.FORWARD_OUTPUTS, outs))
+    assert ws["ws_h"].dtype == torch.float16 and ws["ws_c"].dtype == torch.float32
+
+
 # ---- the module path, dispatch and fallbacks ----------------------------------------
 
 

@@ -181,6 +181,29 @@ def test_persistent_many_programs_deterministic(monkeypatch):
     assert rel(runs[0].y, ref.y) < 2e-2
 
 
+def test_oversized_persistent_grid_is_refused_not_hung(monkeypatch):
+    """The persistent grid launches cooperatively: a grid that cannot be co-resident is refused
+    by the driver (an error) instead of spinning forever at its first barrier.  The SM count
+    the planner sees is inflated so that it plans more programs than the GPU holds."""
+    from fusedrnn.backends.triton import config as C
+    if not TH.COOPERATIVE:
+        pytest.skip("this Triton has no cooperative launch")
+    monkeypatch.setattr(TH, "AUTOTUNE", False)
+    real = C.Device.of(torch.device("cuda"), False)
+    big = C.Device(sm_count=100000, smem_per_block=real.smem_per_block, regs_per_sm=real.regs_per_sm,
+                   interpret=False)
+    monkeypatch.setattr(C, "_cuda_device", lambda index: big)
+    Bn, Hn = 32, 16 * (2 * real.sm_count)  # twice the SM count in hidden blocks of 16
+    plan = C.plan(C.Shape(Bn, Hn, Hn, False, False, 2), big)
+    assert plan.design == "persistent" and plan.nprog > real.sm_count
+    xp = torch.zeros(2, Bn, 4 * Hn, device="cuda", dtype=torch.bfloat16)
+    h0 = torch.zeros(Bn, Hn, device="cuda", dtype=torch.bfloat16)
+    w = torch.zeros(4 * Hn, Hn, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(Exception, match="(?i)cooperative|too many|too large|launch"):
+        TR.recurrence(xp, h0, h0, w, None, None, None, False, None, design="persistent-stream")
+        torch.cuda.synchronize()
+
+
 def test_autotuned_configs(monkeypatch):
     monkeypatch.setattr(TH, "AUTOTUNE", True)
     build = _op_case(torch.bfloat16, Bn=40, Hn=128, P=0, with_bn=False)  # 4 persistent configs

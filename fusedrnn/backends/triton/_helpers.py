@@ -14,6 +14,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Software-pipeline depth of the streamed K loops (mm_stream, gates_stream): while chunk k is
+# multiplied, the loads of chunks k + 1 .. k + K_STAGES - 1 are in flight (cp.async to shared
+# memory).  Only these inner loops are pipelined: a persistent kernel's time loop keeps
+# num_stages = 1 (the launch's), so no load of step s + 1 moves above step s's grid barrier.
+K_STAGES = tl.constexpr(3)
+
 
 @triton.jit
 def sigmoid(x):
@@ -149,8 +155,9 @@ def mm_stream(acc, a_ptr, m_ptr, offs_b, vb, K, w_ptr, stride_k, offs_n, vn, str
               MASKED: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
     """acc += (A * M) @ W over K in chunks of BK, W streamed from global memory (L2).
 
-    A is an fp32/fp64 state buffer; it is cast to W's dtype for the dot (fp32 accumulation)."""
-    for k0 in range(0, K, BK):
+    A is a state buffer (h in the model's dtype, or fp32 / fp64); it is cast to W's dtype for the
+    dot (fp32 accumulation).  Pipelined K_STAGES deep."""
+    for k0 in tl.range(0, K, BK, num_stages=K_STAGES):
         offs_k = k0 + tl.arange(0, BK)
         vk = offs_k < K
         a = load_a(a_ptr, m_ptr, offs_b, vb, offs_k, vk, K, MASKED)
@@ -174,8 +181,8 @@ def project(z, src, offs_b, vb, K, w_res, offs_k, vk, w_ptr, stride_k, offs_n, v
 def gates_stream(acc_i, acc_f, acc_g, acc_o, a_ptr, m_ptr, offs_b, vb, R, H, w_hh, offs_j, vj,
                  MASKED: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
     """The four gate blocks of (h * m) @ W_hh^T for hidden units offs_j: one operand chunk,
-    four dots.  W_hh is [G, R]; gate k of unit j is row k * H + j."""
-    for k0 in range(0, R, BK):
+    four dots.  W_hh is [G, R]; gate k of unit j is row k * H + j.  Pipelined K_STAGES deep."""
+    for k0 in tl.range(0, R, BK, num_stages=K_STAGES):
         offs_k = k0 + tl.arange(0, BK)
         vk = offs_k < R
         a = load_a(a_ptr, m_ptr, offs_b, vb, offs_k, vk, R, MASKED).to(w_hh.dtype.element_ty)

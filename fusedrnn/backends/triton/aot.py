@@ -30,10 +30,11 @@ from . import launch as L
 _TY = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 # Pointer arguments and the tensor each one is, by role: "in" the input dtype, "acc" the
-# fp32 / fp64 state and workspace dtype, "i64" lengths, "i32" the barrier counters.
+# fp32 / fp64 state and workspace dtype, "i64" lengths, "i32" the barrier counters.  The h
+# states (hs) are in the input dtype, and so is dhh_ws except with layer norm (host.py).
 _IN = {"xp", "y", "mask", "dy", "dxp", "dh_n", "dc_n", "dh0", "dc0", "w_hh", "w_hr", "bn_wh",
-       "bn_wc", "bn_bc", "rm_h", "rv_h", "rm_c", "rv_c", "zc", "zh"}
-_ACC = {"hs", "cs", "hc_ws", "act_ws", "hhat_ws", "stats_h", "stats_c", "dhh_ws", "dhn_ws",
+       "bn_wc", "bn_bc", "rm_h", "rv_h", "rm_c", "rv_c", "zc", "zh", "hs"}
+_ACC = {"cs", "hc_ws", "act_ws", "hhat_ws", "stats_h", "stats_c", "dhn_ws",
         "dh_buf", "dc_buf", "dg_h", "dg_c", "db_c", "ln_part"}
 _INTS = {"s", "T", "B", "H", "R", "P", "NS", "NSC", "bn_off", "bn_S"}
 # Pointers that the host replaces by an ACC dummy when the option is off.
@@ -48,6 +49,7 @@ class KernelConfig(NamedTuple):
     constexprs: dict
     num_warps: int
     num_stages: int
+    ints: dict = {}  # the specialised integer arguments' values (B, H, R, P) at this problem
 
 
 def _signature(kernel, dtype: torch.dtype, opts: dict) -> dict:
@@ -71,6 +73,8 @@ def _signature(kernel, dtype: torch.dtype, opts: dict) -> dict:
                 if name == "w_hr" and not on:  # the host passes w_hh
                     on = True
                 ty = _TY[dtype] if on else _TY[acc]
+            elif name == "dhh_ws":
+                ty = _TY[acc] if opts.get("layer") else _TY[dtype]
             elif name in _ACC:
                 ty = _TY[acc]
             else:
@@ -92,7 +96,7 @@ def configs_of_plan(p: C.Plan, s: C.Shape, dtype: torch.dtype, o: dict) -> list[
     """The kernels (forward and, with save, backward) that plan p launches."""
     f = _flags(dict(o, proj=s.proj), dtype)
     opts = dict(mask=o.get("mask") is not None, proj=s.proj, bn=o.get("bn") is not None,
-                bn_eval=o.get("bn") == "eval", zoneout=o.get("zoneout") is not None)
+                bn_eval=o.get("bn") == "eval", zoneout=o.get("zoneout") is not None, layer=o.get("bn") == "layer")
     out = []
     for launch in L.launches(p, s, f):
         sig = _signature(launch.kernel, dtype, opts)
@@ -100,7 +104,8 @@ def configs_of_plan(p: C.Plan, s: C.Shape, dtype: torch.dtype, o: dict) -> list[
         missing = [n for n, t in sig.items() if t == "constexpr" and n not in ce]
         if missing:
             raise KeyError(f"{launch.kernel.__name__}: no value for constexprs {missing}")
-        out.append(KernelConfig(launch.kernel, sig, ce, launch.num_warps, launch.num_stages))
+        ints = {n: v for n, v in dict(B=s.B, H=s.H, R=s.R, P=s.R).items() if n in launch.kernel.arg_names}
+        out.append(KernelConfig(launch.kernel, sig, ce, launch.num_warps, launch.num_stages, ints))
     return out
 
 
@@ -144,9 +149,11 @@ def compile_config(kc: KernelConfig, arch: int = 90) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    # Pointers are 16-byte aligned (as the JIT specialises fresh torch allocations).
+    # Pointers are 16-byte aligned, and the integer sizes divisible by 16 are marked so, as the
+    # JIT specialises them at run time (the alignment that lets loads vectorise and the
+    # streamed K loops pipeline into cp.async).
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kc.kernel.arg_names)
-             if kc.signature[n].startswith("*")}
+             if kc.signature[n].startswith("*") or kc.ints.get(n, 1) % 16 == 0}
     try:
         src = ASTSource(fn=kc.kernel, signature=kc.signature, constexprs=kc.constexprs, attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),

@@ -160,11 +160,21 @@ def ln_cols(s: Shape, role: str) -> int:
     return min(pow2(s.H), LN_COLS[role])
 
 
+STREAM_BK = 64  # K chunk of the streamed GEMMs (pipelined K_STAGES deep, kernels._helpers)
+STREAM_BK_BN = 32  # with batch norm: 64 spills 40-144 B (persistent bf16, per-step fp32) in the gate
+
+
+def stream_chunk(s: Shape) -> int:
+    """The K chunk BK of the streamed GEMMs: wider chunks, fewer serial loop trips per step
+    (each trip's loads are in flight K_STAGES - 1 trips ahead)."""
+    return min(STREAM_BK_BN if s.bn else STREAM_BK, pow2(min(s.R, s.H)))
+
+
 def step_plan(s: Shape, dev: Device) -> Plan:
     """Per-step tiles: 16 hidden units per program, all rows (BN) or up to 64 per program;
     8 warps from 32 rows on, 16 from 128 (spill-free up to 64 rows on sm_90)."""
     BB = pow2(s.B) if s.bn else min(pow2(s.B), 64)
-    BK = min(32, pow2(min(s.R, s.H)))
+    BK = stream_chunk(s)
     nw = 4 if BB <= 16 else (8 if BB <= 64 else 16)
     return Plan("step", BB=BB, BH=16, BP=16, BK=BK, num_warps=nw, num_stages=1, nb=_cdiv(s.B, BB))
 
@@ -173,7 +183,7 @@ def persistent_plan(s: Shape, dev: Device, resident: Optional[bool] = None) -> O
     """The persistent plan, or None when it cannot run (see the module docstring)."""
     if s.ln:
         return None
-    BK = min(32, pow2(min(s.R, s.H)))
+    BK = stream_chunk(s)
     if dev.interpret:  # one program covering everything
         BB, BH, BP = pow2(s.B), pow2(s.H), pow2(s.R)
         res = True if resident is None else resident

@@ -3,11 +3,11 @@
 Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H.
 
 The arguments are the layer-op schema's (:mod:`fusedrnn.ops.schema`).  Workspace of this
-family: ws_h = hs [T + 1, B, R] the h states (hs[0] = h0), ws_c = cs [T + 1, B, H] the cell
+family: ws_h = hs [T + 1, B, R] the h states (hs[0] = h0; in the model's dtype), ws_c = cs [T + 1, B, H] the cell
 states, ws_act [T, B, G] gate activations, ws_hh_hat [T, B, G] normalised W_hh h (batch
-norm), ws_hc [T, B, H] h before the projection; all in the accumulation dtype.  The weight
-gradients are GEMMs after the backward loop: dW_hh = sum_s dhh_s^T (h_{s-1} m_s),
-dW_hr = sum_s dhn_s^T hc_s.
+norm), ws_hc [T, B, H] h before the projection; the rest in the accumulation dtype.  The
+weight gradients are GEMMs after the backward loop: dW_hh = sum_s dhh_s^T (h_{s-1} m_s) (in
+the model's dtype, fp32 accumulation, as cuDNN), dW_hr = sum_s dhn_s^T hc_s.
 
 Design ("auto" unless FUSEDRNN_TRITON_DESIGN or :func:`forced_design` names one of
 config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch is
@@ -103,13 +103,39 @@ def _tuning(t: Tensor) -> bool:
 
 def _check_coresident(plans: list[C.Plan], s: C.Shape, device: torch.device) -> None:
     """A persistent launch whose programs cannot all be resident at once would spin forever
-    at its first grid barrier (in the interpreter: more than one program)."""
+    at its first grid barrier (in the interpreter: more than one program).  Each program
+    takes one SM at most (8 warps: any register count fits one per SM), so the grid must not
+    exceed the SM count; what other work occupies is the cooperative launch's to see."""
     limit = C.Device.of(device, INTERPRET).sm_count
     for p in plans:
         n = L.grid("fwd", p.design, s.B, s.H, s.R, L.tiles(p, s))[0]
         if n > limit:
             raise RuntimeError(f"fusedrnn triton: a persistent launch of {n} programs exceeds "
                                f"the {limit} that can be co-resident ({p})")
+
+
+def _has_cooperative_launch() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return "launch_cooperative_grid" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+# Persistent grids launch cooperatively where the installed Triton can (3.3 and later): the
+# driver then places every program at once or refuses the launch (an error, not a hang), also
+# when other kernels hold SMs.  Eager launches only: under torch.compile the grid goes through
+# inductor, and the co-residency check above is the guard.
+COOPERATIVE = _has_cooperative_launch() and os.environ.get("FUSEDRNN_TRITON_COOPERATIVE", "1").strip() != "0"
+
+
+def _launch_options(design: str, t: Tensor) -> dict:
+    """Extra launch options of a plan's kernels: the cooperative launch of a persistent grid
+    (real CUDA tensors, eager)."""
+    if (design == "persistent" and COOPERATIVE and not INTERPRET and type(t) is torch.Tensor and t.is_cuda
+            and not torch.compiler.is_compiling()):
+        return {"launch_cooperative_grid": True}
+    return {}
 
 
 def _run(role: str, plans: list[C.Plan], s: C.Shape, f: dict, args: tuple, tune: bool, restore: tuple = ()):
@@ -119,9 +145,13 @@ def _run(role: str, plans: list[C.Plan], s: C.Shape, f: dict, args: tuple, tune:
     if plans[0].design == "persistent":
         _check_coresident(plans, s, args[0].device)
     first = L.launch(plans[0], s, f, role)
+    extra = _launch_options(plans[0].design, args[0])
 
     def grid(meta):
         return L.grid(role, plans[0].design, s.B, s.H, s.R, meta)
+
+    def call(kernel):  # eager cooperative launches go to the kernel itself (wrap_triton would trace them)
+        return kernel if extra else torch.library.wrap_triton(kernel)
 
     if tune and len(plans) > 1:
         key = (first.kernel.__name__, role, tuple(plans))
@@ -132,10 +162,10 @@ def _run(role: str, plans: list[C.Plan], s: C.Shape, f: dict, args: tuple, tune:
             tuner = triton.autotune(configs=configs, key=[k for k in _KEY if k in first.kernel.arg_names],
                                     restore_value=list(restore))(first.kernel)
             _TUNERS[key] = tuner
-        torch.library.wrap_triton(tuner)[grid](*args, **first.flags)
+        call(tuner)[grid](*args, **first.flags, **extra)
     else:
-        torch.library.wrap_triton(first.kernel)[grid(first.tiles)](
-            *args, **first.constexprs, num_warps=first.num_warps, num_stages=first.num_stages)
+        call(first.kernel)[grid(first.tiles)](
+            *args, **first.constexprs, num_warps=first.num_warps, num_stages=first.num_stages, **extra)
 
 
 def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
@@ -156,7 +186,7 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
     xp, w_hh = xp.contiguous(), w_hh.contiguous()
     NS = T + 1 if save else 2
     NSC = max(T, 1) if save else 1
-    hs = torch.empty(NS, B, R, device=dev, dtype=acc)
+    hs = torch.empty(NS, B, R, device=dev, dtype=xp.dtype)  # the model's dtype: a 16-bit h exchange
     cs = torch.empty(NS, B, H, device=dev, dtype=acc)
     hs[0].copy_(h0)
     cs[0].copy_(c0)
@@ -230,7 +260,9 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     # per-step parameter-gradient rows: one per step (batch norm: one program holds every row),
     # with layer norm one per step and row block (summed below)
     nrow = T * (triton.cdiv(B, C.ln_rows(plans[0])) if layer else 1) if T > 0 else 0
-    dhh = e(T, B, G)
+    # dL/d(W_hh h m) in the model's dtype (a 16-bit exchange and dW_hh GEMM for bf16 / fp16, as
+    # cuDNN); layer norm keeps it in acc (bwd_ln_kernel rewrites it in place)
+    dhh = e(T, B, G) if layer else torch.empty(T, B, G, device=dev, dtype=dy.dtype)
     dhn = e(T, B, R) if (proj or layer) else e(0)
     dg_h = e(nrow, G) if norm_mode else e(0)
     dg_c = e(nrow, H) if norm_mode else e(0)
@@ -272,10 +304,11 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
                                                  R), False)
         dc0.copy_(dc_buf[0])
     # Weight gradients: one GEMM each over all steps and rows (finished rows have zero dhh / dhn).
+    # the h operand as the forward's GEMM saw it: h * m rounded to the model's dtype
     hm = hs[:T]
     if mask is not None:
-        hm = hm * mask.to(acc)
-    dw_hh = torch.matmul(dhh.reshape(T * B, G).t(), hm.reshape(T * B, R)).to(w_hh.dtype)
+        hm = hm * mask.to(hm.dtype)
+    dw_hh = torch.matmul(dhh.reshape(T * B, G).t(), hm.reshape(T * B, R).to(dhh.dtype)).to(w_hh.dtype)
     dw_hr = torch.matmul(dhn.reshape(T * B, R).t(), ws_hc[:T].reshape(T * B, H)).to(w_hr.dtype) if proj else e(0)
     if norm_mode:
         dg_h = dg_h.sum(0).to(bn_h_weight.dtype)
@@ -284,5 +317,5 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     return dxp, dh0, dc0, dw_hh, dw_hr, dg_h, dg_c, db_c
 
 
-__all__ = ["AUTOTUNE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard", "forced_design", "forward",
+__all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard", "forced_design", "forward",
            "plans_for", "shape_of"]

@@ -17,15 +17,19 @@ Two designs share the per-step arithmetic (the ``*_cell`` helpers):
   keeps c (and, backward, dh / dc) in registers, and exchanges h through global memory
   with one grid barrier per step (two with proj_size).
 
-Buffers (fp32, or fp64 for fp64 inputs; "ACC"):
+Buffers (fp32, or fp64 for fp64 inputs; "ACC"), except hs and dhh:
   hs [NS, B, R]  h states: hs[0] = h0, hs[s + 1] = h after step s (NS = T + 1 when the
-                 forward saves for backward, else 2 used as a ring)
+                 forward saves for backward, else 2 used as a ring).  In the model's dtype:
+                 bf16 / fp16 models exchange h between programs in 16 bits (it is the
+                 W_hh GEMM's operand, rounded to that dtype anyway)
   cs [NS, B, H]  c states, the same way
   hc [NSC, B, H] o * tanh(c_hat) before the projection (proj_size only)
   act [T, B, G]  gate activations i, f, g, o (saved for backward)
   hhat [T, B, G] BN_h normalised W_hh h (batch norm, saved for backward)
   stats_h [T, 2, G], stats_c [T, 2, H]: per-step batch mean / biased variance (BN train)
   dhh [T, B, G]  gradient wrt W_hh h_{s-1} m_s (zero on finished rows): the dW_hh GEMM input
+                 and the next step's W_hh^T GEMM operand; in the model's dtype (16 bits for
+                 bf16 / fp16 models) except with layer norm (ACC: bwd_ln_kernel rewrites it)
   dhn [T, B, P]  gradient wrt the projected h (proj_size): the dW_hr GEMM input
   dg_h [T, G], dg_c [T, H], db_c [T, H]: per-step batch-norm parameter gradients
 Constexpr flags: MASK 0 none / 1 shared [B, R] / 2 per step [T, B, R]; BN 0 none / 1 train
@@ -128,7 +132,7 @@ def emit_h(h_new, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_n, vn, B, W, NS,
     """A step's new h (h~, [BB, BN]) for columns offs_n of the W-wide h: zoneout against
     h_{s-1} (read from h_prev, the step's h-state slot), held on finished rows, stored to the
     next h-state slot and to y at the rows' positions (zeros on finished rows)."""
-    h_own = load_tile(h_prev, offs_b, vb, offs_n, vn, W)
+    h_own = load_tile(h_prev, offs_b, vb, offs_n, vn, W).to(h_new.dtype)
     if ZO != 0:
         h_new = zone_mix(load_zone(zh, s, offs_b, vb, offs_n, vn, B, W, h_new.dtype, ZO), h_own, h_new)
     store_tile(hs + step_offset((s + 1) % NS, B, W), tl.where(a2, h_new, h_own), offs_b, vb, offs_n, vn, W)
@@ -242,7 +246,7 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
     the GEMM only, its raw W_hh h m stored to hhat_ws slot s % NSC for fwd_ln_kernel, which
     normalises whole rows, and each row's (mean, M2) over this block's 4 x BH gate columns
     to ln_part [n_col_blocks, 2, B] (merged there by Chan's formula)."""
-    ACC = hs.dtype.element_ty
+    ACC = cs.dtype.element_ty
     offs_j, vj, offs_b, vb, L, active, t = step_program(lengths, s, T, B, H, BB, BH, HAS_LEN, REVERSE)
     slot = tl.minimum(bn_off + s, bn_S - 1)
     h_prev, m_ptr = step_operands(hs, mask, s, NS, B, R, MASK)
@@ -286,7 +290,7 @@ def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, zh, s, T, B, H, P, NS, NSC,
                     BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
     """Step s with proj_size: h = hc @ W_hr^T (zoned out) for projection columns block
     program_id(0)."""
-    ACC = hs.dtype.element_ty
+    ACC = hc_ws.dtype.element_ty
     offs_p, vp, offs_b, vb, L, active, t = step_program(lengths, s, T, B, P, BB, BP, HAS_LEN, REVERSE)
     acc = mm_stream(tl.zeros([BB, BP], dtype=ACC), hc_ws + step_offset(s % NSC, B, H), hc_ws,
                     offs_b, vb, H, w_hr, 1, offs_p, vp, H, False, PREC, BK)
@@ -392,7 +396,7 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, zh, dhh_ws, dh_buf, dhn_w
     backward of step s (proj_size: bwd_step_kernel; layer norm: bwd_ln_kernel) it adds dy and
     stores dhn[s], the gradient of the step's new output h~_s; FINAL (s = -1) it stores
     dL/dh0."""
-    ACC = dhh_ws.dtype.element_ty
+    ACC = dh_buf.dtype.element_ty
     G = 4 * H
     offs_r, vr, offs_b, vb, L, active, t = step_program(lengths, s, T, B, R, BB, BR, HAS_LEN, REVERSE)
     nxt = s + 1
@@ -477,7 +481,7 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
     then the output o * tanh(LN_c(c~)), zoneout and the new state.  bn_wh, bn_wc, bn_bc:
     LN_h's gain, LN_c's gain and bias (LN_h's bias is in xp).  stats_h / stats_c [T, 2, B]:
     each row's mean and 1 / sqrt(var + eps)."""
-    ACC = hs.dtype.element_ty
+    ACC = cs.dtype.element_ty
     G = 4 * H
     offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
     vb = offs_b < B
@@ -697,7 +701,7 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
     [c * BH, (c + 1) * BH) and, with proj_size, projection columns [c * BP, (c + 1) * BP).
     RESIDENT: its W_hh rows (4 tiles [RP, BH]) and W_hr rows ([HP, BP]) are loaded once,
     before the time loop."""
-    ACC = hs.dtype.element_ty
+    ACC = cs.dtype.element_ty
     WT = w_hh.dtype.element_ty
     nprog = tl.num_programs(0)
     offs_b, vb, offs_j, vj, offs_p, vp, L = persistent_program(lengths, T, B, H, R, BB, BH, BP, HAS_LEN)

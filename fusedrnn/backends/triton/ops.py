@@ -61,7 +61,7 @@ def lstm_layer_backward(grad_y: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, w_hh
 def _workspace(new, T, B, H, R, save, norm, proj):
     if not save:
         return new(0), new(0), new(0), new(0), new(1, B, H) if proj else new(0)
-    return new(T + 1, B, R), new(T, B, 4 * H), new(T + 1, B, H), new(T, B, 4 * H) if norm else new(0), \
+    return new(T + 1, B, R, acc_type=False), new(T, B, 4 * H), new(T + 1, B, H), new(T, B, 4 * H) if norm else new(0), \
         new(max(T, 1), B, H) if proj else new(0)
 
 
