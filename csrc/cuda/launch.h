@@ -120,6 +120,7 @@ struct PersistentPlan {
   int blocks;
   int threads;
   size_t smem_forward, smem_backward;
+  bool stage_xp, stage_h;  // the forward's shared-memory stages of xp and h (when they fit)
 };
 // The plan for this shape on the current device (reads its properties and occupancy).
 PersistentPlan persistent_plan(DType dtype, int64_t B, int64_t H, int64_t R, bool proj,
@@ -132,7 +133,8 @@ cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentPlan&
 cudaError_t layer_persistent_backward(const LayerParams& p, const LayerGrads& g,
                                       const PersistentPlan& plan, void* exchange,
                                       cudaStream_t stream);
-// Bytes of the exchange buffer the persistent kernels need (zero-initialised by the caller).
+// Bytes of the exchange buffer the persistent kernels need (zero-initialised by the caller: it
+// ends with the grid barrier's counter).
 size_t persistent_exchange_bytes(DType dtype, int64_t B, int64_t H, int64_t R);
 
 // ---- per-step batch norm over a sequence (BN_x) ------------------------------------------

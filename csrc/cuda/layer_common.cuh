@@ -130,15 +130,28 @@ struct HmOut {
   int64_t ldb;
 };
 
+// The xp of row b, gate column k * H + j0 + u at step s, read from global memory (the
+// per-step design; the persistent one reads it from its shared-memory stage).
+template <typename T>
+struct XpGlobal {
+  const T* xp;
+  Rows rows;
+  int64_t s, B, H, j0;
+  __device__ __forceinline__ typename Acc<T>::type operator()(int64_t b, int k, int u) const {
+    return to_acc(xp[(rows.pos(b, s) * B + b) * 4 * H + k * H + j0 + u]);
+  }
+};
+
 // ---- forward ------------------------------------------------------------------------------
 // Gates, BN_h, cell update, BN_c and output of units [j0, j0 + U) for every row at step s.
-// hh(b, k, u) returns (h_{s-1} * m_s) @ W_hh^T of row b, gate column k * H + j0 + u (acc).
+// hh(b, k, u) returns (h_{s-1} * m_s) @ W_hh^T of row b, gate column k * H + j0 + u (acc);
+// xq(b, k, u) the input projection xp of the same element (acc), for the rows running at s.
 // Writes y (or hc with projection), h_state, the workspace, and h * m_{s+1} to hm_next.
 // Zoneout: the state keeps z of its previous value (h here without projection; c in
 // ws_c after BN_c and the output have read the fresh c~).
 // sm: units_scratch(U, B, bn) acc elements of shared memory.
-template <typename T, class HH>
-__device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U, HH hh,
+template <typename T, class HH, class XQ>
+__device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U, HH hh, XQ xq,
                               typename Acc<T>::type* sm, HmOut<T> hm_next) {
   using A = typename Acc<T>::type;
   const Rows rows{p.lengths, p.T, p.reverse};
@@ -153,7 +166,6 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
   A* mean_c = sm + 8 * U;
   A* rstd_c = sm + 9 * U;
 
-  const T* xp = static_cast<const T*>(p.xp);
   T* y = static_cast<T*>(p.y);
   A* h_state = static_cast<A*>(p.h_state);
   A* act = static_cast<A*>(p.ws_act) + (p.save ? s : 0) * B * G;
@@ -220,7 +232,6 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
       }
       continue;
     }
-    const T* xr = xp + (rows.pos(b, s) * B + b) * G;
     A pre[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -230,7 +241,7 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
         hhat[b * G + k * H + j] = xhat;
         v = to_acc(gamma_h[k * H + j]) * xhat;
       }
-      pre[k] = to_acc(xr[k * H + j]) + v;
+      pre[k] = xq(b, k, u) + v;
     }
     gates::activate(pre[0], pre[1], pre[2], pre[3]);
     const A c = gates::cell_update(pre[0], pre[1], pre[2], c_prev[b * H + j]);

@@ -8,12 +8,21 @@
 // computes their gate gradients, the grid synchronises, and the same block computes dL/dh
 // for the same units from every block's dL/d(W_hh h) and its column slice of W_hh.
 //
+// The grid barrier is split (grid_arrive / grid_wait on a counter in the exchange buffer):
+// a block arrives as soon as its exchange stores are issued and waits only before the MMA
+// that reads the other blocks' parts.  Between the two it loads what the next step needs
+// and nobody else writes: the forward copies its xp columns of step s + 1 into shared
+// memory with cp.async (stage_xp), the backward prefetches its saved activations, cell
+// states, dy and mask of step s - 1 into L1 (prefetch_step).  After the wait the forward
+// stages the exchanged h_{s-1} tile once in shared memory (cp.async.cg: L2, never a stale
+// L1 line), so that its MMA tiles read it from there instead of each from global memory.
+// Both stages are in the plan's shared memory when they fit (PersistentPlan::stage_*).
+//
 // No projection (W_hr would need a second exchange per step); H a multiple of 4.  The plan
 // (persistent_plan) says when the design fits; otherwise the per-step design runs.
 //
 // Dimension letters: T steps, B batch (Bp padded to 16), H hidden, R = H, Rp = R padded to
 // 16, G = 4H, U units per block, Mp = 4U padded to 16, KS split of the MMA's K among warps.
-#include <cooperative_groups.h>
 #include <mma.h>
 
 #include <algorithm>
@@ -25,7 +34,6 @@ namespace fusedrnn {
 namespace cuda {
 namespace {
 
-namespace cg = cooperative_groups;
 using namespace nvcuda;
 
 constexpr int kPThreads = 256;
@@ -69,8 +77,62 @@ __device__ __forceinline__ void mma_chunks(Acc16& acc, int64_t k0, int64_t k1, c
 
 struct Geometry {
   int U, Mp, KS_f, KS_b;
-  int64_t Bp, Rp, ldw;
+  int64_t Bp, Rp, ldw, ldh;  // ldh: row stride of the staged h tile (skewed like ldw)
+  bool stage_xp, stage_h;    // the forward's shared-memory stages (set from the plan)
 };
+
+// ---- asynchronous copies, prefetches and the split grid barrier ---------------------------
+// cp.async of N bytes global -> shared (N = 16: .cg, L2 only, for buffers other blocks write;
+// N = 4: .ca, read-only inputs).  Before sm_80: a plain copy (16 bytes through ld.cg).
+template <int N>
+__device__ __forceinline__ void cp_async(void* dst, const void* src) {
+  static_assert(N == 4 || N == 16, "cp.async of 4 or 16 bytes");
+#if __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if constexpr (N == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+#else
+  if constexpr (N == 16)
+    *static_cast<int4*>(dst) = __ldcg(static_cast<const int4*>(src));
+  else
+    *static_cast<int*>(dst) = *static_cast<const int*>(src);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void prefetch_l1(const void* ptr) {
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(ptr));
+}
+
+// Arrive at the grid barrier: every thread's stores so far are issued (block barrier), then
+// one thread releases them at GPU scope and counts the block in.
+__device__ __forceinline__ void grid_arrive(unsigned int* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(bar, 1u);
+  }
+}
+
+// Wait until the counter reaches target (= gridDim.x x the arrivals each block has made so
+// far): one thread polls with acquire loads, fences, and releases the block.
+__device__ __forceinline__ void grid_wait(const unsigned int* bar, unsigned int target) {
+  if (threadIdx.x == 0) {
+    unsigned int v;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(bar) : "memory");
+    } while (static_cast<int>(v - target) < 0);
+    __threadfence();
+  }
+  __syncthreads();
+}
 
 template <typename T>
 Geometry geometry(int64_t B, int64_t H, int64_t R, int U) {
@@ -80,6 +142,7 @@ Geometry geometry(int64_t B, int64_t H, int64_t R, int U) {
   g.Bp = round_up(B, 16);
   g.Rp = round_up(R, 16);
   g.ldw = g.Rp + (sizeof(T) == 4 ? 4 : 8);  // skew rows by 16 bytes against bank conflicts
+  g.ldh = g.ldw;
   const int64_t tiles_f = (g.Mp / 16) * (g.Bp / 16);
   g.KS_f = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kWarps / std::max<int64_t>(tiles_f, 1), 8)));
   const int64_t tiles_b = g.Bp / 16;  // N = 16 covers the block's U <= 16 units
@@ -87,11 +150,89 @@ Geometry geometry(int64_t B, int64_t H, int64_t R, int U) {
   return g;
 }
 
+// The forward's shared memory: the W slice, the MMA partials and forward_units' scratch
+// (its 10U statistics of 16U), then the optional stages (xp [B][4U], h [Bp][ldh]).
 template <typename T>
-size_t smem_forward(const Geometry& g) {
-  using A = typename Acc<T>::type;  // forward_units uses 10U statistics of its 16U scratch
+size_t smem_forward_base(const Geometry& g) {
+  using A = typename Acc<T>::type;
   return align128(g.Mp * g.ldw * sizeof(T)) + align128(size_t(g.KS_f) * g.Mp * g.Bp * sizeof(float)) +
          align128(16 * g.U * sizeof(A));
+}
+template <typename T>
+__host__ __device__ size_t stage_xp_bytes(const Geometry& g, int64_t B) { return align128(size_t(B) * 4 * g.U * sizeof(T)); }
+template <typename T>
+__host__ __device__ size_t stage_h_bytes(const Geometry& g) { return align128(size_t(g.Bp) * g.ldh * sizeof(T)); }
+template <typename T>
+size_t smem_forward(const Geometry& g, int64_t B) {
+  return smem_forward_base<T>(g) + (g.stage_xp ? stage_xp_bytes<T>(g, B) : 0) +
+         (g.stage_h ? stage_h_bytes<T>(g) : 0);
+}
+
+// The xp of this block's units at step s, for the running rows, into xsm [B][4U] (element
+// b * 4U + k * U + u): 4-byte cp.async chunks when the block's columns allow them, else
+// plain copies.  Completed by the cp_async_wait_all before the next MMA.
+template <typename T>
+__device__ void stage_xp(const LayerParams& p, int64_t s, int64_t j0, int U, int Uv, T* xsm) {
+  static_assert(sizeof(T) <= 4, "the persistent kernels take fp32 / fp16 / bf16");
+  constexpr int per = 4 / sizeof(T);  // elements per 4-byte chunk
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t B = p.B, H = p.H, G = 4 * H;
+  const T* xp = static_cast<const T*>(p.xp);
+  if (Uv == U && U % per == 0 && (reinterpret_cast<uintptr_t>(xp) & 3) == 0) {
+    const int cpu = U / per;  // chunks per (row, gate)
+    for (int64_t e = threadIdx.x; e < B * 4 * cpu; e += blockDim.x) {
+      const int c = static_cast<int>(e % cpu), k = static_cast<int>((e / cpu) % 4);
+      const int64_t b = e / (4 * cpu);
+      if (rows.active(b, s))
+        cp_async<4>(xsm + b * 4 * U + k * U + c * per, xp + (rows.pos(b, s) * B + b) * G + k * H + j0 + c * per);
+    }
+  } else {
+    for (int64_t e = threadIdx.x; e < B * 4 * U; e += blockDim.x) {
+      const int u = static_cast<int>(e % U), k = static_cast<int>((e / U) % 4);
+      const int64_t b = e / (4 * U);
+      if (u < Uv && rows.active(b, s)) xsm[e] = xp[(rows.pos(b, s) * B + b) * G + k * H + j0 + u];
+    }
+  }
+}
+
+// xp of forward_units: from the stage when there is one, else from global memory.
+template <typename T>
+struct XpStaged {
+  const T* sm;
+  XpGlobal<T> g;
+  int U;
+  __device__ __forceinline__ typename Acc<T>::type operator()(int64_t b, int k, int u) const {
+    return sm ? to_acc(sm[b * 4 * U + k * U + u]) : g(b, k, u);
+  }
+};
+
+// Prefetch into L1 what backward_units reads at step s for this block's units: the saved
+// activations, the cell states c_{s-1} and c_s, dy, the mask and zoneout weights (all
+// read-only in the backward kernel, so an L1 line cannot be stale).
+template <typename T>
+__device__ void prefetch_step(const LayerParams& p, const LayerGrads& g, int64_t s, int64_t j0, int U, int Uv) {
+  using A = typename Acc<T>::type;
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t B = p.B, H = p.H, G = 4 * H, R = p.R;
+  const A* act = static_cast<const A*>(p.ws_act) + s * B * G;
+  const A* cst = static_cast<const A*>(p.ws_c) + s * B * H;
+  const T* gy = static_cast<const T*>(g.grad_y);
+  const T* m = p.mask && p.mask_per_step ? static_cast<const T*>(p.mask) + s * B * R : nullptr;
+  const T* zc = p.zone_c && !p.zone_scalar ? static_cast<const T*>(p.zone_c) + s * B * H : nullptr;
+  const T* zh = p.zone_h && !p.zone_scalar ? static_cast<const T*>(p.zone_h) + s * B * R : nullptr;
+  for (int64_t e = threadIdx.x; e < B * U; e += blockDim.x) {
+    const int u = static_cast<int>(e % U);
+    const int64_t b = e / U, j = j0 + u;
+    if (u >= Uv || !rows.active(b, s)) continue;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) prefetch_l1(act + b * G + k * H + j);
+    prefetch_l1(cst + b * H + j);
+    prefetch_l1(cst + B * H + b * H + j);
+    prefetch_l1(gy + (rows.pos(b, s) * B + b) * R + j);
+    if (m) prefetch_l1(m + b * R + j);
+    if (zc) prefetch_l1(zc + b * H + j);
+    if (zh) prefetch_l1(zh + b * R + j);
+  }
 }
 
 template <typename T>
@@ -104,11 +245,11 @@ size_t smem_backward(const Geometry& g, int64_t B, int64_t H, bool bn) {
 // ---- forward ------------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kPThreads, 1)
-    persistent_forward_kernel(LayerParams p, Geometry geo, const T* __restrict__ h0, T* __restrict__ xch) {
+    persistent_forward_kernel(LayerParams p, Geometry geo, const T* __restrict__ h0, T* __restrict__ xch,
+                              unsigned int* __restrict__ bar) {
   using A = typename Acc<T>::type;
   using E = typename Mma<T>::elem;
   constexpr int KSTEP = Mma<T>::K;
-  cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int U = geo.U, Mp = geo.Mp, KS = geo.KS_f;
   const int64_t B = p.B, H = p.H, R = p.R, Bp = geo.Bp, Rp = geo.Rp, ldw = geo.ldw;
@@ -116,10 +257,14 @@ __global__ void __launch_bounds__(kPThreads, 1)
   float* part = reinterpret_cast<float*>(smem_raw + align128(Mp * ldw * sizeof(T)));
   A* scratch = reinterpret_cast<A*>(reinterpret_cast<unsigned char*>(part) +
                                     align128(size_t(KS) * Mp * Bp * sizeof(float)));
+  unsigned char* stages = reinterpret_cast<unsigned char*>(scratch) + align128(16 * U * sizeof(A));
+  T* xsm = geo.stage_xp ? reinterpret_cast<T*>(stages) : nullptr;
+  T* hsm = geo.stage_h ? reinterpret_cast<T*>(stages + (geo.stage_xp ? stage_xp_bytes<T>(geo, B) : 0)) : nullptr;
   const int tid = threadIdx.x, warp = tid >> 5;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
   const int Uv = static_cast<int>(min(static_cast<int64_t>(U), H - j0));
   const T* w_hh = static_cast<const T*>(p.w_hh);
+  const Rows rows{p.lengths, p.T, p.reverse};
 
   // This block's slice of W_hh: row m = k * U + u is gate row k * H + j0 + u; zero padding.
   for (int64_t e = tid; e < Mp * ldw; e += blockDim.x) {
@@ -145,20 +290,36 @@ __global__ void __launch_bounds__(kPThreads, 1)
       static_cast<T*>(p.ws_hm)[b * R + j] = hm;  // slot 0 (the only slot without save)
     }
   }
-  grid.sync();
+  grid_arrive(bar);
+  if (xsm) stage_xp<T>(p, 0, j0, U, Uv, xsm);
 
   const int tiles_m = Mp / 16, tiles_n = static_cast<int>(Bp / 16);
   const int64_t kchunks = Rp / KSTEP;
   for (int64_t s = 0; s < p.T; ++s) {
+    grid_wait(bar, static_cast<unsigned int>((s + 1) * gridDim.x));  // h_{s-1} of every block
     const T* xs = xch + (s & 1) * Bp * Rp;
+    const T* hb = xs;  // the MMA's h operand and its row stride
+    int64_t ldb = Rp;
+    if (hsm) {  // stage h_{s-1} [Bp, Rp] once: 16-byte cp.async.cg
+      constexpr int per = 16 / sizeof(T);
+      const int64_t cpr = Rp / per;  // chunks per row
+      for (int64_t e = tid; e < Bp * cpr; e += blockDim.x) {
+        const int64_t b = e / cpr, c = e - b * cpr;
+        cp_async<16>(hsm + b * geo.ldh + c * per, xs + b * Rp + c * per);
+      }
+      hb = hsm;
+      ldb = geo.ldh;
+    }
+    cp_async_wait_all();  // the h stage and this step's xp stage
+    __syncthreads();
     // gates_hh [Mp, Bp] = W_slice [Mp, Rp] @ (h_{s-1} * m_s)^T, K split KS ways among warps
     for (int item = warp; item < tiles_m * tiles_n * KS; item += kWarps) {
       const int q = item % KS, t = item / KS, mt = t % tiles_m, nt = t / tiles_m;
       wmma::fragment<wmma::accumulator, 16, 16, KSTEP, float> acc;
       wmma::fill_fragment(acc, 0.0f);
       mma_chunks<T, wmma::col_major, KSTEP>(acc, kchunks * q / KS, kchunks * (q + 1) / KS, wsm + mt * 16 * ldw,
-                                            static_cast<unsigned>(ldw), xs + nt * 16 * Rp,
-                                            static_cast<unsigned>(Rp), KSTEP);
+                                            static_cast<unsigned>(ldw), hb + nt * 16 * ldb,
+                                            static_cast<unsigned>(ldb), KSTEP);
       wmma::store_matrix_sync(part + (size_t(q) * Mp + mt * 16) * Bp + nt * 16, acc,
                               static_cast<unsigned>(Bp), wmma::mem_row_major);
     }
@@ -176,19 +337,21 @@ __global__ void __launch_bounds__(kPThreads, 1)
       next.b = static_cast<T*>(p.ws_hm) + (p.save ? (s + 1) * B * R : 0);  // rolling slot 0 without save
       next.ldb = R;
     }
-    forward_units<T>(p, s, j0, U, hh_at, scratch, next);
-    grid.sync();
+    const XpStaged<T> xq{xsm, XpGlobal<T>{static_cast<const T*>(p.xp), rows, s, B, H, j0}, U};
+    forward_units<T>(p, s, j0, U, hh_at, xq, scratch, next);
+    grid_arrive(bar);  // h_s issued; the next step's xp loads while the others finish
+    if (xsm && s + 1 < p.T) stage_xp<T>(p, s + 1, j0, U, Uv, xsm);
   }
 }
 
 // ---- backward -----------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kPThreads, 1)
-    persistent_backward_kernel(LayerParams p, LayerGrads g, Geometry geo, T* __restrict__ xch) {
+    persistent_backward_kernel(LayerParams p, LayerGrads g, Geometry geo, T* __restrict__ xch,
+                               unsigned int* __restrict__ bar) {
   using A = typename Acc<T>::type;
   using E = typename Mma<T>::elem;
   constexpr int KSTEP = Mma<T>::K;
-  cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int U = geo.U, KS = geo.KS_b;
   const int64_t B = p.B, H = p.H, R = p.R, G = 4 * H, Bp = geo.Bp;
@@ -219,7 +382,9 @@ __global__ void __launch_bounds__(kPThreads, 1)
       return p.zone_h ? (A(1) - zone_at<T>(p, p.zone_h, s, b, j, R)) * d : d;
     };
     backward_units<T>(p, g, s, j0, U, dh_at, scratch, xs, static_cast<T*>(g.dhh) + s * B * G);
-    grid.sync();
+    grid_arrive(bar);  // dL/d(W_hh h)_s issued; step s - 1's operands move to L1 meanwhile
+    if (s > 0) prefetch_step<T>(p, g, s - 1, j0, U, Uv);
+    grid_wait(bar, static_cast<unsigned int>((p.T - s) * gridDim.x));
     // dh_rec [Bp, 16] = dL/d(W_hh h)_s [Bp, G] @ W_hh[:, j0 .. j0 + 16), K split KS ways
     for (int item = warp; item < tiles_m * KS; item += kWarps) {
       const int q = item % KS, mt = item / KS;
@@ -256,10 +421,15 @@ PersistentPlan plan_t(int64_t B, int64_t H, int64_t R, bool proj, size_t smem_li
   if (B < 1 || H < 1) return plan.why = "empty problem", plan;
   const int U = static_cast<int>(std::max<int64_t>(4, (H + sm_count - 1) / sm_count));
   if (U > 16) return plan.why = "hidden size too large for one unit slice per SM", plan;
-  const Geometry geo = geometry<T>(B, H, R, U);
+  Geometry geo = geometry<T>(B, H, R, U);
   plan.units = U;
   plan.blocks = static_cast<int>((H + U - 1) / U);
-  plan.smem_forward = smem_forward<T>(geo);
+  // the forward's stages where they fit: xp first (off the critical path), then h
+  geo.stage_xp = smem_forward_base<T>(geo) + stage_xp_bytes<T>(geo, B) <= smem_limit;
+  geo.stage_h = smem_forward<T>(geo, B) + stage_h_bytes<T>(geo) <= smem_limit;
+  plan.stage_xp = geo.stage_xp;
+  plan.stage_h = geo.stage_h;
+  plan.smem_forward = smem_forward<T>(geo, B);
   plan.smem_backward = smem_backward<T>(geo, B, H, true);
   if (plan.smem_forward > smem_limit)
     return plan.why = "the W_hh slice and batch tiles exceed shared memory (forward)", plan;
@@ -351,10 +521,20 @@ PersistentPlan persistent_plan(DType dtype, int64_t B, int64_t H, int64_t R, boo
   });
 }
 
-size_t persistent_exchange_bytes(DType dtype, int64_t B, int64_t H, int64_t R) {
+// The exchange buffer: two [Bp, max(Rp, G)] slots, then the grid barrier's counter.
+size_t exchange_slots_bytes(DType dtype, int64_t B, int64_t H, int64_t R) {
   const size_t el = dtype == DType::kF32 ? 4 : 2;
   const int64_t Bp = round_up(B, 16);
-  return 2 * static_cast<size_t>(Bp) * std::max<int64_t>(round_up(R, 16), 4 * H) * el;
+  return align128(2 * static_cast<size_t>(Bp) * std::max<int64_t>(round_up(R, 16), 4 * H) * el);
+}
+
+unsigned int* barrier_of(void* exchange, DType dtype, int64_t B, int64_t H, int64_t R) {
+  return reinterpret_cast<unsigned int*>(static_cast<unsigned char*>(exchange) +
+                                         exchange_slots_bytes(dtype, B, H, R));
+}
+
+size_t persistent_exchange_bytes(DType dtype, int64_t B, int64_t H, int64_t R) {
+  return exchange_slots_bytes(dtype, B, H, R) + 128;
 }
 
 cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentPlan& plan, const void* h0, void* exchange,
@@ -363,10 +543,13 @@ cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentPlan&
   return dispatch_mma(p.dtype, cudaErrorInvalidValue, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
+    geo.stage_xp = plan.stage_xp;
+    geo.stage_h = plan.stage_h;
     LayerParams pp = p;
     const T* h0t = static_cast<const T*>(h0);
     T* xch = static_cast<T*>(exchange);
-    void* args[] = {&pp, &geo, &h0t, &xch};
+    unsigned int* bar = barrier_of(exchange, p.dtype, p.B, p.H, p.R);
+    void* args[] = {&pp, &geo, &h0t, &xch, &bar};
     return launch_cooperative(reinterpret_cast<const void*>(&persistent_forward_kernel<T>), plan, plan.smem_forward,
                               args, stream);
   });
@@ -381,7 +564,8 @@ cudaError_t layer_persistent_backward(const LayerParams& p, const LayerGrads& g,
     LayerParams pp = p;
     LayerGrads gg = g;
     T* xch = static_cast<T*>(exchange);
-    void* args[] = {&pp, &gg, &geo, &xch};
+    unsigned int* bar = barrier_of(exchange, p.dtype, p.B, p.H, p.R);
+    void* args[] = {&pp, &gg, &geo, &xch, &bar};
     return launch_cooperative(reinterpret_cast<const void*>(&persistent_backward_kernel<T>), plan, plan.smem_backward,
                               args, stream);
   });

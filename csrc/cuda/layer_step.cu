@@ -49,7 +49,8 @@ __global__ void __launch_bounds__(kThreads)
   HmOut<T> next{nullptr, 0, nullptr, 0};
   if (!p.proj && s + 1 < p.T)
     next.a = static_cast<T*>(p.ws_hm) + (p.save ? (s + 1) * p.B * p.R : 0), next.lda = p.R;
-  forward_units<T>(p, s, j0, U, hh_at, sm, next);
+  const XpGlobal<T> xq{static_cast<const T*>(p.xp), Rows{p.lengths, p.T, p.reverse}, s, p.B, H, j0};
+  forward_units<T>(p, s, j0, U, hh_at, xq, sm, next);
 }
 
 // Projection epilogue: hp = hc_s @ W_hr^T is h of running rows.
