@@ -18,7 +18,10 @@ Fails (exit 1) on: a compile failure; shared memory over the device's opt-in lim
 registers x threads over the register file; spills not on the allow-list below; a
 persistent plan the heuristic accepts that would not fit one block per SM; a grid shape
 the CUDA plan should run persistently but rejects; no MMA in a bf16/fp16 recurrent
-kernel.  Writes the resource table to benchmarks/resources.md and prints a summary line.
+kernel; a non-coherent (read-only path: PTX ld.global.nc, SASS LDG...CONSTANT) global load in
+a persistent kernel, Triton or CUDA (other programs write its exchange buffers during the
+launch; the exchange is read through L2 (.cg / cp.async.cg) or after the barrier's acquire).
+Writes the resource table to benchmarks/resources.md and prints a summary line.
 """
 
 from __future__ import annotations
@@ -56,10 +59,10 @@ SPILL_ALLOW = [
      "bf16 B=256 H=1024 variational+bn); the only triton design that keeps the batch "
      "statistics in one program; up to 4.5 KB on sm_80, speed unmeasured"),
     (r"^bwd_persistent_kernel\[fp32\]", 64, "fp32 persistent backward on sm_80: 40 bytes"),
-    (r"^bwd_persistent_kernel\[(bf16|fp16)\] .*BN=1", 32,
-     "persistent backward with batch norm at H=1024 on sm_90: 28 bytes since the gate compiles "
-     "what the JIT specialises (sizes divisible by 16) and the streamed K loop is pipelined "
-     "3 deep (ptxas stops at 128 registers)"),
+    (r"^bwd_persistent_kernel\[(bf16|fp16)\]", 32,
+     "persistent backward in half types at H=1024: 28 bytes with batch norm on sm_90, 12 bytes "
+     "on sm_80 without, since the gate compiles what the JIT specialises (sizes divisible by "
+     "16) and the streamed K loop is pipelined 3 deep (ptxas stops at 128 registers there)"),
     (r"^fwd_step_kernel\[fp32\] w8 .*BN=1", 16,
      "per-step fp32 batch norm with 64 rows: 16 bytes since the streamed K loop is pipelined "
      "3 deep (ptxas stops at 128 registers); the per-step design is the fallback"),
@@ -126,11 +129,9 @@ def compile_triton(job):
     _, arch, name, kc = job
     row = dict(kind="triton", name=name, arch=arch, dtype=name.split("[")[1].split("]")[0],
                threads=32 * kc.num_warps, ok=False, error=None, mma=None)
-    # pointers 16-byte aligned, as the JIT specialises fresh torch allocations
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kc.kernel.arg_names)
-             if kc.signature[n].startswith("*")}
-    try:
-        ck = triton.compile(ASTSource(fn=kc.kernel, signature=kc.signature, constexprs=kc.constexprs, attrs=attrs),
+    try:  # with the argument specialisation the JIT makes at run time (aot.attrs_of)
+        ck = triton.compile(ASTSource(fn=kc.kernel, signature=kc.signature, constexprs=kc.constexprs,
+                                      attrs=gate.attrs_of(kc)),
                             target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=kc.num_warps, num_stages=kc.num_stages))
     except Exception as e:  # noqa: BLE001 - reported as a gate failure
@@ -141,7 +142,10 @@ def compile_triton(job):
     row.update(ok=rep.get("ptxas_ok", False), regs=rep.get("regs"), spills=rep.get("spills"),
                shared=ck.metadata.shared,
                # the recurrent matmul of a half-type kernel must be tensor-core MMA
-               mma="mma.sync" in ptx or "wgmma" in ptx)
+               mma="mma.sync" in ptx or "wgmma" in ptx,
+               # non-coherent (read-only path) loads: a persistent kernel must not read the
+               # buffers other programs write that way (its own inputs have no need either)
+               nc=len(re.findall(r"ld\.global\.nc", ptx)))
     if not row["ok"]:
         row["error"] = "ptxas failed"
     return row
@@ -205,7 +209,9 @@ def compile_cuda(job):
         row["threads"] = 256
         row["dtype"] = _cuda_dtype(row["name"])
         if "persistent" in row["name"]:
-            row["mma"] = _sass_has_mma(sass, row["mangled"])
+            body = _sass_body(sass, row["mangled"])
+            row["mma"] = "HMMA" in body if body else False
+            row["nc"] = len(re.findall(r"LDG\.[A-Z0-9.]*CONSTANT|LDG\.[A-Z0-9.]*\.NC", body))
     return rows
 
 
@@ -216,13 +222,13 @@ def _cuda_dtype(name: str) -> str:
     return "-"
 
 
-def _sass_has_mma(sass: str, mangled: str) -> bool:
+def _sass_body(sass: str, mangled: str) -> str:
+    """The SASS of one function of a cuobjdump listing ("" if absent)."""
     start = sass.find(f"Function : {mangled}")
     if start < 0:
-        return False
+        return ""
     end = sass.find("Function : ", start + 10)
-    body = sass[start:end if end > 0 else len(sass)]
-    return "HMMA" in body
+    return sass[start:end if end > 0 else len(sass)]
 
 
 PLAN_DRIVER = r"""
@@ -306,6 +312,9 @@ def check(rows):
         if r.get("mma") is False and r.get("dtype") in ("bf16", "fp16") and (
                 "persistent" in r["name"] or "_step_kernel" in r["name"]):
             problems.append(f"{where}: no tensor-core MMA in a half-type recurrent kernel")
+        if r.get("nc") and "persistent" in r["name"]:
+            problems.append(f"{where}: {r['nc']} non-coherent (read-only path) global loads in a persistent "
+                            "kernel, whose exchange buffers other blocks write during the launch")
     return problems
 
 

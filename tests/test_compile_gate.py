@@ -64,3 +64,26 @@ def test_oversized_cuda_shape_is_not_persistent(monkeypatch):
     assert rows and all(not r["ok"] for r in rows), rows  # the plan refuses it: per-step runs
     problems = G.check(rows)
     assert any("not persistent" in p for p in problems)
+
+
+def test_non_coherent_load_in_a_persistent_kernel_is_caught(tmp_path, monkeypatch):
+    """A persistent kernel that reads through a const __restrict__ pointer (the read-only,
+    non-coherent path: LDG...CONSTANT) is a gate failure: the exchange buffers of such a
+    kernel change under it during the launch.  The same kernel without __restrict__ passes."""
+    if "TRITON_INTERPRET" in os.environ:
+        monkeypatch.setenv("TRITON_INTERPRET", os.environ["TRITON_INTERPRET"])
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import compile_gate as G
+
+    if not G.nvcc() or not os.path.exists(G.cuobjdump()):
+        pytest.skip("nvcc or cuobjdump not found")
+    found = {}
+    for name, qual in (("nc", "__restrict__"), ("plain", "")):
+        src = tmp_path / f"probe_{name}.cu"
+        src.write_text("__global__ void persistent_probe_kernel(const float* %s x, float* %s y, int n) {\n"
+                       "  for (int i = threadIdx.x; i < n; i += blockDim.x) y[i] = x[i] * 2.0f;\n}\n" % (qual, qual))
+        rows = G.compile_cuda(("cuda", 90, str(src), str(tmp_path)))
+        assert rows and rows[0]["ok"], rows
+        found[name] = [p for p in G.check(rows) if "non-coherent" in p]
+    assert found["nc"], "a read-only-path load in a persistent kernel passed the gate"
+    assert not found["plain"], found["plain"]

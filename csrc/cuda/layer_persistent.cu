@@ -259,7 +259,7 @@ size_t smem_backward(const Geometry& g, int64_t B, int64_t H, bool bn) {
 // ---- forward ------------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kPThreads, 1)
-    persistent_forward_kernel(LayerParams p, Geometry geo, const T* __restrict__ h0, T* __restrict__ xch,
+    persistent_forward_kernel(LayerParams p, Geometry geo, const T* h0, T* __restrict__ xch,
                               unsigned int* __restrict__ bar) {
   using A = typename Acc<T>::type;
   using E = typename Mma<T>::elem;

@@ -142,6 +142,14 @@ def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
     return out
 
 
+def attrs_of(kc: KernelConfig) -> dict:
+    """The argument attributes the JIT specialises at run time: pointers 16-byte aligned (fresh
+    torch allocations), and the integer sizes divisible by 16 marked so (what lets loads
+    vectorise and the streamed K loops pipeline into cp.async)."""
+    return {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kc.kernel.arg_names)
+            if kc.signature[n].startswith("*") or kc.ints.get(n, 1) % 16 == 0}
+
+
 def compile_config(kc: KernelConfig, arch: int = 90) -> dict:
     """Compile one configuration for sm_<arch> (no GPU needed): registers, spills and stack
     from Triton's bundled ptxas -v, shared memory from the compiled metadata."""
@@ -149,13 +157,8 @@ def compile_config(kc: KernelConfig, arch: int = 90) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    # Pointers are 16-byte aligned, and the integer sizes divisible by 16 are marked so, as the
-    # JIT specialises them at run time (the alignment that lets loads vectorise and the
-    # streamed K loops pipeline into cp.async).
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kc.kernel.arg_names)
-             if kc.signature[n].startswith("*") or kc.ints.get(n, 1) % 16 == 0}
     try:
-        src = ASTSource(fn=kc.kernel, signature=kc.signature, constexprs=kc.constexprs, attrs=attrs)
+        src = ASTSource(fn=kc.kernel, signature=kc.signature, constexprs=kc.constexprs, attrs=attrs_of(kc))
         ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=kc.num_warps, num_stages=kc.num_stages))
     except Exception as e:  # noqa: BLE001 - reported, not hidden
