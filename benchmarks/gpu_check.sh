@@ -11,6 +11,8 @@
 #      plain and v+bn; a verdict table  -> OUTDIR/correctness.{md,json}
 #   4. the benchmark grid vs cuDNN (preset anchors; records appended after every group,
 #      so a timeout keeps what was measured) -> OUTDIR/<gpu>.jsonl, bench.log
+#   4b. the Triton per-step design with and without CUDA graphs at one point
+#                                          -> OUTDIR/step-graphs.{log,jsonl}
 #   5. compute-sanitizer memcheck, racecheck, synccheck over small shapes of every CUDA
 #      kernel                             -> OUTDIR/sanitize-*.log
 #   6. the GPU tests (-m gpu), a per-test timeout; the slow inductor tests last
@@ -103,6 +105,8 @@ else
 fi
 stage bench 170 "$OUT/bench.log" $PY -m fusedrnn bench "${BENCH[@]}" --out "$OUT" --no-progress --no-plots
 tail -3 "$OUT/bench.log"
+stage step-graphs 40 "$OUT/step-graphs.log" $PY -m fusedrnn.bench.step_graphs --out "$OUT"
+tail -1 "$OUT/step-graphs.log"
 
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ $DRY = 1 ] || [ ! -x "$SAN" ]; then

@@ -133,6 +133,19 @@ MUTANTS = [
            "m2 + tl.sum(dv * dv, axis=1) + d * d * (n * nb / n_new)", "m2 + tl.sum(dv * dv, axis=1)",
            ("tests/test_zoneout_layernorm.py::test_triton_step_design_with_many_blocks",),
            "LN_c's variance merged over column blocks without the spread of their means"),
+    Mutant("step-graph-stale-inputs", "fusedrnn/backends/step_graphs.py",
+           "                store.copy_(_compact(a))", "                pass",
+           ("tests/test_step_graphs.py",),
+           "a graph replay without copying the call's inputs into the static ones"),
+    Mutant("step-graph-shared-outputs", "fusedrnn/backends/step_graphs.py",
+           "return tuple(o.clone() if isinstance(o, Tensor) else o for o in entry.static_out)",
+           "return tuple(entry.static_out)",
+           ("tests/test_step_graphs.py",),
+           "the static outputs handed out: the next replay overwrites earlier results"),
+    Mutant("triton-h-exchange-unmasked-dw", "fusedrnn/backends/triton/host.py",
+           "        hm = hm * mask.to(hm.dtype)", "        hm = hm",
+           ("tests/test_triton.py::test_half_precision_exchange",),
+           "dW_hh from the 16-bit h states without the recurrent mask"),
 ]
 
 

@@ -204,6 +204,39 @@ def test_oversized_persistent_grid_is_refused_not_hung(monkeypatch):
         torch.cuda.synchronize()
 
 
+def test_step_graphs_replay_equals_direct_launches(monkeypatch):
+    """The per-step design through CUDA graphs (step_graphs(True)): forward and backward of
+    four calls with new values each (the 1st runs directly, the 2nd captures and replays, the
+    3rd and 4th replay) equal the direct launches bitwise, including results handed out before
+    a later replay."""
+    monkeypatch.setattr(TH, "AUTOTUNE", False)
+    monkeypatch.setattr(TH, "STEP_GRAPHS", True)
+    TH.GRAPHS.clear()
+    before = TH.GRAPHS.replays
+    runs = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        Bn, Hn = 8, 96
+        xp = torch.randn(20, Bn, 4 * Hn, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        h0 = torch.randn(Bn, Hn, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        w = ((torch.randn(4 * Hn, Hn, device="cuda") * Hn ** -0.5).to(torch.bfloat16)).requires_grad_()
+        m = (torch.rand(Bn, Hn, device="cuda") < 0.8).to(torch.bfloat16) / 0.8
+        args = (xp, h0, h0, w, None, m, None, False, None)
+        out = []
+        for graphs in (True, False):
+            monkeypatch.setattr(TH, "STEP_GRAPHS", graphs)
+            r = TR.recurrence(*args, design="step")
+            g = torch.autograd.grad((r.y.float() * 0.5).sum() + r.c_n.float().sum(), [xp, h0, w])
+            out.append([r.y.detach(), r.h_n.detach(), r.c_n.detach(), *g])
+        runs.append(out)
+    assert not TH.GRAPHS.failed, TH.GRAPHS.failed
+    assert TH.GRAPHS.replays - before == 6, "expected 3 replays each of the forward and the backward"
+    for graphed, direct in runs:
+        for a, b in zip(graphed, direct):
+            assert torch.equal(a, b)
+    TH.GRAPHS.clear()
+
+
 def test_autotuned_configs(monkeypatch):
     monkeypatch.setattr(TH, "AUTOTUNE", True)
     build = _op_case(torch.bfloat16, Bn=40, Hn=128, P=0, with_bn=False)  # 4 persistent configs

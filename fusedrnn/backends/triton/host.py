@@ -11,7 +11,10 @@ the model's dtype, fp32 accumulation, as cuDNN), dW_hr = sum_s dhn_s^T hc_s.
 
 Design ("auto" unless FUSEDRNN_TRITON_DESIGN or :func:`forced_design` names one of
 config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch is
-planned; under torch.compile, when the graph is traced.
+planned; under torch.compile, when the graph is traced.  Persistent grids launch
+cooperatively in eager mode (COOPERATIVE).  With step graphs on (:func:`step_graphs`,
+FUSEDRNN_STEP_GRAPHS=1) a per-step call that repeats runs as a replayed CUDA graph
+(:mod:`fusedrnn.backends.step_graphs`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import triton
 from torch import Tensor
 
 from ...ops.contract import acc_dtype
+from ..step_graphs import StepGraphs, capturable
 from . import config as C
 from . import kernels as K
 from . import launch as L
@@ -172,7 +176,7 @@ def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
     return dummy if t is None else t.contiguous()
 
 
-def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
+def _forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
             mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int, bn_h_weight: Optional[Tensor],
             bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
             bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
@@ -235,7 +239,7 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
     return y, h_n, c_n, stats_h, stats_c, hs, act, cs, hhat, hc
 
 
-def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
+def _backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
              mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int,
              bn_h_weight: Optional[Tensor], bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor],
              bn_h_running_mean: Optional[Tensor], bn_h_running_var: Optional[Tensor],
@@ -317,5 +321,53 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     return dxp, dh0, dc0, dw_hh, dw_hr, dg_h, dg_c, db_c
 
 
+# ---- CUDA graphs of the per-step design (opt-in; step_graphs.py) ----------------------------
+
+STEP_GRAPHS = os.environ.get("FUSEDRNN_STEP_GRAPHS", "0").strip() == "1"
+GRAPHS = StepGraphs()
+
+
+def step_graphs(on: bool = True) -> None:
+    """Capture the per-step design's launches of a repeating call (same shapes, options and
+    T) in a CUDA graph and replay it (fusedrnn.backends.step_graphs); off by default.
+    FUSEDRNN_STEP_GRAPHS=1 sets it at import."""
+    global STEP_GRAPHS
+    STEP_GRAPHS = bool(on)
+    if not on:
+        GRAPHS.clear()
+
+
+def _graphed(t: Tensor, T: int, B: int, H: int, R: int, proj: bool, norm_mode: int, dtype: torch.dtype) -> bool:
+    """Whether this call goes through GRAPHS: step graphs on, a real CUDA tensor in eager mode,
+    and the per-step design planned (a persistent launch is one kernel already)."""
+    if not (STEP_GRAPHS and T > 1 and not INTERPRET and capturable(t)):
+        return False
+    return plans_for(t.device, shape_of(B, H, R, proj, norm_mode, dtype))[0].design == "step"
+
+
+def _graph_key(dtype: torch.dtype) -> tuple:
+    """What a captured call depends on besides its arguments: the design, TF32, autotuning."""
+    return (current_design(), _prec(dtype), AUTOTUNE, torch.are_deterministic_algorithms_enabled())
+
+
+def forward(*args) -> tuple[Tensor, ...]:
+    """The layer op's forward (the arguments of :func:`_forward`, the schema's), through a CUDA
+    graph when step graphs are on and the per-step design runs."""
+    xp, w_hh, w_hr, norm_mode = args[0], args[3], args[4], args[9]
+    T, B, G = xp.shape
+    if _graphed(xp, T, B, G // 4, w_hh.shape[1], w_hr is not None, norm_mode, w_hh.dtype):
+        return GRAPHS.run(_forward, args, _graph_key(xp.dtype))
+    return _forward(*args)
+
+
+def backward(*args) -> tuple[Tensor, ...]:
+    """The layer op's backward (the arguments of :func:`_backward`), graphed like forward."""
+    dy, w_hh, w_hr, norm_mode = args[0], args[3], args[4], args[9]
+    T, B, R = dy.shape
+    if _graphed(dy, T, B, w_hh.shape[0] // 4, R, w_hr is not None, norm_mode, w_hh.dtype):
+        return GRAPHS.run(_backward, args, _graph_key(dy.dtype))
+    return _backward(*args)
+
+
 __all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard", "forced_design", "forward",
-           "plans_for", "shape_of"]
+           "plans_for", "shape_of", "step_graphs"]
