@@ -240,8 +240,8 @@ int main(int argc, char** argv) {
   int dt; long long B, H, R, smem; int sms;
   while (std::scanf("%d %lld %lld %lld %lld %d", &dt, &B, &H, &R, &smem, &sms) == 6) {
     PersistentPlan p = persistent_plan_for(static_cast<DType>(dt), B, H, R, false, (size_t)smem, sms);
-    std::printf("%d %d %d %zu %zu %s\n", p.ok ? 1 : 0, p.units, p.blocks, p.smem_forward, p.smem_backward,
-                p.ok ? "-" : p.why);
+    std::printf("%d %d %d %zu %zu %s%s%s %s\n", p.ok ? 1 : 0, p.units, p.blocks, p.smem_forward, p.smem_backward,
+                p.stage_xp ? "x" : "", p.stage_h ? "h" : "", p.stage_saved ? "s" : "-", p.ok ? "-" : p.why);
   }
   return 0;
 }
@@ -272,10 +272,11 @@ def cuda_plans(tmp: str):
     out = subprocess.run([exe], input="\n".join(queries) + "\n", capture_output=True, text=True).stdout.splitlines()
     rows = []
     for (p, arch), line in zip(meta, out):
-        ok, units, blocks, sf, sb, *why = line.split(" ")
+        ok, units, blocks, sf, sb, stages, *why = line.split(" ")
         smem, sms, _ = LIMITS[arch]
         rows.append(dict(kind="plan", arch=arch, dtype=p.dtype, B=p.B, T=p.T, H=p.H, ok=ok == "1", units=int(units),
                          blocks=int(blocks), smem_forward=int(sf), smem_backward=int(sb), why=" ".join(why),
+                         stages=", ".join(n for c, n in (("x", "xp"), ("h", "h"), ("s", "saved")) if c in stages) or "-",
                          fits=int(blocks) <= sms and int(sf) <= smem and int(sb) <= smem))
     return rows
 
@@ -339,12 +340,13 @@ def write_table(rows, path, seconds, problems):
         lines.append(f"| {r['kind']} | `{r.get('name', '')}` | {r.get('dtype', '-')} | sm_{r['arch']} | "
                      f"{r.get('regs', '-')} | {sp_s} | {r.get('shared', '-')} | {mma} |")
     lines += ["", "## CUDA persistent plans for the benchmark grid", "",
-              "| dtype | B | T | H | arch | persistent | units/block | blocks | smem fwd | smem bwd | why not |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| dtype | B | T | H | arch | persistent | units/block | blocks | smem fwd | smem bwd | stages | why not |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["kind"] == "plan" and "B" in r:
             lines.append(f"| {r['dtype']} | {r['B']} | {r['T']} | {r['H']} | sm_{r['arch']} | {'yes' if r['ok'] else 'no'} | "
-                         f"{r['units']} | {r['blocks']} | {r['smem_forward']} | {r['smem_backward']} | {r['why']} |")
+                         f"{r['units']} | {r['blocks']} | {r['smem_forward']} | {r['smem_backward']} | {r['stages']} | "
+                         f"{r['why']} |")
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
     with open(path, "w") as f:

@@ -121,6 +121,7 @@ struct PersistentPlan {
   int threads;
   size_t smem_forward, smem_backward;
   bool stage_xp, stage_h;  // the forward's shared-memory stages of xp and h (when they fit)
+  bool stage_saved;        // the backward's stage of each step's saved operands and dy
 };
 // The plan for this shape on the current device (reads its properties and occupancy).
 PersistentPlan persistent_plan(DType dtype, int64_t B, int64_t H, int64_t R, bool proj,

@@ -283,15 +283,50 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
 }
 
 // ---- backward -----------------------------------------------------------------------------
+// The saved operands backward_units reads at step s for units [j0, j0 + U): the gate
+// activations and the cell states c_{s-1}, c_s (acc type).  SavedGlobal reads the workspace
+// in global memory; SavedStaged a shared-memory stage [B][6U] (per row the 4U activations,
+// gate k of unit u at k * U + u, then U of c_{s-1}, then U of c_s).  Two types, not one with a
+// flag: the per-step kernels keep their registers.
+template <typename A>
+struct SavedGlobal {  // the addresses from the kernel's parameters (no registers held for them)
+  const LayerParams& p;
+  int64_t s;
+  __device__ __forceinline__ A gate(int64_t b, int k, int64_t j) const {
+    return static_cast<const A*>(p.ws_act)[(s * p.B + b) * 4 * p.H + k * p.H + j];
+  }
+  __device__ __forceinline__ A c_before(int64_t b, int64_t j) const {
+    return static_cast<const A*>(p.ws_c)[(s * p.B + b) * p.H + j];
+  }
+  __device__ __forceinline__ A c_after(int64_t b, int64_t j) const {
+    return static_cast<const A*>(p.ws_c)[((s + 1) * p.B + b) * p.H + j];
+  }
+};
+
+template <typename A>
+__device__ __forceinline__ SavedGlobal<A> saved_global(const LayerParams& p, int64_t s) {
+  return SavedGlobal<A>{p, s};
+}
+
+template <typename A>
+struct SavedStaged {
+  const A* stage;
+  int64_t j0;
+  int U;
+  __device__ __forceinline__ A gate(int64_t b, int k, int64_t j) const { return stage[b * 6 * U + k * U + (j - j0)]; }
+  __device__ __forceinline__ A c_before(int64_t b, int64_t j) const { return stage[b * 6 * U + 4 * U + (j - j0)]; }
+  __device__ __forceinline__ A c_after(int64_t b, int64_t j) const { return stage[b * 6 * U + 5 * U + (j - j0)]; }
+};
+
 // Gate gradients of units [j0, j0 + U) for every row at step s (processing order, from
-// T - 1 down).  dh(b, j) returns dL/dh~ (the step's fresh output before the projection;
+// T - 1 down).  sv: the step's saved operands (SavedGlobal or SavedStaged).  dh(b, j) returns dL/dh~ (the step's fresh output before the projection;
 // with zoneout the caller has scaled it by 1 - z_h) of a running row.  Writes grad_xp[pos],
 // dL/d(W_hh h) into dhh (data [B, G], and dhh_b if not null), updates dc_carry (zoneout:
 // z_c of it passes to c_{s-1} directly) and the BN parameter gradients.
 // sm: units_scratch(U, B, bn) acc elements.
-template <typename T, class DH>
+template <typename T, class DH, class SV>
 __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_t s, int64_t j0,
-                               int U, DH dh, typename Acc<T>::type* sm, T* dhh, T* dhh_b) {
+                               int U, DH dh, const SV sv, typename Acc<T>::type* sm, T* dhh, T* dhh_b) {
   using A = typename Acc<T>::type;
   const Rows rows{p.lengths, p.T, p.reverse};
   const int64_t B = p.B, H = p.H, G = 4 * H;
@@ -309,9 +344,6 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
   A* s2_c = sm + 15 * U;
   A* dpre_s = sm + 16 * U;  // [B][4U] (BN only)
 
-  const A* act = static_cast<const A*>(p.ws_act) + s * B * G;
-  const A* c_prev = static_cast<const A*>(p.ws_c) + s * B * H;
-  const A* c_cur = static_cast<const A*>(p.ws_c) + (s + 1) * B * H;
   const A* hhat = p.bn ? static_cast<const A*>(p.ws_hh_hat) + s * B * G : nullptr;
   const T* gamma_h = static_cast<const T*>(p.gamma_h);
   const T* gamma_c = static_cast<const T*>(p.gamma_c);
@@ -321,9 +353,8 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
   // c~_s, what the output and BN_c saw: the saved state, or with zoneout recomputed from the
   // saved gates (the saved state is the zoned one)
   auto c_til = [&](int64_t b, int64_t j) -> A {
-    if (!p.zone_c) return c_cur[b * H + j];
-    const A* ar = act + b * G;
-    return gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[b * H + j]);
+    if (!p.zone_c) return sv.c_after(b, j);
+    return gates::cell_update(sv.gate(b, 0, j), sv.gate(b, 1, j), sv.gate(b, 2, j), sv.c_before(b, j));
   };
 
   if (p.bn) {  // statistics of this step; BN_c batch sums, one warp per unit
@@ -349,7 +380,7 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
         const A c_hat = gates::bn_normalize(c_til(b, j), mean, rstd);
         const A tc = gates::tanh_(gc * c_hat + bc);
         A dpre_o, dcn;
-        gates::hidden_backward(dh(b, j), act[b * G + 3 * H + j], tc, dpre_o, dcn);
+        gates::hidden_backward(dh(b, j), sv.gate(b, 3, j), tc, dpre_o, dcn);
         dg += dcn * c_hat;
         db += dcn;
         a1 += dcn * gc;
@@ -386,8 +417,7 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
       }
       continue;
     }
-    const A* ar = act + b * G;
-    const A i = ar[j], f = ar[H + j], gg = ar[2 * H + j], o = ar[3 * H + j];
+    const A i = sv.gate(b, 0, j), f = sv.gate(b, 1, j), gg = sv.gate(b, 2, j), o = sv.gate(b, 3, j);
     A dpre[4], dc_h;
     if (p.bn) {
       const A c_hat = gates::bn_normalize(c_til(b, j), mean_c[u], rstd_c[u]);
@@ -399,7 +429,7 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
     } else {
       gates::hidden_backward(dh(b, j), o, gates::tanh_(c_til(b, j)), dpre[3], dc_h);
     }
-    dc_carry[b * H + j] = zoned_cell_backward<T>(p, s, b, j, dc_carry[b * H + j], dc_h, i, f, gg, c_prev[b * H + j],
+    dc_carry[b * H + j] = zoned_cell_backward<T>(p, s, b, j, dc_carry[b * H + j], dc_h, i, f, gg, sv.c_before(b, j),
                                                  dpre[0], dpre[1], dpre[2]);
     T* gx = grad_xp + (rows.pos(b, s) * B + b) * G;
 #pragma unroll

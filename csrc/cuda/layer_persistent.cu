@@ -12,11 +12,11 @@
 // a block arrives as soon as its exchange stores are issued and waits only before the MMA
 // that reads the other blocks' parts.  Between the two it loads what the next step needs
 // and nobody else writes: the forward copies its xp columns of step s + 1 into shared
-// memory with cp.async (stage_xp), the backward prefetches its saved activations, cell
-// states, dy and mask of step s - 1 into L1 (prefetch_step).  After the wait the forward
+// memory with cp.async (stage_xp), the backward its saved activations, cell states and dy
+// of step s - 1 (stage_saved; the mask and zoneout weights are prefetched into L2).  After the wait the forward
 // stages the exchanged h_{s-1} tile once in shared memory (cp.async.cg: L2, never a stale
 // L1 line), so that its MMA tiles read it from there instead of each from global memory.
-// Both stages are in the plan's shared memory when they fit (PersistentPlan::stage_*).
+// The stages are in the plan's shared memory when they fit (PersistentPlan::stage_*).
 //
 // No projection (W_hr would need a second exchange per step); H a multiple of 4.  The plan
 // (persistent_plan) says when the design fits; otherwise the per-step design runs.
@@ -93,6 +93,7 @@ struct Geometry {
   int U, Mp, KS_f, KS_b;
   int64_t Bp, Rp, ldw, ldh;  // ldh: row stride of the staged h tile (skewed like ldw)
   bool stage_xp, stage_h;    // the forward's shared-memory stages (set from the plan)
+  bool stage_saved;          // the backward's stage of each step's saved operands
 };
 
 // ---- asynchronous copies, prefetches and the split grid barrier ---------------------------
@@ -121,8 +122,8 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 }
 
-__device__ __forceinline__ void prefetch_l1(const void* ptr) {
-  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(ptr));
+__device__ __forceinline__ void prefetch_l2(const void* ptr) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
 }
 
 // Arrive at the grid barrier: every thread's stores so far are issued (block barrier), then
@@ -220,11 +221,51 @@ struct XpStaged {
   }
 };
 
-// Prefetch into L1 what backward_units reads at step s for this block's units: the saved
-// activations, the cell states c_{s-1} and c_s, dy, the mask and zoneout weights (all
-// read-only in the backward kernel, so an L1 line cannot be stale).
+// The backward's stage of step s for this block's units: backward_units' saved operands
+// (SavedStep's [B][6U] layout: 4U gate activations, c_{s-1}, c_s) and dy ([B][U], T), by
+// 4-byte cp.async (dy: plain copies when its columns are not 4-byte aligned), for the running
+// rows.  Issued while the grid finishes step s + 1, completed by the cp_async_wait_all at the
+// end of that step.  A stage rather than an L1 prefetch: the barrier's acquire invalidates L1.
 template <typename T>
-__device__ void prefetch_step(const LayerParams& p, const LayerGrads& g, int64_t s, int64_t j0, int U, int Uv) {
+__device__ void stage_saved(const LayerParams& p, const LayerGrads& g, int64_t s, int64_t j0, int U, int Uv,
+                            typename Acc<T>::type* sv_stage, T* gy_stage) {
+  using A = typename Acc<T>::type;
+  static_assert(sizeof(A) == 4, "4-byte cp.async of the saved fp32 operands");
+  const Rows rows{p.lengths, p.T, p.reverse};
+  const int64_t B = p.B, H = p.H, G = 4 * H, R = p.R;
+  const A* act = static_cast<const A*>(p.ws_act) + s * B * G;
+  const A* cst = static_cast<const A*>(p.ws_c) + s * B * H;
+  for (int64_t e = threadIdx.x; e < B * 6 * U; e += blockDim.x) {
+    const int q = static_cast<int>(e % (6 * U)), k = q / U, u = q % U;
+    const int64_t b = e / (6 * U), j = j0 + u;
+    if (u >= Uv || !rows.active(b, s)) continue;
+    const A* src = k < 4 ? act + b * G + k * H + j : cst + (k - 4) * B * H + b * H + j;
+    cp_async<4>(sv_stage + e, src);
+  }
+  const T* gy = static_cast<const T*>(g.grad_y);
+  constexpr int per = 4 / sizeof(T);
+  if (Uv == U && U % per == 0 && R % per == 0 && (reinterpret_cast<uintptr_t>(gy) & 3) == 0) {
+    const int cpr = U / per;
+    for (int64_t e = threadIdx.x; e < B * cpr; e += blockDim.x) {
+      const int64_t b = e / cpr;
+      const int c = static_cast<int>(e % cpr);
+      if (rows.active(b, s)) cp_async<4>(gy_stage + b * U + c * per, gy + (rows.pos(b, s) * B + b) * R + j0 + c * per);
+    }
+  } else {
+    for (int64_t e = threadIdx.x; e < B * U; e += blockDim.x) {
+      const int u = static_cast<int>(e % U);
+      const int64_t b = e / U;
+      if (u < Uv && rows.active(b, s)) gy_stage[e] = gy[(rows.pos(b, s) * B + b) * R + j0 + u];
+    }
+  }
+}
+
+// Without the stage: prefetch step s's saved operands, dy, mask and zoneout weights of this
+// block's units into L2 (an L1 prefetch would not survive the barrier's acquire); with it,
+// only the mask and zoneout weights.
+template <typename T>
+__device__ void prefetch_step(const LayerParams& p, const LayerGrads& g, int64_t s, int64_t j0, int U, int Uv,
+                              bool staged) {
   using A = typename Acc<T>::type;
   const Rows rows{p.lengths, p.T, p.reverse};
   const int64_t B = p.B, H = p.H, G = 4 * H, R = p.R;
@@ -234,26 +275,40 @@ __device__ void prefetch_step(const LayerParams& p, const LayerGrads& g, int64_t
   const T* m = p.mask && p.mask_per_step ? static_cast<const T*>(p.mask) + s * B * R : nullptr;
   const T* zc = p.zone_c && !p.zone_scalar ? static_cast<const T*>(p.zone_c) + s * B * H : nullptr;
   const T* zh = p.zone_h && !p.zone_scalar ? static_cast<const T*>(p.zone_h) + s * B * R : nullptr;
+  if (staged && !m && !zc && !zh) return;
   for (int64_t e = threadIdx.x; e < B * U; e += blockDim.x) {
     const int u = static_cast<int>(e % U);
     const int64_t b = e / U, j = j0 + u;
     if (u >= Uv || !rows.active(b, s)) continue;
+    if (!staged) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) prefetch_l1(act + b * G + k * H + j);
-    prefetch_l1(cst + b * H + j);
-    prefetch_l1(cst + B * H + b * H + j);
-    prefetch_l1(gy + (rows.pos(b, s) * B + b) * R + j);
-    if (m) prefetch_l1(m + b * R + j);
-    if (zc) prefetch_l1(zc + b * H + j);
-    if (zh) prefetch_l1(zh + b * R + j);
+      for (int k = 0; k < 4; ++k) prefetch_l2(act + b * G + k * H + j);
+      prefetch_l2(cst + b * H + j);
+      prefetch_l2(cst + B * H + b * H + j);
+      prefetch_l2(gy + (rows.pos(b, s) * B + b) * R + j);
+    }
+    if (m) prefetch_l2(m + b * R + j);
+    if (zc) prefetch_l2(zc + b * H + j);
+    if (zh) prefetch_l2(zh + b * R + j);
   }
 }
 
+// The backward's shared memory: the W_hh column slice, the MMA partials, backward_units'
+// scratch, then the optional stage of the saved operands ([B][6U] acc) and dy ([B][U]).
 template <typename T>
-size_t smem_backward(const Geometry& g, int64_t B, int64_t H, bool bn) {
+__host__ __device__ size_t smem_backward_base(const Geometry& g, int64_t B, int64_t H, bool bn) {
   using A = typename Acc<T>::type;
   return align128(4 * H * 16 * sizeof(T)) + align128(size_t(g.KS_b) * g.Bp * 16 * sizeof(float)) +
          align128(units_scratch(g.U, B, bn) * sizeof(A));
+}
+template <typename T>
+__host__ __device__ size_t stage_saved_bytes(const Geometry& g, int64_t B) {
+  using A = typename Acc<T>::type;
+  return align128(size_t(B) * 6 * g.U * sizeof(A)) + align128(size_t(B) * g.U * sizeof(T));
+}
+template <typename T>
+size_t smem_backward(const Geometry& g, int64_t B, int64_t H, bool bn) {
+  return smem_backward_base<T>(g, B, H, bn) + (g.stage_saved ? stage_saved_bytes<T>(g, B) : 0);
 }
 
 // ---- forward ------------------------------------------------------------------------------
@@ -373,6 +428,11 @@ __global__ void __launch_bounds__(kPThreads, 1)
   float* part = reinterpret_cast<float*>(smem_raw + align128(G * 16 * sizeof(T)));
   A* scratch = reinterpret_cast<A*>(reinterpret_cast<unsigned char*>(part) +
                                     align128(size_t(KS) * Bp * 16 * sizeof(float)));
+  // the stage sits after the scratch the plan reserved (sized for batch norm, like the plan)
+  A* sv_stage = geo.stage_saved ? reinterpret_cast<A*>(smem_raw + smem_backward_base<T>(geo, B, H, true)) : nullptr;
+  T* gy_stage = geo.stage_saved ? reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(sv_stage) +
+                                                       align128(size_t(B) * 6 * U * sizeof(A)))
+                                : nullptr;
   const int tid = threadIdx.x, warp = tid >> 5;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
   const int Uv = static_cast<int>(min(static_cast<int64_t>(U), H - j0));
@@ -382,6 +442,8 @@ __global__ void __launch_bounds__(kPThreads, 1)
     const int u = static_cast<int>(e % 16);
     wsm[e] = u < Uv ? w_hh[row * R + j0 + u] : from_acc<T>(A(0));
   }
+  if (sv_stage) stage_saved<T>(p, g, p.T - 1, j0, U, Uv, sv_stage, gy_stage);
+  cp_async_wait_all();
   __syncthreads();
 
   const Rows rows{p.lengths, p.T, p.reverse};
@@ -392,12 +454,20 @@ __global__ void __launch_bounds__(kPThreads, 1)
   for (int64_t s = p.T - 1; s >= 0; --s) {
     T* xs = xch + (s & 1) * Bp * G;
     auto dh_at = [&](int64_t b, int64_t j) -> A {  // dL/dh~_s (zoneout: 1 - z_h of dL/dh_s)
-      const A d = to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j];
+      const A dy = gy_stage ? to_acc(gy_stage[b * U + (j - j0)]) : to_acc(gy[(rows.pos(b, s) * B + b) * R + j]);
+      const A d = dy + carry[b * R + j];
       return p.zone_h ? (A(1) - zone_at<T>(p, p.zone_h, s, b, j, R)) * d : d;
     };
-    backward_units<T>(p, g, s, j0, U, dh_at, scratch, xs, static_cast<T*>(g.dhh) + s * B * G);
-    grid_arrive(bar);  // dL/d(W_hh h)_s issued; step s - 1's operands move to L1 meanwhile
-    if (s > 0) prefetch_step<T>(p, g, s - 1, j0, U, Uv);
+    T* dhh = static_cast<T*>(g.dhh) + s * B * G;
+    if (sv_stage)
+      backward_units<T>(p, g, s, j0, U, dh_at, SavedStaged<A>{sv_stage, j0, U}, scratch, xs, dhh);
+    else
+      backward_units<T>(p, g, s, j0, U, dh_at, saved_global<A>(p, s), scratch, xs, dhh);
+    grid_arrive(bar);  // dL/d(W_hh h)_s issued; step s - 1's operands load meanwhile
+    if (s > 0) {
+      if (sv_stage) stage_saved<T>(p, g, s - 1, j0, U, Uv, sv_stage, gy_stage);
+      prefetch_step<T>(p, g, s - 1, j0, U, Uv, sv_stage != nullptr);
+    }
     grid_wait(bar, static_cast<unsigned int>((p.T - s) * gridDim.x));
     // dh_rec [Bp, 16] = dL/d(W_hh h)_s [Bp, G] @ W_hh[:, j0 .. j0 + 16), K split KS ways
     for (int item = warp; item < tiles_m * KS; item += kWarps) {
@@ -417,10 +487,12 @@ __global__ void __launch_bounds__(kPThreads, 1)
       A v = 0;
       for (int q = 0; q < KS; ++q) v += part[(size_t(q) * Bp + b) * 16 + u];
       if (m) v *= to_acc(m[b * R + j]);
-      if (p.zone_h)  // z_h of dL/dh_s reaches h_{s-1} directly (carry still holds step s's)
+      if (p.zone_h)  // z_h of dL/dh_s reaches h_{s-1} directly (carry still holds step s's; dy from
+                     // global memory: the stage holds step s - 1's by now)
         v += zone_at<T>(p, p.zone_h, s, b, j, R) * (to_acc(gy[(rows.pos(b, s) * B + b) * R + j]) + carry[b * R + j]);
       carry[b * R + j] = v;
     }
+    cp_async_wait_all();  // step s - 1's stage
     __syncthreads();
   }
 }
@@ -444,6 +516,9 @@ PersistentPlan plan_t(int64_t B, int64_t H, int64_t R, bool proj, size_t smem_li
   plan.stage_xp = geo.stage_xp;
   plan.stage_h = geo.stage_h;
   plan.smem_forward = smem_forward<T>(geo, B);
+  // the backward's stage of the saved operands where it fits
+  geo.stage_saved = smem_backward_base<T>(geo, B, H, true) + stage_saved_bytes<T>(geo, B) <= smem_limit;
+  plan.stage_saved = geo.stage_saved;
   plan.smem_backward = smem_backward<T>(geo, B, H, true);
   if (plan.smem_forward > smem_limit)
     return plan.why = "the W_hh slice and batch tiles exceed shared memory (forward)", plan;
@@ -575,6 +650,7 @@ cudaError_t layer_persistent_backward(const LayerParams& p, const LayerGrads& g,
   return dispatch_mma(p.dtype, cudaErrorInvalidValue, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
+    geo.stage_saved = plan.stage_saved;
     LayerParams pp = p;
     LayerGrads gg = g;
     T* xch = static_cast<T*>(exchange);

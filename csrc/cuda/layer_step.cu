@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kThreads)
     return p.zone_h ? (A(1) - zone_at<T>(p, p.zone_h, s, b, j, R)) * d : d;
   };
   T* dhh = static_cast<T*>(g.dhh) + s * B * 4 * H;
-  backward_units<T>(p, g, s, j0, U, dh_at, sm, dhh, nullptr);
+  backward_units<T>(p, g, s, j0, U, dh_at, saved_global<A>(p, s), sm, dhh, nullptr);
 }
 
 // dh_carry = dh_rec * m_s for running rows (finished rows keep their carry); with zoneout
