@@ -124,3 +124,29 @@ def test_off_by_default_and_never_on_cpu_tensors(monkeypatch):
     for _ in range(3):
         TOPS.lstm_layer_forward(*args)
     assert TH.GRAPHS.replays == before and not TH.GRAPHS.seen  # CPU tensors: always the direct call
+
+
+def test_threads_share_a_key_safely():
+    """Calls of one key from several threads (nn.DataParallel's pattern) each get their own
+    result: the static buffers are used by one call at a time."""
+    import threading
+
+    def fn(x):
+        return (x * 2.0 + 1.0,)
+
+    graphs = StepGraphs(make_graph=EagerGraph)
+    errors = []
+
+    def worker(k):
+        for i in range(30):
+            x = torch.full((64,), float(k * 100 + i))
+            out = graphs.run(fn, (x,))[0]
+            if not torch.equal(out, x * 2.0 + 1.0):
+                errors.append((k, i))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and graphs.replays >= 100

@@ -196,6 +196,25 @@ def test_poisoned_workspace_fully_written():
         assert torch.isnan(torch.empty(3, dtype=torch.float64)).all()
 
 
+def test_stream_pipeline_depth_fits_shared_memory():
+    """The streamed K loops' pipeline (k_stages deep: operand and mask chunks [BB, BK], four W
+    chunks [BK, BN] per stage) stays within half a block's shared memory for every batch
+    norm batch (all rows in one per-step program) and dtype, on sm_80 and sm_90; deep where
+    it fits, none where it would not (fp32 batch norm at B = 256)."""
+    for dev in (TC.SM80, TC.SM90):
+        for esize in (2, 4):
+            for B in (1, 16, 64, 128, TC.MAX_BN_ROWS):
+                for bn in (False, True):
+                    s = TC.Shape(B=B, H=1024, R=1024, proj=False, bn=bn, esize=esize)
+                    for p in TC.candidates(s, dev):
+                        BN = max(p.BH, p.BP)
+                        need = p.k_stages * (2 * p.BB * p.BK + 4 * p.BK * BN) * esize
+                        assert 1 <= p.k_stages <= TC.STREAM_STAGES
+                        assert p.k_stages == 1 or need <= dev.smem_per_block // 2, (dev, esize, B, bn, p)
+    assert TC.step_plan(TC.Shape(16, 512, 512, False, False, 2), TC.SM90).k_stages == 3
+    assert TC.step_plan(TC.Shape(TC.MAX_BN_ROWS, 1024, 1024, False, True, 4), TC.SM90).k_stages == 1
+
+
 @cpu_only
 def test_no_save_without_grad():
     args, _ = make_case("shared", None, 3, True, True)

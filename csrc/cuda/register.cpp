@@ -338,9 +338,18 @@ LayerBackwardOut lstm_layer_backward_cuda(const at::Tensor& grad_y_in, const at:
       }
     }
   }
-  at::Tensor grad_w_hh = at::mm(dhh.view({T * B, G}).t(), hm.view({T * B, R}));
-  at::Tensor grad_w_hr = d.proj ? at::mm(dh_all.view({T * B, P}).t(), hc.view({T * B, H})) : at::empty({0}, opt);
+  // the weight gradients reduce over T * B rows: 16-bit operands, fp32 output (mm_acc_out: no
+  // reduction in 16 bits, whatever torch's reduced-precision-reduction setting), then rounded once
   const at::ScalarType st = grad_y.scalar_type();
+  at::Tensor grad_w_hh = at::empty({G, R}, aopt);
+  mm_acc_out(grad_w_hh, dhh.view({T * B, G}).t(), hm.view({T * B, R}));
+  grad_w_hh = grad_w_hh.to(st);
+  at::Tensor grad_w_hr = at::empty({0}, opt);
+  if (d.proj) {
+    grad_w_hr = at::empty({P, H}, aopt);
+    mm_acc_out(grad_w_hr, dh_all.view({T * B, P}).t(), hc.view({T * B, H}));
+    grad_w_hr = grad_w_hr.to(st);
+  }
   if (d.ln) {
     dgamma_h = dgamma_h.view({B, G}).sum(0);
     dgamma_c = dgamma_c.view({B, H}).sum(0);

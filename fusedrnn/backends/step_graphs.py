@@ -11,7 +11,9 @@ The key is the function, every tensor argument's shape / stride / dtype / device
 every other argument's value, and what the caller adds (the plan, TF32).  A key is captured
 on its second call (the first runs eagerly: it compiles and autotunes); a capture that fails
 is remembered and that key runs eagerly from then on.  Entries beyond ``capacity`` are
-evicted, least recently used first, releasing their memory pools.
+evicted, least recently used first, releasing their memory pools.  Calls are serialised (a
+lock; the static buffers are shared), and a replay waits for the previous replay's output
+clones, which may have been issued on another stream (an event).
 
 Opt-in (like torch.compile's "reduce-overhead" mode): the static buffers and the output
 clones cost memory and a copy of every input and output per call.  FUSEDRNN_STEP_GRAPHS=1
@@ -23,6 +25,7 @@ Dimension letters: T steps (part of the key: a new length captures a new graph).
 from __future__ import annotations
 
 import collections
+import threading
 from typing import Callable, Hashable, Optional
 
 import torch
@@ -51,7 +54,8 @@ class CudaGraph:
         with torch.cuda.stream(side):
             fn(*static_args)
         torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(self.graph):
+        # thread-local: another thread's allocations during the capture are not an error
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             out = fn(*static_args)
         return out
 
@@ -69,17 +73,18 @@ def _static_like(a: Tensor) -> tuple[Tensor, Tensor]:
     """(the static input, what a replay copies into): a tensor of a's shape and strides (the
     host code branches on them, e.g. stride 0), backed by its own memory."""
     c = _compact(a)
-    if torch._debug_has_internal_overlap(c) != 0:
+    if torch._debug_has_internal_overlap(c) == 1:  # (2: not known, e.g. a column slice; it has none)
         raise ValueError("an argument with overlapping memory (other than broadcast dimensions)")
     store = torch.empty_strided(c.shape, c.stride(), dtype=c.dtype, device=c.device).copy_(c)
     return store.expand(a.shape) if store.shape != a.shape else store, store
 
 
 class _Entry:
-    __slots__ = ("graph", "static_args", "stores", "static_out")
+    __slots__ = ("graph", "static_args", "stores", "static_out", "done")
 
     def __init__(self, graph, static_args, stores, static_out):
         self.graph, self.static_args, self.stores, self.static_out = graph, static_args, stores, static_out
+        self.done = None  # CUDA: an event after the last replay's clones, on the stream that issued them
 
 
 class StepGraphs:
@@ -93,6 +98,7 @@ class StepGraphs:
         self.seen: set = set()
         self.failed: dict = {}  # key -> why the capture failed
         self.replays = 0
+        self.lock = threading.Lock()  # one call at a time (threads share the static buffers)
 
     def clear(self) -> None:
         self.entries.clear()
@@ -102,21 +108,31 @@ class StepGraphs:
     def run(self, fn: Callable, args: tuple, extra_key: Hashable = ()) -> tuple:
         """fn(*args) (a tuple of tensors), through the graph of its key once the key repeats."""
         key = (getattr(fn, "__qualname__", repr(fn)), extra_key, tuple(tensor_key(a) for a in args))
-        entry = self.entries.get(key)
-        if entry is None:
-            if key in self.failed or key not in self.seen:
-                self.seen.add(key)
-                return fn(*args)  # first call (compiles, autotunes) or a key that cannot be captured
-            entry = self._capture(key, fn, args)
+        with self.lock:
+            entry = self.entries.get(key)
             if entry is None:
-                return fn(*args)
-        self.entries.move_to_end(key)
-        for store, a in zip(entry.stores, args):
-            if store is not None:
-                store.copy_(_compact(a))
-        entry.graph.replay()
-        self.replays += 1
-        return tuple(o.clone() if isinstance(o, Tensor) else o for o in entry.static_out)
+                if key in self.failed or key not in self.seen:
+                    if len(self.seen) > 4096:
+                        self.seen.clear()
+                    self.seen.add(key)
+                else:
+                    entry = self._capture(key, fn, args)
+            if entry is not None:
+                self.entries.move_to_end(key)
+                cuda = any(isinstance(a, Tensor) and a.is_cuda for a in args)
+                if cuda and entry.done is not None:  # the last replay's clones, maybe on another stream
+                    torch.cuda.current_stream().wait_event(entry.done)
+                for store, a in zip(entry.stores, args):
+                    if store is not None:
+                        store.copy_(_compact(a))
+                entry.graph.replay()
+                self.replays += 1
+                out = tuple(o.clone() if isinstance(o, Tensor) else o for o in entry.static_out)
+                if cuda:
+                    entry.done = torch.cuda.Event()
+                    entry.done.record()
+                return out
+        return fn(*args)  # first call (compiles, autotunes) or a key that cannot be captured
 
     def _capture(self, key, fn: Callable, args: tuple) -> Optional[_Entry]:
         try:

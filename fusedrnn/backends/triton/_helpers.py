@@ -14,11 +14,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Software-pipeline depth of the streamed K loops (mm_stream, gates_stream): while chunk k is
-# multiplied, the loads of chunks k + 1 .. k + K_STAGES - 1 are in flight (cp.async to shared
-# memory).  Only these inner loops are pipelined: a persistent kernel's time loop keeps
-# num_stages = 1 (the launch's), so no load of step s + 1 moves above step s's grid barrier.
-K_STAGES = tl.constexpr(3)
+# The streamed K loops (mm_stream, gates_stream) are software-pipelined KST deep (a plan's
+# constexpr, config.stream_stages): while chunk k is multiplied, the loads of chunks
+# k + 1 .. k + KST - 1 are in flight (cp.async to shared memory).  Only these inner loops are
+# pipelined: a persistent kernel's time loop keeps num_stages = 1 (the launch's), so no load of
+# step s + 1 moves above step s's grid barrier.
 
 
 @triton.jit
@@ -152,12 +152,12 @@ def load_a(a_ptr, m_ptr, offs_b, vb, offs_k, vk, K, MASKED: tl.constexpr):
 
 @triton.jit
 def mm_stream(acc, a_ptr, m_ptr, offs_b, vb, K, w_ptr, stride_k, offs_n, vn, stride_n,
-              MASKED: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
+              MASKED: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
     """acc += (A * M) @ W over K in chunks of BK, W streamed from global memory (L2).
 
     A is a state buffer (h in the model's dtype, or fp32 / fp64); it is cast to W's dtype for the
-    dot (fp32 accumulation).  Pipelined K_STAGES deep."""
-    for k0 in tl.range(0, K, BK, num_stages=K_STAGES):
+    dot (fp32 accumulation).  Pipelined KST deep."""
+    for k0 in tl.range(0, K, BK, num_stages=KST):
         offs_k = k0 + tl.arange(0, BK)
         vk = offs_k < K
         a = load_a(a_ptr, m_ptr, offs_b, vb, offs_k, vk, K, MASKED)
@@ -168,21 +168,21 @@ def mm_stream(acc, a_ptr, m_ptr, offs_b, vb, K, w_ptr, stride_k, offs_n, vn, str
 
 @triton.jit
 def project(z, src, offs_b, vb, K, w_res, offs_k, vk, w_ptr, stride_k, offs_n, vn, stride_n,
-            RESIDENT: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
+            RESIDENT: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
     """z + src [BB, K] (an ACC state buffer) @ W: with RESIDENT, W is the tile w_res on chip
     (K padded to offs_k), else it is streamed from w_ptr in chunks of BK (mm_stream)."""
     if RESIDENT:
         a = load_tile(src, offs_b, vb, offs_k, vk, K).to(w_res.dtype)
         return tl.dot(a, w_res, z, input_precision=PREC)
-    return mm_stream(z, src, src, offs_b, vb, K, w_ptr, stride_k, offs_n, vn, stride_n, False, PREC, BK)
+    return mm_stream(z, src, src, offs_b, vb, K, w_ptr, stride_k, offs_n, vn, stride_n, False, PREC, BK, KST)
 
 
 @triton.jit
 def gates_stream(acc_i, acc_f, acc_g, acc_o, a_ptr, m_ptr, offs_b, vb, R, H, w_hh, offs_j, vj,
-                 MASKED: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr):
+                 MASKED: tl.constexpr, PREC: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
     """The four gate blocks of (h * m) @ W_hh^T for hidden units offs_j: one operand chunk,
-    four dots.  W_hh is [G, R]; gate k of unit j is row k * H + j.  Pipelined K_STAGES deep."""
-    for k0 in tl.range(0, R, BK, num_stages=K_STAGES):
+    four dots.  W_hh is [G, R]; gate k of unit j is row k * H + j.  Pipelined KST deep."""
+    for k0 in tl.range(0, R, BK, num_stages=KST):
         offs_k = k0 + tl.arange(0, BK)
         vk = offs_k < R
         a = load_a(a_ptr, m_ptr, offs_b, vb, offs_k, vk, R, MASKED).to(w_hh.dtype.element_ty)

@@ -191,7 +191,7 @@ def ptxas_report(ptx: str, arch: int) -> dict:
 def describe(kc: KernelConfig) -> str:
     c = kc.constexprs
     keys = ("MASK", "HAS_LEN", "REVERSE", "BN", "PROJ", "SAVE", "ZO", "RESIDENT", "FINAL", "BB", "BH",
-            "BP", "BR", "BK", "RP", "HP", "GP", "PP")
+            "BP", "BR", "BK", "KST", "RP", "HP", "GP", "PP")
     parts = [f"{k}={c[k]}" for k in keys if k in c]
     dt = next((kc.signature[k] for k in ("w_hh", "w_hr", "xp", "dc_n") if k in kc.signature), "?")
     return f"{kc.kernel.__name__}[{dt[1:]}] w{kc.num_warps} " + " ".join(parts)

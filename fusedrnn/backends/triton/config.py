@@ -104,6 +104,7 @@ class Plan:
     resident: bool = False  # persistent: W slices loaded once, before the time loop
     nb: int = 1  # row blocks
     nprog: int = 1  # persistent: programs in the grid
+    k_stages: int = 1  # software-pipeline depth of the streamed K loops (stream_stages)
 
     def tiles(self, s: Shape) -> dict:
         """Padded full-K tile sizes of the persistent kernels."""
@@ -166,8 +167,25 @@ STREAM_BK_BN = 32  # with batch norm: 64 spills 40-144 B (persistent bf16, per-s
 
 def stream_chunk(s: Shape) -> int:
     """The K chunk BK of the streamed GEMMs: wider chunks, fewer serial loop trips per step
-    (each trip's loads are in flight K_STAGES - 1 trips ahead)."""
+    (each trip's loads are in flight k_stages - 1 trips ahead)."""
     return min(STREAM_BK_BN if s.bn else STREAM_BK, pow2(min(s.R, s.H)))
+
+
+STREAM_STAGES = 3  # the deepest pipeline of the streamed K loops
+STREAM_SMEM_SHARE = 2  # its buffers may take 1 / this of a block's shared memory (the rest: reductions)
+
+
+def stream_stages(s: Shape, dev: Device, BB: int, BN: int, BK: int) -> int:
+    """How deep the streamed K loops of [BB, BN] tiles are pipelined: each stage holds the
+    operand chunk [BB, BK] and its mask, and four W chunks [BK, BN] (the gates), in the weight
+    type; as many stages (3, 2, else 1: no pipelining) as fit STREAM_SMEM_SHARE of the
+    device's shared memory.  (Batch norm keeps all B rows in one per-step program: 3 stages of
+    fp32 [256, 32] tiles would take ~200 KB.)"""
+    per_stage = (2 * BB * BK + 4 * BK * BN) * s.esize
+    for st in range(STREAM_STAGES, 1, -1):
+        if st * per_stage <= dev.smem_per_block // STREAM_SMEM_SHARE:
+            return st
+    return 1
 
 
 def step_plan(s: Shape, dev: Device) -> Plan:
@@ -176,7 +194,8 @@ def step_plan(s: Shape, dev: Device) -> Plan:
     BB = pow2(s.B) if s.bn else min(pow2(s.B), 64)
     BK = stream_chunk(s)
     nw = 4 if BB <= 16 else (8 if BB <= 64 else 16)
-    return Plan("step", BB=BB, BH=16, BP=16, BK=BK, num_warps=nw, num_stages=1, nb=_cdiv(s.B, BB))
+    return Plan("step", BB=BB, BH=16, BP=16, BK=BK, num_warps=nw, num_stages=1, nb=_cdiv(s.B, BB),
+                k_stages=stream_stages(s, dev, BB, 16, BK))
 
 
 def persistent_plan(s: Shape, dev: Device, resident: Optional[bool] = None) -> Optional[Plan]:
@@ -187,7 +206,8 @@ def persistent_plan(s: Shape, dev: Device, resident: Optional[bool] = None) -> O
     if dev.interpret:  # one program covering everything
         BB, BH, BP = pow2(s.B), pow2(s.H), pow2(s.R)
         res = True if resident is None else resident
-        return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=4, resident=res)
+        return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=4, resident=res,
+                    k_stages=stream_stages(s, dev, BB, max(BH, BP), BK))
     BB = pow2(s.B) if s.bn else min(pow2(s.B), 32)
     if BB * 16 > PERSISTENT_ELEMS * 32 * PERSISTENT_WARPS:
         return None  # batch norm over more rows than one persistent program holds
@@ -202,7 +222,7 @@ def persistent_plan(s: Shape, dev: Device, resident: Optional[bool] = None) -> O
             continue
         res = _resident_fits(s, BB, BH, BP) if resident is None else resident
         return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=PERSISTENT_WARPS,
-                    resident=res, nb=nb, nprog=nprog)
+                    resident=res, nb=nb, nprog=nprog, k_stages=stream_stages(s, dev, BB, max(BH, BP), BK))
     return None
 
 
@@ -261,7 +281,8 @@ def candidates(s: Shape, dev: Device, design: str = "auto") -> list[Plan]:
                     continue
                 res = first.resident and _resident_fits(s, BB, BH, BP)
                 p = Plan("persistent", BB=BB, BH=BH, BP=BP, BK=first.BK,
-                         num_warps=PERSISTENT_WARPS, resident=res, nb=nb, nprog=nprog)
+                         num_warps=PERSISTENT_WARPS, resident=res, nb=nb, nprog=nprog,
+                         k_stages=stream_stages(s, dev, BB, max(BH, BP), first.BK))
                 if p not in out:
                     out.append(p)
     else:
@@ -269,7 +290,7 @@ def candidates(s: Shape, dev: Device, design: str = "auto") -> list[Plan]:
         for BB in rows:
             for nw in (4, 8) if BB <= 32 else ((8,) if BB <= 64 else (16,)):
                 p = Plan("step", BB=BB, BH=16, BP=16, BK=first.BK, num_warps=nw,
-                         nb=_cdiv(s.B, BB))
+                         nb=_cdiv(s.B, BB), k_stages=stream_stages(s, dev, BB, 16, first.BK))
                 if p not in out:
                     out.append(p)
     return out[:4]

@@ -239,6 +239,15 @@ def _forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
     return y, h_n, c_n, stats_h, stats_c, hs, act, cs, hhat, hc
 
 
+def _mm_acc(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for a weight gradient (a reduction over T * B rows): 16-bit operands on CUDA give
+    an fp32 result (mm.dtype), so that no partial sum is kept in 16 bits whatever torch's
+    reduced-precision-reduction setting; else torch.mm."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b)
+
+
 def _backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
              mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int,
              bn_h_weight: Optional[Tensor], bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor],
@@ -312,8 +321,8 @@ def _backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Option
     hm = hs[:T]
     if mask is not None:
         hm = hm * mask.to(hm.dtype)
-    dw_hh = torch.matmul(dhh.reshape(T * B, G).t(), hm.reshape(T * B, R).to(dhh.dtype)).to(w_hh.dtype)
-    dw_hr = torch.matmul(dhn.reshape(T * B, R).t(), ws_hc[:T].reshape(T * B, H)).to(w_hr.dtype) if proj else e(0)
+    dw_hh = _mm_acc(dhh.reshape(T * B, G).t(), hm.reshape(T * B, R).to(dhh.dtype)).to(w_hh.dtype)
+    dw_hr = _mm_acc(dhn.reshape(T * B, R).t(), ws_hc[:T].reshape(T * B, H)).to(w_hr.dtype) if proj else e(0)
     if norm_mode:
         dg_h = dg_h.sum(0).to(bn_h_weight.dtype)
         dg_c = dg_c.sum(0).to(bn_c_weight.dtype)

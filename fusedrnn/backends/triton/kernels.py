@@ -239,7 +239,7 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
                     s, T, B, H, R, NS, NSC, bn_off, bn_S, eps,
                     MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
                     BN: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr, ZO: tl.constexpr,
-                    PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+                    PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
     """Step s, hidden units block program_id(0), rows block program_id(1): the gates
     GEMM (K = R in chunks of BK), the fused cell, zoneout, and the new h (or, with
     proj_size, the pre-projection hc that fwd_proj_kernel projects).  Layer norm (BN == 3):
@@ -252,7 +252,7 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
     h_prev, m_ptr = step_operands(hs, mask, s, NS, B, R, MASK)
     z = tl.zeros([BB, BH], dtype=ACC)
     a_i, a_f, a_g, a_o = gates_stream(z, z, z, z, h_prev, m_ptr, offs_b, vb, R, H, w_hh, offs_j,
-                                      vj, MASK != 0, PREC, BK)
+                                      vj, MASK != 0, PREC, BK, KST)
     if BN == 3:
         raw = hhat_ws + step_offset(s % NSC, B, 4 * H)
         store_tile(raw, a_i, offs_b, vb, offs_j, vj, 4 * H)
@@ -287,13 +287,13 @@ def fwd_step_kernel(xp, w_hh, mask, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, 
 @triton.jit(do_not_specialize=_DNS)
 def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, zh, s, T, B, H, P, NS, NSC,
                     HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, ZO: tl.constexpr, PREC: tl.constexpr,
-                    BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
+                    BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
     """Step s with proj_size: h = hc @ W_hr^T (zoned out) for projection columns block
     program_id(0)."""
     ACC = hc_ws.dtype.element_ty
     offs_p, vp, offs_b, vb, L, active, t = step_program(lengths, s, T, B, P, BB, BP, HAS_LEN, REVERSE)
     acc = mm_stream(tl.zeros([BB, BP], dtype=ACC), hc_ws + step_offset(s % NSC, B, H), hc_ws,
-                    offs_b, vb, H, w_hr, 1, offs_p, vp, H, False, PREC, BK)
+                    offs_b, vb, H, w_hr, 1, offs_p, vp, H, False, PREC, BK, KST)
     a2 = active[:, None]
     h_prev = hs + step_offset(s % NS, B, P)
     emit_h(acc, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_p, vp, B, P, NS, ZO)
@@ -305,7 +305,7 @@ def fwd_proj_kernel(w_hr, lengths, hs, y, hc_ws, zh, s, T, B, H, P, NS, NSC,
 @triton.jit
 def transfer(dh, nxt, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask, zh,
              MASK: tl.constexpr, REVERSE: tl.constexpr, RESIDENT: tl.constexpr, ZO: tl.constexpr,
-             PREC: tl.constexpr, BK: tl.constexpr, GP: tl.constexpr):
+             PREC: tl.constexpr, BK: tl.constexpr, GP: tl.constexpr, KST: tl.constexpr):
     """dL/dh_{nxt-1} for columns offs_r, given dh = dL/dh_nxt (all of it, dy included):
     (dhh_nxt @ W_hh) * m_nxt (+ z_nxt * dh with zoneout, where h_nxt kept h_{nxt-1}) on the
     rows active at step nxt, dh itself on the others (a finished row's h is held).
@@ -319,7 +319,7 @@ def transfer(dh, nxt, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mas
         a = load_tile(dn, offs_b, vb, offs_g, offs_g < G, G).to(w_t.dtype)
         tr = tl.dot(a, w_t, z, input_precision=PREC)
     else:
-        tr = mm_stream(z, dn, dn, offs_b, vb, G, w_hh, R, offs_r, vr, 1, False, PREC, BK)
+        tr = mm_stream(z, dn, dn, offs_b, vb, G, w_hh, R, offs_r, vr, 1, False, PREC, BK, KST)
     if MASK == 1:
         tr = tr * load_tile(mask, offs_b, vb, offs_r, vr, R).to(tr.dtype)
     if MASK == 2:
@@ -350,7 +350,7 @@ def bwd_step_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws, hhat_
                     s, T, B, H, R, bn_off, bn_S, eps,
                     MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
                     BN: tl.constexpr, PROJ: tl.constexpr, ZO: tl.constexpr, PREC: tl.constexpr,
-                    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+                    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
     """Backward step s for hidden units block program_id(0), rows block program_id(1).
 
     dL/dh_s arrives as dhn[s] (with proj_size: bwd_transfer_kernel projected it) or is
@@ -364,12 +364,12 @@ def bwd_step_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws, hhat_
     if PROJ:
         dn = dhn_ws + step_offset(s, B, R)
         dhc = mm_stream(tl.zeros([BB, BH], dtype=ACC), dn, dn, offs_b, vb, R, w_hr, H, offs_j, vj,
-                        1, False, PREC, BK)
+                        1, False, PREC, BK, KST)
     else:
         if s < T - 1:
             dh = load_tile(dh_buf + step_offset((s + 1) % 2, B, R), offs_b, vb, offs_j, vj, R)
             dh = transfer(dh, s + 1, L, vb, offs_b, offs_j, vj, B, G, R, dhh_ws, w_hh, w_hh, mask, zh,
-                          MASK, REVERSE, False, ZO, PREC, BK, 16)
+                          MASK, REVERSE, False, ZO, PREC, BK, 16, KST)
         else:
             dh = load_tile(dh_n, offs_b, vb, offs_j, vj, R).to(ACC)
         dy_t = load_pos(dy, t, offs_b, vb, offs_j, vj, B, R).to(ACC)
@@ -391,7 +391,7 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, zh, dhh_ws, dh_buf, dhn_w
                         s, T, B, H, R,
                         MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
                         ZO: tl.constexpr, FINAL: tl.constexpr, PREC: tl.constexpr,
-                        BB: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):
+                        BB: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
     """dL/dh_s for h columns block program_id(0) from step s + 1's dhh.  Before the cell's
     backward of step s (proj_size: bwd_step_kernel; layer norm: bwd_ln_kernel) it adds dy and
     stores dhn[s], the gradient of the step's new output h~_s; FINAL (s = -1) it stores
@@ -403,7 +403,7 @@ def bwd_transfer_kernel(dy, dh_n, w_hh, mask, lengths, zh, dhh_ws, dh_buf, dhn_w
     if nxt < T:
         dh = load_tile(dh_buf + step_offset(nxt % 2, B, R), offs_b, vb, offs_r, vr, R)
         dh = transfer(dh, nxt, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_hh, mask, zh,
-                      MASK, REVERSE, False, ZO, PREC, BK, 16)
+                      MASK, REVERSE, False, ZO, PREC, BK, 16, KST)
     else:
         dh = load_tile(dh_n, offs_b, vb, offs_r, vr, R).to(ACC)
     if FINAL:
@@ -557,7 +557,7 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
 @triton.jit
 def _ln_c_bwd(act_ws, cs, dhn_ws, dhh_ws, w_hr, s, offs_b, vb, offs_j, vj, B, H, R, mean_c, rstd_c, bn_wc, bn_bc,
               STORE: tl.constexpr, PROJ: tl.constexpr, PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
-              BK: tl.constexpr):
+              BK: tl.constexpr, KST: tl.constexpr):
     """One hidden block of step s's cell backward up to LN_c: the gates, c_{s-1}, c~, LN_c's
     x_hat, tanh(c_hat), dL/dh~ (STORE: from dhn[s], times W_hr with proj_size, kept in the o
     columns of dhh[s] for the second pass; else read back from there) and dL/dc_hat."""
@@ -576,7 +576,7 @@ def _ln_c_bwd(act_ws, cs, dhn_ws, dhh_ws, w_hr, s, offs_b, vb, offs_j, vj, B, H,
         dn = dhn_ws + step_offset(s, B, R)
         if PROJ:
             dhc = mm_stream(tl.zeros([BB, BH], dtype=i.dtype), dn, dn, offs_b, vb, R, w_hr, H, offs_j, vj, 1,
-                            False, PREC, BK)
+                            False, PREC, BK, KST)
         else:
             dhc = load_tile(dn, offs_b, vb, offs_j, vj, R)
         store_tile(keep, dhc, offs_b, vb, offs_j, vj, G)
@@ -600,7 +600,7 @@ def _ln_h_sums(dp, n1, n2, hh, ln_wh, dg_h, prow, offs_b, vb, col, vc, G):
 def bwd_ln_kernel(dc_n, w_hr, lengths, cs, act_ws, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc, zc, dxp,
                   dhh_ws, dhn_ws, dc_buf, dg_h, dg_c, db_c, s, T, B, H, R, eps,
                   HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, PROJ: tl.constexpr, ZO: tl.constexpr,
-                  PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+                  PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
     """Layer norm, backward step s, after bwd_transfer_kernel stored dhn[s] (dL/dh~_s): rows
     block program_id(0), every column, in passes over BH-wide blocks: LN_c's row sums; the
     gate gradients (dxp at the rows' positions, kept in dhh[s]), dL/dc_{s-1} into dc_buf
@@ -627,7 +627,7 @@ def bwd_ln_kernel(dc_n, w_hr, lengths, cs, act_ws, hhat_ws, stats_h, stats_c, bn
         vj = offs_j < H
         i, f, g, o, c_prev, xc, tc, gamma, dhc, dchat = _ln_c_bwd(
             act_ws, cs, dhn_ws, dhh_ws, w_hr, s, offs_b, vb, offs_j, vj, B, H, R, mean_c, rstd_c, bn_wc, bn_bc,
-            True, PROJ, PREC, BB, BH, BK)
+            True, PROJ, PREC, BB, BH, BK, KST)
         dxc = tl.where(a2, dchat * gamma[None, :], 0.0)
         m1 += tl.sum(dxc, axis=1)
         m2 += tl.sum(dxc * xc, axis=1)
@@ -646,7 +646,7 @@ def bwd_ln_kernel(dc_n, w_hr, lengths, cs, act_ws, hhat_ws, stats_h, stats_c, bn
         m2t = vb[:, None] & vj[None, :]
         i, f, g, o, c_prev, xc, tc, gamma, dhc, dchat = _ln_c_bwd(
             act_ws, cs, dhn_ws, dhh_ws, w_hr, s, offs_b, vb, offs_j, vj, B, H, R, mean_c, rstd_c, bn_wc, bn_bc,
-            False, PROJ, PREC, BB, BH, BK)
+            False, PROJ, PREC, BB, BH, BK, KST)
         dtil = rstd_c[:, None] * (dchat * gamma[None, :] - m1[:, None] - xc * m2[:, None])
         if s < T - 1:
             dc = load_tile(dc_buf + step_offset((s + 1) % 2, B, H), offs_b, vb, offs_j, vj, H)
@@ -694,7 +694,7 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
                           MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
                           BN: tl.constexpr, PROJ: tl.constexpr, SAVE: tl.constexpr, ZO: tl.constexpr,
                           RESIDENT: tl.constexpr, PREC: tl.constexpr,
-                          BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr,
+                          BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr,
                           RP: tl.constexpr, HP: tl.constexpr):
     """The whole forward in one launch.  Program pid owns rows block pid % n_bblk and
     column block c = pid // n_bblk (n_bblk = cdiv(B, BB); persistent_program): hidden units
@@ -733,7 +733,7 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
             a_o = tl.dot(a, w_o, z, input_precision=PREC)
         else:
             a_i, a_f, a_g, a_o = gates_stream(z, z, z, z, h_prev, m_ptr, offs_b, vb, R, H, w_hh,
-                                              offs_j, vj, MASK != 0, PREC, BK)
+                                              offs_j, vj, MASK != 0, PREC, BK, KST)
         hc, c_new = fwd_cell(a_i, a_f, a_g, a_o, c, xp, s, t, active, offs_b, vb, offs_j, vj, B,
                              H, slot, eps, act_ws, hhat_ws, stats_h, stats_c, bn_wh, bn_wc, bn_bc,
                              rm_h, rv_h, rm_c, rv_c, BN, SAVE)
@@ -747,7 +747,7 @@ def fwd_persistent_kernel(xp, w_hh, w_hr, mask, lengths, hs, cs, y, hc_ws, act_w
             store_tile(hcp, hc, offs_b, vb, offs_j, vj, H)
             grid_sync(bar, (2 * s + 1) * nprog)
             hp = project(tl.zeros([BB, BP], dtype=ACC), hcp, offs_b, vb, H, w_r, offs_hk, vhk, w_hr, 1, offs_p, vp,
-                         H, RESIDENT, PREC, BK)
+                         H, RESIDENT, PREC, BK, KST)
             emit_h(hp, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_p, vp, B, R, NS, ZO)
             grid_sync(bar, (2 * s + 2) * nprog)
         else:
@@ -765,7 +765,7 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
                           MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
                           BN: tl.constexpr, PROJ: tl.constexpr, ZO: tl.constexpr, RESIDENT: tl.constexpr,
                           PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
-                          BP: tl.constexpr, BK: tl.constexpr, GP: tl.constexpr, PP: tl.constexpr):
+                          BP: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr, GP: tl.constexpr, PP: tl.constexpr):
     """The whole backward in one launch, the steps in reverse.  Program pid owns the same
     rows / hidden units / projection columns as in the forward; dL/dh (its h columns) and
     dL/dc (its hidden units) stay in registers.  RESIDENT: W_hh[:, its h columns]
@@ -796,7 +796,7 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
         slot = tl.minimum(bn_off + s, bn_S - 1)
         if s < T - 1:
             dh = transfer(dh, s + 1, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask, zh,
-                          MASK, REVERSE, RESIDENT, ZO, PREC, BK, GP)
+                          MASK, REVERSE, RESIDENT, ZO, PREC, BK, GP, KST)
         dy_t = load_pos(dy, t, offs_b, vb, offs_r, vr, B, R).to(ACC)
         dh, dnew = output_grad(dh, dy_t, a2, zh, s, offs_b, vb, offs_r, vr, B, R, ZO)
         if PROJ:
@@ -804,7 +804,7 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
             store_tile(dn, dnew, offs_b, vb, offs_r, vr, R)
             grid_sync(bar, (2 * it + 1) * nprog)
             dhc = project(tl.zeros([BB, BH], dtype=ACC), dn, offs_b, vb, R, w_p, offs_q, vq, w_hr, H, offs_j, vj, 1,
-                          RESIDENT, PREC, BK)
+                          RESIDENT, PREC, BK, KST)
         else:
             dhc = dnew
         dc = bwd_cell(dhc, dc, s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, act_ws,
@@ -816,7 +816,7 @@ def bwd_persistent_kernel(dy, dh_n, dc_n, w_hh, w_hr, mask, lengths, cs, act_ws,
         else:
             grid_sync(bar, (it + 1) * nprog)
     dh = transfer(dh, 0, L, vb, offs_b, offs_r, vr, B, G, R, dhh_ws, w_hh, w_t, mask, zh, MASK,
-                  REVERSE, RESIDENT, ZO, PREC, BK, GP)
+                  REVERSE, RESIDENT, ZO, PREC, BK, GP, KST)
     store_tile(dh0, dh, offs_b, vb, offs_r, vr, R)
     store_tile(dc0, dc, offs_b, vb, offs_j, vj, H)
     grid_reset(bar, nprog)

@@ -28,7 +28,7 @@ ROLES = {
              "ln_fwd": K.fwd_ln_kernel, "ln_bwd": K.bwd_ln_kernel},
 }
 # constexprs that are tile sizes (what autotuning varies); the rest are flags
-TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "RP", "HP", "GP", "PP", "BG", "NP")
+TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "KST", "RP", "HP", "GP", "PP", "BG", "NP")
 
 
 def flags(mask_mode: int, lengths: bool, reverse: bool, norm_mode: int, proj: bool, save: bool,
@@ -41,8 +41,9 @@ def flags(mask_mode: int, lengths: bool, reverse: bool, norm_mode: int, proj: bo
 
 
 def tiles(p: C.Plan, s: C.Shape) -> dict:
-    """The tile constexprs of a plan (BR: the h columns of a transfer program)."""
-    t = dict(BB=p.BB, BH=p.BH, BP=p.BP, BR=p.BP, BK=p.BK)
+    """The tile constexprs of a plan (BR: the h columns of a transfer program; KST: the
+    pipeline depth of the streamed K loops)."""
+    t = dict(BB=p.BB, BH=p.BH, BP=p.BP, BR=p.BP, BK=p.BK, KST=p.k_stages)
     if p.design == "persistent":
         t.update(RESIDENT=p.resident, **p.tiles(s))
     return t
