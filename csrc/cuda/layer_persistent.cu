@@ -91,7 +91,7 @@ __device__ __forceinline__ void mma_chunks(Acc16& acc, int64_t k0, int64_t k1, c
 
 struct Geometry {
   int U, Mp, KS_f, KS_b;
-  int64_t Bp, Rp, ldw, ldh;  // ldh: row stride of the staged h tile (skewed like ldw)
+  int64_t Bp, Rp, ldw;  // ldw: row stride of the W slice and of the staged h tile (Rp columns each)
   bool stage_xp, stage_h;    // the forward's shared-memory stages (set from the plan)
   bool stage_saved;          // the backward's stage of each step's saved operands
 };
@@ -157,7 +157,6 @@ Geometry geometry(int64_t B, int64_t H, int64_t R, int U) {
   g.Bp = round_up(B, 16);
   g.Rp = round_up(R, 16);
   g.ldw = g.Rp + (sizeof(T) == 4 ? 4 : 8);  // skew rows by 16 bytes against bank conflicts
-  g.ldh = g.ldw;
   const int64_t tiles_f = (g.Mp / 16) * (g.Bp / 16);
   g.KS_f = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kWarps / std::max<int64_t>(tiles_f, 1), 8)));
   const int64_t tiles_b = g.Bp / 16;  // N = 16 covers the block's U <= 16 units
@@ -166,7 +165,7 @@ Geometry geometry(int64_t B, int64_t H, int64_t R, int U) {
 }
 
 // The forward's shared memory: the W slice, the MMA partials and forward_units' scratch
-// (its 10U statistics of 16U), then the optional stages (xp [B][4U], h [Bp][ldh]).
+// (its 10U statistics of 16U), then the optional stages (xp [B][4U], h [Bp][ldw]).
 template <typename T>
 size_t smem_forward_base(const Geometry& g) {
   using A = typename Acc<T>::type;
@@ -176,7 +175,7 @@ size_t smem_forward_base(const Geometry& g) {
 template <typename T>
 __host__ __device__ size_t stage_xp_bytes(const Geometry& g, int64_t B) { return align128(size_t(B) * 4 * g.U * sizeof(T)); }
 template <typename T>
-__host__ __device__ size_t stage_h_bytes(const Geometry& g) { return align128(size_t(g.Bp) * g.ldh * sizeof(T)); }
+__host__ __device__ size_t stage_h_bytes(const Geometry& g) { return align128(size_t(g.Bp) * g.ldw * sizeof(T)); }
 template <typename T>
 size_t smem_forward(const Geometry& g, int64_t B) {
   return smem_forward_base<T>(g) + (g.stage_xp ? stage_xp_bytes<T>(g, B) : 0) +
@@ -374,10 +373,10 @@ __global__ void __launch_bounds__(kPThreads, 1)
       const int64_t cpr = Rp / per;  // chunks per row
       for (int64_t e = tid; e < Bp * cpr; e += blockDim.x) {
         const int64_t b = e / cpr, c = e - b * cpr;
-        cp_async<16>(hsm + b * geo.ldh + c * per, xs + b * Rp + c * per);
+        cp_async<16>(hsm + b * ldw + c * per, xs + b * Rp + c * per);
       }
       hb = hsm;
-      ldb = geo.ldh;
+      ldb = ldw;
     }
     cp_async_wait_all();  // the h stage and this step's xp stage
     __syncthreads();
