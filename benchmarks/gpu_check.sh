@@ -105,7 +105,7 @@ else
 fi
 stage bench 170 "$OUT/bench.log" $PY -m fusedrnn bench "${BENCH[@]}" --out "$OUT" --no-progress --no-plots
 tail -3 "$OUT/bench.log"
-stage step-graphs 40 "$OUT/step-graphs.log" $PY -m fusedrnn.bench.step_graphs --out "$OUT"
+stage step-graphs 50 "$OUT/step-graphs.log" $PY -m fusedrnn.bench.step_graphs --out "$OUT"
 tail -1 "$OUT/step-graphs.log"
 
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

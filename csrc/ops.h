@@ -298,15 +298,20 @@ using LayerBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
       const OptT &bn_c_bias, const OptT &bn_h_running_mean, const OptT &bn_h_running_var,              \
       const OptT &bn_c_running_mean, const OptT &bn_c_running_var, int64_t bn_step_offset, double bn_eps,  \
       const OptT &zoneout_c, const OptT &zoneout_h
-#define FUSEDRNN_LAYER_ARGS                                                                           \
-  LayerArgs {                                                                                          \
-    w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, bn_h_weight, bn_c_weight, bn_c_bias,    \
-        bn_h_running_mean, bn_h_running_var, bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps, \
-        zoneout_c, zoneout_h                                                                           \
-  }
+#define FUSEDRNN_LAYER_ARGS \
+  LayerArgs { FUSEDRNN_LAYER_ARG_NAMES }
+#define FUSEDRNN_LAYER_ARG_NAMES                                                                      \
+  w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, bn_h_weight, bn_c_weight, bn_c_bias,        \
+      bn_h_running_mean, bn_h_running_var, bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps,   \
+      zoneout_c, zoneout_h
+#define FUSEDRNN_LAYER_BACKWARD_TAIL_NAMES h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc
 #define FUSEDRNN_LAYER_BACKWARD_TAIL_DECL                                                              \
   const at::Tensor &h_stats, const at::Tensor &c_stats, const at::Tensor &ws_h, const at::Tensor &ws_act, \
       const at::Tensor &ws_c, const at::Tensor &ws_hh_hat, const at::Tensor &ws_hc
+
+// Whether step graphs are on (csrc/module.cpp holds the setting; Python sets it through
+// fusedrnn._C.set_step_graphs): the CUDA layer op then sends its per-step calls to the cache.
+bool step_graphs_enabled();
 
 LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,
                                        FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace);

@@ -6,6 +6,7 @@
   fails loudly.
 - Triton kernels run through the interpreter on CPU tensors (TRITON_INTERPRET=1) unless
   a GPU is present.
+- ``cuda_matmul`` sets torch.backends.cuda.matmul flags for one test.
 - FUSEDRNN_TEST_TIMEOUT_S=N fails a test that runs longer than N seconds (SIGALRM, checked
   when control is back in Python; benchmarks/gpu_check.sh sets it, with an outer timeout
   for a kernel that never returns).
@@ -73,6 +74,23 @@ def _one_thread(request):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def cuda_matmul():
+    """set(name, value): a torch.backends.cuda.matmul flag (allow_tf32, ...) for one test,
+    restored after.  (monkeypatch cannot restore these: they live behind the module's
+    __getattr__, not in its __dict__, so pytest 9 deletes them on undo and fails.)"""
+    m = torch.backends.cuda.matmul
+    saved = {}
+
+    def set_(name, value):
+        saved.setdefault(name, getattr(m, name))
+        setattr(m, name, value)
+
+    yield set_
+    for name, value in saved.items():
+        setattr(m, name, value)
 
 
 _TIMEOUT_S = float(os.environ.get("FUSEDRNN_TEST_TIMEOUT_S", "0") or 0)

@@ -120,10 +120,10 @@ LP_CASES = list(itertools.product([None, "shared", "per_step"], [None, "train", 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "tf32"])
 @pytest.mark.parametrize("mask_kind,bn_mode,lengths,reverse", LP_CASES,
                          ids=[f"mask{m}-bn{b}-len{int(l)}-rev{int(r)}" for m, b, l, r in LP_CASES])
-def test_low_precision_every_option(mask_kind, bn_mode, lengths, reverse, dtype, design, monkeypatch):
+def test_low_precision_every_option(mask_kind, bn_mode, lengths, reverse, dtype, design, cuda_matmul):
     """Every option through both designs in bf16 and TF32 (the persistent kernels run only in
     low precision), against float64 with a loose absolute tolerance."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    cuda_matmul("allow_tf32", True)
     d = _inputs(T=9, B=6, H=32, P=0, mask_kind=mask_kind, bn_mode=bn_mode, lengths=lengths, dtype=dtype)
     ref = _run(d, "reference", "cpu", torch.float64, reverse)
     got = _run(d, "cuda", DEV, dtype, reverse)
@@ -177,10 +177,10 @@ def test_low_precision_within_twice_torch(dtype, variant, T, B, H, design):
 
 
 @pytest.mark.parametrize("kind", ["batched", "packed"])
-def test_module_matches_nn_lstm_fp32_strict(kind, design, monkeypatch):
+def test_module_matches_nn_lstm_fp32_strict(kind, design, monkeypatch, cuda_matmul):
     """fp32 without TF32: the drop-in module equals cuDNN's nn.LSTM to fp32 rounding."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cuda_matmul("allow_tf32", False)
     torch.manual_seed(0)
     ref = nn.LSTM(24, 32, num_layers=2, bidirectional=True, batch_first=True).to(DEV)
     ours = fusedrnn.LSTM(24, 32, num_layers=2, bidirectional=True, batch_first=True, backend="cuda").to(DEV)
@@ -275,21 +275,96 @@ def test_zoneout_and_layer_norm_float64_match_reference(mask_kind, bn_mode, proj
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "tf32"])
 @pytest.mark.parametrize("zo,ln", [("train", False), ("eval", False), ("train", True)])
-def test_zoneout_and_layer_norm_low_precision(dtype, zo, ln, design, monkeypatch):
+def test_zoneout_and_layer_norm_low_precision(dtype, zo, ln, design, monkeypatch, cuda_matmul):
     """Zoneout at a shape the persistent plan takes (auto), layer norm on the per-step design
     (H = 256 over 256 threads per row): within 2x of the reference backend's own error at
     that dtype (cuDNN cannot run these), per output / gradient."""
     monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = dtype == torch.float32
-    try:
-        d = _with_zoneout(_inputs(T=16, B=16, H=256, P=0, mask_kind="shared", bn_mode=None, lengths=True,
-                                  dtype=torch.float64), zo, ln)
-        want = _run(d, "reference", DEV, torch.float64, True)
-        own = _run(d, "reference", DEV, dtype, True)
-        got = _run(d, "cuda", DEV, dtype, True)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+    cuda_matmul("allow_tf32", dtype == torch.float32)
+    d = _with_zoneout(_inputs(T=16, B=16, H=256, P=0, mask_kind="shared", bn_mode=None, lengths=True,
+                              dtype=torch.float64), zo, ln)
+    want = _run(d, "reference", DEV, torch.float64, True)
+    own = _run(d, "reference", DEV, dtype, True)
+    got = _run(d, "cuda", DEV, dtype, True)
     rel = lambda a, b: ((a - b).norm() / b.norm().clamp(min=1e-30)).item()  # noqa: E731
     for i, (a, o, w) in enumerate(zip(got, own, want)):
         assert rel(a, w) <= max(2 * rel(o, w), 1e-5), (i, rel(a, w), rel(o, w))
+
+
+STEP_GRAPH_CASES = [(0, "shared", "train"), (8, "per_step", None)]
+
+
+@pytest.mark.parametrize("P,mask_kind,bn_mode", STEP_GRAPH_CASES, ids=[f"P{p}-mask{m}-bn{b}" for p, m, b in STEP_GRAPH_CASES])
+def test_step_graphs_replay_equals_direct_calls(P, mask_kind, bn_mode, monkeypatch):
+    """The per-step design through the step graphs (the C++ kernel hands the call to
+    fusedrnn::_cuda_layer_*_graphed): four calls with new values (1st direct, 2nd captured and
+    replayed, 3rd and 4th replayed) equal graph-free calls bitwise, forward and backward.
+    Calls with lengths and calls the persistent design takes never reach the cache."""
+    from fusedrnn.backends import cuda as CB
+    from fusedrnn.backends import step_graphs as SG
+
+    monkeypatch.setenv("FUSEDRNN_CUDA_DESIGN", "step")
+    CB.GRAPHS.clear()
+    before = CB.GRAPHS.replays
+    for seed in range(4):
+        d = _inputs(T=12, B=6, H=32, P=P, mask_kind=mask_kind, bn_mode=bn_mode, lengths=False, dtype=torch.bfloat16,
+                    seed=seed)
+        with SG.enabled():
+            got = _run(d, "cuda", DEV, torch.bfloat16)
+        want = _run(d, "cuda", DEV, torch.bfloat16)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), (seed, i)
+    assert not CB.GRAPHS.failed, CB.GRAPHS.failed
+    assert CB.GRAPHS.replays - before == 6, "expected 3 replays each of the forward and the backward"
+    seen = len(CB.GRAPHS.seen)
+    d = _inputs(T=12, B=6, H=32, P=P, mask_kind=mask_kind, bn_mode=bn_mode, lengths=True, dtype=torch.bfloat16)
+    with SG.enabled():
+        for _ in range(3):
+            _run(d, "cuda", DEV, torch.bfloat16)
+    monkeypatch.delenv("FUSEDRNN_CUDA_DESIGN")
+    d = _inputs(T=12, B=16, H=128, P=0, mask_kind=mask_kind, bn_mode=None, lengths=False, dtype=torch.bfloat16)
+    ok, *_ = torch.ops.fusedrnn.cuda_layer_plan(torch.empty(0, dtype=torch.bfloat16, device=DEV), 16, 128, 128,
+                                                False, True)
+    assert ok, "this shape should take the persistent design"
+    with SG.enabled():
+        for _ in range(3):
+            _run(d, "cuda", DEV, torch.bfloat16)
+    assert CB.GRAPHS.replays - before == 6 and len(CB.GRAPHS.seen) == seen
+    CB.GRAPHS.clear()
+
+
+def test_step_graphs_default_construction_trains_as_without(monkeypatch):
+    """What a user writes: the default fusedrnn.LSTM (whichever backend auto picks) with step
+    graphs on and the per-step designs forced trains three steps exactly as without graphs,
+    and some cache replayed."""
+    from fusedrnn.backends import step_graphs as SG
+
+    monkeypatch.setenv("FUSEDRNN_CUDA_DESIGN", "step")
+    try:
+        from fusedrnn.backends.triton import host as TH
+        forced = TH.forced_design("step")
+    except ImportError:
+        import contextlib
+        forced = contextlib.nullcontext()
+
+    def train(graphs: bool):
+        torch.manual_seed(3)
+        m = fusedrnn.LSTM(48, 64, num_layers=2, recurrent_dropout=0.25, variational=True).to(DEV)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        x = torch.randn(10, 4, 48, device=DEV)
+        out = []
+        with SG.enabled(graphs), forced:
+            for _ in range(3):
+                opt.zero_grad()
+                y, (h, c) = m(x)
+                (y.square().mean() + h.sum() + c.sum()).backward()
+                opt.step()
+                out.append(y.detach().clone())
+        return out + [p.detach().clone() for p in m.parameters()]
+
+    replays = lambda: sum(g.replays for g, _ in SG._CACHES.values())  # noqa: E731
+    before = replays()
+    with_graphs, without = train(True), train(False)
+    for a, b in zip(with_graphs, without):
+        assert torch.equal(a, b)
+    assert replays() > before

@@ -5,22 +5,30 @@ eviction, failed captures) is checked here with a stand-in graph that has a capt
 graph's contract: capture runs the call once on the static inputs and keeps its outputs;
 replay recomputes into those same output tensors from whatever the static inputs hold.
 The Triton op's forward and backward (through the interpreter, float64) go through it and
-must equal direct calls on changing inputs.  tests/test_triton_gpu.py replays real graphs."""
+must equal direct calls on changing inputs; so must the CUDA backend's graphed kernels (their
+Python side, with the CPU op standing in for the C++ CUDA kernels).  tests/test_triton_gpu.py
+and tests/test_cuda.py replay real graphs."""
 
 import importlib
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from fusedrnn.backends import compiled
+from fusedrnn.backends import step_graphs as SG
+from fusedrnn.backends.step_graphs import StepGraphs
+from fusedrnn.ops import schema
+from fusedrnn.ops.contract import Config, Zoneout
 
-from fusedrnn.backends.step_graphs import StepGraphs  # noqa: E402
-from fusedrnn.ops import schema  # noqa: E402
-from fusedrnn.ops.contract import Config, Zoneout  # noqa: E402
-
-TH = importlib.import_module("fusedrnn.backends.triton.host")
-TOPS = importlib.import_module("fusedrnn.backends.triton.ops")
-cpu_only = pytest.mark.skipif(not TH.INTERPRET, reason="the Triton kernels run on the CPU through the interpreter")
+try:
+    TH = importlib.import_module("fusedrnn.backends.triton.host")
+    TOPS = importlib.import_module("fusedrnn.backends.triton.ops")
+except ImportError:  # no triton
+    TH = TOPS = None
+cpu_only = pytest.mark.skipif(TH is None or not TH.INTERPRET,
+                              reason="the Triton kernels run on the CPU through the interpreter")
+cuda_build = pytest.mark.skipif(not compiled.has_kernel("_cuda_layer_forward_direct", "CUDA"),
+                                reason="fusedrnn._C built without CUDA kernels")
 
 
 class EagerGraph:
@@ -116,14 +124,85 @@ def test_keys_eviction_and_failed_captures():
 
 
 @cpu_only
-def test_off_by_default_and_never_on_cpu_tensors(monkeypatch):
-    assert TH.STEP_GRAPHS is False  # opt-in (FUSEDRNN_STEP_GRAPHS=1 / step_graphs())
-    monkeypatch.setattr(TH, "STEP_GRAPHS", True)
+def test_off_by_default_and_never_on_cpu_tensors():
+    assert SG.ENABLED is False  # opt-in (FUSEDRNN_STEP_GRAPHS=1 / enable())
     args = _forward_args(0)
     before = TH.GRAPHS.replays
-    for _ in range(3):
-        TOPS.lstm_layer_forward(*args)
+    with SG.enabled():
+        for _ in range(3):
+            TOPS.lstm_layer_forward(*args)
     assert TH.GRAPHS.replays == before and not TH.GRAPHS.seen  # CPU tensors: always the direct call
+
+
+def _backward_args(args, out, seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    y, h_n, c_n, *saved = out
+    r = lambda t: torch.randn(t.shape, generator=g, dtype=t.dtype)  # noqa: E731
+    return (r(y), r(h_n), r(c_n)) + args[3:-1] + tuple(saved)
+
+
+@cuda_build
+def test_cuda_internal_ops_have_the_public_schemas():
+    """The C++ kernel calls _graphed with the public op's arguments and the Python kernel
+    calls _direct with them: the three schemas must not drift apart."""
+    import fusedrnn.backends.cuda  # noqa: F401  (registers the graphed kernels)
+
+    for direction in ("forward", "backward"):
+        sig = lambda op: ([(a.name, str(a.type)) for a in op.default._schema.arguments],  # noqa: E731
+                          [(a.name, str(a.type)) for a in op.default._schema.returns])
+        public = sig(getattr(torch.ops.fusedrnn, f"lstm_layer_{direction}"))
+        for route in ("direct", "graphed"):
+            name = f"_cuda_layer_{direction}_{route}"
+            assert sig(getattr(torch.ops.fusedrnn, name)) == public, name
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CUDA"), name
+
+
+@cuda_build
+def test_cuda_enable_switches_the_cpp_kernel():
+    """enable() reaches the C++ kernel's setting (what sends a per-step call to the cache)."""
+    import fusedrnn.backends.cuda  # noqa: F401  (registers the graphed kernels and the switch)
+
+    prev = SG.enable(True)
+    try:
+        assert compiled._C.set_step_graphs(True) is True
+        SG.enable(False)
+        assert compiled._C.set_step_graphs(False) is False
+        with SG.enabled():
+            assert compiled._C.set_step_graphs(True) is True
+        assert compiled._C.set_step_graphs(False) is False
+    finally:
+        SG.enable(prev)
+
+
+@cuda_build
+def test_cuda_graphed_kernels_replay_the_direct_kernels(monkeypatch, cuda_matmul):
+    """The Python kernels of fusedrnn::_cuda_layer_*_graphed: four calls with new values (1st
+    direct, 2nd captured, 3rd and 4th replayed) equal direct calls, forward and backward; a
+    setting the C++ kernels read (TF32) is part of the key; off, every call is direct."""
+    CB = importlib.import_module("fusedrnn.backends.cuda")
+    direct = {"forward": torch.ops.fusedrnn.lstm_layer_forward.default,  # the CPU kernels stand in
+              "backward": torch.ops.fusedrnn.lstm_layer_backward.default}
+    graphs = StepGraphs(make_graph=EagerGraph)
+    monkeypatch.setattr(CB, "DIRECT", direct)
+    monkeypatch.setattr(CB, "GRAPHS", graphs)
+    monkeypatch.setattr(SG, "capturable", lambda t: True)
+    EagerGraph.captures = 0
+    with SG.enabled():
+        for seed in range(4):
+            args = _forward_args(seed)
+            got, want = CB.graphed_forward(*args), direct["forward"](*args)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+            bargs = _backward_args(args, want, seed)
+            for a, b in zip(CB.graphed_backward(*bargs), direct["backward"](*bargs)):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert EagerGraph.captures == 2 and graphs.replays == 6
+        cuda_matmul("allow_tf32", not torch.backends.cuda.matmul.allow_tf32)
+        CB.graphed_forward(*_forward_args(5))
+        assert graphs.replays == 6  # a new key: its first call is direct
+    CB.graphed_forward(*_forward_args(6))
+    CB.graphed_forward(*_forward_args(6))
+    assert graphs.replays == 6  # off
 
 
 def test_threads_share_a_key_safely():

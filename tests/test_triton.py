@@ -180,6 +180,22 @@ def test_forward_and_backward_plan_the_same_grid(monkeypatch, P):
     assert len(seen) == 2 and seen[0] == seen[1] and seen[0].H == 20
 
 
+def test_forced_design_reaches_other_threads():
+    """Autograd runs a CUDA graph's backward on its device thread: a design forced around
+    loss.backward() must be the one that thread plans with."""
+    import threading
+
+    seen = []
+    with TH.forced_design("step"):
+        t = threading.Thread(target=lambda: seen.append(TH.current_design()))
+        t.start()
+        t.join()
+        with TH.forced_design("persistent"):
+            seen.append(TH.current_design())
+        seen.append(TH.current_design())
+    assert seen == ["step", "persistent", "step"] and TH.current_design() == TH.DESIGN
+
+
 @cpu_only
 def test_poisoned_workspace_fully_written():
     """Every element of every output and saved workspace is written (torch.empty is

@@ -18,6 +18,7 @@ pytest.importorskip("triton")
 
 import fusedrnn  # noqa: E402
 from fusedrnn.backends import reference as REF  # noqa: E402  (REF.recurrence on the op's arguments)
+from fusedrnn.backends import step_graphs as SG  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 TR = importlib.import_module("fusedrnn.backends.triton.backend")  # recurrence(..., design)
@@ -205,12 +206,11 @@ def test_oversized_persistent_grid_is_refused_not_hung(monkeypatch):
 
 
 def test_step_graphs_replay_equals_direct_launches(monkeypatch):
-    """The per-step design through CUDA graphs (step_graphs(True)): forward and backward of
+    """The per-step design through CUDA graphs (step_graphs.enabled()): forward and backward of
     four calls with new values each (the 1st runs directly, the 2nd captures and replays, the
     3rd and 4th replay) equal the direct launches bitwise, including results handed out before
     a later replay."""
     monkeypatch.setattr(TH, "AUTOTUNE", False)
-    monkeypatch.setattr(TH, "STEP_GRAPHS", True)
     TH.GRAPHS.clear()
     before = TH.GRAPHS.replays
     runs = []
@@ -224,8 +224,7 @@ def test_step_graphs_replay_equals_direct_launches(monkeypatch):
         args = (xp, h0, h0, w, None, m, None, False, None)
         out = []
         for graphs in (True, False):
-            monkeypatch.setattr(TH, "STEP_GRAPHS", graphs)
-            with TH.forced_design("step"):  # the backward plans when autograd runs it: forced there too
+            with SG.enabled(graphs), TH.forced_design("step"):  # around the backward too (autograd plans it)
                 r = TR.recurrence(*args)
                 g = torch.autograd.grad((r.y.float() * 0.5).sum() + r.c_n.float().sum(), [xp, h0, w])
             out.append([r.y.detach(), r.h_n.detach(), r.c_n.detach(), *g])

@@ -17,7 +17,11 @@ clones, which may have been issued on another stream (an event).
 
 Opt-in (like torch.compile's "reduce-overhead" mode): the static buffers and the output
 clones cost memory and a copy of every input and output per call.  FUSEDRNN_STEP_GRAPHS=1
-turns it on for the Triton per-step design, or :func:`fusedrnn.backends.triton.host.step_graphs`.
+(read at import), :func:`enable` or the :func:`enabled` context turn it on for the per-step
+designs of both GPU backends: the Triton host's calls (fusedrnn/backends/triton/host.py) and
+the CUDA layer op's (its C++ kernel sends a per-step call to fusedrnn::_cuda_layer_*_graphed,
+whose Python kernel is in fusedrnn/backends/cuda.py).  Each backend has its own cache
+(:func:`cache`).
 
 Dimension letters: T steps (part of the key: a new length captures a new graph).
 """
@@ -25,8 +29,10 @@ Dimension letters: T steps (part of the key: a new length captures a new graph).
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import threading
-from typing import Callable, Hashable, Optional
+from typing import Callable, Hashable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -150,11 +156,61 @@ class StepGraphs:
         return entry
 
 
+def eager_cuda(t: Tensor) -> bool:
+    """A real CUDA tensor in eager mode: not a FakeTensor or a subclass, not while torch.compile
+    / export traces (what launch-time choices such as autotuning, cooperative launches and
+    graphs need)."""
+    return type(t) is torch.Tensor and t.is_cuda and not torch.compiler.is_compiling()
+
+
 def capturable(t: Tensor) -> bool:
-    """Whether a call on t may go through a graph: a real CUDA tensor, eager (not traced by
-    torch.compile / export), and no capture already under way on the current stream."""
-    return (type(t) is torch.Tensor and t.is_cuda and not torch.compiler.is_compiling()
-            and not torch.cuda.is_current_stream_capturing())
+    """Whether a call on t may go through a graph: :func:`eager_cuda`, and no capture already
+    under way on the current stream."""
+    return eager_cuda(t) and not torch.cuda.is_current_stream_capturing()
 
 
-__all__ = ["CudaGraph", "StepGraphs", "capturable", "tensor_key"]
+# ---- the setting, and each backend's cache -------------------------------------------------
+
+ENABLED = os.environ.get("FUSEDRNN_STEP_GRAPHS", "0").strip() == "1"
+_CACHES: "dict[str, tuple[StepGraphs, Optional[Callable[[bool], object]]]]" = {}
+
+
+def cache(name: str, on_switch: Optional[Callable[[bool], object]] = None) -> StepGraphs:
+    """The cache of backend ``name`` (created on first use).  on_switch(on) is told the
+    setting now and at every :func:`enable` (the CUDA backend forwards it to its C++ op)."""
+    if name not in _CACHES:
+        _CACHES[name] = (StepGraphs(), on_switch)
+        if on_switch is not None:
+            on_switch(ENABLED)
+    return _CACHES[name][0]
+
+
+def enable(on: bool = True) -> bool:
+    """Turn step graphs on or off for every backend; returns the previous setting.  Off keeps
+    the captured graphs (turned on again, they replay); :func:`clear` releases them."""
+    global ENABLED
+    prev, ENABLED = ENABLED, bool(on)
+    for _, on_switch in _CACHES.values():
+        if on_switch is not None:
+            on_switch(ENABLED)
+    return prev
+
+
+def clear() -> None:
+    """Release every backend's captured graphs and static buffers."""
+    for graphs, _ in _CACHES.values():
+        graphs.clear()
+
+
+@contextlib.contextmanager
+def enabled(on: bool = True) -> Iterator[None]:
+    """``with enabled(): ...`` step graphs on (or off) inside the block, the setting restored after."""
+    prev = enable(on)
+    try:
+        yield
+    finally:
+        enable(prev)
+
+
+__all__ = ["ENABLED", "CudaGraph", "StepGraphs", "cache", "capturable", "clear", "eager_cuda", "enable", "enabled",
+           "tensor_key"]

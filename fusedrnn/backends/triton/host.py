@@ -12,15 +12,14 @@ the model's dtype, fp32 accumulation, as cuDNN), dW_hr = sum_s dhn_s^T hc_s.
 Design ("auto" unless FUSEDRNN_TRITON_DESIGN or :func:`forced_design` names one of
 config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch is
 planned; under torch.compile, when the graph is traced.  Persistent grids launch
-cooperatively in eager mode (COOPERATIVE).  With step graphs on (:func:`step_graphs`,
-FUSEDRNN_STEP_GRAPHS=1) a per-step call that repeats runs as a replayed CUDA graph
-(:mod:`fusedrnn.backends.step_graphs`).
+cooperatively in eager mode (COOPERATIVE).  With step graphs on
+(:func:`fusedrnn.backends.step_graphs.enable`, FUSEDRNN_STEP_GRAPHS=1) a per-step call that
+repeats runs as a replayed CUDA graph (GRAPHS, this backend's cache).
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 from typing import Optional
 
@@ -29,14 +28,17 @@ import triton
 from torch import Tensor
 
 from ...ops.contract import acc_dtype
-from ..step_graphs import StepGraphs, capturable
+from .. import step_graphs
 from . import config as C
 from . import kernels as K
 from . import launch as L
 
 INTERPRET = not isinstance(K.fwd_step_kernel, triton.runtime.JITFunction)
 DESIGN = os.environ.get("FUSEDRNN_TRITON_DESIGN", "auto").strip() or "auto"
-_design = contextvars.ContextVar("fusedrnn_triton_design", default=DESIGN)
+# forced_design's stack: process-wide, not a context variable, because autograd runs a CUDA
+# graph's backward on its own device thread, where the caller's context variables (torch <
+# 2.13) are not set: a forced design must reach the backward too.
+_forced: list[str] = []
 
 # Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's plan), and so
 # does torch.use_deterministic_algorithms(True).
@@ -47,18 +49,20 @@ _TUNERS: dict = {}
 
 @contextlib.contextmanager
 def forced_design(design: str):
-    """Plan every launch inside the block with this design (one of config.DESIGNS)."""
+    """Plan every launch inside the block with this design (one of config.DESIGNS), in every
+    thread (the backward too, which autograd may run on another thread): a test and benchmark
+    switch, like FUSEDRNN_TRITON_DESIGN, not for concurrent use with different designs."""
     if design not in C.DESIGNS:
         raise ValueError(f"FUSEDRNN_TRITON_DESIGN / design must be one of {C.DESIGNS}, got {design!r}")
-    token = _design.set(design)
+    _forced.append(design)
     try:
         yield
     finally:
-        _design.reset(token)
+        _forced.pop()
 
 
 def current_design() -> str:
-    d = _design.get()
+    d = _forced[-1] if _forced else DESIGN
     if d not in C.DESIGNS:
         raise ValueError(f"FUSEDRNN_TRITON_DESIGN / design must be one of {C.DESIGNS}, got {d!r}")
     return d
@@ -101,8 +105,7 @@ def _tuning(t: Tensor) -> bool:
     """Autotune only eagerly on real CUDA tensors (not while torch.compile traces), and not
     under torch.use_deterministic_algorithms(True): a timing-dependent tile choice could
     change the rounding between runs, the heuristic's plan cannot."""
-    return (AUTOTUNE and not INTERPRET and type(t) is torch.Tensor and t.is_cuda
-            and not torch.are_deterministic_algorithms_enabled())
+    return AUTOTUNE and not INTERPRET and step_graphs.eager_cuda(t) and not torch.are_deterministic_algorithms_enabled()
 
 
 def _check_coresident(plans: list[C.Plan], s: C.Shape, device: torch.device) -> None:
@@ -136,8 +139,7 @@ COOPERATIVE = _has_cooperative_launch() and os.environ.get("FUSEDRNN_TRITON_COOP
 def _launch_options(design: str, t: Tensor) -> dict:
     """Extra launch options of a plan's kernels: the cooperative launch of a persistent grid
     (real CUDA tensors, eager)."""
-    if (design == "persistent" and COOPERATIVE and not INTERPRET and type(t) is torch.Tensor and t.is_cuda
-            and not torch.compiler.is_compiling()):
+    if design == "persistent" and COOPERATIVE and not INTERPRET and step_graphs.eager_cuda(t):
         return {"launch_cooperative_grid": True}
     return {}
 
@@ -332,24 +334,13 @@ def _backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Option
 
 # ---- CUDA graphs of the per-step design (opt-in; step_graphs.py) ----------------------------
 
-STEP_GRAPHS = os.environ.get("FUSEDRNN_STEP_GRAPHS", "0").strip() == "1"
-GRAPHS = StepGraphs()
-
-
-def step_graphs(on: bool = True) -> None:
-    """Capture the per-step design's launches of a repeating call (same shapes, options and
-    T) in a CUDA graph and replay it (fusedrnn.backends.step_graphs); off by default.
-    FUSEDRNN_STEP_GRAPHS=1 sets it at import."""
-    global STEP_GRAPHS
-    STEP_GRAPHS = bool(on)
-    if not on:
-        GRAPHS.clear()
+GRAPHS = step_graphs.cache("triton")
 
 
 def _graphed(t: Tensor, T: int, B: int, H: int, R: int, proj: bool, norm_mode: int, dtype: torch.dtype) -> bool:
     """Whether this call goes through GRAPHS: step graphs on, a real CUDA tensor in eager mode,
     and the per-step design planned (a persistent launch is one kernel already)."""
-    if not (STEP_GRAPHS and T > 1 and not INTERPRET and capturable(t)):
+    if not (step_graphs.ENABLED and T > 1 and not INTERPRET and step_graphs.capturable(t)):
         return False
     return plans_for(t.device, shape_of(B, H, R, proj, norm_mode, dtype))[0].design == "step"
 
@@ -379,4 +370,4 @@ def backward(*args) -> tuple[Tensor, ...]:
 
 
 __all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard", "forced_design", "forward",
-           "plans_for", "shape_of", "step_graphs"]
+           "plans_for", "shape_of"]
