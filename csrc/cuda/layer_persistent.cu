@@ -182,31 +182,38 @@ size_t smem_forward(const Geometry& g, int64_t B) {
          (g.stage_h ? stage_h_bytes<T>(g) : 0);
 }
 
-// The xp of this block's units at step s, for the running rows, into xsm [B][4U] (element
-// b * 4U + k * U + u): 4-byte cp.async chunks when the block's columns allow them, else
-// plain copies.  Completed by the cp_async_wait_all before the next MMA.
-template <typename T>
-__device__ void stage_xp(const LayerParams& p, int64_t s, int64_t j0, int U, int Uv, T* xsm) {
+// Copies K segments of U elements per running row b at step s (the first Uv valid) from
+// src + (rows.pos(b, s) * B + b) * ld + k * kstride + j0 into dst[(b * K + k) * U + u]: 4-byte
+// cp.async chunks when every segment is whole and 4-byte aligned, else plain copies.
+// Completed by a cp_async_wait_all.  The forward's xp stage and the backward's dy stage.
+template <int K, typename T>
+__device__ void stage_rows(T* dst, const T* src, const Rows& rows, int64_t s, int64_t B, int64_t ld, int64_t kstride,
+                           int64_t j0, int U, int Uv) {
   static_assert(sizeof(T) <= 4, "the persistent kernels take fp32 / fp16 / bf16");
   constexpr int per = 4 / sizeof(T);  // elements per 4-byte chunk
-  const Rows rows{p.lengths, p.T, p.reverse};
-  const int64_t B = p.B, H = p.H, G = 4 * H;
-  const T* xp = static_cast<const T*>(p.xp);
-  if (Uv == U && U % per == 0 && (reinterpret_cast<uintptr_t>(xp) & 3) == 0) {
-    const int cpu = U / per;  // chunks per (row, gate)
-    for (int64_t e = threadIdx.x; e < B * 4 * cpu; e += blockDim.x) {
-      const int c = static_cast<int>(e % cpu), k = static_cast<int>((e / cpu) % 4);
-      const int64_t b = e / (4 * cpu);
+  if (Uv == U && U % per == 0 && ld % per == 0 && kstride % per == 0 && j0 % per == 0 &&
+      (reinterpret_cast<uintptr_t>(src) & 3) == 0) {
+    const int cps = U / per;  // chunks per segment
+    for (int64_t e = threadIdx.x; e < B * K * cps; e += blockDim.x) {
+      const int c = static_cast<int>(e % cps), k = static_cast<int>((e / cps) % K);
+      const int64_t b = e / (K * cps);
       if (rows.active(b, s))
-        cp_async<4>(xsm + b * 4 * U + k * U + c * per, xp + (rows.pos(b, s) * B + b) * G + k * H + j0 + c * per);
+        cp_async<4>(dst + (b * K + k) * U + c * per, src + (rows.pos(b, s) * B + b) * ld + k * kstride + j0 + c * per);
     }
   } else {
-    for (int64_t e = threadIdx.x; e < B * 4 * U; e += blockDim.x) {
-      const int u = static_cast<int>(e % U), k = static_cast<int>((e / U) % 4);
-      const int64_t b = e / (4 * U);
-      if (u < Uv && rows.active(b, s)) xsm[e] = xp[(rows.pos(b, s) * B + b) * G + k * H + j0 + u];
+    for (int64_t e = threadIdx.x; e < B * K * U; e += blockDim.x) {
+      const int u = static_cast<int>(e % U), k = static_cast<int>((e / U) % K);
+      const int64_t b = e / (K * U);
+      if (u < Uv && rows.active(b, s)) dst[e] = src[(rows.pos(b, s) * B + b) * ld + k * kstride + j0 + u];
     }
   }
+}
+
+// The xp of this block's units at step s, for the running rows, into xsm [B][4U] (element
+// b * 4U + k * U + u).  Completed by the cp_async_wait_all before the next MMA.
+template <typename T>
+__device__ void stage_xp(const LayerParams& p, int64_t s, int64_t j0, int U, int Uv, T* xsm) {
+  stage_rows<4>(xsm, static_cast<const T*>(p.xp), Rows{p.lengths, p.T, p.reverse}, s, p.B, 4 * p.H, p.H, j0, U, Uv);
 }
 
 // xp of forward_units: from the stage when there is one, else from global memory.
@@ -241,22 +248,7 @@ __device__ void stage_saved(const LayerParams& p, const LayerGrads& g, int64_t s
     const A* src = k < 4 ? act + b * G + k * H + j : cst + (k - 4) * B * H + b * H + j;
     cp_async<4>(sv_stage + e, src);
   }
-  const T* gy = static_cast<const T*>(g.grad_y);
-  constexpr int per = 4 / sizeof(T);
-  if (Uv == U && U % per == 0 && R % per == 0 && (reinterpret_cast<uintptr_t>(gy) & 3) == 0) {
-    const int cpr = U / per;
-    for (int64_t e = threadIdx.x; e < B * cpr; e += blockDim.x) {
-      const int64_t b = e / cpr;
-      const int c = static_cast<int>(e % cpr);
-      if (rows.active(b, s)) cp_async<4>(gy_stage + b * U + c * per, gy + (rows.pos(b, s) * B + b) * R + j0 + c * per);
-    }
-  } else {
-    for (int64_t e = threadIdx.x; e < B * U; e += blockDim.x) {
-      const int u = static_cast<int>(e % U);
-      const int64_t b = e / U;
-      if (u < Uv && rows.active(b, s)) gy_stage[e] = gy[(rows.pos(b, s) * B + b) * R + j0 + u];
-    }
-  }
+  stage_rows<1>(gy_stage, static_cast<const T*>(g.grad_y), rows, s, B, R, 0, j0, U, Uv);
 }
 
 // Without the stage: prefetch step s's saved operands, dy, mask and zoneout weights of this
