@@ -194,6 +194,14 @@ def test_forced_design_reaches_other_threads():
             seen.append(TH.current_design())
         seen.append(TH.current_design())
     assert seen == ["step", "persistent", "step"] and TH.current_design() == TH.DESIGN
+    # blocks that overlap without nesting (two threads) each remove their own entry
+    a, b = TH.forced_design("step"), TH.forced_design("persistent")
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert TH.current_design() == "persistent"
+    b.__exit__(None, None, None)
+    assert TH.current_design() == TH.DESIGN
 
 
 @cpu_only

@@ -116,10 +116,12 @@ def cuda_design(cfg: Config, device: torch.device) -> str:
 
 def _graph_key() -> tuple:
     """What a captured call depends on besides its arguments: the settings the C++ kernel and
-    cuBLAS read when they plan and launch (the design's TF32 rule and FUSEDRNN_CUDA_DESIGN,
-    cuBLAS's reduced-precision reductions), and determinism."""
+    the BLAS library read when they plan and launch (the design's TF32 rule and
+    FUSEDRNN_CUDA_DESIGN, reduced-precision reductions, fp16 accumulation, the preferred BLAS
+    library), and determinism."""
     mm = torch.backends.cuda.matmul
     return (mm.allow_tf32, mm.allow_bf16_reduced_precision_reduction, mm.allow_fp16_reduced_precision_reduction,
+            getattr(mm, "allow_fp16_accumulation", None), str(torch.backends.cuda.preferred_blas_library()),
             torch.are_deterministic_algorithms_enabled(), os.environ.get("FUSEDRNN_CUDA_DESIGN", ""))
 
 

@@ -16,7 +16,10 @@ lock; the static buffers are shared), and a replay waits for the previous replay
 clones, which may have been issued on another stream (an event).
 
 Opt-in (like torch.compile's "reduce-overhead" mode): the static buffers and the output
-clones cost memory and a copy of every input and output per call.  FUSEDRNN_STEP_GRAPHS=1
+clones cost memory and a copy of every input and output per call.  Not for calls inside a
+callable compiled with mode="reduce-overhead": that mode graphs the whole callable already
+(while it records, a call here runs directly; while it warms up, a capture here would take
+its memory from that mode's pool).  FUSEDRNN_STEP_GRAPHS=1
 (read at import), :func:`enable` or the :func:`enabled` context turn it on for the per-step
 designs of both GPU backends: the Triton host's calls (fusedrnn/backends/triton/host.py) and
 the CUDA layer op's (its C++ kernel sends a per-step call to fusedrnn::_cuda_layer_*_graphed,
@@ -49,20 +52,27 @@ def tensor_key(a) -> Hashable:
 
 class CudaGraph:
     """A captured call on CUDA: capture(fn, static_args) runs fn once on a side stream (the
-    warm-up torch recommends), then captures it; replay() re-issues the captured work."""
+    warm-up torch recommends), then captures it on a stream of the arguments' device (not
+    torch.cuda.graph's default capture stream, which belongs to the device of the process's
+    first capture: the kernels' device guard would leave it and run them uncaptured);
+    replay() re-issues the captured work."""
 
     def __init__(self):
         self.graph = torch.cuda.CUDAGraph()
 
     def capture(self, fn: Callable, static_args: list) -> tuple:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn(*static_args)
-        torch.cuda.current_stream().wait_stream(side)
-        # thread-local: another thread's allocations during the capture are not an error
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            out = fn(*static_args)
+        devices = {a.device for a in static_args if isinstance(a, Tensor) and a.is_cuda}
+        if len(devices) != 1:
+            raise ValueError(f"a call on one CUDA device is captured, got {sorted(map(str, devices))}")
+        with torch.cuda.device(devices.pop()):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn(*static_args)
+            torch.cuda.current_stream().wait_stream(side)
+            # thread-local: another thread's allocations during the capture are not an error
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+                out = fn(*static_args)
         return out
 
     def replay(self) -> None:

@@ -38,7 +38,7 @@ DESIGN = os.environ.get("FUSEDRNN_TRITON_DESIGN", "auto").strip() or "auto"
 # forced_design's stack: process-wide, not a context variable, because autograd runs a CUDA
 # graph's backward on its own device thread, where the caller's context variables (torch <
 # 2.13) are not set: a forced design must reach the backward too.
-_forced: list[str] = []
+_forced: list[tuple[object, str]] = []
 
 # Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's plan), and so
 # does torch.use_deterministic_algorithms(True).
@@ -54,15 +54,16 @@ def forced_design(design: str):
     switch, like FUSEDRNN_TRITON_DESIGN, not for concurrent use with different designs."""
     if design not in C.DESIGNS:
         raise ValueError(f"FUSEDRNN_TRITON_DESIGN / design must be one of {C.DESIGNS}, got {design!r}")
-    _forced.append(design)
+    entry = (object(), design)  # this block's own entry: overlapping blocks remove their own
+    _forced.append(entry)
     try:
         yield
     finally:
-        _forced.pop()
+        _forced.remove(entry)
 
 
 def current_design() -> str:
-    d = _forced[-1] if _forced else DESIGN
+    d = _forced[-1][1] if _forced else DESIGN
     if d not in C.DESIGNS:
         raise ValueError(f"FUSEDRNN_TRITON_DESIGN / design must be one of {C.DESIGNS}, got {d!r}")
     return d
