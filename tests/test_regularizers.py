@@ -170,6 +170,27 @@ def test_drop_rate_and_scaling():
     assert torch.allclose(m[m != 0], torch.tensor(1 / 0.7))
 
 
+def test_masks_are_the_same_in_every_dtype():
+    """One seed, one set of masks whatever the model's dtype (drawn in float32, then cast): a
+    bf16 model and its float64 reference see the same units dropped, zoned out and DropConnected
+    (the GPU tests compare them under one seed; on CUDA, torch draws doubles and floats apart)."""
+    from fusedrnn.ops import dropout as D
+
+    def draws(dtype):
+        like = torch.empty(0, dtype=dtype)
+        torch.manual_seed(11)
+        m = D.recurrent_mask(0.3, 5, 4, 6, like, shared=False)
+        w = D.weight_mask(0.4, (8, 6), like)
+        z = D.zoneout_weights((0.2, 0.1), 5, 4, 6, 6, like, training=True)
+        return [t.double() for t in (m, w, z.c, z.h)]
+
+    ref = draws(torch.float64)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for a, b in zip(draws(dtype), ref):
+            assert torch.equal(a != 0, b != 0), dtype
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=0)  # the 1 / keep scale, rounded to dtype
+
+
 def test_survival_probability_per_step_vs_shared():
     like = torch.empty(0)
     per_step = ops.recurrent_mask(0.1, 100, 2000, 1000, like, shared=False)

@@ -14,6 +14,7 @@ from torch import nn
 
 import fusedrnn
 from fusedrnn import ops
+from fusedrnn.ops.dropout import DRAW_DTYPE
 from direct import direct_layer
 from helpers import assert_close, grads
 
@@ -393,7 +394,7 @@ def test_module_zoneout_against_oracle_with_the_modules_draws():
     torch.manual_seed(1)
     y, (h, c) = m(x)
     torch.manual_seed(1)
-    u = torch.rand(T, B, 2 * H, dtype=DT)  # one draw: c's part, then h's
+    u = torch.rand(T, B, 2 * H, dtype=DRAW_DTYPE)  # one draw (float32): c's part, then h's
     zc, zh = (u[..., :H] < 0.3).to(DT), (u[..., H:] < 0.6).to(DT)
     ref = direct_layer(*args, zoneout=(zc, zh))
     assert_close(y, ref[0], msg="train y")
@@ -415,7 +416,7 @@ def test_weight_dropout_semantics():
     torch.manual_seed(3)
     y, _ = m(x)
     torch.manual_seed(3)  # one uniform draw over W_hh, kept where u < 1 - p
-    wm = (torch.rand(4 * H, H, dtype=DT) < 0.5).to(DT).div_(0.5)
+    wm = (torch.rand(4 * H, H, dtype=DRAW_DTYPE) < 0.5).to(DT).div_(0.5)
     zeros = torch.zeros(B, H, dtype=DT)
     ref = direct_layer(x, zeros, zeros, m.weight_ih_l0, m.weight_hh_l0 * wm, m.bias_ih_l0, m.bias_hh_l0)
     assert_close(y, ref[0], msg="train")
@@ -524,11 +525,11 @@ def test_cell_holds_weight_mask_until_reset_and_draws_zoneout_each_step():
     assert wm is not None and set(torch.unique(wm).tolist()) <= {0.0, 2.0}
     # the oracle: the weight mask drawn first, then per step one uniform draw for c and h
     torch.manual_seed(4)
-    wm_ref = (torch.rand(4 * H, H, dtype=DT) < 0.5).to(DT).div_(0.5)
+    wm_ref = (torch.rand(4 * H, H, dtype=DRAW_DTYPE) < 0.5).to(DT).div_(0.5)
     assert torch.equal(wm, wm_ref)
     h = c = torch.zeros(B, H, dtype=DT)
     for t in range(3):
-        u = torch.rand(1, B, 2 * H, dtype=DT)
+        u = torch.rand(1, B, 2 * H, dtype=DRAW_DTYPE)
         zc, zh = (u[..., :H] < 0.3).to(DT), (u[..., H:] < 0.4).to(DT)
         _, h, c = direct_layer(x[t:t + 1], h, c, cell.weight_ih, cell.weight_hh * wm_ref, cell.bias_ih,
                                cell.bias_hh, zoneout=(zc, zh))

@@ -2,7 +2,11 @@
 
 Every mask is drawn once per forward call from torch's generator on the tensor's device,
 so ``torch.manual_seed`` makes runs reproducible, and the same mask tensor can be fed to
-several backends to compare them exactly.
+several backends to compare them exactly.  The draws are float32 whatever the model's dtype
+(DRAW_DTYPE), then cast: one seed gives the same masks to a bf16 model and its float64
+reference (CUDA's generator draws doubles and floats by different paths, and torch.rand
+differs between float64 and float32 on the CPU too), and a 16-bit uniform would quantise
+the rates (bf16 has 8 significant bits).
 """
 
 from __future__ import annotations
@@ -15,10 +19,15 @@ from torch import Tensor
 from .contract import Zoneout
 
 
+DRAW_DTYPE = torch.float32
+
+
 def dropout_mask(p: float, shape: Sequence[int], like: Tensor) -> Tensor:
-    """A mask of ``shape`` with zeros with probability p and 1 / (1 - p) elsewhere."""
+    """A mask of ``shape`` with zeros with probability p and 1 / (1 - p) elsewhere (like's
+    dtype and device)."""
     keep = 1.0 - p
-    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
+    drawn = torch.empty(tuple(shape), dtype=DRAW_DTYPE, device=like.device).bernoulli_(keep)
+    return drawn.to(like.dtype).div_(keep)
 
 
 def weight_mask(p: float, shape: Sequence[int], like: Tensor) -> Tensor:
@@ -27,7 +36,7 @@ def weight_mask(p: float, shape: Sequence[int], like: Tensor) -> Tensor:
     CPU a uniform draw and a compare cost about half of bernoulli_: ~1.2 of 2.5 ms for
     [1024, 256])."""
     keep = 1.0 - p
-    return (torch.rand(tuple(shape), dtype=like.dtype, device=like.device) < keep).to(like.dtype).div_(keep)
+    return (torch.rand(tuple(shape), dtype=DRAW_DTYPE, device=like.device) < keep).to(like.dtype).div_(keep)
 
 
 def recurrent_mask(p: float, T: int, B: int, R: int, like: Tensor, shared: bool) -> Tensor:
@@ -51,7 +60,7 @@ def zoneout_weights(rates: tuple[float, float], T: int, B: int, H: int, R: int, 
     """
     zc, zh = rates
     if training:
-        u = torch.rand((T, B, H + R), dtype=like.dtype, device=like.device)
+        u = torch.rand((T, B, H + R), dtype=DRAW_DTYPE, device=like.device)
         return Zoneout((u[..., :H] < zc).to(like.dtype), (u[..., H:] < zh).to(like.dtype))
     return Zoneout(like.new_full((1, 1, 1), zc).expand(T, B, H), like.new_full((1, 1, 1), zh).expand(T, B, R))
 
