@@ -7,7 +7,8 @@
 - Triton kernels run through the interpreter on CPU tensors (TRITON_INTERPRET=1) unless
   a GPU is present.
 - ``cuda_matmul`` sets torch.backends.cuda.matmul flags for one test.
-- FUSEDRNN_TEST_TIMEOUT_S=N fails a test that runs longer than N seconds (SIGALRM, checked
+- FUSEDRNN_TEST_TIMEOUT_S=N fails a test that runs longer than N seconds (its own
+  ``timeout_s(n)`` marker's n where it has one; SIGALRM, checked
   when control is back in Python; benchmarks/gpu_check.sh sets it, with an outer timeout
   for a kernel that never returns).
 """
@@ -101,12 +102,15 @@ def pytest_runtest_call(item):
     if _TIMEOUT_S <= 0 or not hasattr(signal, "SIGALRM"):
         yield
         return
+    own = item.get_closest_marker("timeout_s")
+    limit = float(own.args[0]) if own is not None else _TIMEOUT_S
 
     def _expired(signum, frame):
-        pytest.fail(f"over FUSEDRNN_TEST_TIMEOUT_S={_TIMEOUT_S:g} s", pytrace=False)
+        pytest.fail(f"over its {limit:g} s limit (FUSEDRNN_TEST_TIMEOUT_S={_TIMEOUT_S:g}, timeout_s marker)",
+                    pytrace=False)
 
     before = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, _TIMEOUT_S)
+    signal.setitimer(signal.ITIMER_REAL, limit)
     try:
         yield
     finally:

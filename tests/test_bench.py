@@ -83,6 +83,15 @@ def test_cli_entry_point_rejects_a_bad_argument():
     assert r.returncode == 2 and "--reps" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args,msg", [(["--only", "gpu-tests,sanitise"], "unknown stage sanitise"),
+                                      (["--fast"], "unknown option --fast")])
+def test_gpu_check_rejects_bad_options(args, msg, tmp_path):
+    """A typo in a second call's --only must not quietly run nothing on the lent GPU."""
+    r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), *args, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
 def test_step_graphs_stage_checks_backends_and_skips_without_a_gpu(capsys):
     """The GPU check's step-graphs stage: an unknown backend exits 2 naming it; on a machine
     without a CUDA GPU it says so and exits 0 (the dry run)."""

@@ -134,7 +134,17 @@ def test_low_precision_every_option(mask_kind, bn_mode, lengths, reverse, dtype,
 
 
 def _torch_error(T, B, H, dtype):
-    """Max abs error of torch.nn.LSTM (cuDNN) at dtype against its float64 result: y and dx."""
+    """Max abs error of torch.nn.LSTM (cuDNN) at dtype against its float64 result: y and dx.
+    float32 without TF32 (cuDNN's default allows it; our float32 runs without TF32 here)."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        return _torch_error_at(T, B, H, dtype)
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def _torch_error_at(T, B, H, dtype):
     torch.manual_seed(0)
     lstm = nn.LSTM(H, H).double().to(DEV)
     x = torch.randn(T, B, H, dtype=torch.float64, device=DEV, requires_grad=True)

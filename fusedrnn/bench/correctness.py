@@ -203,15 +203,22 @@ def run_check(device: torch.device, designs: dict, plan, budget_s: float, out: O
         if device.type == "cuda":
             torch.cuda.synchronize()
         print(f"  {s.name} {dt}: {time.time() - t0:.1f} s", flush=True)
+        _write_report(rows, out)  # after every shape: a stage cut short by its timeout keeps the rows so far
+    print(_write_report(rows, out))
+    return rows
+
+
+def _write_report(rows: list[Row], out: Optional[str]) -> str:
+    """The verdict table (and the skipped designs) as Markdown; written to out/correctness.md
+    and the rows to out/correctness.json when out is given."""
     header, table = verdict_table([r for r in rows if r.verdict != "skipped"])
     text = report.markdown_table(header, table)
     skipped = {r.design: r.ran for r in rows if r.verdict == "skipped"}
     text += "".join(f"\n{d}: skipped ({why})" for d, why in skipped.items())
-    print(text)
     if out:
         report.write_text(os.path.join(out, "correctness.md"), text + "\n")
         report.write_json(os.path.join(out, "correctness.json"), [dataclasses.asdict(r) for r in rows])
-    return rows
+    return text
 
 
 def verdict_table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:

@@ -100,8 +100,8 @@ def build_layer_fn(provider: str, variant: str, mode: str, B: int, T: int, I: in
     if provider == "loop" and layers != 1:
         raise ValueError("the loop provider is one layer")
     m = build_module(provider, variant, I, H, T, dtype, device, layers)
-    g = torch.Generator(device="cpu").manual_seed(1)
-    xs = [torch.randn(T, B, I, generator=g).to(device=device, dtype=dtype) for _ in range(rotate)]
+    g = torch.Generator(device=device).manual_seed(1)  # drawn where they are used: B=256 T=1024 sets are 200M floats
+    xs = [torch.randn(T, B, I, generator=g, device=device).to(dtype) for _ in range(rotate)]
     if mode in ("fwd", "infer"):
         m.train(mode == "fwd")
 
@@ -109,7 +109,7 @@ def build_layer_fn(provider: str, variant: str, mode: str, B: int, T: int, I: in
             with torch.no_grad():
                 m(xs[k])
         return fn
-    gys = [torch.randn(T, B, H, generator=g).to(device=device, dtype=dtype) for _ in range(rotate)]
+    gys = [torch.randn(T, B, H, generator=g, device=device).to(dtype) for _ in range(rotate)]
     params = list(m.parameters())
 
     def fn_bwd(k: int) -> None:
@@ -130,8 +130,8 @@ def build_cell_fn(provider: str, variant: str, mode: str, B: int, H: int, dtype,
     else:
         cell = LSTMCell(H, H, backend=provider[len("fusedrnn-"):], **opts)
     cell = cell.to(device=device, dtype=dtype).train()
-    g = torch.Generator(device="cpu").manual_seed(1)
-    mk = lambda: torch.randn(B, H, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    g = torch.Generator(device=device).manual_seed(1)
+    mk = lambda: torch.randn(B, H, generator=g, device=device).to(dtype)  # noqa: E731
     sets = [(mk(), (mk(), mk()), mk()) for _ in range(rotate)]
     is_fused = isinstance(cell, LSTMCell)
 
