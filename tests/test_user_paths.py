@@ -438,6 +438,28 @@ def no_evidence(monkeypatch):
     dispatch._resolve.cache_clear()
 
 
+def test_cached_decisions_follow_the_decision_switches(monkeypatch, no_evidence):
+    """FUSEDRNN_CUDA_UNVERIFIED (what the CUDA backend reads to admit zoneout and layer norm) is
+    part of every cached decision's key: flipping it (the GPU tests do) decides afresh."""
+    assert cuda_backend.UNVERIFIED_ENV in dispatch.DECISION_ENV
+    seen = []
+    real = dispatch._candidates_with_reasons
+
+    def spy(name, cfg, op):
+        seen.append(name)
+        return real(name, cfg, op)
+
+    monkeypatch.setattr(dispatch, "_candidates_with_reasons", spy)
+    cfg = Config.build(torch.device("cpu"), torch.float32, 0, 2, 4, 4, zoneout=True)
+    monkeypatch.delenv(cuda_backend.UNVERIFIED_ENV, raising=False)
+    dispatch.resolve("reference", cfg)
+    dispatch.resolve("reference", cfg)
+    assert len(seen) == 1
+    monkeypatch.setenv(cuda_backend.UNVERIFIED_ENV, "1")
+    dispatch.resolve("reference", cfg)
+    assert len(seen) == 2
+
+
 def _rule(**kw):
     args = dict(kind="lstm", name="auto", device_type="cuda", dtype=torch.bfloat16, regularized=False,
                 training=True, needs_grad=True, B=16, H=768, arch="sm_90")

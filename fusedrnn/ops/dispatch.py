@@ -136,8 +136,19 @@ def resolve(name: str, cfg: Config, op: str = "recurrence",
     # on the sequence length, so T is left out: one compiled graph serves every length.
     fields = tuple(-1 if f.name == "T" else _PLAIN.get(f.type, _same)(getattr(cfg, f.name))
                    for f in _CONFIG_FIELDS)
-    be, dtype = _resolve_name(name, op, fields, "" if autocast is None else str(autocast)).split("|")
+    autocast_s = "" if autocast is None else str(autocast)
+    be, dtype = _resolve_name(name, op, fields, autocast_s, decision_env()).split("|")
     return backends.get(be), getattr(torch, dtype)
+
+
+# Environment switches a backend reads when it decides (fusedrnn.backends.cuda.UNVERIFIED_ENV):
+# part of every cached decision's key, so flipping one (the GPU tests and the sanitizer pass do)
+# is not answered from the cache.  FUSEDRNN_BACKEND enters through requested().
+DECISION_ENV = ("FUSEDRNN_CUDA_UNVERIFIED",)
+
+
+def decision_env() -> tuple:
+    return tuple(os.environ.get(k) for k in DECISION_ENV)
 
 
 def _same(v):
@@ -150,12 +161,13 @@ _CONFIG_FIELDS = dataclasses.fields(Config)
 
 
 @torch.compiler.assume_constant_result
-def _resolve_name(name: str, op: str, fields: tuple, autocast: str) -> str:
-    return _resolve(requested(name), Config(*fields), op, autocast)
+def _resolve_name(name: str, op: str, fields: tuple, autocast: str, env: tuple) -> str:
+    return _resolve(requested(name), Config(*fields), op, autocast, env)
 
 
 @functools.lru_cache(maxsize=4096)
-def _resolve(name: str, cfg: Config, op: str, autocast: str) -> str:
+def _resolve(name: str, cfg: Config, op: str, autocast: str, env: tuple = ()) -> str:
+    """resolve's decision (env: decision_env(), a key only)."""
     decisions = []
     for n, be, why in _candidates_with_reasons(name, cfg, op):
         if be is not None:

@@ -78,8 +78,8 @@ def plan_module(kind: str, op: str, name: str, device: torch.device, dtype: torc
         if _compiled_rule(kind, name, device.type, cfg.dtype, True if (regularized or autocast) else False):
             return ATEN
         return plan_op(name, cfg, op, autocast)
-    key = (kind, op, name, os.environ.get("FUSEDRNN_BACKEND"), device, dtype, autocast, regularized, training,
-           requires_grad, B, H, R, proj, mask, norm, lengths, zoneout)
+    key = (kind, op, name, os.environ.get("FUSEDRNN_BACKEND"), dispatch.decision_env(), device, dtype, autocast,
+           regularized, training, requires_grad, B, H, R, proj, mask, norm, lengths, zoneout)
     plan = _PLANS.get(key)
     if plan is None:
         cfg = Config.build(device, autocast or dtype, 0, B, H, R, proj=proj, mask=mask, lengths=lengths,
