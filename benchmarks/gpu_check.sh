@@ -41,7 +41,9 @@ ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1; shift ;;
-    --only) ONLY=",${2:?--only needs a comma-separated list of stages},"; shift 2 ;;
+    --only)
+      if [ $# -lt 2 ]; then echo "gpu_check: --only needs a comma-separated list of stages" >&2; exit 2; fi
+      ONLY=",$2,"; shift 2 ;;
     -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -59,7 +61,7 @@ export PYTHONUNBUFFERED=1 FUSEDRNN_TRITON_AUTOTUNE=0
 t0=$(date +%s)
 status=0
 SKIPPED=""  # stage groups the time guard skipped: a second call runs them (--only)
-: > "$OUT/stages.txt"
+if [ -z "$ONLY" ]; then : > "$OUT/stages.txt"; else echo "== --only ${ONLY:1:-1}" >> "$OUT/stages.txt"; fi
 
 elapsed() { echo $(( $(date +%s) - t0 )); }
 record() { echo "$1: $2 (at $(elapsed) s)" | tee -a "$OUT/stages.txt"; }
@@ -128,7 +130,7 @@ PYEOF
 
 DRYFLAG=(); [ $DRY = 1 ] && DRYFLAG=(--dry-run)
 stage correctness 90 "$OUT/correctness.log" $PY -m fusedrnn.bench.correctness "${DRYFLAG[@]}" --budget-s 50 --out "$OUT"
-grep -E "^(correctness:|\| .*FAIL|\| .*refused)" "$OUT/correctness.log" 2>/dev/null | head -20
+selected correctness && grep -E "^(correctness:|\| .*FAIL|\| .*refused)" "$OUT/correctness.log" 2>/dev/null | head -20
 
 if [ $DRY = 1 ]; then
   BENCH=(--preset quick --device cpu --reps 2 --budget-s 0.5)
@@ -136,16 +138,16 @@ else
   BENCH=(--preset anchors --budget-s 3)
 fi
 stage bench 170 "$OUT/bench.log" $PY -m fusedrnn bench "${BENCH[@]}" --out "$OUT" --no-progress --no-plots
-tail -3 "$OUT/bench.log" 2>/dev/null
+selected bench && tail -3 "$OUT/bench.log" 2>/dev/null
 stage step-graphs 50 "$OUT/step-graphs.log" $PY -m fusedrnn.bench.step_graphs --out "$OUT"
-tail -1 "$OUT/step-graphs.log" 2>/dev/null
+selected step-graphs && tail -1 "$OUT/step-graphs.log" 2>/dev/null
 
 export FUSEDRNN_TEST_TIMEOUT_S=${FUSEDRNN_TEST_TIMEOUT_S:-60}
 GPU_TESTS=(tests/test_cuda.py tests/test_triton_gpu.py tests/test_determinism_memory.py tests/test_hardening.py
            tests/test_models.py tests/test_train.py tests/test_user_paths.py tests/test_compile.py)
 PYTEST=($PY -m pytest -q -p no:cacheprovider -o addopts="" -rf)
-stage gpu-tests 240 "$OUT/gpu-tests.log" "${PYTEST[@]}" -m "gpu and not inductor" --junitxml="$OUT/gpu-tests.xml" "${GPU_TESTS[@]}"
-grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" 2>/dev/null | head -30; tail -1 "$OUT/gpu-tests.log" 2>/dev/null
+stage gpu-tests 300 "$OUT/gpu-tests.log" "${PYTEST[@]}" -m "gpu and not inductor" --junitxml="$OUT/gpu-tests.xml" "${GPU_TESTS[@]}"
+selected gpu-tests && { grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -30; tail -1 "$OUT/gpu-tests.log"; } 2>/dev/null
 
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ $DRY = 1 ] || [ ! -x "$SAN" ]; then
@@ -155,20 +157,20 @@ else
   for tool in memcheck racecheck synccheck; do
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 stage "sanitize-$tool" 60 "$OUT/sanitize-$tool.log" \
       "$SAN" --tool "$tool" --error-exitcode 9 $PY -m fusedrnn.bench.correctness --sanitize
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|========= (Invalid|Race|Barrier)" "$OUT/sanitize-$tool.log" 2>/dev/null | head -5
+    selected sanitize && grep -E "ERROR SUMMARY|RACECHECK SUMMARY|========= (Invalid|Race|Barrier)" "$OUT/sanitize-$tool.log" 2>/dev/null | head -5
   done
 fi
 
 stage gpu-tests-inductor 120 "$OUT/gpu-tests-inductor.log" "${PYTEST[@]}" -m "gpu and inductor" --junitxml="$OUT/gpu-tests-inductor.xml" "${GPU_TESTS[@]}"
-grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests-inductor.log" 2>/dev/null | head -10; tail -1 "$OUT/gpu-tests-inductor.log" 2>/dev/null
+selected inductor && { grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests-inductor.log" | head -10; tail -1 "$OUT/gpu-tests-inductor.log"; } 2>/dev/null
 
 echo "== summary ($(elapsed) s)"
-GRID=$(ls "$OUT"/*.jsonl 2>/dev/null | grep -v '/step-graphs\.jsonl$')  # the grid's records only
-[ -n "$GRID" ] && $PY -m fusedrnn.bench.summary $GRID --short
+mapfile -t GRID < <(ls "$OUT"/*.jsonl 2>/dev/null | grep -v '/step-graphs\.jsonl$')  # the grid's records only
+[ ${#GRID[@]} -gt 0 ] && $PY -m fusedrnn.bench.summary "${GRID[@]}" --short
 cat "$OUT/stages.txt"
 if [ -n "$SKIPPED" ]; then
-  echo "gpu_check: not run for time: $SKIPPED; on the still-warm machine: bash benchmarks/gpu_check.sh --only $SKIPPED OUTDIR" \
+  echo "gpu_check: not run for time: $SKIPPED; on the still-warm machine: bash benchmarks/gpu_check.sh --only $SKIPPED $OUT" \
     | tee -a "$OUT/stages.txt"
 fi
-echo "gpu_check: $([ $status = 0 ] && echo ok || echo FAILED) in $(elapsed) s"
+echo "gpu_check: $([ $status = 0 ] && echo ok || echo FAILED)${SKIPPED:+ (incomplete: $SKIPPED not run)} in $(elapsed) s"
 exit $status

@@ -136,8 +136,7 @@ def resolve(name: str, cfg: Config, op: str = "recurrence",
     # on the sequence length, so T is left out: one compiled graph serves every length.
     fields = tuple(-1 if f.name == "T" else _PLAIN.get(f.type, _same)(getattr(cfg, f.name))
                    for f in _CONFIG_FIELDS)
-    autocast_s = "" if autocast is None else str(autocast)
-    be, dtype = _resolve_name(name, op, fields, autocast_s, decision_env()).split("|")
+    be, dtype = _resolve_name(name, op, fields, "" if autocast is None else str(autocast)).split("|")
     return backends.get(be), getattr(torch, dtype)
 
 
@@ -161,8 +160,10 @@ _CONFIG_FIELDS = dataclasses.fields(Config)
 
 
 @torch.compiler.assume_constant_result
-def _resolve_name(name: str, op: str, fields: tuple, autocast: str, env: tuple) -> str:
-    return _resolve(requested(name), Config(*fields), op, autocast, env)
+def _resolve_name(name: str, op: str, fields: tuple, autocast: str) -> str:
+    # the environment is read in here, where Dynamo does not trace (like FUSEDRNN_BACKEND in
+    # requested()): under torch.compile, when the graph is traced
+    return _resolve(requested(name), Config(*fields), op, autocast, decision_env())
 
 
 @functools.lru_cache(maxsize=4096)
