@@ -61,6 +61,15 @@ def _forward_args(seed, zoneout_eval=False, mask=True, T=5, B=3, H=4):
     return (xp, h0, c0) + tuple(params) + (True,)
 
 
+def _backward_args(args, out, seed):
+    """The backward op's arguments after a forward call (args its arguments, out its outputs):
+    random output gradients, the parameter arguments, the saved statistics and workspace."""
+    g = torch.Generator().manual_seed(100 + seed)
+    y, h_n, c_n, *saved = out
+    r = lambda t: torch.randn(t.shape, generator=g, dtype=t.dtype)  # noqa: E731
+    return (r(y), r(h_n), r(c_n)) + args[3:-1] + tuple(saved)
+
+
 @cpu_only
 @pytest.mark.parametrize("zoneout_eval", [False, True], ids=["mask", "mask-zoneout-eval"])
 def test_forward_and_backward_replays_equal_direct_calls(zoneout_eval):
@@ -75,10 +84,7 @@ def test_forward_and_backward_replays_equal_direct_calls(zoneout_eval):
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         held.append((got, want))
-        y, h_n, c_n, h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc = got
-        dy = torch.randn_like(y)
-        bargs = (dy, torch.randn_like(h_n), torch.randn_like(c_n)) + args[3:-1] + (h_stats, c_stats, ws_h, ws_act,
-                                                                                    ws_c, ws_hh_hat, ws_hc)
+        bargs = _backward_args(args, got, seed)
         with TH.forced_design("step"):
             gb = graphs.run(TH._backward, bargs, "k")
             wb = TH._backward(*bargs)
@@ -132,13 +138,6 @@ def test_off_by_default_and_never_on_cpu_tensors():
         for _ in range(3):
             TOPS.lstm_layer_forward(*args)
     assert TH.GRAPHS.replays == before and not TH.GRAPHS.seen  # CPU tensors: always the direct call
-
-
-def _backward_args(args, out, seed):
-    g = torch.Generator().manual_seed(100 + seed)
-    y, h_n, c_n, *saved = out
-    r = lambda t: torch.randn(t.shape, generator=g, dtype=t.dtype)  # noqa: E731
-    return (r(y), r(h_n), r(c_n)) + args[3:-1] + tuple(saved)
 
 
 @cuda_build

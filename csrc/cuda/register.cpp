@@ -370,8 +370,9 @@ LayerBackwardOut lstm_layer_backward_direct(const at::Tensor& grad_y_in, const a
 // each step's rows, and copies them with a sync, which a capture cannot hold), and a call
 // made while the stream is being captured already (it is part of that graph).
 
+// (Its callers check step_graphs_enabled() first: with graphs off they skip the argument checks.)
 bool graph_call(const LayerDims& d, at::ScalarType st, bool need_backward) {
-  if (!step_graphs_enabled() || d.T < 2 || d.B == 0 || d.lengths) return false;
+  if (d.T < 2 || d.B == 0 || d.lengths) return false;
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return false;
   return !choose_plan(d, st, need_backward).ok;
 }

@@ -167,7 +167,7 @@ def _resolve_name(name: str, op: str, fields: tuple, autocast: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _resolve(name: str, cfg: Config, op: str, autocast: str, env: tuple = ()) -> str:
+def _resolve(name: str, cfg: Config, op: str, autocast: str, env: tuple) -> str:
     """resolve's decision (env: decision_env(), a key only)."""
     decisions = []
     for n, be, why in _candidates_with_reasons(name, cfg, op):
