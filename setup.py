@@ -116,9 +116,20 @@ def torch_requirement() -> str:
     return f"torch>={major}.{minor},<{major}.{minor + 1}"
 
 
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """torch's BuildExtension with one object directory, build/temp, whatever the command:
+    the editable install (which setuptools would build in a fresh temporary directory every
+    time) and a wheel built from the same checkout share their objects, so ninja recompiles
+    only what changed."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(ROOT, "build", "temp")
+
+
 setup(
     ext_modules=extensions(),
     install_requires=[torch_requirement(), "numpy"],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -11,8 +11,6 @@
 #      plain and v+bn; a verdict table  -> OUTDIR/correctness.{md,json}
 #   4. the benchmark grid vs cuDNN (preset anchors; records appended after every group,
 #      so a timeout keeps what was measured) -> OUTDIR/<gpu>.jsonl, bench.log
-#   4b. the Triton per-step design with and without CUDA graphs at one point
-#                                          -> OUTDIR/step-graphs.{log,jsonl}
 #   5. the GPU tests (-m gpu and not inductor), a per-test timeout -> OUTDIR/gpu-tests.log / .xml
 #   6. compute-sanitizer memcheck, racecheck, synccheck over small shapes of every CUDA
 #      kernel                             -> OUTDIR/sanitize-*.log
@@ -23,7 +21,7 @@
 # correctness step and the grid take most of it, so a second call on the still-warm machine
 # runs what stages.txt lists as skipped, e.g. --only gpu-tests,sanitize,inductor (the build
 # stage always runs; warm, it is a no-op rebuild).  Stage names: build, correctness, bench,
-# step-graphs, gpu-tests, sanitize, inductor.  Triton autotuning is off
+# gpu-tests, sanitize, inductor.  Triton autotuning is off
 # (FUSEDRNN_TRITON_AUTOTUNE=0: the heuristic's plans); the Python-loop baseline runs at
 # one point of the grid only.
 #
@@ -49,7 +47,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 for s_ in $(echo "${ONLY//,/ }"); do
-  case "$s_" in build|correctness|bench|step-graphs|gpu-tests|sanitize|inductor) ;;
+  case "$s_" in build|correctness|bench|gpu-tests|sanitize|inductor) ;;
     *) echo "gpu_check: --only: unknown stage $s_" >&2; exit 2 ;;
   esac
 done
@@ -139,8 +137,6 @@ else
 fi
 stage bench 170 "$OUT/bench.log" $PY -m fusedrnn bench "${BENCH[@]}" --out "$OUT" --no-progress --no-plots
 selected bench && tail -3 "$OUT/bench.log" 2>/dev/null
-stage step-graphs 50 "$OUT/step-graphs.log" $PY -m fusedrnn.bench.step_graphs --out "$OUT"
-selected step-graphs && tail -1 "$OUT/step-graphs.log" 2>/dev/null
 
 export FUSEDRNN_TEST_TIMEOUT_S=${FUSEDRNN_TEST_TIMEOUT_S:-60}
 GPU_TESTS=(tests/test_cuda.py tests/test_triton_gpu.py tests/test_determinism_memory.py tests/test_hardening.py
@@ -165,7 +161,7 @@ stage gpu-tests-inductor 120 "$OUT/gpu-tests-inductor.log" "${PYTEST[@]}" -m "gp
 selected inductor && { grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests-inductor.log" | head -10; tail -1 "$OUT/gpu-tests-inductor.log"; } 2>/dev/null
 
 echo "== summary ($(elapsed) s)"
-mapfile -t GRID < <(ls "$OUT"/*.jsonl 2>/dev/null | grep -v '/step-graphs\.jsonl$')  # the grid's records only
+mapfile -t GRID < <(ls "$OUT"/*.jsonl 2>/dev/null)  # the grid's records
 [ ${#GRID[@]} -gt 0 ] && $PY -m fusedrnn.bench.summary "${GRID[@]}" --short
 cat "$OUT/stages.txt"
 if [ -n "$SKIPPED" ]; then

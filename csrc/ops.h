@@ -96,15 +96,15 @@ struct LayerArgs {
   const OptT& lengths;
   bool reverse;
   int64_t norm_mode;
-  const OptT& bn_h_weight;
-  const OptT& bn_c_weight;
-  const OptT& bn_c_bias;
+  const OptT& norm_h_weight;
+  const OptT& norm_c_weight;
+  const OptT& norm_c_bias;
   const OptT& bn_h_running_mean;
   const OptT& bn_h_running_var;
   const OptT& bn_c_running_mean;
   const OptT& bn_c_running_var;
   int64_t bn_step_offset;
-  double bn_eps;
+  double norm_eps;
   const OptT& zoneout_c;
   const OptT& zoneout_h;
 };
@@ -199,17 +199,17 @@ inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Ten
   d.bn_train = a.norm_mode == kNormBatchTrain;
   d.ln = a.norm_mode == kNormLayer;
   const bool norm = d.bn || d.ln;
-  TORCH_CHECK(norm == a.bn_h_weight.has_value() && norm == a.bn_c_weight.has_value() &&
-                  norm == a.bn_c_bias.has_value(),
-              "fusedrnn: bn_h_weight, bn_c_weight and bn_c_bias go with batch or layer norm (norm_mode ", a.norm_mode,
+  TORCH_CHECK(norm == a.norm_h_weight.has_value() && norm == a.norm_c_weight.has_value() &&
+                  norm == a.norm_c_bias.has_value(),
+              "fusedrnn: norm_h_weight, norm_c_weight and norm_c_bias go with batch or layer norm (norm_mode ", a.norm_mode,
               ")");
   if (norm) {
-    check_same(like, *a.bn_h_weight, "xp", "bn_h_weight");
-    check_same(like, *a.bn_c_weight, "xp", "bn_c_weight");
-    check_same(like, *a.bn_c_bias, "xp", "bn_c_bias");
-    TORCH_CHECK(a.bn_h_weight->numel() == d.G && a.bn_c_weight->numel() == d.H && a.bn_c_bias->numel() == d.H,
+    check_same(like, *a.norm_h_weight, "xp", "norm_h_weight");
+    check_same(like, *a.norm_c_weight, "xp", "norm_c_weight");
+    check_same(like, *a.norm_c_bias, "xp", "norm_c_bias");
+    TORCH_CHECK(a.norm_h_weight->numel() == d.G && a.norm_c_weight->numel() == d.H && a.norm_c_bias->numel() == d.H,
                 "fusedrnn: batch-norm weights must have ", d.G, ", ", d.H, " and ", d.H,
-                " elements (bn_h_weight, bn_c_weight, bn_c_bias)");
+                " elements (norm_h_weight, norm_c_weight, norm_c_bias)");
   }
   TORCH_CHECK(a.bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
   d.zoneout = a.zoneout_c.has_value();
@@ -243,7 +243,7 @@ inline OptT contiguous_opt(const OptT& t) { return t.has_value() ? OptT(t->conti
 // eval-mode batch norm.  Named members: the kernels read their pointers after the call.
 struct LayerTensors {
   at::Tensor w_hh;
-  OptT w_hr, mask, bn_h_weight, bn_c_weight, bn_c_bias, rm_h, rv_h, rm_c, rv_c;
+  OptT w_hr, mask, norm_h_weight, norm_c_weight, norm_c_bias, rm_h, rv_h, rm_c, rv_c;
   OptT zoneout_c, zoneout_h;  // contiguous, or kept as an expanded scalar (is_broadcast_scalar)
 
   static OptT zoneout_opt(const OptT& t) {
@@ -255,9 +255,9 @@ struct LayerTensors {
       : w_hh(a.w_hh.contiguous()),
         w_hr(contiguous_opt(a.w_hr)),
         mask(contiguous_opt(a.mask)),
-        bn_h_weight(contiguous_opt(a.bn_h_weight)),
-        bn_c_weight(contiguous_opt(a.bn_c_weight)),
-        bn_c_bias(contiguous_opt(a.bn_c_bias)),
+        norm_h_weight(contiguous_opt(a.norm_h_weight)),
+        norm_c_weight(contiguous_opt(a.norm_c_weight)),
+        norm_c_bias(contiguous_opt(a.norm_c_bias)),
         zoneout_c(zoneout_opt(a.zoneout_c)),
         zoneout_h(zoneout_opt(a.zoneout_h)) {
     if (d.bn && !d.bn_train) {
@@ -294,24 +294,20 @@ using LayerBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
 // workspace (backward).
 #define FUSEDRNN_LAYER_ARGS_DECL                                                                     \
   const at::Tensor &w_hh, const OptT &w_hr, const OptT &mask, int64_t mask_mode, const OptT &lengths, \
-      bool reverse, int64_t norm_mode, const OptT &bn_h_weight, const OptT &bn_c_weight,             \
-      const OptT &bn_c_bias, const OptT &bn_h_running_mean, const OptT &bn_h_running_var,              \
-      const OptT &bn_c_running_mean, const OptT &bn_c_running_var, int64_t bn_step_offset, double bn_eps,  \
+      bool reverse, int64_t norm_mode, const OptT &norm_h_weight, const OptT &norm_c_weight,             \
+      const OptT &norm_c_bias, const OptT &bn_h_running_mean, const OptT &bn_h_running_var,              \
+      const OptT &bn_c_running_mean, const OptT &bn_c_running_var, int64_t bn_step_offset, double norm_eps,  \
       const OptT &zoneout_c, const OptT &zoneout_h
 #define FUSEDRNN_LAYER_ARGS \
   LayerArgs { FUSEDRNN_LAYER_ARG_NAMES }
 #define FUSEDRNN_LAYER_ARG_NAMES                                                                      \
-  w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, bn_h_weight, bn_c_weight, bn_c_bias,        \
-      bn_h_running_mean, bn_h_running_var, bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps,   \
+  w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, norm_h_weight, norm_c_weight, norm_c_bias,        \
+      bn_h_running_mean, bn_h_running_var, bn_c_running_mean, bn_c_running_var, bn_step_offset, norm_eps,   \
       zoneout_c, zoneout_h
 #define FUSEDRNN_LAYER_BACKWARD_TAIL_NAMES h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc
 #define FUSEDRNN_LAYER_BACKWARD_TAIL_DECL                                                              \
   const at::Tensor &h_stats, const at::Tensor &c_stats, const at::Tensor &ws_h, const at::Tensor &ws_act, \
       const at::Tensor &ws_c, const at::Tensor &ws_hh_hat, const at::Tensor &ws_hc
-
-// Whether step graphs are on (csrc/module.cpp holds the setting; Python sets it through
-// fusedrnn._C.set_step_graphs): the CUDA layer op then sends its per-step calls to the cache.
-bool step_graphs_enabled();
 
 LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,
                                        FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace);

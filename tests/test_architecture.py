@@ -1,8 +1,13 @@
-"""The layering of the package (DESIGN.md, "Layout"), read from the source: every import,
-at module level or inside a function, points down.
+"""The layering of the package, read from the source: every import, at module level or
+inside a function, points down, along an allowed edge.
 
-    cli / bench / experiments  ->  train  ->  models  ->  modules  ->  ops  ->  backends
-    tasks: data generators (used by train and experiments); report, serialization: leaves
+    cli -> bench / experiments -> train -> models -> modules -> ops -> backends -> core
+    tasks: data generators (used by train, bench and experiments); report: figures and
+    tables; serialization: the classes torch.load may build (modules and models)
+
+Each part names the parts it may import (ALLOWED); every other direction is forbidden, the
+allowed edges form no cycle, ops import only the backend registry (never a concrete
+backend), and the reference backend imports no other backend.
 """
 
 from __future__ import annotations
@@ -14,15 +19,23 @@ import pytest
 
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fusedrnn")
 
-# what each part of the package must not import
-FORBIDDEN = {
-    "backends": ("modules", "models", "bench", "train", "experiments", "cli", "serialization", "tasks"),
-    "ops": ("modules", "models", "bench", "train", "experiments", "cli", "serialization", "tasks"),
-    "modules": ("models", "bench", "train", "experiments", "cli", "tasks"),
-    "models": ("bench", "train", "experiments", "cli"),
-    "tasks": ("modules", "models", "bench", "train", "experiments", "cli", "ops", "backends"),
-    "train": ("bench", "experiments", "cli"),
-    "report": ("ops", "backends", "modules", "models", "bench", "train", "experiments", "tasks"),
+# What each part of the package may import besides itself ("" is the package's __init__, "_C"
+# the compiled library).  Everything else is forbidden.
+ALLOWED = {
+    "core": set(),
+    "backends": {"core", "_C"},
+    "ops": {"core", "backends"},
+    "modules": {"core", "ops"},
+    "models": {"modules"},
+    "serialization": {"modules", "models"},
+    "tasks": set(),
+    "report": set(),
+    "train": {"models", "tasks", "report"},
+    "bench": {"core", "ops", "backends", "modules", "models", "train", "tasks", "report"},
+    "experiments": {"core", "ops", "modules", "models", "train", "tasks", "report", "bench"},
+    "cli": {"bench", "experiments", "train"},
+    "__main__": {"cli"},
+    "": {"core", "ops", "modules", "serialization"},
 }
 CONCRETE_BACKENDS = ("reference", "cpu", "cuda", "triton", "compiled")
 
@@ -62,26 +75,55 @@ def _part(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+def _targets(path: str, name: str) -> set[str]:
+    """The fusedrnn modules ``path`` imports, without the bare package that ``from .. import x``
+    names as its base (x itself is listed)."""
+    return {imp for imp in _imports(path, name) if imp != "fusedrnn"}
+
+
 MODULES = sorted(_modules(), key=lambda m: m[1])
 
 
 @pytest.mark.parametrize("path,name", MODULES, ids=[m[1] for m in MODULES])
 def test_imports_point_down(path, name):
     part = _part(name)
-    imported = _imports(path, name)
-    for imp in imported:
+    assert part in ALLOWED, f"{name}: a new part of the package; give it its place in ALLOWED"
+    for imp in _targets(path, name):
         target = _part(imp)
-        assert target not in FORBIDDEN.get(part, ()), f"{name} imports {imp} ({part} -> {target} points up)"
+        if target == part:
+            continue
+        assert target in ALLOWED[part], f"{name} imports {imp}: {part or 'fusedrnn'} -> {target or 'fusedrnn'} " \
+                                        "is not an allowed direction"
         if part == "ops" and target == "backends":
             sub = imp.split(".")[2] if imp.count(".") >= 2 else ""
             assert sub not in CONCRETE_BACKENDS, f"{name} imports the concrete backend {imp} (only the registry)"
         if name.startswith("fusedrnn.backends.reference"):
-            assert not (target == "backends" and imp != name), f"the reference backend imports {imp}"
+            assert target != "backends", f"the reference backend imports {imp}"
+    if part == "backends" and name.startswith("fusedrnn.backends.reference"):
+        assert not any(i.startswith("fusedrnn.backends.") for i in _targets(path, name))
+
+
+def test_allowed_edges_form_no_cycle():
+    seen, done = set(), set()
+
+    def visit(p, chain):
+        assert p not in seen or p in done, f"cycle: {' -> '.join(chain + [p])}"
+        if p in done:
+            return
+        seen.add(p)
+        for q in ALLOWED.get(p, ()):
+            visit(q, chain + [p])
+        done.add(p)
+
+    for p in ALLOWED:
+        visit(p, [])
 
 
 def test_the_checks_see_imports():
     """The walk finds relative and function-level imports (so the test above can fail)."""
-    lstm = os.path.join(PKG, "modules", "explain.py")
-    got = _imports(lstm, "fusedrnn.modules.explain")
-    assert "fusedrnn.ops.dispatch" in got and "fusedrnn.modules.lstm" in got
+    explain = os.path.join(PKG, "modules", "explain.py")
+    got = _imports(explain, "fusedrnn.modules.explain")
+    assert "fusedrnn.ops.decision" in got and "fusedrnn.modules.lstm" in got
+    cli = os.path.join(PKG, "bench", "cli.py")  # imports inside functions
+    assert "fusedrnn.ops.decision" in _imports(cli, "fusedrnn.bench.cli")
     assert len(MODULES) > 50

@@ -92,18 +92,6 @@ def test_gpu_check_rejects_bad_options(args, msg, tmp_path):
     assert r.returncode == 2 and msg in r.stderr, r.stderr
 
 
-def test_step_graphs_stage_checks_backends_and_skips_without_a_gpu(capsys):
-    """The GPU check's step-graphs stage: an unknown backend exits 2 naming it; on a machine
-    without a CUDA GPU it says so and exits 0 (the dry run)."""
-    from fusedrnn.bench import step_graphs
-
-    with pytest.raises(SystemExit) as e:
-        step_graphs.main(["--backends", "triton,cudnn"])
-    assert e.value.code == 2 and "cudnn" in capsys.readouterr().err
-    if not torch.cuda.is_available():
-        assert step_graphs.main([]) == 0 and "skipped" in capsys.readouterr().out
-
-
 def test_cli_quick_run_writes_records_and_plots(tmp_path):
     r = _cli("--preset", "quick", "--mode", "fwd", "--variant", "plain", "--variant", "variational+bn", "--reps", "1",
              "--backend", "native",

@@ -19,10 +19,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import fusedrnn
 from fusedrnn.backends import compiled
-from fusedrnn.ops import schema
+from fusedrnn.core import schema
 
 BACKENDS = list(fusedrnn.available_backends("cpu"))
-if fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None:
+if fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None:
     BACKENDS.append("triton")
 REG = dict(num_layers=2, bidirectional=True, proj_size=2, dropout=0.3, recurrent_dropout=0.25,
            variational=True, batch_norm=True, bn_max_steps=3)
@@ -149,7 +149,7 @@ def _triton_args(case, device="cpu", dtype=torch.float64):
     """The schema's forward args of a test_triton case (fusedrnn.ops.schema.layer_params)."""
     from test_triton import make_case
 
-    from fusedrnn.ops.contract import Config
+    from fusedrnn.core.contract import Config
 
     args, _ = make_case(*case, device=device, dtype=dtype)
     xp, h0, c0, w_hh, w_hr, m, lens, rev, bn = args

@@ -85,7 +85,7 @@ def _run(d, backend, device, dtype, reverse=False, grad_seed=1):
     if d.get("ln") is not None:
         ln = {k: v.to(device=device, dtype=dtype).clone().requires_grad_() for k, v in d["ln"].items()}
         bn = ops.RecurrentLN(weight_x=None, bias_x=None, eps=1e-5, **ln)
-    y, h_n, c_n = ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, mask=mask, lengths=lengths, reverse=reverse, bn=bn,
+    y, h_n, c_n = ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, mask=mask, lengths=lengths, reverse=reverse, norm=bn,
                                       zoneout=_zoneout(d, device, dtype), backend=backend)
     g = torch.Generator().manual_seed(grad_seed)
     loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(device)).sum()
@@ -299,91 +299,3 @@ def test_zoneout_and_layer_norm_low_precision(dtype, zo, ln, design, monkeypatch
     rel = lambda a, b: ((a - b).norm() / b.norm().clamp(min=1e-30)).item()  # noqa: E731
     for i, (a, o, w) in enumerate(zip(got, own, want)):
         assert rel(a, w) <= max(2 * rel(o, w), 1e-5), (i, rel(a, w), rel(o, w))
-
-
-STEP_GRAPH_CASES = [(0, "shared", "train"), (8, "per_step", None)]
-
-
-@pytest.mark.parametrize("P,mask_kind,bn_mode", STEP_GRAPH_CASES, ids=[f"P{p}-mask{m}-bn{b}" for p, m, b in STEP_GRAPH_CASES])
-def test_step_graphs_replay_equals_direct_calls(P, mask_kind, bn_mode, monkeypatch):
-    """The per-step design through the step graphs (the C++ kernel hands the call to
-    fusedrnn::_cuda_layer_*_graphed): four calls with new values (1st direct, 2nd captured and
-    replayed, 3rd and 4th replayed) equal graph-free calls bitwise, forward and backward.
-    Calls with lengths and calls the persistent design takes never reach the cache."""
-    from fusedrnn.backends import cuda as CB
-    from fusedrnn.backends import step_graphs as SG
-
-    monkeypatch.setenv("FUSEDRNN_CUDA_DESIGN", "step")
-    CB.GRAPHS.clear()
-    before = CB.GRAPHS.replays
-    try:
-        for seed in range(4):
-            d = _inputs(T=12, B=6, H=32, P=P, mask_kind=mask_kind, bn_mode=bn_mode, lengths=False,
-                        dtype=torch.bfloat16, seed=seed)
-            with SG.enabled():
-                got = _run(d, "cuda", DEV, torch.bfloat16)
-            want = _run(d, "cuda", DEV, torch.bfloat16)
-            for i, (a, b) in enumerate(zip(got, want)):
-                assert torch.equal(a, b), (seed, i)
-        assert not CB.GRAPHS.failed, CB.GRAPHS.failed
-        assert CB.GRAPHS.replays - before == 6, "expected 3 replays each of the forward and the backward"
-        seen = len(CB.GRAPHS.seen)
-        d = _inputs(T=12, B=6, H=32, P=P, mask_kind=mask_kind, bn_mode=bn_mode, lengths=True, dtype=torch.bfloat16)
-        with SG.enabled():
-            for _ in range(3):
-                _run(d, "cuda", DEV, torch.bfloat16)
-        monkeypatch.delenv("FUSEDRNN_CUDA_DESIGN")
-        d = _inputs(T=12, B=16, H=128, P=0, mask_kind=mask_kind, bn_mode=None, lengths=False, dtype=torch.bfloat16)
-        ok, *_ = torch.ops.fusedrnn.cuda_layer_plan(torch.empty(0, dtype=torch.bfloat16, device=DEV), 16, 128, 128,
-                                                    False, True)
-        assert ok, "this shape should take the persistent design"
-        with SG.enabled():
-            for _ in range(3):
-                _run(d, "cuda", DEV, torch.bfloat16)
-        assert CB.GRAPHS.replays - before == 6 and len(CB.GRAPHS.seen) == seen
-    finally:
-        CB.GRAPHS.clear()
-
-
-def test_step_graphs_default_construction_trains_as_without(monkeypatch):
-    """What a user writes: the default fusedrnn.LSTM with step graphs on and the per-step
-    designs forced trains three steps exactly as without graphs, and the cache of the backend
-    auto picked replayed (run again with the CUDA backend preferred, so both routes run)."""
-    import contextlib
-
-    import fusedrnn.backends.cuda  # noqa: F401  (its cache)
-    from fusedrnn.backends import step_graphs as SG
-
-    monkeypatch.setenv("FUSEDRNN_CUDA_DESIGN", "step")
-    try:
-        from fusedrnn.backends.triton import host as TH
-        forced = lambda: TH.forced_design("step")  # noqa: E731
-    except ImportError:
-        forced = contextlib.nullcontext
-
-    def train(graphs: bool, **kw):
-        torch.manual_seed(3)
-        m = fusedrnn.LSTM(48, 64, num_layers=2, recurrent_dropout=0.25, variational=True, **kw).to(DEV)
-        opt = torch.optim.SGD(m.parameters(), lr=0.1)
-        x = torch.randn(10, 4, 48, device=DEV)
-        out = []
-        with SG.enabled(graphs), forced():
-            for _ in range(3):
-                opt.zero_grad()
-                y, (h, c) = m(x)
-                (y.square().mean() + h.sum() + c.sum()).backward()
-                opt.step()
-                out.append(y.detach().clone())
-        return out + [p.detach().clone() for p in m.parameters()]
-
-    caches = {name: g for name, (g, _) in SG._CACHES.items()}
-    try:
-        for kw in ({}, {"backend": "cuda"}):
-            before = {name: g.replays for name, g in caches.items()}
-            with_graphs, without = train(True, **kw), train(False, **kw)
-            for a, b in zip(with_graphs, without):
-                assert torch.equal(a, b)
-            replayed = {name for name, g in caches.items() if g.replays > before[name]}
-            assert replayed and (not kw or replayed == {"cuda"}), (kw, replayed)
-    finally:
-        SG.clear()

@@ -24,7 +24,7 @@ import fusedrnn
 from helpers import run_python, run_python_json
 
 CPU_BACKENDS = list(fusedrnn.available_backends("cpu"))
-if fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None:
+if fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None:
     CPU_BACKENDS.append("triton")
 REG = dict(num_layers=2, bidirectional=True, dropout=0.3, recurrent_dropout=0.25, variational=False,
            batch_norm=True, bn_max_steps=4)

@@ -161,4 +161,4 @@ def test_export_plan_is_portable_for_every_backend():
     ep = torch.export.export(m, (x,))
     assert not any("fusedrnn" in str(n.target) for n in ep.graph.nodes)
     torch.testing.assert_close(ep.module()(x)[0], m(x)[0], rtol=1e-6, atol=1e-6)
-    assert m.plan(x).backend.name == "native"
+    assert m.decide(x).backend.name == "native"

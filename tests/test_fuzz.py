@@ -41,7 +41,7 @@ def examples(ci: int, long: int):
 
 
 BACKENDS = [b for b in fusedrnn.available_backends("cpu") if b != "reference"]
-if fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None:
+if fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None:
     BACKENDS.append("triton")
 # The Triton interpreter is slow: fewer examples for it.
 COUNTS = {"native": (30, 400), "triton": (5, 60)}
@@ -229,7 +229,7 @@ def _run_layer(cfg, backend):
                              0.5 + u(S, H), training=cfg["bn"] == "train", momentum=0.3, eps=1e-3,
                              step_offset=cfg["offset"])
     y, h_n, c_n = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mask=mask, lengths=lengths,
-                                 reverse=cfg["reverse"], bn=bn, backend=backend)
+                                 reverse=cfg["reverse"], norm=bn, backend=backend)
     outs = {"y": y, "h_n": h_n, "c_n": c_n}
     loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in outs.values())
     for i, gr in enumerate(torch.autograd.grad(loss, leaves, allow_unused=True)):

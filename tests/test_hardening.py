@@ -27,7 +27,7 @@ CPU_BACKENDS = fusedrnn.available_backends("cpu")  # native, reference (+ triton
 try:
     from fusedrnn.backends import triton as _triton_backend  # noqa: F401
 
-    if fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None:
+    if fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None:
         CPU_BACKENDS = CPU_BACKENDS + ["triton"]
 except ImportError:  # pragma: no cover - triton not installed
     pass
@@ -549,7 +549,7 @@ def test_autocast_cell_state_stays_float32(backend):
 def test_autocast_on_gpu(dtype, backend, kw):
     """fp16 and bf16 autocast on CUDA: y / h_n in the autocast dtype, c_n float32, values
     and gradients near a float32 run, and the float32 cell state (accumulator check)."""
-    if fusedrnn.ops.dispatch.unavailable_reason(backend, torch.device("cuda")) if backend != "auto" else False:
+    if fusedrnn.ops.decision.unavailable_reason(backend, torch.device("cuda")) if backend != "auto" else False:
         pytest.skip(f"{backend} unavailable")
     torch.manual_seed(0)
     m = fusedrnn.LSTM(16, 32, backend=backend, device="cuda", **kw)

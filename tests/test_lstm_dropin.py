@@ -60,7 +60,7 @@ def test_matches_nn_lstm(cfg, kind, with_hx, backend):
 TRITON_GRID = [c for c in GRID if c["num_layers"] == 2 and c["bias"] and c["bidirectional"]]
 
 
-@pytest.mark.skipif(fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is not None,
+@pytest.mark.skipif(fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is not None,
                     reason="triton interpreter not available")
 @pytest.mark.parametrize("cfg", TRITON_GRID, ids=_id)
 @pytest.mark.parametrize("kind", ["batched", "unbatched", "packed_unsorted"])

@@ -60,7 +60,7 @@ def _out(y):
 
 EXPECTED_SHAPE = {"lm": (3, 6, 17), "lm-tied": (3, 6, 17), "tagger": (3, 6, 5), "classifier-bn": (3, 4),
                   "caption": (3, 5, 9), "ntm": (3, 6, 4), "stack": (3, 6, 5)}
-TRITON = fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None
+TRITON = fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
 # every model on every fused CPU backend; triton (no cell kernel: the LSTM models) through the
 # interpreter
 TRAIN_CASES = [(b, n) for b in BACKENDS + ["auto"] if b != "reference" for n in MODELS] + \

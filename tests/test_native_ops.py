@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fusedrnn.backends import compiled
-from fusedrnn.ops import schema
+from fusedrnn.core import schema
 
 pytestmark = pytest.mark.skipif(compiled.LOAD_ERROR is not None, reason="fusedrnn._C not built")
 
@@ -162,7 +162,7 @@ def test_gradcheck_layer(case):
     def f(*ts):
         b = dict(a)
         it = iter(ts)
-        for k in ("xp", "h0", "c0", "w_hh", "w_hr", "bn_h_weight", "bn_c_weight", "bn_c_bias"):
+        for k in ("xp", "h0", "c0", "w_hh", "w_hr", "norm_h_weight", "norm_c_weight", "norm_c_bias"):
             if b[k] is not None:
                 b[k] = next(it)
         out = torch.ops.fusedrnn.lstm_layer_forward(*(b[k] for k in names))
@@ -245,7 +245,7 @@ BN_CASES = [(t, l, r, b) for t in (True, False) for l in (False, True) for r in 
                          ids=[f"train{int(t)}-len{int(l)}-rev{int(r)}-bias{int(b)}" for t, l, r, b in BN_CASES])
 def test_batch_norm_steps_matches_python(training, packed, reverse, bias):
     from fusedrnn.backends.reference import batch_norm_steps
-    from fusedrnn.ops.contract import active_rows, reverse_sequences
+    from fusedrnn.core.contract import active_rows, reverse_sequences
     g = torch.Generator().manual_seed(0)
     T, B, F, S = 5, 4, 6, 3
     v = torch.randn(T, B, F, generator=g, dtype=torch.float64, requires_grad=True)
@@ -362,7 +362,7 @@ def test_gemm_paths_agree_with_float64(B, H, T, path, monkeypatch):
                                       running_var_h=torch.ones(T, 4 * H, dtype=dt),
                                       running_mean_c=torch.zeros(T, H, dtype=dt), running_var_c=torch.ones(T, H, dtype=dt),
                                       training=True, momentum=0.1, eps=1e-5)
-            y, h, c = ops.lstm_recurrence(t["xp"], t["h0"], t["c0"], t["w"], bn=rbn, backend="native")
+            y, h, c = ops.lstm_recurrence(t["xp"], t["h0"], t["c0"], t["w"], norm=rbn, backend="native")
             gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dt)
             grads = torch.autograd.grad((y * gy).sum() + h.sum() + c.sum(), [t["xp"], t["h0"], t["c0"], t["w"]])
             res.append([y, h, c, *grads])

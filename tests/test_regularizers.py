@@ -47,7 +47,7 @@ CASES = list(itertools.product([None, "shared", "per_step"], [None, "train", "ev
                                [False, True], [False, True]))
 
 
-TRITON = fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None
+TRITON = fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
 # the triton kernels (interpreter, about a second a case) on a subset: every option once,
 # and all of them together
 TRITON_CASES = [c for c in CASES if sum((c[0] is not None, c[1] is not None, c[2] != 0, c[3], c[4])) <= 1
@@ -82,7 +82,7 @@ def test_layer_matches_direct(case, backend):
     y_d, h_d, c_d = direct_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mask=mask, lengths=lengths,
                                  reverse=reverse, bn=bn_d)
     y_f, h_f, c_f = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mask=mask, lengths=lengths,
-                                   reverse=reverse, bn=_to_recurrent_bn(bn_f) if bn_f else None,
+                                   reverse=reverse, norm=_to_recurrent_bn(bn_f) if bn_f else None,
                                    backend=backend)
     for a, b, n in ((y_f, y_d, "y"), (h_f, h_d, "h_n"), (c_f, c_d, "c_n")):
         assert_close(a, b, msg=n)

@@ -25,7 +25,7 @@ from direct import direct_layer
 from helpers import assert_close, grads
 
 T, B, I, H = 6, 5, 4, 5
-TRITON = fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None
+TRITON = fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
 FUSED = fusedrnn.available_backends("cpu") + (["triton"] if TRITON else [])
 TORCH_LSTM, TORCH_CELL = torch.nn.modules.rnn.LSTM, torch.nn.modules.rnn.LSTMCell
 
@@ -132,7 +132,7 @@ def test_running_stats_with_one_active_row(backend, reverse):
                          running_mean_x=f["rm_x"], running_var_x=f["rv_x"], running_mean_h=f["rm_h"],
                          running_var_h=f["rv_h"], running_mean_c=f["rm_c"], running_var_c=f["rv_c"],
                          training=True, momentum=0.3, eps=1e-5)
-    y_f, h_f, c_f = ops.lstm_layer(x, z, z, w_ih, w_hh, lengths=lengths, reverse=reverse, bn=bn, backend=backend)
+    y_f, h_f, c_f = ops.lstm_layer(x, z, z, w_ih, w_hh, lengths=lengths, reverse=reverse, norm=bn, backend=backend)
     for a, b, n in ((y_f, y_d, "y"), (h_f, h_d, "h_n"), (c_f, c_d, "c_n")):
         assert_close(a, b, msg=n)
     for k in ("rm_x", "rv_x", "rm_h", "rv_h", "rm_c", "rv_c"):

@@ -21,8 +21,8 @@ pytest.importorskip("triton")
 import fusedrnn  # noqa: E402
 from fusedrnn.backends import BackendError  # noqa: E402
 from fusedrnn.backends import reference as REF  # noqa: E402  (REF.recurrence: the reference on the op's arguments)
-from fusedrnn.ops import schema  # noqa: E402
-from fusedrnn.ops.contract import Config, MaskMode, NormMode, RecurrentBN  # noqa: E402
+from fusedrnn.core import schema  # noqa: E402
+from fusedrnn.core.contract import Config, MaskMode, NormMode, RecurrentBN  # noqa: E402
 
 TR = importlib.import_module("fusedrnn.backends.triton.backend")  # recurrence(..., design), BACKEND
 TH = importlib.import_module("fusedrnn.backends.triton.host")

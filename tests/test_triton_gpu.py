@@ -18,7 +18,6 @@ pytest.importorskip("triton")
 
 import fusedrnn  # noqa: E402
 from fusedrnn.backends import reference as REF  # noqa: E402  (REF.recurrence on the op's arguments)
-from fusedrnn.backends import step_graphs as SG  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 TR = importlib.import_module("fusedrnn.backends.triton.backend")  # recurrence(..., design)
@@ -94,7 +93,7 @@ def _op_case(dtype, seed=0, Bn=B, Hn=H, P=24, with_bn=True):
     def r(*s, scale=1.0):
         return scale * torch.randn(*s, generator=g, dtype=torch.float64)
 
-    from fusedrnn.ops.contract import RecurrentBN
+    from fusedrnn.core.contract import RecurrentBN
     lengths = torch.randint(1, T + 1, (Bn,), generator=g)
     lengths[: (3 * Bn) // 4] = T
     mask = torch.bernoulli(torch.full((Bn, R), 0.75, dtype=torch.float64), generator=g) / 0.75
@@ -207,40 +206,6 @@ def test_oversized_persistent_grid_is_refused_not_hung(monkeypatch):
         torch.cuda.synchronize()
 
 
-def test_step_graphs_replay_equals_direct_launches(monkeypatch):
-    """The per-step design through CUDA graphs (step_graphs.enabled()): forward and backward of
-    four calls with new values each (the 1st runs directly, the 2nd captures and replays, the
-    3rd and 4th replay) equal the direct launches bitwise, including results handed out before
-    a later replay."""
-    monkeypatch.setattr(TH, "AUTOTUNE", False)
-    TH.GRAPHS.clear()
-    before = TH.GRAPHS.replays
-    runs = []
-    try:
-        for seed in range(4):
-            torch.manual_seed(seed)
-            Bn, Hn = 8, 96
-            xp = torch.randn(20, Bn, 4 * Hn, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-            h0 = torch.randn(Bn, Hn, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-            w = ((torch.randn(4 * Hn, Hn, device="cuda") * Hn ** -0.5).to(torch.bfloat16)).requires_grad_()
-            m = (torch.rand(Bn, Hn, device="cuda") < 0.8).to(torch.bfloat16) / 0.8
-            args = (xp, h0, h0, w, None, m, None, False, None)
-            out = []
-            for graphs in (True, False):
-                with SG.enabled(graphs), TH.forced_design("step"):  # around the backward too (autograd plans it)
-                    r = TR.recurrence(*args)
-                    g = torch.autograd.grad((r.y.float() * 0.5).sum() + r.c_n.float().sum(), [xp, h0, w])
-                out.append([r.y.detach(), r.h_n.detach(), r.c_n.detach(), *g])
-            runs.append(out)
-        assert not TH.GRAPHS.failed, TH.GRAPHS.failed
-        assert TH.GRAPHS.replays - before == 6, "expected 3 replays each of the forward and the backward"
-        for graphed, direct in runs:
-            for a, b in zip(graphed, direct):
-                assert torch.equal(a, b)
-    finally:
-        TH.GRAPHS.clear()
-
-
 @pytest.mark.timeout_s(150)  # compiles and times 4 forward and 4 backward configs, cold
 def test_autotuned_configs(monkeypatch):
     monkeypatch.setattr(TH, "AUTOTUNE", True)
@@ -297,7 +262,7 @@ def _zoneout_ln_run(dt, backend, ln, design=None, seed=0, Bn=B, Hn=H):
         t.requires_grad_()
     ctx = TH.forced_design(design) if design else contextlib.nullcontext()
     with ctx:
-        out = ops.lstm_recurrence(*leaves[:4], mask=mask, lengths=lens, reverse=True, bn=norm, zoneout=zo,
+        out = ops.lstm_recurrence(*leaves[:4], mask=mask, lengths=lens, reverse=True, norm=norm, zoneout=zo,
                                   backend=backend)
         gw = torch.Generator(device="cuda").manual_seed(3)
         loss = sum((t.double() * torch.randn(t.shape, generator=gw, device="cuda", dtype=torch.float64)).sum()

@@ -1,9 +1,8 @@
 """The paths users take, as they write them: the default construction (no ``backend=``)
 under torch.compile, third-party model code under fusedrnn.patch() or a hand-made
 ``torch.nn.LSTM = fusedrnn.LSTM``, whole-model save and load under the default
-``torch.load`` (weights_only), ``lengths=`` instead of packing, and the GPU dispatch rules
-(compute capability, cuDNN for plain configurations, validated backends first, the Triton
-device guard), which are pure decisions tested here without a GPU.
+``torch.load`` (weights_only), ``lengths=`` instead of packing, and the Triton launches'
+device guard.  The decisions (which backend runs what) are tests/test_decide.py's.
 """
 
 from __future__ import annotations
@@ -21,10 +20,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import models, serialization
-from fusedrnn.backends import compiled
-from fusedrnn.backends import cuda as cuda_backend
-from fusedrnn.ops import dispatch, evidence, plan
-from fusedrnn.ops.contract import Config, MaskMode, NormMode
 from helpers import assert_close
 
 TORCH_LSTM, TORCH_CELL = torch.nn.modules.rnn.LSTM, torch.nn.modules.rnn.LSTMCell
@@ -386,141 +381,14 @@ def test_lengths_bad(bad, match):
         fusedrnn.LSTM(3, 4)(torch.randn(5, 2, 3), lengths=bad)
 
 
-# ---- GPU rules, decided without a GPU ------------------------------------------------------
-
-
-def test_build_records_its_cuda_targets():
-    if not compiled.has_kernel("lstm_layer_forward", "CUDA"):
-        pytest.skip("built without CUDA kernels")
-    kinds = {(k, a, b) for k, a, b, _ in cuda_backend.TARGETS}
-    assert {("sm", 8, 0), ("sm", 9, 0), ("compute", 9, 0)} <= kinds  # the default list, with PTX
-
-
-@pytest.mark.parametrize("capability,ok", [((7, 5), False), ((8, 0), True), ((8, 6), True), ((8, 9), True),
-                                           ((9, 0), True), ((10, 0), True), ((12, 0), True)],
-                         ids=["T4", "A100", "A10", "L4", "H100", "B200", "RTX50"])
-def test_cuda_backend_offered_only_where_the_build_runs(capability, ok):
-    targets = cuda_backend.parse_targets("sm_80/compute_90/sm_90")
-    why = cuda_backend.cuda_arch_reason(capability, targets)
-    assert (why is None) == ok, why
-    if not ok:
-        assert f"sm_{capability[0]}{capability[1]}" in why and "TORCH_CUDA_ARCH_LIST" in why
-    # without PTX, a newer major version has nothing to run; an arch-specific image only its arch
-    assert cuda_backend.cuda_arch_reason((10, 0), cuda_backend.parse_targets("sm_80/sm_90")) is not None
-    assert cuda_backend.cuda_arch_reason((9, 0), cuda_backend.parse_targets("sm_90a")) is None
-    assert cuda_backend.cuda_arch_reason((10, 0), cuda_backend.parse_targets("sm_90a")) is not None
-
-
-def _cfg(arch="sm_90", dtype=torch.bfloat16, **kw):
-    """A configuration on a GPU of class ``arch`` (built directly: no GPU here to ask)."""
-    base = dict(device_type="cuda", dtype=dtype, T=50, B=16, H=64, R=64, proj=False, mask=MaskMode.NONE,
-                lengths=False, reverse=False, norm=NormMode.NONE, requires_grad=True, arch=arch)
-    base.update(kw)
-    return Config(**base)
-
-
-def test_cuda_backend_refuses_an_arch_without_code():
-    why = cuda_backend.BACKEND.unsupported_reason(_cfg(arch="sm_75"))
-    if not compiled.has_kernel("lstm_layer_forward", "CUDA"):
-        assert "not built" in why
-    else:
-        assert "no kernel image or PTX" in why and "sm_75" in why
-        assert cuda_backend.BACKEND.unsupported_reason(_cfg(arch="sm_90")) is None
-
-
-@pytest.fixture
-def no_evidence(monkeypatch):
-    monkeypatch.setattr(evidence, "load", lambda path=evidence.PATH: {"validated": {}, "faster": []})
-    plan._PLANS.clear()
-    dispatch._resolve.cache_clear()
-    yield
-    plan._PLANS.clear()
-    dispatch._resolve.cache_clear()
-
-
-def test_cached_decisions_follow_the_decision_switches(monkeypatch, no_evidence):
-    """FUSEDRNN_CUDA_UNVERIFIED (what the CUDA backend reads to admit zoneout and layer norm) is
-    part of every cached decision's key: flipping it (the GPU tests do) decides afresh."""
-    assert cuda_backend.UNVERIFIED_ENV in dispatch.DECISION_ENV
-    seen = []
-    real = dispatch._candidates_with_reasons
-
-    def spy(name, cfg, op):
-        seen.append(name)
-        return real(name, cfg, op)
-
-    monkeypatch.setattr(dispatch, "_candidates_with_reasons", spy)
-    cfg = Config.build(torch.device("cpu"), torch.float32, 0, 2, 4, 4, zoneout=True)
-    monkeypatch.delenv(cuda_backend.UNVERIFIED_ENV, raising=False)
-    dispatch.resolve("reference", cfg)
-    dispatch.resolve("reference", cfg)
-    assert len(seen) == 1
-    monkeypatch.setenv(cuda_backend.UNVERIFIED_ENV, "1")
-    dispatch.resolve("reference", cfg)
-    assert len(seen) == 2
-
-
-def _rule(**kw):
-    args = dict(kind="lstm", name="auto", device_type="cuda", dtype=torch.bfloat16, regularized=False,
-                training=True, needs_grad=True, B=16, H=768, arch="sm_90")
-    args.update(kw)
-    return plan.module_rule(**args)
-
-
-def test_gpu_plain_runs_cudnn_without_evidence(no_evidence):
-    aten, rule = _rule()
-    assert aten and "cuDNN" in rule and "no committed measurement" in rule
-    assert _rule(training=False, needs_grad=False)[0]  # inference: cuDNN
-    aten, rule = _rule(training=False, needs_grad=True)  # backward in eval mode: cuDNN refuses it
-    assert not aten and "eval mode" in rule
-    aten, rule = _rule(regularized=True)
-    assert not aten and "lacks" in rule
-    assert _rule(name="triton") == (False, "backend='triton' was requested")
-
-
-def test_gpu_plain_runs_fused_where_a_record_shows_it_faster(monkeypatch):
-    rec = dict(arch="sm_90", gpu="NVIDIA H200", dtype="bfloat16", B=16, H=768, mode="fwd+bwd", backend="cuda",
-               cudnn_ms=5.19, fused_ms=4.9, source="benchmarks/results/h200.jsonl")
-    slower = dict(rec, B=64, fused_ms=6.0)
-    monkeypatch.setattr(evidence, "load", lambda path=evidence.PATH: {"validated": {}, "faster": [rec, slower]})
-    aten, rule = _rule()
-    assert not aten and "H200" in rule and "4.9" in rule
-    assert _rule(B=32)[0]  # another shape: no record, cuDNN
-    assert _rule(B=64)[0]  # a record where the fused design was slower does not count
-    assert _rule(arch="sm_80")[0]  # another GPU class
-    assert _rule(needs_grad=False, training=False)[0]  # only fwd+bwd was measured
-
-
-def test_gpu_regularized_prefers_validated_backends(no_evidence, monkeypatch):
-    order, rule = dispatch.candidates("auto", _cfg())
-    assert order == ("cuda", "triton", "reference") and "no backend has passed" in rule
-    monkeypatch.setattr(evidence, "load",
-                        lambda path=evidence.PATH: {"validated": {"triton": {"sm_90": "H200"}}, "faster": []})
-    order, rule = dispatch.candidates("auto", _cfg())
-    assert order == ("triton", "cuda", "reference") and "triton passed its GPU tests" in rule
-    assert dispatch.candidates("auto", _cfg(arch="sm_80"))[0] == ("cuda", "triton", "reference")
-    assert dispatch.candidates("cuda", _cfg())[0] == ("cuda",)
-
-
-def test_committed_evidence_names_triton_on_sm90():
-    ev = evidence.load()
-    assert evidence.validated("triton", "sm_90") and not evidence.validated("cuda", "sm_90")
-    for r in ev["faster"]:  # every record is a measurement with its source
-        assert {"arch", "dtype", "B", "H", "mode", "backend", "cudnn_ms", "fused_ms", "source"} <= set(r)
-
-
-def test_cpu_rules():
-    assert plan.module_rule("lstm", "auto", "cpu", torch.float32, False, True, True, 0, 0, "")[0]
-    assert not plan.module_rule("lstm", "auto", "cpu", torch.float32, True, True, True, 0, 0, "")[0]
-    assert dispatch.candidates("auto", _cfg(arch="", device_type="cpu", dtype=torch.float32))[0] == \
-        ("native", "reference")
+# ---- devices ---------------------------------------------------------------------------------
 
 
 def test_triton_launches_under_a_device_guard(monkeypatch):
     tr = pytest.importorskip("fusedrnn.backends.triton.host")
     guard = tr.device_guard(types.SimpleNamespace(device=torch.device("cuda", 1)))
     assert isinstance(guard, torch.cuda.device) and guard.idx == 1
-    if fusedrnn.ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is not None:
+    if fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is not None:
         return
     seen = []
     real = tr.device_guard

@@ -20,7 +20,7 @@ from helpers import assert_close, grads
 
 T, B, I, H = 6, 4, 3, 5
 DT = torch.float64
-TRITON = ops.dispatch.unavailable_reason("triton", torch.device("cpu")) is None
+TRITON = ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
 BACKENDS = fusedrnn.available_backends("cpu")  # native (when built) and reference
 # every backend that runs these options on the CPU: the Triton kernels through the interpreter
 ZONEOUT_BACKENDS = BACKENDS + (["triton"] if TRITON else [])
@@ -109,7 +109,7 @@ def _run_case(backend, case):
     leaves += [bnd[k] for k in ("gamma_x", "gamma_h", "gamma_c", "beta_c")] if bnd else []
     norm = _recurrent_ln(ln) if ln else (_recurrent_bn(bnd) if bnd else None)
     out = ops.lstm_layer(x, h0, c0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], w["w_hr"], mask=mask, lengths=lengths,
-                         reverse=reverse, bn=norm, zoneout=None if zo is None else ops.Zoneout(*zo), backend=backend)
+                         reverse=reverse, norm=norm, zoneout=None if zo is None else ops.Zoneout(*zo), backend=backend)
     ref = direct_layer(x, h0, c0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], w["w_hr"], mask=mask, lengths=lengths,
                        reverse=reverse, bn=bnd, zoneout=zo, ln=ln)
     return out, ref, leaves
@@ -217,7 +217,7 @@ def test_triton_step_design_with_many_blocks(monkeypatch, norm, P_):
     monkeypatch.setattr(TC, "LN_PARTS", 1)  # the two GEMM blocks' statistics merged in two loads
     kw, ln, leaves = _blocks_case(20, 20, P_)
     if norm == "ln":
-        kw["bn"] = ln
+        kw["norm"] = ln
     else:
         leaves = leaves[:-4]
     with TH.forced_design("step"):
@@ -253,7 +253,7 @@ def test_op_gradcheck_and_opcheck(family, what):
     interpreter) with zoneout (train weights, eval rates) and layer norm (every LN
     parameter), and opcheck of its schema with those arguments (forward; the Triton
     backward too)."""
-    from fusedrnn.ops import schema
+    from fusedrnn.core import schema
 
     if family == "native" and "native" not in BACKENDS:
         pytest.skip("fusedrnn._C not built")
@@ -280,7 +280,7 @@ def test_op_gradcheck_and_opcheck(family, what):
         if ln_params:
             wh, bh, wc, bc = rest[-4:]
             ln = ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=wh, bias_h=bh, weight_c=wc, bias_c=bc, eps=1e-5)
-        return ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, bn=ln, zoneout=zo, backend=family)
+        return ops.lstm_recurrence(xp, h0, c0, w_hh, w_hr, norm=ln, zoneout=zo, backend=family)
 
     inputs = (xp, h0, c0, w_hh) + ((w_hr,) if proj else ()) + tuple(ln_params)
     # the interpreter runs a Triton launch in ~0.1 s: the fast gradcheck (random directions)
@@ -333,7 +333,7 @@ def test_fuzz_fused_matches_reference(T_, B_, H_, proj, reverse, lengths, mask, 
     leaves = [t.requires_grad_() for t in (xp, h0, c0, w_hh) + ((w_hr,) if proj else ()) + lnp]
     norm = (ops.RecurrentLN(weight_x=None, bias_x=None, weight_h=lnp[0], bias_h=lnp[1], weight_c=lnp[2],
                             bias_c=lnp[3], eps=1e-5) if ln else None)
-    kw = dict(xp=xp, h0=h0, c0=c0, weight_hh=w_hh, weight_hr=w_hr, mask=m, lengths=lens, reverse=reverse, bn=norm,
+    kw = dict(xp=xp, h0=h0, c0=c0, weight_hh=w_hh, weight_hr=w_hr, mask=m, lengths=lens, reverse=reverse, norm=norm,
               zoneout=zo)
     for backend in fused:
         _backends_agree(kw, leaves, (backend, "reference"))
@@ -500,7 +500,7 @@ def test_which_backend_runs_by_default():
     for opts, be in ((dict(zoneout=0.2), expected), (dict(weight_dropout=0.2), expected),
                      (dict(layer_norm=True), expected)):
         m = fusedrnn.LSTM(I, H, **opts)
-        plan = m.plan(x)
+        plan = m.decide(x)
         assert not plan.aten and plan.backend.name == be, (opts, plan)
         text = fusedrnn.explain(m, x)
         assert f": {be}" in text

@@ -62,8 +62,8 @@ struct ParamPtrs {
   ZoneoutWeight<T> zc, zh;  // zoneout weights of c_{s-1} and h_{s-1} (p null without zoneout)
 
   ParamPtrs(const LayerDims& d, const LayerTensors& t)
-      : mask(ptr(t.mask)), mask_per_step(d.mask_per_step), gamma_h(ptr(t.bn_h_weight)),
-        gamma_c(ptr(t.bn_c_weight)), beta_c(ptr(t.bn_c_bias)), rm_h(ptr(t.rm_h)), rv_h(ptr(t.rv_h)),
+      : mask(ptr(t.mask)), mask_per_step(d.mask_per_step), gamma_h(ptr(t.norm_h_weight)),
+        gamma_c(ptr(t.norm_c_weight)), beta_c(ptr(t.norm_c_bias)), rm_h(ptr(t.rm_h)), rv_h(ptr(t.rv_h)),
         rm_c(ptr(t.rm_c)), rv_c(ptr(t.rv_c)), zc(t.zoneout_c, d.B, d.H), zh(t.zoneout_h, d.B, d.R) {}
   static const T* ptr(const OptT& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
 };
@@ -525,7 +525,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
     f.hp = hp.data_ptr<T>();
     f.set_scratch(stat_scratch.data_ptr<T>(), G, H);
     layer_forward<T>(d, rows, gemm.hh, d.proj ? &*gemm.hr : nullptr, h0, f, ws_hm, hh, ws_hc, hp,
-                     bn_train, bn_step_offset, S, bn_eps);
+                     bn_train, bn_step_offset, S, norm_eps);
   });
   h_n.copy_(h_cur);
   c_n.copy_(ws_c.select(0, save_workspace ? T_ : (T_ & 1)));
@@ -914,7 +914,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
         f.dhc = gemm.hr->template run<T>(dh_cur, dhc);  // [B, P] @ W_hr
       }
       const int64_t slot = std::min<int64_t>(bn_step_offset + s, S - 1);
-      backward_pointwise<T>(rows, d, f, s, bn_train, slot, bn_eps);
+      backward_pointwise<T>(rows, d, f, s, bn_train, slot, norm_eps);
       f.dh_rec = gemm.hh.template run<T>(dhh.select(0, s % slots), dh_rec);  // [B, G] @ W_hh
       if (!alias && s % slots == 0) {  // the chunk [s, s + n) is complete: dW_hh += dhh^T hm
         const int64_t n = std::min<int64_t>(slots, T_ - s);

@@ -5,7 +5,7 @@
 // all of its columns, which is why this is one block per row and not the units split of
 // layer_common.cuh (and why the persistent design does not take layer norm).  The backward
 // likewise: LN_c's backward, the gate gradients, dL/dc_{s-1}, LN_h's backward into dhh.
-// LN_h's bias is in xp (the Python side adds it); bn_h_weight / bn_c_weight / bn_c_bias of
+// LN_h's bias is in xp (the Python side adds it); norm_h_weight / norm_c_weight / norm_c_bias of
 // the op carry LN_h's gain and LN_c's gain and bias.
 //
 // Dimension letters: T steps, B batch, H hidden, R = P or H (width of h), G = 4H gates.

@@ -8,8 +8,6 @@
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -158,15 +156,15 @@ struct LayerSetup {
     p.counts = counts.data_ptr<int>();
     p.mask = ptr_or_null(t.mask);
     p.w_hh = t.w_hh.data_ptr();
-    p.gamma_h = ptr_or_null(t.bn_h_weight);
-    p.gamma_c = ptr_or_null(t.bn_c_weight);
-    p.beta_c = ptr_or_null(t.bn_c_bias);
+    p.gamma_h = ptr_or_null(t.norm_h_weight);
+    p.gamma_c = ptr_or_null(t.norm_c_weight);
+    p.beta_c = ptr_or_null(t.norm_c_bias);
     p.run_mean_h = ptr_or_null(t.rm_h);
     p.run_var_h = ptr_or_null(t.rv_h);
     p.run_mean_c = ptr_or_null(t.rm_c);
     p.run_var_c = ptr_or_null(t.rv_c);
     p.step_offset = a.bn_step_offset;
-    p.eps = a.bn_eps;
+    p.eps = a.norm_eps;
     if (d.zoneout) {  // contiguous [T, B, *] weights, or the eval rates as expanded scalars
       p.zone_scalar = is_broadcast_scalar(*t.zoneout_c) && is_broadcast_scalar(*t.zoneout_h);
       if (!p.zone_scalar) {  // a rate beside a tensor: both as tensors
@@ -185,7 +183,7 @@ struct LayerSetup {
   }
 };
 
-LayerForwardOut lstm_layer_forward_direct(const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
+LayerForwardOut lstm_layer_forward_cuda(const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
                                           FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_float(xp_in, "xp");
@@ -260,7 +258,7 @@ LayerForwardOut lstm_layer_forward_direct(const at::Tensor& xp_in, const at::Ten
   return {y, h_n, c_n, h_stats, c_stats, ws_hm, ws_act, ws_c, ws_hh_hat, ws_hc};
 }
 
-LayerBackwardOut lstm_layer_backward_direct(const at::Tensor& grad_y_in, const at::Tensor& grad_h_n,
+LayerBackwardOut lstm_layer_backward_cuda(const at::Tensor& grad_y_in, const at::Tensor& grad_h_n,
                                             const at::Tensor& grad_c_n, FUSEDRNN_LAYER_ARGS_DECL,
                                             FUSEDRNN_LAYER_BACKWARD_TAIL_DECL) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -361,57 +359,6 @@ LayerBackwardOut lstm_layer_backward_direct(const at::Tensor& grad_y_in, const a
           dbeta_c.to(st)};
 }
 
-// ---- the layer op's entry: direct, or through the step graphs ------------------------------
-//
-// With step graphs on (fusedrnn/backends/step_graphs.py), a call that runs the per-step design
-// (T launches of a GEMM and a pointwise kernel, host-bound at small shapes) goes to
-// fusedrnn::_cuda_layer_*_graphed, whose Python kernel replays a captured _direct call of the
-// same key.  Not graphed: one step (nothing to save), lengths (the host reads them to count
-// each step's rows, and copies them with a sync, which a capture cannot hold), and a call
-// made while the stream is being captured already (it is part of that graph).
-
-// (Its callers check step_graphs_enabled() first: with graphs off they skip the argument checks.)
-bool graph_call(const LayerDims& d, at::ScalarType st, bool need_backward) {
-  if (d.T < 2 || d.B == 0 || d.lengths) return false;
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return false;
-  return !choose_plan(d, st, need_backward).ok;
-}
-
-template <class Fn>
-const c10::TypedOperatorHandle<Fn>& internal_op(const char* name) {
-  static const c10::TypedOperatorHandle<Fn> op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-  return op;
-}
-
-LayerForwardOut lstm_layer_forward_cuda(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,
-                                        FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace) {
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  if (step_graphs_enabled() && xp.dim() == 3) {
-    const c10::cuda::CUDAGuard guard(xp.device());
-    const LayerDims d = check_layer_args(xp.size(0), xp.size(1), xp.size(2), xp, h0, c0, FUSEDRNN_LAYER_ARGS);
-    if (graph_call(d, xp.scalar_type(), save_workspace))
-      return internal_op<decltype(lstm_layer_forward_direct)>("fusedrnn::_cuda_layer_forward_graphed")
-          .call(xp, h0, c0, FUSEDRNN_LAYER_ARG_NAMES, save_workspace);
-  }
-  return lstm_layer_forward_direct(xp, h0, c0, FUSEDRNN_LAYER_ARG_NAMES, save_workspace);
-}
-
-LayerBackwardOut lstm_layer_backward_cuda(const at::Tensor& grad_y, const at::Tensor& grad_h_n,
-                                          const at::Tensor& grad_c_n, FUSEDRNN_LAYER_ARGS_DECL,
-                                          FUSEDRNN_LAYER_BACKWARD_TAIL_DECL) {
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  if (step_graphs_enabled() && grad_y.dim() == 3 && w_hh.dim() == 2) {
-    const c10::cuda::CUDAGuard guard(grad_y.device());
-    const LayerDims d = check_layer_args(grad_y.size(0), grad_y.size(1), w_hh.size(0), grad_y, grad_h_n, grad_c_n,
-                                         FUSEDRNN_LAYER_ARGS);
-    if (graph_call(d, grad_y.scalar_type(), true))
-      return internal_op<decltype(lstm_layer_backward_direct)>("fusedrnn::_cuda_layer_backward_graphed")
-          .call(grad_y, grad_h_n, grad_c_n, FUSEDRNN_LAYER_ARG_NAMES, FUSEDRNN_LAYER_BACKWARD_TAIL_NAMES);
-  }
-  return lstm_layer_backward_direct(grad_y, grad_h_n, grad_c_n, FUSEDRNN_LAYER_ARG_NAMES,
-                                    FUSEDRNN_LAYER_BACKWARD_TAIL_NAMES);
-}
-
 // ---- per-step batch norm (BN_x) ------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_forward_cuda(
@@ -499,8 +446,6 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   m.impl("lstm_cell_backward", &fusedrnn::lstm_cell_backward_cuda);
   m.impl("lstm_layer_forward", &fusedrnn::lstm_layer_forward_cuda);
   m.impl("lstm_layer_backward", &fusedrnn::lstm_layer_backward_cuda);
-  m.impl("_cuda_layer_forward_direct", &fusedrnn::lstm_layer_forward_direct);
-  m.impl("_cuda_layer_backward_direct", &fusedrnn::lstm_layer_backward_direct);
   m.impl("batch_norm_steps_forward", &fusedrnn::batch_norm_steps_forward_cuda);
   m.impl("batch_norm_steps_backward", &fusedrnn::batch_norm_steps_backward_cuda);
 }

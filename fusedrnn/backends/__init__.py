@@ -1,4 +1,4 @@
-"""The backends of the op contract (:mod:`fusedrnn.ops.contract`), and their registry.
+"""The backends of the op contract (:mod:`fusedrnn.core.contract`), and their registry.
 
 - ``reference``: plain PyTorch, the oracle (:mod:`.reference`);
 - ``native``: the C++ CPU kernels of fusedrnn._C (:mod:`.cpu`);
@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Optional
 
-from ..ops.contract import Backend, BackendError
+from ..core.contract import Backend, BackendError
 
 NAMES = ("reference", "native", "cuda", "triton")
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..ops.contract import Config
+from ..core.contract import Config
 from .compiled import CompiledBackend
 
 SERVED = (torch.float32, torch.float64)

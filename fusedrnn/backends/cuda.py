@@ -5,11 +5,6 @@ per step (``cuda_layer_plan`` says which, :func:`cuda_design`).
 It is offered only on GPUs the build carries code for: the build records its targets
 (``fusedrnn._C.CUDA_TARGETS``, from TORCH_CUDA_ARCH_LIST), and :func:`cuda_arch_reason`
 applies the CUDA compatibility rules to a GPU's compute capability.
-
-Step graphs (:mod:`fusedrnn.backends.step_graphs`, opt-in): the layer op's C++ CUDA kernel
-sends a per-step-design call (T > 1, no lengths) to ``fusedrnn::_cuda_layer_*_graphed``,
-whose kernel here (:func:`graphed_forward` / :func:`graphed_backward`) runs the C++ kernels
-(``_cuda_layer_*_direct``) through this backend's cache, GRAPHS.
 """
 
 from __future__ import annotations
@@ -19,8 +14,9 @@ from typing import Optional
 
 import torch
 
-from ..ops.contract import Config, NormMode, arch_capability
-from . import compiled, step_graphs
+from ..core.arch import arch_capability
+from ..core.contract import Config, NormMode
+from . import compiled
 from .compiled import CompiledBackend, has_kernel
 
 
@@ -110,46 +106,5 @@ def cuda_design(cfg: Config, device: torch.device) -> str:
         return f"persistent ({blocks} blocks x {units} units, {smem_f} / {smem_b} B shared memory)"
     return f"per-step ({why})"
 
-
-# ---- step graphs of the per-step design ----------------------------------------------------
-
-
-def _graph_key() -> tuple:
-    """What a captured call depends on besides its arguments: the settings the C++ kernel and
-    the BLAS library read when they plan and launch (the design's TF32 rule and
-    FUSEDRNN_CUDA_DESIGN, reduced-precision reductions, fp16 accumulation, the preferred BLAS
-    library), and determinism."""
-    mm = torch.backends.cuda.matmul
-    return (mm.allow_tf32, mm.allow_bf16_reduced_precision_reduction, mm.allow_fp16_reduced_precision_reduction,
-            getattr(mm, "allow_fp16_accumulation", None), str(torch.backends.cuda.preferred_blas_library()),
-            torch.are_deterministic_algorithms_enabled(), os.environ.get("FUSEDRNN_CUDA_DESIGN", ""))
-
-
-def _run_graphed(direct, args: tuple) -> tuple:
-    if step_graphs.ENABLED and step_graphs.capturable(args[0]):
-        return GRAPHS.run(direct, args, _graph_key())
-    return direct(*args)
-
-
-def graphed_forward(*args) -> tuple:
-    """The kernel of fusedrnn::_cuda_layer_forward_graphed (the layer op's forward schema):
-    the C++ forward through GRAPHS.  The C++ kernel calls it for per-step calls only."""
-    return _run_graphed(DIRECT["forward"], args)
-
-
-def graphed_backward(*args) -> tuple:
-    """The kernel of fusedrnn::_cuda_layer_backward_graphed: the C++ backward through GRAPHS."""
-    return _run_graphed(DIRECT["backward"], args)
-
-
-GRAPHS: Optional[step_graphs.StepGraphs] = None
-DIRECT: dict = {}
-if has_kernel("_cuda_layer_forward_direct", "CUDA"):
-    DIRECT = {"forward": torch.ops.fusedrnn._cuda_layer_forward_direct.default,
-              "backward": torch.ops.fusedrnn._cuda_layer_backward_direct.default}
-    torch.library.impl("fusedrnn::_cuda_layer_forward_graphed", "CUDA")(graphed_forward)
-    torch.library.impl("fusedrnn::_cuda_layer_backward_graphed", "CUDA")(graphed_backward)
-    # the C++ kernel follows the setting only once the graphed kernels above exist
-    GRAPHS = step_graphs.cache("cuda", on_switch=compiled._C.set_step_graphs)
 
 BACKEND = CUDABackend()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.contract import (
+from ..core.contract import (
     Backend,
     BatchStats,
     Config,
@@ -76,7 +76,7 @@ class ReferenceBackend(Backend):
     name = "reference"
 
     def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-                   mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[Norm],
+                   mask: Optional[Tensor], lengths: Optional[Tensor], norm: Optional[Norm],
                    zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
         out_dtype = xp.dtype
         acc = acc_dtype(xp.dtype)
@@ -88,9 +88,9 @@ class ReferenceBackend(Backend):
         if reverse:
             xp = reverse_sequences(xp, lengths)  # now in processing order
         active = active_rows(T, lengths, xp.device)  # [T, B] or None
-        ln = bn if isinstance(bn, RecurrentLN) else None
+        ln = norm if isinstance(norm, RecurrentLN) else None
+        bn = norm if isinstance(norm, RecurrentBN) else None
         if ln is not None:
-            bn = None
             G, H = w_hh.shape[0], c0.shape[1]
             ln_h = lambda v: F.layer_norm(v, (G,), ln.weight_h.to(acc), ln.bias_h.to(acc), ln.eps)  # noqa: E731
             ln_c = lambda v: F.layer_norm(v, (H,), ln.weight_c.to(acc), ln.bias_c.to(acc), ln.eps)  # noqa: E731
@@ -169,8 +169,8 @@ class ReferenceBackend(Backend):
 BACKEND = ReferenceBackend()
 
 
-def recurrence(xp, h0, c0, w_hh, w_hr=None, mask=None, lengths=None, reverse=False, bn=None,
+def recurrence(xp, h0, c0, w_hh, w_hr=None, mask=None, lengths=None, reverse=False, norm=None,
                zoneout=None) -> RecurrenceResult:
     """The reference recurrence on the contract's arguments (its Config built from them)."""
-    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn, zoneout)
-    return BACKEND.recurrence(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
+    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, norm, zoneout)
+    return BACKEND.recurrence(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout)

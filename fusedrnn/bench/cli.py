@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         torch.set_num_threads(args.threads)
     preset = "quick" if args.quick else (args.preset or ("anchors" if device.type == "cuda" else "cpu"))
     if args.backend:
-        from ..ops.dispatch import check_backend_name
+        from ..ops.decision import check_backend_name
 
         for b in args.backend:
             try:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     t0 = time.time()
     if preset == "models":
         from .models import run_models
-        from ..ops.dispatch import available_backends
+        from ..ops.decision import available_backends
 
         backends = args.backend or ["auto"] + [b for b in available_backends(device) if b != "reference"]
         records = run_models(device, backends, args.out, reps=args.reps or 10, budget_s=args.budget_s)

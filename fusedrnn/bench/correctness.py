@@ -35,10 +35,11 @@ from typing import Optional
 
 import torch
 
-from .. import LSTM, LSTMCell, report
+from .. import report
+from ..modules import LSTM, LSTMCell
 from ..backends import get as get_backend
 from ..modules._torch import TorchLSTM
-from ..ops.dispatch import unavailable_reason
+from ..ops.decision import unavailable_reason
 
 # Dimension letters: T steps, B batch, H hidden (= input size I here).
 

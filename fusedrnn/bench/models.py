@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import LSTM, LSTMCell
+from ..modules import LSTM, LSTMCell
 from ..modules._torch import TorchLSTM, TorchLSTMCell
 from ..modules.lstm import torch_forward_padded
 from .. import tasks as tasks_mod

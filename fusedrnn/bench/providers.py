@@ -16,8 +16,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .. import LSTM, LSTMCell
-from ..ops.dispatch import available_backends, explain_config
+from ..modules import LSTM, LSTMCell
+from ..ops.decision import available_backends, explain_config
 from ..modules._torch import TorchLSTM, TorchLSTMCell
 from .loop import LoopLSTM
 

@@ -92,16 +92,17 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         like = torch.empty(0, device=device or self.weight_hh.device, dtype=dtype or self.weight_hh.dtype)
         return dropout_mask(self.recurrent_dropout, (batch_size, self.hidden_size), like)
 
-    def plan(self, input: Tensor, mask: Optional[Tensor] = None) -> ops.Plan:
-        """The plan of a step on ``input`` in the current mode (fusedrnn.ops.plan)."""
+    def decide(self, input: Tensor, mask: Optional[Tensor] = None) -> ops.Decision:
+        """What runs a step on ``input`` in the current mode (:mod:`fusedrnn.ops.decision`)."""
         B = input.shape[0] if input.dim() == 2 else 1
         masked = mask is not None or self._mask_mode() != ops.MaskMode.NONE  # a cell's mask is [B, H]
         layer_op = self.batch_norm or self.layer_norm or self.zoneout_active()
-        return ops.plan_module(
-            "cell", "recurrence" if layer_op else "cell", self.backend, input.device, input.dtype,
-            ops.autocast_dtype(input), self.regularized(mask), self.training, False, B, self.hidden_size,
-            self.hidden_size, False, ops.MaskMode.SHARED if masked else ops.MaskMode.NONE, self._norm_mode(), False,
-            zoneout=self.zoneout_active())
+        dt = ops.autocast_dtype(input)
+        cfg = ops.Config.build(input.device, dt or input.dtype, 0, B, self.hidden_size, self.hidden_size,
+                               mask=ops.MaskMode.SHARED if masked else ops.MaskMode.NONE, norm=self._norm_mode(),
+                               zoneout=self.zoneout_active())
+        return ops.decide("cell", "recurrence" if layer_op else "cell", self.backend, cfg, dt, self.regularized(mask),
+                          self.training)
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None, *,
                 mask: Optional[Tensor] = None, step: Optional[int] = None) -> tuple[Tensor, Tensor]:
@@ -110,9 +111,9 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
             raise TypeError(f"LSTMCell: input must be a Tensor, got {type(input).__name__}")
         if ops.exporting():
             self.check_exportable(mask)
-        plan = self.plan(input, mask)  # every call pays this: plain reads, one cached decision
-        if plan.aten:
-            return TorchLSTMCell.forward(self, input, hx)  # torch's own cell (fusedrnn.ops.plan)
+        decision = self.decide(input, mask)  # every call pays this: plain reads, one cached decision
+        if decision.aten:
+            return TorchLSTMCell.forward(self, input, hx)  # torch's own cell (fusedrnn.ops.decision)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and len(hx) != 2:
@@ -151,7 +152,7 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
                 if self._mask is None or self._mask.shape[0] != B or self._mask.device != input.device:
                     self._mask = self.sample_mask(B, device=input.device, dtype=input.dtype)
                 mask = self._mask
-        bn = self._norm_state("", step_offset=self._step if step is None else int(step))
+        norm = self._norm_state("", step_offset=self._step if step is None else int(step))
         if self.batch_norm and step is None:
             self._step += 1
         weight_hh = self.weight_hh
@@ -165,7 +166,7 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
             z = zoneout_weights(self.zoneout_rates(), 1, B, self.hidden_size, self.hidden_size, input, self.training)
             zo = ops.Zoneout(z.c[0], z.h[0])
         hy, cy = ops.lstm_cell(input, hx[0], hx[1], self.weight_ih, weight_hh, self.bias_ih,
-                               self.bias_hh, mask=mask, bn=bn, zoneout=zo, backend=plan.check())
+                               self.bias_hh, mask=mask, norm=norm, zoneout=zo, backend=decision.check())
         if not is_batched:
             hy, cy = hy.squeeze(0), cy.squeeze(0)
         return hy, cy

@@ -3,14 +3,14 @@ the backends before it were passed over."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
-from ..ops.dispatch import candidates, explain_config
-from ..ops.plan import module_rule
+from ..ops.decision import candidates, explain_config, module_rule
 from .cell import LSTMCell
 from .lstm import LSTM
 
@@ -25,31 +25,30 @@ def explain(module: nn.Module, input) -> str:
     for name, m in lstms:
         lines.append(f"{name or type(module).__name__}: {m!r}")
         ref = input.data if isinstance(input, PackedSequence) else input
-        plan = m.plan(input)  # what forward would run
+        decision = m.decide(input)  # what forward would run
         configs = m.layer_configs(input)
-        first = configs[0][1]
-        _, rule = module_rule("lstm", m.backend, first.device_type, ops.autocast_dtype(ref) or ref.dtype,
-                              m.regularized() or ops.autocast_dtype(ref) is not None, m.training,
-                              first.requires_grad, first.B, first.H, first.arch)
-        if plan.aten:
+        dt = ops.autocast_dtype(ref)
+        first = configs[0][1] if dt is None else dataclasses.replace(configs[0][1], dtype=dt)
+        _, rule = module_rule("lstm", m.backend, first, m.regularized() or dt is not None, m.training)
+        if decision.aten:
             lines.append(f"  all layers: aten (torch's own LSTM), rule: {rule}")
             continue
-        lines.append(f"  fused layers on {plan.backend.name} in {plan.dtype}"
-                     f"{f' (autocast {plan.autocast})' if plan.autocast else ''}, rule: {rule}")
+        lines.append(f"  fused layers on {decision.backend.name} in {decision.dtype}"
+                     f"{f' (autocast {decision.autocast})' if decision.autocast else ''}, rule: {rule}")
         for suffix, cfg in configs:
             decisions = explain_config(m.backend, cfg)
-            lines.append(f"  layer{suffix}: {plan.backend.name}"
+            lines.append(f"  layer{suffix}: {decision.backend.name}"
                          f"  [T={cfg.T} B={cfg.B} H={cfg.H} R={cfg.R} {cfg.dtype} {cfg.device_type}"
                          f"{' ' + cfg.arch if cfg.arch else ''} mask={cfg.mask.name.lower()} "
                          f"norm={cfg.norm.name.lower()}{' zoneout' if cfg.zoneout else ''} "
                          f"lengths={cfg.lengths} reverse={cfg.reverse}]")
             lines.append(f"    order: {candidates(m.backend, cfg)[1]}")
             for n, why in decisions:
-                if n == plan.backend.name:
+                if n == decision.backend.name:
                     break
                 if why is not None:
                     lines.append(f"    not {n}: {why}")
-            detail = plan.backend.describe(cfg, ref.device)
+            detail = decision.backend.describe(cfg, ref.device)
             if detail:
                 lines.append(f"    design: {detail}")
     for name, m in module.named_modules():

@@ -181,17 +181,17 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             return 1
         return input.shape[0] if self.batch_first else input.shape[1]
 
-    def plan(self, input, lengths: Optional[Tensor] = None) -> ops.Plan:
-        """The plan of a forward on ``input`` in the current mode (fusedrnn.ops.plan): torch's
-        own LSTM, or the backend and dtype every layer runs in.  Made once per call."""
+    def decide(self, input, lengths: Optional[Tensor] = None) -> ops.Decision:
+        """What runs a forward on ``input`` in the current mode (:mod:`fusedrnn.ops.decision`):
+        torch's own LSTM, or the backend and dtype every layer runs in.  Made once per call."""
         ref = input.data if isinstance(input, PackedSequence) else input
         dt = ops.autocast_dtype(ref)
         R = self.proj_size if self.proj_size > 0 else self.hidden_size
-        return ops.plan_module(
-            "lstm", "recurrence", self.backend, ref.device, ref.dtype, dt, self.regularized(), self.training,
-            self._needs_grad(ref), self._batch_size(input), self.hidden_size, R, self.proj_size > 0,
-            self._mask_mode(), self._norm_mode(), lengths is not None or isinstance(input, PackedSequence),
-            zoneout=self.zoneout_active())
+        cfg = ops.Config.build(ref.device, dt or ref.dtype, 0, self._batch_size(input), self.hidden_size, R,
+                               proj=self.proj_size > 0, mask=self._mask_mode(), norm=self._norm_mode(),
+                               lengths=lengths is not None or isinstance(input, PackedSequence),
+                               requires_grad=self._needs_grad(ref), zoneout=self.zoneout_active())
+        return ops.decide("lstm", "recurrence", self.backend, cfg, dt, self.regularized(), self.training)
 
     def forward(self, input, hx=None, *, lengths: Optional[Tensor] = None):
         """See the class docstring for shapes.  ``lengths`` (fusedrnn only): see there."""
@@ -201,12 +201,12 @@ class LSTM(RegularizedMixin, nn.RNNBase):
             lengths = self._check_lengths(input, lengths)
         if ops.exporting():
             self.check_exportable()
-        plan = self.plan(input, lengths)  # every call pays this: plain reads, one cached decision
-        if plan.aten:
+        decision = self.decide(input, lengths)  # every call pays this: plain reads, one cached decision
+        if decision.aten:
             if lengths is not None:
                 return torch_forward_padded(self, input, hx, lengths)
             return TorchLSTM.forward(self, input, hx)
-        autocast = plan.autocast is not None
+        autocast = decision.autocast is not None
         if not ops.exporting():  # under export the weights are read as attributes (_layer_weights)
             self._update_flat_weights()
         orig_input = input
@@ -267,7 +267,7 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         self._check_bn_batch(max_batch_size)
 
-        output, h_n, c_n = self._layers(x, hx, lengths, plan.check())
+        output, h_n, c_n = self._layers(x, hx, lengths, decision.check())
 
         if index is not None:
             T, B = x.shape[0], x.shape[1]
@@ -323,8 +323,8 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         w_hr = w[-1] if self.proj_size > 0 else None
         return w_ih, w_hh, b_ih, b_hh, w_hr
 
-    def _layers(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Optional[Tensor], plan: ops.Plan):
-        """Run every layer and direction on x [T, B, I] as planned; returns (y [T, B, D*R], h_n, c_n)."""
+    def _layers(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Optional[Tensor], decision: ops.Decision):
+        """Run every layer and direction on x [T, B, I] as decided; returns (y [T, B, D*R], h_n, c_n)."""
         T, B = x.shape[0], x.shape[1]
         D = 2 if self.bidirectional else 1
         R = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -348,7 +348,7 @@ class LSTM(RegularizedMixin, nn.RNNBase):
                     w_hh = w_hh * weight_mask(p_w, w_hh.shape, w_hh)
                 y, h_n, c_n = ops.lstm_layer(
                     layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, mask=mask,
-                    lengths=lengths, reverse=d == 1, bn=self._norm_state(suffixes[k]), zoneout=zo, backend=plan,
+                    lengths=lengths, reverse=d == 1, norm=self._norm_state(suffixes[k]), zoneout=zo, backend=decision,
                 )
                 outs.append(y)
                 hs.append(h_n)

@@ -26,8 +26,8 @@ import numbers
 import torch
 from torch import nn
 
-from ..ops.contract import MaskMode, NormMode, RecurrentBN, RecurrentLN
-from ..ops.dispatch import check_backend_name
+from ..core.contract import MaskMode, NormMode, RecurrentBN, RecurrentLN
+from ..ops.decision import check_backend_name
 
 BN_GAMMA_INIT = 0.1
 
@@ -244,7 +244,7 @@ class RegularizedMixin:
                            bias_h=g("ln_h_bias"), weight_c=g("ln_c_weight"), bias_c=g("ln_c_bias"), eps=LN_EPS)
 
     def _norm_state(self, suffix: str, step_offset: int = 0):
-        """The recurrence's ``bn`` argument: batch norm, layer norm, or None."""
+        """The recurrence's ``norm`` argument: batch norm, layer norm, or None."""
         if self.layer_norm:
             return self._ln_state(suffix)
         return self._bn_state(suffix, step_offset) if self.batch_norm else None

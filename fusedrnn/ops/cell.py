@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contract import Config, MaskMode, Norm, Zoneout
+from ..core.contract import Config, MaskMode, Norm, Zoneout
+from .decision import Decision, decide_op
 from .layer import autocast_dtype, lstm_layer
-from .plan import Plan, plan_op
 
 
 def check_cell_args(input: Tensor, hx: Tensor, cx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -51,9 +51,9 @@ def lstm_cell(
     bias_hh: Optional[Tensor] = None,
     *,
     mask: Optional[Tensor] = None,
-    bn: Optional[Norm] = None,
+    norm: Optional[Norm] = None,
     zoneout: Optional[Zoneout] = None,
-    backend: Union[str, Plan] = "auto",
+    backend: Union[str, Decision] = "auto",
 ) -> tuple[Tensor, Tensor]:
     """One LSTM step.
 
@@ -61,11 +61,11 @@ def lstm_cell(
         input: [B, I]; hx, cx: [B, H].
         weight_ih: [G, I]; weight_hh: [G, H]; bias_ih, bias_hh: [G] or None.
         mask: [B, H] recurrent dropout mask on hx (scaled by 1 / (1 - p)), or None.
-        bn: recurrent batch norm, with ``bn.step_offset`` the step index of this step
+        norm: recurrent batch norm, with ``norm.step_offset`` the step index of this step
             (selects the running-statistics slot), layer norm, or None.
         zoneout: zoneout weights of hx and cx for this step, c [B, H] and h [B, H] (0/1
             draws in training, the rates in eval), or None.
-        backend: "auto", a backend name, or the Plan a module made for this call.
+        backend: "auto", a backend name, or the Decision a module made for this call.
 
     Returns:
         hy [B, H], cy [B, H].
@@ -78,24 +78,24 @@ def lstm_cell(
     float32 (a 16-bit c would be rounded at every step); hy comes back in the autocast dtype
     and cy in float32, so a decoder's cell state is never rounded to 16 bits between steps.
     """
-    dt = autocast_dtype(input)
+    dt = backend.autocast if isinstance(backend, Decision) else autocast_dtype(input)
     check_cell_args(input, hx, cx, weight_ih, weight_hh, mask, dt is not None)
-    if bn is not None or zoneout is not None:
+    if norm is not None or zoneout is not None:
         if zoneout is not None:
             zoneout = Zoneout(zoneout.c.unsqueeze(0), zoneout.h.unsqueeze(0))
         _, hy, cy = lstm_layer(input.unsqueeze(0), hx, cx, weight_ih, weight_hh, bias_ih,
-                               bias_hh, mask=mask, bn=bn, zoneout=zoneout, backend=backend)
+                               bias_hh, mask=mask, norm=norm, zoneout=zoneout, backend=backend)
         return hy, cy
     bias = None
     if bias_ih is not None:
         bias = bias_ih if bias_hh is None else bias_ih + bias_hh
     h_in = hx if mask is None else hx * mask
-    if isinstance(backend, Plan):
+    if isinstance(backend, Decision):
         be = backend.backend
     else:  # the pointwise step runs in float32 under autocast
         cfg = Config.build(input.device, torch.float32 if dt is not None else input.dtype, 1, input.shape[0],
                            cx.shape[1], hx.shape[1], mask=MaskMode.of(mask))
-        be = plan_op(backend, cfg, op="cell").backend
+        be = decide_op(backend, cfg, op="cell").backend
     if dt is not None:
         with torch.autocast(input.device.type, enabled=False):
             rd = torch.float32

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .contract import Zoneout
+from ..core.contract import Zoneout
 
 
 DRAW_DTYPE = torch.float32

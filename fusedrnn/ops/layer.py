@@ -4,8 +4,8 @@
     y, h_n, c_n = recurrence(xp, ...)       the backend's fused recurrence (backends/)
 
 and the running-statistics update of recurrent batch norm, which every backend shares.
-The op is planned once (:mod:`.plan`: the backend and the compute dtype) and calls only
-that backend.
+The op is decided once (:mod:`.decision`: the backend and the compute dtype; a module passes
+its own decision) and calls only that backend.  It builds its :class:`Config` once.
 
 Dimension letters: T steps, B batch, I input, H hidden, P projection, R = P or H, G = 4H.
 """
@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .contract import Backend, Config, MaskMode, Norm, NormMode, RecurrentBN, RecurrentLN, Zoneout, step_counts
-from .plan import Plan, plan_op
+from ..core.contract import (Backend, Config, MaskMode, Norm, NormMode, RecurrentBN, RecurrentLN, Zoneout,
+                             needs_grad, step_counts)
+from .decision import Decision, decide_op
 
 
 @torch.no_grad()
@@ -141,43 +142,44 @@ def _bias(bias_ih: Optional[Tensor], bias_hh: Optional[Tensor]) -> Optional[Tens
 # ---- the op ----------------------------------------------------------------------------------
 
 
-def input_projection(plan: Plan, cfg: Config, x: Tensor, weight_ih: Tensor, bias: Optional[Tensor],
-                     lengths: Optional[Tensor], bn: Optional[Norm]) -> Tensor:
-    """xp [T, B, G] = BN_x(x @ W_ih^T) + bias for x [T, B, I], as one GEMM and the planned
-    backend's input norm (statistics per step s of the recurrence, over the rows active at
-    s: the row's reversed position in the reverse direction).  Under autocast the GEMM runs
-    in the autocast dtype and xp comes out in the recurrence's dtype.  Updates BN_x's
-    running statistics in training.  With layer norm: LN_x(x @ W_ih^T) + bias, each row
-    normalised over its G columns (one pass, no statistics kept)."""
-    dt, rd = plan.autocast, plan.dtype
-    if bn is None:
+def input_projection(d: Decision, cfg: Config, x: Tensor, weight_ih: Tensor, bias: Optional[Tensor],
+                     lengths: Optional[Tensor], norm: Optional[Norm]) -> Tensor:
+    """xp [T, B, G] = N_x(x @ W_ih^T) + bias for x [T, B, I], as one GEMM and the decided
+    backend's input norm (cfg: the recurrence's configuration, in the dtype it runs in).
+
+    Batch norm: statistics per step s of the recurrence, over the rows active at s (the
+    row's reversed position in the reverse direction); updates BN_x's running statistics in
+    training.  Layer norm: each row normalised over its G columns (no statistics kept).
+    Under autocast the GEMM runs in the autocast dtype and xp comes out in cfg.dtype."""
+    dt, rd = d.autocast, cfg.dtype
+    if norm is None:
         if dt is None:
-            return plan.backend.project(cfg, x, weight_ih, bias)
+            return d.backend.project(cfg, x, weight_ih, bias)
         return F.linear(x.to(dt), weight_ih.to(dt), _cast(bias, dt)).to(rd)
-    xw = plan.backend.project(cfg, x, weight_ih, None) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
-    if isinstance(bn, RecurrentLN):
-        xp = F.layer_norm(xw, (xw.shape[2],), bn.weight_x.to(xw.dtype), bn.bias_x.to(xw.dtype), bn.eps)
+    xw = d.backend.project(cfg, x, weight_ih, None) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
+    if isinstance(norm, RecurrentLN):
+        xp = F.layer_norm(xw, (xw.shape[2],), norm.weight_x.to(xw.dtype), norm.bias_x.to(xw.dtype), norm.eps)
         return xp if bias is None else xp + bias.to(xw.dtype)
     T, B = xw.shape[0], xw.shape[1]
-    xp, mean, var = plan.backend.input_norm(cfg, xw, _cast(bias, rd), lengths, bn, bn.slot_index(T, xw.device))
-    if bn.training:
-        update_running_stats(bn.running_mean_x, bn.running_var_x, mean, var, step_counts(T, B, lengths, xw.device),
-                             bn.step_offset, bn.momentum)
+    xp, mean, var = d.backend.input_norm(cfg, xw, _cast(bias, rd), lengths, norm, norm.slot_index(T, xw.device))
+    if norm.training:
+        update_running_stats(norm.running_mean_x, norm.running_var_x, mean, var, step_counts(T, B, lengths, xw.device),
+                             norm.step_offset, norm.momentum)
     return xp
 
 
 def run_recurrence(backend: Backend, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor,
                    weight_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor],
-                   bn: Optional[Norm], zoneout: Optional[Zoneout] = None) -> tuple[Tensor, Tensor, Tensor]:
+                   norm: Optional[Norm], zoneout: Optional[Zoneout] = None) -> tuple[Tensor, Tensor, Tensor]:
     """The backend's recurrence, then the running-statistics update of BN_h and BN_c."""
-    res = backend.recurrence(cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, bn, zoneout)
-    if isinstance(bn, RecurrentBN) and bn.training and res.stats is not None:
+    res = backend.recurrence(cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, norm, zoneout)
+    if isinstance(norm, RecurrentBN) and norm.training and res.stats is not None:
         counts = step_counts(cfg.T, cfg.B, lengths, xp.device)
         st = res.stats
-        update_running_stats(bn.running_mean_h, bn.running_var_h, st.mean_h, st.var_h, counts,
-                             bn.step_offset, bn.momentum)
-        update_running_stats(bn.running_mean_c, bn.running_var_c, st.mean_c, st.var_c, counts,
-                             bn.step_offset, bn.momentum)
+        update_running_stats(norm.running_mean_h, norm.running_var_h, st.mean_h, st.var_h, counts,
+                             norm.step_offset, norm.momentum)
+        update_running_stats(norm.running_mean_c, norm.running_var_c, st.mean_c, st.var_c, counts,
+                             norm.step_offset, norm.momentum)
     return res.y, res.h_n, res.c_n
 
 
@@ -191,22 +193,22 @@ def lstm_recurrence(
     mask: Optional[Tensor] = None,
     lengths: Optional[Tensor] = None,
     reverse: bool = False,
-    bn: Optional[Norm] = None,
+    norm: Optional[Norm] = None,
     zoneout: Optional[Zoneout] = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The recurrence op (see :mod:`fusedrnn.ops.contract` for the exact semantics).
+    """The recurrence op (see :mod:`fusedrnn.core.contract` for the exact semantics).
 
     Args:
-        xp: [T, B, G] input projection, biases (and BN_x) included, in time order.
+        xp: [T, B, G] input projection, biases (and N_x) included, in time order.
         h0: [B, R] and c0: [B, H] initial state.
         weight_hh: [G, R]; weight_hr: [P, H] or None.
         mask: recurrent dropout mask on h_{s-1} where it enters W_hh, already scaled by
             1 / (1 - p): [B, R] shared by every step, or [T, B, R] one per step.
         lengths: [B] int64 sequence lengths (variable-length batches), or None.
         reverse: run each sequence backwards (the reverse direction).
-        bn: recurrent batch-norm parameters and state (running statistics of BN_h and BN_c
-            are updated here in training mode), layer-norm parameters, or None.
+        norm: recurrent batch norm (:class:`RecurrentBN`; the running statistics of BN_h and
+            BN_c are updated here in training mode), layer norm (:class:`RecurrentLN`), or None.
         zoneout: the zoneout weights of the previous state, c [T, B, H] and h [T, B, R]
             (:func:`fusedrnn.ops.zoneout_weights`), or None.
         backend: "auto" or a backend name.
@@ -217,9 +219,9 @@ def lstm_recurrence(
     if lengths is not None and isinstance(lengths, Tensor) and lengths.device != xp.device:
         lengths = lengths.to(xp.device)
     check_recurrence_args(xp, h0, c0, weight_hh, weight_hr, mask, lengths, zoneout)
-    cfg = Config.of(xp, h0, c0, weight_hh, weight_hr, mask, lengths, reverse, bn, zoneout)
-    return run_recurrence(plan_op(backend, cfg).backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, bn,
-                          zoneout)
+    cfg = Config.of(xp, h0, c0, weight_hh, weight_hr, mask, lengths, reverse, norm, zoneout)
+    return run_recurrence(decide_op(backend, cfg).backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths,
+                          norm, zoneout)
 
 
 def lstm_layer(
@@ -235,9 +237,9 @@ def lstm_layer(
     mask: Optional[Tensor] = None,
     lengths: Optional[Tensor] = None,
     reverse: bool = False,
-    bn: Optional[Norm] = None,
+    norm: Optional[Norm] = None,
     zoneout: Optional[Zoneout] = None,
-    backend: Union[str, Plan] = "auto",
+    backend: Union[str, Decision] = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer in one direction over a whole sequence.
 
@@ -246,10 +248,10 @@ def lstm_layer(
         h0: [B, R]; c0: [B, H].
         weight_ih: [G, I]; weight_hh: [G, R]; bias_ih, bias_hh: [G] or None;
         weight_hr: [P, H] or None.
-        mask, lengths, reverse, bn, zoneout: as :func:`lstm_recurrence` (with layer norm,
-            LN_x normalises the input projection).
-        backend: "auto", a backend name, or the :class:`~fusedrnn.ops.plan.Plan` a module
-            made for this call (no second decision).
+        mask, lengths, reverse, norm, zoneout: as :func:`lstm_recurrence` (with a norm, N_x
+            normalises the input projection: BN_x or LN_x).
+        backend: "auto", a backend name, or the :class:`~fusedrnn.ops.decision.Decision` a
+            module made for this call (no second decision).
 
     Returns:
         y [T, B, R], h_n [B, R], c_n [B, H].
@@ -267,27 +269,30 @@ def lstm_layer(
                          f"got shape {tuple(weight_ih.shape)}")
     if lengths is not None and isinstance(lengths, Tensor) and lengths.device != x.device:
         lengths = lengths.to(x.device)
-    dt = autocast_dtype(x)
+    decided = backend if isinstance(backend, Decision) else None
+    dt = decided.autocast if decided is not None else autocast_dtype(x)
     T, B = x.shape[0], x.shape[1]
-    H, R = weight_hh.shape[0] // 4, weight_hh.shape[1]
-    cfg = Config.build(x.device, dt or x.dtype, T, B, H, R, proj=weight_hr is not None, mask=MaskMode.of(mask),
-                       lengths=lengths is not None, reverse=reverse, norm=NormMode.of(bn), zoneout=zoneout is not None)
-    plan = backend if isinstance(backend, Plan) else plan_op(backend, cfg, autocast=dt)
+    cfg = Config.build(x.device, dt or x.dtype, T, B, weight_hh.shape[0] // 4, weight_hh.shape[1],
+                       proj=weight_hr is not None, mask=MaskMode.of(mask), lengths=lengths is not None,
+                       reverse=reverse, norm=NormMode.of(norm), zoneout=zoneout is not None,
+                       requires_grad=needs_grad((x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr), norm))
+    d = decided if decided is not None else decide_op(backend, cfg, autocast=dt)
     bias = _bias(bias_ih, bias_hh)
-    if plan.autocast is None:
-        xp = input_projection(plan, cfg, x, weight_ih, bias, lengths, bn)
-        args = (xp, h0, c0, weight_hh, weight_hr, mask, lengths)
-        check_recurrence_args(*args, zoneout)
-        return run_recurrence(plan.backend, Config.of(*args, reverse, bn, zoneout), *args, bn, zoneout)
-    rd = plan.dtype
+    if d.autocast is None:
+        xp = input_projection(d, cfg, x, weight_ih, bias, lengths, norm)
+        check_recurrence_args(xp, h0, c0, weight_hh, weight_hr, mask, lengths, zoneout)
+        return run_recurrence(d.backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, norm, zoneout)
+    rd = d.dtype
+    if rd != cfg.dtype:
+        cfg = dataclasses.replace(cfg, dtype=rd)
     with torch.autocast(x.device.type, enabled=False):
-        if bn is not None:  # every parameter of the norm in the recurrence's dtype
-            bn = dataclasses.replace(bn, **{f.name: getattr(bn, f.name).to(rd) for f in dataclasses.fields(bn)
-                                            if f.name.startswith(("weight_", "bias_"))})
+        if norm is not None:  # every parameter of the norm in the recurrence's dtype
+            norm = dataclasses.replace(norm, **{f.name: getattr(norm, f.name).to(rd) for f in dataclasses.fields(norm)
+                                                if f.name.startswith(("weight_", "bias_"))})
         if zoneout is not None:
             zoneout = Zoneout(zoneout.c.to(rd), zoneout.h.to(rd))
-        xp = input_projection(plan, dataclasses.replace(cfg, dtype=rd), x, weight_ih, bias, lengths, bn)
+        xp = input_projection(d, cfg, x, weight_ih, bias, lengths, norm)
         args = (xp, h0.to(rd), c0.to(rd), weight_hh.to(rd), _cast(weight_hr, rd), _cast(mask, rd), lengths)
         check_recurrence_args(*args, zoneout)
-        y, h_n, c_n = run_recurrence(plan.backend, Config.of(*args, reverse, bn, zoneout), *args, bn, zoneout)
+        y, h_n, c_n = run_recurrence(d.backend, cfg, *args, norm, zoneout)
     return y.to(dt), h_n.to(dt), c_n.to(torch.float32)

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ...ops.contract import Backend, Config
+from ...core.contract import Backend, Config
 
 try:  # the compiled library; absent when the package was not built
     from ... import _C  # noqa: F401  (loading it registers the ops)
@@ -81,8 +81,8 @@ class CompiledBackend(Backend):
             return f"the {self.name} layer recurrence kernel is not built"
         return None
 
-    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout=None):
-        return layer.forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
+    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout=None):
+        return layer.forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout)
 
     def input_norm(self, cfg, xw, bias, lengths, bn, slots):
         return batch_norm.input_norm(cfg, xw, bias, lengths, bn, slots)

@@ -11,8 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...ops import schema
-from ...ops.contract import RecurrentBN, acc_dtype
+from ...core import schema
+from ...core.contract import RecurrentBN, acc_dtype
 
 
 @torch.library.register_fake("fusedrnn::batch_norm_steps_forward")
@@ -55,7 +55,7 @@ torch.library.register_autograd("fusedrnn::batch_norm_steps_backward", schema.no
 
 def input_norm(cfg, xw: Tensor, bias: Optional[Tensor], lengths: Optional[Tensor], bn: RecurrentBN,
                slots: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """The contract's input norm (:meth:`fusedrnn.ops.contract.Backend.input_norm`) in one
+    """The contract's input norm (:meth:`fusedrnn.core.contract.Backend.input_norm`) in one
     fused pass: BN_x of xw [T, B, G] plus bias."""
     em = ev = None
     if not bn.training:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...ops import schema
-from ...ops.contract import acc_dtype
+from ...core import schema
+from ...core.contract import acc_dtype
 
 
 @torch.library.register_fake("fusedrnn::lstm_cell_forward")

@@ -1,5 +1,5 @@
 """``fusedrnn::lstm_layer_forward`` / ``_backward``: fake kernels and autograd (the schema is
-:mod:`fusedrnn.ops.schema`'s; csrc/module.cpp defines it, csrc/cpu/layer.cpp and
+:mod:`fusedrnn.core.schema`'s; csrc/module.cpp defines it, csrc/cpu/layer.cpp and
 csrc/cuda/register.cpp implement it).
 
 Workspace of this family (saved when save_workspace): ws_h [T, B, R] the masked h entering
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ...ops import schema
+from ...core import schema
 
 FORWARD, BACKWARD = "fusedrnn::lstm_layer_forward", "fusedrnn::lstm_layer_backward"
 
@@ -28,7 +28,7 @@ torch.library.register_fake(FORWARD)(lambda xp, h0, c0, *params: schema.fake_for
 schema.register_layer_autograd(FORWARD, BACKWARD)
 
 
-def forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout=None):
+def forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout=None):
     """The contract's recurrence on fusedrnn::lstm_layer_forward (the kernel of xp's device)."""
     return schema.run_layer_forward(torch.ops.fusedrnn.lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask,
-                                    lengths, bn, zoneout)
+                                    lengths, norm, zoneout)

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...ops import schema
+from ...core import schema
 
 
 @torch.library.register_fake("fusedrnn::linear")

@@ -1,7 +1,7 @@
 """The triton backend of the layer recurrence op.
 
 - backend.py: the Backend (what it serves, and the recurrence through the ops);
-- ops.py: the torch.library ops (the layer-op schema of fusedrnn.ops.schema);
+- ops.py: the torch.library ops (the layer-op schema of fusedrnn.core.schema);
 - host.py: their host functions (buffers, plans, launches, weight-gradient GEMMs);
 - launch.py: which kernels a plan launches, with which constexprs and grids (shared with aot.py);
 - config.py: the resource estimate, the design heuristic and the autotuning space;

@@ -8,8 +8,8 @@ from typing import Optional
 
 import torch
 
-from ...ops import schema
-from ...ops.contract import Backend, Config, NormMode, RecurrenceResult
+from ...core import schema
+from ...core.contract import Backend, Config, NormMode, RecurrenceResult
 from ..reference import BACKEND as REFERENCE
 from . import config as C
 from . import host
@@ -19,15 +19,15 @@ from .ops import lstm_layer_forward
 SERVED = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def recurrence(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn, design: Optional[str] = None,
+def recurrence(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, norm, design: Optional[str] = None,
                zoneout=None) -> RecurrenceResult:
     """The contract's recurrence on the Triton kernels (tests and benchmarks call it with a
     design; the backend uses the current one)."""
-    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, bn, zoneout)
+    cfg = Config.of(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, norm, zoneout)
     if design is None:
-        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout)
     with host.forced_design(design):
-        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout)
 
 
 class TritonBackend(Backend):
@@ -63,8 +63,8 @@ class TritonBackend(Backend):
                     f"statistics; B={cfg.B} > {C.MAX_BN_ROWS}")
         return None
 
-    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout=None) -> RecurrenceResult:
-        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, bn, zoneout)
+    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout=None) -> RecurrenceResult:
+        return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout)
 
     def input_norm(self, cfg, xw, bias, lengths, bn, slots):
         return REFERENCE.input_norm(cfg, xw, bias, lengths, bn, slots)

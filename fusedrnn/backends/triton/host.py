@@ -2,19 +2,18 @@
 
 Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H.
 
-The arguments are the layer-op schema's (:mod:`fusedrnn.ops.schema`).  Workspace of this
-family: ws_h = hs [T + 1, B, R] the h states (hs[0] = h0; in the model's dtype), ws_c = cs [T + 1, B, H] the cell
-states, ws_act [T, B, G] gate activations, ws_hh_hat [T, B, G] normalised W_hh h (batch
-norm), ws_hc [T, B, H] h before the projection; the rest in the accumulation dtype.  The
+The arguments and the workspace are the layer-op schema's (:mod:`fusedrnn.core.schema`).
+The forward exchanges h through hs [T + 1, B, R] (hs[0] = h0; in the model's dtype: a 16-bit
+exchange for bf16 / fp16) and keeps c in cs [T + 1, B, H] (the accumulation dtype), which
+is ws_c; ws_h is hs[:T] * m; ws_hh_hat holds N_h's input (layer norm: also the raw
+W_hh h ring).  The
 weight gradients are GEMMs after the backward loop: dW_hh = sum_s dhh_s^T (h_{s-1} m_s) (in
 the model's dtype, fp32 accumulation, as cuDNN), dW_hr = sum_s dhn_s^T hc_s.
 
 Design ("auto" unless FUSEDRNN_TRITON_DESIGN or :func:`forced_design` names one of
 config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch is
 planned; under torch.compile, when the graph is traced.  Persistent grids launch
-cooperatively in eager mode (COOPERATIVE).  With step graphs on
-(:func:`fusedrnn.backends.step_graphs.enable`, FUSEDRNN_STEP_GRAPHS=1) a per-step call that
-repeats runs as a replayed CUDA graph (GRAPHS, this backend's cache).
+cooperatively in eager mode (COOPERATIVE).
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ import torch
 import triton
 from torch import Tensor
 
-from ...ops.contract import acc_dtype
-from .. import step_graphs
+from ...core.contract import acc_dtype
 from . import config as C
 from . import kernels as K
 from . import launch as L
@@ -80,6 +78,12 @@ def zoneout_operands(zc: Optional[Tensor], zh: Optional[Tensor], dummy: Tensor) 
     return zc.contiguous(), zh.contiguous(), 1
 
 
+def eager_cuda(t: Tensor) -> bool:
+    """A real CUDA tensor in eager mode: not a FakeTensor or a subclass, not while torch.compile
+    / export traces (what launch-time choices such as autotuning and cooperative launches need)."""
+    return type(t) is torch.Tensor and t.is_cuda and not torch.compiler.is_compiling()
+
+
 def device_guard(t: Tensor):
     """A context that makes t's device current: Triton launches on the current device, which
     need not be the tensors' (inputs on cuda:1 while cuda:0 is current)."""
@@ -106,7 +110,7 @@ def _tuning(t: Tensor) -> bool:
     """Autotune only eagerly on real CUDA tensors (not while torch.compile traces), and not
     under torch.use_deterministic_algorithms(True): a timing-dependent tile choice could
     change the rounding between runs, the heuristic's plan cannot."""
-    return AUTOTUNE and not INTERPRET and step_graphs.eager_cuda(t) and not torch.are_deterministic_algorithms_enabled()
+    return AUTOTUNE and not INTERPRET and eager_cuda(t) and not torch.are_deterministic_algorithms_enabled()
 
 
 def _check_coresident(plans: list[C.Plan], s: C.Shape, device: torch.device) -> None:
@@ -140,7 +144,7 @@ COOPERATIVE = _has_cooperative_launch() and os.environ.get("FUSEDRNN_TRITON_COOP
 def _launch_options(design: str, t: Tensor) -> dict:
     """Extra launch options of a plan's kernels: the cooperative launch of a persistent grid
     (real CUDA tensors, eager)."""
-    if design == "persistent" and COOPERATIVE and not INTERPRET and step_graphs.eager_cuda(t):
+    if design == "persistent" and COOPERATIVE and not INTERPRET and eager_cuda(t):
         return {"launch_cooperative_grid": True}
     return {}
 
@@ -179,11 +183,11 @@ def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
     return dummy if t is None else t.contiguous()
 
 
-def _forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
-            mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int, bn_h_weight: Optional[Tensor],
-            bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
+def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
+            mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int, norm_h_weight: Optional[Tensor],
+            norm_c_weight: Optional[Tensor], norm_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
             bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
-            bn_c_running_var: Optional[Tensor], bn_step_offset: int, bn_eps: float,
+            bn_c_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
             zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], save_workspace: bool) -> tuple[Tensor, ...]:
     T, B, G = xp.shape
     H, R = G // 4, w_hh.shape[1]
@@ -215,7 +219,7 @@ def _forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
         ln_part = e(triton.cdiv(H, plans[0].BH), 2, B) if layer else dummy
         tune = _tuning(xp)
         ws = [_or(t if t.numel() else None, dummy) for t in (act, hhat, stats_h, stats_c)]
-        bnt = [_or(t, dummy) for t in (bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_mean, bn_h_running_var,
+        bnt = [_or(t, dummy) for t in (norm_h_weight, norm_c_weight, norm_c_bias, bn_h_running_mean, bn_h_running_var,
                                        bn_c_running_mean, bn_c_running_var)]
         msk = _or(mask, dummy)
         lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
@@ -224,22 +228,25 @@ def _forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Te
         if plans[0].design == "persistent":
             bar = torch.zeros(2, device=dev, dtype=torch.int32)
             _run("fwd", plans, s, f, (xp, w_hh, _or(w_hr, w_hh), msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, bar, T,
-                                      B, H, R, NS, NSC, bn_step_offset, bn_S, bn_eps), tune, restore=("hs", "cs"))
+                                      B, H, R, NS, NSC, bn_step_offset, bn_S, norm_eps), tune, restore=("hs", "cs"))
         else:
             for step in range(T):
                 _run("fwd", plans, s, f, (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, ln_part, step, T, B,
-                                          H, R, NS, NSC, bn_step_offset, bn_S, bn_eps), tune and not layer)
+                                          H, R, NS, NSC, bn_step_offset, bn_S, norm_eps), tune and not layer)
                 if layer:
                     _run("ln_fwd", plans[:1], s, f, (xp, lens, hs, cs, y, hcw, *ws, *bnt[:3], zc, zh, ln_part, step, T,
-                                                     B, H, R, NS, NSC, bn_eps), False)
+                                                     B, H, R, NS, NSC, norm_eps), False)
                 if proj:
                     _run("fwd_proj", plans[:1], s, f, (w_hr.contiguous(), lens, hs, y, hcw, zh, step, T, B, H, R, NS,
                                                        NSC), False)
     h_n = hs[T % NS].to(h0.dtype, copy=True)
     c_n = cs[T % NS].to(c0.dtype, copy=True)
     if not save:  # nothing for backward: hand back no workspace
-        hs, cs, hhat = e(0), e(0), e(0)
-    return y, h_n, c_n, stats_h, stats_c, hs, act, cs, hhat, hc
+        return y, h_n, c_n, stats_h, stats_c, e(0), act, e(0), e(0), hc
+    # ws_h: the operand of W_hh at each step, h_{s-1} * m_s, as the kernels' GEMMs saw it (the
+    # model's dtype); the dW_hh GEMM of backward reads it
+    ws_h = hs[:T] if mask is None else hs[:T] * mask
+    return y, h_n, c_n, stats_h, stats_c, ws_h, act, cs, hhat, hc
 
 
 def _mm_acc(a: Tensor, b: Tensor) -> Tensor:
@@ -251,19 +258,19 @@ def _mm_acc(a: Tensor, b: Tensor) -> Tensor:
     return torch.mm(a, b)
 
 
-def _backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
+def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
              mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int,
-             bn_h_weight: Optional[Tensor], bn_c_weight: Optional[Tensor], bn_c_bias: Optional[Tensor],
+             norm_h_weight: Optional[Tensor], norm_c_weight: Optional[Tensor], norm_c_bias: Optional[Tensor],
              bn_h_running_mean: Optional[Tensor], bn_h_running_var: Optional[Tensor],
              bn_c_running_mean: Optional[Tensor], bn_c_running_var: Optional[Tensor], bn_step_offset: int,
-             bn_eps: float, zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], h_stats: Tensor,
+             norm_eps: float, zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], h_stats: Tensor,
              c_stats: Tensor, ws_h: Tensor, ws_act: Tensor, ws_c: Tensor, ws_hh_hat: Tensor,
              ws_hc: Tensor) -> tuple[Tensor, ...]:
     T, B, R = dy.shape
     G = w_hh.shape[0]
     H = G // 4
     proj = w_hr is not None
-    hs, cs, act = ws_h, ws_c, ws_act
+    cs, act = ws_c, ws_act
     dev, acc = dy.device, act.dtype
     dy, dh_n, dc_n, w_hh = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh.contiguous()
     e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731
@@ -290,7 +297,7 @@ def _backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Option
     msk = _or(mask, dummy)
     lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
     w_r = _or(w_hr, w_hh)
-    bnt = [_or(t, dummy) for t in (bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_var, bn_c_running_mean,
+    bnt = [_or(t, dummy) for t in (norm_h_weight, norm_c_weight, norm_c_bias, bn_h_running_var, bn_c_running_mean,
                                    bn_c_running_var)]
     ws = [_or(t if t.numel() else None, dummy) for t in (h_stats, c_stats)]
     dhn_w, dgs = _or(dhn if (proj or layer) else None, dummy), [_or(t, dummy) for t in (dg_h, dg_c, db_c)]
@@ -302,7 +309,7 @@ def _backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Option
     elif plans[0].design == "persistent":
         bar = torch.zeros(2, device=dev, dtype=torch.int32)
         _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, zc, zh, dxp, dhh,
-                                  dhn_w, dh0, dc0, *dgs, bar, T, B, H, R, bn_step_offset, bn_S, bn_eps), tune)
+                                  dhn_w, dh0, dc0, *dgs, bar, T, B, H, R, bn_step_offset, bn_S, norm_eps), tune)
     else:
         dh_buf, dc_buf = e(2, B, R), e(2, B, H)
         for step in range(T - 1, -1, -1):
@@ -311,64 +318,25 @@ def _backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Option
                                                    H, R), False)
             if layer:
                 _run("ln_bwd", plans[:1], s, f, (dc_n, w_r, lens, cs, act, hhat, *ws, *bnt[:3], zc, dxp, dhh, dhn_w,
-                                                 dc_buf, *dgs, step, T, B, H, R, bn_eps), False)
+                                                 dc_buf, *dgs, step, T, B, H, R, norm_eps), False)
             else:
                 _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, zc, zh, dxp,
                                           dhh, dhn_w, dh_buf, dc_buf, *dgs, step, T, B, H, R, bn_step_offset, bn_S,
-                                          bn_eps), tune)
+                                          norm_eps), tune)
         _run("transfer_final", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dhn_w, dh0, -1, T, B, H,
                                                  R), False)
         dc0.copy_(dc_buf[0])
-    # Weight gradients: one GEMM each over all steps and rows (finished rows have zero dhh / dhn).
-    # the h operand as the forward's GEMM saw it: h * m rounded to the model's dtype
-    hm = hs[:T]
-    if mask is not None:
-        hm = hm * mask.to(hm.dtype)
+    # Weight gradients: one GEMM each over all steps and rows (finished rows have zero dhh / dhn),
+    # on the W_hh operand the forward saved (ws_h)
+    hm = ws_h
     dw_hh = _mm_acc(dhh.reshape(T * B, G).t(), hm.reshape(T * B, R).to(dhh.dtype)).to(w_hh.dtype)
     dw_hr = _mm_acc(dhn.reshape(T * B, R).t(), ws_hc[:T].reshape(T * B, H)).to(w_hr.dtype) if proj else e(0)
     if norm_mode:
-        dg_h = dg_h.sum(0).to(bn_h_weight.dtype)
-        dg_c = dg_c.sum(0).to(bn_c_weight.dtype)
-        db_c = db_c.sum(0).to(bn_c_bias.dtype)
+        dg_h = dg_h.sum(0).to(norm_h_weight.dtype)
+        dg_c = dg_c.sum(0).to(norm_c_weight.dtype)
+        db_c = db_c.sum(0).to(norm_c_bias.dtype)
     return dxp, dh0, dc0, dw_hh, dw_hr, dg_h, dg_c, db_c
 
 
-# ---- CUDA graphs of the per-step design (opt-in; step_graphs.py) ----------------------------
-
-GRAPHS = step_graphs.cache("triton")
-
-
-def _graphed(t: Tensor, T: int, B: int, H: int, R: int, proj: bool, norm_mode: int, dtype: torch.dtype) -> bool:
-    """Whether this call goes through GRAPHS: step graphs on, a real CUDA tensor in eager mode,
-    and the per-step design planned (a persistent launch is one kernel already)."""
-    if not (step_graphs.ENABLED and T > 1 and not INTERPRET and step_graphs.capturable(t)):
-        return False
-    return plans_for(t.device, shape_of(B, H, R, proj, norm_mode, dtype))[0].design == "step"
-
-
-def _graph_key(dtype: torch.dtype) -> tuple:
-    """What a captured call depends on besides its arguments: the design, TF32, autotuning."""
-    return (current_design(), _prec(dtype), AUTOTUNE, torch.are_deterministic_algorithms_enabled())
-
-
-def forward(*args) -> tuple[Tensor, ...]:
-    """The layer op's forward (the arguments of :func:`_forward`, the schema's), through a CUDA
-    graph when step graphs are on and the per-step design runs."""
-    xp, w_hh, w_hr, norm_mode = args[0], args[3], args[4], args[9]
-    T, B, G = xp.shape
-    if _graphed(xp, T, B, G // 4, w_hh.shape[1], w_hr is not None, norm_mode, w_hh.dtype):
-        return GRAPHS.run(_forward, args, _graph_key(xp.dtype))
-    return _forward(*args)
-
-
-def backward(*args) -> tuple[Tensor, ...]:
-    """The layer op's backward (the arguments of :func:`_backward`), graphed like forward."""
-    dy, w_hh, w_hr, norm_mode = args[0], args[3], args[4], args[9]
-    T, B, R = dy.shape
-    if _graphed(dy, T, B, w_hh.shape[0] // 4, R, w_hr is not None, norm_mode, w_hh.dtype):
-        return GRAPHS.run(_backward, args, _graph_key(dy.dtype))
-    return _backward(*args)
-
-
-__all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard", "forced_design", "forward",
-           "plans_for", "shape_of"]
+__all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard",
+           "forced_design", "forward", "plans_for", "shape_of"]

@@ -1,4 +1,4 @@
-"""The Triton layer ops, with the schema of every layer-op family (:mod:`fusedrnn.ops.schema`):
+"""The Triton layer ops, with the schema of every layer-op family (:mod:`fusedrnn.core.schema`):
 
   fusedrnn_triton::lstm_layer_forward  -> y, h_n, c_n, h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc
   fusedrnn_triton::lstm_layer_backward -> grad_xp, grad_h0, grad_c0, grad_w_hh, grad_w_hr, and the
@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...ops import schema
+from ...core import schema
 from . import host
 from .host import INTERPRET
 
@@ -30,38 +30,38 @@ _OUT8 = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 @_define(FORWARD, mutates_args=())
 def lstm_layer_forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
                        mask: Optional[Tensor], mask_mode: int, lengths: Optional[Tensor], reverse: bool,
-                       norm_mode: int, bn_h_weight: Optional[Tensor], bn_c_weight: Optional[Tensor],
-                       bn_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
+                       norm_mode: int, norm_h_weight: Optional[Tensor], norm_c_weight: Optional[Tensor],
+                       norm_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
                        bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
-                       bn_c_running_var: Optional[Tensor], bn_step_offset: int, bn_eps: float,
+                       bn_c_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
                        zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], save_workspace: bool) -> _OUT10:
     with host.device_guard(xp):
-        return host.forward(xp, h0, c0, w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, bn_h_weight,
-                            bn_c_weight, bn_c_bias, bn_h_running_mean, bn_h_running_var, bn_c_running_mean,
-                            bn_c_running_var, bn_step_offset, bn_eps, zoneout_c, zoneout_h, save_workspace)
+        return host.forward(xp, h0, c0, w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, norm_h_weight,
+                            norm_c_weight, norm_c_bias, bn_h_running_mean, bn_h_running_var, bn_c_running_mean,
+                            bn_c_running_var, bn_step_offset, norm_eps, zoneout_c, zoneout_h, save_workspace)
 
 
 @_define(BACKWARD, mutates_args=())
 def lstm_layer_backward(grad_y: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
                         mask: Optional[Tensor], mask_mode: int, lengths: Optional[Tensor], reverse: bool,
-                        norm_mode: int, bn_h_weight: Optional[Tensor], bn_c_weight: Optional[Tensor],
-                        bn_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
+                        norm_mode: int, norm_h_weight: Optional[Tensor], norm_c_weight: Optional[Tensor],
+                        norm_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
                         bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
-                        bn_c_running_var: Optional[Tensor], bn_step_offset: int, bn_eps: float,
+                        bn_c_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
                         zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], h_stats: Tensor,
                         c_stats: Tensor, ws_h: Tensor, ws_act: Tensor, ws_c: Tensor, ws_hh_hat: Tensor,
                         ws_hc: Tensor) -> _OUT8:
     with host.device_guard(grad_y):
         return host.backward(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode,
-                             bn_h_weight, bn_c_weight, bn_c_bias, bn_h_running_mean, bn_h_running_var,
-                             bn_c_running_mean, bn_c_running_var, bn_step_offset, bn_eps, zoneout_c, zoneout_h,
+                             norm_h_weight, norm_c_weight, norm_c_bias, bn_h_running_mean, bn_h_running_var,
+                             bn_c_running_mean, bn_c_running_var, bn_step_offset, norm_eps, zoneout_c, zoneout_h,
                              h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc)
 
 
 def _workspace(new, T, B, H, R, save, norm, proj):
     if not save:
         return new(0), new(0), new(0), new(0), new(1, B, H) if proj else new(0)
-    return new(T + 1, B, R, acc_type=False), new(T, B, 4 * H), new(T + 1, B, H), new(T, B, 4 * H) if norm else new(0), \
+    return new(T, B, R, acc_type=False), new(T, B, 4 * H), new(T + 1, B, H), new(T, B, 4 * H) if norm else new(0), \
         new(max(T, 1), B, H) if proj else new(0)
 
 

@@ -1,4 +1,4 @@
-"""The op contract every backend implements (DESIGN.md, "One op contract").
+"""The op contract every backend implements.
 
 Dimension letters: T steps, B batch, I input, H hidden, P projection (proj_size),
 R = P if P > 0 else H (the width of h), G = 4H gate columns in the order i, f, g, o.
@@ -39,9 +39,10 @@ that step (biased variance to normalise); in eval the running statistics of slot
 layer op updates the running statistics (one home: :func:`fusedrnn.ops.layer.update_running_stats`).
 
 Here: the encodings (:class:`MaskMode`, :class:`NormMode`), the configuration record
-(:class:`Config`, built by :meth:`Config.build` only), the batch-norm state
-(:class:`RecurrentBN`), what a recurrence returns, the :class:`Backend` protocol, and the
-indexing helpers of the semantics above.
+(:class:`Config`, built by its constructors :meth:`Config.build` and :meth:`Config.of`
+only), the norm states (:class:`RecurrentBN`, :class:`RecurrentLN`: a recurrence's ``norm``
+argument), what a recurrence returns, the :class:`Backend` protocol, and the indexing
+helpers of the semantics above.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
+
+from .arch import device_arch
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -79,8 +82,8 @@ class MaskMode(enum.IntEnum):
 
 class NormMode(enum.IntEnum):
     """Normalisation inside the recurrence: none, batch norm with per-step batch statistics
-    (training) or with the running statistics (eval).  The op encoding ``norm_mode`` and the
-    kernels' ``BN``."""
+    (training) or with the running statistics (eval), or layer norm.  The op encoding
+    ``norm_mode`` and the kernels' ``BN``."""
 
     NONE = 0
     BATCH_TRAIN = 1
@@ -88,12 +91,12 @@ class NormMode(enum.IntEnum):
     LAYER = 3
 
     @staticmethod
-    def of(bn: Optional["Norm"]) -> "NormMode":
-        if bn is None:
+    def of(norm: Optional["Norm"]) -> "NormMode":
+        if norm is None:
             return NormMode.NONE
-        if isinstance(bn, RecurrentLN):
+        if isinstance(norm, RecurrentLN):
             return NormMode.LAYER
-        return NormMode.BATCH_TRAIN if bn.training else NormMode.BATCH_EVAL
+        return NormMode.BATCH_TRAIN if norm.training else NormMode.BATCH_EVAL
 
     @property
     def batch(self) -> bool:
@@ -151,7 +154,7 @@ class RecurrentLN:
     eps: float
 
 
-Norm = Union[RecurrentBN, RecurrentLN]  # what a recurrence's ``bn`` argument holds
+Norm = Union[RecurrentBN, RecurrentLN]  # what a recurrence's ``norm`` argument holds
 
 
 class Zoneout(NamedTuple):
@@ -216,41 +219,25 @@ class Config:
 
     @staticmethod
     def of(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
-           lengths: Optional[Tensor], reverse: bool, bn: Optional[Norm],
+           lengths: Optional[Tensor], reverse: bool, norm: Optional[Norm],
            zoneout: Optional[Zoneout] = None) -> "Config":
         """The configuration of the recurrence op's arguments (xp [T, B, G], w_hh [G, R])."""
         T, B, G = xp.shape
-        params = (xp, h0, c0, w_hh, w_hr)
-        if bn is not None:
-            params += (bn.weight_h, bn.weight_c, bn.bias_c) + ((bn.bias_h,) if isinstance(bn, RecurrentLN) else ())
-        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
         return Config.build(xp.device, xp.dtype, T, B, G // 4, w_hh.shape[1], proj=w_hr is not None,
                             mask=MaskMode.of(mask), lengths=lengths is not None, reverse=reverse,
-                            norm=NormMode.of(bn), requires_grad=grad, zoneout=zoneout is not None)
+                            norm=NormMode.of(norm), requires_grad=needs_grad((xp, h0, c0, w_hh, w_hr), norm),
+                            zoneout=zoneout is not None)
 
 
-_ARCHS: dict[int, str] = {}
-
-
-def device_arch(device: torch.device) -> str:
-    """"sm_XY" for a CUDA device of compute capability X.Y, "" for any other device."""
-    if device.type != "cuda":
-        return ""
-    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@torch.compiler.assume_constant_result  # a trace-time constant under torch.compile
-def _cuda_arch(index: int) -> str:
-    if index not in _ARCHS:
-        major, minor = torch.cuda.get_device_capability(index)
-        _ARCHS[index] = f"sm_{major}{minor}"
-    return _ARCHS[index]
-
-
-def arch_capability(arch: str) -> tuple[int, int]:
-    """"sm_90" -> (9, 0); "sm_120" -> (12, 0)."""
-    num = arch.partition("_")[2]
-    return int(num[:-1]), int(num[-1])
+def needs_grad(tensors: tuple, norm: Optional[Norm] = None) -> bool:
+    """Whether autograd will differentiate a call on these tensors and the norm's parameters:
+    grad mode on and one of them requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    if norm is not None:
+        tensors = tensors + tuple(getattr(norm, f.name) for f in dataclasses.fields(norm)
+                                  if f.name.startswith(("weight_", "bias_")))
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 class BackendError(RuntimeError):
@@ -274,12 +261,12 @@ class Backend:
         """None if the backend can run this recurrence, else why not.
 
         Must not depend on ``cfg.T``: under torch.compile one traced decision serves every
-        sequence length (see :mod:`fusedrnn.ops.dispatch`)."""
+        sequence length (see :mod:`fusedrnn.ops.decision`)."""
         return None
 
     def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
                    w_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor],
-                   bn: Optional[Norm], zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
+                   norm: Optional[Norm], zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
         """The recurrence (module docstring) on xp [T, B, G]; cfg.reverse, cfg.mask,
         cfg.norm and cfg.zoneout say the direction and the modes."""
         raise NotImplementedError
@@ -344,5 +331,5 @@ def step_counts(T: int, B: int, lengths: Optional[Tensor], device) -> Tensor:
 
 
 __all__ = ["Backend", "BackendError", "BatchStats", "Config", "MaskMode", "Norm", "NormMode", "RecurrenceResult",
-           "RecurrentBN", "RecurrentLN", "Zoneout", "acc_dtype", "active_rows", "arch_capability", "device_arch",
+           "RecurrentBN", "RecurrentLN", "Zoneout", "acc_dtype", "active_rows", "needs_grad",
            "reverse_sequences", "step_counts"]

@@ -8,13 +8,28 @@ order, with these encodings:
         -> (y, h_n, c_n, h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc)
     backward(grad_y, grad_h_n, grad_c_n, *PARAMS, h_stats, c_stats, ws_h, ws_act, ws_c,
              ws_hh_hat, ws_hc)
-        -> (grad_xp, grad_h0, grad_c0, grad_w_hh, grad_w_hr, grad_bn_h_weight,
-            grad_bn_c_weight, grad_bn_c_bias)
+        -> (grad_xp, grad_h0, grad_c0, grad_w_hh, grad_w_hr, grad_norm_h_weight,
+            grad_norm_c_weight, grad_norm_c_bias)
 
-with PARAMS the names below.  What the workspace tensors hold is each family's own
-(its fake kernel says their shapes); their names and order are the contract's.
-:func:`layer_params` is the one flattener of the contract's arguments into PARAMS, and
-:func:`register_layer_autograd` the one autograd formula of a forward / backward pair.
+with PARAMS the names below: mask_mode a :class:`~fusedrnn.core.contract.MaskMode`,
+norm_mode a :class:`~fusedrnn.core.contract.NormMode` (batch norm in training or eval, or
+layer norm); norm_h_weight, norm_c_weight, norm_c_bias and norm_eps are the gain of N_h, the
+gain and bias of N_c and their epsilon for either norm; the bn_* arguments belong to batch
+norm alone (eval-mode running statistics [S, G] / [S, H], the step index of the first step).
+
+The workspace, saved for backward when save_workspace (one meaning in every family):
+
+    ws_h       [T, B, R]  h_{s-1} * m_s, the operand of W_hh at each step (data dtype)
+    ws_act     [T, B, G]  the activated gates (accumulation dtype)
+    ws_c       [T+1, B, H] the cell states, c_0 first (accumulation dtype)
+    ws_hh_hat  [T, B, G]  N_h's input or output, as the family's backward needs it (norms only)
+    ws_hc      [T, B, H]  h before W_hr (projection only; data dtype)
+
+Without save_workspace a family may return scratch of its own shape in these slots (a ring
+of the last steps, or nothing); its fake kernel says which.  Workspace tensors are indexed
+by the step s (processing order).  :func:`layer_params` is the one flattener of the
+contract's arguments into PARAMS, and :func:`register_layer_autograd` the one autograd
+formula of a forward / backward pair.
 """
 
 from __future__ import annotations
@@ -24,14 +39,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .contract import BatchStats, Config, NormMode, RecurrenceResult, RecurrentBN, RecurrentLN, Zoneout, acc_dtype
+from .contract import BatchStats, Config, Norm, NormMode, RecurrenceResult, RecurrentBN, RecurrentLN, Zoneout, acc_dtype
 
-PARAMS = ("w_hh", "w_hr", "mask", "mask_mode", "lengths", "reverse", "norm_mode", "bn_h_weight", "bn_c_weight",
-          "bn_c_bias", "bn_h_running_mean", "bn_h_running_var", "bn_c_running_mean", "bn_c_running_var",
-          "bn_step_offset", "bn_eps", "zoneout_c", "zoneout_h")
+PARAMS = ("w_hh", "w_hr", "mask", "mask_mode", "lengths", "reverse", "norm_mode", "norm_h_weight", "norm_c_weight",
+          "norm_c_bias", "bn_h_running_mean", "bn_h_running_var", "bn_c_running_mean", "bn_c_running_var",
+          "bn_step_offset", "norm_eps", "zoneout_c", "zoneout_h")
 FORWARD_OUTPUTS = ("y", "h_n", "c_n", "h_stats", "c_stats", "ws_h", "ws_act", "ws_c", "ws_hh_hat", "ws_hc")
 # the parameters that have a gradient, and its position among the backward's outputs
-_PARAM_GRADS = {"w_hh": 3, "w_hr": 4, "bn_h_weight": 5, "bn_c_weight": 6, "bn_c_bias": 7}
+_PARAM_GRADS = {"w_hh": 3, "w_hr": 4, "norm_h_weight": 5, "norm_c_weight": 6, "norm_c_bias": 7}
 
 
 def named(params: tuple) -> dict:
@@ -41,32 +56,33 @@ def named(params: tuple) -> dict:
 
 
 def layer_params(cfg: Config, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
-                 lengths: Optional[Tensor], bn: Optional[RecurrentBN], zoneout: Optional[Zoneout] = None) -> tuple:
+                 lengths: Optional[Tensor], norm: Optional[Norm], zoneout: Optional[Zoneout] = None) -> tuple:
     """The PARAMS of a recurrence, in order.  Eval-mode running statistics in the data dtype.
-    Layer norm (norm_mode 3) passes its LN_h gain, LN_c gain and LN_c bias in the batch-norm
-    slots; LN_h's bias is a constant of every step, which :func:`run_layer_forward` adds to xp."""
+    Layer norm passes its LN_h gain and LN_c gain and bias as the norm_* arguments; LN_h's
+    bias is a constant of every step, which :func:`run_layer_forward` adds to xp."""
     zo = (None, None) if zoneout is None else (zoneout.c, zoneout.h)
-    if cfg.norm == NormMode.LAYER:
-        norm = (bn.weight_h, bn.weight_c, bn.bias_c) + (None,) * 4 + (0, float(bn.eps))
-    elif bn is None:
-        norm = (None,) * 7 + (0, 1e-5)
+    if norm is None:
+        rest = (None,) * 7 + (0, 1e-5)
+    elif cfg.norm == NormMode.LAYER:
+        rest = (norm.weight_h, norm.weight_c, norm.bias_c) + (None,) * 4 + (0, float(norm.eps))
     else:
-        run = (None,) * 4 if bn.training else tuple(
-            t.to(cfg.dtype) for t in (bn.running_mean_h, bn.running_var_h, bn.running_mean_c, bn.running_var_c))
-        norm = (bn.weight_h, bn.weight_c, bn.bias_c) + run + (int(bn.step_offset), float(bn.eps))
-    return (w_hh, w_hr, mask, int(cfg.mask), lengths, bool(cfg.reverse), int(cfg.norm)) + norm + zo
+        run = (None,) * 4 if norm.training else tuple(
+            t.to(cfg.dtype) for t in (norm.running_mean_h, norm.running_var_h, norm.running_mean_c,
+                                      norm.running_var_c))
+        rest = (norm.weight_h, norm.weight_c, norm.bias_c) + run + (int(norm.step_offset), float(norm.eps))
+    return (w_hh, w_hr, mask, int(cfg.mask), lengths, bool(cfg.reverse), int(cfg.norm)) + rest + zo
 
 
 def run_layer_forward(op, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-                      mask: Optional[Tensor], lengths: Optional[Tensor], bn: Optional[RecurrentBN],
+                      mask: Optional[Tensor], lengths: Optional[Tensor], norm: Optional[Norm],
                       zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
     """Call a layer forward op of any family on the contract's arguments; the contract's result."""
-    if isinstance(bn, RecurrentLN):  # LN_h's bias enters every step's pre-activation: folded into xp
-        xp = xp + bn.bias_h.to(xp.dtype)
-    y, h_n, c_n, h_stats, c_stats, *_ = op(xp, h0, c0, *layer_params(cfg, w_hh, w_hr, mask, lengths, bn, zoneout),
+    if isinstance(norm, RecurrentLN):  # LN_h's bias enters every step's pre-activation: folded into xp
+        xp = xp + norm.bias_h.to(xp.dtype)
+    y, h_n, c_n, h_stats, c_stats, *_ = op(xp, h0, c0, *layer_params(cfg, w_hh, w_hr, mask, lengths, norm, zoneout),
                                            cfg.requires_grad)
     stats = None
-    if isinstance(bn, RecurrentBN) and bn.training:
+    if isinstance(norm, RecurrentBN) and norm.training:
         stats = BatchStats(h_stats[:, 0], h_stats[:, 1], c_stats[:, 0], c_stats[:, 1])
     return RecurrenceResult(y, h_n, c_n, stats)
 
@@ -130,8 +146,8 @@ def register_layer_autograd(forward: str, backward: str) -> None:
 def fake_forward(xp: Tensor, params: tuple, workspace) -> tuple:
     """The fake (meta) outputs of a layer forward: y, h_n, c_n, h_stats, c_stats, the same
     for every family, then ``workspace(new, T, B, H, R, save, norm, proj)``, the family's
-    five workspace tensors (``new(*shape, acc=True)`` makes one, in the accumulation dtype
-    or the data dtype)."""
+    five workspace tensors (``new(*shape, acc_type=True)`` makes one, in the accumulation
+    dtype, or with ``acc_type=False`` in the data dtype)."""
     a = named(params)
     T, B, G = xp.shape
     H, R = G // 4, a["w_hh"].shape[1]
@@ -154,10 +170,10 @@ def fake_grads(grad_y: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], norm_mode: 
     T, B, _ = grad_y.shape
     G, R = w_hh.shape
     H = G // 4
-    bn = norm_mode != 0
+    normed = norm_mode != NormMode.NONE
     e = grad_y.new_empty
     return (e(T, B, G), e(B, R), e(B, H), e(G, R), e(*w_hr.shape) if w_hr is not None else e(0),
-            e(G if bn else 0), e(H if bn else 0), e(H if bn else 0))
+            e(G if normed else 0), e(H if normed else 0), e(H if normed else 0))
 
 
 def _op(qualname: str):

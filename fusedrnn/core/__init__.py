@@ -1,0 +1,11 @@
+"""The leaf every layer stands on: the op contract and the layer-op schema.
+
+- :mod:`.contract`: Config, MaskMode, NormMode, RecurrentBN, RecurrentLN, Zoneout, the
+  Backend protocol and the indexing of the semantics;
+- :mod:`.schema`: the layer-op schema every op family shares (argument order, encodings,
+  its flattener and its autograd formula);
+- :mod:`.arch`: a CUDA device's compute capability ("sm_90").
+
+It imports nothing of fusedrnn: ops (the decisions) and backends (the kernels) both import
+it, and neither imports the other's internals.
+"""

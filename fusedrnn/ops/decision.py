@@ -1,0 +1,333 @@
+"""Deciding what runs a call: torch's own module ("aten"), or a backend and a compute dtype.
+
+One :class:`Decision` per module call (:func:`decide_module`) or direct op call
+(:func:`decide_op`); every layer below reads it instead of deciding again.  Decisions are
+cached in one dict, keyed on the call's :class:`~fusedrnn.core.contract.Config` (its
+sequence length left out), the requested backend, the environment switches a decision reads
+(:data:`DECISION_ENV`) and, for modules, the mode.
+
+The rules (:func:`module_rule` says which one decided):
+
+- an explicit backend runs as asked (``aten`` refuses what torch cannot do);
+- an option torch's LSTM lacks (recurrent dropout, variational masks, batch norm, layer
+  norm, zoneout, weight dropout, an explicit cell mask) or autocast (the fused path keeps c
+  in float32) runs the fused ops;
+- a plain cell step runs torch's own cell (the same GEMMs and pointwise kernel);
+- a plain LSTM on the CPU runs torch's own (oneDNN);
+- a plain LSTM on a GPU runs cuDNN unless a committed measurement for that GPU class shows
+  a fused design faster at that shape (:mod:`.evidence`); in eval mode with gradients it
+  runs fused (cuDNN has no backward in eval mode);
+- under torch.compile the fused ops always run the LSTM (Dynamo cannot trace torch's);
+- under torch.export / ONNX export, standard ops only (:func:`export_decision`).
+
+Which backend runs the fused ops: ``backend="auto"`` (the default everywhere) takes the
+first backend of the device's :data:`PREFERENCE` order that is available and supports the
+configuration; on a GPU, backends whose GPU tests have passed on real hardware of that GPU
+class come first (:mod:`.evidence`).  ``FUSEDRNN_BACKEND`` overrides "auto".  An explicitly
+named backend that is unavailable, or cannot serve the configuration, raises
+:class:`BackendError` naming what is missing; nothing falls back silently.
+
+Under torch.compile the decision is taken while tracing, as a constant
+(``torch.compiler.assume_constant_result``): it depends only on Python values (the requested
+name, the configuration's fields, the mode), which Dynamo guards on, so the traced graph
+holds the chosen backend's op with no graph break.  The batch size is specialised (a new
+batch size recompiles), the sequence length is not (backends must not decide on
+``Config.T``), and the environment is read when a graph is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import os
+from typing import Optional, Union
+
+import torch
+
+from .. import backends
+from ..core.contract import Backend, BackendError, Config
+from . import evidence
+
+# Backends that run whole fusedrnn.LSTM / LSTMCell modules rather than one op: "aten" is
+# torch's own LSTM / LSTMCell (oneDNN on the CPU, cuDNN on a GPU).
+MODULE_ONLY = ("aten",)
+
+# Fastest first, per device type.
+PREFERENCE = {
+    "cpu": ("native", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+
+# The environment switches a decision reads (FUSEDRNN_BACKEND in requested(); the cuda
+# backend's FUSEDRNN_CUDA_UNVERIFIED): part of every cached decision's key, so flipping one
+# is not answered from the cache.
+DECISION_ENV = ("FUSEDRNN_BACKEND", "FUSEDRNN_CUDA_UNVERIFIED")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """aten: torch's own module runs the call.  Else ``backend`` runs the fused ops with the
+    recurrence in ``dtype`` (the data dtype; under autocast, ``autocast`` is the autocast
+    dtype and ``dtype`` the one the backend runs: 16-bit where it keeps c in float32, else
+    float32)."""
+
+    aten: bool
+    backend: Optional[Backend] = None
+    dtype: Optional[torch.dtype] = None
+    autocast: Optional[torch.dtype] = None
+    error: Optional[str] = None  # no backend serves the call: raised after the module's argument checks
+
+    def check(self) -> "Decision":
+        """The decision, or BackendError when no backend can serve the call."""
+        if self.error is not None:
+            raise BackendError(self.error)
+        return self
+
+
+ATEN = Decision(aten=True)
+
+
+# ---- backend names and availability ------------------------------------------------------
+
+
+def check_backend_name(name: str) -> str:
+    """Validate a backend argument; raises ValueError naming the argument."""
+    known = ("auto",) + backends.NAMES + MODULE_ONLY
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f"backend must be one of {known}, got {name!r}")
+    return name
+
+
+def requested(name: str) -> str:
+    """The backend asked for: ``name``, or FUSEDRNN_BACKEND in place of "auto"."""
+    check_backend_name(name)
+    if name == "auto":
+        env = os.environ.get("FUSEDRNN_BACKEND", "").strip()
+        if env and env != "auto":
+            try:
+                return check_backend_name(env)
+            except ValueError as e:
+                raise ValueError(f"FUSEDRNN_BACKEND: {e}") from None
+    return name
+
+
+def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
+    """None if backend ``name`` can run on ``device``, else why not."""
+    if name in MODULE_ONLY:
+        return (f"backend {name!r} (torch's own LSTM) runs whole fusedrnn.LSTM modules without "
+                "regularizers, not single recurrences")
+    be = backends.get(name)
+    if be is None:
+        return f"backend {name!r} cannot be imported: {backends.import_error(name)}"
+    return be.unavailable_reason(device)
+
+
+def available_backends(device: Union[str, torch.device, None] = None) -> list[str]:
+    """Backends that can run on ``device`` (default: CUDA if present, else CPU), fastest first."""
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return [n for n in PREFERENCE.get(dev.type, ("reference",)) if unavailable_reason(n, dev) is None]
+
+
+def candidates(name: str, cfg: Config) -> tuple[tuple[str, ...], str]:
+    """The backends to try, in order, for a configuration, and the rule that ordered them."""
+    name = requested(name)
+    if name != "auto":
+        return (name,), f"backend={name!r} was requested"
+    order = PREFERENCE.get(cfg.device_type, ("reference",))
+    if cfg.device_type != "cuda":
+        return order, f"the {cfg.device_type} preference order (fastest first)"
+    proven = tuple(n for n in order if evidence.validated(n, cfg.arch))
+    if not proven:
+        return order, (f"no backend has passed its GPU tests on {cfg.arch or 'this GPU'}: the default order "
+                       "(fastest first by design)")
+    rest = tuple(n for n in order if n not in proven)
+    return proven + rest, (f"{', '.join(proven)} passed its GPU tests on real {cfg.arch} hardware: it comes "
+                           "before backends that have not")
+
+
+def _why_not(be: Backend, cfg: Config, op: str) -> Optional[str]:
+    return be.unsupported_reason(cfg) if op == "recurrence" else be.cell_unsupported_reason(cfg)
+
+
+def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple[str, Optional[str]]]:
+    """For each candidate backend, None if it would run this configuration, else why not.
+
+    The first entry with None is the one :func:`decide_op` picks (outside autocast)."""
+    out = []
+    for n in candidates(name, cfg)[0]:
+        why = unavailable_reason(n, torch.device(cfg.device_type))
+        out.append((n, why if why is not None else _why_not(backends.get(n), cfg, op)))
+    return out
+
+
+# ---- the rules ---------------------------------------------------------------------------
+
+
+def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: bool) -> tuple[bool, str]:
+    """(torch's own module runs, the rule that decided) for a module call whose first layer
+    has configuration ``cfg`` (cfg.dtype the autocast dtype under autocast; ``regularized``
+    includes autocast)."""
+    name = requested(name)
+    if name == "aten":
+        if regularized:
+            raise BackendError("backend='aten' (torch's own LSTM) cannot run recurrent dropout, "
+                               "variational masks, batch norm or an explicit mask")
+        return True, "backend='aten' was requested"
+    if name != "auto":
+        return False, f"backend={name!r} was requested"
+    if regularized:
+        return False, "an option torch's LSTM lacks is active (or autocast, whose cell state stays float32)"
+    if kind == "cell":
+        return True, "a plain cell step: torch's own cell runs the same GEMMs and pointwise kernel"
+    if cfg.device_type == "cpu":
+        if cfg.dtype in (torch.float32, torch.float64):
+            return True, "plain LSTM on the CPU: torch's own (oneDNN) measures at least as fast"
+        return False, f"torch's CPU LSTM is not the measured path for {cfg.dtype}"
+    if cfg.device_type == "cuda":
+        mode = "fwd+bwd" if cfg.requires_grad else "fwd"
+        rec = evidence.faster_than_cudnn(cfg.arch, str(cfg.dtype).replace("torch.", ""), cfg.B, cfg.H, mode)
+        if rec is not None:
+            return False, (f"a committed measurement on {rec.get('gpu', cfg.arch)} has {rec['backend']} faster "
+                           f"than cuDNN at B={cfg.B}, H={cfg.H} ({rec['source']})")
+        if not training and cfg.requires_grad:
+            return False, "eval mode with gradients: cuDNN has no backward in eval mode"
+        return True, (f"plain LSTM on the GPU: cuDNN, since no committed measurement on {cfg.arch or 'this GPU'} "
+                      f"shows a fused design faster at B={cfg.B}, H={cfg.H}, {cfg.dtype} ({mode})")
+    return False, f"torch's LSTM is not used on {cfg.device_type}"
+
+
+def _fused(name: str, cfg: Config, op: str, autocast: Optional[torch.dtype]) -> Decision:
+    """The backend that runs ``op`` ("recurrence" or "cell") for this configuration, and the
+    dtype it runs in: cfg.dtype; under autocast (cfg.dtype the autocast dtype) that dtype
+    where the backend keeps its cell state in float32 and serves it, else float32 (the first
+    candidate serving either wins)."""
+    passed = []
+    for n in candidates(name, cfg)[0]:
+        why = unavailable_reason(n, torch.device(cfg.device_type))
+        if why is None:
+            be = backends.get(n)
+            dtypes = [cfg.dtype] if not autocast else (
+                [cfg.dtype, torch.float32] if be.autocast_native else [torch.float32])
+            whys = [_why_not(be, cfg if dt == cfg.dtype else dataclasses.replace(cfg, dtype=dt), op) for dt in dtypes]
+            for dt, w in zip(dtypes, whys):
+                if w is None:
+                    return Decision(aten=False, backend=be, dtype=dt, autocast=autocast)
+            why = whys[0]
+        passed.append((n, why))
+    if len(passed) == 1:
+        n, why = passed[0]
+        raise BackendError(f"backend={n!r} cannot run this {op}: {why}")
+    raise BackendError(  # pragma: no cover - reference always serves
+        f"no backend can run this {op}: " + "; ".join(f"{n}: {w}" for n, w in passed))
+
+
+def _decide(kind: str, op: str, name: str, cfg: Config, autocast: Optional[torch.dtype], regularized: bool,
+            training: bool) -> Decision:
+    """The uncached decision (kind "op" for a direct op call: no module rule)."""
+    try:
+        if kind != "op" and module_rule(kind, name, cfg, regularized or autocast is not None, training)[0]:
+            return ATEN
+        return _fused(name, cfg, op, autocast)
+    except BackendError as e:
+        if kind == "op":
+            raise
+        return Decision(aten=False, error=str(e))  # a module raises it after its argument checks
+
+
+# ---- the one cache -----------------------------------------------------------------------
+
+_CACHE: dict = {}
+
+
+def decide(kind: str, op: str, name: str, cfg: Config, autocast: Optional[torch.dtype] = None,
+           regularized: bool = False, training: bool = True) -> Decision:
+    """The decision for one call.
+
+    kind: "lstm" or "cell" (a module call: the module rules apply first; a failure comes
+    back as ``Decision.error``, which the module raises after its argument checks), or "op"
+    (a direct op call: BackendError at once).  op: the fused op, "recurrence" or "cell".
+    cfg: the configuration of the call's first recurrence, its dtype the autocast dtype
+    under autocast (``autocast``).  regularized: an option torch's module lacks is active.
+    """
+    if exporting():
+        return export_decision(kind, name, cfg, op, autocast, regularized)
+    if torch.compiler.is_compiling():
+        return _traced(kind, op, name, cfg, autocast, regularized, training)
+    return _cached(kind, op, name, cfg, autocast, regularized, training)
+
+
+def _cached(kind, op, name, cfg, autocast, regularized, training) -> Decision:
+    # no backend decides on the sequence length: T = 0 in every key
+    key = (kind, op, name, tuple(os.environ.get(k) for k in DECISION_ENV),
+           dataclasses.replace(cfg, T=0) if cfg.T else cfg, autocast, regularized, training)
+    d = _CACHE.get(key)
+    if d is None:
+        d = _CACHE[key] = _decide(kind, op, name, cfg, autocast, regularized, training)
+    return d
+
+
+def decide_op(name: str, cfg: Config, op: str = "recurrence", autocast: Optional[torch.dtype] = None) -> Decision:
+    """The fused decision of one direct op call (cfg.dtype the data dtype, or the autocast dtype)."""
+    return decide("op", op, name, cfg, autocast)
+
+
+# ---- under torch.compile -----------------------------------------------------------------
+
+# operator.index specialises a symbolic int under Dynamo (int() would keep it symbolic).
+_PLAIN = {"int": operator.index, "bool": lambda v: True if v else False}
+_FIELDS = dataclasses.fields(Config)
+
+
+def _traced(kind, op, name, cfg, autocast, regularized, training) -> Decision:
+    """The decision as a trace-time constant: plain Python values in (the configuration's
+    fields, specialised), plain values out (the backend's name and the dtype), so that
+    Dynamo guards on the inputs and inlines the result."""
+    fields = tuple(0 if f.name == "T" else _PLAIN.get(f.type, lambda v: v)(getattr(cfg, f.name)) for f in _FIELDS)
+    aten, be, dtype, error = _decide_constant(kind, op, name, fields, autocast, True if regularized else False,
+                                              True if training else False)
+    if aten:
+        return ATEN
+    if error:
+        return Decision(aten=False, error=error)
+    return Decision(aten=False, backend=backends.get(be), dtype=dtype, autocast=autocast)
+
+
+@torch.compiler.assume_constant_result
+def _decide_constant(kind, op, name, fields, autocast, regularized, training) -> tuple:
+    cfg = Config(**{f.name: v for f, v in zip(_FIELDS, fields)})
+    if kind == "lstm" and requested(name) == "aten":
+        raise BackendError("backend='aten' runs torch's own LSTM, which torch.compile cannot trace; "
+                           "use backend='auto' or a fused backend")
+    # torch.compile cannot trace torch's LSTM (Dynamo refuses nn.LSTM, and its CPU kernel is not
+    # traceable): the fused ops run the whole LSTM, so a plain fullgraph compile works.  torch's
+    # cell traces, and keeps its rule.
+    d = _cached("op" if kind == "lstm" else kind, op, name, cfg, autocast, regularized, training)
+    return d.aten, (d.backend.name if d.backend is not None else ""), d.dtype, d.error
+
+
+# ---- under export ------------------------------------------------------------------------
+
+
+def exporting() -> bool:
+    """Whether the call is being captured for deployment: torch.export (and the ONNX exporter
+    built on it) or torch.jit tracing (the TorchScript ONNX exporter)."""
+    return bool(torch.compiler.is_exporting() or torch.jit.is_tracing())
+
+
+def export_decision(kind: str, name: str, cfg: Config, op: str, autocast: Optional[torch.dtype],
+                    regularized: bool) -> Decision:
+    """The decision of a call being exported: standard ops only, so that the program runs
+    without fusedrnn._C (AOT runtimes, ONNX).  A configuration torch's own module computes
+    (no batch norm, no projection for the LSTM: ONNX's LSTM op has none) runs as torch's
+    module, which exports to aten.lstm and ONNX's LSTM op; any other runs the reference
+    backend, whose plain PyTorch ops unroll over the steps.  backend='reference' is kept as
+    asked."""
+    if kind != "op" and requested(name) != "reference" and not (regularized or autocast):
+        if kind == "cell" or not cfg.proj:
+            return ATEN
+    return _fused("reference", cfg, op, autocast)
+
+
+__all__ = ["ATEN", "DECISION_ENV", "Decision", "MODULE_ONLY", "PREFERENCE", "available_backends", "candidates",
+           "check_backend_name", "decide", "decide_op", "explain_config", "export_decision", "exporting",
+           "module_rule", "requested", "unavailable_reason"]
