@@ -118,7 +118,7 @@ print("backends on cuda:", fusedrnn.available_backends("cuda"), "| on cpu:", fus
 if torch.cuda.is_available():
     from fusedrnn.backends.cuda import cuda_design
     from fusedrnn.bench.suite import PRESETS, DTYPES
-    from fusedrnn.ops.contract import Config
+    from fusedrnn.core.contract import Config
     for p in PRESETS["anchors"]["points"]:
         x = torch.empty(p.T, p.B, p.I, dtype=DTYPES[p.dtype], device="cuda")
         m = fusedrnn.LSTM(p.I, p.H, backend="cuda", device="cuda", dtype=DTYPES[p.dtype])
@@ -139,8 +139,9 @@ stage bench 170 "$OUT/bench.log" $PY -m fusedrnn bench "${BENCH[@]}" --out "$OUT
 selected bench && tail -3 "$OUT/bench.log" 2>/dev/null
 
 export FUSEDRNN_TEST_TIMEOUT_S=${FUSEDRNN_TEST_TIMEOUT_S:-60}
-GPU_TESTS=(tests/test_cuda.py tests/test_triton_gpu.py tests/test_determinism_memory.py tests/test_hardening.py
-           tests/test_models.py tests/test_train.py tests/test_user_paths.py tests/test_compile.py)
+GPU_TESTS=(tests/test_cuda.py tests/test_triton_gpu.py tests/test_determinism_memory.py tests/test_autocast.py
+           tests/test_models.py tests/test_train.py tests/test_user_paths.py
+           tests/test_compile.py)
 PYTEST=($PY -m pytest -q -p no:cacheprovider -o addopts="" -rf)
 stage gpu-tests 300 "$OUT/gpu-tests.log" "${PYTEST[@]}" -m "gpu and not inductor" --junitxml="$OUT/gpu-tests.xml" "${GPU_TESTS[@]}"
 selected gpu-tests && { grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -30; tail -1 "$OUT/gpu-tests.log"; } 2>/dev/null

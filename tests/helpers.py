@@ -10,6 +10,18 @@ import sys
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import fusedrnn
+
+# the CPU backends every CPU test runs: native and reference, and triton where its kernels run
+# on CPU tensors (the interpreter, which conftest.py turns on)
+TRITON = fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
+CPU_BACKENDS = fusedrnn.available_backends("cpu") + (["triton"] if TRITON else [])
+
+
+def cell_backend(backend: str) -> str:
+    """Triton has no cell kernel (an unregularized step runs elsewhere): cells use native."""
+    return "native" if backend == "triton" else backend
+
 TOL = {
     torch.float64: dict(rtol=1e-10, atol=1e-10),
     torch.float32: dict(rtol=1e-5, atol=1e-5),

@@ -185,6 +185,19 @@ def test_gpu_check_script_parses():
     assert r.returncode == 0, r.stderr
 
 
+def test_gpu_check_runs_every_file_with_gpu_tests():
+    """A GPU test in a file the check does not list would never run on the lent GPU."""
+    import glob
+    import re
+
+    script = open(os.path.join(ROOT, "benchmarks", "gpu_check.sh")).read()
+    listed = set(re.findall(r"tests/test_\w+\.py", script.split("GPU_TESTS=(", 1)[1].split(")", 1)[0]))
+    marked = {os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "tests", "test_*.py"))
+              if re.search(r"^(@pytest\.mark\.gpu\b|pytestmark\b.*\bgpu\b)", open(f).read(), re.M)}
+    assert marked and marked <= listed, marked - listed
+    assert all(os.path.exists(os.path.join(ROOT, f)) for f in listed), listed
+
+
 def test_screen_table_fits_110_columns_and_leaves_the_reference_out(capsys):
     recs = suite.run("quick", device=torch.device("cpu"), out=None, points=[Point(4, 6, 8, 8), Point(128, 6, 64, 64)],
                      reps=1, variants=tuple(suite.VARIANTS), backends=["native", "reference"], progress=False)

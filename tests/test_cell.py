@@ -7,13 +7,12 @@ from torch import nn
 
 import fusedrnn
 from fusedrnn import ops
-from helpers import assert_close, grads
+from helpers import TRITON, assert_close, grads
 
 B, I, H = 4, 3, 5
 # triton has no cell kernel (a single step runs on native / reference): it is not in these
 # lists; its layer kernel serves a batch-norm cell (test_batch_norm_cell_steps_like_the_layer).
 CPU_BACKENDS = fusedrnn.available_backends("cpu")
-TRITON = fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["auto"])  # auto: torch's own cell for a plain step

@@ -8,6 +8,7 @@ import torch
 import fusedrnn
 from fusedrnn import models
 from fusedrnn.models.ntm import address
+from helpers import TRITON
 
 BACKENDS = [b for b in fusedrnn.available_backends("cpu") if b != "triton"]
 REG = dict(recurrent_dropout=0.2, variational=True)
@@ -60,7 +61,6 @@ def _out(y):
 
 EXPECTED_SHAPE = {"lm": (3, 6, 17), "lm-tied": (3, 6, 17), "tagger": (3, 6, 5), "classifier-bn": (3, 4),
                   "caption": (3, 5, 9), "ntm": (3, 6, 4), "stack": (3, 6, 5)}
-TRITON = fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
 # every model on every fused CPU backend; triton (no cell kernel: the LSTM models) through the
 # interpreter
 TRAIN_CASES = [(b, n) for b in BACKENDS + ["auto"] if b != "reference" for n in MODELS] + \

@@ -11,7 +11,7 @@ from torch import nn
 import fusedrnn
 from fusedrnn import ops
 from direct import direct_layer
-from helpers import assert_close, grads
+from helpers import TRITON, assert_close, grads
 
 T, B, I, H, P, S = 6, 5, 4, 5, 3, 4
 G = 4 * H
@@ -47,7 +47,6 @@ CASES = list(itertools.product([None, "shared", "per_step"], [None, "train", "ev
                                [False, True], [False, True]))
 
 
-TRITON = fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
 # the triton kernels (interpreter, about a second a case) on a subset: every option once,
 # and all of them together
 TRITON_CASES = [c for c in CASES if sum((c[0] is not None, c[1] is not None, c[2] != 0, c[3], c[4])) <= 1

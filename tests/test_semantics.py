@@ -22,10 +22,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import fusedrnn
 from fusedrnn import ops
 from direct import direct_layer
-from helpers import assert_close, grads
+from helpers import TRITON, assert_close, grads
 
 T, B, I, H = 6, 5, 4, 5
-TRITON = fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None
 FUSED = fusedrnn.available_backends("cpu") + (["triton"] if TRITON else [])
 TORCH_LSTM, TORCH_CELL = torch.nn.modules.rnn.LSTM, torch.nn.modules.rnn.LSTMCell
 
@@ -313,17 +312,17 @@ def test_triton_persistent_with_several_row_and_column_blocks(case, monkeypatch)
     their programs run concurrently as threads in the interpreter so that the grid barrier
     works: the block mapping, the exchange of h through global memory and the barriers,
     forward and backward, against the reference."""
-    from interp_grid import gpu_sized_plans, threaded_programs
+    from interp_grid import gpu_sized_tilings, threaded_programs
     from test_triton import TH, check_against_reference, make_case
 
     case = dict(case)
     design, batch, hidden, dtype, nprog = (case.pop(k) for k in ("design", "B", "H", "dtype", "nprog"))
     args, leaves = make_case(case.get("mask"), case.get("bn"), case.get("P", 0), case.get("lengths", False),
                              case.get("reverse", False), T=4, B=batch, H=hidden, dtype=dtype)
-    gpu_sized_plans(monkeypatch)
+    gpu_sized_tilings(monkeypatch)
     with TH.forced_design(design):
-        plan = TH.plans_for(torch.device("cpu"), TH.shape_of(batch, hidden, args[3].shape[1], bool(case.get("P")),
-                                                             case.get("bn") is not None, dtype))[0]
+        plan = TH.tilings_for(torch.device("cpu"), TH.shape_of(batch, hidden, args[3].shape[1], bool(case.get("P")),
+                                                               case.get("bn") is not None, dtype))[0]
     assert plan.design == "persistent" and plan.nprog == nprog, plan
     with threaded_programs():
         check_against_reference(args, leaves, design, tol=1e-9 if dtype == torch.float64 else 2e-5)

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import models, serialization
-from helpers import assert_close
+from helpers import CPU_BACKENDS, assert_close
 
 TORCH_LSTM, TORCH_CELL = torch.nn.modules.rnn.LSTM, torch.nn.modules.rnn.LSTMCell
 
@@ -338,6 +338,60 @@ def test_training_checkpoints_load_weights_only(tmp_path):
     checkpoint.save({"hook": types.SimpleNamespace(x=1)}, path)  # not a weights-only object
     with pytest.raises(Exception, match="(?i)weights.only|unsupported global"):
         checkpoint.load(path)
+
+
+# ---- state_dict round trips ---------------------------------------------------------------------------
+
+I, H = 3, 4
+
+
+def _roundtrip(sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_every_model_state_dict_round_trips():
+    from test_models import MODELS, _make
+
+    for name in MODELS:
+        torch.manual_seed(0)
+        a, inputs = _make(name, "auto")
+        torch.manual_seed(1)
+        b, _ = _make(name, "auto")
+        if name == "classifier-bn":  # non-default running statistics must travel too
+            a.train()
+            a(*inputs)
+        missing, unexpected = b.load_state_dict(_roundtrip(a.state_dict()))
+        assert not missing and not unexpected, name
+        for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(u, v), f"{name}: {k}"
+        a.eval(), b.eval()
+        with torch.no_grad():
+            ya, yb = a(*inputs), b(*inputs)
+        ya, yb = (ya[0], yb[0]) if isinstance(ya, tuple) else (ya, yb)
+        assert torch.equal(ya, yb), name
+
+
+def test_nn_lstm_checkpoint_loads_both_ways_through_a_file():
+    cfg = dict(num_layers=2, bidirectional=True, proj_size=3, batch_first=True)
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H, **cfg)
+    ours = fusedrnn.LSTM(I, H, **cfg, recurrent_dropout=0.0)
+    ours.load_state_dict(_roundtrip(ref.state_dict()))
+    back = nn.LSTM(I, H, **cfg)
+    back.load_state_dict(_roundtrip(ours.state_dict()))
+    x = torch.randn(2, 5, I)
+    for backend in CPU_BACKENDS:
+        ours.backend = backend
+        torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), back.parameters()))
+    cell, ref_cell = fusedrnn.LSTMCell(I, H), nn.LSTMCell(I, H)
+    cell.load_state_dict(_roundtrip(ref_cell.state_dict()))
+    ref_cell.load_state_dict(_roundtrip(cell.state_dict()))
+    xc = torch.randn(2, I)
+    torch.testing.assert_close(cell(xc)[0], ref_cell(xc)[0])
 
 
 # ---- lengths= instead of packing --------------------------------------------------------------

@@ -81,7 +81,6 @@ PRESETS = {
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED_TEXT = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
 
 
 class CharLM(nn.Module):
@@ -123,13 +122,11 @@ def backend_summary(report: str) -> str:
 
 
 def load_text(path=None) -> tuple[str, str]:
-    """(text, description): ``path``, else ../shared/data/tinyshakespeare.txt, else the vendored excerpt."""
-    if path is None:
-        path = SHARED_TEXT if os.path.isfile(SHARED_TEXT) else DEFAULT_TEXT
+    """(text, description): ``path``, else the vendored Tiny Shakespeare (the whole file)."""
+    path = path or DEFAULT_TEXT
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    which = "vendored excerpt" if os.path.abspath(path) == os.path.abspath(DEFAULT_TEXT) else "full file"
-    return text, f"{os.path.relpath(os.path.abspath(path), ROOT)} ({which}, {len(text):,} characters)"
+    return text, f"{os.path.relpath(os.path.abspath(path), ROOT)} ({len(text):,} characters)"
 
 
 def windows(ids: torch.Tensor, starts, T: int):
@@ -257,9 +254,7 @@ def run(ctx: Context) -> dict:
     valid_ids = torch.tensor(vocab.encode(valid_text), dtype=torch.long)
     steps_per_epoch = n_train / (c["batch_size"] * c["seq_len"])
     ctx.data = {"text": source, "training split": f"characters [0, {n_train:,})",
-                "validation split": f"characters [{v0:,}, {v1:,})" + (
-                    " (both splits lie in the vendored 99,843-character excerpt, so they are the same "
-                    "whether the full file or the excerpt is read)" if v1 <= 99_843 else ""),
+                "validation split": f"characters [{v0:,}, {v1:,})",
                 "vocabulary": f"{len(vocab)} characters (those of the two splits)",
                 "epochs": round(c["steps"] / steps_per_epoch, 1)}
     survival = mask_survival(ctx)

@@ -1,9 +1,8 @@
 """Language modelling on a text file (``kind = "next"``), character or word level.
 
-By default the text is the vendored excerpt of Tiny Shakespeare
-(``fusedrnn/tasks/data/tinyshakespeare_100k.txt``, public domain, see its README);
-``path=`` uses any UTF-8 text file instead (e.g. the full ../shared/data/tinyshakespeare.txt
-or WikiText-2).  The last ``valid_fraction`` of the text is the validation split.
+By default the text is Tiny Shakespeare, vendored whole
+(``fusedrnn/tasks/data/tinyshakespeare.txt``, 1,115,394 characters, public domain, see its
+README); ``path=`` uses any UTF-8 text file instead (e.g. WikiText-2).  The last ``valid_fraction`` of the text is the validation split.
 
 Character level: the vocabulary is every character of the file.  Word level: tokens are
 whitespace-separated words plus "<eos>" at each line end; words seen fewer than
@@ -23,7 +22,7 @@ from torch import Tensor
 from .base import Batch, Task, Vocab
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-DEFAULT_TEXT = os.path.join(DATA_DIR, "tinyshakespeare_100k.txt")
+DEFAULT_TEXT = os.path.join(DATA_DIR, "tinyshakespeare.txt")
 
 
 def tokenize(text: str, level: str) -> list[str]:

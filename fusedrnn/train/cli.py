@@ -68,7 +68,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="any model constructor argument, e.g. memory_size=64 (repeatable)")
     p.add_argument("--task-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="any task argument, e.g. max_len=5 or path=../shared/data/tinyshakespeare.txt (repeatable)")
+                   help="any task argument, e.g. max_len=5 or path=my_corpus.txt (repeatable)")
     p.add_argument("--beam-size", type=int, default=0, help="seq2seq: also score beam search of this size")
     p.add_argument("--samples", type=int, default=3, help="sample outputs printed at each evaluation")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
