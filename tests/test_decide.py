@@ -199,3 +199,19 @@ def test_norm_modes_name_every_norm():
     assert {m.name for m in NormMode} == {"NONE", "BATCH_TRAIN", "BATCH_EVAL", "LAYER"}
     assert NormMode.BATCH_TRAIN.batch and NormMode.BATCH_EVAL.batch and not NormMode.LAYER.batch
     assert contract.NormMode.of(None) == NormMode.NONE
+
+
+def test_the_layers_run_the_modules_decision(monkeypatch):
+    """Each layer runs the backend the module decided on, not a decision of its own."""
+    from fusedrnn.backends import reference
+
+    calls = []
+    real = reference.ReferenceBackend.recurrence
+
+    def spy(self, *args, **kw):
+        calls.append(1)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(reference.ReferenceBackend, "recurrence", spy)
+    fusedrnn.LSTM(3, 4, num_layers=2, recurrent_dropout=0.2, backend="reference")(torch.randn(5, 2, 3))
+    assert len(calls) == 2

@@ -29,18 +29,33 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
     :class:`fusedrnn.LSTM` (and, like it, defaulting to an active :func:`fusedrnn.patch`'s
     values).  Zoneout draws fresh weights at every step (its definition).
 
-    A decoder steps the cell through a sequence, so the cell carries per-sequence state,
-    cleared by :meth:`reset`:
+    A decoder steps the cell through a sequence, so the cell carries per-sequence state:
 
     - the recurrent dropout mask.  With ``variational=True`` the cell draws a [B, H]
-      mask on its first training step and reuses it on every step until :meth:`reset`
-      (a new one is drawn if the batch size changes).  With ``variational=False`` every
-      step draws a fresh mask.  ``forward(..., mask=m)`` uses an explicit mask instead
-      (m of shape [B, H] scaled by 1 / (1 - p), e.g. from :meth:`sample_mask`).
+      mask on the first training step of a sequence and reuses it on its later steps (a new
+      one is drawn if the batch size changes).  With ``variational=False`` every step draws
+      a fresh mask.  ``forward(..., mask=m)`` uses an explicit mask instead (m of shape
+      [B, H] scaled by 1 / (1 - p), e.g. from :meth:`sample_mask`).
     - the step counter of batch norm, which selects the per-step statistics.  It starts
-      at 0, counts calls, and can be overridden with ``forward(..., step=t)``.
-    - the weight-dropout mask of W_hh ([4H, H]), drawn on the first training step and
-      reused on every step until :meth:`reset`, as the LSTM uses one per sequence.
+      at 0 with each sequence, counts calls, and can be overridden with ``forward(..., step=t)``.
+    - the weight-dropout mask of W_hh ([4H, H]), drawn on the first training step of a
+      sequence and reused on its later steps, as the LSTM uses one per sequence.
+
+    Where a sequence starts (the boundary rule; code that cannot call :meth:`reset`, such as
+    a third-party loop under :func:`fusedrnn.patch`, relies on it):
+
+    - :meth:`reset`, ``hx=None``, and a switch between train() and eval() start one;
+    - otherwise a call continues the sequence exactly when the state it is given descends
+      from the state the cell returned last: the same tensors or views of them (``detach()``
+      included: truncated BPTT continues), tensors autograd records as computed from them
+      (``index_select`` for beam search, ``torch.where`` for finished rows, ``clone``), or,
+      with no autograd record (under ``no_grad``), a state with a row equal to a row the cell
+      returned (beam search in eval).  A fresh zero state, an encoder's state handed to a
+      decoder, or another module's state start a new sequence.
+    - under torch.compile only :meth:`reset`, ``hx=None`` and the mode switch start one.
+
+    A cell without per-sequence state (no batch norm; in training no variational recurrent
+    dropout and no weight dropout) skips the rule.  ``fusedrnn.explain`` says which applies.
 
     Inputs: input [B, I] or [I], (h_0 [B, H] or [H], c_0 likewise; zeros when omitted).
     Outputs: (h_1, c_1), shaped as h_0.
@@ -66,6 +81,7 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         self._mask: Optional[Tensor] = None
         self._weight_mask: Optional[Tensor] = None
         self._step = 0
+        self._last: Optional[tuple] = None  # the state returned last: (h, c, their autograd nodes)
 
     def reset_parameters(self) -> None:
         """nn.LSTMCell's initialization (same draws, same order); BN gammas 0.1."""
@@ -86,6 +102,34 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         self._mask = None
         self._weight_mask = None
         self._step = 0
+        self._last = None
+
+    def train(self, mode: bool = True):
+        """As nn.Module.train; switching between training and eval starts a new sequence."""
+        if mode != self.training:
+            self.reset()
+        return super().train(mode)
+
+    def holds_sequence_state(self) -> bool:
+        """Whether a step in the current mode depends on where its sequence started: batch
+        norm's step counter, or (in training) a held variational or weight-dropout mask."""
+        return self.batch_norm or (self.training and (
+            (self.variational and self.recurrent_dropout > 0) or self.weight_dropout > 0))
+
+    def _continues(self, hx) -> bool:
+        """Whether the state ``hx`` descends from the state this cell returned last (the
+        boundary rule in the class docstring)."""
+        if torch.compiler.is_compiling():
+            return hx is not None
+        if hx is None or self._last is None:
+            return False
+        last_h, last_c, nodes = self._last
+        given = [t for t in hx if isinstance(t, Tensor)]
+        if any(_same_storage(t, last) for t in given for last in (last_h, last_c)):
+            return True
+        if any(t.grad_fn is not None for t in given):
+            return _descends(given, nodes)
+        return any(_shares_a_row(t, last) for t, last in zip(given, (last_h, last_c)))
 
     def sample_mask(self, batch_size: int, *, device=None, dtype=None) -> Tensor:
         """A fresh [batch_size, H] recurrent dropout mask (scaled by 1 / (1 - p))."""
@@ -124,6 +168,8 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
                     raise ValueError(
                         f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
                     )
+        if self.holds_sequence_state() and not self._continues(hx):
+            self.reset()
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
@@ -169,6 +215,8 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
                                self.bias_hh, mask=mask, norm=norm, zoneout=zo, backend=decision.check())
         if not is_batched:
             hy, cy = hy.squeeze(0), cy.squeeze(0)
+        if self.holds_sequence_state() and not torch.compiler.is_compiling():
+            self._last = (hy.detach(), cy.detach(), tuple(t.grad_fn for t in (hy, cy) if t.grad_fn is not None))
         return hy, cy
 
     def _check_args(self, input: Tensor, hx: tuple[Tensor, Tensor]) -> None:
@@ -201,3 +249,51 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
             if h.dtype != input.dtype and not autocast:
                 raise RuntimeError(f"hx[{i}] ({'h_0' if i == 0 else 'c_0'}) must have the dtype of the "
                                    f"input ({input.dtype}), got {h.dtype}")
+
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    """a and b are views of one storage (the tensor itself, a view, a detach())."""
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+_SEARCH_NODES = 64  # how much of the given state's autograd history the rule reads at most
+
+
+def _descends(given: list, nodes: tuple) -> bool:
+    """Whether autograd records one of ``given`` as computed from the nodes that produced
+    the cell's last state (a breadth-first walk of at most _SEARCH_NODES nodes)."""
+    if not nodes:
+        return False
+    queue = [t.grad_fn for t in given if t.grad_fn is not None]
+    seen = set()
+    while queue and len(seen) < _SEARCH_NODES:
+        node = queue.pop(0)
+        if node is None or node in seen:
+            continue
+        if any(node is n for n in nodes):
+            return True
+        seen.add(node)
+        queue.extend(nxt for nxt, _ in node.next_functions)
+    return False
+
+
+def _shares_a_row(given: Tensor, last: Tensor) -> bool:
+    """Whether a row of ``given`` equals a row of ``last`` bit for bit (beam search reorders
+    rows of the cell's own state under no_grad): rows compared by an exact integer
+    fingerprint of their bits; one device sync."""
+    if given.dtype != last.dtype or given.device != last.device or given.shape[-1] != last.shape[-1]:
+        return False
+    if not given.numel() or not last.numel():
+        return False
+    return bool(torch.isin(_fingerprint(given), _fingerprint(last)).any())
+
+
+_INT_OF = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def _fingerprint(t: Tensor) -> Tensor:
+    """[rows] int64: a weighted sum of each row's bit patterns, exact (integer arithmetic
+    wraps, in any order) so that equal rows give equal fingerprints."""
+    bits = t.reshape(-1, t.shape[-1]).contiguous().view(_INT_OF[t.element_size()]).to(torch.int64)
+    weights = torch.arange(1, 2 * t.shape[-1], 2, device=t.device, dtype=torch.int64)
+    return (bits * weights).sum(-1)

@@ -54,6 +54,12 @@ def explain(module: nn.Module, input) -> str:
     for name, m in module.named_modules():
         if isinstance(m, LSTMCell):
             lines.append(f"{name or type(module).__name__}: {m!r} (cell, backend={m.backend})")
+            if m.holds_sequence_state():
+                lines.append("  sequence boundary: reset(), hx=None or a train()/eval() switch, else a given state "
+                             "that does not descend from the state the cell returned last (the LSTMCell rule, "
+                             "docs/guide.md)")
+            else:
+                lines.append("  no per-sequence state in this mode: every step is decided alone")
     if os.environ.get("FUSEDRNN_BACKEND", "").strip() not in ("", "auto"):
         lines.append(f"(FUSEDRNN_BACKEND={os.environ['FUSEDRNN_BACKEND'].strip()} overrides backend='auto')")
     return "\n".join(lines) if lines else "no fusedrnn modules"
