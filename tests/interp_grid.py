@@ -2,15 +2,15 @@
 
 The interpreter runs the programs of a grid one after another, so a persistent kernel,
 whose programs wait for each other at a grid barrier once per step, can only run there
-as a single program (fusedrnn/backends/triton/config.py plans it so), and its multi-block
+as a single program (fusedrnn/backends/triton/config.py tiles it so), and its multi-block
 logic (which rows and columns a program owns, the exchange of h through global memory,
 the barriers) would go untested on the CPU.
 
 :func:`threaded_programs` runs every program of a launch in its own thread instead: the
 interpreter's grid index becomes per-thread, the barrier's atomics are single calls into
 the interpreter's C++ helpers (atomic under the GIL), and its spin loop yields to the other
-threads.  :func:`gpu_sized_plans` makes the planner see a GPU (132 multiprocessors, the
-GPU heuristic), so the launches get the grids a GPU gets.
+threads.  :func:`gpu_sized_tilings` makes the tiling heuristic see a GPU (132
+multiprocessors, the GPU heuristic), so the launches get the grids a GPU gets.
 """
 
 from __future__ import annotations
@@ -100,10 +100,18 @@ def threaded_programs():
 
     run = interp.InterpretedFunction.run
     rewrite = interp.InterpretedFunction.rewrite
+    patch_lang = interp._patch_lang
 
+    # A function's first rewrite adds the interpreter's globals to its module's globals, which
+    # every call iterates (_patch_lang): the two under one lock, or a program calling into that
+    # module while another rewrites there sees "dictionary changed size during iteration".
     def locked_rewrite(self):
         with rewrite_lock:
             return rewrite(self)
+
+    def locked_patch_lang(fn):
+        with rewrite_lock:
+            return patch_lang(fn)
 
     def threaded_run(self, *args, grid, warmup, **kwargs):
         inner = self.rewrite
@@ -117,6 +125,7 @@ def threaded_programs():
     builder.__class__ = PerThreadGrid
     interp.InterpretedFunction.run = threaded_run
     interp.InterpretedFunction.rewrite = locked_rewrite
+    interp._patch_lang = locked_patch_lang
     sys.setswitchinterval(1e-5)  # spinning programs hand the GIL over quickly
     try:
         yield
@@ -124,11 +133,12 @@ def threaded_programs():
         builder.__class__ = base
         interp.InterpretedFunction.run = run
         interp.InterpretedFunction.rewrite = rewrite
+        interp._patch_lang = patch_lang
         sys.setswitchinterval(switch)
 
 
-def gpu_sized_plans(monkeypatch):
-    """Make the Triton planner see an sm_90-sized GPU (132 multiprocessors) on the CPU."""
+def gpu_sized_tilings(monkeypatch):
+    """Make the Triton tiling heuristic see an sm_90-sized GPU (132 multiprocessors) on the CPU."""
     import importlib
 
     C = importlib.import_module("fusedrnn.backends.triton.config")

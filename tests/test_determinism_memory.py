@@ -21,11 +21,8 @@ import pytest
 import torch
 
 import fusedrnn
-from helpers import run_python, run_python_json
+from helpers import CPU_BACKENDS, run_python, run_python_json
 
-CPU_BACKENDS = list(fusedrnn.available_backends("cpu"))
-if fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None:
-    CPU_BACKENDS.append("triton")
 REG = dict(num_layers=2, bidirectional=True, dropout=0.3, recurrent_dropout=0.25, variational=False,
            batch_norm=True, bn_max_steps=4)
 CELL_REG = dict(recurrent_dropout=0.25, batch_norm=True, bn_max_steps=4)
@@ -64,10 +61,16 @@ def _assert_bitwise(a: list, b: list):
         torch.testing.assert_close(u, v, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"tensor {i}: {m}")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS + ["auto"])
-@pytest.mark.parametrize("kw", [dict(), REG, dict(REG, variational=True)], ids=["plain", "per-step", "variational"])
+# the masks are drawn in Python for every backend: the Triton interpreter (numpy, deterministic by
+# construction, 15 s a case) runs the variational case only; its GPU determinism is a gpu test
+LSTM_CASES = [(b, k) for b in CPU_BACKENDS + ["auto"] for k in ("plain", "per-step", "variational")
+              if b != "triton" or k == "variational"]
+LSTM_KW = {"plain": dict(), "per-step": REG, "variational": dict(REG, variational=True)}
+
+
+@pytest.mark.parametrize("backend,kw", LSTM_CASES, ids=[f"{k}-{b}" for b, k in LSTM_CASES])
 def test_same_seed_bitwise_identical_lstm(backend, kw):
-    _assert_bitwise(_lstm_results(backend, kw, 3), _lstm_results(backend, kw, 3))
+    _assert_bitwise(_lstm_results(backend, LSTM_KW[kw], 3), _lstm_results(backend, LSTM_KW[kw], 3))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["auto"])
@@ -148,23 +151,22 @@ def _peak_mb(provider: str, T: int, B: int = 16, H: int = 128) -> float:
                            MALLOC_MMAP_THRESHOLD_="65536")["peak_mb"]
 
 
-def test_peak_memory_t4096_within_1_2x_of_nn_lstm():
-    """B=16, I=H=128, fp32: the workspace at T=4096 is ~400 MB, far above the noise."""
-    ours, theirs = _peak_mb("native:plain", 4096), _peak_mb("torch", 4096)
-    assert ours <= 1.2 * theirs, f"native {ours:.0f} MB vs nn.LSTM {theirs:.0f} MB"
-
-
-def test_peak_memory_of_batch_norm_at_t4096():
-    """v+bn holds dL/dhh in a ring of steps (dW_hh accumulated per chunk), not for every step:
-    1.77x plain at T=4096 (it was 2.1x); what remains is BN_x's input and BN_h's x_hat."""
-    plain, vbn = _peak_mb("native:plain", 4096), _peak_mb("native:vbn", 4096)
+def test_peak_memory_at_t4096_and_its_growth_in_t():
+    """B=16, I=H=128, fp32, each measurement in a fresh process:
+    - the native kernel's peak at T=4096 (a workspace of ~400 MB, far above the noise) is
+      within 1.2x of nn.LSTM's (oneDNN);
+    - v+bn holds dL/dhh in a ring of steps (dW_hh accumulated per chunk), not for every step:
+      at most 1.8x plain (1.77x measured; it was 2.1x); what remains is BN_x's input and
+      BN_h's x_hat;
+    - plain and v+bn grow linearly in T: 3.4-4.6x from T=1024 to T=4096."""
+    peak = {(p, T): _peak_mb(p, T) for p in ("native:plain", "native:vbn") for T in (1024, 4096)}
+    torch_peak = _peak_mb("torch", 4096)
+    plain, vbn = peak["native:plain", 4096], peak["native:vbn", 4096]
+    assert plain <= 1.2 * torch_peak, f"native {plain:.0f} MB vs nn.LSTM {torch_peak:.0f} MB"
     assert vbn <= 1.8 * plain, f"v+bn {vbn:.0f} MB vs plain {plain:.0f} MB"
-
-
-@pytest.mark.parametrize("provider", ["native:plain", "native:vbn"])
-def test_peak_memory_grows_linearly_in_t(provider):
-    short, long = _peak_mb(provider, 1024), _peak_mb(provider, 4096)
-    assert 3.4 <= long / short <= 4.6, f"{provider}: {short:.0f} MB at T=1024, {long:.0f} MB at T=4096"
+    for p in ("native:plain", "native:vbn"):
+        short, long = peak[p, 1024], peak[p, 4096]
+        assert 3.4 <= long / short <= 4.6, f"{p}: {short:.0f} MB at T=1024, {long:.0f} MB at T=4096"
 
 
 _LEAK = r"""

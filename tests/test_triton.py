@@ -154,27 +154,27 @@ def test_many_programs_per_step(monkeypatch, case):
     16-wide tiles over B = 20 (BN: one row block), H = 20, P = 18."""
     def small(s, dev):
         BB = TC.pow2(s.B) if s.bn else 16
-        return TC.Plan("step", BB=BB, BH=16, BP=16, BK=16, num_warps=4, nb=-(-s.B // BB))
+        return TC.Tiling("step", BB=BB, BH=16, BP=16, BK=16, num_warps=4, nb=-(-s.B // BB))
 
-    monkeypatch.setattr(TC, "step_plan", small)
+    monkeypatch.setattr(TC, "step_tiling", small)
     args, leaves = make_case(*case, T=3, B=20, H=20)
     check_against_reference(args, leaves, "step")
 
 
 @cpu_only
 @pytest.mark.parametrize("P", [0, 3])
-def test_forward_and_backward_plan_the_same_grid(monkeypatch, P):
-    """Backward derives its plan from (B, H, R) as forward does (a backward planned for
+def test_forward_and_backward_tile_the_same_grid(monkeypatch, P):
+    """Backward derives its tiling from (B, H, R) as forward does (a backward tiled for
     another shape would launch a persistent grid that cannot be co-resident: in the
     interpreter, two programs, the first waiting forever for the second)."""
     seen = []
-    real = TC.candidates
+    real = TC.candidate_tilings
 
     def record(s, dev, design="auto"):
         seen.append(s)
         return real(s, dev, design)
 
-    monkeypatch.setattr(TC, "candidates", record)
+    monkeypatch.setattr(TC, "candidate_tilings", record)
     args, leaves = make_case("shared", "train", P, True, True, T=3, B=3, H=20)
     check_against_reference(args, leaves, "persistent")
     assert len(seen) == 2 and seen[0] == seen[1] and seen[0].H == 20
@@ -182,7 +182,7 @@ def test_forward_and_backward_plan_the_same_grid(monkeypatch, P):
 
 def test_forced_design_reaches_other_threads():
     """Autograd runs a CUDA graph's backward on its device thread: a design forced around
-    loss.backward() must be the one that thread plans with."""
+    loss.backward() must be the one that thread launches with."""
     import threading
 
     seen = []
@@ -230,13 +230,13 @@ def test_stream_pipeline_depth_fits_shared_memory():
             for B in (1, 16, 64, 128, TC.MAX_BN_ROWS):
                 for bn in (False, True):
                     s = TC.Shape(B=B, H=1024, R=1024, proj=False, bn=bn, esize=esize)
-                    for p in TC.candidates(s, dev):
-                        BN = max(p.BH, p.BP)
-                        need = p.k_stages * (2 * p.BB * p.BK + 4 * p.BK * BN) * esize
-                        assert 1 <= p.k_stages <= TC.STREAM_STAGES
-                        assert p.k_stages == 1 or need <= dev.smem_per_block // 2, (dev, esize, B, bn, p)
-    assert TC.step_plan(TC.Shape(16, 512, 512, False, False, 2), TC.SM90).k_stages == 3
-    assert TC.step_plan(TC.Shape(TC.MAX_BN_ROWS, 1024, 1024, False, True, 4), TC.SM90).k_stages == 1
+                    for t in TC.candidate_tilings(s, dev):
+                        BN = max(t.BH, t.BP)
+                        need = t.k_stages * (2 * t.BB * t.BK + 4 * t.BK * BN) * esize
+                        assert 1 <= t.k_stages <= TC.STREAM_STAGES
+                        assert t.k_stages == 1 or need <= dev.smem_per_block // 2, (dev, esize, B, bn, t)
+    assert TC.step_tiling(TC.Shape(16, 512, 512, False, False, 2), TC.SM90).k_stages == 3
+    assert TC.step_tiling(TC.Shape(TC.MAX_BN_ROWS, 1024, 1024, False, True, 4), TC.SM90).k_stages == 1
 
 
 @cpu_only
@@ -390,14 +390,14 @@ def test_torch_compile_fullgraph():
 
 
 @cpu_only
-def test_plan_heuristic():
+def test_tiling_heuristic():
     gpu = TC.SM90
     s = TC.Shape(B=64, H=512, R=512, proj=False, bn=False, esize=2)
-    p = TC.plan(s, gpu)
-    assert p.design == "persistent" and p.nprog <= gpu.sm_count
+    t = TC.tiling(s, gpu)
+    assert t.design == "persistent" and t.nprog <= gpu.sm_count
     big = TC.Shape(B=64, H=8192, R=8192, proj=False, bn=False, esize=2)
-    assert TC.plan(big, gpu).design == "step"
+    assert TC.tiling(big, gpu).design == "step"
     with pytest.raises(ValueError, match="persistent"):
-        TC.plan(big, gpu, "persistent")
+        TC.tiling(big, gpu, "persistent")
     # the interpreter: persistent launches are one program
-    assert TC.plan(s, TC.Device.of(torch.device("cpu"), True)).nprog == 1
+    assert TC.tiling(s, TC.Device.of(torch.device("cpu"), True)).nprog == 1

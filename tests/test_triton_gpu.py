@@ -77,7 +77,7 @@ def budget(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_module_within_2x_of_nn_lstm(dtype, design, monkeypatch):
     monkeypatch.setattr(TH, "AUTOTUNE", False)
-    with TH.forced_design(design):  # around the backward too (autograd plans it on its own thread)
+    with TH.forced_design(design):  # around the backward too (autograd runs it on its own thread)
         errs = _module_errors({}, dtype,
                               lambda dt: fusedrnn.LSTM(I, H, device="cuda", dtype=dt, backend="triton"))
     assert max(errs) <= budget(dtype), (errs, nn_lstm_error(dtype))
@@ -170,8 +170,8 @@ def test_persistent_many_programs_deterministic(monkeypatch):
     w = (torch.randn(4 * Hn, Hn, device="cuda") * Hn ** -0.5).to(torch.bfloat16)
     args = (xp, h0, c0, w, None, None, None, False, None)
     from fusedrnn.backends.triton import config as C
-    plan = C.plan(C.Shape(Bn, Hn, Hn, False, False, 2), C.Device.of(xp.device, False))
-    assert plan.design == "persistent" and plan.nprog >= 32
+    tiling = C.tiling(C.Shape(Bn, Hn, Hn, False, False, 2), C.Device.of(xp.device, False))
+    assert tiling.design == "persistent" and tiling.nprog >= 32
     runs = [TR.recurrence(*args, design="persistent") for _ in range(3)]
     for r in runs[1:]:
         assert torch.equal(r.y, runs[0].y) and torch.equal(r.c_n, runs[0].c_n)
@@ -184,7 +184,7 @@ def test_persistent_many_programs_deterministic(monkeypatch):
 def test_oversized_persistent_grid_is_refused_not_hung(monkeypatch):
     """The persistent grid launches cooperatively: a grid that cannot be co-resident is refused
     by the driver (an error) instead of spinning forever at its first barrier.  The SM count
-    the planner sees is inflated so that it plans more programs than the GPU holds."""
+    the tiling heuristic sees is inflated so that it tiles with more programs than the GPU holds."""
     from fusedrnn.backends.triton import config as C
     if not TH.COOPERATIVE:
         pytest.skip("this Triton has no cooperative launch")
@@ -196,8 +196,8 @@ def test_oversized_persistent_grid_is_refused_not_hung(monkeypatch):
     # 8 row blocks of 32 x twice the SM count in hidden blocks of 16: more threads than every
     # SM together can hold (2048 each), whatever the registers and shared memory allow
     Bn, Hn = 256, 16 * (2 * real.sm_count)
-    plan = C.plan(C.Shape(Bn, Hn, Hn, False, False, 2), big)
-    assert plan.design == "persistent" and plan.nprog * plan.num_warps * 32 > 2048 * real.sm_count, plan
+    tiling = C.tiling(C.Shape(Bn, Hn, Hn, False, False, 2), big)
+    assert tiling.design == "persistent" and tiling.nprog * tiling.num_warps * 32 > 2048 * real.sm_count, tiling
     xp = torch.zeros(2, Bn, 4 * Hn, device="cuda", dtype=torch.bfloat16)
     h0 = torch.zeros(Bn, Hn, device="cuda", dtype=torch.bfloat16)
     w = torch.zeros(4 * Hn, Hn, device="cuda", dtype=torch.bfloat16)

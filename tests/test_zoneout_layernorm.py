@@ -210,9 +210,9 @@ def test_triton_step_design_with_many_blocks(monkeypatch, norm, P_):
     from fusedrnn.backends.triton import host as TH
 
     def small(s, dev):
-        return TC.Plan("step", BB=16, BH=16, BP=16, BK=16, num_warps=4, nb=-(-s.B // 16))
+        return TC.Tiling("step", BB=16, BH=16, BP=16, BK=16, num_warps=4, nb=-(-s.B // 16))
 
-    monkeypatch.setattr(TC, "step_plan", small)
+    monkeypatch.setattr(TC, "step_tiling", small)
     monkeypatch.setattr(TC, "LN_COLS", {"ln_fwd": 16, "ln_bwd": 16})  # two blocks of H, five of 4H
     monkeypatch.setattr(TC, "LN_PARTS", 1)  # the two GEMM blocks' statistics merged in two loads
     kw, ln, leaves = _blocks_case(20, 20, P_)
@@ -227,21 +227,21 @@ def test_triton_step_design_with_many_blocks(monkeypatch, norm, P_):
 @pytest.mark.skipif(not TRITON, reason="triton interpreter not available")
 @pytest.mark.parametrize("P_", [0, 24])
 def test_triton_persistent_zoneout_with_several_blocks(monkeypatch, P_):
-    """Zoneout in the persistent kernels on the plan a GPU gets (B = 40: two row blocks;
+    """Zoneout in the persistent kernels on the tiling a GPU gets (B = 40: two row blocks;
     H = 40 / 20: several column blocks), their programs run as threads so that the grid
     barriers work: the carried dL/dh (dy included) that zoneout passes on to the step
     before crosses programs through the transfer."""
-    from interp_grid import gpu_sized_plans, threaded_programs
+    from interp_grid import gpu_sized_tilings, threaded_programs
 
     from fusedrnn.backends.triton import host as TH
 
     design, H_, nprog = "persistent-stream", 40, 6  # (W resident: the single-program interpreter runs)
     kw, _, leaves = _blocks_case(40, H_, P_, T_=4)
     leaves = leaves[:-4]
-    gpu_sized_plans(monkeypatch)
+    gpu_sized_tilings(monkeypatch)
     with TH.forced_design(design):
-        plan = TH.plans_for(torch.device("cpu"), TH.shape_of(40, H_, P_ or H_, bool(P_), 0, DT))[0]
-        assert plan.design == "persistent" and plan.nprog == nprog, plan
+        tiling = TH.tilings_for(torch.device("cpu"), TH.shape_of(40, H_, P_ or H_, bool(P_), 0, DT))[0]
+        assert tiling.design == "persistent" and tiling.nprog == nprog, tiling
         with threaded_programs():
             _backends_agree(kw, leaves)
 

@@ -2,11 +2,12 @@
 
 - backend.py: the Backend (what it serves, and the recurrence through the ops);
 - ops.py: the torch.library ops (the layer-op schema of fusedrnn.core.schema);
-- host.py: their host functions (buffers, plans, launches, weight-gradient GEMMs);
-- launch.py: which kernels a plan launches, with which constexprs and grids (shared with aot.py);
-- config.py: the resource estimate, the design heuristic and the autotuning space;
-- kernels.py: the Triton kernels (per-step and persistent designs), _helpers.py their
-  building blocks;
+- host.py: their host functions (buffers, tilings, launches, weight-gradient GEMMs);
+- launch.py: which kernels a tiling launches (ROLES), with which constexprs and grids (shared
+  with aot.py);
+- config.py: the resource estimate, the design heuristic and the autotuning space (Tiling);
+- kernels/: the Triton kernels, a module per design (step.py, layer_norm.py, persistent.py)
+  and what they share (common.py);
 - aot.py: every kernel configuration that can be chosen, compiled ahead of time for
   sm_90 / sm_80 without a GPU (``python -m fusedrnn.backends.triton.aot``).
 """

@@ -1,5 +1,5 @@
 """The ahead-of-time compile check: every kernel configuration the triton backend can choose
-(what :mod:`.launch` says the plans launch), and a compiler for them that needs no GPU.
+(what :mod:`.launch` says the tilings launch), and a compiler for them that needs no GPU.
 
     kernel_configs(dtype, T, B, H, R, options) -> [KernelConfig(kernel, signature,
                                                    constexprs, num_warps, num_stages)]
@@ -24,21 +24,23 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ...core.contract import MaskMode, NormMode
 from . import config as C
 from . import launch as L
+from .kernels.common import ZoneoutMode
 
 _TY = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 # Pointer arguments and the tensor each one is, by role: "in" the input dtype, "acc" the
 # fp32 / fp64 state and workspace dtype, "i64" lengths, "i32" the barrier counters.  The h
 # states (hs) are in the input dtype, and so is dhh_ws except with layer norm (host.py).
-_IN = {"xp", "y", "mask", "dy", "dxp", "dh_n", "dc_n", "dh0", "dc0", "w_hh", "w_hr", "bn_wh",
-       "bn_wc", "bn_bc", "rm_h", "rv_h", "rm_c", "rv_c", "zc", "zh", "hs"}
+_IN = {"xp", "y", "mask", "dy", "dxp", "dh_n", "dc_n", "dh0", "dc0", "w_hh", "w_hr", "norm_wh",
+       "norm_wc", "norm_bc", "rm_h", "rv_h", "rm_c", "rv_c", "zc", "zh", "hs"}
 _ACC = {"cs", "hc_ws", "act_ws", "hhat_ws", "stats_h", "stats_c", "dhn_ws",
         "dh_buf", "dc_buf", "dg_h", "dg_c", "db_c", "ln_part"}
 _INTS = {"s", "T", "B", "H", "R", "P", "NS", "NSC", "bn_off", "bn_S"}
 # Pointers that the host replaces by an ACC dummy when the option is off.
-_OPTIONAL = {"mask": "mask", "w_hr": "proj", "bn_wh": "bn", "bn_wc": "bn", "bn_bc": "bn",
+_OPTIONAL = {"mask": "mask", "w_hr": "proj", "norm_wh": "norm", "norm_wc": "norm", "norm_bc": "norm",
              "rm_h": "bn_eval", "rv_h": "bn_eval", "rm_c": "bn_eval", "rv_c": "bn_eval", "zc": "zoneout",
              "zh": "zoneout"}
 
@@ -85,20 +87,21 @@ def _signature(kernel, dtype: torch.dtype, opts: dict) -> dict:
 
 def _flags(o: dict, dtype: torch.dtype) -> dict:
     prec = "tf32" if dtype == torch.float32 and o.get("tf32", False) else "ieee"
-    mask = {None: 0, "shared": 1, "per_step": 2}[o.get("mask")]
-    bn = {None: 0, "train": 1, "eval": 2, "layer": 3}[o.get("bn")]
-    zo = {None: 0, "train": 1, "eval": 2}[o.get("zoneout")]
+    mask = {None: MaskMode.NONE, "shared": MaskMode.SHARED, "per_step": MaskMode.PER_STEP}[o.get("mask")]
+    bn = {None: NormMode.NONE, "train": NormMode.BATCH_TRAIN, "eval": NormMode.BATCH_EVAL,
+          "layer": NormMode.LAYER}[o.get("bn")]
+    zo = {None: ZoneoutMode.NONE, "train": ZoneoutMode.WEIGHTS, "eval": ZoneoutMode.RATE}[o.get("zoneout")]
     return L.flags(mask, bool(o.get("lengths")), bool(o.get("reverse")), bn, bool(o.get("proj")),
                    bool(o.get("save", True)), prec, zo)
 
 
-def configs_of_plan(p: C.Plan, s: C.Shape, dtype: torch.dtype, o: dict) -> list[KernelConfig]:
-    """The kernels (forward and, with save, backward) that plan p launches."""
+def configs_of_tiling(tiling: C.Tiling, s: C.Shape, dtype: torch.dtype, o: dict) -> list[KernelConfig]:
+    """The kernels (forward and, with save, backward) that a tiling launches."""
     f = _flags(dict(o, proj=s.proj), dtype)
-    opts = dict(mask=o.get("mask") is not None, proj=s.proj, bn=o.get("bn") is not None,
+    opts = dict(mask=o.get("mask") is not None, proj=s.proj, norm=o.get("bn") is not None,
                 bn_eval=o.get("bn") == "eval", zoneout=o.get("zoneout") is not None, layer=o.get("bn") == "layer")
     out = []
-    for launch in L.launches(p, s, f):
+    for launch in L.launches(tiling, s, f):
         sig = _signature(launch.kernel, dtype, opts)
         ce = launch.constexprs
         missing = [n for n, t in sig.items() if t == "constexpr" and n not in ce]
@@ -118,23 +121,23 @@ def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
     weights | "eval": one rate each), save (backward kernels too; default True), tf32,
     device (a config.Device; default config.SM90), designs (default: every design this
     shape admits: the auto choice, "step", and the persistent variants that can run),
-    autotune (default True: each design's whole autotuning space, config.candidates)."""
+    autotune (default True: each design's whole autotuning space, config.candidate_tilings)."""
     o = dict(options or {})
     o.setdefault("proj", R != H)
     dev = o.get("device", C.SM90)
     s = C.Shape(B=B, H=H, R=R, proj=bool(o["proj"]), bn=o.get("bn") in ("train", "eval"),
                 esize=dtype.itemsize, ln=o.get("bn") == "layer")
     designs = o.get("designs", ("auto", "step", "persistent-resident", "persistent-stream"))
-    plans = []
+    tilings = []
     for d in designs:
         try:
-            cands = C.candidates(s, dev, d) if o.get("autotune", True) else [C.plan(s, dev, d)]
+            cands = C.candidate_tilings(s, dev, d) if o.get("autotune", True) else [C.tiling(s, dev, d)]
         except ValueError:  # this design cannot run this shape: never chosen
             continue
-        plans += [p for p in cands if p not in plans]
+        tilings += [t for t in cands if t not in tilings]
     out = []
-    for p in plans:
-        for kc in configs_of_plan(p, s, dtype, o):
+    for t in tilings:
+        for kc in configs_of_tiling(t, s, dtype, o):
             key = (kc.kernel.__name__, tuple(sorted(kc.constexprs.items())), kc.num_warps)
             if all((k.kernel.__name__, tuple(sorted(k.constexprs.items())), k.num_warps) != key
                    for k in out):

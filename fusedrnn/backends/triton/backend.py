@@ -1,6 +1,7 @@
 """The ``triton`` backend: the layer recurrence on Triton kernels (a persistent
 whole-sequence kernel where the grid fits the device, else one fused kernel per step;
-config.py has the heuristic), BN_x in plain PyTorch (the reference's), no cell kernel."""
+config.py has the heuristic), the input norm (BN_x, LN_x) in plain PyTorch (the reference's),
+no cell kernel."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Optional
 import torch
 
 from ...core import schema
-from ...core.contract import Backend, Config, NormMode, RecurrenceResult
+from ...core.contract import Backend, Config, RecurrenceResult
 from ..reference import BACKEND as REFERENCE
 from . import config as C
 from . import host
@@ -58,7 +59,7 @@ class TritonBackend(Backend):
             where = "under the Triton interpreter" if INTERPRET else "on CUDA"
             names = ", ".join(str(d).replace("torch.", "") for d in served)
             return f"the triton kernels take {names} {where}, got {str(cfg.dtype).replace('torch.', '')}"
-        if cfg.norm in (NormMode.BATCH_TRAIN, NormMode.BATCH_EVAL) and cfg.B > C.MAX_BN_ROWS:
+        if cfg.norm.batch and cfg.B > C.MAX_BN_ROWS:
             return (f"recurrent batch norm keeps all B rows in one program for its per-step "
                     f"statistics; B={cfg.B} > {C.MAX_BN_ROWS}")
         return None
@@ -73,10 +74,10 @@ class TritonBackend(Backend):
         return "the triton backend has no cell kernel (the single step runs elsewhere)"
 
     def describe(self, cfg: Config, device: torch.device) -> Optional[str]:
-        p = host.plans_for(device, host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, int(cfg.norm), cfg.dtype))[0]
-        tiles = f"BB={p.BB} BH={p.BH}" + (f" BP={p.BP}" if cfg.proj else "")
-        if p.design == "persistent":
-            return f"persistent ({p.nprog} programs, {tiles}, W {'resident' if p.resident else 'streamed'})"
+        t = host.tilings_for(device, host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, cfg.norm, cfg.dtype))[0]
+        tiles = f"BB={t.BB} BH={t.BH}" + (f" BP={t.BP}" if cfg.proj else "")
+        if t.design == "persistent":
+            return f"persistent ({t.nprog} programs, {tiles}, W {'resident' if t.resident else 'streamed'})"
         return f"per-step ({tiles})"
 
 

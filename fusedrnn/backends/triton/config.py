@@ -2,9 +2,10 @@
 
 Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H.
 
-Designs (see kernels.py): "step" (one fused launch per step; always possible) and
+A tiling (:class:`Tiling`) is a design with its tile sizes, warps and pipeline depth.
+Designs (see kernels/): "step" (one fused launch per step; always possible) and
 "persistent" (one launch for the whole sequence, a grid barrier per step).  The
-heuristic, in :func:`plan`, from resource facts (the budget in :func:`resources`):
+heuristic, in :func:`tiling`, from resource facts (the budget in :func:`resources`):
 
 1. Persistent needs every program co-resident: grid = (row blocks) x (column blocks)
    <= the device's multiprocessor count (one program per SM; read from the device).
@@ -81,7 +82,7 @@ SM80 = Device(sm_count=108, smem_per_block=163 * 1024, regs_per_sm=65536, interp
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """The shape facts a plan depends on (not T: no recompiles when T changes)."""
+    """The shape facts a tiling depends on (not T: no recompiles when T changes)."""
 
     B: int
     H: int
@@ -93,7 +94,9 @@ class Shape:
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class Tiling:
+    """How a design runs a shape: its tiles, warps and pipeline depths (one autotuning config)."""
+
     design: str  # "step" | "persistent"
     BB: int  # rows per program
     BH: int  # hidden units per program
@@ -119,9 +122,9 @@ def resources(s: Shape, BB: int, BH: int, BP: int, num_warps: int) -> dict:
     operand: the full-K dot operand tile of one step ([BB, R] / [BB, H] forward,
     [BB, G] / [BB, P] backward), in the weight type; elems: elements per thread of one
     [BB, BH] tile (the cell keeps about 30 such tiles live, plus the per-program
-    addressing that the time loop keeps).  Calibrated on sm_90 compiles (gate.py; see
-    the table in tests/test_triton_compile.py): with 8 warps, 2 elements per thread
-    compile to ~250 registers without spills, 4 spill."""
+    addressing that the time loop keeps).  Calibrated on sm_90 compiles (the compile gate,
+    aot.py and benchmarks/compile_gate.py; its table benchmarks/resources.md): with 8 warps,
+    2 elements per thread compile to ~250 registers without spills, 4 spill."""
     e = s.esize
     RP, HP, GP = pow2(s.R), pow2(s.H), pow2(4 * s.H)
     BR = BP if s.proj else BH
@@ -149,9 +152,9 @@ LN_WARPS = 8  # without spills on sm_80 / sm_90 in the compile gate): few serial
 LN_PARTS = 32  # GEMM-block statistics ln_fwd merges per load (64 hit ptxas' register cap)
 
 
-def ln_rows(p: Plan) -> int:
-    """Rows per program of the layer-norm row kernels of plan p (ln_fwd, ln_bwd)."""
-    return min(p.BB, LN_ROWS)
+def ln_rows(tiling: Tiling) -> int:
+    """Rows per program of a tiling's layer-norm row kernels (ln_fwd, ln_bwd)."""
+    return min(tiling.BB, LN_ROWS)
 
 
 def ln_cols(s: Shape, role: str) -> int:
@@ -161,7 +164,7 @@ def ln_cols(s: Shape, role: str) -> int:
     return min(pow2(s.H), LN_COLS[role])
 
 
-STREAM_BK = 64  # K chunk of the streamed GEMMs (pipelined K_STAGES deep, kernels._helpers)
+STREAM_BK = 64  # K chunk of the streamed GEMMs (pipelined k_stages deep: kernels.common)
 STREAM_BK_BN = 32  # with batch norm: 64 spills 40-144 B (persistent bf16, per-step fp32) in the gate
 
 
@@ -188,26 +191,26 @@ def stream_stages(s: Shape, dev: Device, BB: int, BN: int, BK: int) -> int:
     return 1
 
 
-def step_plan(s: Shape, dev: Device) -> Plan:
+def step_tiling(s: Shape, dev: Device) -> Tiling:
     """Per-step tiles: 16 hidden units per program, all rows (BN) or up to 64 per program;
     8 warps from 32 rows on, 16 from 128 (spill-free up to 64 rows on sm_90)."""
     BB = pow2(s.B) if s.bn else min(pow2(s.B), 64)
     BK = stream_chunk(s)
     nw = 4 if BB <= 16 else (8 if BB <= 64 else 16)
-    return Plan("step", BB=BB, BH=16, BP=16, BK=BK, num_warps=nw, num_stages=1, nb=_cdiv(s.B, BB),
-                k_stages=stream_stages(s, dev, BB, 16, BK))
+    return Tiling("step", BB=BB, BH=16, BP=16, BK=BK, num_warps=nw, num_stages=1, nb=_cdiv(s.B, BB),
+                  k_stages=stream_stages(s, dev, BB, 16, BK))
 
 
-def persistent_plan(s: Shape, dev: Device, resident: Optional[bool] = None) -> Optional[Plan]:
-    """The persistent plan, or None when it cannot run (see the module docstring)."""
+def persistent_tiling(s: Shape, dev: Device, resident: Optional[bool] = None) -> Optional[Tiling]:
+    """The persistent tiling, or None when it cannot run (see the module docstring)."""
     if s.ln:
         return None
     BK = stream_chunk(s)
     if dev.interpret:  # one program covering everything
         BB, BH, BP = pow2(s.B), pow2(s.H), pow2(s.R)
         res = True if resident is None else resident
-        return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=4, resident=res,
-                    k_stages=stream_stages(s, dev, BB, max(BH, BP), BK))
+        return Tiling("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=4, resident=res,
+                      k_stages=stream_stages(s, dev, BB, max(BH, BP), BK))
     BB = pow2(s.B) if s.bn else min(pow2(s.B), 32)
     if BB * 16 > PERSISTENT_ELEMS * 32 * PERSISTENT_WARPS:
         return None  # batch norm over more rows than one persistent program holds
@@ -221,25 +224,25 @@ def persistent_plan(s: Shape, dev: Device, resident: Optional[bool] = None) -> O
         if resources(s, BB, BH, BP, PERSISTENT_WARPS)["elems"] > PERSISTENT_ELEMS:
             continue
         res = _resident_fits(s, BB, BH, BP) if resident is None else resident
-        return Plan("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=PERSISTENT_WARPS,
-                    resident=res, nb=nb, nprog=nprog, k_stages=stream_stages(s, dev, BB, max(BH, BP), BK))
+        return Tiling("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=PERSISTENT_WARPS,
+                      resident=res, nb=nb, nprog=nprog, k_stages=stream_stages(s, dev, BB, max(BH, BP), BK))
     return None
 
 
-def plan(s: Shape, dev: Device, design: str = "auto") -> Plan:
-    """The plan for a design: "auto" (the heuristic), "step", "persistent" (resident
+def tiling(s: Shape, dev: Device, design: str = "auto") -> Tiling:
+    """The tiling of a design: "auto" (the heuristic), "step", "persistent" (resident
     when it fits), "persistent-resident" or "persistent-stream"."""
     if design == "step":
-        return step_plan(s, dev)
+        return step_tiling(s, dev)
     force = {"persistent-resident": True, "persistent-stream": False}.get(design)
-    p = persistent_plan(s, dev, force)
-    if p is not None:
-        if force and not dev.interpret and not _resident_fits(s, p.BB, p.BH, p.BP):
+    t = persistent_tiling(s, dev, force)
+    if t is not None:
+        if force and not dev.interpret and not _resident_fits(s, t.BB, t.BH, t.BP):
             raise ValueError(f"the W slices of B={s.B} H={s.H} R={s.R} do not fit the "
                              f"resident budget ({RESIDENT_BYTES} bytes)")
-        return p
+        return t
     if design == "auto":
-        return step_plan(s, dev)
+        return step_tiling(s, dev)
     raise ValueError(f"the persistent design cannot run B={s.B} H={s.H} R={s.R} "
                      f"(bn={s.bn}) on this device: " + persistent_limit_reason(s, dev))
 
@@ -259,11 +262,11 @@ def persistent_limit_reason(s: Shape, dev: Device) -> str:
 DESIGNS = ("auto", "step", "persistent", "persistent-resident", "persistent-stream")
 
 
-def candidates(s: Shape, dev: Device, design: str = "auto") -> list[Plan]:
-    """The autotuning space of the design that :func:`plan` picks: the heuristic plan first,
-    then the variants of tile sizes and warps that stay within the same resource rules
+def candidate_tilings(s: Shape, dev: Device, design: str = "auto") -> list[Tiling]:
+    """The autotuning space of the design that :func:`tiling` picks: the heuristic's tiling
+    first, then the variants of tile sizes and warps that stay within the same resource rules
     (so every one of them is in the compile gate's list too).  T is not part of it."""
-    first = plan(s, dev, design)
+    first = tiling(s, dev, design)
     out = [first]
     if dev.interpret:
         return out
@@ -280,17 +283,17 @@ def candidates(s: Shape, dev: Device, design: str = "auto") -> list[Plan]:
                 if resources(s, BB, BH, BP, PERSISTENT_WARPS)["elems"] > PERSISTENT_ELEMS:
                     continue
                 res = first.resident and _resident_fits(s, BB, BH, BP)
-                p = Plan("persistent", BB=BB, BH=BH, BP=BP, BK=first.BK,
-                         num_warps=PERSISTENT_WARPS, resident=res, nb=nb, nprog=nprog,
-                         k_stages=stream_stages(s, dev, BB, max(BH, BP), first.BK))
-                if p not in out:
-                    out.append(p)
+                t = Tiling("persistent", BB=BB, BH=BH, BP=BP, BK=first.BK,
+                           num_warps=PERSISTENT_WARPS, resident=res, nb=nb, nprog=nprog,
+                           k_stages=stream_stages(s, dev, BB, max(BH, BP), first.BK))
+                if t not in out:
+                    out.append(t)
     else:
         rows = [first.BB] if s.bn else sorted({min(pow2(s.B), 32), first.BB})
         for BB in rows:
             for nw in (4, 8) if BB <= 32 else ((8,) if BB <= 64 else (16,)):
-                p = Plan("step", BB=BB, BH=16, BP=16, BK=first.BK, num_warps=nw,
-                         nb=_cdiv(s.B, BB), k_stages=stream_stages(s, dev, BB, 16, first.BK))
-                if p not in out:
-                    out.append(p)
+                t = Tiling("step", BB=BB, BH=16, BP=16, BK=first.BK, num_warps=nw,
+                           nb=_cdiv(s.B, BB), k_stages=stream_stages(s, dev, BB, 16, first.BK))
+                if t not in out:
+                    out.append(t)
     return out[:4]

@@ -1,18 +1,18 @@
-"""Host functions of the Triton layer ops: buffers, plans and launches, forward and backward.
+"""Host functions of the Triton layer ops: buffers, tilings and launches, forward and backward.
 
 Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H.
 
 The arguments and the workspace are the layer-op schema's (:mod:`fusedrnn.core.schema`).
 The forward exchanges h through hs [T + 1, B, R] (hs[0] = h0; in the model's dtype: a 16-bit
 exchange for bf16 / fp16) and keeps c in cs [T + 1, B, H] (the accumulation dtype), which
-is ws_c; ws_h is hs[:T] * m; ws_hh_hat holds N_h's input (layer norm: also the raw
-W_hh h ring).  The
-weight gradients are GEMMs after the backward loop: dW_hh = sum_s dhh_s^T (h_{s-1} m_s) (in
-the model's dtype, fp32 accumulation, as cuDNN), dW_hr = sum_s dhn_s^T hc_s.
+is ws_c; ws_h is hs[:T] * m; ws_hh_hat holds N_h's x_hat (layer norm: each step's raw
+W_hh h m first, normalised in place).  The weight gradients are GEMMs after the backward
+loop: dW_hh = sum_s dhh_s^T (h_{s-1} m_s) (in the model's dtype, fp32 accumulation, as
+cuDNN), dW_hr = sum_s dhn_s^T hc_s.
 
 Design ("auto" unless FUSEDRNN_TRITON_DESIGN or :func:`forced_design` names one of
-config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch is
-planned; under torch.compile, when the graph is traced.  Persistent grids launch
+config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch's
+tiling is chosen; under torch.compile, when the graph is traced.  Persistent grids launch
 cooperatively in eager mode (COOPERATIVE).
 """
 
@@ -26,19 +26,20 @@ import torch
 import triton
 from torch import Tensor
 
-from ...core.contract import acc_dtype
+from ...core.contract import MaskMode, NormMode, acc_dtype
 from . import config as C
-from . import kernels as K
 from . import launch as L
+from .kernels.common import ZoneoutMode
 
-INTERPRET = not isinstance(K.fwd_step_kernel, triton.runtime.JITFunction)
+# TRITON_INTERPRET=1 when the kernels were defined: they are Python functions, run on CPU tensors
+INTERPRET = not isinstance(L.ROLES["step"]["fwd"], triton.runtime.JITFunction)
 DESIGN = os.environ.get("FUSEDRNN_TRITON_DESIGN", "auto").strip() or "auto"
 # forced_design's stack: process-wide, not a context variable, because autograd runs a CUDA
 # graph's backward on its own device thread, where the caller's context variables (torch <
 # 2.13) are not set: a forced design must reach the backward too.
 _forced: list[tuple[object, str]] = []
 
-# Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's plan), and so
+# Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's tiling), and so
 # does torch.use_deterministic_algorithms(True).
 AUTOTUNE = os.environ.get("FUSEDRNN_TRITON_AUTOTUNE", "1").strip() != "0"
 _KEY = ["B", "H", "R", "MASK", "HAS_LEN", "REVERSE", "BN", "PROJ", "SAVE", "PREC"]
@@ -47,7 +48,7 @@ _TUNERS: dict = {}
 
 @contextlib.contextmanager
 def forced_design(design: str):
-    """Plan every launch inside the block with this design (one of config.DESIGNS), in every
+    """Run every launch inside the block on this design (one of config.DESIGNS), in every
     thread (the backward too, which autograd may run on another thread): a test and benchmark
     switch, like FUSEDRNN_TRITON_DESIGN, not for concurrent use with different designs."""
     if design not in C.DESIGNS:
@@ -67,15 +68,16 @@ def current_design() -> str:
     return d
 
 
-def zoneout_operands(zc: Optional[Tensor], zh: Optional[Tensor], dummy: Tensor) -> tuple[Tensor, Tensor, int]:
+def zoneout_operands(zc: Optional[Tensor], zh: Optional[Tensor],
+                     dummy: Tensor) -> tuple[Tensor, Tensor, ZoneoutMode]:
     """(zc, zh, ZO): the zoneout weights as the kernels read them.  Training weights [T, B, H]
-    / [T, B, R] go contiguous (ZO = 1); the eval rates, expanded views of one value each
-    (every stride 0), go as those values (ZO = 2: read once per tile, no [T, B, *] memory)."""
+    / [T, B, R] go contiguous (WEIGHTS); the eval rates, expanded views of one value each
+    (every stride 0), go as those values (RATE: read once per tile, no [T, B, *] memory)."""
     if zc is None:
-        return dummy, dummy, 0
+        return dummy, dummy, ZoneoutMode.NONE
     if all(st == 0 for st in zc.stride() + zh.stride()):
-        return zc, zh, 2
-    return zc.contiguous(), zh.contiguous(), 1
+        return zc, zh, ZoneoutMode.RATE
+    return zc.contiguous(), zh.contiguous(), ZoneoutMode.WEIGHTS
 
 
 def eager_cuda(t: Tensor) -> bool:
@@ -90,15 +92,16 @@ def device_guard(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def shape_of(B: int, H: int, R: int, proj: bool, norm_mode: int, dtype: torch.dtype) -> C.Shape:
-    """The plan's shape facts; norm_mode is the contract's (3: layer norm)."""
-    return C.Shape(B=B, H=H, R=R, proj=proj, bn=norm_mode in (1, 2), esize=dtype.itemsize, ln=norm_mode == 3)
+def shape_of(B: int, H: int, R: int, proj: bool, norm_mode: NormMode, dtype: torch.dtype) -> C.Shape:
+    """The tiling's shape facts; norm_mode is the contract's NormMode (batch or layer norm)."""
+    norm = NormMode(norm_mode)
+    return C.Shape(B=B, H=H, R=R, proj=proj, bn=norm.batch, esize=dtype.itemsize, ln=norm == NormMode.LAYER)
 
 
-def plans_for(device: torch.device, s: C.Shape) -> list[C.Plan]:
-    """The plan the heuristic picks for the current design, then the rest of its autotuning
-    space (config.py).  Forward and backward derive the same plans from the same shape."""
-    return C.candidates(s, C.Device.of(device, INTERPRET), current_design())
+def tilings_for(device: torch.device, s: C.Shape) -> list[C.Tiling]:
+    """The tiling the heuristic picks for the current design, then the rest of its autotuning
+    space (config.py).  Forward and backward derive the same tilings from the same shape."""
+    return C.candidate_tilings(s, C.Device.of(device, INTERPRET), current_design())
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -109,21 +112,21 @@ def _prec(dtype: torch.dtype) -> str:
 def _tuning(t: Tensor) -> bool:
     """Autotune only eagerly on real CUDA tensors (not while torch.compile traces), and not
     under torch.use_deterministic_algorithms(True): a timing-dependent tile choice could
-    change the rounding between runs, the heuristic's plan cannot."""
+    change the rounding between runs, the heuristic's tiling cannot."""
     return AUTOTUNE and not INTERPRET and eager_cuda(t) and not torch.are_deterministic_algorithms_enabled()
 
 
-def _check_coresident(plans: list[C.Plan], s: C.Shape, device: torch.device) -> None:
+def _check_coresident(tilings: list[C.Tiling], s: C.Shape, device: torch.device) -> None:
     """A persistent launch whose programs cannot all be resident at once would spin forever
     at its first grid barrier (in the interpreter: more than one program).  Each program
     takes one SM at most (8 warps: any register count fits one per SM), so the grid must not
     exceed the SM count; what other work occupies is the cooperative launch's to see."""
     limit = C.Device.of(device, INTERPRET).sm_count
-    for p in plans:
-        n = L.grid("fwd", p.design, s.B, s.H, s.R, L.tiles(p, s))[0]
+    for t in tilings:
+        n = L.grid("fwd", t.design, s.B, s.H, s.R, L.tiles(t, s))[0]
         if n > limit:
             raise RuntimeError(f"fusedrnn triton: a persistent launch of {n} programs exceeds "
-                               f"the {limit} that can be co-resident ({p})")
+                               f"the {limit} that can be co-resident ({t})")
 
 
 def _has_cooperative_launch() -> bool:
@@ -142,34 +145,35 @@ COOPERATIVE = _has_cooperative_launch() and os.environ.get("FUSEDRNN_TRITON_COOP
 
 
 def _launch_options(design: str, t: Tensor) -> dict:
-    """Extra launch options of a plan's kernels: the cooperative launch of a persistent grid
+    """Extra launch options of a design's kernels: the cooperative launch of a persistent grid
     (real CUDA tensors, eager)."""
     if design == "persistent" and COOPERATIVE and not INTERPRET and eager_cuda(t):
         return {"launch_cooperative_grid": True}
     return {}
 
 
-def _run(role: str, plans: list[C.Plan], s: C.Shape, f: dict, args: tuple, tune: bool, restore: tuple = ()):
-    """Launch ``role`` with the first plan's tiles, or autotune over all plans (the tiles and
-    warps of the plans are the configs; the sequence length is not part of the key, so a
-    new T neither re-tunes nor recompiles)."""
-    if plans[0].design == "persistent":
-        _check_coresident(plans, s, args[0].device)
-    first = L.launch(plans[0], s, f, role)
-    extra = _launch_options(plans[0].design, args[0])
+def _run(role: str, tilings: list[C.Tiling], s: C.Shape, f: dict, args: tuple, tune: bool, restore: tuple = ()):
+    """Launch ``role`` with the first tiling, or autotune over all tilings (their tiles and
+    warps are the configs; the sequence length is not part of the key, so a new T neither
+    re-tunes nor recompiles)."""
+    design = tilings[0].design
+    if design == "persistent":
+        _check_coresident(tilings, s, args[0].device)
+    first = L.launch(tilings[0], s, f, role)
+    extra = _launch_options(design, args[0])
 
     def grid(meta):
-        return L.grid(role, plans[0].design, s.B, s.H, s.R, meta)
+        return L.grid(role, design, s.B, s.H, s.R, meta)
 
     def call(kernel):  # eager cooperative launches go to the kernel itself (wrap_triton would trace them)
         return kernel if extra else torch.library.wrap_triton(kernel)
 
-    if tune and len(plans) > 1:
-        key = (first.kernel.__name__, role, tuple(plans))
+    if tune and len(tilings) > 1:
+        key = (first.kernel.__name__, role, tuple(tilings))
         tuner = _TUNERS.get(key)
         if tuner is None:
-            configs = [triton.Config(L.launch(p, s, f, role).tiles, num_warps=p.num_warps, num_stages=p.num_stages)
-                       for p in plans]
+            configs = [triton.Config(L.launch(t, s, f, role).tiles, num_warps=t.num_warps, num_stages=t.num_stages)
+                       for t in tilings]
             tuner = triton.autotune(configs=configs, key=[k for k in _KEY if k in first.kernel.arg_names],
                                     restore_value=list(restore))(first.kernel)
             _TUNERS[key] = tuner
@@ -193,6 +197,7 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
     H, R = G // 4, w_hh.shape[1]
     proj = w_hr is not None
     save = save_workspace
+    norm = NormMode(norm_mode)
     dev, acc = xp.device, acc_dtype(xp.dtype)
     xp, w_hh = xp.contiguous(), w_hh.contiguous()
     NS = T + 1 if save else 2
@@ -203,20 +208,22 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
     cs[0].copy_(c0)
     y = torch.empty(T, B, R, device=dev, dtype=xp.dtype)
     e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731
-    layer = norm_mode == 3  # layer norm: per-row statistics; hhat is also the raw W_hh h ring
+    layer = norm == NormMode.LAYER  # per-row statistics; hhat is also the raw W_hh h ring
     act = e(T, B, G) if save else e(0)
-    hhat = e(NSC if layer else T, B, G) if (save or layer) and norm_mode else e(0)
+    hhat = e(NSC if layer else T, B, G) if (save or layer) and norm != NormMode.NONE else e(0)
     hc = e(NSC, B, H) if proj else e(0)
-    stats_h = e(T if norm_mode in (1, 3) else 0, 2, B if layer else G)
-    stats_c = e(T if norm_mode in (1, 3) else 0, 2, B if layer else H)
+    # the statistics of each step: batch norm's batch statistics in training, layer norm's per row
+    stats_T = T if norm in (NormMode.BATCH_TRAIN, NormMode.LAYER) else 0
+    stats_h = e(stats_T, 2, B if layer else G)
+    stats_c = e(stats_T, 2, B if layer else H)
     if T > 0:
-        s = shape_of(B, H, R, proj, norm_mode, w_hh.dtype)
-        plans = plans_for(dev, s)
+        s = shape_of(B, H, R, proj, norm, w_hh.dtype)
+        tilings = tilings_for(dev, s)
         dummy = e(1)
         zc, zh, zo = zoneout_operands(zoneout_c, zoneout_h, dummy)
-        f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, save, _prec(xp.dtype), zo)
+        f = L.flags(MaskMode(mask_mode), lengths is not None, reverse, norm, proj, save, _prec(xp.dtype), zo)
         # layer norm: each GEMM program's per-row (mean, M2) of the step, merged by ln_fwd
-        ln_part = e(triton.cdiv(H, plans[0].BH), 2, B) if layer else dummy
+        ln_part = e(triton.cdiv(H, tilings[0].BH), 2, B) if layer else dummy
         tune = _tuning(xp)
         ws = [_or(t if t.numel() else None, dummy) for t in (act, hhat, stats_h, stats_c)]
         bnt = [_or(t, dummy) for t in (norm_h_weight, norm_c_weight, norm_c_bias, bn_h_running_mean, bn_h_running_var,
@@ -224,21 +231,22 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Ten
         msk = _or(mask, dummy)
         lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
         hcw = _or(hc if proj else None, dummy)
-        bn_S = bn_h_running_mean.shape[0] if norm_mode == 2 else 1
-        if plans[0].design == "persistent":
+        bn_S = bn_h_running_mean.shape[0] if norm == NormMode.BATCH_EVAL else 1
+        if tilings[0].design == "persistent":
             bar = torch.zeros(2, device=dev, dtype=torch.int32)
-            _run("fwd", plans, s, f, (xp, w_hh, _or(w_hr, w_hh), msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, bar, T,
-                                      B, H, R, NS, NSC, bn_step_offset, bn_S, norm_eps), tune, restore=("hs", "cs"))
+            _run("fwd", tilings, s, f, (xp, w_hh, _or(w_hr, w_hh), msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, bar,
+                                        T, B, H, R, NS, NSC, bn_step_offset, bn_S, norm_eps), tune,
+                 restore=("hs", "cs"))
         else:
             for step in range(T):
-                _run("fwd", plans, s, f, (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, ln_part, step, T, B,
-                                          H, R, NS, NSC, bn_step_offset, bn_S, norm_eps), tune and not layer)
+                _run("fwd", tilings, s, f, (xp, w_hh, msk, lens, hs, cs, y, hcw, *ws, *bnt, zc, zh, ln_part, step, T,
+                                            B, H, R, NS, NSC, bn_step_offset, bn_S, norm_eps), tune and not layer)
                 if layer:
-                    _run("ln_fwd", plans[:1], s, f, (xp, lens, hs, cs, y, hcw, *ws, *bnt[:3], zc, zh, ln_part, step, T,
-                                                     B, H, R, NS, NSC, norm_eps), False)
+                    _run("ln_fwd", tilings[:1], s, f, (xp, lens, hs, cs, y, hcw, *ws, *bnt[:3], zc, zh, ln_part, step,
+                                                       T, B, H, R, NS, NSC, norm_eps), False)
                 if proj:
-                    _run("fwd_proj", plans[:1], s, f, (w_hr.contiguous(), lens, hs, y, hcw, zh, step, T, B, H, R, NS,
-                                                       NSC), False)
+                    _run("fwd_proj", tilings[:1], s, f, (w_hr.contiguous(), lens, hs, y, hcw, zh, step, T, B, H, R,
+                                                         NS, NSC), False)
     h_n = hs[T % NS].to(h0.dtype, copy=True)
     c_n = cs[T % NS].to(c0.dtype, copy=True)
     if not save:  # nothing for backward: hand back no workspace
@@ -270,6 +278,7 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     G = w_hh.shape[0]
     H = G // 4
     proj = w_hr is not None
+    norm = NormMode(norm_mode)
     cs, act = ws_c, ws_act
     dev, acc = dy.device, act.dtype
     dy, dh_n, dc_n, w_hh = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh.contiguous()
@@ -277,22 +286,23 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     dxp = torch.empty(T, B, G, device=dev, dtype=dy.dtype)
     dh0 = torch.empty(B, R, device=dev, dtype=dh_n.dtype)
     dc0 = torch.empty(B, H, device=dev, dtype=dc_n.dtype)
-    layer = norm_mode == 3
-    s = shape_of(B, H, R, proj, norm_mode, w_hh.dtype)
-    plans = plans_for(dev, s) if T > 0 else None
+    layer = norm == NormMode.LAYER
+    s = shape_of(B, H, R, proj, norm, w_hh.dtype)
+    tilings = tilings_for(dev, s) if T > 0 else None
     # per-step parameter-gradient rows: one per step (batch norm: one program holds every row),
     # with layer norm one per step and row block (summed below)
-    nrow = T * (triton.cdiv(B, C.ln_rows(plans[0])) if layer else 1) if T > 0 else 0
+    nrow = T * (triton.cdiv(B, C.ln_rows(tilings[0])) if layer else 1) if T > 0 else 0
     # dL/d(W_hh h m) in the model's dtype (a 16-bit exchange and dW_hh GEMM for bf16 / fp16, as
     # cuDNN); layer norm keeps it in acc (bwd_ln_kernel rewrites it in place)
     dhh = e(T, B, G) if layer else torch.empty(T, B, G, device=dev, dtype=dy.dtype)
     dhn = e(T, B, R) if (proj or layer) else e(0)
-    dg_h = e(nrow, G) if norm_mode else e(0)
-    dg_c = e(nrow, H) if norm_mode else e(0)
-    db_c = e(nrow, H) if norm_mode else e(0)
+    normed = norm != NormMode.NONE
+    dg_h = e(nrow, G) if normed else e(0)
+    dg_c = e(nrow, H) if normed else e(0)
+    db_c = e(nrow, H) if normed else e(0)
     dummy = e(1)
     zc, zh, zo = zoneout_operands(zoneout_c, zoneout_h, dummy)
-    f = L.flags(mask_mode, lengths is not None, reverse, norm_mode, proj, True, _prec(dy.dtype), zo)
+    f = L.flags(MaskMode(mask_mode), lengths is not None, reverse, norm, proj, True, _prec(dy.dtype), zo)
     tune = _tuning(dy)
     msk = _or(mask, dummy)
     lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
@@ -301,37 +311,37 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
                                    bn_c_running_var)]
     ws = [_or(t if t.numel() else None, dummy) for t in (h_stats, c_stats)]
     dhn_w, dgs = _or(dhn if (proj or layer) else None, dummy), [_or(t, dummy) for t in (dg_h, dg_c, db_c)]
-    hhat = _or(ws_hh_hat if norm_mode else None, dummy)
-    bn_S = bn_h_running_var.shape[0] if norm_mode == 2 else 1
+    hhat = _or(ws_hh_hat if normed else None, dummy)
+    bn_S = bn_h_running_var.shape[0] if norm == NormMode.BATCH_EVAL else 1
     if T == 0:
         dh0.copy_(dh_n)
         dc0.copy_(dc_n)
-    elif plans[0].design == "persistent":
+    elif tilings[0].design == "persistent":
         bar = torch.zeros(2, device=dev, dtype=torch.int32)
-        _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, zc, zh, dxp, dhh,
-                                  dhn_w, dh0, dc0, *dgs, bar, T, B, H, R, bn_step_offset, bn_S, norm_eps), tune)
+        _run("bwd", tilings, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, zc, zh, dxp, dhh,
+                                    dhn_w, dh0, dc0, *dgs, bar, T, B, H, R, bn_step_offset, bn_S, norm_eps), tune)
     else:
         dh_buf, dc_buf = e(2, B, R), e(2, B, H)
         for step in range(T - 1, -1, -1):
             if proj or layer:
-                _run("transfer", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dhn_w, dh0, step, T, B,
-                                                   H, R), False)
+                _run("transfer", tilings[:1], s, f, (dy, dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dhn_w, dh0, step, T,
+                                                     B, H, R), False)
             if layer:
-                _run("ln_bwd", plans[:1], s, f, (dc_n, w_r, lens, cs, act, hhat, *ws, *bnt[:3], zc, dxp, dhh, dhn_w,
-                                                 dc_buf, *dgs, step, T, B, H, R, norm_eps), False)
+                _run("ln_bwd", tilings[:1], s, f, (dc_n, w_r, lens, cs, act, hhat, *ws, *bnt[:3], zc, dxp, dhh, dhn_w,
+                                                   dc_buf, *dgs, step, T, B, H, R, norm_eps), False)
             else:
-                _run("bwd", plans, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, zc, zh, dxp,
-                                          dhh, dhn_w, dh_buf, dc_buf, *dgs, step, T, B, H, R, bn_step_offset, bn_S,
-                                          norm_eps), tune)
-        _run("transfer_final", plans[:1], s, f, (dy, dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dhn_w, dh0, -1, T, B, H,
-                                                 R), False)
+                _run("bwd", tilings, s, f, (dy, dh_n, dc_n, w_hh, w_r, msk, lens, cs, act, hhat, *ws, *bnt, zc, zh, dxp,
+                                            dhh, dhn_w, dh_buf, dc_buf, *dgs, step, T, B, H, R, bn_step_offset, bn_S,
+                                            norm_eps), tune)
+        _run("transfer_final", tilings[:1], s, f, (dy, dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dhn_w, dh0, -1, T, B,
+                                                   H, R), False)
         dc0.copy_(dc_buf[0])
     # Weight gradients: one GEMM each over all steps and rows (finished rows have zero dhh / dhn),
     # on the W_hh operand the forward saved (ws_h)
     hm = ws_h
     dw_hh = _mm_acc(dhh.reshape(T * B, G).t(), hm.reshape(T * B, R).to(dhh.dtype)).to(w_hh.dtype)
     dw_hr = _mm_acc(dhn.reshape(T * B, R).t(), ws_hc[:T].reshape(T * B, H)).to(w_hr.dtype) if proj else e(0)
-    if norm_mode:
+    if normed:
         dg_h = dg_h.sum(0).to(norm_h_weight.dtype)
         dg_c = dg_c.sum(0).to(norm_c_weight.dtype)
         db_c = db_c.sum(0).to(norm_c_bias.dtype)
@@ -339,4 +349,4 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
 
 
 __all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard",
-           "forced_design", "forward", "plans_for", "shape_of"]
+           "forced_design", "forward", "shape_of", "tilings_for"]

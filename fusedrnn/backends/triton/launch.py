@@ -1,11 +1,11 @@
-"""What a plan launches: the kernels, their constexprs and their grids.
+"""What a tiling launches: the kernels, their constexprs and their grids.
 
-One function of (plan, shape, flags) serves both the launches (:mod:`.host`) and the
+One function of (tiling, shape, flags) serves both the launches (:mod:`.host`) and the
 ahead-of-time compile check (:mod:`.aot`), so the check compiles exactly what runs.
 
 Dimension letters: B batch, H hidden, R = P or H, G = 4H.
 
-Roles: persistent plans launch ``fwd`` (and ``bwd``); per-step plans launch ``fwd`` every
+Roles: persistent tilings launch ``fwd`` (and ``bwd``); per-step tilings launch ``fwd`` every
 step, ``fwd_proj`` after it with proj_size, and backward ``bwd`` every step, ``transfer``
 (proj_size, every step) and ``transfer_final`` once.  With layer norm (per-step only) the
 forward step is ``fwd`` (the GEMM) then ``ln_fwd`` (whole rows), and the backward step
@@ -18,34 +18,37 @@ from typing import NamedTuple
 
 import triton
 
+from ...core.contract import MaskMode, NormMode
 from . import config as C
-from . import kernels as K
+from .kernels import layer_norm, persistent, step
+from .kernels.common import ZoneoutMode
 
-ROLES = {
-    "persistent": {"fwd": K.fwd_persistent_kernel, "bwd": K.bwd_persistent_kernel},
-    "step": {"fwd": K.fwd_step_kernel, "fwd_proj": K.fwd_proj_kernel, "bwd": K.bwd_step_kernel,
-             "transfer": K.bwd_transfer_kernel, "transfer_final": K.bwd_transfer_kernel,
-             "ln_fwd": K.fwd_ln_kernel, "ln_bwd": K.bwd_ln_kernel},
+ROLES = {  # design -> role -> kernel: the one map from roles to kernels
+    "persistent": {"fwd": persistent.fwd_persistent_kernel, "bwd": persistent.bwd_persistent_kernel},
+    "step": {"fwd": step.fwd_step_kernel, "fwd_proj": step.fwd_proj_kernel, "bwd": step.bwd_step_kernel,
+             "transfer": step.bwd_transfer_kernel, "transfer_final": step.bwd_transfer_kernel,
+             "ln_fwd": layer_norm.fwd_ln_kernel, "ln_bwd": layer_norm.bwd_ln_kernel},
 }
 # constexprs that are tile sizes (what autotuning varies); the rest are flags
 TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "KST", "RP", "HP", "GP", "PP", "BG", "NP")
 
 
-def flags(mask_mode: int, lengths: bool, reverse: bool, norm_mode: int, proj: bool, save: bool,
-          prec: str, zoneout: int = 0) -> dict:
-    """The option constexprs of every kernel: MASK and BN are the contract's mask_mode and
-    norm_mode (3: layer norm); ZO zoneout (0 off, 1 [T, B, *] weights, 2 one rate each for
-    c and h); PREC the tl.dot input precision ("ieee", or "tf32" for fp32 with TF32)."""
+def flags(mask_mode: MaskMode, lengths: bool, reverse: bool, norm_mode: NormMode, proj: bool, save: bool,
+          prec: str, zoneout: ZoneoutMode = ZoneoutMode.NONE) -> dict:
+    """The option constexprs of every kernel: MASK and BN the contract's mask_mode and
+    norm_mode (MaskMode; NormMode, batch or layer norm), ZO how zoneout is read (ZoneoutMode),
+    the three as plain ints; PREC the tl.dot input precision ("ieee", or "tf32" for fp32 with
+    TF32)."""
     return dict(MASK=int(mask_mode), HAS_LEN=bool(lengths), REVERSE=bool(reverse), BN=int(norm_mode),
                 PROJ=bool(proj), SAVE=bool(save), ZO=int(zoneout), PREC=prec)
 
 
-def tiles(p: C.Plan, s: C.Shape) -> dict:
-    """The tile constexprs of a plan (BR: the h columns of a transfer program; KST: the
+def tiles(tiling: C.Tiling, s: C.Shape) -> dict:
+    """The tile constexprs of a tiling (BR: the h columns of a transfer program; KST: the
     pipeline depth of the streamed K loops)."""
-    t = dict(BB=p.BB, BH=p.BH, BP=p.BP, BR=p.BP, BK=p.BK, KST=p.k_stages)
-    if p.design == "persistent":
-        t.update(RESIDENT=p.resident, **p.tiles(s))
+    t = dict(BB=tiling.BB, BH=tiling.BH, BP=tiling.BP, BR=tiling.BP, BK=tiling.BK, KST=tiling.k_stages)
+    if tiling.design == "persistent":
+        t.update(RESIDENT=tiling.resident, **tiling.tiles(s))
     return t
 
 
@@ -67,25 +70,26 @@ def _take(kernel, consts: dict) -> dict:
     return {k: v for k, v in consts.items() if k in names}
 
 
-def launch(p: C.Plan, s: C.Shape, f: dict, role: str) -> Launch:
-    """The launch of one role of plan p for shape s with option flags f."""
-    kernel = ROLES[p.design][role]
+def launch(tiling: C.Tiling, s: C.Shape, f: dict, role: str) -> Launch:
+    """The launch of one role of a tiling for shape s with option flags f."""
+    kernel = ROLES[tiling.design][role]
     extra = {"FINAL": role == "transfer_final"} if role.startswith("transfer") else {}
-    t = tiles(p, s)
-    warps = p.num_warps
+    t = tiles(tiling, s)
+    warps = tiling.num_warps
     if role in ("ln_fwd", "ln_bwd"):  # whole-row programs: their own rows, column blocks and warps
         # BG: the GEMM programs' hidden block (their partial statistics), NP: partials per load
-        t.update(BB=C.ln_rows(p), BH=C.ln_cols(s, role), BG=p.BH, NP=min(C.pow2(triton.cdiv(s.H, p.BH), 2), C.LN_PARTS))
+        t.update(BB=C.ln_rows(tiling), BH=C.ln_cols(s, role), BG=tiling.BH,
+                 NP=min(C.pow2(triton.cdiv(s.H, tiling.BH), 2), C.LN_PARTS))
         warps = C.LN_WARPS
     return Launch(role, kernel, _take(kernel, {**f, **extra}),
-                  _take(kernel, {k: v for k, v in t.items() if k in TILE_KEYS}), warps, p.num_stages)
+                  _take(kernel, {k: v for k, v in t.items() if k in TILE_KEYS}), warps, tiling.num_stages)
 
 
-def launches(p: C.Plan, s: C.Shape, f: dict) -> list[Launch]:
-    """Every launch plan p makes for shape s (backward roles only with f["SAVE"])."""
-    if p.design == "persistent":
+def launches(tiling: C.Tiling, s: C.Shape, f: dict) -> list[Launch]:
+    """Every launch a tiling makes for shape s (backward roles only with f["SAVE"])."""
+    if tiling.design == "persistent":
         roles = ["fwd"] + (["bwd"] if f["SAVE"] else [])
-    elif f["BN"] == 3:
+    elif f["BN"] == NormMode.LAYER:
         roles = ["fwd", "ln_fwd"] + (["fwd_proj"] if s.proj else [])
         if f["SAVE"]:
             roles += ["transfer", "ln_bwd", "transfer_final"]
@@ -93,13 +97,13 @@ def launches(p: C.Plan, s: C.Shape, f: dict) -> list[Launch]:
         roles = ["fwd"] + (["fwd_proj"] if s.proj else [])
         if f["SAVE"]:
             roles += ["bwd"] + (["transfer"] if s.proj else []) + ["transfer_final"]
-    return [launch(p, s, f, r) for r in roles]
+    return [launch(tiling, s, f, r) for r in roles]
 
 
-def grid(role: str, p_design: str, B: int, H: int, R: int, t: dict) -> tuple:
+def grid(role: str, design: str, B: int, H: int, R: int, t: dict) -> tuple:
     """The launch grid of a role, from the tile constexprs (a function of them, so that
-    autotuning, which varies the tiles, gets the grid of each candidate)."""
-    if p_design == "persistent":  # one program per (row block, column block)
+    autotuning, which varies the tiles, gets the grid of each candidate tiling)."""
+    if design == "persistent":  # one program per (row block, column block)
         return (triton.cdiv(B, t["BB"]) * max(triton.cdiv(H, t["BH"]), triton.cdiv(R, t["BP"])),)
     if role in ("ln_fwd", "ln_bwd"):  # whole rows
         return (triton.cdiv(B, t["BB"]),)
