@@ -145,6 +145,12 @@ GPU_TESTS=(tests/test_cuda.py tests/test_triton_gpu.py tests/test_determinism_me
 PYTEST=($PY -m pytest -q -p no:cacheprovider -o addopts="" -rf)
 stage gpu-tests 300 "$OUT/gpu-tests.log" "${PYTEST[@]}" -m "gpu and not inductor" --junitxml="$OUT/gpu-tests.xml" "${GPU_TESTS[@]}"
 selected gpu-tests && { grep -E "^(FAILED|ERROR)" "$OUT/gpu-tests.log" | head -30; tail -1 "$OUT/gpu-tests.log"; } 2>/dev/null
+# a backend whose GPU test file passed whole is validated for this GPU class at its installed
+# kernels' fingerprint (fusedrnn/ops/gpu_evidence.json: commit it with the records)
+if [ $DRY = 0 ] && selected gpu-tests && [ -s "$OUT/gpu-tests.xml" ]; then
+  $PY -m fusedrnn evidence record-junit "$OUT/gpu-tests.xml" --note "$(date -u +%F): benchmarks/gpu_check.sh, $OUT" \
+    2>&1 | tee -a "$OUT/stages.txt"
+fi
 
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ $DRY = 1 ] || [ ! -x "$SAN" ]; then

@@ -1,8 +1,10 @@
-"""Command line: ``python -m fusedrnn bench ...``, ``python -m fusedrnn train ...`` and
-``python -m fusedrnn experiment ...`` (also the console script ``fusedrnn``).
+"""Command line: ``python -m fusedrnn bench ...``, ``python -m fusedrnn train ...``,
+``python -m fusedrnn experiment ...`` and ``python -m fusedrnn evidence record|show ...``
+(also the console script ``fusedrnn``).
 
 Each subcommand's parser and entry point live with it (fusedrnn.bench.cli,
-fusedrnn.train.cli, fusedrnn.experiments.cli); this module only dispatches.
+fusedrnn.train.cli, fusedrnn.experiments.cli, fusedrnn.ops.evidence); this module only
+dispatches.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ import sys
 
 
 def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["evidence"]:
+        from .ops import evidence
+
+        return evidence.main(args[1:])
     from .bench import cli as bench_cli
     from .experiments import cli as experiment_cli
     from .train import cli as train_cli
@@ -21,6 +28,7 @@ def main(argv=None) -> int:
     bench_cli.add_parser(sub)
     train_cli.add_parser(sub)
     experiment_cli.add_parser(sub)
+    sub.add_parser("evidence", help="record or show the GPU validations auto follows (record|show --help)")
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench_cli.run(args, parser)

@@ -33,7 +33,7 @@ ALLOWED = {
     "train": {"models", "tasks", "report"},
     "bench": {"core", "ops", "backends", "modules", "models", "train", "tasks", "report"},
     "experiments": {"core", "ops", "modules", "models", "train", "tasks", "report", "bench"},
-    "cli": {"bench", "experiments", "train"},
+    "cli": {"bench", "experiments", "train", "ops"},
     "__main__": {"cli"},
     "": {"core", "ops", "modules", "serialization"},
 }

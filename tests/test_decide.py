@@ -173,8 +173,10 @@ def test_evidence_rules_are_checked_when_loaded(tmp_path):
 def test_gpu_regularized_prefers_validated_backends(no_evidence, monkeypatch):
     order, rule = decision.candidates("auto", _cfg())
     assert order == ("cuda", "triton", "reference") and "no backend has passed" in rule
-    monkeypatch.setattr(evidence, "load",
-                        lambda path=evidence.PATH: {"validated": {"triton": {"sm_90": "H200"}}, "faster": []})
+    real_get = fusedrnn.backends.get
+    monkeypatch.setattr(fusedrnn.backends, "get", lambda n: _FakeBackend("ffff") if n == "triton" else real_get(n))
+    monkeypatch.setattr(evidence, "load", lambda path=evidence.PATH: {
+        "validated": {"triton": {"sm_90": {"note": "H200", "fingerprint": "ffff"}}}, "faster": []})
     order, rule = decision.candidates("auto", _cfg())
     assert order == ("triton", "cuda", "reference") and "triton passed its GPU tests" in rule
     assert decision.candidates("auto", _cfg(arch="sm_80"))[0] == ("cuda", "triton", "reference")
@@ -186,6 +188,72 @@ def test_committed_evidence_is_well_formed():
     assert set(ev) == {"validated", "faster"}
     for backend, archs in ev["validated"].items():
         assert backend in fusedrnn.backends.NAMES and all(a.startswith("sm_") for a in archs)
+        assert all(set(v) == {"note", "fingerprint"} for v in archs.values())
+
+
+class _FakeBackend:
+    def __init__(self, fp):
+        self.fp = fp
+
+    def fingerprint(self):
+        return self.fp
+
+
+def test_a_validation_counts_only_for_the_kernels_it_ran(tmp_path, monkeypatch):
+    """A validation records the backend's fingerprint; once the kernels change (another
+    fingerprint) it is stale: it no longer orders the backends, and the rule says why."""
+    path = str(tmp_path / "evidence.json")
+    evidence.record("triton", "sm_90", "H100, today", "aaaa", path)
+    uncached = evidence.load.__wrapped__
+    monkeypatch.setattr(evidence, "load", lambda p=path: uncached(path))
+    decision._CACHE.clear()
+    real_get = fusedrnn.backends.get
+    for fp, order, words in [("aaaa", ("triton", "cuda", "reference"), "with the installed kernels"),
+                             ("bbbb", ("cuda", "triton", "reference"), "earlier version of its kernels")]:
+        monkeypatch.setattr(fusedrnn.backends, "get",
+                            lambda n, fp=fp: _FakeBackend(fp) if n == "triton" else real_get(n))
+        got, rule = decision.candidates("auto", _cfg())
+        assert got == order and words in rule, rule
+    assert evidence.status("cuda", "sm_90", "aaaa") == ("none", None)
+
+
+def test_fingerprints_follow_the_sources(tmp_path):
+    from fusedrnn.core.digest import digest_tree
+
+    (tmp_path / "k.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("not a source")
+    a = digest_tree(str(tmp_path), (".py",), "triton 3.8")
+    (tmp_path / "notes.txt").write_text("changed, still not a source")
+    assert digest_tree(str(tmp_path), (".py",), "triton 3.8") == a
+    assert digest_tree(str(tmp_path), (".py",), "triton 3.9") != a  # another compiler
+    (tmp_path / "k.py").write_text("x = 2\n")
+    assert digest_tree(str(tmp_path), (".py",), "triton 3.8") != a  # another kernel
+    if "triton" in fusedrnn.backends.NAMES and fusedrnn.backends.get("triton") is not None:
+        assert len(fusedrnn.backends.get("triton").fingerprint()) == 16
+
+
+def test_the_gpu_check_records_backends_whose_gpu_tests_all_passed(tmp_path):
+    xml = tmp_path / "gpu-tests.xml"
+    xml.write_text('<testsuites><testsuite>'
+                   '<testcase classname="tests.test_cuda" name="a"/>'
+                   '<testcase classname="tests.test_cuda" name="b"><failure/></testcase>'
+                   '<testcase classname="tests.test_triton_gpu" name="c"/>'
+                   '<testcase classname="tests.test_triton_gpu" name="d"><skipped/></testcase>'
+                   '<testcase classname="tests.test_models" name="e"><failure/></testcase>'
+                   '</testsuite></testsuites>')
+    assert evidence.junit_verdicts(str(xml)) == [("cuda", 1, 1), ("triton", 1, 0)]
+
+
+def test_unvalidated_kernels_on_a_gpu_warn_once(monkeypatch):
+    monkeypatch.setattr(evidence, "load", lambda path=evidence.PATH: {"validated": {}, "faster": []})
+    monkeypatch.setattr(decision, "_WARNED", set())
+    with pytest.warns(UserWarning, match="triton kernels run on this sm_90 .* never"):
+        decision._warn_unvalidated("triton", "sm_90")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decision._warn_unvalidated("triton", "sm_90")  # once per backend and GPU class
 
 
 def test_cpu_rules():

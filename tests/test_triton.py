@@ -193,7 +193,7 @@ def test_forced_design_reaches_other_threads():
         with TH.forced_design("persistent"):
             seen.append(TH.current_design())
         seen.append(TH.current_design())
-    assert seen == ["step", "persistent", "step"] and TH.current_design() == TH.DESIGN
+    assert seen == ["step", "persistent", "step"] and TH.current_design() == TH._env_design()
     # blocks that overlap without nesting (two threads) each remove their own entry
     a, b = TH.forced_design("step"), TH.forced_design("persistent")
     a.__enter__()
@@ -201,7 +201,19 @@ def test_forced_design_reaches_other_threads():
     a.__exit__(None, None, None)
     assert TH.current_design() == "persistent"
     b.__exit__(None, None, None)
-    assert TH.current_design() == TH.DESIGN
+    assert TH.current_design() == TH._env_design()
+
+
+def test_design_switch_is_read_when_a_launch_is_planned(monkeypatch):
+    """FUSEDRNN_DESIGN (both GPU backends' one design switch) is read at planning time; a
+    forced_design block wins; a bad value names the switch."""
+    monkeypatch.setenv("FUSEDRNN_DESIGN", "step")
+    assert TH.current_design() == "step"
+    with TH.forced_design("persistent"):
+        assert TH.current_design() == "persistent"
+    monkeypatch.setenv("FUSEDRNN_DESIGN", "fastest")
+    with pytest.raises(ValueError, match="FUSEDRNN_DESIGN"):
+        TH.current_design()
 
 
 @cpu_only

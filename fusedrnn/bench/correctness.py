@@ -74,28 +74,17 @@ SANITIZE_EXTRA = {"zoneout": dict(zoneout=0.2, recurrent_dropout=0.25), "layer_n
 
 @contextlib.contextmanager
 def forced(backend: str, design: str):
-    """Force a design: FUSEDRNN_CUDA_DESIGN=step for the CUDA per-step design (the CUDA plan
-    picks persistent wherever it fits), forced_design for Triton."""
-    if backend == "cuda":
-        before = os.environ.get("FUSEDRNN_CUDA_DESIGN")
-        if design == "step":
-            os.environ["FUSEDRNN_CUDA_DESIGN"] = "step"
-        else:
-            os.environ.pop("FUSEDRNN_CUDA_DESIGN", None)
-        try:
-            yield
-        finally:
-            if before is None:
-                os.environ.pop("FUSEDRNN_CUDA_DESIGN", None)
-            else:
-                os.environ["FUSEDRNN_CUDA_DESIGN"] = before
-    elif backend == "triton":
-        from ..backends.triton.host import forced_design
-
-        with forced_design(design):
-            yield
-    else:
+    """Force a GPU design for the block: FUSEDRNN_DESIGN, the one switch both GPU backends read
+    when they plan a launch ("auto" for the other backends)."""
+    before = os.environ.get("FUSEDRNN_DESIGN")
+    os.environ["FUSEDRNN_DESIGN"] = design if backend in ("cuda", "triton") else "auto"
+    try:
         yield
+    finally:
+        if before is None:
+            os.environ.pop("FUSEDRNN_DESIGN", None)
+        else:
+            os.environ["FUSEDRNN_DESIGN"] = before
 
 
 def ran_design(module, x) -> str:

@@ -4,7 +4,9 @@
   Backend protocol and the indexing of the semantics;
 - :mod:`.schema`: the layer-op schema every op family shares (argument order, encodings,
   its flattener and its autograd formula);
-- :mod:`.arch`: a CUDA device's compute capability ("sm_90").
+- :mod:`.arch`: a CUDA device's compute capability ("sm_90");
+- :mod:`.digest`: the fingerprint of a backend's kernel sources (what a GPU validation
+  vouches for).
 
 It imports nothing of fusedrnn: ops (the decisions) and backends (the kernels) both import
 it, and neither imports the other's internals.

@@ -292,6 +292,12 @@ class Backend:
         """What design the recurrence would run for this configuration (explain() prints it)."""
         return None
 
+    def fingerprint(self) -> Optional[str]:
+        """What a GPU validation of this backend vouches for: a digest of its kernel sources and
+        the compiler that builds them.  A validation recorded with another fingerprint does not
+        count (the kernels changed since).  None: nothing GPU-specific to validate."""
+        return None
+
     def cell(self, gates: Tensor, cx: Tensor) -> tuple[Tensor, Tensor]:
         """The pointwise LSTM cell step: gates [B, G] pre-activations, cx [B, H] -> (hy, cy)."""
         raise NotImplementedError

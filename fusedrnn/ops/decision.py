@@ -23,7 +23,10 @@ The rules (:func:`module_rule` says which one decided):
 Which backend runs the fused ops: ``backend="auto"`` (the default everywhere) takes the
 first backend of the device's :data:`PREFERENCE` order that is available and supports the
 configuration; on a GPU, backends whose GPU tests have passed on real hardware of that GPU
-class come first (:mod:`.evidence`).  ``FUSEDRNN_BACKEND`` overrides "auto".  An explicitly
+class with the installed kernels come first (:mod:`.evidence`); where none has, the fused
+kernels still run, fastest first, with a warning once per backend and GPU class (the plain
+PyTorch reference would be correct but is a per-step loop).  ``FUSEDRNN_BACKEND`` overrides
+"auto".  An explicitly
 named backend that is unavailable, or cannot serve the configuration, raises
 :class:`BackendError` naming what is missing; nothing falls back silently.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -128,6 +132,13 @@ def available_backends(device: Union[str, torch.device, None] = None) -> list[st
     return [n for n in PREFERENCE.get(dev.type, ("reference",)) if unavailable_reason(n, dev) is None]
 
 
+def gpu_status(name: str, arch: str) -> str:
+    """"validated" (its GPU tests passed on this GPU class with the installed kernels),
+    "stale" (they passed at an earlier version of the kernels) or "none" (:mod:`.evidence`)."""
+    be = backends.get(name)
+    return evidence.status(name, arch, be.fingerprint() if be is not None else None)[0]
+
+
 def candidates(name: str, cfg: Config) -> tuple[tuple[str, ...], str]:
     """The backends to try, in order, for a configuration, and the rule that ordered them."""
     name = requested(name)
@@ -136,13 +147,17 @@ def candidates(name: str, cfg: Config) -> tuple[tuple[str, ...], str]:
     order = PREFERENCE.get(cfg.device_type, ("reference",))
     if cfg.device_type != "cuda":
         return order, f"the {cfg.device_type} preference order (fastest first)"
-    proven = tuple(n for n in order if evidence.validated(n, cfg.arch))
+    state = {n: gpu_status(n, cfg.arch) for n in order}
+    proven = tuple(n for n in order if state[n] == "validated")
+    stale = [n for n in order if state[n] == "stale"]
+    note = (f"; {', '.join(stale)} passed its GPU tests on {cfg.arch} at an earlier version of its kernels, "
+            "which does not count" if stale else "")
     if not proven:
-        return order, (f"no backend has passed its GPU tests on {cfg.arch or 'this GPU'}: the default order "
-                       "(fastest first by design)")
+        return order, (f"no backend has passed its GPU tests on {cfg.arch or 'this GPU'} with the installed "
+                       f"kernels: the default order (fastest first by design){note}")
     rest = tuple(n for n in order if n not in proven)
-    return proven + rest, (f"{', '.join(proven)} passed its GPU tests on real {cfg.arch} hardware: it comes "
-                           "before backends that have not")
+    return proven + rest, (f"{', '.join(proven)} passed its GPU tests on real {cfg.arch} hardware with the "
+                           f"installed kernels: it comes before backends that have not{note}")
 
 
 def _why_not(be: Backend, cfg: Config, op: str) -> Optional[str]:
@@ -211,6 +226,8 @@ def _fused(name: str, cfg: Config, op: str, autocast: Optional[torch.dtype]) -> 
             whys = [_why_not(be, cfg if dt == cfg.dtype else dataclasses.replace(cfg, dtype=dt), op) for dt in dtypes]
             for dt, w in zip(dtypes, whys):
                 if w is None:
+                    if cfg.device_type == "cuda" and be.fingerprint() is not None:
+                        _warn_unvalidated(n, cfg.arch)
                     return Decision(aten=False, backend=be, dtype=dt, autocast=autocast)
             why = whys[0]
         passed.append((n, why))
@@ -219,6 +236,22 @@ def _fused(name: str, cfg: Config, op: str, autocast: Optional[torch.dtype]) -> 
         raise BackendError(f"backend={n!r} cannot run this {op}: {why}")
     raise BackendError(  # pragma: no cover - reference always serves
         f"no backend can run this {op}: " + "; ".join(f"{n}: {w}" for n, w in passed))
+
+
+_WARNED: set = set()
+
+
+def _warn_unvalidated(name: str, arch: str) -> None:
+    """Say once per backend and GPU class that fused kernels run where their GPU tests have not
+    passed with the installed kernels (what auto does there: it runs them, fastest first)."""
+    state = gpu_status(name, arch)
+    if state == "validated" or (name, arch) in _WARNED:
+        return
+    _WARNED.add((name, arch))
+    why = "at an earlier version of its kernels only" if state == "stale" else "never"
+    warnings.warn(f"fusedrnn: the {name} kernels run on this {arch or 'GPU'} although their GPU tests have passed "
+                  f"there {why}; results are not yet verified on this GPU class (fusedrnn.explain says which rule "
+                  "chose; FUSEDRNN_BACKEND=reference runs the plain-PyTorch oracle instead)", stacklevel=2)
 
 
 def _decide(kind: str, op: str, name: str, cfg: Config, autocast: Optional[torch.dtype], regularized: bool,
@@ -329,5 +362,5 @@ def export_decision(kind: str, name: str, cfg: Config, op: str, autocast: Option
 
 
 __all__ = ["ATEN", "DECISION_ENV", "Decision", "MODULE_ONLY", "PREFERENCE", "available_backends", "candidates",
-           "check_backend_name", "decide", "decide_op", "explain_config", "export_decision", "exporting",
+           "check_backend_name", "decide", "decide_op", "explain_config", "export_decision", "exporting", "gpu_status",
            "module_rule", "requested", "unavailable_reason"]

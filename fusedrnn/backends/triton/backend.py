@@ -5,12 +5,15 @@ no cell kernel."""
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Optional
 
 import torch
 
 from ...core import schema
 from ...core.contract import Backend, Config, RecurrenceResult
+from ...core.digest import digest_tree
 from ..reference import BACKEND as REFERENCE
 from . import config as C
 from . import host
@@ -73,12 +76,24 @@ class TritonBackend(Backend):
     def cell_unsupported_reason(self, cfg: Config) -> Optional[str]:
         return "the triton backend has no cell kernel (the single step runs elsewhere)"
 
+    def fingerprint(self) -> Optional[str]:
+        return sources_fingerprint()
+
     def describe(self, cfg: Config, device: torch.device) -> Optional[str]:
         t = host.tilings_for(device, host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, cfg.norm, cfg.dtype))[0]
         tiles = f"BB={t.BB} BH={t.BH}" + (f" BP={t.BP}" if cfg.proj else "")
         if t.design == "persistent":
             return f"persistent ({t.nprog} programs, {tiles}, W {'resident' if t.resident else 'streamed'})"
         return f"per-step ({tiles})"
+
+
+@functools.lru_cache(maxsize=None)
+def sources_fingerprint() -> str:
+    """The digest of this backend's Python sources (kernels, launches, host code: what a GPU run
+    executes) and the Triton release that compiles them."""
+    import triton
+
+    return digest_tree(os.path.dirname(os.path.abspath(__file__)), (".py",), f"triton {triton.__version__}")
 
 
 BACKEND = TritonBackend()

@@ -10,8 +10,8 @@ W_hh h m first, normalised in place).  The weight gradients are GEMMs after the 
 loop: dW_hh = sum_s dhh_s^T (h_{s-1} m_s) (in the model's dtype, fp32 accumulation, as
 cuDNN), dW_hr = sum_s dhn_s^T hc_s.
 
-Design ("auto" unless FUSEDRNN_TRITON_DESIGN or :func:`forced_design` names one of
-config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch's
+Design ("auto" unless FUSEDRNN_DESIGN, the one design switch of both GPU backends, or
+:func:`forced_design` names one of config.DESIGNS) and TF32 (torch.backends.cuda.matmul.allow_tf32) are read when a launch's
 tiling is chosen; under torch.compile, when the graph is traced.  Persistent grids launch
 cooperatively in eager mode (COOPERATIVE).
 """
@@ -33,10 +33,10 @@ from .kernels.common import ZoneoutMode
 
 # TRITON_INTERPRET=1 when the kernels were defined: they are Python functions, run on CPU tensors
 INTERPRET = not isinstance(L.ROLES["step"]["fwd"], triton.runtime.JITFunction)
-DESIGN = os.environ.get("FUSEDRNN_TRITON_DESIGN", "auto").strip() or "auto"
-# forced_design's stack: process-wide, not a context variable, because autograd runs a CUDA
-# graph's backward on its own device thread, where the caller's context variables (torch <
-# 2.13) are not set: a forced design must reach the backward too.
+DESIGN_ENV = "FUSEDRNN_DESIGN"  # read by the CUDA backend too (csrc/cuda/layer_host.cpp)
+# forced_design's stack: process-wide, not a context variable, because autograd runs the
+# backward of CUDA tensors on its own device thread, where the caller's context variables
+# (torch < 2.13) are not set: a forced design must reach the backward too.
 _forced: list[tuple[object, str]] = []
 
 # Autotuning (CUDA, eager): FUSEDRNN_TRITON_AUTOTUNE=0 turns it off (the heuristic's tiling), and so
@@ -50,9 +50,9 @@ _TUNERS: dict = {}
 def forced_design(design: str):
     """Run every launch inside the block on this design (one of config.DESIGNS), in every
     thread (the backward too, which autograd may run on another thread): a test and benchmark
-    switch, like FUSEDRNN_TRITON_DESIGN, not for concurrent use with different designs."""
+    switch, like FUSEDRNN_DESIGN, not for concurrent use with different designs."""
     if design not in C.DESIGNS:
-        raise ValueError(f"FUSEDRNN_TRITON_DESIGN / design must be one of {C.DESIGNS}, got {design!r}")
+        raise ValueError(f"design must be one of {C.DESIGNS}, got {design!r}")
     entry = (object(), design)  # this block's own entry: overlapping blocks remove their own
     _forced.append(entry)
     try:
@@ -61,10 +61,15 @@ def forced_design(design: str):
         _forced.remove(entry)
 
 
+def _env_design() -> str:
+    return os.environ.get(DESIGN_ENV, "auto").strip() or "auto"
+
+
 def current_design() -> str:
-    d = _forced[-1][1] if _forced else DESIGN
+    """The design of the launches planned now: the innermost forced_design, else FUSEDRNN_DESIGN."""
+    d = _forced[-1][1] if _forced else _env_design()
     if d not in C.DESIGNS:
-        raise ValueError(f"FUSEDRNN_TRITON_DESIGN / design must be one of {C.DESIGNS}, got {d!r}")
+        raise ValueError(f"{DESIGN_ENV} / design must be one of {C.DESIGNS}, got {d!r}")
     return d
 
 
@@ -141,7 +146,7 @@ def _has_cooperative_launch() -> bool:
 # driver then places every program at once or refuses the launch (an error, not a hang), also
 # when other kernels hold SMs.  Eager launches only: under torch.compile the grid goes through
 # inductor, and the co-residency check above is the guard.
-COOPERATIVE = _has_cooperative_launch() and os.environ.get("FUSEDRNN_TRITON_COOPERATIVE", "1").strip() != "0"
+COOPERATIVE = _has_cooperative_launch()
 
 
 def _launch_options(design: str, t: Tensor) -> dict:
@@ -348,5 +353,5 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     return dxp, dh0, dc0, dw_hh, dw_hr, dg_h, dg_c, db_c
 
 
-__all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN", "INTERPRET", "backward", "current_design", "device_guard",
+__all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN_ENV", "INTERPRET", "backward", "current_design", "device_guard",
            "forced_design", "forward", "shape_of", "tilings_for"]
