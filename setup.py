@@ -80,6 +80,24 @@ def cuda_targets() -> str:
     return ";".join(out)
 
 
+def cuda_sources_fingerprint() -> str:
+    """The fingerprint of what the CUDA kernels are built from: csrc/cuda, the headers it
+    shares (csrc/*.h) and the nvcc release (fusedrnn/core/digest.py, loaded by path)."""
+    import importlib.util
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("_digest", os.path.join(ROOT, "fusedrnn", "core", "digest.py"))
+    digest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digest)
+    headers = b"".join(open(h, "rb").read() for h in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.h"))))
+    nvcc = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"], capture_output=True,
+                          text=True).stdout.strip().splitlines()[-1:]
+    import hashlib
+
+    extra = hashlib.sha256(headers).hexdigest() + " " + " ".join(nvcc)
+    return digest.digest_tree(os.path.join(ROOT, "csrc", "cuda"), (".cu", ".cuh", ".cpp", ".h"), extra)
+
+
 # The extension uses the stable ABI of Python >= 3.10 (requires-python): the wheel is tagged
 # cp310-abi3 and loads on every later Python.
 LIMITED_API = ("Py_LIMITED_API", "0x030A0000")
@@ -102,6 +120,9 @@ def extensions():
         nvcc = ["-O3", "-lineinfo"]  # registers and spills per kernel: benchmarks/compile_gate.py
         # '/'-separated tokens, stringified in csrc/module.cpp (no quotes to survive the shell)
         targets = "-DFUSEDRNN_CUDA_TARGETS=" + cuda_targets().replace(";", "/")
+        # nvcc's flags only (csrc/cuda/build_info.cu holds it): a change of the CUDA sources then
+        # recompiles the .cu files, not the C++ ones
+        nvcc += ["-DFUSEDRNN_CUDA_SOURCES=fp" + cuda_sources_fingerprint()]
         return [CUDAExtension(sources=sources, extra_compile_args={
             "cxx": cxx + ["-DFUSEDRNN_WITH_CUDA", targets], "nvcc": nvcc}, **common)]
     return [CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)]

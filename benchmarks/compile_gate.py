@@ -10,14 +10,14 @@ configurations the triton backend's dispatcher picks there (--full: every design
 autotuning candidate) are compiled with triton.compile(ASTSource, GPUTarget) for sm_90 and
 sm_80; Triton's bundled ptxas -v gives registers and spills, the metadata shared memory.
 CUDA: every csrc/cuda/*.cu is compiled to cubin for sm_80 / sm_90 with ptxas -v; the
-persistent kernels' plan (the same C++ function the dispatcher calls at run time,
-persistent_plan_for) is evaluated for the grid with H100 and A100 limits; cuobjdump's SASS
+persistent kernels' layout (the same C++ function the dispatcher calls at run time,
+persistent_layout_for) is evaluated for the grid with H100 and A100 limits; cuobjdump's SASS
 shows whether the recurrent matmuls use tensor cores (HMMA).
 
 Fails (exit 1) on: a compile failure; shared memory over the device's opt-in limit;
 registers x threads over the register file; spills not on the allow-list below; a
-persistent plan the heuristic accepts that would not fit one block per SM; a grid shape
-the CUDA plan should run persistently but rejects; no MMA in a bf16/fp16 recurrent
+CUDA persistent layout the heuristic accepts that would not fit one block per SM; a grid shape
+the CUDA layout should run persistently but rejects; no MMA in a bf16/fp16 recurrent
 kernel; a non-coherent (read-only path: PTX ld.global.nc, SASS LDG...CONSTANT) global load in
 a persistent kernel, Triton or CUDA (other programs write its exchange buffers during the
 launch; the exchange is read through L2 (.cg / cp.async.cg) or after the barrier's acquire).
@@ -239,7 +239,7 @@ int main(int argc, char** argv) {
   // lines of: dtype B H R smem_limit sms
   int dt; long long B, H, R, smem; int sms;
   while (std::scanf("%d %lld %lld %lld %lld %d", &dt, &B, &H, &R, &smem, &sms) == 6) {
-    PersistentPlan p = persistent_plan_for(static_cast<DType>(dt), B, H, R, false, (size_t)smem, sms);
+    PersistentLayout p = persistent_layout_for(static_cast<DType>(dt), B, H, R, false, (size_t)smem, sms);
     std::printf("%d %d %d %zu %zu %s%s%s %s\n", p.ok ? 1 : 0, p.units, p.blocks, p.smem_forward, p.smem_backward,
                 p.stage_xp ? "x" : "", p.stage_h ? "h" : "", p.stage_saved ? "s" : "-", p.ok ? "-" : p.why);
   }
@@ -247,7 +247,7 @@ int main(int argc, char** argv) {
 }
 """
 
-# The grid shapes whose CUDA plan must be persistent on an H100 (no projection): the
+# The grid shapes whose CUDA layout must be persistent on an H100 (no projection): the
 # benchmark anchors (bf16 / fp16; fp32 with TF32).
 DTYPE_CODE = {"fp32": 0, "fp64": 1, "fp16": 2, "bf16": 3}
 
@@ -290,11 +290,11 @@ def check(rows):
         where = f"{r.get('kind')} sm_{r.get('arch')} {r.get('name', '')}"
         if r["kind"] == "plan":
             if not r.get("ok", False) and r.get("error"):
-                problems.append(f"{where}: plan driver failed: {r['error']}")
+                problems.append(f"{where}: layout driver failed: {r['error']}")
             elif r["ok"] and not r["fits"]:
-                problems.append(f"plan sm_{r['arch']} {r['dtype']} B={r['B']} H={r['H']}: accepted but does not fit")
+                problems.append(f"layout sm_{r['arch']} {r['dtype']} B={r['B']} H={r['H']}: accepted but does not fit")
             elif not r["ok"] and r["arch"] == 90:
-                problems.append(f"plan sm_90 {r['dtype']} B={r['B']} H={r['H']}: grid shape not persistent ({r['why']})")
+                problems.append(f"layout sm_90 {r['dtype']} B={r['B']} H={r['H']}: grid shape not persistent ({r['why']})")
             continue
         if not r.get("ok"):
             problems.append(f"{where}: compile failed: {r.get('error')}")
@@ -339,7 +339,7 @@ def write_table(rows, path, seconds, problems):
         mma = {True: "yes", False: "no", None: "-"}[r.get("mma")]
         lines.append(f"| {r['kind']} | `{r.get('name', '')}` | {r.get('dtype', '-')} | sm_{r['arch']} | "
                      f"{r.get('regs', '-')} | {sp_s} | {r.get('shared', '-')} | {mma} |")
-    lines += ["", "## CUDA persistent plans for the benchmark grid", "",
+    lines += ["", "## CUDA persistent layouts for the benchmark grid", "",
               "| dtype | B | T | H | arch | persistent | units/block | blocks | smem fwd | smem bwd | stages | why not |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -418,7 +418,7 @@ def main(argv=None) -> int:
     n_t = sum(r["kind"] == "triton" for r in rows)
     n_c = sum(r["kind"] == "cuda" for r in rows)
     n_p = sum(r["kind"] == "plan" for r in rows)
-    print(f"compile gate: {n_t} triton configs, {n_c} CUDA kernels, {n_p} persistent plans for sm_80/sm_90 "
+    print(f"compile gate: {n_t} triton configs, {n_c} CUDA kernels, {n_p} persistent layouts for sm_80/sm_90 "
           f"in {seconds:.0f} s: {'OK' if not problems else f'{len(problems)} PROBLEMS'}"
           f"{'' if have_triton else ' (no triton)'}{'' if have_nvcc else ' (no nvcc)'}")
     return 1 if problems else 0

@@ -65,21 +65,14 @@ inline float host_tanhf(float x) {
 }
 #endif
 
-FUSEDRNN_HD float exp_(float x) {
 #if defined(__CUDA_ARCH__)
-  return ::expf(x);
+FUSEDRNN_HD float exp_(float x) { return ::expf(x); }
+FUSEDRNN_HD float tanh_(float x) { return ::tanhf(x); }
 #else
-  return host_expf(x);
+FUSEDRNN_HD float exp_(float x) { return host_expf(x); }
+FUSEDRNN_HD float tanh_(float x) { return host_tanhf(x); }
 #endif
-}
 FUSEDRNN_HD double exp_(double x) { return ::exp(x); }
-FUSEDRNN_HD float tanh_(float x) {
-#if defined(__CUDA_ARCH__)
-  return ::tanhf(x);
-#else
-  return host_tanhf(x);
-#endif
-}
 FUSEDRNN_HD double tanh_(double x) { return ::tanh(x); }
 FUSEDRNN_HD float rsqrt_(float x) { return 1.0f / ::sqrtf(x); }
 FUSEDRNN_HD double rsqrt_(double x) { return 1.0 / ::sqrt(x); }

@@ -18,6 +18,16 @@
 #else
 #define FUSEDRNN_CUDA_TARGETS_STR ""
 #endif
+// The fingerprint of the CUDA sources and toolkit this build compiled (csrc/cuda/build_info.cu);
+// empty in a build without CUDA.
+#ifdef FUSEDRNN_WITH_CUDA
+namespace fusedrnn::cuda {
+const char* sources_fingerprint();
+}
+#define FUSEDRNN_CUDA_SOURCES_STR fusedrnn::cuda::sources_fingerprint()
+#else
+#define FUSEDRNN_CUDA_SOURCES_STR ""
+#endif
 
 extern "C" {
 PyObject* PyInit__C(void) {
@@ -25,7 +35,8 @@ PyObject* PyInit__C(void) {
       PyModuleDef_HEAD_INIT, "_C", "fusedrnn compiled ops (registered under torch.ops.fusedrnn)",
       -1, nullptr};
   PyObject* m = PyModule_Create(&module_def);
-  if (m != nullptr && PyModule_AddStringConstant(m, "CUDA_TARGETS", FUSEDRNN_CUDA_TARGETS_STR) < 0) {
+  if (m != nullptr && (PyModule_AddStringConstant(m, "CUDA_TARGETS", FUSEDRNN_CUDA_TARGETS_STR) < 0 ||
+                       PyModule_AddStringConstant(m, "CUDA_SOURCES", FUSEDRNN_CUDA_SOURCES_STR) < 0)) {
     Py_DECREF(m);
     return nullptr;
   }
@@ -110,8 +121,12 @@ TORCH_LIBRARY(fusedrnn, m) {
         {at::Tag::pt2_compliant_tag});
 
   // Which CUDA design the layer op picks for this shape on like's device, and why
-  // (fusedrnn.explain reports it): persistent when ok, else per-step.
+  // (fusedrnn.explain reports it): persistent when its layout fits (ok; its blocks, units per
+  // block and shared memory), else per-step.
   m.def(
-      "cuda_layer_plan(Tensor like, int B, int H, int R, bool proj, bool need_backward)"
+      "cuda_persistent_layout(Tensor like, int B, int H, int R, bool proj, bool need_backward)"
       " -> (bool ok, str why, int units, int blocks, int smem_forward, int smem_backward)");
+  // Internal, for a test without a GPU (CUDA builds only): the CUDA host's decision after a
+  // persistent launch returned the cudaError_t err (ops.h cuda_launch_refused).
+  m.def("_cuda_launch_refused(int err) -> bool");
 }

@@ -113,7 +113,7 @@ struct LayerDims {
   int64_t T, B, H, G, R, P;
   int64_t S;  // running-statistics slots (eval-mode batch norm), else 1
   bool proj, mask, mask_per_step, lengths, bn, bn_train, reverse;
-  bool ln;  // layer norm (LN_h over each row's G columns, LN_c over its H), gains and LN_c's bias in the bn_* slots
+  bool ln;  // layer norm (LN_h over each row's G columns, LN_c over its H): gains and LN_c's bias in norm_*
   bool zoneout;
 };
 
@@ -208,7 +208,7 @@ inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Ten
     check_same(like, *a.norm_c_weight, "xp", "norm_c_weight");
     check_same(like, *a.norm_c_bias, "xp", "norm_c_bias");
     TORCH_CHECK(a.norm_h_weight->numel() == d.G && a.norm_c_weight->numel() == d.H && a.norm_c_bias->numel() == d.H,
-                "fusedrnn: batch-norm weights must have ", d.G, ", ", d.H, " and ", d.H,
+                "fusedrnn: norm weights must have ", d.G, ", ", d.H, " and ", d.H,
                 " elements (norm_h_weight, norm_c_weight, norm_c_bias)");
   }
   TORCH_CHECK(a.bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
@@ -289,9 +289,7 @@ using LayerForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tenso
 using LayerBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                     at::Tensor, at::Tensor, at::Tensor>;
 
-// The op signatures (schemas in module.cpp), one implementation per device: the three data
-// tensors, the LayerArgs in order, then save_workspace (forward) or the statistics and the
-// workspace (backward).
+// The layer op's parameter arguments and backward tail, as declarations and as names.
 #define FUSEDRNN_LAYER_ARGS_DECL                                                                     \
   const at::Tensor &w_hh, const OptT &w_hr, const OptT &mask, int64_t mask_mode, const OptT &lengths, \
       bool reverse, int64_t norm_mode, const OptT &norm_h_weight, const OptT &norm_c_weight,             \
@@ -309,31 +307,44 @@ using LayerBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
   const at::Tensor &h_stats, const at::Tensor &c_stats, const at::Tensor &ws_h, const at::Tensor &ws_act, \
       const at::Tensor &ws_c, const at::Tensor &ws_hh_hat, const at::Tensor &ws_hc
 
-LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,
-                                       FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace);
-LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n,
-                                         const at::Tensor& grad_c_n, FUSEDRNN_LAYER_ARGS_DECL,
-                                         FUSEDRNN_LAYER_BACKWARD_TAIL_DECL);
+// The implementations of the ops both devices run, one signature for both: fusedrnn::<op>_cpu
+// (cpu/*.cpp) and fusedrnn::<op>_cuda (cuda/*_host.cpp, built with CUDA only); schemas in
+// module.cpp.  The layer op (lstm_layer_forward / _backward): the three data tensors, the
+// LayerArgs in order, then save_workspace (forward) or the statistics and the workspace
+// (backward).  batch_norm_steps: per-step batch norm over [T, B, F].  lstm_cell: one pointwise step.
+#define FUSEDRNN_DEVICE_OPS(DEV)                                                                            \
+  LayerForwardOut lstm_layer_forward_##DEV(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,  \
+                                           FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace);                   \
+  LayerBackwardOut lstm_layer_backward_##DEV(const at::Tensor& grad_y, const at::Tensor& grad_h_n,           \
+                                             const at::Tensor& grad_c_n, FUSEDRNN_LAYER_ARGS_DECL,           \
+                                             FUSEDRNN_LAYER_BACKWARD_TAIL_DECL);                             \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_forward_##DEV(                             \
+      const at::Tensor& v, const at::Tensor& weight, const OptT& bias, const OptT& lengths, bool reverse,    \
+      const OptT& eval_mean, const OptT& eval_var, bool training, double eps);                               \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_backward_##DEV(                            \
+      const at::Tensor& grad_out, const at::Tensor& v, const at::Tensor& weight, const OptT& lengths,        \
+      bool reverse, const at::Tensor& mean, const at::Tensor& var, bool training, double eps);               \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_##DEV(const at::Tensor& gates,            \
+                                                                         const at::Tensor& cx);              \
+  std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_##DEV(const at::Tensor& grad_hy,                     \
+                                                              const at::Tensor& grad_cy, const at::Tensor& act, \
+                                                              const at::Tensor& cx, const at::Tensor& cy);
+FUSEDRNN_DEVICE_OPS(cpu)
+FUSEDRNN_DEVICE_OPS(cuda)
 
-// ---- batch_norm_steps: per-step batch norm over [T, B, F] (schema in module.cpp) ---------
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_forward_cpu(
-    const at::Tensor& v, const at::Tensor& weight, const OptT& bias, const OptT& lengths,
-    bool reverse, const OptT& eval_mean, const OptT& eval_var, bool training, double eps);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& v, const at::Tensor& weight, const OptT& lengths,
-    bool reverse, const at::Tensor& mean, const at::Tensor& var, bool training, double eps);
-
-// ---- linear: the input projection of the native backend (schema in module.cpp) ----------
+// ---- linear: the input projection of the native backend (CPU only; schema in module.cpp) ------
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const OptT& bias);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                                    const at::Tensor& weight, bool bias);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu(const at::Tensor& gates,
-                                                                     const at::Tensor& cx);
-std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cpu(const at::Tensor& grad_hy,
-                                                          const at::Tensor& grad_cy,
-                                                          const at::Tensor& act,
-                                                          const at::Tensor& cx,
-                                                          const at::Tensor& cy);
+// ---- CUDA only (cuda/layer_host.cpp; schemas in module.cpp) -----------------------------------
+// fusedrnn::cuda_persistent_layout: the CUDA design the layer op picks for a shape, and why.
+std::tuple<bool, std::string, int64_t, int64_t, int64_t, int64_t> cuda_persistent_layout_cuda(
+    const at::Tensor& like, int64_t B, int64_t H, int64_t R, bool proj, bool need_backward);
+// fusedrnn::_cuda_launch_refused: what the layer op's host does after a persistent launch that
+// returned err (a cudaError_t code), on a stub shape of no device, so that a test can run it
+// without a GPU: false for cudaSuccess (it ran); true for a refusal (the stub shape's layout no
+// longer fits: its later calls run the per-step design; a warning); raises for any other error.
+bool cuda_launch_refused(int64_t err);
 
 }  // namespace fusedrnn

@@ -23,11 +23,11 @@ DEV = "cuda"
 
 @pytest.fixture(params=["auto", "step"])
 def design(request, monkeypatch):
-    """Run each test with the design the plan picks, and with the per-step design forced."""
+    """Run each test with the design the layout picks, and with the per-step design forced."""
     if request.param == "step":
-        monkeypatch.setenv("FUSEDRNN_CUDA_DESIGN", "step")
+        monkeypatch.setenv("FUSEDRNN_DESIGN", "step")
     else:
-        monkeypatch.delenv("FUSEDRNN_CUDA_DESIGN", raising=False)
+        monkeypatch.delenv("FUSEDRNN_DESIGN", raising=False)
     return request.param
 
 
@@ -212,15 +212,24 @@ def test_module_matches_nn_lstm_fp32_strict(kind, design, monkeypatch, cuda_matm
 
 
 def test_persistent_design_is_chosen_for_the_anchor_shapes():
-    """The plan accepts the FlashRNN point (B=16, T=1024, H=768, bf16) and the grid's large
+    """The layout accepts the FlashRNN point (B=16, T=1024, H=768, bf16) and the grid's large
     shapes: a silent fallback to the per-step design would cost most of the speed."""
-    if os.environ.get("FUSEDRNN_CUDA_DESIGN") == "step":
+    if os.environ.get("FUSEDRNN_DESIGN") == "step":
         pytest.skip("per-step forced")
     for dtype, B, H in ((torch.bfloat16, 16, 768), (torch.float16, 8, 1024), (torch.bfloat16, 256, 1024),
                         (torch.bfloat16, 2, 768)):
         like = torch.empty(0, dtype=dtype, device=DEV)
-        ok, why, *_ = torch.ops.fusedrnn.cuda_layer_plan(like, B, H, H, False, True)
+        ok, why, *_ = torch.ops.fusedrnn.cuda_persistent_layout(like, B, H, H, False, True)
         assert ok, (dtype, B, H, why)
+
+
+def test_forced_persistent_design_refuses_what_it_cannot_run(monkeypatch):
+    """FUSEDRNN_DESIGN=persistent (both GPU backends' switch) raises, naming the switch and why,
+    where the persistent design cannot run (a projection), instead of running per-step."""
+    monkeypatch.setenv("FUSEDRNN_DESIGN", "persistent")
+    m = fusedrnn.LSTM(16, 32, proj_size=8, backend="cuda", device=DEV, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_DESIGN=persistent.*projection"):
+        m(torch.randn(5, 4, 16, device=DEV, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -286,7 +295,7 @@ def test_zoneout_and_layer_norm_float64_match_reference(mask_kind, bn_mode, proj
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "tf32"])
 @pytest.mark.parametrize("zo,ln", [("train", False), ("eval", False), ("train", True)])
 def test_zoneout_and_layer_norm_low_precision(dtype, zo, ln, design, monkeypatch, cuda_matmul):
-    """Zoneout at a shape the persistent plan takes (auto), layer norm on the per-step design
+    """Zoneout at a shape the persistent layout takes (auto), layer norm on the per-step design
     (H = 256 over 256 threads per row): within 2x of the reference backend's own error at
     that dtype (cuDNN cannot run these), per output / gradient."""
     monkeypatch.setenv("FUSEDRNN_CUDA_UNVERIFIED", "1")

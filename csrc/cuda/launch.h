@@ -1,6 +1,6 @@
-// The plain launcher interface between the torch bindings (cuda/register.cpp) and the
+// The plain launcher interface between the torch-side host code (cuda/*_host.cpp) and the
 // CUDA kernels (*.cu).  No torch headers here or in the .cu files: they compile with
-// nvcc alone, quickly, and the bindings adapt tensors to raw pointers.
+// nvcc alone, quickly, and the host code adapts tensors to raw pointers.
 //
 // Dimension letters: B batch, H hidden, G = 4H gates (i, f, g, o).
 #pragma once
@@ -44,9 +44,9 @@ struct LayerParams {
   const void* xp;          // data [T, B, G]
   const void* mask;        // data [B, R] or [T, B, R], or null
   const void* w_hh;        // data [G, R]
-  const void* gamma_h;     // data [G]     (BN)
-  const void* gamma_c;     // data [H]     (BN)
-  const void* beta_c;      // data [H]     (BN)
+  const void* gamma_h;     // data [G]     (BN or LN: norm_h_weight)
+  const void* gamma_c;     // data [H]     (BN or LN: norm_c_weight)
+  const void* beta_c;      // data [H]     (BN or LN: norm_c_bias)
   const void* run_mean_h;  // data [S, G]  (BN eval)
   const void* run_var_h;
   const void* run_mean_c;  // data [S, H]  (BN eval)
@@ -60,12 +60,12 @@ struct LayerParams {
   bool zone_scalar;
   // outputs
   void* y;         // data [T, B, R]
-  void* h_stats;   // acc [T, 2, G]  (BN train)
-  void* c_stats;   // acc [T, 2, H]  (BN train)
+  void* h_stats;   // acc [T, 2, G]  (BN train); LN: [T, 2, B]
+  void* c_stats;   // acc [T, 2, H]  (BN train); LN: [T, 2, B]
   void* ws_hm;     // data [TW, B, R]   masked h entering W_hh
   void* ws_act;    // acc  [TW, B, G]   activated gates
   void* ws_c;      // acc  [TC, B, H]   cell states, c0 in slot 0
-  void* ws_hh_hat; // acc  [TW, B, G]   (BN)
+  void* ws_hh_hat; // acc  [TW, B, G]   (BN or LN)
   void* ws_hc;     // data [TW, B, H]   h before W_hr (proj)
   void* h_state;   // acc  [B, R]       current h (per-step design)
 };
@@ -112,8 +112,9 @@ cudaError_t layer_ln_backward(const LayerParams& p, const LayerGrads& g, int64_t
                               cudaStream_t stream);
 
 // Persistent design (no projection; fp32 / fp16 / bf16): one cooperative launch runs the
-// whole loop, W_hh slices stay in shared memory, one grid-wide synchronisation per step.
-struct PersistentPlan {
+// whole loop, W_hh slices stay in shared memory, one grid-wide synchronisation per step.  Its
+// layout for a shape: whether it fits, the blocks and their units, shared memory and stages.
+struct PersistentLayout {
   bool ok;
   const char* why;  // when !ok
   int units;        // hidden units per block
@@ -123,16 +124,18 @@ struct PersistentPlan {
   bool stage_xp, stage_h;  // the forward's shared-memory stages of xp and h (when they fit)
   bool stage_saved;        // the backward's stage of each step's saved operands and dy
 };
-// The plan for this shape on the current device (reads its properties and occupancy).
-PersistentPlan persistent_plan(DType dtype, int64_t B, int64_t H, int64_t R, bool proj,
-                               bool need_backward);
+// The layout for this shape on the current device (reads its properties and occupancy).
+PersistentLayout persistent_layout(DType dtype, int64_t B, int64_t H, int64_t R, bool proj,
+                                   bool need_backward);
 // Static resource facts, for a given shared-memory limit and SM count (compile gate).
-PersistentPlan persistent_plan_for(DType dtype, int64_t B, int64_t H, int64_t R, bool proj,
-                                   size_t smem_limit, int sm_count);
-cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentPlan& plan,
+PersistentLayout persistent_layout_for(DType dtype, int64_t B, int64_t H, int64_t R, bool proj,
+                                       size_t smem_limit, int sm_count);
+// The cooperative launches; they return the launch's error, which the device may give even for a
+// layout that fits (the host falls back to the per-step design on a refusal: layer_host.cpp).
+cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentLayout& layout,
                                      const void* h0, void* exchange, cudaStream_t stream);
 cudaError_t layer_persistent_backward(const LayerParams& p, const LayerGrads& g,
-                                      const PersistentPlan& plan, void* exchange,
+                                      const PersistentLayout& layout, void* exchange,
                                       cudaStream_t stream);
 // Bytes of the exchange buffer the persistent kernels need (zero-initialised by the caller: it
 // ends with the grid barrier's counter).

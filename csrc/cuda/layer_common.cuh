@@ -27,10 +27,27 @@ struct Rows {
   }
 };
 
+// Calls fn(b, u, j) for every batch row b and every unit u < Uv of the block's U (j = j0 + u, its
+// hidden unit), the block's threads spread over the B x U pairs (u fastest).
+template <class Fn>
+__device__ __forceinline__ void for_units(int64_t B, int U, int Uv, int64_t j0, Fn fn) {
+  for (int64_t e = threadIdx.x; e < B * U; e += blockDim.x) {
+    const int u = static_cast<int>(e % U);
+    const int64_t b = e / U;
+    if (u < Uv) fn(b, u, j0 + u);
+  }
+}
+
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+// v = warp_sum(v) for each argument, in order.
+template <typename... A>
+__device__ __forceinline__ void warp_sums(A&... v) {
+  ((v = warp_sum(v)), ...);
 }
 
 // The biased mean and variance of v(b) over the rows active at step s (inv_n = 1 / their
@@ -53,11 +70,12 @@ __device__ __forceinline__ void warp_moments(const Rows& rows, int64_t s, int64_
 
 // The statistics of one batch-norm column (col of a width-wide layout) at step s: in
 // training warp_moments of v, stored to stats[s, 0 | 1, col] by lane 0; in eval the running
-// statistics of slot.
+// statistics of slot.  Lane 0 stores the mean and 1 / sqrt(var + eps) to *mean_out, *rstd_out.
 template <typename T, typename A, class V>
 __device__ __forceinline__ void column_stats(const LayerParams& p, const Rows& rows, int64_t s, int64_t slot, A inv_n,
                                              int lane, void* stats, const void* run_mean, const void* run_var,
-                                             int64_t width, int64_t col, V v, A& mean, A& var) {
+                                             int64_t width, int64_t col, V v, A* mean_out, A* rstd_out) {
+  A mean, var;
   if (p.bn_train) {
     warp_moments(rows, s, p.B, inv_n, lane, v, mean, var);
     if (lane == 0) {
@@ -68,6 +86,10 @@ __device__ __forceinline__ void column_stats(const LayerParams& p, const Rows& r
   } else {
     mean = to_acc(static_cast<const T*>(run_mean)[slot * width + col]);
     var = to_acc(static_cast<const T*>(run_var)[slot * width + col]);
+  }
+  if (lane == 0) {
+    *mean_out = mean;
+    *rstd_out = gates::rsqrt_(var + A(p.eps));
   }
 }
 
@@ -95,25 +117,6 @@ __device__ __forceinline__ A zoned_cell_backward(const LayerParams& p, int64_t s
   A dc_prev;
   gates::cell_backward((A(1) - z) * dc + dc_out, i, f, g, c_prev, dpre_i, dpre_f, dpre_g, dc_prev);
   return dc_prev + z * dc;
-}
-
-// The opt-in shared-memory limit per block of the current device.
-inline size_t smem_optin() {
-  int dev = 0, optin = 48 * 1024;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return 48 * 1024;
-  }
-  return static_cast<size_t>(optin);
-}
-
-// Dynamic shared memory of a launch: opts in above 48 KB (large batches with BN, layer norm's
-// row of gate gradients at large H), or refuses a size beyond the device's limit.
-inline cudaError_t prepare_smem(const void* kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  if (bytes > smem_optin()) return cudaErrorInvalidConfiguration;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 // Shared-memory scratch of forward_units / backward_units, in accumulation-type elements.
@@ -198,23 +201,13 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
     for (int c = warp; c < 4 * U; c += nwarps) {
       const int k = c / U, u = c % U;
       if (u >= Uv) continue;
-      const int64_t col = k * H + j0 + u;
-      A mean, var;
-      column_stats<T>(p, rows, s, slot, inv_n, lane, p.h_stats, p.run_mean_h, p.run_var_h, G, col,
-                      [&](int64_t b) { return hh(b, k, u); }, mean, var);
-      if (lane == 0) {
-        mean_g[c] = mean;
-        rstd_g[c] = gates::rsqrt_(var + A(p.eps));
-      }
+      column_stats<T>(p, rows, s, slot, inv_n, lane, p.h_stats, p.run_mean_h, p.run_var_h, G, k * H + j0 + u,
+                      [&](int64_t b) { return hh(b, k, u); }, mean_g + c, rstd_g + c);
     }
     __syncthreads();
   }
 
-  for (int64_t e = tid; e < B * U; e += blockDim.x) {
-    const int u = static_cast<int>(e % U);
-    const int64_t b = e / U;
-    if (u >= Uv) continue;
-    const int64_t j = j0 + u;
+  for_units(B, U, Uv, j0, [&](int64_t b, int u, int64_t j) {
     if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
       c_new[b * H + j] = c_prev[b * H + j];
       for (int k = 0; k < 4; ++k) {
@@ -230,7 +223,7 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
         if (hm_next.a) hm_next.a[b * hm_next.lda + j] = from_acc<T>(hm);
         if (hm_next.b) hm_next.b[b * hm_next.ldb + j] = from_acc<T>(hm);
       }
-      continue;
+      return;
     }
     A pre[4];
 #pragma unroll
@@ -254,32 +247,24 @@ __device__ void forward_units(const LayerParams& p, int64_t s, int64_t j0, int U
     } else {
       c_new[b * H + j] = c;  // c~ for BN_c's statistics; zoned after the output pass
     }
-  }
+  });
   if (!p.bn) return;
 
   __syncthreads();  // c_new of every row written
   for (int u = warp; u < Uv; u += nwarps) {  // BN_c statistics: one warp per unit
     const int64_t j = j0 + u;
-    A mean, var;
     column_stats<T>(p, rows, s, slot, inv_n, lane, p.c_stats, p.run_mean_c, p.run_var_c, H, j,
-                    [&](int64_t b) { return c_new[b * H + j]; }, mean, var);
-    if (lane == 0) {
-      mean_c[u] = mean;
-      rstd_c[u] = gates::rsqrt_(var + A(p.eps));
-    }
+                    [&](int64_t b) { return c_new[b * H + j]; }, mean_c + u, rstd_c + u);
   }
   __syncthreads();
-  for (int64_t e = tid; e < B * U; e += blockDim.x) {
-    const int u = static_cast<int>(e % U);
-    const int64_t b = e / U;
-    if (u >= Uv || !rows.active(b, s)) continue;
-    const int64_t j = j0 + u;
+  for_units(B, U, Uv, j0, [&](int64_t b, int u, int64_t j) {
+    if (!rows.active(b, s)) return;
     const A c_til = c_new[b * H + j];
     const A c_hat = gates::bn_normalize(c_til, mean_c[u], rstd_c[u]);
     A tc;
     emit(b, j, gates::hidden(act[b * G + 3 * H + j], to_acc(gamma_c[j]) * c_hat + to_acc(beta_c[j]), tc));
     if (p.zone_c) c_new[b * H + j] = zone_mix(zone_at<T>(p, p.zone_c, s, b, j, H), c_prev[b * H + j], c_til);
-  }
+  });
 }
 
 // ---- backward -----------------------------------------------------------------------------
@@ -386,10 +371,7 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
         a1 += dcn * gc;
         a2 += dcn * gc * c_hat;
       }
-      a1 = warp_sum(a1);
-      a2 = warp_sum(a2);
-      dg = warp_sum(dg);
-      db = warp_sum(db);
+      warp_sums(a1, a2, dg, db);
       if (lane == 0) {
         mean_c[u] = mean;
         rstd_c[u] = rstd;
@@ -460,9 +442,7 @@ __device__ void backward_units(const LayerParams& p, const LayerGrads& g, int64_
       a1 += d * gh;
       a2 += d * gh * xhat;
     }
-    a1 = warp_sum(a1);
-    a2 = warp_sum(a2);
-    dg = warp_sum(dg);
+    warp_sums(a1, a2, dg);
     if (lane == 0) {
       s1_g[c] = a1;
       s2_g[c] = a2;

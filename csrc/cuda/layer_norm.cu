@@ -233,9 +233,7 @@ cudaError_t layer_ln_backward(const LayerParams& p, const LayerGrads& g, int64_t
   return dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    const size_t smem = static_cast<size_t>(4 * p.H) * sizeof(A);
-    const cudaError_t err = prepare_smem(reinterpret_cast<const void*>(&ln_backward_kernel<T>), smem);
-    if (err != cudaSuccess) return err;
+    const size_t smem = static_cast<size_t>(4 * p.H) * sizeof(A);  // the row of gate gradients
     return launch(ln_backward_kernel<T>, dim3(static_cast<unsigned>(p.B)), dim3(kThreads), smem, stream, p, g, s,
                   static_cast<const A*>(dhc));
   });

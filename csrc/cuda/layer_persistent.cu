@@ -16,10 +16,13 @@
 // of step s - 1 (stage_saved; the mask and zoneout weights are prefetched into L2).  After the wait the forward
 // stages the exchanged h_{s-1} tile once in shared memory (cp.async.cg: L2, never a stale
 // L1 line), so that its MMA tiles read it from there instead of each from global memory.
-// The stages are in the plan's shared memory when they fit (PersistentPlan::stage_*).
+// The stages are in the layout's shared memory when they fit (PersistentLayout::stage_*).
 //
-// No projection (W_hr would need a second exchange per step); H a multiple of 4.  The plan
-// (persistent_plan) says when the design fits; otherwise the per-step design runs.
+// No projection (W_hr would need a second exchange per step); H a multiple of 4.  The layout
+// (persistent_layout) says when the design fits; otherwise the per-step design runs, as it does
+// when the device refuses the cooperative launch (layer_host.cpp).  Other blocks write the
+// exchange buffer and its barrier counter during the launch: the kernels take them without
+// __restrict__ (which would promise that nothing else changes them).
 //
 // Dimension letters: T steps, B batch (Bp padded to 16), H hidden, R = H, Rp = R padded to
 // 16, G = 4H, U units per block, Mp = 4U padded to 16, KS split of the MMA's K among warps.
@@ -92,7 +95,7 @@ __device__ __forceinline__ void mma_chunks(Acc16& acc, int64_t k0, int64_t k1, c
 struct Geometry {
   int U, Mp, KS_f, KS_b;
   int64_t Bp, Rp, ldw;  // ldw: row stride of the W slice and of the staged h tile (Rp columns each)
-  bool stage_xp, stage_h;    // the forward's shared-memory stages (set from the plan)
+  bool stage_xp, stage_h;    // the forward's shared-memory stages (set from the layout)
   bool stage_saved;          // the backward's stage of each step's saved operands
 };
 
@@ -228,7 +231,7 @@ struct XpStaged {
 };
 
 // The backward's stage of step s for this block's units: backward_units' saved operands
-// (SavedStep's [B][6U] layout: 4U gate activations, c_{s-1}, c_s) and dy ([B][U], T), by
+// (SavedStaged's [B][6U] layout: 4U gate activations, c_{s-1}, c_s) and dy ([B][U], T), by
 // 4-byte cp.async (dy: plain copies when its columns are not 4-byte aligned), for the running
 // rows.  Issued while the grid finishes step s + 1, completed by the cp_async_wait_all at the
 // end of that step.  A stage rather than an L1 prefetch: the barrier's acquire invalidates L1.
@@ -305,8 +308,7 @@ size_t smem_backward(const Geometry& g, int64_t B, int64_t H, bool bn) {
 // ---- forward ------------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kPThreads, 1)
-    persistent_forward_kernel(LayerParams p, Geometry geo, const T* h0, T* __restrict__ xch,
-                              unsigned int* __restrict__ bar) {
+    persistent_forward_kernel(LayerParams p, Geometry geo, const T* h0, T* xch, unsigned int* bar) {
   using A = typename Acc<T>::type;
   using E = typename Mma<T>::elem;
   constexpr int KSTEP = Mma<T>::K;
@@ -407,8 +409,7 @@ __global__ void __launch_bounds__(kPThreads, 1)
 // ---- backward -----------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kPThreads, 1)
-    persistent_backward_kernel(LayerParams p, LayerGrads g, Geometry geo, T* __restrict__ xch,
-                               unsigned int* __restrict__ bar) {
+    persistent_backward_kernel(LayerParams p, LayerGrads g, Geometry geo, T* xch, unsigned int* bar) {
   using A = typename Acc<T>::type;
   using E = typename Mma<T>::elem;
   constexpr int KSTEP = Mma<T>::K;
@@ -419,7 +420,7 @@ __global__ void __launch_bounds__(kPThreads, 1)
   float* part = reinterpret_cast<float*>(smem_raw + align128(G * 16 * sizeof(T)));
   A* scratch = reinterpret_cast<A*>(reinterpret_cast<unsigned char*>(part) +
                                     align128(size_t(KS) * Bp * 16 * sizeof(float)));
-  // the stage sits after the scratch the plan reserved (sized for batch norm, like the plan)
+  // the stage sits after the scratch the layout reserved (sized for batch norm, like the layout)
   A* sv_stage = geo.stage_saved ? reinterpret_cast<A*>(smem_raw + smem_backward_base<T>(geo, B, H, true)) : nullptr;
   T* gy_stage = geo.stage_saved ? reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(sv_stage) +
                                                        align128(size_t(B) * 6 * U * sizeof(A)))
@@ -489,57 +490,53 @@ __global__ void __launch_bounds__(kPThreads, 1)
 }
 
 template <typename T>
-PersistentPlan plan_t(int64_t B, int64_t H, int64_t R, bool proj, size_t smem_limit, int sm_count,
-                      int (*occupancy)(const void*, int, size_t), bool need_backward) {
-  PersistentPlan plan{};
-  plan.threads = kPThreads;
-  if (proj) return plan.why = "projection (W_hr needs a second exchange per step)", plan;
-  if (H % 4 != 0) return plan.why = "hidden size not a multiple of 4", plan;
-  if (B < 1 || H < 1) return plan.why = "empty problem", plan;
+PersistentLayout layout_t(int64_t B, int64_t H, int64_t R, bool proj, size_t smem_limit, int sm_count,
+                          int (*occupancy)(const void*, int, size_t), bool need_backward) {
+  PersistentLayout layout{};
+  layout.threads = kPThreads;
+  if (proj) return layout.why = "projection (W_hr needs a second exchange per step)", layout;
+  if (H % 4 != 0) return layout.why = "hidden size not a multiple of 4", layout;
+  if (B < 1 || H < 1) return layout.why = "empty problem", layout;
   const int U = static_cast<int>(std::max<int64_t>(4, (H + sm_count - 1) / sm_count));
-  if (U > 16) return plan.why = "hidden size too large for one unit slice per SM", plan;
+  if (U > 16) return layout.why = "hidden size too large for one unit slice per SM", layout;
   Geometry geo = geometry<T>(B, H, R, U);
-  plan.units = U;
-  plan.blocks = static_cast<int>((H + U - 1) / U);
+  layout.units = U;
+  layout.blocks = static_cast<int>((H + U - 1) / U);
   // the forward's stages where they fit: xp first (off the critical path), then h
   geo.stage_xp = smem_forward_base<T>(geo) + stage_xp_bytes<T>(geo, B) <= smem_limit;
   geo.stage_h = smem_forward<T>(geo, B) + stage_h_bytes<T>(geo) <= smem_limit;
-  plan.stage_xp = geo.stage_xp;
-  plan.stage_h = geo.stage_h;
-  plan.smem_forward = smem_forward<T>(geo, B);
+  layout.stage_xp = geo.stage_xp;
+  layout.stage_h = geo.stage_h;
+  layout.smem_forward = smem_forward<T>(geo, B);
   // the backward's stage of the saved operands where it fits
   geo.stage_saved = smem_backward_base<T>(geo, B, H, true) + stage_saved_bytes<T>(geo, B) <= smem_limit;
-  plan.stage_saved = geo.stage_saved;
-  plan.smem_backward = smem_backward<T>(geo, B, H, true);
-  if (plan.smem_forward > smem_limit)
-    return plan.why = "the W_hh slice and batch tiles exceed shared memory (forward)", plan;
-  if (need_backward && plan.smem_backward > smem_limit)
-    return plan.why = "the W_hh column slice exceeds shared memory (backward)", plan;
+  layout.stage_saved = geo.stage_saved;
+  layout.smem_backward = smem_backward<T>(geo, B, H, true);
+  if (layout.smem_forward > smem_limit)
+    return layout.why = "the W_hh slice and batch tiles exceed shared memory (forward)", layout;
+  if (need_backward && layout.smem_backward > smem_limit)
+    return layout.why = "the W_hh column slice exceeds shared memory (backward)", layout;
   if (occupancy) {
     const int fwd = occupancy(reinterpret_cast<const void*>(&persistent_forward_kernel<T>), kPThreads,
-                              plan.smem_forward);
-    if (fwd < 1 || plan.blocks > fwd * sm_count)
-      return plan.why = "the forward grid cannot be co-resident", plan;
+                              layout.smem_forward);
+    if (fwd < 1 || layout.blocks > fwd * sm_count)
+      return layout.why = "the forward grid cannot be co-resident", layout;
     if (need_backward) {
       const int bwd = occupancy(reinterpret_cast<const void*>(&persistent_backward_kernel<T>), kPThreads,
-                                plan.smem_backward);
-      if (bwd < 1 || plan.blocks > bwd * sm_count)
-        return plan.why = "the backward grid cannot be co-resident", plan;
+                                layout.smem_backward);
+      if (bwd < 1 || layout.blocks > bwd * sm_count)
+        return layout.why = "the backward grid cannot be co-resident", layout;
     }
-  } else if (plan.blocks > sm_count) {
-    return plan.why = "more blocks than SMs", plan;
+  } else if (layout.blocks > sm_count) {
+    return layout.why = "more blocks than SMs", layout;
   }
-  plan.ok = true;
-  plan.why = "";
-  return plan;
+  layout.ok = true;
+  layout.why = "";
+  return layout;
 }
 
 int occupancy_of(const void* fn, int threads, size_t smem) {
-  if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
-      cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
+  if (prepare_smem(fn, smem) != cudaSuccess) return 0;
   int n = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, threads, smem) != cudaSuccess) {
     cudaGetLastError();
@@ -560,33 +557,33 @@ R dispatch_mma(DType dtype, R unsupported, Fn&& fn) {
   }
 }
 
-PersistentPlan no_mma_plan() {
-  PersistentPlan p{};
+PersistentLayout no_mma_layout() {
+  PersistentLayout p{};
   p.why = "float64 (no tensor-core MMA)";
   return p;
 }
 
 // A cooperative launch of one of the persistent kernels with `smem` bytes of dynamic shared memory.
-cudaError_t launch_cooperative(const void* kernel, const PersistentPlan& plan, size_t smem, void** args,
+cudaError_t launch_cooperative(const void* kernel, const PersistentLayout& layout, size_t smem, void** args,
                                cudaStream_t stream) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  const cudaError_t err = prepare_smem(kernel, smem);
   if (err != cudaSuccess) return err;
-  return cudaLaunchCooperativeKernel(kernel, dim3(plan.blocks), dim3(kPThreads), args, smem, stream);
+  return cudaLaunchCooperativeKernel(kernel, dim3(layout.blocks), dim3(kPThreads), args, smem, stream);
 }
 
 }  // namespace
 
-PersistentPlan persistent_plan_for(DType dtype, int64_t B, int64_t H, int64_t R, bool proj, size_t smem_limit,
-                                   int sm_count) {
-  return dispatch_mma(dtype, no_mma_plan(), [&](auto tag) {
+PersistentLayout persistent_layout_for(DType dtype, int64_t B, int64_t H, int64_t R, bool proj, size_t smem_limit,
+                                       int sm_count) {
+  return dispatch_mma(dtype, no_mma_layout(), [&](auto tag) {
     using T = decltype(tag);
-    return plan_t<T>(B, H, R, proj, smem_limit, sm_count, nullptr, true);
+    return layout_t<T>(B, H, R, proj, smem_limit, sm_count, nullptr, true);
   });
 }
 
-PersistentPlan persistent_plan(DType dtype, int64_t B, int64_t H, int64_t R, bool proj, bool need_backward) {
+PersistentLayout persistent_layout(DType dtype, int64_t B, int64_t H, int64_t R, bool proj, bool need_backward) {
   int dev = 0, sms = 0, optin = 0, coop = 0;
-  PersistentPlan fail{};
+  PersistentLayout fail{};
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
@@ -595,9 +592,9 @@ PersistentPlan persistent_plan(DType dtype, int64_t B, int64_t H, int64_t R, boo
     return fail.why = "cannot query the device", fail;
   }
   if (!coop) return fail.why = "the device has no cooperative launch", fail;
-  return dispatch_mma(dtype, no_mma_plan(), [&](auto tag) {
+  return dispatch_mma(dtype, no_mma_layout(), [&](auto tag) {
     using T = decltype(tag);
-    return plan_t<T>(B, H, R, proj, static_cast<size_t>(optin), sms, &occupancy_of, need_backward);
+    return layout_t<T>(B, H, R, proj, static_cast<size_t>(optin), sms, &occupancy_of, need_backward);
   });
 }
 
@@ -617,38 +614,38 @@ size_t persistent_exchange_bytes(DType dtype, int64_t B, int64_t H, int64_t R) {
   return exchange_slots_bytes(dtype, B, H, R) + 128;
 }
 
-cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentPlan& plan, const void* h0, void* exchange,
+cudaError_t layer_persistent_forward(const LayerParams& p, const PersistentLayout& layout, const void* h0, void* exchange,
                                      cudaStream_t stream) {
-  if (!plan.ok) return cudaErrorInvalidConfiguration;
+  if (!layout.ok) return cudaErrorInvalidValue;  // the caller's error, not the device's refusal
   return dispatch_mma(p.dtype, cudaErrorInvalidValue, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
-    geo.stage_xp = plan.stage_xp;
-    geo.stage_h = plan.stage_h;
+    Geometry geo = geometry<T>(p.B, p.H, p.R, layout.units);
+    geo.stage_xp = layout.stage_xp;
+    geo.stage_h = layout.stage_h;
     LayerParams pp = p;
     const T* h0t = static_cast<const T*>(h0);
     T* xch = static_cast<T*>(exchange);
     unsigned int* bar = barrier_of(exchange, p.dtype, p.B, p.H, p.R);
     void* args[] = {&pp, &geo, &h0t, &xch, &bar};
-    return launch_cooperative(reinterpret_cast<const void*>(&persistent_forward_kernel<T>), plan, plan.smem_forward,
-                              args, stream);
+    return launch_cooperative(reinterpret_cast<const void*>(&persistent_forward_kernel<T>), layout,
+                              layout.smem_forward, args, stream);
   });
 }
 
-cudaError_t layer_persistent_backward(const LayerParams& p, const LayerGrads& g, const PersistentPlan& plan,
+cudaError_t layer_persistent_backward(const LayerParams& p, const LayerGrads& g, const PersistentLayout& layout,
                                       void* exchange, cudaStream_t stream) {
-  if (!plan.ok) return cudaErrorInvalidConfiguration;
+  if (!layout.ok) return cudaErrorInvalidValue;
   return dispatch_mma(p.dtype, cudaErrorInvalidValue, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    Geometry geo = geometry<T>(p.B, p.H, p.R, plan.units);
-    geo.stage_saved = plan.stage_saved;
+    Geometry geo = geometry<T>(p.B, p.H, p.R, layout.units);
+    geo.stage_saved = layout.stage_saved;
     LayerParams pp = p;
     LayerGrads gg = g;
     T* xch = static_cast<T*>(exchange);
     unsigned int* bar = barrier_of(exchange, p.dtype, p.B, p.H, p.R);
     void* args[] = {&pp, &gg, &geo, &xch, &bar};
-    return launch_cooperative(reinterpret_cast<const void*>(&persistent_backward_kernel<T>), plan, plan.smem_backward,
-                              args, stream);
+    return launch_cooperative(reinterpret_cast<const void*>(&persistent_backward_kernel<T>), layout,
+                              layout.smem_backward, args, stream);
   });
 }
 

@@ -1,4 +1,4 @@
-// Per-step design of the CUDA layer recurrence: the caller (cuda/register.cpp) runs one
+// Per-step design of the CUDA layer recurrence: the caller (cuda/layer_host.cpp) runs one
 // cuBLAS GEMM per step into preallocated buffers; these kernels do everything else of a
 // step in one launch: BN_h with per-step batch statistics, gates, cell update, BN_c,
 // output, and the masked h for the next GEMM.  Each block owns U hidden units of every
@@ -152,6 +152,19 @@ size_t units_smem(const LayerParams& p, int U, bool backward) {
   return static_cast<size_t>(n) * sizeof(typename Acc<T>::type);
 }
 
+// A launch of forward_kernel or backward_kernel (one block per U = step_units hidden units of
+// every row, units_smem of shared memory): go(T{}, U, grid, smem) launches it for the element type
+// T of p.dtype; nothing to launch for an empty problem.
+template <class Go>
+cudaError_t launch_units(const LayerParams& p, bool backward, const Go& go) {
+  if (p.B * p.H == 0) return cudaSuccess;
+  return dispatch(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const int U = step_units<typename Acc<T>::type>(p);
+    return go(tag, U, dim3(static_cast<unsigned>((p.H + U - 1) / U)), units_smem<T>(p, U, backward));
+  });
+}
+
 }  // namespace
 
 cudaError_t layer_step_init(const LayerParams& p, const void* h0, cudaStream_t stream) {
@@ -162,13 +175,10 @@ cudaError_t layer_step_init(const LayerParams& p, const void* h0, cudaStream_t s
 }
 
 cudaError_t layer_step_forward(const LayerParams& p, int64_t s, const void* hh, cudaStream_t stream) {
-  if (p.B * p.H == 0) return cudaSuccess;
-  return dispatch(p.dtype, [&](auto tag) {
+  return launch_units(p, false, [&](auto tag, int U, dim3 grid, size_t smem) {
     using T = decltype(tag);
-    using A = typename Acc<T>::type;
-    const int U = step_units<A>(p);
-    return launch(forward_kernel<T>, dim3(static_cast<unsigned>((p.H + U - 1) / U)), dim3(kThreads),
-                  units_smem<T>(p, U, false), stream, p, s, U, static_cast<const A*>(hh));
+    return launch(forward_kernel<T>, grid, dim3(kThreads), smem, stream, p, s, U,
+                  static_cast<const typename Acc<T>::type*>(hh));
   });
 }
 
@@ -188,16 +198,10 @@ cudaError_t layer_step_backward_pre(const LayerParams& p, const LayerGrads& g, i
 
 cudaError_t layer_step_backward(const LayerParams& p, const LayerGrads& g, int64_t s, const void* dhc,
                                 cudaStream_t stream) {
-  if (p.B * p.H == 0) return cudaSuccess;
-  return dispatch(p.dtype, [&](auto tag) {
+  return launch_units(p, true, [&](auto tag, int U, dim3 grid, size_t smem) {
     using T = decltype(tag);
-    using A = typename Acc<T>::type;
-    const int U = step_units<A>(p);
-    const size_t smem = units_smem<T>(p, U, true);
-    cudaError_t err = prepare_smem(reinterpret_cast<const void*>(&backward_kernel<T>), smem);
-    if (err != cudaSuccess) return err;
-    return launch(backward_kernel<T>, dim3(static_cast<unsigned>((p.H + U - 1) / U)), dim3(kThreads), smem,
-                  stream, p, g, s, U, static_cast<const A*>(dhc));
+    return launch(backward_kernel<T>, grid, dim3(kThreads), smem, stream, p, g, s, U,
+                  static_cast<const typename Acc<T>::type*>(dhc));
   });
 }
 

@@ -1,6 +1,6 @@
 """The ``cuda`` backend: the CUDA kernels of fusedrnn._C (csrc/cuda/): a persistent
-cooperative design where its plan fits, else one cuBLAS GEMM and one fused pointwise kernel
-per step (``cuda_layer_plan`` says which, :func:`cuda_design`).
+cooperative design where its layout fits, else one cuBLAS GEMM and one fused pointwise kernel
+per step (``cuda_persistent_layout`` says which, :func:`cuda_design`).
 
 It is offered only on GPUs the build carries code for: the build records its targets
 (``fusedrnn._C.CUDA_TARGETS``, from TORCH_CUDA_ARCH_LIST), and :func:`cuda_arch_reason`
@@ -90,6 +90,11 @@ class CUDABackend(CompiledBackend):
     def cell_unsupported_reason(self, cfg: Config) -> Optional[str]:
         return cuda_arch_reason(arch_capability(cfg.arch)) if cfg.arch else None
 
+    def fingerprint(self) -> Optional[str]:
+        """The build's digest of its CUDA sources and nvcc release (csrc/cuda/build_info.cu)."""
+        fp = getattr(compiled._C, "CUDA_SOURCES", "") if compiled.LOAD_ERROR is None else ""
+        return fp[2:] if fp.startswith("fp") else None
+
     def describe(self, cfg: Config, device: torch.device) -> Optional[str]:
         return cuda_design(cfg, device)
 
@@ -97,10 +102,10 @@ class CUDABackend(CompiledBackend):
 def cuda_design(cfg: Config, device: torch.device) -> str:
     """Which CUDA design the layer op runs for this configuration: "persistent (...)", or
     "per-step (<why the persistent kernel does not fit>)" (CUDABackend.describe)."""
-    if not has_kernel("cuda_layer_plan", "CUDA"):
+    if not has_kernel("cuda_persistent_layout", "CUDA"):
         return "unknown (no CUDA kernels)"
     like = torch.empty(0, dtype=cfg.dtype, device=device)
-    ok, why, units, blocks, smem_f, smem_b = torch.ops.fusedrnn.cuda_layer_plan(
+    ok, why, units, blocks, smem_f, smem_b = torch.ops.fusedrnn.cuda_persistent_layout(
         like, cfg.B, cfg.H, cfg.R, cfg.proj, cfg.requires_grad)
     if ok:
         return f"persistent ({blocks} blocks x {units} units, {smem_f} / {smem_b} B shared memory)"

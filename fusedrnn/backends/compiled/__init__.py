@@ -30,7 +30,7 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
     LOAD_ERROR = f"fusedrnn._C could not be imported ({e}); build it with `pip install -e .`"
 
 OPS = ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward", "lstm_layer_backward",
-       "batch_norm_steps_forward", "batch_norm_steps_backward", "linear", "linear_backward", "cuda_layer_plan")
+       "batch_norm_steps_forward", "batch_norm_steps_backward", "linear", "linear_backward", "cuda_persistent_layout")
 
 
 def _query_kernel(op: str, dispatch_key: str) -> bool:

@@ -1,0 +1,242 @@
+// The pieces both directions of the CPU layer op share (layer_forward.cpp, layer_backward.cpp):
+// the set-up of a call (LayerCall) and of its per-step buffers (ParamPtrs, bind, carve), and the
+// zoneout, layer-norm and row-reduction helpers of one batch row.
+//
+// Dimension letters: T steps, B batch, H hidden, P projection, R = P or H (width of h),
+// G = 4H gate columns (i, f, g, o), W the width of a zoned state (H for c, R for h).  s is the
+// step (processing order).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "../gates.h"
+#include "../ops.h"
+#include "gemm.h"
+#include "rows.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// A zoneout weight [T, B, W] (W = H for c, R for h): its element (s, b, j), or one rate for
+// all (eval mode's expanded scalar).
+template <typename T>
+struct ZoneoutWeight {
+  const T* p{};
+  bool scalar{};
+  int64_t B{}, W{};
+  ZoneoutWeight() = default;
+  ZoneoutWeight(const OptT& t, int64_t B_, int64_t W_) : B(B_), W(W_) {
+    if (!t.has_value() || t->numel() == 0) return;
+    p = t->data_ptr<T>();
+    scalar = is_broadcast_scalar(*t);
+  }
+  const T* row(int64_t s, int64_t b) const { return scalar ? p : p + (s * B + b) * W; }
+};
+
+// The parameters every pass reads: mask [B, R] or [T, B, R] (or null), the norm weights
+// (norm_h_weight, norm_c_weight, norm_c_bias: batch or layer norm), running statistics (eval-mode
+// batch norm), zoneout weights.
+template <typename T>
+struct ParamPtrs {
+  const T* mask;
+  bool mask_per_step;
+  const T *gamma_h, *gamma_c, *beta_c;
+  const T *rm_h, *rv_h, *rm_c, *rv_c;
+  ZoneoutWeight<T> zc, zh;  // zoneout weights of c_{s-1} and h_{s-1} (p null without zoneout)
+
+  ParamPtrs(const LayerDims& d, const LayerTensors& t)
+      : mask(ptr(t.mask)), mask_per_step(d.mask_per_step), gamma_h(ptr(t.norm_h_weight)),
+        gamma_c(ptr(t.norm_c_weight)), beta_c(ptr(t.norm_c_bias)), rm_h(ptr(t.rm_h)), rv_h(ptr(t.rv_h)),
+        rm_c(ptr(t.rm_c)), rv_c(ptr(t.rv_c)), zc(t.zoneout_c, d.B, d.H), zh(t.zoneout_h, d.B, d.R) {}
+  static const T* ptr(const OptT& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
+};
+
+// Zoneout of one row, columns [j0, j1): v = z * prev + (1 - z) * v (v holds the candidate on
+// entry); z[j], or one rate z[0] (SCALAR).
+template <typename T, bool SCALAR>
+FUSEDRNN_CPU_CLONES void zoneout_mix(const T* __restrict z, const T* __restrict prev, T* __restrict v, int64_t j0,
+                                     int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const T w = SCALAR ? z[0] : z[j];
+    v[j] = w * prev[j] + (T(1) - w) * v[j];
+  }
+}
+
+template <typename T>
+void zoneout_row(const ZoneoutWeight<T>& z, const T* zr, const T* prev, T* v, int64_t j0, int64_t j1) {
+  if (z.scalar) zoneout_mix<T, true>(zr, prev, v, j0, j1);
+  else zoneout_mix<T, false>(zr, prev, v, j0, j1);
+}
+
+// Backward of zoneout_mix on a gradient g (dL/d state), columns [j0, j1): keep = z * g (what
+// reaches the previous state directly), g *= 1 - z (what reaches the candidate).
+template <typename T, bool SCALAR>
+FUSEDRNN_CPU_CLONES void zoneout_split_(const T* __restrict z, T* __restrict g, T* __restrict keep, int64_t j0,
+                                        int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const T w = SCALAR ? z[0] : z[j];
+    keep[j] = w * g[j];
+    g[j] *= T(1) - w;
+  }
+}
+
+template <typename T>
+void zoneout_split(const ZoneoutWeight<T>& z, const T* zr, T* g, T* keep, int64_t j0, int64_t j1) {
+  if (z.scalar) zoneout_split_<T, true>(zr, g, keep, j0, j1);
+  else zoneout_split_<T, false>(zr, g, keep, j0, j1);
+}
+
+// The candidate cell state c~ = f c_{s-1} + i g of one row, columns [j0, j1), from the saved
+// activations ar [G] (i, f, g, o).
+template <typename T>
+FUSEDRNN_CPU_CLONES void cell_candidates(const T* __restrict ar, const T* __restrict c_prev, T* __restrict c_til,
+                                         int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) c_til[j] = gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[j]);
+}
+
+// The per-step GEMMs with W_hh and W_hr (packed once per call); forward multiplies by W^T.
+struct LayerGemms {
+  RepeatedGemm hh;
+  std::optional<RepeatedGemm> hr;
+  LayerGemms(const LayerDims& d, const LayerTensors& t, bool forward)
+      : hh(t.w_hh, forward, d.B, d.T),
+        hr(d.proj ? std::make_optional<RepeatedGemm>(*t.w_hr, forward, d.B, d.T) : std::nullopt) {}
+};
+
+// What the forward and the backward both set up: the checked sizes, the rows running at each
+// step, the contiguous parameters and the per-step GEMMs with W_hh and W_hr.
+struct LayerCall {
+  const LayerDims d;
+  const std::vector<int64_t> len;
+  const Rows rows;
+  const LayerTensors t;
+  LayerGemms gemm;
+  LayerCall(const LayerDims& dims, const LayerArgs& a, bool forward)
+      : d(dims), len(lengths_vector(a.lengths, d.B, d.T)), rows{len, d.T, d.B, d.reverse}, t(d, a),
+        gemm(d, t, forward) {}
+  LayerCall(const LayerCall&) = delete;  // rows refers to len
+};
+
+// Points each buffer field at its tensor's data, in pairs: bind<T>(f.y, y, f.act, act, ...).
+// A field is T* or const T*.
+template <typename T, typename P, typename... Rest>
+void bind(P*& field, const at::Tensor& t, Rest&&... rest) {
+  field = t.data_ptr<T>();
+  if constexpr (sizeof...(Rest) > 0) bind<T>(std::forward<Rest>(rest)...);
+}
+
+// Carves consecutive slices of n elements from base into parts; returns the end of the last.
+template <typename T, typename... Parts>
+T* carve(T* base, int64_t n, Parts&... parts) {
+  ((parts = base, base += n), ...);
+  return base;
+}
+
+// Row reductions with eight independent partial sums (a single running sum is one long chain
+// of dependent adds, which the compiler may not reorder; eight chains vectorise).
+template <typename T>
+FUSEDRNN_CPU_CLONES T row_sum(const T* __restrict v, int64_t n) {
+  T acc[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += v[c + k];
+  T s = 0;
+  for (; c < n; ++c) s += v[c];
+  for (int k = 0; k < 8; ++k) s += acc[k];
+  return s;
+}
+
+template <typename T>
+FUSEDRNN_CPU_CLONES T row_sq_dev(const T* __restrict v, int64_t n, T mean) {
+  T acc[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += (v[c + k] - mean) * (v[c + k] - mean);
+  T s = 0;
+  for (; c < n; ++c) s += (v[c] - mean) * (v[c] - mean);
+  for (int k = 0; k < 8; ++k) s += acc[k];
+  return s;
+}
+
+// s1 = sum(g * w), s2 = sum(g * w * x) over a row (layer norm's backward sums).
+template <typename T>
+FUSEDRNN_CPU_CLONES void row_ln_sums(const T* __restrict g, const T* __restrict w, const T* __restrict x,
+                                     int64_t n, T& s1, T& s2) {
+  T a1[8] = {}, a2[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int k = 0; k < 8; ++k) {
+      const T d = g[c + k] * w[c + k];
+      a1[k] += d;
+      a2[k] += d * x[c + k];
+    }
+  s1 = s2 = 0;
+  for (; c < n; ++c) {
+    const T d = g[c] * w[c];
+    s1 += d;
+    s2 += d * x[c];
+  }
+  for (int k = 0; k < 8; ++k) {
+    s1 += a1[k];
+    s2 += a2[k];
+  }
+}
+
+// The mean and 1 / sqrt(biased variance + eps) of one row v [n] (layer norm's statistics).
+template <typename T>
+void row_moments(const T* v, int64_t n, double eps, T& mean, T& rstd) {
+  mean = row_sum(v, n) / T(n);
+  rstd = gates::rsqrt_(row_sq_dev(v, n, mean) / T(n) + T(eps));
+}
+
+// Layer norm's backward of one row: out = rstd * (g w - mean(g w) - x_hat mean(g w x_hat)),
+// the gradient of the normalised input from g = dL/d(w * x_hat + bias).
+template <typename T>
+FUSEDRNN_CPU_CLONES void ln_backward_row(const T* __restrict g, const T* __restrict w, const T* __restrict xhat,
+                                         T rstd, int64_t n, T* __restrict out) {
+  T m1, m2;
+  row_ln_sums(g, w, xhat, n, m1, m2);
+  m1 /= T(n);
+  m2 /= T(n);
+  for (int64_t c = 0; c < n; ++c) out[c] = rstd * (g[c] * w[c] - m1 - xhat[c] * m2);
+}
+
+// Layer norm of one row v [n] (biased variance): saves x_hat, rewrites v to gamma * x_hat, and
+// returns the row's mean and rstd.
+template <typename T>
+FUSEDRNN_CPU_CLONES void ln_forward_row(T* __restrict v, int64_t n, double eps, const T* __restrict gamma,
+                                        T* __restrict xhat, T& mean_out, T& rstd_out) {
+  T mean, rstd;
+  row_moments(v, n, eps, mean, rstd);
+  for (int64_t c = 0; c < n; ++c) {
+    const T x = (v[c] - mean) * rstd;
+    xhat[c] = x;
+    v[c] = gamma[c] * x;
+  }
+  mean_out = mean;
+  rstd_out = rstd;
+}
+
+// LN_c of one row and the output h = o * tanh(gamma_c * c_hat + beta_c) (c~ unchanged).
+template <typename T>
+FUSEDRNN_CPU_CLONES void ln_c_forward_row(const T* __restrict c, int64_t H, double eps, const T* __restrict gamma,
+                                          const T* __restrict beta, const T* __restrict o, T* __restrict h_out,
+                                          T& mean_out, T& rstd_out) {
+  T mean, rstd;
+  row_moments(c, H, eps, mean, rstd);
+  for (int64_t j = 0; j < H; ++j) {
+    T tc;
+    h_out[j] = gates::hidden(o[j], gamma[j] * ((c[j] - mean) * rstd) + beta[j], tc);
+  }
+  mean_out = mean;
+  rstd_out = rstd;
+}
+
+
+}  // namespace cpu
+}  // namespace fusedrnn
