@@ -1,7 +1,7 @@
 """The GPU compile gate, on the CPU: every Triton and CUDA kernel the dispatcher can choose
 is compiled for sm_80 and sm_90, and its resources are checked before any GPU sees it.
 
-    python benchmarks/compile_gate.py [--full] [--write benchmarks/resources.md] [--jobs N]
+    python benchmarks/compile_gate.py [--full] [--write benchmarks/resources.md] [--jobs N] [--force]
 
 Triton: for every point of the GPU benchmark grid (benchmarks/gpu_check.sh, preset
 "anchors"), the benchmarked variants (plain, variational+bn) and, on sm_90, zoneout and
@@ -21,7 +21,10 @@ the CUDA layout should run persistently but rejects; no MMA in a bf16/fp16 recur
 kernel; a non-coherent (read-only path: PTX ld.global.nc, SASS LDG...CONSTANT) global load in
 a persistent kernel, Triton or CUDA (other programs write its exchange buffers during the
 launch; the exchange is read through L2 (.cg / cp.async.cg) or after the barrier's acquire).
-Writes the resource table to benchmarks/resources.md and prints a summary line.
+Writes the resource table to benchmarks/resources.md (left untouched when only its date would
+change) and prints a summary line.  A passing run leaves build/compile_gate.stamp, a digest
+of everything the verdict depends on; the next run with the same digest passes at once
+(--force compiles anyway).
 """
 
 from __future__ import annotations
@@ -349,6 +352,11 @@ def write_table(rows, path, seconds, problems):
                          f"{r['why']} |")
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
+    if os.path.exists(path):  # the same table as before: keep the file (its date, a clean tree)
+        with open(path) as f:
+            old = f.read().splitlines()
+        if old[:2] + old[3:] == lines[:2] + lines[3:]:
+            return
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -371,6 +379,22 @@ def _nvcc_version():
         return "no nvcc"
 
 
+STAMP = os.path.join(ROOT, "build", "compile_gate.stamp")
+
+
+def sources_key(full: bool) -> str:
+    """What the gate's verdict depends on: this script, the Triton backend and the benchmark
+    presets it compiles for, the CUDA sources, the compilers' releases and --full."""
+    sys.path.insert(0, os.path.join(ROOT, "fusedrnn", "core"))
+    from digest import digest_tree
+
+    parts = [digest_tree(os.path.join(ROOT, d), suffixes) for d, suffixes in (
+        ("benchmarks", ("compile_gate.py",)), ("fusedrnn/backends/triton", (".py",)), ("fusedrnn/bench", ("suite.py",)),
+        ("csrc", (".cu", ".cuh", ".h")))]
+    return digest_tree(os.path.join(ROOT, "fusedrnn", "core"), ("contract.py",),
+                       " ".join(parts) + f" triton {_triton_version()} {_nvcc_version()} full={full}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="every design and autotuning candidate (slow)")
@@ -379,7 +403,15 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-triton", action="store_true")
     ap.add_argument("--skip-cuda", action="store_true")
+    ap.add_argument("--force", action="store_true",
+                    help="compile even when nothing it depends on changed since its last passing run")
     args = ap.parse_args(argv)
+    key = sources_key(args.full)
+    skipping = args.skip_triton or args.skip_cuda
+    if not (args.force or skipping) and os.path.exists(STAMP) and open(STAMP).read().strip() == key:
+        print(f"compile gate: nothing it compiles changed since its last passing run (key {key}): OK "
+              "(--force compiles anyway)")
+        return 0
     t0 = time.time()
     rows = []
     have_nvcc = bool(nvcc()) and not args.skip_cuda
@@ -421,6 +453,10 @@ def main(argv=None) -> int:
     print(f"compile gate: {n_t} triton configs, {n_c} CUDA kernels, {n_p} persistent layouts for sm_80/sm_90 "
           f"in {seconds:.0f} s: {'OK' if not problems else f'{len(problems)} PROBLEMS'}"
           f"{'' if have_triton else ' (no triton)'}{'' if have_nvcc else ' (no nvcc)'}")
+    if not problems and not skipping and have_triton and have_nvcc:
+        os.makedirs(os.path.dirname(STAMP), exist_ok=True)
+        with open(STAMP, "w") as f:
+            f.write(key + "\n")
     return 1 if problems else 0
 
 

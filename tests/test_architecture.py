@@ -127,3 +127,25 @@ def test_the_checks_see_imports():
     cli = os.path.join(PKG, "bench", "cli.py")  # imports inside functions
     assert "fusedrnn.ops.decision" in _imports(cli, "fusedrnn.bench.cli")
     assert len(MODULES) > 50
+
+
+def test_architecture_doc_lists_the_files_that_exist():
+    """docs/ARCHITECTURE.md's file list names every file of the layers below the models (core,
+    ops, backends, modules, csrc) and every folder above them, and nothing that is gone."""
+    import re
+    import subprocess
+
+    root = os.path.dirname(PKG)
+    text = open(os.path.join(root, "docs", "ARCHITECTURE.md")).read()
+    listed = set(re.findall(r"`((?:fusedrnn|csrc)/[\w/.]*)`", text.split("## Files", 1)[1]))
+    missing_on_disk = sorted(p for p in listed if not os.path.exists(os.path.join(root, p)))
+    assert not missing_on_disk, f"ARCHITECTURE.md names what does not exist: {missing_on_disk}"
+    tracked = subprocess.run(["git", "ls-files", "fusedrnn", "csrc"], cwd=root, capture_output=True,
+                             text=True).stdout.split() or [
+        os.path.relpath(os.path.join(d, f), root) for top in ("fusedrnn", "csrc")
+        for d, _, fs in os.walk(os.path.join(root, top)) for f in fs if not f.endswith((".pyc", ".so"))]
+    lower = ("fusedrnn/core/", "fusedrnn/ops/", "fusedrnn/backends/", "fusedrnn/modules/", "csrc/")
+    unlisted = sorted(f for f in tracked if f.startswith(lower) and f not in listed)
+    assert not unlisted, f"ARCHITECTURE.md does not list: {unlisted}"
+    folders = {f.split("/")[1] for f in tracked if f.startswith("fusedrnn/") and f.count("/") >= 2}
+    assert {f"fusedrnn/{d}/" for d in folders} - {"fusedrnn/" + f.split("/")[1] + "/" for f in listed} == set()
