@@ -169,6 +169,11 @@ def test_examples_loop_gets_a_mask_and_a_step_count_per_sequence():
     assert not torch.equal(weight_masks[0], weight_masks[1])
     model(torch.randn(4, 5), future=3)
     assert model.lstm1._step == 8  # the continuation is the same sequence
+    import copy
+    import io
+
+    copy.deepcopy(model)  # mid-sequence: the cell's hold on its last state does not travel
+    torch.save(model, io.BytesIO())
     model.eval()
     with torch.no_grad():
         model(torch.randn(4, 5))

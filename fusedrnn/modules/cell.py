@@ -104,6 +104,13 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         self._step = 0
         self._last = None
 
+    def __getstate__(self):
+        """Pickling (torch.save of a whole model, copy.deepcopy) leaves out the last returned
+        state: it holds autograd nodes, and a restored cell starts a new sequence anyway."""
+        state = super().__getstate__()
+        state["_last"] = None
+        return state
+
     def train(self, mode: bool = True):
         """As nn.Module.train; switching between training and eval starts a new sequence."""
         if mode != self.training:
