@@ -11,6 +11,10 @@
   ``timeout_s(n)`` marker's n where it has one; SIGALRM, checked
   when control is back in Python; benchmarks/gpu_check.sh sets it, with an outer timeout
   for a kernel that never returns).
+- Under pytest-xdist (``make test`` runs one worker per core) each worker runs torch with one
+  thread: the workers share the cores (two threads per worker tripled the suite's time on
+  two cores).  The native kernels' threaded paths keep their own tests
+  (tests/test_native_ops.py ``two_threads``), and tests that start a process get the default.
 """
 
 import os
@@ -24,6 +28,8 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 _empty, _empty_like = torch.empty, torch.empty_like
 _new_empty = torch.Tensor.new_empty

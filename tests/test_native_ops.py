@@ -368,3 +368,63 @@ def test_gemm_paths_agree_with_float64(B, H, T, path, monkeypatch):
             res.append([y, h, c, *grads])
         for a, e in zip(*res):
             torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=2e-4)
+
+
+@pytest.fixture
+def two_threads():
+    """The native kernels' threaded paths (at::parallel_for over units and rows, threaded
+    GEMMs), whatever thread count the suite runs with (one per xdist worker)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+THREAD_OPTIONS = [dict(), dict(recurrent_dropout=0.3, variational=True, batch_norm=True),
+                  dict(layer_norm=True, zoneout=(0.3, 0.2)), dict(proj_size=24, zoneout=0.2)]
+THREAD_IDS = ["plain", "v+bn", "ln+zoneout", "proj+zoneout"]
+
+
+def _native_run(options, dtype, model_dtype=None):
+    import fusedrnn
+
+    torch.manual_seed(0)
+    ref = fusedrnn.LSTM(32, 64, num_layers=2, bidirectional=True, backend="reference", dtype=torch.float64,
+                        **options)
+    m = fusedrnn.LSTM(32, 64, num_layers=2, bidirectional=True, backend="native", dtype=dtype, **options)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 16, 32, dtype=torch.float64)
+    lengths = torch.tensor([6, 5, 6, 2, 6, 1, 4, 6, 3, 6, 6, 5, 0, 6, 2, 6])
+    out = []
+    for mod, dt in ((ref, torch.float64), (m, dtype)):
+        xx = x.to(dt).requires_grad_()
+        torch.manual_seed(1)
+        y, (h, c) = mod(xx, lengths=lengths)
+        gs = torch.autograd.grad((y.double() * y.double().cos()).sum() + h.double().sum() + c.double().sum(),
+                                 [xx] + list(mod.parameters()))
+        out.append([t.double() for t in (y, h, c, *gs)])
+    return out
+
+
+@pytest.mark.parametrize("options", THREAD_OPTIONS, ids=THREAD_IDS)
+def test_native_with_two_threads_matches_reference(two_threads, options):
+    """float64, two threads: the threaded row and unit splits give the reference's results."""
+    ours, ref = _native_run(options, torch.float64)[::-1]
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("options", THREAD_OPTIONS, ids=THREAD_IDS)
+def test_native_float32_with_two_threads_as_with_one(options):
+    """float32 (the oneDNN / MKL GEMM paths, threaded): two threads give one thread's results up
+    to float32 rounding of differently ordered sums."""
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _native_run(options, torch.float32)[1]
+        torch.set_num_threads(2)
+        two = _native_run(options, torch.float32)[1]
+    finally:
+        torch.set_num_threads(n)
+    for a, b in zip(two, one):
+        assert ((a - b).norm() / b.norm().clamp(min=1e-30)).item() < 1e-5

@@ -353,14 +353,14 @@ MODULE_OPTIONS = {
 }
 
 
-def _module_results(options, backend=None, *, training=True, bidirectional=True, proj_size=0, seed=0):
+def _module_results(options, backend=None, *, training=True, bidirectional=True, proj_size=0, seed=0, steps=4):
     torch.manual_seed(seed)
     kw = {} if backend is None else dict(backend=backend)
     m = fusedrnn.LSTM(I, H, num_layers=2, bidirectional=bidirectional, proj_size=proj_size, dropout=0.2,
                       dtype=DT, **options, **kw)
     m.train(training)
     torch.manual_seed(seed + 1)
-    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    x = torch.randn(steps, B, I, dtype=DT, requires_grad=True)
     torch.manual_seed(seed + 2)  # the masks
     y, (h, c) = m(x)
     loss = y.pow(2).sum() + (h * 0.7).sum() + (c * 1.3).sum()
