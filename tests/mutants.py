@@ -79,7 +79,7 @@ MUTANTS = [
            ("tests/test_regularizers.py::test_masks_are_the_same_in_every_dtype",),
            "zoneout drawn in the model's dtype: a bf16 model and its float64 reference see other draws"),
     Mutant("decision-cache-ignores-env", "fusedrnn/ops/decision.py",
-           "    key = (kind, op, name, tuple(os.environ.get(k) for k in DECISION_ENV),", "    key = (kind, op, name,",
+           "        key = (kind, op, name, tuple(map(os.environ.get, DECISION_ENV)), device,", "        key = (kind, op, name, device,",
            ("tests/test_decide.py::test_one_cache_keyed_on_the_decision_switches",),
            "cached backend decisions blind to FUSEDRNN_CUDA_UNVERIFIED: a flipped switch answered from the cache"),
     Mutant("layer-decides-again", "fusedrnn/ops/layer.py",

@@ -117,6 +117,15 @@ def test_model_benchmark_swaps_to_torch_modules():
     assert all(r["mode"] == "train-step" and r["variant"].startswith("model:") for r in recs)
 
 
+def test_dropin_word_lm_times_the_converted_copy_against_the_original():
+    from fusedrnn.bench import harness as H
+    from fusedrnn.bench.models import dropin_word_lm
+
+    recs = dropin_word_lm(torch.device("cpu"), 1, 0.01, H.environment(torch.device("cpu")))
+    assert {r["provider"] for r in recs} == {"fusedrnn-auto", "torch-cpu"}
+    assert all(r["variant"].startswith("dropin:word-lm") and r["median_ms"] > 0 for r in recs)
+
+
 def test_records_are_appended_after_every_group(tmp_path, monkeypatch):
     """A run cut short (the GPU check's time guard) keeps the groups it measured."""
     real, calls = harness.time_group, []

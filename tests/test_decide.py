@@ -67,6 +67,11 @@ def test_one_cache_keyed_on_the_decision_switches(monkeypatch, no_evidence):
     m(torch.randn(3, 2, 4))
     m(torch.randn(5, 2, 4))
     assert len(seen) == 4 and len(decision._CACHE) == 4  # the module's decision: one more entry
+    x = torch.randn(3, 2, 4)
+    monkeypatch.delenv("FUSEDRNN_BACKEND")
+    assert m.decide(x).backend.name == "native"
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")  # a module's cached decision follows the switch
+    assert m.decide(x).backend.name == "reference"
 
 
 def test_a_call_builds_one_config_per_layer_and_reads_autocast_once(monkeypatch):
@@ -87,8 +92,11 @@ def test_a_call_builds_one_config_per_layer_and_reads_autocast_once(monkeypatch)
     monkeypatch.setattr(ops, "autocast_dtype", counting_autocast)
     monkeypatch.setattr(ops.layer, "autocast_dtype", counting_autocast)
     m = fusedrnn.LSTM(3, 4, num_layers=2, bidirectional=True, recurrent_dropout=0.2, batch_norm=True)
+    decision._CACHE.clear()
     m(torch.randn(5, 3, 3))[0].sum().backward()
-    assert len(builds) == 1 + 4 and len(autocast_reads) == 1
+    assert len(builds) == 1 + 4 and len(autocast_reads) == 1  # the decision's Config (a miss), each layer's
+    m(torch.randn(7, 3, 3))[0].sum().backward()
+    assert len(builds) == 5 + 4 and len(autocast_reads) == 2  # a decision taken before builds none
 
 
 def test_explicit_backend_that_cannot_run_names_why():

@@ -1,10 +1,12 @@
 """Model-level benchmark: the training-step time of the reference models on fusedrnn
-against the same model on torch.nn.LSTM / nn.LSTMCell (``--preset models``).
+against the same model on torch.nn.LSTM / nn.LSTMCell (``--preset models``), and the cost of
+dropping fusedrnn into a third party's model (pytorch/examples' word language model put
+through ``fusedrnn.convert``, :func:`dropin_word_lm`).
 
 A step is what the trainer does: a batch of the task, the objective's loss, backward and
 an Adam step.  The torch baseline is the same model with every fusedrnn.LSTM swapped for an
 nn.LSTM and every fusedrnn.LSTMCell for an nn.LSTMCell holding the same weights, so the
-difference is the recurrent layers alone.  Records use the DESIGN.md keys with
+difference is the recurrent layers alone.  Records use the benchmark record keys with
 variant = "model:<task>/<model>" and mode = "train-step"; B is the batch size, T the
 task's sequence length, I = H the recurrent hidden size.
 """
@@ -95,6 +97,57 @@ def _step_fn(model: nn.Module, objective, batches: list, device) -> callable:
     return fn
 
 
+class WordLM(nn.Module):
+    """pytorch/examples' word language model as its script writes it (nn.LSTM built by the
+    third party): embedding, dropout, a 2-layer LSTM, dropout, decoder; the hidden state carried
+    from batch to batch (detached)."""
+
+    def __init__(self, ntoken: int = 10_000, ninp: int = 100, nhid: int = 100, nlayers: int = 2,
+                 dropout: float = 0.5):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.rnn = nn.LSTM(ninp, nhid, nlayers, dropout=dropout)
+        self.decoder = nn.Linear(nhid, ntoken)
+
+    def forward(self, input, hidden):
+        output, hidden = self.rnn(self.drop(self.encoder(input)), hidden)
+        return self.decoder(self.drop(output)), hidden
+
+
+def dropin_word_lm(device: torch.device, reps: int, budget_s: Optional[float], env: dict) -> list[dict]:
+    """The cost of dropping fusedrnn in: the word LM above (B=20, T=35, H=100, 2 layers, 10k
+    words) as written, against a copy put through fusedrnn.convert() (the default backend),
+    one training step each as the example's loop takes it (SGD by hand, gradient clipping)."""
+    from ..modules import convert
+
+    torch.manual_seed(0)
+    base = WordLM().to(device)
+    fused = convert(copy.deepcopy(base))
+    data = torch.randint(0, 10_000, (35, 20), device=device)
+    target = torch.randint(0, 10_000, (35 * 20,), device=device)
+
+    def step_fn(model):
+        state = [tuple(torch.zeros(2, 20, 100, device=device) for _ in range(2))]
+
+        def fn(k: int) -> None:
+            model.zero_grad()
+            out, hidden = model(data, tuple(t.detach() for t in state[0]))
+            torch.nn.functional.cross_entropy(out.view(-1, 10_000), target).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(p.grad, alpha=-20)
+            state[0] = hidden
+        return fn
+
+    fns = {"cudnn" if device.type == "cuda" else "torch-cpu": step_fn(base), "fusedrnn-auto": step_fn(fused)}
+    timings = harness.time_group(fns, device, warmup=3, reps=reps, budget_s=budget_s)
+    return [harness.make_record(env, provider=prov, variant="dropin:word-lm (pytorch/examples, convert)",
+                                mode="train-step", dtype=torch.float32, B=20, T=35, I=100, H=100, timing=tm)
+            for prov, tm in timings.items()]
+
+
 def run_models(device: torch.device, backends: list[str], out: Optional[str], reps: int = 10,
                budget_s: Optional[float] = None, points=None) -> list[dict]:
     env = harness.environment(device)
@@ -123,6 +176,8 @@ def run_models(device: torch.device, backends: list[str], out: Optional[str], re
             records.append(harness.make_record(env, provider=prov, variant=f"model:{task_name}/{model_name}",
                                                mode="train-step", dtype=torch.float32, B=bs, T=T, I=H, H=H,
                                                timing=tm))
+    if points is None:
+        records += dropin_word_lm(device, max(reps, 20), budget_s, env)
     if out:
         import os
 

@@ -148,12 +148,11 @@ class LSTMCell(RegularizedMixin, TorchLSTMCell):
         B = input.shape[0] if input.dim() == 2 else 1
         masked = mask is not None or self._mask_mode() != ops.MaskMode.NONE  # a cell's mask is [B, H]
         layer_op = self.batch_norm or self.layer_norm or self.zoneout_active()
-        dt = ops.autocast_dtype(input)
-        cfg = ops.Config.build(input.device, dt or input.dtype, 0, B, self.hidden_size, self.hidden_size,
-                               mask=ops.MaskMode.SHARED if masked else ops.MaskMode.NONE, norm=self._norm_mode(),
-                               zoneout=self.zoneout_active())
-        return ops.decide("cell", "recurrence" if layer_op else "cell", self.backend, cfg, dt, self.regularized(mask),
-                          self.training)
+        return ops.decide_module(
+            "cell", "recurrence" if layer_op else "cell", self.backend, input.device, input.dtype,
+            ops.autocast_dtype(input), self.regularized(mask), self.training, False, B, self.hidden_size,
+            self.hidden_size, False, ops.MaskMode.SHARED if masked else ops.MaskMode.NONE, self._norm_mode(), False,
+            self.zoneout_active())
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None, *,
                 mask: Optional[Tensor] = None, step: Optional[int] = None) -> tuple[Tensor, Tensor]:

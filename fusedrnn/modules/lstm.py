@@ -185,13 +185,12 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         """What runs a forward on ``input`` in the current mode (:mod:`fusedrnn.ops.decision`):
         torch's own LSTM, or the backend and dtype every layer runs in.  Made once per call."""
         ref = input.data if isinstance(input, PackedSequence) else input
-        dt = ops.autocast_dtype(ref)
         R = self.proj_size if self.proj_size > 0 else self.hidden_size
-        cfg = ops.Config.build(ref.device, dt or ref.dtype, 0, self._batch_size(input), self.hidden_size, R,
-                               proj=self.proj_size > 0, mask=self._mask_mode(), norm=self._norm_mode(),
-                               lengths=lengths is not None or isinstance(input, PackedSequence),
-                               requires_grad=self._needs_grad(ref), zoneout=self.zoneout_active())
-        return ops.decide("lstm", "recurrence", self.backend, cfg, dt, self.regularized(), self.training)
+        return ops.decide_module(
+            "lstm", "recurrence", self.backend, ref.device, ref.dtype, ops.autocast_dtype(ref), self.regularized(),
+            self.training, self._needs_grad(ref), self._batch_size(input), self.hidden_size, R, self.proj_size > 0,
+            self._mask_mode(), self._norm_mode(), lengths is not None or isinstance(input, PackedSequence),
+            self.zoneout_active())
 
     def forward(self, input, hx=None, *, lengths: Optional[Tensor] = None):
         """See the class docstring for shapes.  ``lengths`` (fusedrnn only): see there."""

@@ -168,7 +168,8 @@ class RegularizedMixin:
         return zoneout_rates(self.zoneout)
 
     def zoneout_active(self) -> bool:
-        return any(z > 0 for z in self.zoneout_rates())
+        z = self.zoneout  # a rate, or a (cell, hidden) pair (every module call asks: kept cheap)
+        return (z[0] > 0 or z[1] > 0) if isinstance(z, (tuple, list)) else z > 0
 
     def check_exportable(self, mask=None) -> None:
         """ExportError naming each option that makes a call impossible to export: the options

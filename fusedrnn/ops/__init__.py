@@ -16,8 +16,8 @@ live in :mod:`fusedrnn.core.contract` and are re-exported here.
 from ..core.contract import (Backend, BackendError, BatchStats, Config, MaskMode, NormMode, RecurrenceResult,
                              RecurrentBN, RecurrentLN, Zoneout)
 from .cell import lstm_cell
-from .decision import (PREFERENCE, Decision, available_backends, check_backend_name, decide, decide_op,
-                     explain_config, exporting)
+from .decision import (PREFERENCE, Decision, available_backends, check_backend_name, decide, decide_module,
+                       decide_op, explain_config, exporting)
 from .dropout import dropout_mask, recurrent_mask, survival_probability, zoneout_weights
 from .layer import autocast_dtype, check_recurrence_args, lstm_layer, lstm_recurrence, update_running_stats
 
@@ -39,6 +39,7 @@ __all__ = [
     "check_backend_name",
     "check_recurrence_args",
     "decide",
+    "decide_module",
     "decide_op",
     "dropout_mask",
     "explain_config",

@@ -291,11 +291,32 @@ def decide(kind: str, op: str, name: str, cfg: Config, autocast: Optional[torch.
 
 def _cached(kind, op, name, cfg, autocast, regularized, training) -> Decision:
     # no backend decides on the sequence length: T = 0 in every key
-    key = (kind, op, name, tuple(os.environ.get(k) for k in DECISION_ENV),
+    key = (kind, op, name, tuple(map(os.environ.get, DECISION_ENV)),
            dataclasses.replace(cfg, T=0) if cfg.T else cfg, autocast, regularized, training)
     d = _CACHE.get(key)
     if d is None:
         d = _CACHE[key] = _decide(kind, op, name, cfg, autocast, regularized, training)
+    return d
+
+
+def decide_module(kind: str, op: str, name: str, device: torch.device, dtype: torch.dtype,
+                  autocast: Optional[torch.dtype], regularized: bool, training: bool, requires_grad: bool, B: int,
+                  H: int, R: int, proj: bool, mask: int, norm: int, lengths: bool, zoneout: bool) -> Decision:
+    """:func:`decide` for a module call, from the plain facts of its first recurrence (MaskMode /
+    NormMode values): every call of an LSTM or a cell pays this, so a decision already taken
+    costs one tuple and one dict lookup in the same cache; the Config is built only on a miss
+    (and under export or torch.compile, which decide as :func:`decide` does)."""
+    if not (exporting() or torch.compiler.is_compiling()):
+        key = (kind, op, name, tuple(map(os.environ.get, DECISION_ENV)), device, dtype, autocast, regularized,
+               training, requires_grad, B, H, R, proj, mask, norm, lengths, zoneout)
+        d = _CACHE.get(key)
+        if d is not None:
+            return d
+    cfg = Config.build(device, autocast or dtype, 0, B, H, R, proj=proj, mask=mask, lengths=lengths, norm=norm,
+                       requires_grad=requires_grad, zoneout=zoneout)
+    if exporting() or torch.compiler.is_compiling():
+        return decide(kind, op, name, cfg, autocast, regularized, training)
+    d = _CACHE[key] = _decide(kind, op, name, cfg, autocast, regularized, training)
     return d
 
 
@@ -362,5 +383,5 @@ def export_decision(kind: str, name: str, cfg: Config, op: str, autocast: Option
 
 
 __all__ = ["ATEN", "DECISION_ENV", "Decision", "MODULE_ONLY", "PREFERENCE", "available_backends", "candidates",
-           "check_backend_name", "decide", "decide_op", "explain_config", "export_decision", "exporting", "gpu_status",
+           "check_backend_name", "decide", "decide_module", "decide_op", "explain_config", "export_decision", "exporting", "gpu_status",
            "module_rule", "requested", "unavailable_reason"]
