@@ -1,7 +1,7 @@
 """An independent, direct implementation of one regularized LSTM layer, for tests.
 
 Written row by row and step by step with torch.nn.functional.batch_norm, without any
-fusedrnn code, straight from the semantics in DESIGN.md: per-step batch statistics over
+fusedrnn code, straight from the semantics of fusedrnn/core/contract.py and docs/guide.md: per-step batch statistics over
 the rows still running at that step, running statistics per step for s < S (eval clamps
 to slot S - 1), masks on h_{s-1} where it enters W_hh only, reverse = each row's own
 sequence backwards.  Slow and obvious on purpose.

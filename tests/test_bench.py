@@ -1,4 +1,4 @@
-"""The benchmark suite's plumbing: records in the DESIGN.md format, the table, the plots,
+"""The benchmark suite's plumbing: records in the documented format (docs/guide.md, "Benchmark records"), the table, the plots,
 the CLI's arguments (bad ones rejected with a clear message), the model-level benchmark."""
 
 import json

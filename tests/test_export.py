@@ -1,6 +1,6 @@
 """Export: torch.export and ONNX (onnxruntime) of models that contain fusedrnn modules.
 
-Under export every call plans standard ops (fusedrnn.ops.plan.export_plan): a configuration
+Under export every call plans standard ops (fusedrnn.ops.decision.export_decision): a configuration
 torch's own module computes runs as torch's module (aten.lstm, ONNX's LSTM op), any other
 as the reference backend's plain ops.  The exported program carries no fusedrnn:: op, runs
 without fusedrnn._C and matches eager; a configuration that cannot be exported (training

@@ -5,7 +5,7 @@
   so ratios between them come from that run only.
 - GPU: CUDA events around each call, inputs rotated among several sets so the cache does
   not flatter; CPU: time.perf_counter.
-- Every timing is one JSON object per line (DESIGN.md, "Benchmark records").
+- Every timing is one JSON object per line (docs/guide.md, "Benchmark records").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Benchmark providers: what is timed, built for one (variant, mode, shape, dtype, device).
 
-Providers (DESIGN.md, "Benchmark records"):
+Providers (docs/guide.md, "Benchmark records"):
   fusedrnn-<backend>   fusedrnn.LSTM on that backend (every variant)
   cudnn / torch-cpu    torch.nn.LSTM on CUDA (cuDNN) / on CPU (oneDNN): plain only
   loop                 the per-step loop of fusedrnn.bench.loop (every variant)

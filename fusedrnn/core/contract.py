@@ -210,12 +210,14 @@ class Config:
     def build(device: torch.device, dtype: torch.dtype, T: int, B: int, H: int, R: int, *,
               proj: bool = False, mask: MaskMode = MaskMode.NONE, lengths: bool = False,
               reverse: bool = False, norm: NormMode = NormMode.NONE, requires_grad: bool = False,
-              zoneout: bool = False) -> "Config":
-        """The one constructor: the facts of a recurrence on ``device``."""
+              zoneout: bool = False, arch: Optional[str] = None) -> "Config":
+        """The constructor from plain facts: a recurrence on ``device`` (a device type will do
+        with ``arch`` given: the GPU class, "sm_90", which is otherwise asked of the device)."""
         device = torch.device(device)
         return Config(device_type=device.type, dtype=dtype, T=T, B=B, H=H, R=R, proj=bool(proj),
                       mask=MaskMode(mask), lengths=bool(lengths), reverse=bool(reverse), norm=NormMode(norm),
-                      requires_grad=bool(requires_grad), arch=device_arch(device), zoneout=bool(zoneout))
+                      requires_grad=bool(requires_grad), arch=device_arch(device) if arch is None else arch,
+                      zoneout=bool(zoneout))
 
     @staticmethod
     def of(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],

@@ -348,7 +348,8 @@ def _traced(kind, op, name, cfg, autocast, regularized, training) -> Decision:
 
 @torch.compiler.assume_constant_result
 def _decide_constant(kind, op, name, fields, autocast, regularized, training) -> tuple:
-    cfg = Config(**{f.name: v for f, v in zip(_FIELDS, fields)})
+    f = {f.name: v for f, v in zip(_FIELDS, fields)}
+    cfg = Config.build(f.pop("device_type"), f.pop("dtype"), *(f.pop(k) for k in ("T", "B", "H", "R")), **f)
     if kind == "lstm" and requested(name) == "aten":
         raise BackendError("backend='aten' runs torch's own LSTM, which torch.compile cannot trace; "
                            "use backend='auto' or a fused backend")
