@@ -5,7 +5,8 @@ that save whole models (``torch.save(model, f)``) load them under an allow-list 
 they expect; a model with fusedrnn inside would be refused.  Importing fusedrnn therefore
 registers, with ``torch.serialization.add_safe_globals``:
 
-- fusedrnn's module classes (:class:`fusedrnn.LSTM`, :class:`fusedrnn.LSTMCell`) and the
+- fusedrnn's module classes (:class:`fusedrnn.LSTM`, :class:`fusedrnn.LSTMCell`,
+  :class:`fusedrnn.GRU`, :class:`fusedrnn.GRUCell`) and the
   reference models of :mod:`fusedrnn.models` with their submodule classes;
 - the torch.nn layer classes those models are built of (Embedding, Linear, Dropout,
   Identity, ReLU, Sequential), so that a saved reference model loads under the default
@@ -29,9 +30,9 @@ def safe_classes() -> list[type]:
     torch allows by default."""
     from . import models
     from .models.tagger import _Encoder
-    from .modules import LSTM, LockedDropout, LSTMCell
+    from .modules import GRU, LSTM, GRUCell, LockedDropout, LSTMCell
 
-    ours = [LSTM, LSTMCell, LockedDropout, _Encoder] + [getattr(models, n) for n in models.__all__]
+    ours = [LSTM, LSTMCell, GRU, GRUCell, LockedDropout, _Encoder] + [getattr(models, n) for n in models.__all__]
     return ours + [nn.Embedding, nn.Linear, nn.Dropout, nn.Identity, nn.ReLU, nn.Sequential]
 
 

@@ -85,3 +85,56 @@ def direct_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, mask
         for k, (t, b) in enumerate(zip(pos, rows)):
             h[b], c[b], y[t][b] = h_new[k], c_new[k], h_new[k]
     return (torch.stack([torch.stack(r) for r in y]), torch.stack(h), torch.stack(c))
+
+
+def direct_gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, mask=None, lengths=None, reverse=False, bn=None,
+                     zoneout=None, ln=None):
+    """One GRU layer (torch's gates r, z, n; b_hn inside the reset product), row by row and
+    step by step: x [T, B, I]; h0 [B, H]; mask [B, H] or [T, B, H]; bn a dict with keys
+    gamma_x, gamma_h, rm_x, rv_x, rm_h, rv_h, training, momentum, eps (no c parts, no betas:
+    the GRU's biases shift them; running tensors updated in place); zoneout the weights of
+    h_{s-1} [T, B, H] by step; ln a dict with keys wx, bx, wh, bh, eps (LN of x W_ih^T and of
+    h W_hh^T over the 3H columns, then the biases where torch adds them).  Returns y, h_n."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    L = [T] * B if lengths is None else [int(v) for v in lengths]
+    h = [h0[b] for b in range(B)]
+    y = [[x.new_zeros(H) for _ in range(B)] for _ in range(T)]
+    for s in range(T):
+        rows = [b for b in range(B) if L[b] > s]
+        if not rows:
+            continue
+        pos = [(L[b] - 1 - s) if reverse else s for b in rows]
+        xt = torch.stack([x[t, b] for t, b in zip(pos, rows)])
+        ht = torch.stack([h[b] for b in rows])
+        hm = ht if mask is None else ht * (mask if mask.dim() == 2 else mask[s])[rows]
+        xw, hw = xt @ w_ih.t(), hm @ w_hh.t()
+        if ln is not None:
+            xw = _layer_norm(xw, ln["wx"], ln["bx"], ln["eps"])
+            hw = _layer_norm(hw, ln["wh"], ln["bh"], ln["eps"])
+        if bn is not None:
+            S = bn["rm_x"].shape[0]
+            slot = min(s, S - 1)
+            keep = not bn["training"] or s < S
+
+            def norm(v, part, weight):
+                if bn["training"] and v.shape[0] == 1:
+                    return (v - v) * weight
+                rm = bn[f"rm_{part}"][slot] if keep else None
+                rv = bn[f"rv_{part}"][slot] if keep else None
+                return F.batch_norm(v, rm, rv, weight, None, bn["training"], bn["momentum"], bn["eps"])
+
+            xw, hw = norm(xw, "x", bn["gamma_x"]), norm(hw, "h", bn["gamma_h"])
+        if b_ih is not None:
+            xw, hw = xw + b_ih, hw + b_hh
+        x_r, x_z, x_n = xw.chunk(3, 1)
+        h_r, h_z, h_n = hw.chunk(3, 1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        h_new = (1 - z) * n + z * ht
+        if zoneout is not None:
+            zh = zoneout[s][rows]
+            h_new = zh * ht + (1 - zh) * h_new
+        for k, (t, b) in enumerate(zip(pos, rows)):
+            h[b], y[t][b] = h_new[k], h_new[k]
+    return torch.stack([torch.stack(r) for r in y]), torch.stack(h)

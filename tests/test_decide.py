@@ -139,7 +139,7 @@ def test_cuda_backend_refuses_an_arch_without_code():
         assert cuda_backend.BACKEND.unsupported_reason(_cfg(arch="sm_90")) is None
 
 
-def _rule(kind="lstm", name="auto", regularized=False, training=True, **cfg):
+def _rule(kind="rnn", name="auto", regularized=False, training=True, **cfg):
     return decision.module_rule(kind, name, _cfg(**{"H": 768, **cfg}), regularized, training)
 
 

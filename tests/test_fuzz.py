@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 from fusedrnn import ops
-from fusedrnn.modules import lstm as lstm_module
+from fusedrnn.modules import rnn as lstm_module  # the shared pipeline draws the masks
 
 _COMMON = dict(deadline=None, print_blob=True, database=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,

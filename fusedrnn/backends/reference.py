@@ -18,6 +18,7 @@ from torch import Tensor
 from ..core.contract import (
     Backend,
     BatchStats,
+    CellKind,
     Config,
     Norm,
     RecurrenceResult,
@@ -74,10 +75,13 @@ def batch_norm_steps(
 
 class ReferenceBackend(Backend):
     name = "reference"
+    cells = (CellKind.LSTM, CellKind.GRU)
 
-    def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-                   mask: Optional[Tensor], lengths: Optional[Tensor], norm: Optional[Norm],
-                   zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
+    def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
+                   w_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor], norm: Optional[Norm],
+                   zoneout: Optional[Zoneout] = None, b_hh: Optional[Tensor] = None) -> RecurrenceResult:
+        if cfg.cell == CellKind.GRU:
+            return gru_recurrence(cfg, xp, h0, w_hh, b_hh, mask, lengths, norm, zoneout)
         out_dtype = xp.dtype
         acc = acc_dtype(xp.dtype)
         reverse = cfg.reverse
@@ -164,6 +168,62 @@ class ReferenceBackend(Backend):
         cy = torch.sigmoid(f) * cx.to(acc) + torch.sigmoid(i) * torch.tanh(g)
         hy = torch.sigmoid(o) * torch.tanh(cy)
         return hy.to(gates.dtype), cy.to(gates.dtype)
+
+
+def gru_recurrence(cfg: Config, xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional[Tensor],
+                   lengths: Optional[Tensor], norm: Optional[Norm], zoneout: Optional[Zoneout]) -> RecurrenceResult:
+    """The GRU recurrence (torch's gates r, z, n; b_hh inside the reset product) on xp [T, B, 3H]
+    = N_x(x W_ih^T) + b_ih; N_h is batch norm (gain only) or layer norm (gain; its bias is in
+    b_hh) of (h_{s-1} * m_s) W_hh^T."""
+    out_dtype = xp.dtype
+    acc = acc_dtype(xp.dtype)
+    xp, h0, w_hh = (t.to(acc) for t in (xp, h0, w_hh))
+    b_hh = None if b_hh is None else b_hh.to(acc)
+    mask = None if mask is None else mask.to(acc)
+    T, G = xp.shape[0], w_hh.shape[0]
+    if cfg.reverse:
+        xp = reverse_sequences(xp, lengths)  # processing order
+    active = active_rows(T, lengths, xp.device)
+    ln = norm if isinstance(norm, RecurrentLN) else None
+    bn = norm if isinstance(norm, RecurrentBN) else None
+    slots = None if bn is None else bn.slot_index(T, xp.device)
+    zh = None if zoneout is None else zoneout.h.to(acc)
+    h, ys, stats = h0, [], []
+    for s in range(T):
+        a = None if active is None else active[s : s + 1]
+        h_in = h if mask is None else h * (mask if mask.dim() == 2 else mask[s])
+        hg = h_in @ w_hh.t()  # [B, 3H]
+        if ln is not None:
+            hg = F.layer_norm(hg, (G,), ln.weight_h.to(acc), None, ln.eps)
+        if bn is not None:
+            hg, mean_h, var_h = batch_norm_steps(hg.unsqueeze(0), a, bn.weight_h, None, bn.running_mean_h,
+                                                 bn.running_var_h, slots[s : s + 1], bn.training, bn.eps)
+            hg = hg.squeeze(0)
+            if bn.training:
+                stats.append((mean_h, var_h))
+        if b_hh is not None:
+            hg = hg + b_hh
+        x_r, x_z, x_n = xp[s].chunk(3, 1)
+        h_r, h_z, h_n = hg.chunk(3, 1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        h_new = (1 - z) * n + z * h
+        if zh is not None:
+            h_new = zh[s] * h + (1 - zh[s]) * h_new
+        if a is None:
+            h, y = h_new, h_new
+        else:
+            keep = a.t()
+            h = torch.where(keep, h_new, h)
+            y = torch.where(keep, h_new, torch.zeros_like(h_new))
+        ys.append(y)
+    y = torch.stack(ys) if ys else xp.new_zeros(0, h0.shape[0], h0.shape[1])
+    if cfg.reverse:
+        y = reverse_sequences(y, lengths)
+    batch_stats = None
+    if stats:
+        batch_stats = BatchStats(torch.cat([m for m, _ in stats]), torch.cat([v for _, v in stats]), None, None)
+    return RecurrenceResult(y.to(out_dtype), h.to(out_dtype), None, batch_stats)
 
 
 BACKEND = ReferenceBackend()

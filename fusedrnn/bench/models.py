@@ -21,7 +21,7 @@ from torch import nn
 
 from ..modules import LSTM, LSTMCell
 from ..modules._torch import TorchLSTM, TorchLSTMCell
-from ..modules.lstm import torch_forward_padded
+from ..modules.rnn import torch_forward_padded
 from .. import tasks as tasks_mod
 from ..train import build_model, make_objective
 from ..tasks import to_device
@@ -43,7 +43,7 @@ class _TorchLSTM(TorchLSTM):
     def forward(self, input, hx=None, *, lengths=None):
         if lengths is None:
             return super().forward(input, hx)
-        return torch_forward_padded(self, input, hx, lengths)
+        return torch_forward_padded(self, input, hx, lengths, TorchLSTM)
 
 
 class _TorchCell(TorchLSTMCell):

@@ -24,6 +24,18 @@ backwards: step s reads position t = lengths[b] - 1 - s (T - 1 - s without lengt
 Batch-norm statistics, per-step masks, zoneout weights and running-statistics slots are
 indexed by the step s, not by the position t.
 
+The GRU (``Config.cell`` GRU; G = 3H gate columns in the order r, z, n; R = H, no cell state,
+no projection) runs the same loop with torch's gates and b_hh inside the recurrence, since
+b_hn sits inside the reset product:
+
+        hg_s   = N_h((h_{s-1} * m_s) @ W_hh^T) + b_hh           [B, 3H]
+        r, z   = sigmoid(xp_t + hg_s) on the r and z blocks      (xp = N_x(x @ W_ih^T) + b_ih)
+        n      = tanh(xp_t,n + r * hg_s,n)
+        h~_s   = (1 - z) * n + z * h_{s-1}
+        h_s    = zh_s * h_{s-1} + (1 - zh_s) * h~_s            (zoneout; else h_s = h~_s)
+
+with N_h batch norm (gain only: b_hh is its shift) or layer norm (its bias folded into b_hh).
+
 Zoneout (Krueger et al.): zc [T, B, H] and zh [T, B, R] (:class:`Zoneout`) weigh the previous
 state; in training 0/1 draws (1 with the zoneout rate: the unit keeps its previous value),
 in eval the rates themselves (the expectation).  The unit emits its own zoned-out h, and
@@ -60,6 +72,19 @@ from .arch import device_arch
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The accumulation dtype of a data dtype: float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class CellKind(enum.IntEnum):
+    """The recurrent cell a layer runs: the LSTM (gates i, f, g, o; a cell state) or the GRU
+    (gates r, z, n; torch's formulation, b_hn inside the reset product)."""
+
+    LSTM = 0
+    GRU = 1
+
+    @property
+    def gates(self) -> int:
+        """Gate blocks per unit: G = gates * H."""
+        return 4 if self == CellKind.LSTM else 3
 
 
 class MaskMode(enum.IntEnum):
@@ -110,19 +135,19 @@ class RecurrentBN:
 
     Shapes: weight_x, weight_h [G]; weight_c, bias_c [H]; running_* [S, G] for x and h,
     [S, H] for c, where S = bn_max_steps.  BN_x is the backend's input norm; the recurrence
-    uses the h and c parts.
+    uses the h and c parts.  A GRU has no c parts (None).
     """
 
     weight_x: Tensor
     weight_h: Tensor
-    weight_c: Tensor
-    bias_c: Tensor
+    weight_c: Optional[Tensor]
+    bias_c: Optional[Tensor]
     running_mean_x: Tensor
     running_var_x: Tensor
     running_mean_h: Tensor
     running_var_h: Tensor
-    running_mean_c: Tensor
-    running_var_c: Tensor
+    running_mean_c: Optional[Tensor]
+    running_var_c: Optional[Tensor]
     training: bool
     momentum: float
     eps: float
@@ -143,14 +168,15 @@ class RecurrentLN:
     """Parameters of layer norm inside the recurrence for one layer and direction (the
     LayerNorm LSTM of Ba et al.; haste's LayerNormLSTM).  Shapes: weight_x, bias_x, weight_h,
     bias_h [G]; weight_c, bias_c [H].  LN_x is the layer op's input norm; the recurrence uses
-    the h and c parts.  No state: training and eval compute the same."""
+    the h and c parts.  No state: training and eval compute the same.  A GRU (haste's
+    LayerNormGRU) has no c parts (None)."""
 
     weight_x: Tensor
     bias_x: Tensor
     weight_h: Tensor
     bias_h: Tensor
-    weight_c: Tensor
-    bias_c: Tensor
+    weight_c: Optional[Tensor]
+    bias_c: Optional[Tensor]
     eps: float
 
 
@@ -159,29 +185,29 @@ Norm = Union[RecurrentBN, RecurrentLN]  # what a recurrence's ``norm`` argument 
 
 class Zoneout(NamedTuple):
     """Zoneout weights of one layer and direction, indexed by the step s: c [T, B, H] the
-    weight of c_{s-1}, h [T, B, R] the weight of h_{s-1} (0/1 draws in training, the rates in
-    eval), in the data dtype."""
+    weight of c_{s-1} (None for a GRU, which has one rate), h [T, B, R] the weight of
+    h_{s-1} (0/1 draws in training, the rates in eval), in the data dtype."""
 
-    c: Tensor
+    c: Optional[Tensor]
     h: Tensor
 
 
 class BatchStats(NamedTuple):
     """Biased batch statistics of each step, returned by a backend in training mode.
 
-    mean_h, var_h: [T, G]; mean_c, var_c: [T, H].
+    mean_h, var_h: [T, G]; mean_c, var_c: [T, H] (None for a GRU).
     """
 
     mean_h: Tensor
     var_h: Tensor
-    mean_c: Tensor
-    var_c: Tensor
+    mean_c: Optional[Tensor]
+    var_c: Optional[Tensor]
 
 
 class RecurrenceResult(NamedTuple):
     y: Tensor  # [T, B, R]
     h_n: Tensor  # [B, R]
-    c_n: Tensor  # [B, H]
+    c_n: Optional[Tensor]  # [B, H]; None for a GRU
     stats: Optional[BatchStats]  # only with batch norm in training
 
 
@@ -205,30 +231,33 @@ class Config:
     requires_grad: bool
     arch: str  # the GPU's compute capability as "sm_90" (device_arch); "" elsewhere
     zoneout: bool = False
+    cell: CellKind = CellKind.LSTM
 
     @staticmethod
     def build(device: torch.device, dtype: torch.dtype, T: int, B: int, H: int, R: int, *,
               proj: bool = False, mask: MaskMode = MaskMode.NONE, lengths: bool = False,
               reverse: bool = False, norm: NormMode = NormMode.NONE, requires_grad: bool = False,
-              zoneout: bool = False, arch: Optional[str] = None) -> "Config":
+              zoneout: bool = False, arch: Optional[str] = None, cell: CellKind = CellKind.LSTM) -> "Config":
         """The constructor from plain facts: a recurrence on ``device`` (a device type will do
         with ``arch`` given: the GPU class, "sm_90", which is otherwise asked of the device)."""
         device = torch.device(device)
         return Config(device_type=device.type, dtype=dtype, T=T, B=B, H=H, R=R, proj=bool(proj),
                       mask=MaskMode(mask), lengths=bool(lengths), reverse=bool(reverse), norm=NormMode(norm),
                       requires_grad=bool(requires_grad), arch=device_arch(device) if arch is None else arch,
-                      zoneout=bool(zoneout))
+                      zoneout=bool(zoneout), cell=CellKind(cell))
 
     @staticmethod
-    def of(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
-           lengths: Optional[Tensor], reverse: bool, norm: Optional[Norm],
-           zoneout: Optional[Zoneout] = None) -> "Config":
+    def of(xp: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor, w_hr: Optional[Tensor],
+           mask: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, norm: Optional[Norm],
+           zoneout: Optional[Zoneout] = None, cell: CellKind = CellKind.LSTM,
+           b_hh: Optional[Tensor] = None) -> "Config":
         """The configuration of the recurrence op's arguments (xp [T, B, G], w_hh [G, R])."""
         T, B, G = xp.shape
-        return Config.build(xp.device, xp.dtype, T, B, G // 4, w_hh.shape[1], proj=w_hr is not None,
-                            mask=MaskMode.of(mask), lengths=lengths is not None, reverse=reverse,
-                            norm=NormMode.of(norm), requires_grad=needs_grad((xp, h0, c0, w_hh, w_hr), norm),
-                            zoneout=zoneout is not None)
+        return Config.build(xp.device, xp.dtype, T, B, G // CellKind(cell).gates, w_hh.shape[1],
+                            proj=w_hr is not None, mask=MaskMode.of(mask), lengths=lengths is not None,
+                            reverse=reverse, norm=NormMode.of(norm),
+                            requires_grad=needs_grad((xp, h0, c0, w_hh, w_hr, b_hh), norm),
+                            zoneout=zoneout is not None, cell=cell)
 
 
 def needs_grad(tensors: tuple, norm: Optional[Norm] = None) -> bool:
@@ -254,6 +283,10 @@ class Backend:
     # Under autocast the recurrence may run in the 16-bit autocast dtype: the backend keeps
     # its cell state and accumulation in float32 (else the op runs it in float32).
     autocast_native: bool = False
+    # The cells the backend has kernels for, and why not the others (the decision checks it
+    # before asking unsupported_reason).
+    cells: tuple = (CellKind.LSTM,)
+    cells_note: str = ""
 
     def unavailable_reason(self, device: torch.device) -> Optional[str]:
         """None if the backend can run on ``device``, else why not."""
@@ -266,11 +299,13 @@ class Backend:
         sequence length (see :mod:`fusedrnn.ops.decision`)."""
         return None
 
-    def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+    def recurrence(self, cfg: Config, xp: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                    w_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor],
-                   norm: Optional[Norm], zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
-        """The recurrence (module docstring) on xp [T, B, G]; cfg.reverse, cfg.mask,
-        cfg.norm and cfg.zoneout say the direction and the modes."""
+                   norm: Optional[Norm], zoneout: Optional[Zoneout] = None,
+                   b_hh: Optional[Tensor] = None) -> RecurrenceResult:
+        """The recurrence (module docstring) on xp [T, B, G]; cfg.cell, cfg.reverse, cfg.mask,
+        cfg.norm and cfg.zoneout say the cell, the direction and the modes.  A GRU has no c0
+        and no w_hr, and takes b_hh [3H] (LN_h's bias included), which an LSTM has in xp."""
         raise NotImplementedError
 
     def project(self, cfg: Config, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -338,6 +373,6 @@ def step_counts(T: int, B: int, lengths: Optional[Tensor], device) -> Tensor:
     return active_rows(T, lengths, device).sum(1)
 
 
-__all__ = ["Backend", "BackendError", "BatchStats", "Config", "MaskMode", "Norm", "NormMode", "RecurrenceResult",
+__all__ = ["Backend", "BackendError", "BatchStats", "CellKind", "Config", "MaskMode", "Norm", "NormMode", "RecurrenceResult",
            "RecurrentBN", "RecurrentLN", "Zoneout", "acc_dtype", "active_rows", "needs_grad",
            "reverse_sequences", "step_counts"]

@@ -34,12 +34,14 @@ formula of a forward / backward pair.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .contract import BatchStats, Config, Norm, NormMode, RecurrenceResult, RecurrentBN, RecurrentLN, Zoneout, acc_dtype
+from .contract import (BatchStats, CellKind, Config, Norm, NormMode, RecurrenceResult, RecurrentBN, RecurrentLN,
+                       Zoneout, acc_dtype)
 
 PARAMS = ("w_hh", "w_hr", "mask", "mask_mode", "lengths", "reverse", "norm_mode", "norm_h_weight", "norm_c_weight",
           "norm_c_bias", "bn_h_running_mean", "bn_h_running_var", "bn_c_running_mean", "bn_c_running_var",
@@ -95,27 +97,52 @@ def no_double_backward(op: str):
     return formula
 
 
-def register_layer_autograd(forward: str, backward: str) -> None:
-    """The fake kernel of the backward op (the same for every family), the autograd formula
-    of a forward / backward op pair with this schema (qualified names,
+@dataclasses.dataclass(frozen=True)
+class LayerSchema:
+    """The argument layout of one cell's layer-op pair: the differentiable data tensors that
+    lead the forward, the PARAMS after them, and which backward output is whose gradient."""
+
+    cell: CellKind
+    data: tuple  # the forward's leading tensors (their gradients lead the backward's outputs)
+    params: tuple
+    param_grads: dict  # parameter name -> position among the backward's outputs
+
+    def fake_grads(self, args: tuple) -> tuple:
+        """The fake outputs of the backward op from its arguments (grads, PARAMS, saved)."""
+        if self.cell == CellKind.LSTM:
+            return fake_grads(args[0], args[3], args[4], args[9])
+        grad_y, w_hh, b_hh, norm_mode = args[0], args[2], args[3], args[8]
+        T, B, _ = grad_y.shape
+        G, H = w_hh.shape
+        e = grad_y.new_empty
+        return (e(T, B, G), e(B, H), e(G, H), e(G if b_hh is not None else 0),
+                e(G if norm_mode != NormMode.NONE else 0))
+
+
+LSTM_SCHEMA = LayerSchema(CellKind.LSTM, ("xp", "h0", "c0"), PARAMS, _PARAM_GRADS)
+
+
+def register_layer_autograd(forward: str, backward: str, schema: LayerSchema = LSTM_SCHEMA) -> None:
+    """The fake kernel of the backward op (the same for every family of a cell), the autograd
+    formula of a forward / backward op pair with this schema (qualified names,
     "fusedrnn::lstm_layer_forward"), and no double backward."""
-    torch.library.register_fake(backward)(lambda *args: fake_grads(args[0], args[3], args[4], args[9]))
+    torch.library.register_fake(backward)(lambda *args: schema.fake_grads(args))
     backward_op = _op(backward)
-    n = len(PARAMS)
+    n, k0 = len(schema.params), len(schema.data)
 
     def setup_context(ctx, inputs, output):
-        params = inputs[3:3 + n]
-        save = inputs[3 + n]
+        params = inputs[k0:k0 + n]
+        save = inputs[k0 + n]
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(*output[3:])
+        ctx.mark_non_differentiable(*output[k0:])
         tensors = [i for i, p in enumerate(params) if p is None or isinstance(p, Tensor)]
         ctx.tensor_pos = tensors
         ctx.scalars = {i: p for i, p in enumerate(params) if i not in tensors}
-        ctx.save_for_backward(*(params[i] for i in tensors), *output[3:])
+        ctx.save_for_backward(*(params[i] for i in tensors), *output[k0:])
         ctx.save = save
-        ctx.meta = tuple((t.shape, t.dtype) for t in output[:3])
+        ctx.meta = tuple((t.shape, t.dtype) for t in output[:k0])
 
-    def backward_fn(ctx, grad_y, grad_h_n, grad_c_n, *_workspace_grads):
+    def backward_fn(ctx, *grad_outputs):
         if not ctx.save:
             raise RuntimeError(
                 f"fusedrnn: {forward} ran without saving for backward (no input required grad), so it "
@@ -127,14 +154,14 @@ def register_layer_autograd(forward: str, backward: str) -> None:
             params[i] = t
         for i, v in ctx.scalars.items():
             params[i] = v
-        dev = saved[k].device  # h_stats
+        dev = saved[k].device  # the first statistics tensor
         grads = [torch.zeros(shape, dtype=dtype, device=dev) if g is None else g
-                 for g, (shape, dtype) in zip((grad_y, grad_h_n, grad_c_n), ctx.meta)]
+                 for g, (shape, dtype) in zip(grad_outputs[:k0], ctx.meta)]
         out = backward_op(*grads, *params, *saved[k:])
-        names = dict(zip(PARAMS, params))
-        result = [out[0], out[1], out[2]]
-        for name in PARAMS:
-            pos = _PARAM_GRADS.get(name)
+        names = dict(zip(schema.params, params))
+        result = list(out[:k0])
+        for name in schema.params:
+            pos = schema.param_grads.get(name)
             result.append(out[pos] if pos is not None and names[name] is not None else None)
         return tuple(result) + (None,)  # save_workspace
 
@@ -176,10 +203,82 @@ def fake_grads(grad_y: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], norm_mode: 
             e(G if normed else 0), e(H if normed else 0), e(H if normed else 0))
 
 
+# ---- the GRU's layer ops ----------------------------------------------------------------------
+#
+#   gru_forward(xp, h0, *GRU_PARAMS, save_workspace)
+#       -> (y, h_n, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn)
+#   gru_backward(grad_y, grad_h_n, *GRU_PARAMS, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn)
+#       -> (grad_xp, grad_h0, grad_w_hh, grad_b_hh, grad_norm_h_weight)
+#
+# xp [T, B, 3H] = N_x(x W_ih^T) + b_ih (time order), h0 [B, H], w_hh [3H, H], b_hh [3H] (LN_h's
+# bias folded in; inside the reset product for the n block), norm_h_weight [3H] the gain of N_h
+# (batch or layer norm; no c parts), bn_h_running_* [S, 3H] (batch norm in eval), zoneout_h
+# [T, B, H].  h_stats: batch norm in training [T, 2, 3H] (mean, biased var per column); layer
+# norm [T, 2, B] (mean, rstd per row); else empty.  The workspace (when save_workspace; one
+# meaning in every family):
+#
+#   ws_h       [T, B, H]    h_{s-1} * m_s, the operand of W_hh (data dtype)
+#   ws_gates   [T, B, 3H]   the activated gates r, z, n (accumulation dtype)
+#   ws_hs      [T + 1, B, H] the states h_0 .. h_T, unmasked (accumulation dtype)
+#   ws_hh_hat  [T, B, 3H]   N_h's normalised W_hh h (norms only; accumulation dtype)
+#   ws_hn      [T, B, H]    the n block of N_h(W_hh h) + b_hh, the reset product's operand
+#
+# grad_b_hh is [3H] (empty without b_hh), grad_norm_h_weight [3H] (empty without a norm).
+
+GRU_PARAMS = ("w_hh", "b_hh", "mask", "mask_mode", "lengths", "reverse", "norm_mode", "norm_h_weight",
+              "bn_h_running_mean", "bn_h_running_var", "bn_step_offset", "norm_eps", "zoneout_h")
+GRU_FORWARD_OUTPUTS = ("y", "h_n", "h_stats", "ws_h", "ws_gates", "ws_hs", "ws_hh_hat", "ws_hn")
+GRU_SCHEMA = LayerSchema(CellKind.GRU, ("xp", "h0"), GRU_PARAMS, {"w_hh": 2, "b_hh": 3, "norm_h_weight": 4})
+
+
+def gru_params(cfg: Config, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional[Tensor],
+               lengths: Optional[Tensor], norm: Optional[Norm], zoneout: Optional[Zoneout] = None) -> tuple:
+    """The GRU_PARAMS of a GRU recurrence, in order (b_hh with LN_h's bias folded in already)."""
+    if norm is None:
+        rest = (None, None, None, 0, 1e-5)
+    elif cfg.norm == NormMode.LAYER:
+        rest = (norm.weight_h, None, None, 0, float(norm.eps))
+    else:
+        run = (None, None) if norm.training else tuple(t.to(cfg.dtype) for t in (norm.running_mean_h,
+                                                                                 norm.running_var_h))
+        rest = (norm.weight_h,) + run + (int(norm.step_offset), float(norm.eps))
+    return (w_hh, b_hh, mask, int(cfg.mask), lengths, bool(cfg.reverse), int(cfg.norm)) + rest + (
+        None if zoneout is None else zoneout.h,)
+
+
+def run_gru_forward(op, cfg: Config, xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                    mask: Optional[Tensor], lengths: Optional[Tensor], norm: Optional[Norm],
+                    zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
+    """Call a GRU forward op of any family on the contract's arguments; the contract's result."""
+    y, h_n, h_stats, *_ = op(xp, h0, *gru_params(cfg, w_hh, b_hh, mask, lengths, norm, zoneout), cfg.requires_grad)
+    stats = None
+    if isinstance(norm, RecurrentBN) and norm.training:
+        stats = BatchStats(h_stats[:, 0], h_stats[:, 1], None, None)
+    return RecurrenceResult(y, h_n, None, stats)
+
+
+def fake_gru_forward(xp: Tensor, params: tuple, workspace) -> tuple:
+    """The fake outputs of a GRU forward: y, h_n, h_stats, then ``workspace(new, T, B, H, save,
+    norm)``, the family's five workspace tensors (``new`` as :func:`fake_forward`'s)."""
+    a = dict(zip(GRU_PARAMS + ("save_workspace",), params))
+    T, B, G = xp.shape
+    H = G // 3
+    acc = acc_dtype(xp.dtype)
+    norm = a["norm_mode"]
+    n = T if norm in (NormMode.BATCH_TRAIN, NormMode.LAYER) else 0
+
+    def new(*shape, acc_type=True):
+        return xp.new_empty(shape, dtype=acc if acc_type else xp.dtype)
+
+    return (xp.new_empty(T, B, H), xp.new_empty(B, H), new(n, 2, B if norm == NormMode.LAYER else G)) + tuple(
+        workspace(new, T, B, H, a["save_workspace"], norm))
+
+
 def _op(qualname: str):
     ns, name = qualname.split("::")
     return getattr(getattr(torch.ops, ns), name).default
 
 
-__all__ = ["FORWARD_OUTPUTS", "PARAMS", "fake_forward", "fake_grads", "layer_params", "named", "no_double_backward",
-           "register_layer_autograd", "run_layer_forward"]
+__all__ = ["FORWARD_OUTPUTS", "GRU_FORWARD_OUTPUTS", "GRU_PARAMS", "GRU_SCHEMA", "LSTM_SCHEMA", "LayerSchema", "PARAMS",
+           "fake_forward", "fake_grads", "fake_gru_forward", "gru_params", "layer_params", "named",
+           "no_double_backward", "register_layer_autograd", "run_gru_forward", "run_layer_forward"]

@@ -1,4 +1,5 @@
-"""fusedrnn.convert: swap every torch.nn.LSTM / nn.LSTMCell inside a model for the fused one.
+"""fusedrnn.convert: swap every torch.nn.LSTM / nn.LSTMCell / nn.GRU / nn.GRUCell inside a model
+for the fused one.
 
 The replacement adopts the original module's nn.Parameter objects and buffers: the same
 tensors (identity, requires_grad, sharing with other modules, their hooks, device and
@@ -12,9 +13,11 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._torch import TorchLSTM, TorchLSTMCell
-from .cell import LSTMCell
+from ._torch import TorchGRU, TorchGRUCell, TorchLSTM, TorchLSTMCell
+from .cell import GRUCell, LSTMCell
+from .gru import GRU
 from .lstm import LSTM
+from .rnn import FusedRNN
 from .regularizers import check_option_names
 
 # the module hooks a replacement takes over (forward, backward, state-dict hooks)
@@ -35,12 +38,15 @@ def _replacement(m: nn.Module, options: dict) -> nn.Module:
     if isinstance(m, TorchLSTM):
         new = LSTM(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, float(m.dropout),
                    m.bidirectional, m.proj_size, **kw)
+    elif isinstance(m, TorchGRU):
+        new = GRU(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, float(m.dropout),
+                  m.bidirectional, **kw)
     else:
-        new = LSTMCell(m.input_size, m.hidden_size, m.bias, **kw)
+        new = (LSTMCell if isinstance(m, TorchLSTMCell) else GRUCell)(m.input_size, m.hidden_size, m.bias, **kw)
     for k in m._parameters:  # adopted below: not allocated here
         new._parameters.pop(k, None)
     new.to_empty(device=w.device)
-    for suffix in (new._suffixes() if isinstance(new, LSTM) else [""]):  # the options' parameters: fresh
+    for suffix in (new._suffixes() if isinstance(new, FusedRNN) else [""]):  # the options' parameters: fresh
         if new.batch_norm:
             new._reset_bn(suffix)
         if new.layer_norm:
@@ -54,14 +60,15 @@ def _replacement(m: nn.Module, options: dict) -> nn.Module:
     for name in _HOOK_DICTS:
         if hasattr(m, name) and hasattr(new, name):
             getattr(new, name).update(getattr(m, name))
-    if isinstance(new, LSTM):
+    if isinstance(new, FusedRNN):
         new._init_flat_weights()
     new.train(m.training)
     return new
 
 
-def convert(module: nn.Module, **options) -> nn.Module:
-    """Replace every nn.LSTM and nn.LSTMCell in ``module`` with fusedrnn.LSTM / LSTMCell.
+def convert(module: nn.Module, *, lstm: bool = True, gru: bool = True, **options) -> nn.Module:
+    """Replace every nn.LSTM / nn.LSTMCell (``lstm``) and nn.GRU / nn.GRUCell (``gru``) in
+    ``module`` with fusedrnn's.
 
     The replacements hold the original modules' own nn.Parameter objects and buffers (the
     same tensors: identity, requires_grad, weights shared or tied with other modules, their
@@ -70,15 +77,16 @@ def convert(module: nn.Module, **options) -> nn.Module:
     (recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, zoneout,
     layer_norm, weight_dropout, backend) add regularizers (whose parameters are new) or pick
     a backend.  Modules that are already fusedrnn modules are left alone.  Returns the model
-    (the replacement itself when ``module`` is an nn.LSTM / nn.LSTMCell); submodules are
-    replaced in place.  Raises ValueError for a module whose weights are parametrized.
+    (the replacement itself when ``module`` is one of those classes); submodules are
+    replaced in place.  Raises ValueError for a module whose weights are parametrized, and
+    for a zoneout pair given to a GRU (one rate).
     """
     check_option_names(options, "convert")
-    targets = (TorchLSTM, TorchLSTMCell)
-    if isinstance(module, targets) and not isinstance(module, (LSTM, LSTMCell)):
+    targets = ((TorchLSTM, TorchLSTMCell) if lstm else ()) + ((TorchGRU, TorchGRUCell) if gru else ())
+    if isinstance(module, targets) and not isinstance(module, (FusedRNN, LSTMCell, GRUCell)):
         return _replacement(module, options)
     for name, child in list(module.named_children()):
-        new = convert(child, **options)
+        new = convert(child, lstm=lstm, gru=gru, **options)
         if new is not child:
             setattr(module, name, new)
     return module

@@ -11,17 +11,17 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
 from ..ops.decision import candidates, explain_config, module_rule
-from .cell import LSTMCell
-from .lstm import LSTM
+from .cell import SequenceCell
+from .rnn import FusedRNN
 
 
 def explain(module: nn.Module, input) -> str:
-    """A report, one block per fusedrnn.LSTM inside ``module``, of the backend that would
-    run each layer and direction for ``input`` (the input of that LSTM, or of the model
-    when it is an LSTM itself) in the module's current mode and grad mode, the rule that
+    """A report, one block per fusedrnn.LSTM / GRU inside ``module``, of the backend that would
+    run each layer and direction for ``input`` (the input of that module, or of the model
+    when it is one itself) in the module's current mode and grad mode, the rule that
     chose it, and the reason each backend before it was passed over.  Nothing runs."""
     lines = []
-    lstms = [(n, m) for n, m in module.named_modules() if isinstance(m, LSTM)]
+    lstms = [(n, m) for n, m in module.named_modules() if isinstance(m, FusedRNN)]
     for name, m in lstms:
         lines.append(f"{name or type(module).__name__}: {m!r}")
         ref = input.data if isinstance(input, PackedSequence) else input
@@ -29,9 +29,9 @@ def explain(module: nn.Module, input) -> str:
         configs = m.layer_configs(input)
         dt = ops.autocast_dtype(ref)
         first = configs[0][1] if dt is None else dataclasses.replace(configs[0][1], dtype=dt)
-        _, rule = module_rule("lstm", m.backend, first, m.regularized() or dt is not None, m.training)
+        _, rule = module_rule("rnn", m.backend, first, m.regularized() or dt is not None, m.training)
         if decision.aten:
-            lines.append(f"  all layers: aten (torch's own LSTM), rule: {rule}")
+            lines.append(f"  all layers: aten (torch's own {m._cell.name}), rule: {rule}")
             continue
         lines.append(f"  fused layers on {decision.backend.name} in {decision.dtype}"
                      f"{f' (autocast {decision.autocast})' if decision.autocast else ''}, rule: {rule}")
@@ -52,11 +52,11 @@ def explain(module: nn.Module, input) -> str:
             if detail:
                 lines.append(f"    design: {detail}")
     for name, m in module.named_modules():
-        if isinstance(m, LSTMCell):
+        if isinstance(m, SequenceCell):
             lines.append(f"{name or type(module).__name__}: {m!r} (cell, backend={m.backend})")
             if m.holds_sequence_state():
                 lines.append("  sequence boundary: reset(), hx=None or a train()/eval() switch, else a given state "
-                             "that does not descend from the state the cell returned last (the LSTMCell rule, "
+                             "that does not descend from the state the cell returned last (the cells' rule, "
                              "docs/guide.md)")
             else:
                 lines.append("  no per-sequence state in this mode: every step is decided alone")

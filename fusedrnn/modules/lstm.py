@@ -1,5 +1,6 @@
 """fusedrnn.LSTM: a drop-in torch.nn.LSTM whose layers run on fused kernels, with optional
-recurrent dropout (naive or variational) and recurrent batch norm.
+recurrent dropout (naive or variational), recurrent batch norm, layer norm, zoneout and
+weight dropout (the pipeline it shares with fusedrnn.GRU: fusedrnn/modules/rnn.py).
 
 Dimension letters: T steps, B batch, I input, H hidden, P proj_size, R = P or H,
 L num_layers, D = 2 if bidirectional else 1, G = 4H.
@@ -7,81 +8,14 @@ L num_layers, D = 2 if bidirectional else 1, G = 4H.
 
 from __future__ import annotations
 
-import math
-from typing import Optional
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch import Tensor
 
 from .. import ops
-from ..ops.dropout import dropout_mask, recurrent_mask, weight_mask, zoneout_weights
 from ._torch import TorchLSTM
-from .regularizers import RegularizedMixin, take_options
+from .rnn import FusedRNN, torch_forward_padded  # noqa: F401  (torch_forward_padded: bench's import)
 
 
-def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """PackedSequence data [N, F] -> (padded [T, B, F] time-major, lengths [B], index [N]).
-
-    ``index`` maps each packed row to its row of the padded tensor viewed as [T * B, F];
-    it packs an output back with ``out.reshape(T * B, -1)[index]``.  Differentiable.
-    """
-    bs = batch_sizes.to("cpu", torch.int64)
-    T, B = bs.numel(), int(bs[0])
-    t = torch.arange(T).repeat_interleave(bs)
-    offsets = torch.cumsum(bs, 0) - bs
-    b = torch.arange(bs.sum()) - offsets.repeat_interleave(bs)
-    index = (t * B + b).to(data.device)
-    padded = data.new_zeros(T * B, data.shape[1]).index_copy(0, index, data)
-    lengths = (bs.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)
-    return padded.view(T, B, -1), lengths.to(data.device), index
-
-
-def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
-    """A PackedSequence's batch_sizes: a non-empty CPU int64 vector of positive,
-    non-increasing counts that sum to the number of packed rows (pack_padded_sequence and
-    pack_sequence make nothing else; anything else would index out of range or silently
-    mix rows)."""
-    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
-        raise RuntimeError("PackedSequence batch_sizes must be a 1-D int64 CPU tensor, got "
-                           f"{batch_sizes.dtype} of shape {tuple(batch_sizes.shape)} on {batch_sizes.device}")
-    if batch_sizes.numel() == 0:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN (the PackedSequence "
-                           "has no steps: batch_sizes is empty)")
-    if torch.compiler.is_compiling():
-        return
-    if int(batch_sizes.min()) < 1:
-        raise RuntimeError("PackedSequence batch_sizes must be positive (every sequence has length "
-                           f">= 1), got {batch_sizes.tolist()}")
-    if batch_sizes.numel() > 1 and bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
-        raise RuntimeError("PackedSequence batch_sizes must be non-increasing (sequences sorted by "
-                           f"decreasing length), got {batch_sizes.tolist()}")
-    if data.dim() >= 1 and int(batch_sizes.sum()) != data.shape[0]:
-        raise RuntimeError(f"PackedSequence batch_sizes sum to {int(batch_sizes.sum())} but data has "
-                           f"{data.shape[0]} rows")
-
-
-def torch_forward_padded(module: nn.RNNBase, input: Tensor, hx, lengths: Tensor):
-    """``lengths=`` on torch's own LSTM forward (for a fusedrnn.LSTM on the "aten" path, or a
-    torch LSTM standing in for one): pack, run, pad back (zeros past each length).  A zero
-    length is given one step, and its outputs and state are then masked back to h_0 / c_0."""
-    bf = module.batch_first
-    T = input.shape[1] if bf else input.shape[0]
-    packed = pack_padded_sequence(input, lengths.clamp(min=1).cpu(), batch_first=bf, enforce_sorted=False)
-    out, (h_n, c_n) = TorchLSTM.forward(module, packed, hx)
-    y, _ = pad_packed_sequence(out, batch_first=bf, total_length=T)
-    empty = lengths == 0
-    if bool(empty.any()):
-        B = lengths.shape[0]
-        h0, c0 = hx if hx is not None else (torch.zeros_like(h_n), torch.zeros_like(c_n))
-        keep = empty.to(y.device).view(1, B, 1)
-        h_n, c_n = torch.where(keep, h0, h_n), torch.where(keep, c0, c_n)
-        y = y.masked_fill(keep.view(B, 1, 1) if bf else keep, 0)
-    return y, (h_n, c_n)
-
-
-class LSTM(RegularizedMixin, nn.RNNBase):
+class LSTM(FusedRNN):
     r"""Drop-in replacement for :class:`torch.nn.LSTM`, on fused kernels.
 
     With only nn.LSTM arguments it *is* nn.LSTM: the same constructor, initialization
@@ -137,244 +71,41 @@ class LSTM(RegularizedMixin, nn.RNNBase):
         h_n: [L * D, B, R]; c_n: [L * D, B, H].
     """
 
-    def __init__(self, *args, **kwargs):
-        options = take_options(kwargs, "LSTM")  # the fusedrnn options; the rest are nn.LSTM's
-        super().__init__("LSTM", *args, **kwargs)
-        self._init_regularizers(**options)
-        factory_kwargs = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
-        for suffix in self._suffixes():
-            if self.batch_norm:
-                self._add_bn(suffix, self.hidden_size, factory_kwargs)
-            if self.layer_norm:
-                self._add_ln(suffix, self.hidden_size, factory_kwargs)
-
-    def _suffixes(self) -> list[str]:
-        D = 2 if self.bidirectional else 1
-        return [f"_l{layer}{'_reverse' if d else ''}" for layer in range(self.num_layers) for d in range(D)]
-
-    def reset_parameters(self) -> None:
-        """nn.LSTM's initialization of the LSTM weights (same draws, same order); BN gammas 0.1."""
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for name in self._flat_weights_names:
-            nn.init.uniform_(getattr(self, name), -stdv, stdv)
-        for suffix in self._suffixes():
-            if getattr(self, "batch_norm", False):
-                self._reset_bn(suffix)
-            if getattr(self, "layer_norm", False):
-                self._reset_ln(suffix)
+    _cell = ops.CellKind.LSTM
+    _torch_class = TorchLSTM
+    _mode = "LSTM"
 
     # nn.LSTM's own argument checks and helpers, so messages and exception classes match.
     get_expected_cell_size = TorchLSTM.get_expected_cell_size
     check_forward_args = TorchLSTM.check_forward_args
     permute_hidden = TorchLSTM.permute_hidden
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._regularizer_repr()
-
-    def _needs_grad(self, ref: Tensor) -> bool:
-        return torch.is_grad_enabled() and (ref.requires_grad or self._flat_weights[1].requires_grad)
-
-    def _batch_size(self, input) -> int:
-        if isinstance(input, PackedSequence):
-            return int(input.batch_sizes[0]) if input.batch_sizes.numel() else 0
-        if input.dim() != 3:
-            return 1
-        return input.shape[0] if self.batch_first else input.shape[1]
-
-    def decide(self, input, lengths: Optional[Tensor] = None) -> ops.Decision:
-        """What runs a forward on ``input`` in the current mode (:mod:`fusedrnn.ops.decision`):
-        torch's own LSTM, or the backend and dtype every layer runs in.  Made once per call."""
-        ref = input.data if isinstance(input, PackedSequence) else input
-        R = self.proj_size if self.proj_size > 0 else self.hidden_size
-        return ops.decide_module(
-            "lstm", "recurrence", self.backend, ref.device, ref.dtype, ops.autocast_dtype(ref), self.regularized(),
-            self.training, self._needs_grad(ref), self._batch_size(input), self.hidden_size, R, self.proj_size > 0,
-            self._mask_mode(), self._norm_mode(), lengths is not None or isinstance(input, PackedSequence),
-            self.zoneout_active())
-
-    def forward(self, input, hx=None, *, lengths: Optional[Tensor] = None):
-        """See the class docstring for shapes.  ``lengths`` (fusedrnn only): see there."""
-        if not isinstance(input, (Tensor, PackedSequence)):
-            raise TypeError(f"LSTM: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
-        if lengths is not None:
-            lengths = self._check_lengths(input, lengths)
-        if ops.exporting():
-            self.check_exportable()
-        decision = self.decide(input, lengths)  # every call pays this: plain reads, one cached decision
-        if decision.aten:
-            if lengths is not None:
-                return torch_forward_padded(self, input, hx, lengths)
-            return TorchLSTM.forward(self, input, hx)
-        autocast = decision.autocast is not None
-        if not ops.exporting():  # under export the weights are read as attributes (_layer_weights)
-            self._update_flat_weights()
-        orig_input = input
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        index = batch_sizes = None
-        if hx is not None and len(hx) != 2:
+    def _split_hx(self, hx, is_batched: bool, packed: bool):
+        if len(hx) != 2:
             raise RuntimeError("lstm expects two hidden states")
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            _check_batch_sizes(input, batch_sizes)
-            is_batched = True
-            max_batch_size = int(batch_sizes[0])
-        else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
-            sorted_indices = unsorted_indices = None
-            if hx is not None:
-                if is_batched:
-                    if hx[0].dim() != 3 or hx[1].dim() != 3:
-                        raise RuntimeError(
-                            "For batched 3-D input, hx and cx should also be 3-D but got "
-                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                        )
-                else:
-                    if hx[0].dim() != 2 or hx[1].dim() != 2:
-                        raise RuntimeError(
-                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
-                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                        )
-                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-        if hx is None:
-            kw = {"dtype": input.dtype, "device": input.device}
-            L = self.num_layers * num_directions
-            hx = (torch.zeros(L, max_batch_size, real_hidden_size, **kw),
-                  torch.zeros(L, max_batch_size, self.hidden_size, **kw))
-            self.check_forward_args(input, hx, batch_sizes)
-        else:
-            self.check_forward_args(input, hx, batch_sizes)
-            self._check_devices_and_dtypes(input, hx, autocast)
-            hx = self.permute_hidden(hx, sorted_indices)
-        if input.device != self.weight_ih_l0.device:
-            raise RuntimeError("Input and parameter tensors are not at the same device, found input "
-                               f"tensor at {input.device} and parameter tensor at {self.weight_ih_l0.device}")
-        if batch_sizes is not None:
-            x, lengths, index = _packed_to_padded(input, batch_sizes)
-        elif lengths is not None:
-            x = input.transpose(0, 1) if self.batch_first else input
-            lengths = lengths.to(x.device)
-        else:
-            x = input.transpose(0, 1) if self.batch_first else input
-            if x.shape[0] == 0:  # nn.LSTM's error for an empty sequence
-                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        self._check_bn_batch(max_batch_size)
+        if packed:
+            return tuple(hx)
+        if is_batched:
+            if hx[0].dim() != 3 or hx[1].dim() != 3:
+                raise RuntimeError("For batched 3-D input, hx and cx should also be 3-D but got "
+                                   f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            return tuple(hx)
+        if hx[0].dim() != 2 or hx[1].dim() != 2:
+            raise RuntimeError("For unbatched 2-D input, hx and cx should also be 2-D but got "
+                               f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+        return (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
 
-        output, h_n, c_n = self._layers(x, hx, lengths, decision.check())
+    def _state_widths(self) -> tuple[int, ...]:
+        return (self._width(), self.hidden_size)
 
-        if index is not None:
-            T, B = x.shape[0], x.shape[1]
-            packed = PackedSequence(output.reshape(T * B, -1)[index], batch_sizes,
-                                    sorted_indices, unsorted_indices)
-            return packed, self.permute_hidden((h_n, c_n), unsorted_indices)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:  # the batch dimension the input was given (as nn.LSTM)
-            output = output.squeeze(0 if self.batch_first else 1)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return output, (h_n, c_n)
+    def _outputs(self, states):
+        return states[0], states[1]
 
-    def _check_lengths(self, input, lengths) -> Tensor:
-        """``lengths=`` goes with a batched padded tensor: an integer [B] tensor of values in
-        [0, T] (checked where that costs no device sync)."""
-        if isinstance(input, PackedSequence) or input.dim() != 3:
-            raise ValueError("lengths= goes with a batched (3-D) padded input tensor, not "
-                             f"{'a PackedSequence' if isinstance(input, PackedSequence) else f'{input.dim()}-D input'}")
-        if not isinstance(lengths, Tensor) or lengths.dtype not in (torch.int64, torch.int32) or lengths.dim() != 1:
-            raise ValueError("lengths must be a 1-D int64 tensor of sequence lengths, got "
-                             f"{getattr(lengths, 'dtype', type(lengths).__name__)}")
-        T, B = (input.shape[1], input.shape[0]) if self.batch_first else input.shape[:2]
-        if lengths.shape[0] != B:
-            raise ValueError(f"lengths must have one entry per sequence (B = {B}), got {lengths.shape[0]}")
-        if lengths.device.type == "cpu" and B > 0 and not torch.compiler.is_compiling():
-            lo, hi = int(lengths.min()), int(lengths.max())
-            if lo < 0 or hi > T:
-                raise ValueError(f"lengths must lie in [0, T = {T}], got values in [{lo}, {hi}]")
-        return lengths.long()
+    def _run_layer(self, x, states0, weights, mask, lengths, reverse, norm, zoneout, decision):
+        w_ih, w_hh, b_ih, b_hh, w_hr = weights
+        y, h_n, c_n = ops.lstm_layer(x, states0[0], states0[1], w_ih, w_hh, b_ih, b_hh, w_hr, mask=mask,
+                                     lengths=lengths, reverse=reverse, norm=norm, zoneout=zoneout, backend=decision)
+        return y, (h_n, c_n)
 
-    @staticmethod
-    def _check_devices_and_dtypes(input: Tensor, hx: tuple[Tensor, Tensor], autocast: bool) -> None:
-        """h_0 / c_0 on the input's device (nn.LSTM's message) and, outside autocast, in its
-        dtype (nn.LSTM fails in its kernel; the reference would silently promote)."""
-        for i, h in enumerate(hx):
-            if h.device != input.device:
-                raise RuntimeError("Input and hidden tensors are not at the same device, found input "
-                                   f"tensor at {input.device} and hidden tensor at {h.device}")
-            if not autocast and h.dtype != input.dtype:
-                raise RuntimeError(f"hx[{i}] ({'h_0' if i == 0 else 'c_0'}) must have the dtype of "
-                                   f"the input ({input.dtype}), got {h.dtype}")
 
-    def _layer_weights(self, k: int) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-        n = len(self._all_weights[0])
-        if ops.exporting():  # no attribute assignment inside an exported forward
-            w = [getattr(self, name) for name in self._flat_weights_names[k * n:(k + 1) * n]]
-        else:
-            w = self._flat_weights[k * n:(k + 1) * n]
-        w_ih, w_hh = w[0], w[1]
-        b_ih = w[2] if self.bias else None
-        b_hh = w[3] if self.bias else None
-        w_hr = w[-1] if self.proj_size > 0 else None
-        return w_ih, w_hh, b_ih, b_hh, w_hr
-
-    def _layers(self, x: Tensor, hx: tuple[Tensor, Tensor], lengths: Optional[Tensor], decision: ops.Decision):
-        """Run every layer and direction on x [T, B, I] as decided; returns (y [T, B, D*R], h_n, c_n)."""
-        T, B = x.shape[0], x.shape[1]
-        D = 2 if self.bidirectional else 1
-        R = self.proj_size if self.proj_size > 0 else self.hidden_size
-        h0, c0 = hx
-        p_rec = self.recurrent_dropout if self.training else 0.0
-        p_w = self.weight_dropout if self.training else 0.0
-        zoneout = self.zoneout_rates() if self.zoneout_active() else None
-        suffixes = self._suffixes()
-        layer_input = x
-        hs, cs = [], []
-        for layer in range(self.num_layers):
-            outs = []
-            for d in range(D):
-                k = layer * D + d
-                mask = (recurrent_mask(p_rec, T, B, R, x, shared=self.variational)
-                        if p_rec > 0 else None)
-                zo = (zoneout_weights(zoneout, T, B, self.hidden_size, R, x, self.training)
-                      if zoneout is not None else None)
-                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(k)
-                if p_w > 0:  # DropConnect: one mask over W_hh's elements for this call
-                    w_hh = w_hh * weight_mask(p_w, w_hh.shape, w_hh)
-                y, h_n, c_n = ops.lstm_layer(
-                    layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, mask=mask,
-                    lengths=lengths, reverse=d == 1, norm=self._norm_state(suffixes[k]), zoneout=zo, backend=decision,
-                )
-                outs.append(y)
-                hs.append(h_n)
-                cs.append(c_n)
-            layer_input = outs[0] if D == 1 else torch.cat(outs, 2)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                if self.variational:
-                    layer_input = layer_input * dropout_mask(self.dropout, (B, layer_input.shape[2]), x)
-                else:
-                    layer_input = F.dropout(layer_input, self.dropout, True)
-        return layer_input, torch.stack(hs), torch.stack(cs)
-
-    def layer_configs(self, input) -> list[tuple[str, ops.Config]]:
-        """(parameter suffix, recurrence Config) of every layer and direction for an input."""
-        if isinstance(input, PackedSequence):
-            T, B, lengths = len(input.batch_sizes), int(input.batch_sizes[0]), True
-            ref = input.data
-        else:
-            ref = input
-            if input.dim() == 2:
-                T, B = input.shape[0], 1
-            else:
-                T, B = (input.shape[1], input.shape[0]) if self.batch_first else input.shape[:2]
-            lengths = False
-        R = self.proj_size if self.proj_size > 0 else self.hidden_size
-        return [(suffix, ops.Config.build(ref.device, ref.dtype, T, B, self.hidden_size, R, proj=self.proj_size > 0,
-                                          mask=self._mask_mode(), lengths=lengths,
-                                          reverse=suffix.endswith("_reverse"), norm=self._norm_mode(),
-                                          requires_grad=self._needs_grad(ref), zoneout=self.zoneout_active()))
-                for suffix in self._suffixes()]
+__all__ = ["LSTM"]

@@ -1,5 +1,5 @@
-"""fusedrnn.patch: make ``torch.nn.LSTM`` / ``torch.nn.LSTMCell`` build fusedrnn modules, for
-scripts that cannot be edited.
+"""fusedrnn.patch: make ``torch.nn.LSTM`` / ``LSTMCell`` / ``GRU`` / ``GRUCell`` build fusedrnn
+modules, for scripts that cannot be edited.
 
     handle = fusedrnn.patch(recurrent_dropout=0.25, variational=True)
     model = third_party.build_model()      # its nn.LSTM(...) is a fusedrnn.LSTM now
@@ -9,8 +9,8 @@ scripts that cannot be edited.
         model = third_party.build_model()
 
 While a patch is active, ``torch.nn.LSTM``, ``torch.nn.modules.LSTM`` and
-``torch.nn.modules.rnn.LSTM`` (and the LSTMCell names) are :class:`fusedrnn.LSTM` /
-:class:`fusedrnn.LSTMCell`, and the patch's options are the defaults of every module of
+``torch.nn.modules.rnn.LSTM`` (and the LSTMCell, GRU and GRUCell names) are fusedrnn's
+classes, and the patch's options are the defaults of every module of
 those classes built meanwhile, through any name (an option given explicitly still wins;
 with nested patches, the innermost that swapped the class).  Models built under a patch keep
 their fusedrnn modules after :meth:`Patch.restore`.  Patches nest; restore them innermost
@@ -28,7 +28,8 @@ import torch.nn.modules as _modules
 import torch.nn.modules.rnn as _rnn
 
 from . import regularizers
-from .cell import LSTMCell
+from .cell import GRUCell, LSTMCell
+from .gru import GRU
 from .lstm import LSTM
 
 _HOMES = (torch.nn, _modules, _rnn)  # where code reaches the classes by name
@@ -38,15 +39,16 @@ class Patch:
     """An applied :func:`patch`: :meth:`restore` (or leaving its ``with`` block) puts back
     what was there before it."""
 
-    def __init__(self, lstm: bool, cell: bool, options: dict):
+    def __init__(self, lstm: bool, cell: bool, options: dict, gru: bool = True):
         self.options = dict(options)
         self._saved = []
-        swaps = ([("LSTM", LSTM)] if lstm else []) + ([("LSTMCell", LSTMCell)] if cell else [])
+        swaps = ([("LSTM", LSTM)] if lstm else []) + ([("LSTMCell", LSTMCell)] if cell else []) + \
+            ([("GRU", GRU)] if gru else []) + ([("GRUCell", GRUCell)] if gru and cell else [])
         for home in _HOMES:
             for name, cls in swaps:
                 self._saved.append((home, name, getattr(home, name)))
                 setattr(home, name, cls)
-        self._allow_rnn = _dynamo_allow_rnn(True) if lstm else None
+        self._allow_rnn = _dynamo_allow_rnn(True) if (lstm or gru) else None
         self._entry = (frozenset(name for name, _ in swaps), self.options)
         regularizers._patch_defaults.append(self._entry)
         self.active = True
@@ -88,16 +90,18 @@ def _dynamo_allow_rnn(value: bool):
     return old
 
 
-def patch(*, lstm: bool = True, cell: bool = True, **options) -> Patch:
-    """Swap ``torch.nn.LSTM`` (``lstm=True``) and ``torch.nn.LSTMCell`` (``cell=True``) for
+def patch(*, lstm: bool = True, cell: bool = True, gru: bool = True, **options) -> Patch:
+    """Swap ``torch.nn.LSTM`` (``lstm=True``), ``torch.nn.LSTMCell`` (``cell=True``),
+    ``torch.nn.GRU`` (``gru=True``) and ``torch.nn.GRUCell`` (``gru`` and ``cell``) for
     fusedrnn's, so that models built afterwards use fusedrnn; ``options`` (recurrent_dropout,
     variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, zoneout, layer_norm,
-    weight_dropout, backend) become the defaults
-    of the modules built meanwhile.  Returns a :class:`Patch`: call ``restore()`` or use it
-    as a context manager.  Options are validated at once (ValueError / TypeError)."""
+    weight_dropout, backend) become the defaults of the modules built meanwhile (a GRU takes
+    one zoneout rate: a (cell, hidden) pair raises when a GRU is built; ``gru=False`` leaves
+    the GRUs alone).  Returns a :class:`Patch`: call ``restore()`` or use it as a context
+    manager.  Options are validated at once (ValueError / TypeError)."""
     regularizers.check_option_names(options, "patch")
     regularizers.validate(**{**regularizers.OPTIONS, **options})
-    return Patch(lstm, cell, options)
+    return Patch(lstm, cell, options, gru)
 
 
 __all__ = ["Patch", "patch"]

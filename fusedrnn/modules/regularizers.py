@@ -3,7 +3,7 @@ recurrent dropout (naive or variational), recurrent batch norm, zoneout, layer n
 weight dropout (DropConnect on W_hh), with their validation and their parameters.
 
 Batch-norm parameters of one layer/direction (suffix "_l0", "_l0_reverse", or "" for a
-cell), G = 4H gate columns, H hidden, S = bn_max_steps:
+cell), G = 4H gate columns (3H for a GRU), H hidden, S = bn_max_steps; a GRU has no c parts:
 
     bn_x_weight{sfx} [G]   gamma of BN_x (no beta: the LSTM bias covers it)
     bn_h_weight{sfx} [G]   gamma of BN_h (no beta)
@@ -16,7 +16,7 @@ Layer-norm parameters (layer_norm=True), gains start at 1 and biases at 0 (Ba et
 
     ln_x_weight{sfx}, ln_x_bias{sfx} [G]   LN of x @ W_ih^T (the LSTM bias is added after)
     ln_h_weight{sfx}, ln_h_bias{sfx} [G]   LN of h @ W_hh^T
-    ln_c_weight{sfx}, ln_c_bias{sfx} [H]   LN of c before the output tanh
+    ln_c_weight{sfx}, ln_c_bias{sfx} [H]   LN of c before the output tanh (LSTM only)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numbers
 import torch
 from torch import nn
 
-from ..core.contract import MaskMode, NormMode, RecurrentBN, RecurrentLN
+from ..core.contract import CellKind, MaskMode, NormMode, RecurrentBN, RecurrentLN
 from ..ops.decision import check_backend_name
 
 BN_GAMMA_INIT = 0.1
@@ -68,6 +68,8 @@ def take_options(kwargs: dict, owner: str) -> dict:
     for k in [k for k in kwargs if k in OPTIONS]:
         opts[k] = kwargs.pop(k)
     validate(**opts)
+    if owner.startswith("GRU") and isinstance(opts["zoneout"], (tuple, list)):
+        raise ValueError(f"{owner}: zoneout is one rate (a GRU has no cell state), got {opts['zoneout']!r}")
     return opts
 
 
@@ -135,7 +137,9 @@ def validate(recurrent_dropout, variational, batch_norm, bn_max_steps, bn_moment
 
 
 class RegularizedMixin:
-    """Holds the options and the batch-norm parameters of one module."""
+    """Holds the options and the norm parameters of one module (LSTM or GRU: ``_cell``)."""
+
+    _cell = CellKind.LSTM
 
     def _init_regularizers(self, recurrent_dropout, variational, batch_norm, bn_max_steps,
                            bn_momentum, bn_eps, backend, zoneout=0.0, layer_norm=False, weight_dropout=0.0):
@@ -208,39 +212,46 @@ class RegularizedMixin:
             return NormMode.NONE
         return NormMode.BATCH_TRAIN if self.training else NormMode.BATCH_EVAL
 
+    def _norm_parts(self) -> str:
+        """The norms' parts: x, h and the LSTM's c (a GRU has no cell state)."""
+        return "xhc" if self._cell == CellKind.LSTM else "xh"
+
     def _add_bn(self: nn.Module, suffix: str, hidden_size: int, factory_kwargs) -> None:
-        G, H, S = 4 * hidden_size, hidden_size, self.bn_max_steps
+        G, H, S = self._cell.gates * hidden_size, hidden_size, self.bn_max_steps
         for name, n in (("bn_x_weight", G), ("bn_h_weight", G), ("bn_c_weight", H), ("bn_c_bias", H)):
-            self.register_parameter(name + suffix, nn.Parameter(torch.empty(n, **factory_kwargs)))
+            if name[3] in self._norm_parts():
+                self.register_parameter(name + suffix, nn.Parameter(torch.empty(n, **factory_kwargs)))
         for part, n in (("x", G), ("h", G), ("c", H)):
-            self.register_buffer(f"bn_{part}_running_mean{suffix}", torch.empty(S, n, **factory_kwargs))
-            self.register_buffer(f"bn_{part}_running_var{suffix}", torch.empty(S, n, **factory_kwargs))
+            if part in self._norm_parts():
+                self.register_buffer(f"bn_{part}_running_mean{suffix}", torch.empty(S, n, **factory_kwargs))
+                self.register_buffer(f"bn_{part}_running_var{suffix}", torch.empty(S, n, **factory_kwargs))
         self._reset_bn(suffix)
 
     @torch.no_grad()
     def _reset_bn(self: nn.Module, suffix: str) -> None:
-        for name in ("bn_x_weight", "bn_h_weight", "bn_c_weight"):
-            getattr(self, name + suffix).fill_(BN_GAMMA_INIT)
-        getattr(self, "bn_c_bias" + suffix).zero_()
-        for part in "xhc":
+        for part in self._norm_parts():
+            getattr(self, f"bn_{part}_weight{suffix}").fill_(BN_GAMMA_INIT)
             getattr(self, f"bn_{part}_running_mean{suffix}").zero_()
             getattr(self, f"bn_{part}_running_var{suffix}").fill_(1.0)
+        if "c" in self._norm_parts():
+            getattr(self, "bn_c_bias" + suffix).zero_()
 
     def _add_ln(self: nn.Module, suffix: str, hidden_size: int, factory_kwargs) -> None:
-        G, H = 4 * hidden_size, hidden_size
+        G, H = self._cell.gates * hidden_size, hidden_size
         for part, n in (("x", G), ("h", G), ("c", H)):
-            self.register_parameter(f"ln_{part}_weight{suffix}", nn.Parameter(torch.empty(n, **factory_kwargs)))
-            self.register_parameter(f"ln_{part}_bias{suffix}", nn.Parameter(torch.empty(n, **factory_kwargs)))
+            if part in self._norm_parts():
+                self.register_parameter(f"ln_{part}_weight{suffix}", nn.Parameter(torch.empty(n, **factory_kwargs)))
+                self.register_parameter(f"ln_{part}_bias{suffix}", nn.Parameter(torch.empty(n, **factory_kwargs)))
         self._reset_ln(suffix)
 
     @torch.no_grad()
     def _reset_ln(self: nn.Module, suffix: str) -> None:
-        for part in "xhc":
+        for part in self._norm_parts():
             getattr(self, f"ln_{part}_weight{suffix}").fill_(1.0)
             getattr(self, f"ln_{part}_bias{suffix}").zero_()
 
     def _ln_state(self: nn.Module, suffix: str) -> RecurrentLN:
-        g = lambda name: getattr(self, name + suffix)  # noqa: E731
+        g = lambda name: getattr(self, name + suffix, None)  # noqa: E731
         return RecurrentLN(weight_x=g("ln_x_weight"), bias_x=g("ln_x_bias"), weight_h=g("ln_h_weight"),
                            bias_h=g("ln_h_bias"), weight_c=g("ln_c_weight"), bias_c=g("ln_c_bias"), eps=LN_EPS)
 
@@ -251,7 +262,7 @@ class RegularizedMixin:
         return self._bn_state(suffix, step_offset) if self.batch_norm else None
 
     def _bn_state(self: nn.Module, suffix: str, step_offset: int = 0) -> RecurrentBN:
-        g = lambda name: getattr(self, name + suffix)  # noqa: E731
+        g = lambda name: getattr(self, name + suffix, None)  # noqa: E731 (a GRU's c parts: None)
         return RecurrentBN(
             weight_x=g("bn_x_weight"), weight_h=g("bn_h_weight"), weight_c=g("bn_c_weight"),
             bias_c=g("bn_c_bias"),

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..core.contract import Config, MaskMode, Norm, Zoneout
 from .decision import Decision, decide_op
-from .layer import autocast_dtype, lstm_layer
+from .layer import autocast_dtype, gru_layer, lstm_layer
 
 
 def check_cell_args(input: Tensor, hx: Tensor, cx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -105,3 +105,40 @@ def lstm_cell(
         return hy.to(dt), cy.to(torch.float32)
     gates = F.linear(input, weight_ih, bias) + F.linear(h_in, weight_hh)
     return be.cell(gates, cx)
+
+
+def gru_cell(
+    input: Tensor,
+    hx: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor] = None,
+    bias_hh: Optional[Tensor] = None,
+    *,
+    mask: Optional[Tensor] = None,
+    norm: Optional[Norm] = None,
+    zoneout: Optional[Tensor] = None,
+    backend: Union[str, Decision] = "auto",
+) -> Tensor:
+    """One GRU step (torch's gates r, z, n): the GRU layer op with T = 1.
+
+    Args:
+        input: [B, I]; hx: [B, H]; weight_ih: [3H, I]; weight_hh: [3H, H]; bias_ih, bias_hh:
+            [3H] or None.
+        mask: [B, H] recurrent dropout mask on hx (scaled by 1 / (1 - p)), or None.
+        norm: batch norm (``norm.step_offset`` this step's index) or layer norm, or None.
+        zoneout: [B, H] the zoneout weights of hx for this step, or None.
+        backend: "auto", a backend name, or the Decision a module made for this call.
+
+    Returns:
+        hy [B, H] (in the autocast dtype under autocast).
+    """
+    for name, t in (("input", input), ("hx", hx)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if input.dim() != 2:
+        raise ValueError(f"input must be [B, I] (2-D), got shape {tuple(input.shape)}")
+    zo = None if zoneout is None else Zoneout(None, zoneout.unsqueeze(0))
+    _, hy = gru_layer(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh, mask=mask, norm=norm,
+                      zoneout=zo, backend=backend)
+    return hy

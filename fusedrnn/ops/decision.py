@@ -49,7 +49,7 @@ from typing import Optional, Union
 import torch
 
 from .. import backends
-from ..core.contract import Backend, BackendError, Config
+from ..core.contract import Backend, BackendError, CellKind, Config
 from . import evidence
 
 # Backends that run whole fusedrnn.LSTM / LSTMCell modules rather than one op: "aten" is
@@ -161,6 +161,8 @@ def candidates(name: str, cfg: Config) -> tuple[tuple[str, ...], str]:
 
 
 def _why_not(be: Backend, cfg: Config, op: str) -> Optional[str]:
+    if cfg.cell not in be.cells:
+        return f"the {be.name} backend has no {cfg.cell.name} kernels{be.cells_note}"
     return be.unsupported_reason(cfg) if op == "recurrence" else be.cell_unsupported_reason(cfg)
 
 
@@ -179,36 +181,38 @@ def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple
 
 
 def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: bool) -> tuple[bool, str]:
-    """(torch's own module runs, the rule that decided) for a module call whose first layer
-    has configuration ``cfg`` (cfg.dtype the autocast dtype under autocast; ``regularized``
-    includes autocast)."""
+    """(torch's own module runs, the rule that decided) for a module call ("rnn": an LSTM or
+    GRU, "cell": a cell step) whose first layer has configuration ``cfg`` (cfg.cell the cell,
+    cfg.dtype the autocast dtype under autocast; ``regularized`` includes autocast)."""
+    rnn = cfg.cell.name  # "LSTM" or "GRU"
     name = requested(name)
     if name == "aten":
         if regularized:
-            raise BackendError("backend='aten' (torch's own LSTM) cannot run recurrent dropout, "
-                               "variational masks, batch norm or an explicit mask")
+            raise BackendError(f"backend='aten' (torch's own {rnn}) cannot run recurrent dropout, "
+                               "variational masks, batch norm, layer norm, zoneout, weight dropout or an explicit mask")
         return True, "backend='aten' was requested"
     if name != "auto":
         return False, f"backend={name!r} was requested"
     if regularized:
-        return False, "an option torch's LSTM lacks is active (or autocast, whose cell state stays float32)"
+        return False, f"an option torch's {rnn} lacks is active (or autocast, whose cell state stays float32)"
     if kind == "cell":
         return True, "a plain cell step: torch's own cell runs the same GEMMs and pointwise kernel"
     if cfg.device_type == "cpu":
         if cfg.dtype in (torch.float32, torch.float64):
-            return True, "plain LSTM on the CPU: torch's own (oneDNN) measures at least as fast"
-        return False, f"torch's CPU LSTM is not the measured path for {cfg.dtype}"
+            return True, f"plain {rnn} on the CPU: torch's own (oneDNN) measures at least as fast"
+        return False, f"torch's CPU {rnn} is not the measured path for {cfg.dtype}"
     if cfg.device_type == "cuda":
         mode = "fwd+bwd" if cfg.requires_grad else "fwd"
-        rec = evidence.faster_than_cudnn(cfg.arch, str(cfg.dtype).replace("torch.", ""), cfg.B, cfg.H, mode)
+        rec = evidence.faster_than_cudnn(cfg.arch, str(cfg.dtype).replace("torch.", ""), cfg.B, cfg.H, mode) \
+            if cfg.cell == CellKind.LSTM else None
         if rec is not None:
             return False, (f"a committed measurement on {rec.get('gpu', cfg.arch)} has {rec['backend']} faster "
                            f"than cuDNN at B={cfg.B}, H={cfg.H} ({rec['source']})")
         if not training and cfg.requires_grad:
             return False, "eval mode with gradients: cuDNN has no backward in eval mode"
-        return True, (f"plain LSTM on the GPU: cuDNN, since no committed measurement on {cfg.arch or 'this GPU'} "
+        return True, (f"plain {rnn} on the GPU: cuDNN, since no committed measurement on {cfg.arch or 'this GPU'} "
                       f"shows a fused design faster at B={cfg.B}, H={cfg.H}, {cfg.dtype} ({mode})")
-    return False, f"torch's LSTM is not used on {cfg.device_type}"
+    return False, f"torch's {rnn} is not used on {cfg.device_type}"
 
 
 def _fused(name: str, cfg: Config, op: str, autocast: Optional[torch.dtype]) -> Decision:
@@ -276,7 +280,7 @@ def decide(kind: str, op: str, name: str, cfg: Config, autocast: Optional[torch.
            regularized: bool = False, training: bool = True) -> Decision:
     """The decision for one call.
 
-    kind: "lstm" or "cell" (a module call: the module rules apply first; a failure comes
+    kind: "rnn" (an LSTM or GRU module) or "cell" (a module call: the module rules apply first; a failure comes
     back as ``Decision.error``, which the module raises after its argument checks), or "op"
     (a direct op call: BackendError at once).  op: the fused op, "recurrence" or "cell".
     cfg: the configuration of the call's first recurrence, its dtype the autocast dtype
@@ -301,19 +305,20 @@ def _cached(kind, op, name, cfg, autocast, regularized, training) -> Decision:
 
 def decide_module(kind: str, op: str, name: str, device: torch.device, dtype: torch.dtype,
                   autocast: Optional[torch.dtype], regularized: bool, training: bool, requires_grad: bool, B: int,
-                  H: int, R: int, proj: bool, mask: int, norm: int, lengths: bool, zoneout: bool) -> Decision:
+                  H: int, R: int, proj: bool, mask: int, norm: int, lengths: bool, zoneout: bool,
+                  cell: CellKind = CellKind.LSTM) -> Decision:
     """:func:`decide` for a module call, from the plain facts of its first recurrence (MaskMode /
     NormMode values): every call of an LSTM or a cell pays this, so a decision already taken
     costs one tuple and one dict lookup in the same cache; the Config is built only on a miss
     (and under export or torch.compile, which decide as :func:`decide` does)."""
     if not (exporting() or torch.compiler.is_compiling()):
         key = (kind, op, name, tuple(map(os.environ.get, DECISION_ENV)), device, dtype, autocast, regularized,
-               training, requires_grad, B, H, R, proj, mask, norm, lengths, zoneout)
+               training, requires_grad, B, H, R, proj, mask, norm, lengths, zoneout, cell)
         d = _CACHE.get(key)
         if d is not None:
             return d
     cfg = Config.build(device, autocast or dtype, 0, B, H, R, proj=proj, mask=mask, lengths=lengths, norm=norm,
-                       requires_grad=requires_grad, zoneout=zoneout)
+                       requires_grad=requires_grad, zoneout=zoneout, cell=cell)
     if exporting() or torch.compiler.is_compiling():
         return decide(kind, op, name, cfg, autocast, regularized, training)
     d = _CACHE[key] = _decide(kind, op, name, cfg, autocast, regularized, training)
@@ -350,13 +355,13 @@ def _traced(kind, op, name, cfg, autocast, regularized, training) -> Decision:
 def _decide_constant(kind, op, name, fields, autocast, regularized, training) -> tuple:
     f = {f.name: v for f, v in zip(_FIELDS, fields)}
     cfg = Config.build(f.pop("device_type"), f.pop("dtype"), *(f.pop(k) for k in ("T", "B", "H", "R")), **f)
-    if kind == "lstm" and requested(name) == "aten":
-        raise BackendError("backend='aten' runs torch's own LSTM, which torch.compile cannot trace; "
+    if kind == "rnn" and requested(name) == "aten":
+        raise BackendError(f"backend='aten' runs torch's own {cfg.cell.name}, which torch.compile cannot trace; "
                            "use backend='auto' or a fused backend")
     # torch.compile cannot trace torch's LSTM (Dynamo refuses nn.LSTM, and its CPU kernel is not
     # traceable): the fused ops run the whole LSTM, so a plain fullgraph compile works.  torch's
     # cell traces, and keeps its rule.
-    d = _cached("op" if kind == "lstm" else kind, op, name, cfg, autocast, regularized, training)
+    d = _cached("op" if kind == "rnn" else kind, op, name, cfg, autocast, regularized, training)
     return d.aten, (d.backend.name if d.backend is not None else ""), d.dtype, d.error
 
 
@@ -378,7 +383,7 @@ def export_decision(kind: str, name: str, cfg: Config, op: str, autocast: Option
     backend, whose plain PyTorch ops unroll over the steps.  backend='reference' is kept as
     asked."""
     if kind != "op" and requested(name) != "reference" and not (regularized or autocast):
-        if kind == "cell" or not cfg.proj:
+        if kind == "cell" or not cfg.proj:  # (a GRU has no projection)
             return ATEN
     return _fused("reference", cfg, op, autocast)
 

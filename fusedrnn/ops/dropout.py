@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..core.contract import Zoneout
+from ..core.contract import CellKind, Zoneout
 
 
 DRAW_DTYPE = torch.float32
@@ -49,7 +49,7 @@ def recurrent_mask(p: float, T: int, B: int, R: int, like: Tensor, shared: bool)
 
 
 def zoneout_weights(rates: tuple[float, float], T: int, B: int, H: int, R: int, like: Tensor,
-                    training: bool) -> Zoneout:
+                    training: bool, cell: CellKind = CellKind.LSTM) -> Zoneout:
     """Zoneout weights of the previous state (Krueger et al.) for T steps: c [T, B, H], h [T, B, R].
 
     Training: Bernoulli draws, 1 with probability rate (the unit keeps its previous value),
@@ -57,8 +57,13 @@ def zoneout_weights(rates: tuple[float, float], T: int, B: int, H: int, R: int, 
     generator, c = u[..., :H] < rate_c and h = u[..., H:] < rate_h (one generator call: on
     the CPU a draw costs more than the fused recurrence's work on it).
     Eval: the rates themselves (the expectation), as expanded views (no memory per step).
+    A GRU (``cell``) has one rate, the hidden one, and no c weights: u [T, B, R], c None.
     """
     zc, zh = rates
+    if cell == CellKind.GRU:
+        if training:
+            return Zoneout(None, (torch.rand((T, B, R), dtype=DRAW_DTYPE, device=like.device) < zh).to(like.dtype))
+        return Zoneout(None, like.new_full((1, 1, 1), zh).expand(T, B, R))
     if training:
         u = torch.rand((T, B, H + R), dtype=DRAW_DTYPE, device=like.device)
         return Zoneout((u[..., :H] < zc).to(like.dtype), (u[..., H:] < zh).to(like.dtype))

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.contract import (Backend, Config, MaskMode, Norm, NormMode, RecurrentBN, RecurrentLN, Zoneout,
-                             needs_grad, step_counts)
+from ..core.contract import (Backend, CellKind, Config, MaskMode, Norm, NormMode, RecurrentBN, RecurrentLN,
+                             Zoneout, needs_grad, step_counts)
 from .decision import Decision, decide_op
 
 
@@ -56,44 +56,59 @@ def update_running_stats(
 # ---- argument checks ---------------------------------------------------------------------
 
 
-def check_recurrence_args(xp: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor,
+def check_recurrence_args(xp: Tensor, h0: Tensor, c0: Optional[Tensor], weight_hh: Tensor,
                           weight_hr: Optional[Tensor], mask: Optional[Tensor],
-                          lengths: Optional[Tensor], zoneout: Optional[Zoneout] = None) -> None:
+                          lengths: Optional[Tensor], zoneout: Optional[Zoneout] = None,
+                          cell: CellKind = CellKind.LSTM, b_hh: Optional[Tensor] = None) -> None:
     """The contract's shape, dtype and device rules, checked before any backend runs, so
     that every backend refuses bad arguments the same way (ValueError naming the argument;
-    TypeError for a dtype; RuntimeError for a device, as torch does)."""
-    for name, t in (("xp", xp), ("h0", h0), ("c0", c0), ("weight_hh", weight_hh)):
+    TypeError for a dtype; RuntimeError for a device, as torch does).  A GRU (``cell``) has
+    no c0 and no weight_hr, 3H gate columns, and its b_hh [3H] in the recurrence."""
+    k = CellKind(cell).gates
+    gru = cell == CellKind.GRU
+    named = (("xp", xp), ("h0", h0), ("weight_hh", weight_hh)) + ((("c0", c0),) if not gru else ())
+    for name, t in named:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
     if xp.dim() != 3:
-        raise ValueError(f"xp must be [T, B, 4H] (3-D), got shape {tuple(xp.shape)}")
+        raise ValueError(f"xp must be [T, B, {k}H] (3-D), got shape {tuple(xp.shape)}")
     if not xp.is_floating_point():
         raise TypeError(f"xp must be a floating-point tensor, got {xp.dtype}")
     T, B, G = xp.shape
-    if G % 4:
-        raise ValueError(f"xp must have 4H gate columns (a multiple of 4), got {G}")
-    H = G // 4
+    if G % k:
+        raise ValueError(f"xp must have {k}H gate columns (a multiple of {k}), got {G}")
+    H = G // k
     if weight_hh.dim() != 2 or weight_hh.shape[0] != G:
-        raise ValueError(f"weight_hh must be [4H, R] = [{G}, R], got shape {tuple(weight_hh.shape)}")
+        raise ValueError(f"weight_hh must be [{k}H, R] = [{G}, R], got shape {tuple(weight_hh.shape)}")
     R = weight_hh.shape[1]
     if weight_hr is None:
         if R != H:
-            raise ValueError(f"weight_hh must be [4H, H] = [{G}, {H}] without weight_hr, got shape "
+            raise ValueError(f"weight_hh must be [{k}H, H] = [{G}, {H}] without weight_hr, got shape "
                              f"{tuple(weight_hh.shape)}")
+    elif gru:
+        raise ValueError("a GRU has no projection (weight_hr must be None)")
     elif tuple(weight_hr.shape) != (R, H):
         raise ValueError(f"weight_hr must be [R, H] = [{R}, {H}], got shape {tuple(weight_hr.shape)}")
     if tuple(h0.shape) != (B, R):
         raise ValueError(f"h0 must be [B, R] = [{B}, {R}], got shape {tuple(h0.shape)}")
-    if tuple(c0.shape) != (B, H):
+    if gru:
+        if c0 is not None:
+            raise ValueError("a GRU has no cell state (c0 must be None)")
+        if b_hh is not None and tuple(b_hh.shape) != (G,):
+            raise ValueError(f"b_hh must be [3H] = [{G}], got shape {tuple(b_hh.shape)}")
+    elif tuple(c0.shape) != (B, H):
         raise ValueError(f"c0 must be [B, H] = [{B}, {H}], got shape {tuple(c0.shape)}")
     if mask is not None and tuple(mask.shape) not in ((B, R), (T, B, R)):
         raise ValueError(f"mask must be [B, R] = [{B}, {R}] (shared) or [T, B, R] = [{T}, {B}, {R}] "
                          f"(per step), got shape {tuple(mask.shape)}")
-    tensors = [("h0", h0), ("c0", c0), ("weight_hh", weight_hh), ("weight_hr", weight_hr), ("mask", mask)]
+    tensors = [("h0", h0), ("c0", c0), ("weight_hh", weight_hh), ("weight_hr", weight_hr), ("mask", mask),
+               ("b_hh", b_hh)]
     if zoneout is not None:
-        if tuple(zoneout.c.shape) != (T, B, H) or tuple(zoneout.h.shape) != (T, B, R):
-            raise ValueError(f"zoneout weights must be c [T, B, H] = [{T}, {B}, {H}] and h [T, B, R] = "
-                             f"[{T}, {B}, {R}], got {tuple(zoneout.c.shape)} and {tuple(zoneout.h.shape)}")
+        want_c = None if gru else (T, B, H)
+        got_c = None if zoneout.c is None else tuple(zoneout.c.shape)
+        if got_c != want_c or tuple(zoneout.h.shape) != (T, B, R):
+            raise ValueError(f"zoneout weights must be c {'None' if gru else f'[T, B, H] = [{T}, {B}, {H}]'} and "
+                             f"h [T, B, R] = [{T}, {B}, {R}], got {got_c} and {tuple(zoneout.h.shape)}")
         tensors += [("zoneout.c", zoneout.c), ("zoneout.h", zoneout.h)]
     for name, t in tensors:
         if t is not None and t.dtype != xp.dtype:
@@ -168,19 +183,32 @@ def input_projection(d: Decision, cfg: Config, x: Tensor, weight_ih: Tensor, bia
     return xp
 
 
-def run_recurrence(backend: Backend, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor,
+def run_recurrence(backend: Backend, cfg: Config, xp: Tensor, h0: Tensor, c0: Optional[Tensor], weight_hh: Tensor,
                    weight_hr: Optional[Tensor], mask: Optional[Tensor], lengths: Optional[Tensor],
-                   norm: Optional[Norm], zoneout: Optional[Zoneout] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """The backend's recurrence, then the running-statistics update of BN_h and BN_c."""
-    res = backend.recurrence(cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, norm, zoneout)
+                   norm: Optional[Norm], zoneout: Optional[Zoneout] = None,
+                   b_hh: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """The backend's recurrence, then the running-statistics update of BN_h (and BN_c)."""
+    if cfg.cell == CellKind.GRU:
+        res = backend.recurrence(cfg, xp, h0, None, weight_hh, None, mask, lengths, norm, zoneout, b_hh)
+    else:
+        res = backend.recurrence(cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, norm, zoneout)
     if isinstance(norm, RecurrentBN) and norm.training and res.stats is not None:
         counts = step_counts(cfg.T, cfg.B, lengths, xp.device)
         st = res.stats
         update_running_stats(norm.running_mean_h, norm.running_var_h, st.mean_h, st.var_h, counts,
                              norm.step_offset, norm.momentum)
-        update_running_stats(norm.running_mean_c, norm.running_var_c, st.mean_c, st.var_c, counts,
-                             norm.step_offset, norm.momentum)
+        if st.mean_c is not None:
+            update_running_stats(norm.running_mean_c, norm.running_var_c, st.mean_c, st.var_c, counts,
+                                 norm.step_offset, norm.momentum)
     return res.y, res.h_n, res.c_n
+
+
+def _gru_b_hh(bias_hh: Optional[Tensor], norm: Optional[Norm]) -> Optional[Tensor]:
+    """The GRU's b_hh as the recurrence takes it: LN_h's bias folded in (both are added to
+    N_h(W_hh h) before the reset product)."""
+    if isinstance(norm, RecurrentLN):
+        return norm.bias_h if bias_hh is None else bias_hh + norm.bias_h
+    return bias_hh
 
 
 def lstm_recurrence(
@@ -197,7 +225,7 @@ def lstm_recurrence(
     zoneout: Optional[Zoneout] = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The recurrence op (see :mod:`fusedrnn.core.contract` for the exact semantics).
+    """The LSTM recurrence op (see :mod:`fusedrnn.core.contract` for the exact semantics).
 
     Args:
         xp: [T, B, G] input projection, biases (and N_x) included, in time order.
@@ -222,6 +250,83 @@ def lstm_recurrence(
     cfg = Config.of(xp, h0, c0, weight_hh, weight_hr, mask, lengths, reverse, norm, zoneout)
     return run_recurrence(decide_op(backend, cfg).backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths,
                           norm, zoneout)
+
+
+def gru_recurrence(
+    xp: Tensor,
+    h0: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Optional[Tensor] = None,
+    *,
+    mask: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    reverse: bool = False,
+    norm: Optional[Norm] = None,
+    zoneout: Optional[Zoneout] = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """The GRU recurrence op (:mod:`fusedrnn.core.contract`): xp [T, B, 3H] = N_x(x W_ih^T) +
+    b_ih in time order, h0 [B, H], weight_hh [3H, H], bias_hh [3H] (inside the reset product
+    for the n block, as torch); mask, lengths, reverse, norm (no c parts) and zoneout (c None,
+    h [T, B, H]) as :func:`lstm_recurrence`.  Returns y [T, B, H], h_n [B, H]."""
+    if lengths is not None and isinstance(lengths, Tensor) and lengths.device != xp.device:
+        lengths = lengths.to(xp.device)
+    b_hh = _gru_b_hh(bias_hh, norm)
+    check_recurrence_args(xp, h0, None, weight_hh, None, mask, lengths, zoneout, CellKind.GRU, b_hh)
+    cfg = Config.of(xp, h0, None, weight_hh, None, mask, lengths, reverse, norm, zoneout, CellKind.GRU, b_hh)
+    y, h_n, _ = run_recurrence(decide_op(backend, cfg).backend, cfg, xp, h0, None, weight_hh, None, mask, lengths,
+                               norm, zoneout, b_hh)
+    return y, h_n
+
+
+def _layer(cell: CellKind, x: Tensor, h0: Tensor, c0: Optional[Tensor], weight_ih: Tensor, weight_hh: Tensor,
+           bias_ih: Optional[Tensor], bias_hh: Optional[Tensor], weight_hr: Optional[Tensor],
+           mask: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, norm: Optional[Norm],
+           zoneout: Optional[Zoneout], backend: Union[str, Decision]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer of either cell (:func:`lstm_layer`, :func:`gru_layer`): one Config, the input
+    projection, the recurrence, under autocast in the decided dtype."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be [T, B, I] (3-D), got shape {tuple(x.shape)}")
+    k = cell.gates
+    if weight_ih.dim() != 2 or weight_ih.shape[1] != x.shape[2]:
+        raise ValueError(f"weight_ih must be [{k}H, I] with I = {x.shape[2]} (the last dim of x), "
+                         f"got shape {tuple(weight_ih.shape)}")
+    if lengths is not None and isinstance(lengths, Tensor) and lengths.device != x.device:
+        lengths = lengths.to(x.device)
+    decided = backend if isinstance(backend, Decision) else None
+    dt = decided.autocast if decided is not None else autocast_dtype(x)
+    T, B = x.shape[0], x.shape[1]
+    gru = cell == CellKind.GRU
+    cfg = Config.build(x.device, dt or x.dtype, T, B, weight_hh.shape[0] // k, weight_hh.shape[1],
+                       proj=weight_hr is not None, mask=MaskMode.of(mask), lengths=lengths is not None,
+                       reverse=reverse, norm=NormMode.of(norm), zoneout=zoneout is not None, cell=cell,
+                       requires_grad=needs_grad((x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr), norm))
+    d = decided if decided is not None else decide_op(backend, cfg, autocast=dt)
+    # the LSTM's biases both go into xp; the GRU's b_hh stays in the recurrence (b_hn is inside r *)
+    bias = bias_ih if gru else _bias(bias_ih, bias_hh)
+    b_hh = _gru_b_hh(bias_hh, norm) if gru else None
+    if d.autocast is None:
+        xp = input_projection(d, cfg, x, weight_ih, bias, lengths, norm)
+        check_recurrence_args(xp, h0, c0, weight_hh, weight_hr, mask, lengths, zoneout, cell, b_hh)
+        return run_recurrence(d.backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, norm, zoneout, b_hh)
+    rd = d.dtype
+    if rd != cfg.dtype:
+        cfg = dataclasses.replace(cfg, dtype=rd)
+    with torch.autocast(x.device.type, enabled=False):
+        if norm is not None:  # every parameter of the norm in the recurrence's dtype
+            norm = dataclasses.replace(norm, **{f.name: getattr(norm, f.name).to(rd) for f in dataclasses.fields(norm)
+                                                if f.name.startswith(("weight_", "bias_"))
+                                                and getattr(norm, f.name) is not None})
+        if zoneout is not None:
+            zoneout = Zoneout(_cast(zoneout.c, rd), zoneout.h.to(rd))
+        xp = input_projection(d, cfg, x, weight_ih, bias, lengths, norm)
+        args = (xp, h0.to(rd), _cast(c0, rd), weight_hh.to(rd), _cast(weight_hr, rd), _cast(mask, rd), lengths)
+        b_hh = _cast(b_hh, rd)
+        check_recurrence_args(*args, zoneout, cell, b_hh)
+        y, h_n, c_n = run_recurrence(d.backend, cfg, *args, norm, zoneout, b_hh)
+    return y.to(dt), h_n.to(dt), (None if c_n is None else c_n.to(torch.float32))
 
 
 def lstm_layer(
@@ -260,39 +365,37 @@ def lstm_layer(
     dtype where the backend keeps its cell state in float32 (else float32), y and h_n come
     back in the autocast dtype and c_n in float32: the cell state is never rounded to 16 bits.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
-    if x.dim() != 3:
-        raise ValueError(f"x must be [T, B, I] (3-D), got shape {tuple(x.shape)}")
-    if weight_ih.dim() != 2 or weight_ih.shape[1] != x.shape[2]:
-        raise ValueError(f"weight_ih must be [4H, I] with I = {x.shape[2]} (the last dim of x), "
-                         f"got shape {tuple(weight_ih.shape)}")
-    if lengths is not None and isinstance(lengths, Tensor) and lengths.device != x.device:
-        lengths = lengths.to(x.device)
-    decided = backend if isinstance(backend, Decision) else None
-    dt = decided.autocast if decided is not None else autocast_dtype(x)
-    T, B = x.shape[0], x.shape[1]
-    cfg = Config.build(x.device, dt or x.dtype, T, B, weight_hh.shape[0] // 4, weight_hh.shape[1],
-                       proj=weight_hr is not None, mask=MaskMode.of(mask), lengths=lengths is not None,
-                       reverse=reverse, norm=NormMode.of(norm), zoneout=zoneout is not None,
-                       requires_grad=needs_grad((x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr), norm))
-    d = decided if decided is not None else decide_op(backend, cfg, autocast=dt)
-    bias = _bias(bias_ih, bias_hh)
-    if d.autocast is None:
-        xp = input_projection(d, cfg, x, weight_ih, bias, lengths, norm)
-        check_recurrence_args(xp, h0, c0, weight_hh, weight_hr, mask, lengths, zoneout)
-        return run_recurrence(d.backend, cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, norm, zoneout)
-    rd = d.dtype
-    if rd != cfg.dtype:
-        cfg = dataclasses.replace(cfg, dtype=rd)
-    with torch.autocast(x.device.type, enabled=False):
-        if norm is not None:  # every parameter of the norm in the recurrence's dtype
-            norm = dataclasses.replace(norm, **{f.name: getattr(norm, f.name).to(rd) for f in dataclasses.fields(norm)
-                                                if f.name.startswith(("weight_", "bias_"))})
-        if zoneout is not None:
-            zoneout = Zoneout(zoneout.c.to(rd), zoneout.h.to(rd))
-        xp = input_projection(d, cfg, x, weight_ih, bias, lengths, norm)
-        args = (xp, h0.to(rd), c0.to(rd), weight_hh.to(rd), _cast(weight_hr, rd), _cast(mask, rd), lengths)
-        check_recurrence_args(*args, zoneout)
-        y, h_n, c_n = run_recurrence(d.backend, cfg, *args, norm, zoneout)
-    return y.to(dt), h_n.to(dt), c_n.to(torch.float32)
+    return _layer(CellKind.LSTM, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, mask, lengths,
+                  reverse, norm, zoneout, backend)
+
+
+def gru_layer(
+    x: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor] = None,
+    bias_hh: Optional[Tensor] = None,
+    *,
+    mask: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    reverse: bool = False,
+    norm: Optional[Norm] = None,
+    zoneout: Optional[Zoneout] = None,
+    backend: Union[str, Decision] = "auto",
+) -> tuple[Tensor, Tensor]:
+    """One GRU layer in one direction over a whole sequence (torch's gates r, z, n).
+
+    Args:
+        x: [T, B, I] input, time-major; h0: [B, H].
+        weight_ih: [3H, I]; weight_hh: [3H, H]; bias_ih, bias_hh: [3H] or None.
+        mask, lengths, reverse, norm, zoneout: as :func:`gru_recurrence` (with a norm, N_x
+            normalises the input projection: BN_x or LN_x, b_ih added after).
+        backend: "auto", a backend name, or a module's Decision.
+
+    Returns:
+        y [T, B, H], h_n [B, H] (under autocast in the autocast dtype).
+    """
+    y, h_n, _ = _layer(CellKind.GRU, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, None, mask, lengths,
+                       reverse, norm, zoneout, backend)
+    return y, h_n
