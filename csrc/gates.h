@@ -1,9 +1,9 @@
-// fusedrnn gate math: the one home of the LSTM pointwise arithmetic.
+// fusedrnn gate math: the one home of the LSTM's and the GRU's pointwise arithmetic.
 //
 // Dimension letters used across csrc/:
 //   T  time steps        B  batch            I  input features
 //   H  hidden units      P  projection size (proj_size; R = P if P > 0 else H)
-//   G  = 4H gate columns, in nn.LSTM order i, f, g, o
+//   G  = 4H gate columns, in nn.LSTM order i, f, g, o (the GRU: G = 3H, nn.GRU's r, z, n)
 //
 // Everything here is plain C++ with no torch headers, compiled by g++ for the CPU
 // kernels and by nvcc (as __host__ __device__) for the CUDA kernels, so the CPU tests
@@ -144,6 +144,31 @@ FUSEDRNN_HD void cell_step_backward(acc_t i, acc_t f, acc_t g, acc_t o, acc_t c_
   acc_t dc_h;
   hidden_backward(dh, o, tanh_(c), d[3], dc_h);
   cell_backward(dc + dc_h, i, f, g, c_prev, d[0], d[1], d[2], dc_prev);
+}
+
+// ---- the GRU: torch's gates r, z, n, with b_hn inside the reset product ----------------
+// One unit of a GRU step from the input parts xr, xz, xn (x W_ih^T + b_ih, or N_x of it) and
+// the recurrent parts hr, hz, hn (N_h(h W_hh^T) + b_hh): the activated r, z, n, and
+// h~ = (1 - z) n + z h_{t-1} with n = tanh(xn + r hn).
+template <typename acc_t>
+FUSEDRNN_HD acc_t gru_step(acc_t xr, acc_t xz, acc_t xn, acc_t hr, acc_t hz, acc_t hn, acc_t h_prev, acc_t& r,
+                           acc_t& z, acc_t& n) {
+  r = sigmoid(xr + hr);
+  z = sigmoid(xz + hz);
+  n = tanh_(xn + r * hn);
+  return (acc_t(1) - z) * n + z * h_prev;
+}
+
+// Backward of gru_step from dL/dh~: the pre-activation gradients dr, dz, dn (dn is also
+// dL/dxn), dL/dhn = dn * r, and dL/dh_{t-1} through z (dh * z; W_hh's path is the caller's).
+template <typename acc_t>
+FUSEDRNN_HD void gru_step_backward(acc_t dh, acc_t r, acc_t z, acc_t n, acc_t hn, acc_t h_prev, acc_t& dr,
+                                   acc_t& dz, acc_t& dn, acc_t& dhn, acc_t& dh_prev) {
+  dn = dh * (acc_t(1) - z) * (acc_t(1) - n * n);
+  dz = dh * (h_prev - n) * z * (acc_t(1) - z);
+  dr = dn * hn * r * (acc_t(1) - r);
+  dhn = dn * r;
+  dh_prev = dh * z;
 }
 
 // Batch-norm normalisation of one value with given statistics.

@@ -63,6 +63,12 @@ PyObject* PyInit__C(void) {
   " -> (Tensor grad_xp, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh, Tensor grad_w_hr,"     \
   " Tensor grad_norm_h_weight, Tensor grad_norm_c_weight, Tensor grad_norm_c_bias)"
 
+// The GRU layer op's parameter arguments (ops.h FUSEDRNN_GRU_ARGS_DECL), in order.
+#define FUSEDRNN_GRU_PARAMS                                                                         \
+  "Tensor w_hh, Tensor? b_hh, Tensor? mask, int mask_mode, Tensor? lengths, bool reverse, "          \
+  "int norm_mode, Tensor? norm_h_weight, Tensor? bn_h_running_mean, Tensor? bn_h_running_var, "      \
+  "int bn_step_offset, float norm_eps, Tensor? zoneout_h"
+
 TORCH_LIBRARY(fusedrnn, m) {
   // Fused LSTM cell pointwise step.  Shapes: gates [B, 4H], cx [B, H].
   m.def("lstm_cell_forward(Tensor gates, Tensor cx) -> (Tensor hy, Tensor cy, Tensor act)",
@@ -95,6 +101,25 @@ TORCH_LIBRARY(fusedrnn, m) {
   // grad_h0, grad_c0, grad_w_hh [G, R], grad_w_hr [P, H] (empty without projection), and the
   // gradients of norm_h_weight, norm_c_weight, norm_c_bias (empty without a norm).
   m.def("lstm_layer_backward" FUSEDRNN_LAYER_BACKWARD_SIG, {at::Tag::pt2_compliant_tag});
+  // The GRU's layer op: one GRU layer, one direction, a whole sequence (torch's gates r, z, n;
+  // fusedrnn/core/schema.py documents the encodings and the workspace).  Shapes: xp [T, B, 3H]
+  // (N_x(x W_ih^T) + b_ih), h0 [B, H], w_hh [3H, H], b_hh [3H] (inside the reset product for
+  // the n block; layer norm's LN_h bias folded in), mask, lengths, norm_mode, bn_* as the LSTM's
+  // with norm_h_weight [3H] the gain of N_h, zoneout_h [T, B, H].  Outputs: y [T, B, H], h_n
+  // [B, H], h_stats (batch norm in training [T, 2, 3H]; layer norm [T, 2, B]; else empty), and
+  // the workspace ws_h [T, B, H] (h_{s-1} * m_s), ws_gates [T, B, 3H] (r, z, n), ws_hs
+  // [T + 1, B, H] (the states, h0 first), ws_hh_hat [T, B, 3H] (N_h's x_hat, norms only),
+  // ws_hn [T, B, H] (the n block of N_h(W_hh h) + b_hh).
+  m.def("gru_layer_forward(Tensor xp, Tensor h0, " FUSEDRNN_GRU_PARAMS ", bool save_workspace)"
+        " -> (Tensor y, Tensor h_n, Tensor h_stats, Tensor ws_h, Tensor ws_gates, Tensor ws_hs,"
+        " Tensor ws_hh_hat, Tensor ws_hn)",
+        {at::Tag::pt2_compliant_tag});
+  // Backward of gru_layer_forward: grad_xp [T, B, 3H], grad_h0, grad_w_hh [3H, H], grad_b_hh
+  // [3H] (empty without b_hh), grad_norm_h_weight [3H] (empty without a norm).
+  m.def("gru_layer_backward(Tensor grad_y, Tensor grad_h_n, " FUSEDRNN_GRU_PARAMS ", Tensor h_stats,"
+        " Tensor ws_h, Tensor ws_gates, Tensor ws_hs, Tensor ws_hh_hat, Tensor ws_hn)"
+        " -> (Tensor grad_xp, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_norm_h_weight)",
+        {at::Tag::pt2_compliant_tag});
   // Per-step batch norm over a whole sequence (BN_x): v [T, B, F], weight [F], bias [F];
   // statistics of step s over the rows running at s (lengths [B]), rows reversed in their
   // own length when reverse.  Training: out, mean [T, F], biased var [T, F].  Eval: the

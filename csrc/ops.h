@@ -134,6 +134,51 @@ inline int64_t check_running(const OptT& t, int64_t width, const at::Tensor& lik
   return t->size(0);
 }
 
+// The checks both cells' layer ops share, on d's T, B and R: the mask and its mode, the
+// lengths, the direction, the norm mode and the step offset of batch norm's statistics.
+inline void check_step_args(LayerDims& d, const at::Tensor& like, const LayerArgs& a) {
+  TORCH_CHECK(a.mask_mode >= kMaskNone && a.mask_mode <= kMaskPerStep,
+              "fusedrnn: mask_mode must be 0 (none), 1 (shared) or 2 (per step), got ", a.mask_mode);
+  d.mask = a.mask_mode != kMaskNone;
+  TORCH_CHECK(d.mask == a.mask.has_value(), "fusedrnn: mask_mode ", a.mask_mode,
+              (d.mask ? " needs a mask" : " takes no mask"));
+  if (d.mask) {
+    check_same(like, *a.mask, "xp", "mask");
+    d.mask_per_step = a.mask_mode == kMaskPerStep;
+    const at::Tensor& m = *a.mask;
+    const bool ok = d.mask_per_step
+                        ? (m.dim() == 3 && m.size(0) == d.T && m.size(1) == d.B && m.size(2) == d.R)
+                        : (m.dim() == 2 && m.size(0) == d.B && m.size(1) == d.R);
+    TORCH_CHECK(ok, "fusedrnn: mask must have shape ",
+                d.mask_per_step ? "[T, B, R] (per step) = [" : "[B, R] (shared) = [",
+                d.mask_per_step ? std::to_string(d.T) + ", " : std::string(), d.B, ", ", d.R, "], got ",
+                m.sizes());
+  }
+  d.lengths = a.lengths.has_value();
+  if (d.lengths) {
+    TORCH_CHECK(a.lengths->scalar_type() == at::kLong && a.lengths->dim() == 1 && a.lengths->size(0) == d.B,
+                "fusedrnn: lengths must be an int64 tensor of shape [", d.B, "], got ",
+                a.lengths->scalar_type(), " ", a.lengths->sizes());
+  }
+  d.reverse = a.reverse;
+  TORCH_CHECK(a.norm_mode >= kNormNone && a.norm_mode <= kNormLayer,
+              "fusedrnn: norm_mode must be 0 (none), 1 (batch norm, training), 2 (batch norm, eval) or 3 (layer "
+              "norm), got ",
+              a.norm_mode);
+  d.bn = a.norm_mode == kNormBatchTrain || a.norm_mode == kNormBatchEval;
+  d.bn_train = a.norm_mode == kNormBatchTrain;
+  d.ln = a.norm_mode == kNormLayer;
+  TORCH_CHECK(a.bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
+}
+
+// A per-step tensor such as a zoneout weight: [T, B, W], on like's device and dtype.
+inline void check_steps(const at::Tensor& like, const at::Tensor& t, const LayerDims& d, int64_t W,
+                        const char* name) {
+  check_same(like, t, "xp", name);
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == d.T && t.size(1) == d.B && t.size(2) == W, "fusedrnn: ", name,
+              " must have shape [T, B, ", W, "] = [", d.T, ", ", d.B, ", ", W, "], got ", t.sizes());
+}
+
 // Checks every argument the layer ops share and returns the sizes.  like stands for the data
 // dtype and device (xp forward, grad_y backward); [T, B, G] are xp's sizes; h0 / c0 (or their
 // gradients) are [B, R] / [B, H].
@@ -167,37 +212,7 @@ inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Ten
               "fusedrnn: h0 must have shape [", d.B, ", ", d.R, "], got ", h0.sizes());
   TORCH_CHECK(c0.dim() == 2 && c0.size(0) == d.B && c0.size(1) == d.H,
               "fusedrnn: c0 must have shape [", d.B, ", ", d.H, "], got ", c0.sizes());
-  TORCH_CHECK(a.mask_mode >= kMaskNone && a.mask_mode <= kMaskPerStep,
-              "fusedrnn: mask_mode must be 0 (none), 1 (shared) or 2 (per step), got ", a.mask_mode);
-  d.mask = a.mask_mode != kMaskNone;
-  TORCH_CHECK(d.mask == a.mask.has_value(), "fusedrnn: mask_mode ", a.mask_mode,
-              (d.mask ? " needs a mask" : " takes no mask"));
-  if (d.mask) {
-    check_same(like, *a.mask, "xp", "mask");
-    d.mask_per_step = a.mask_mode == kMaskPerStep;
-    const at::Tensor& m = *a.mask;
-    const bool ok = d.mask_per_step
-                        ? (m.dim() == 3 && m.size(0) == d.T && m.size(1) == d.B && m.size(2) == d.R)
-                        : (m.dim() == 2 && m.size(0) == d.B && m.size(1) == d.R);
-    TORCH_CHECK(ok, "fusedrnn: mask must have shape ",
-                d.mask_per_step ? "[T, B, R] (per step) = [" : "[B, R] (shared) = [",
-                d.mask_per_step ? std::to_string(d.T) + ", " : std::string(), d.B, ", ", d.R, "], got ",
-                m.sizes());
-  }
-  d.lengths = a.lengths.has_value();
-  if (d.lengths) {
-    TORCH_CHECK(a.lengths->scalar_type() == at::kLong && a.lengths->dim() == 1 && a.lengths->size(0) == d.B,
-                "fusedrnn: lengths must be an int64 tensor of shape [", d.B, "], got ",
-                a.lengths->scalar_type(), " ", a.lengths->sizes());
-  }
-  d.reverse = a.reverse;
-  TORCH_CHECK(a.norm_mode >= kNormNone && a.norm_mode <= kNormLayer,
-              "fusedrnn: norm_mode must be 0 (none), 1 (batch norm, training), 2 (batch norm, eval) or 3 (layer "
-              "norm), got ",
-              a.norm_mode);
-  d.bn = a.norm_mode == kNormBatchTrain || a.norm_mode == kNormBatchEval;
-  d.bn_train = a.norm_mode == kNormBatchTrain;
-  d.ln = a.norm_mode == kNormLayer;
+  check_step_args(d, like, a);
   const bool norm = d.bn || d.ln;
   TORCH_CHECK(norm == a.norm_h_weight.has_value() && norm == a.norm_c_weight.has_value() &&
                   norm == a.norm_c_bias.has_value(),
@@ -211,20 +226,11 @@ inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Ten
                 "fusedrnn: norm weights must have ", d.G, ", ", d.H, " and ", d.H,
                 " elements (norm_h_weight, norm_c_weight, norm_c_bias)");
   }
-  TORCH_CHECK(a.bn_step_offset >= 0, "fusedrnn: bn_step_offset must be >= 0");
   d.zoneout = a.zoneout_c.has_value();
   TORCH_CHECK(d.zoneout == a.zoneout_h.has_value(), "fusedrnn: zoneout_c and zoneout_h go together");
   if (d.zoneout) {
-    check_same(like, *a.zoneout_c, "xp", "zoneout_c");
-    check_same(like, *a.zoneout_h, "xp", "zoneout_h");
-    TORCH_CHECK(a.zoneout_c->dim() == 3 && a.zoneout_c->size(0) == d.T && a.zoneout_c->size(1) == d.B &&
-                    a.zoneout_c->size(2) == d.H,
-                "fusedrnn: zoneout_c must have shape [T, B, H] = [", d.T, ", ", d.B, ", ", d.H, "], got ",
-                a.zoneout_c->sizes());
-    TORCH_CHECK(a.zoneout_h->dim() == 3 && a.zoneout_h->size(0) == d.T && a.zoneout_h->size(1) == d.B &&
-                    a.zoneout_h->size(2) == d.R,
-                "fusedrnn: zoneout_h must have shape [T, B, R] = [", d.T, ", ", d.B, ", ", d.R, "], got ",
-                a.zoneout_h->sizes());
+    check_steps(like, *a.zoneout_c, d, d.H, "zoneout_c");
+    check_steps(like, *a.zoneout_h, d, d.R, "zoneout_h");
   }
   d.S = 1;
   if (d.bn && !d.bn_train) {
@@ -232,6 +238,47 @@ inline LayerDims check_layer_args(int64_t T, int64_t B, int64_t G, const at::Ten
     TORCH_CHECK(check_running(a.bn_h_running_var, d.G, like, "bn_h_running_var") == d.S &&
                     check_running(a.bn_c_running_mean, d.H, like, "bn_c_running_mean") == d.S &&
                     check_running(a.bn_c_running_var, d.H, like, "bn_c_running_var") == d.S,
+                "fusedrnn: running statistics must all have the same number of slots");
+  }
+  return d;
+}
+
+// The GRU's layer op (gru_layer_forward / _backward) takes a subset of the LSTM's parameters:
+// no projection, no N_c, no zoneout of c; LayerArgs carries them absent.  Checks them and b_hh
+// [G] (G = 3H) and returns the sizes (R = H).  like, h0: as check_layer_args.
+inline LayerDims check_gru_args(int64_t T, int64_t B, int64_t G, const at::Tensor& like, const at::Tensor& h0,
+                                const LayerArgs& a, const OptT& b_hh) {
+  LayerDims d{};
+  check_float(like, "xp");
+  d.T = T;
+  d.B = B;
+  d.G = G;
+  TORCH_CHECK(G % 3 == 0, "fusedrnn: xp must have 3H gate columns (r, z, n), got ", G);
+  d.H = d.R = G / 3;
+  check_dim(a.w_hh, 2, "w_hh");
+  check_same(like, a.w_hh, "xp", "w_hh");
+  TORCH_CHECK(a.w_hh.size(0) == G && a.w_hh.size(1) == d.H, "fusedrnn: w_hh must have shape [3H, H] = [", G, ", ",
+              d.H, "], got ", a.w_hh.sizes());
+  check_same(like, h0, "xp", "h0");
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == d.H, "fusedrnn: h0 must have shape [", B, ", ",
+              d.H, "], got ", h0.sizes());
+  if (b_hh.has_value()) {
+    check_same(like, *b_hh, "xp", "b_hh");
+    TORCH_CHECK(b_hh->numel() == G, "fusedrnn: b_hh must have ", G, " elements, got ", b_hh->numel());
+  }
+  check_step_args(d, like, a);
+  TORCH_CHECK((d.bn || d.ln) == a.norm_h_weight.has_value(), "fusedrnn: norm_h_weight goes with batch or layer "
+              "norm (norm_mode ", a.norm_mode, ")");
+  if (a.norm_h_weight.has_value()) {
+    check_same(like, *a.norm_h_weight, "xp", "norm_h_weight");
+    TORCH_CHECK(a.norm_h_weight->numel() == G, "fusedrnn: norm_h_weight must have ", G, " elements");
+  }
+  d.zoneout = a.zoneout_h.has_value();
+  if (d.zoneout) check_steps(like, *a.zoneout_h, d, d.H, "zoneout_h");
+  d.S = 1;
+  if (d.bn && !d.bn_train) {
+    d.S = check_running(a.bn_h_running_mean, G, like, "bn_h_running_mean");
+    TORCH_CHECK(check_running(a.bn_h_running_var, G, like, "bn_h_running_var") == d.S,
                 "fusedrnn: running statistics must all have the same number of slots");
   }
   return d;
@@ -263,8 +310,8 @@ struct LayerTensors {
     if (d.bn && !d.bn_train) {
       rm_h = a.bn_h_running_mean->contiguous();
       rv_h = a.bn_h_running_var->contiguous();
-      rm_c = a.bn_c_running_mean->contiguous();
-      rv_c = a.bn_c_running_var->contiguous();
+      rm_c = contiguous_opt(a.bn_c_running_mean);  // (absent for the GRU)
+      rv_c = contiguous_opt(a.bn_c_running_var);
     }
   }
 };
@@ -306,6 +353,32 @@ using LayerBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
 #define FUSEDRNN_LAYER_BACKWARD_TAIL_DECL                                                              \
   const at::Tensor &h_stats, const at::Tensor &c_stats, const at::Tensor &ws_h, const at::Tensor &ws_act, \
       const at::Tensor &ws_c, const at::Tensor &ws_hh_hat, const at::Tensor &ws_hc
+
+// The GRU layer op's parameter arguments (module.cpp FUSEDRNN_GRU_PARAMS), its outputs, and
+// the LayerArgs they make (the LSTM's parts a GRU lacks absent).
+#define FUSEDRNN_GRU_ARGS_DECL                                                                          \
+  const at::Tensor &w_hh, const OptT &b_hh, const OptT &mask, int64_t mask_mode, const OptT &lengths,      \
+      bool reverse, int64_t norm_mode, const OptT &norm_h_weight, const OptT &bn_h_running_mean,           \
+      const OptT &bn_h_running_var, int64_t bn_step_offset, double norm_eps, const OptT &zoneout_h
+#define FUSEDRNN_GRU_LAYER_ARGS(none)                                                                    \
+  LayerArgs {                                                                                            \
+    w_hh, none, mask, mask_mode, lengths, reverse, norm_mode, norm_h_weight, none, none, bn_h_running_mean, \
+        bn_h_running_var, none, none, bn_step_offset, norm_eps, none, zoneout_h                            \
+  }
+using GruForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                 at::Tensor, at::Tensor>;
+using GruBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// ---- gru_layer: the GRU's layer recurrence op (CPU only for now; schema in module.cpp) --------
+// forward(xp [T, B, 3H], h0 [B, H], GRU params, save_workspace)
+//   -> (y, h_n, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn)
+// backward(grad_y, grad_h_n, GRU params, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn)
+//   -> (grad_xp, grad_h0, grad_w_hh, grad_b_hh, grad_norm_h_weight)
+GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp, const at::Tensor& h0, FUSEDRNN_GRU_ARGS_DECL,
+                                    bool save_workspace);
+GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, FUSEDRNN_GRU_ARGS_DECL,
+                                      const at::Tensor& h_stats, const at::Tensor& ws_h, const at::Tensor& ws_gates,
+                                      const at::Tensor& ws_hs, const at::Tensor& ws_hh_hat, const at::Tensor& ws_hn);
 
 // The implementations of the ops both devices run, one signature for both: fusedrnn::<op>_cpu
 // (cpu/*.cpp) and fusedrnn::<op>_cuda (cuda/*_host.cpp, built with CUDA only); schemas in

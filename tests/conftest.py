@@ -14,7 +14,7 @@
 - Under pytest-xdist (``make test`` runs one worker per core) each worker runs torch with one
   thread: the workers share the cores (two threads per worker tripled the suite's time on
   two cores).  The native kernels' threaded paths keep their own tests
-  (tests/test_native_ops.py ``two_threads``), and tests that start a process get the default.
+  (the fixture ``two_threads``), and tests that start a process get the default.
 """
 
 import os
@@ -131,3 +131,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def two_threads():
+    """The native kernels' threaded paths (at::parallel_for over units and rows, threaded
+    GEMMs), whatever thread count the suite runs with (one per xdist worker)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)

@@ -177,6 +177,21 @@ MUTANTS = [
            "self.hidden_size, self.hidden_size, input, self.training)", "self.hidden_size, self.hidden_size, input, True)",
            ("tests/test_option_matrix.py",),
            "LSTMCell in eval draws random zoneout weights instead of using the expectation"),
+    Mutant("gru-b-hn-outside-reset", "fusedrnn/backends/reference.py",
+           "n = torch.tanh(x_n + r * h_n)",
+           "n = torch.tanh(x_n + r * h_n) if b_hh is None else torch.tanh(x_n + r * (h_n - b_hh.chunk(3)[2]) + "
+           "b_hh.chunk(3)[2])",
+           ("tests/test_gru.py::test_matches_nn_gru",),
+           "the other GRU variant: b_hn added outside the reset product"),
+    Mutant("gru-rz-order", "fusedrnn/backends/reference.py",
+           "r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)",
+           "z, r = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)",
+           ("tests/test_gru.py::test_matches_nn_gru",),
+           "the GRU's reset and update gates swapped (torch's order is r, z, n)"),
+    Mutant("gru-grad-slots", "fusedrnn/core/schema.py",
+           '{"w_hh": 2, "b_hh": 3, "norm_h_weight": 4}', '{"w_hh": 2, "b_hh": 4, "norm_h_weight": 3}',
+           ("tests/test_native_gru.py",),
+           "the GRU op's gradients of b_hh and of N_h's gain returned to each other's parameter"),
 ]
 
 

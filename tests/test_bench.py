@@ -33,6 +33,22 @@ def test_records_have_the_design_keys_and_append(tmp_path):
     assert len(path.read_text().splitlines()) > len(lines)  # appended, not overwritten
 
 
+def test_gru_rows_compare_with_nn_gru():
+    """A GRU point records its variants as "gru:<variant>", runs torch's GRU (not its LSTM) as
+    the baseline and no loop (an LSTM); its rows' speedups are over nn.GRU's plain time."""
+    recs = suite.run("cpu", device=torch.device("cpu"), out=None, points=[Point(4, 6, 8, 8, rnn="gru")], reps=1,
+                     variants=("plain", "zoneout"), backends=["native"], modes=("fwd+bwd",), progress=False)
+    assert {(r["provider"], r["variant"]) for r in recs} == {
+        ("torch-cpu", "gru:plain"), ("fusedrnn-native", "gru:plain"), ("fusedrnn-native", "gru:zoneout")}
+    t = {(r["provider"], r["variant"]): r["median_ms"] for r in recs}
+    header, rows = suite.summarize(recs)
+    col = header.index("native vs torch-cpu")
+    by_variant = {row[header.index("variant")]: row[col] for row in rows}
+    assert by_variant["gru:zoneout"] == f"{t['torch-cpu', 'gru:plain'] / t['fusedrnn-native', 'gru:zoneout']:.2f}x"
+    screen = {row[3]: row[4] for row in suite.console_rows(recs)[1]}
+    assert screen["gru:zoneout"] == suite._ms(t["torch-cpu", "gru:plain"])
+
+
 def test_table_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
     from fusedrnn.bench.plots import plot_all

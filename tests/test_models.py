@@ -20,7 +20,9 @@ pytestmark = pytest.mark.one_thread
 
 
 def _make(name, backend, **kw):
-    """(model, inputs) of each model, small."""
+    """(model, inputs) of each model, small ("-gru" in the name: cell="gru")."""
+    if "-gru" in name:
+        name, kw = name.replace("-gru", ""), dict(kw, cell="gru")
     g = torch.Generator().manual_seed(0)
     B, T = 3, 6
     if name == "lm":
@@ -52,7 +54,8 @@ def _make(name, backend, **kw):
 
 
 MODELS = ["lm", "lm-tied", "tagger", "classifier-bn", "seq2seq:bahdanau", "seq2seq:luong-dot",
-          "seq2seq:luong-general", "seq2seq:none", "caption", "ntm", "stack"]
+          "seq2seq:luong-general", "seq2seq:none", "caption", "ntm", "stack",
+          "lm-gru", "tagger-gru", "classifier-bn-gru", "seq2seq-gru:bahdanau"]
 
 
 def _out(y):
@@ -86,7 +89,7 @@ def test_training_step_matches_reference(name, backend):
     model has it) equals the reference backend's: outputs and every parameter's gradient."""
     y_ref, g_ref = _training_step(name, "reference")
     y, g = _training_step(name, backend)
-    assert tuple(y.shape) == EXPECTED_SHAPE.get(name, (3, 5, 9))
+    assert tuple(y.shape) == EXPECTED_SHAPE.get(name.replace("-gru", ""), (3, 5, 9))
     torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
     assert list(g) == list(g_ref)
     for n in g:
@@ -109,6 +112,23 @@ def test_backends_agree(name):
             outs.append(_out(model(*inputs)))
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0], rtol=1e-9, atol=1e-9)
+
+
+def test_gru_models_hold_a_gru():
+    """cell="gru" builds fusedrnn.GRU / GRUCell (state h alone); the LSTM keeps its keys."""
+    lm, (tok,) = _make("lm-gru", "auto")
+    assert isinstance(lm.rnn, fusedrnn.GRU) and lm.rnn is lm.gru and "gru.weight_hh_l0" in lm.state_dict()
+    _, state = lm(tok)
+    assert torch.is_tensor(state) and state.shape == (2, 3, 16)
+    assert lm.sample(tok[:, :2], 3).shape == (3, 5)
+    s2s, _ = _make("seq2seq-gru:bahdanau", "auto")
+    assert isinstance(s2s.encoder, fusedrnn.GRU) and isinstance(s2s.cell, fusedrnn.GRUCell) and s2s.bridge_c is None
+    tagger, _ = _make("tagger-gru", "auto")
+    assert isinstance(tagger.encoder.rnn, fusedrnn.GRU)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        models.LanguageModel(17, 12, 16, cell="rnn")
+    with pytest.raises(ValueError, match="GRU has no projection"):
+        models.LanguageModel(17, 12, 16, tie_weights=True, cell="gru")
 
 
 def test_lm_tying_and_sampling():

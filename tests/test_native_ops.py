@@ -370,16 +370,6 @@ def test_gemm_paths_agree_with_float64(B, H, T, path, monkeypatch):
             torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=2e-4)
 
 
-@pytest.fixture
-def two_threads():
-    """The native kernels' threaded paths (at::parallel_for over units and rows, threaded
-    GEMMs), whatever thread count the suite runs with (one per xdist worker)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 THREAD_OPTIONS = [dict(), dict(recurrent_dropout=0.3, variational=True, batch_norm=True),
                   dict(layer_norm=True, zoneout=(0.3, 0.2)), dict(proj_size=24, zoneout=0.2)]
 THREAD_IDS = ["plain", "v+bn", "ln+zoneout", "proj+zoneout"]

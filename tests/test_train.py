@@ -182,6 +182,25 @@ def test_cli(tmp_path, capsys):
     assert "eval_n_max=60" in helptext and "torchrun" in helptext and "repeat-copy" in helptext
 
 
+def test_cli_cell_and_option_flags(tmp_path):
+    """--cell gru and the flags of the options torch lacks reach the model."""
+    import argparse
+
+    from fusedrnn.train import cli as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["train", "char-lm", "--cell", "gru", "--zoneout", "0.1", "--layer-norm",
+                              "--weight-dropout", "0.2"])
+    cfg = train_cli.config_from_args(args)
+    assert {k: cfg.model_args[k] for k in ("cell", "zoneout", "layer_norm", "weight_dropout")} == dict(
+        cell="gru", zoneout=0.1, layer_norm=True, weight_dropout=0.2)
+    r = train(_cfg("char-lm", tmp_path, model_args=dict(_tiny_model("char-lm", "lm"), **cfg.model_args),
+                   num_samples=1))
+    assert r["final"]["step"] == 2
+    assert cli_main(["train", "copy", "--model", "ntm", "--cell", "gru", "--steps", "1", "--quiet"]) == 2
+
+
 def _installed(module: str) -> bool:
     import importlib.util
     return importlib.util.find_spec(module) is not None

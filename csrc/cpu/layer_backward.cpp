@@ -78,36 +78,6 @@ FUSEDRNN_CPU_CLONES void bwd_gates_row(
   }
 }
 
-// BN_h backward, first pass over the columns [c0, c1) of one active row: dgamma_h and, in
-// training, the batch sums s1 = sum(dxhat), s2 = sum(dxhat * x_hat); with running
-// statistics (eval) directly dL/dhh = dxhat * rstd.
-template <typename T, bool TRAIN>
-FUSEDRNN_CPU_CLONES void bwd_bn_h_cols(const T* __restrict gx, const T* __restrict hhat,
-                                       const T* __restrict gamma, const T* __restrict rstd,
-                                       T* __restrict dgamma, T* __restrict s1, T* __restrict s2,
-                                       T* __restrict dhh, int64_t c0, int64_t c1) {
-  for (int64_t c = c0; c < c1; ++c) {
-    const T dxhat = gx[c] * gamma[c];
-    dgamma[c] += gx[c] * hhat[c];
-    if constexpr (TRAIN) {
-      s1[c] += dxhat;
-      s2[c] += dxhat * hhat[c];
-    } else {
-      dhh[c] = dxhat * rstd[c];
-    }
-  }
-}
-
-// BN_h backward through the batch statistics, one active row, columns [c0, c1).
-template <typename T>
-FUSEDRNN_CPU_CLONES void bwd_bn_h_row(const T* __restrict gx, const T* __restrict gamma,
-                                      const T* __restrict hhat, const T* __restrict rstd,
-                                      const T* __restrict s1, const T* __restrict s2,
-                                      T* __restrict dhh, T n, int64_t c0, int64_t c1) {
-  for (int64_t c = c0; c < c1; ++c)
-    dhh[c] = gates::bn_backward(gx[c] * gamma[c], hhat[c], rstd[c], s1[c], s2[c], n);
-}
-
 // LN_c and the output, backward, for one active row: c~ recomputed from the gates, then
 // dL/dpre_o, dL/d(LN_c out), c_hat and dL/dc~ (through the row's statistics).
 template <typename T>
@@ -179,13 +149,6 @@ struct BwdBuffers : ParamPtrs<T> {
     carve(carve(st, G, mean_g, rstd_g, sum1_g, sum2_g), H, mean_c, rstd_c, sum1_c, sum2_c);
   }
 };
-
-// acc[c] += a[c] * b[c] over [c0, c1).
-template <typename T>
-FUSEDRNN_CPU_CLONES void add_product(const T* __restrict a, const T* __restrict b, T* __restrict acc, int64_t c0,
-                                     int64_t c1) {
-  for (int64_t c = c0; c < c1; ++c) acc[c] += a[c] * b[c];
-}
 
 template <typename T>
 void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f, int64_t s,

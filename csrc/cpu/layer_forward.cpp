@@ -28,18 +28,6 @@ namespace {
 
 using namespace cpu;  // layer_rows.h, rows.h, gemm.h
 
-// BN_h of one row, columns [c0, c1): saves x_hat and rewrites hh in place to gamma * x_hat.
-template <typename T>
-FUSEDRNN_CPU_CLONES void fwd_bn_h_cols(T* __restrict hh, const T* __restrict gamma,
-                                       const T* __restrict mean, const T* __restrict rstd,
-                                       T* __restrict hhat, int64_t c0, int64_t c1) {
-  for (int64_t c = c0; c < c1; ++c) {
-    const T xhat = gates::bn_normalize(hh[c], mean[c], rstd[c]);
-    hhat[c] = xhat;
-    hh[c] = gamma[c] * xhat;
-  }
-}
-
 // Gates and cell update of one row (pre-activation = xp + hh); with OUT also the output
 // h = o * tanh(c) (without BN_c).  Pointers are offset to the row.
 template <typename T, bool OUT>
@@ -140,20 +128,10 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
   at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
     const int64_t w = j1 - j0;
     // ---- BN_h statistics of the four gate columns of units [j0, j1) ----
-    if (d.bn) {
-      for (int k = 0; k < 4; ++k) {
-        const int64_t c0 = k * H + j0;
-        if (bn_train) {
-          column_stats(rows, s, f.hh, G, c0, c0 + w, inv_n, f.mean_g, var_g);
-          std::memcpy(f.h_stats + (s * 2) * G + c0, f.mean_g + c0, sizeof(T) * w);
-          std::memcpy(f.h_stats + (s * 2 + 1) * G + c0, var_g + c0, sizeof(T) * w);
-        } else {
-          std::memcpy(f.mean_g + c0, f.rm_h + slot * G + c0, sizeof(T) * w);
-          std::memcpy(var_g + c0, f.rv_h + slot * G + c0, sizeof(T) * w);
-        }
-        for (int64_t c = c0; c < c0 + w; ++c) f.rstd_g[c] = gates::rsqrt_(var_g[c] + T(eps));
-      }
-    }
+    if (d.bn)
+      for (int k = 0; k < 4; ++k)
+        bn_step_stats(rows, s, f.hh, G, k * H + j0, k * H + j1, bn_train, inv_n, f.h_stats, f.rm_h, f.rv_h, slot, eps,
+                      f.mean_g, var_g, f.rstd_g);
     // ---- gates and cell update ----
     for (int64_t b = 0; b < B; ++b) {
       if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
@@ -190,15 +168,8 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
       return;
     }
     // ---- BN_c statistics, then the output ----
-    if (bn_train) {
-      column_stats(rows, s, c_new, H, j0, j1, inv_n, f.mean_c, var_c);
-      std::memcpy(f.c_stats + (s * 2) * H + j0, f.mean_c + j0, sizeof(T) * w);
-      std::memcpy(f.c_stats + (s * 2 + 1) * H + j0, var_c + j0, sizeof(T) * w);
-    } else {
-      std::memcpy(f.mean_c + j0, f.rm_c + slot * H + j0, sizeof(T) * w);
-      std::memcpy(var_c + j0, f.rv_c + slot * H + j0, sizeof(T) * w);
-    }
-    for (int64_t j = j0; j < j1; ++j) f.rstd_c[j] = gates::rsqrt_(var_c[j] + T(eps));
+    bn_step_stats(rows, s, c_new, H, j0, j1, bn_train, inv_n, f.c_stats, f.rm_c, f.rv_c, slot, eps, f.mean_c, var_c,
+                  f.rstd_c);
     for (int64_t b = 0; b < B; ++b) {
       if (!rows.active(b, s)) continue;
       T* h_out = hc ? hc + b * H : f.h_cur + b * R;

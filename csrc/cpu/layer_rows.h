@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -97,6 +98,76 @@ template <typename T>
 FUSEDRNN_CPU_CLONES void cell_candidates(const T* __restrict ar, const T* __restrict c_prev, T* __restrict c_til,
                                          int64_t H, int64_t j0, int64_t j1) {
   for (int64_t j = j0; j < j1; ++j) c_til[j] = gates::cell_update(ar[j], ar[H + j], ar[2 * H + j], c_prev[j]);
+}
+
+// ---- batch norm of N_h, both cells (columns of one row) ----
+
+// Batch-norm statistics of the columns [c0, c1) of a [B, W] matrix v at step s: in training
+// over the rows active at s (inv_n = 1 / their count), saved into stats [T, 2, W] (mean,
+// biased var); in eval the running statistics' slot (rm, rv [S, W]).  rstd = 1 / sqrt(var +
+// eps); var may alias rstd.
+template <typename T>
+void bn_step_stats(const Rows& rows, int64_t s, const T* v, int64_t W, int64_t c0, int64_t c1, bool train, T inv_n,
+                   T* stats, const T* rm, const T* rv, int64_t slot, double eps, T* mean, T* var, T* rstd) {
+  const size_t bytes = sizeof(T) * (c1 - c0);
+  if (train) {
+    column_stats(rows, s, v, W, c0, c1, inv_n, mean, var);
+    std::memcpy(stats + (s * 2) * W + c0, mean + c0, bytes);
+    std::memcpy(stats + (s * 2 + 1) * W + c0, var + c0, bytes);
+  } else {
+    std::memcpy(mean + c0, rm + slot * W + c0, bytes);
+    std::memcpy(var + c0, rv + slot * W + c0, bytes);
+  }
+  for (int64_t c = c0; c < c1; ++c) rstd[c] = gates::rsqrt_(var[c] + T(eps));
+}
+
+// BN_h of one row, columns [c0, c1): saves x_hat and rewrites hh in place to gamma * x_hat.
+template <typename T>
+FUSEDRNN_CPU_CLONES void fwd_bn_h_cols(T* __restrict hh, const T* __restrict gamma,
+                                       const T* __restrict mean, const T* __restrict rstd,
+                                       T* __restrict hhat, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const T xhat = gates::bn_normalize(hh[c], mean[c], rstd[c]);
+    hhat[c] = xhat;
+    hh[c] = gamma[c] * xhat;
+  }
+}
+
+// BN_h backward, first pass over the columns [c0, c1) of one active row: dgamma_h and, in
+// training, the batch sums s1 = sum(dxhat), s2 = sum(dxhat * x_hat); with running
+// statistics (eval) directly dL/dhh = dxhat * rstd.
+template <typename T, bool TRAIN>
+FUSEDRNN_CPU_CLONES void bwd_bn_h_cols(const T* __restrict gx, const T* __restrict hhat,
+                                       const T* __restrict gamma, const T* __restrict rstd,
+                                       T* __restrict dgamma, T* __restrict s1, T* __restrict s2,
+                                       T* __restrict dhh, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const T dxhat = gx[c] * gamma[c];
+    dgamma[c] += gx[c] * hhat[c];
+    if constexpr (TRAIN) {
+      s1[c] += dxhat;
+      s2[c] += dxhat * hhat[c];
+    } else {
+      dhh[c] = dxhat * rstd[c];
+    }
+  }
+}
+
+// BN_h backward through the batch statistics, one active row, columns [c0, c1).
+template <typename T>
+FUSEDRNN_CPU_CLONES void bwd_bn_h_row(const T* __restrict gx, const T* __restrict gamma,
+                                      const T* __restrict hhat, const T* __restrict rstd,
+                                      const T* __restrict s1, const T* __restrict s2,
+                                      T* __restrict dhh, T n, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c)
+    dhh[c] = gates::bn_backward(gx[c] * gamma[c], hhat[c], rstd[c], s1[c], s2[c], n);
+}
+
+// acc[c] += a[c] * b[c] over [c0, c1).
+template <typename T>
+FUSEDRNN_CPU_CLONES void add_product(const T* __restrict a, const T* __restrict b, T* __restrict acc, int64_t c0,
+                                     int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) acc[c] += a[c] * b[c];
 }
 
 // The per-step GEMMs with W_hh and W_hr (packed once per call); forward multiplies by W^T.

@@ -1,5 +1,5 @@
 """The ``native`` backend: the C++ CPU kernels of fusedrnn._C (csrc/cpu/), float32 and
-float64.  The input projection is one GEMM over all steps (fusedrnn::linear); the recurrence
+float64, the LSTM and the GRU.  The input projection is one GEMM over all steps (fusedrnn::linear); the recurrence
 runs one GEMM and one fused pointwise pass per step (float32 GEMMs on oneDNN with the weight
 reordered once per call, csrc/cpu/gemm.h); BN_x one fused pass over the sequence; the cell
 step one fused pass (fusedrnn.backends.compiled).
@@ -11,13 +11,15 @@ from typing import Optional
 
 import torch
 
-from ..core.contract import Config
+from ..core.contract import CellKind, Config
 from .compiled import CompiledBackend
 
 SERVED = (torch.float32, torch.float64)
 
 
 class CPUBackend(CompiledBackend):
+    cells = (CellKind.LSTM, CellKind.GRU)
+
     def __init__(self):
         super().__init__("native", "cpu", "CPU")
 

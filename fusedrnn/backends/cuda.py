@@ -67,6 +67,8 @@ UNVERIFIED_ENV = "FUSEDRNN_CUDA_UNVERIFIED"
 
 class CUDABackend(CompiledBackend):
     autocast_native = True  # 16-bit data, float32 cell state and accumulation
+    cells_note = " (the GRU waits until the LSTM's CUDA kernels have run on a GPU)"
+
     def __init__(self):
         super().__init__("cuda", "cuda", "CUDA")
 

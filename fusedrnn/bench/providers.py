@@ -1,11 +1,12 @@
 """Benchmark providers: what is timed, built for one (variant, mode, shape, dtype, device).
 
 Providers (docs/guide.md, "Benchmark records"):
-  fusedrnn-<backend>   fusedrnn.LSTM on that backend (every variant)
-  cudnn / torch-cpu    torch.nn.LSTM on CUDA (cuDNN) / on CPU (oneDNN): plain only
-  loop                 the per-step loop of fusedrnn.bench.loop (every variant)
+  fusedrnn-<backend>   fusedrnn.LSTM (or GRU) on that backend (every variant)
+  cudnn / torch-cpu    torch.nn.LSTM (or nn.GRU) on CUDA (cuDNN) / on CPU (oneDNN): plain only
+  loop                 the per-step loop of fusedrnn.bench.loop (LSTM; the variants it has)
 Variants: plain, variational (recurrent_dropout=0.25, shared masks), bn (recurrent batch
-norm), variational+bn.  Modes: fwd (training-mode forward under no_grad), fwd+bwd, infer
+norm), variational+bn, zoneout, weight_dropout, layer_norm; a GRU's are the same names
+after "gru:" (gru:plain, gru:zoneout, ...).  Modes: fwd (training-mode forward under no_grad), fwd+bwd, infer
 (eval mode under no_grad: inference, batch norm on its running statistics).
 """
 
@@ -16,9 +17,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..modules import LSTM, LSTMCell
+from ..modules import GRU, LSTM, LSTMCell
 from ..ops.decision import available_backends, explain_config
-from ..modules._torch import TorchLSTM, TorchLSTMCell
+from ..modules._torch import TorchGRU, TorchLSTM, TorchLSTMCell
 from .loop import LoopLSTM
 
 VARIANTS = {
@@ -31,8 +32,21 @@ VARIANTS = {
     "layer_norm": dict(layer_norm=True),
 }
 LOOP_OPTIONS = ("recurrent_dropout", "variational", "batch_norm")  # what the Python loop baseline implements
+GRU_PREFIX = "gru:"
 MODES = ("fwd", "fwd+bwd", "infer")
 DEFAULT_MODES = ("fwd", "fwd+bwd")
+
+
+def split_variant(variant: str) -> tuple[str, str]:
+    """"gru:zoneout" -> ("gru", "zoneout"); "zoneout" -> ("lstm", "zoneout")."""
+    if variant.startswith(GRU_PREFIX):
+        return "gru", variant[len(GRU_PREFIX):]
+    return "lstm", variant
+
+
+def plain_of(variant: str) -> str:
+    """The plain variant of the same cell: what a regularized variant is compared with."""
+    return GRU_PREFIX + "plain" if variant.startswith(GRU_PREFIX) else "plain"
 
 
 def torch_provider_name(device: torch.device) -> str:
@@ -52,23 +66,25 @@ def providers_for(device: torch.device, backends: Optional[list[str]] = None,
 
 
 def supports(provider: str, variant: str) -> bool:
+    rnn, base = split_variant(variant)
     if provider in ("cudnn", "torch-cpu"):
-        return variant == "plain"
+        return base == "plain"
     if provider == "loop":
-        return all(k in LOOP_OPTIONS for k in VARIANTS[variant])
+        return rnn == "lstm" and all(k in LOOP_OPTIONS for k in VARIANTS[base])
     return True
 
 
 def serves(provider: str, variant: str, B: int, T: int, I: int, H: int, dtype, device) -> Optional[str]:
     """None if the provider can run this point, else why not (a backend may be available on
     the device but not serve the layer recurrence, or not this configuration)."""
+    rnn, base = split_variant(variant)
     if not supports(provider, variant):
         if provider == "loop":
             return f"the loop baseline has no {variant}"
-        return "torch.nn.LSTM has none of fusedrnn's regularizers"
+        return f"torch.nn.{rnn.upper()} has none of fusedrnn's regularizers"
     if not provider.startswith("fusedrnn-"):
         return None
-    m = LSTM(I, H, backend=provider[len("fusedrnn-"):], **VARIANTS[variant]).train()
+    m = (GRU if rnn == "gru" else LSTM)(I, H, backend=provider[len("fusedrnn-"):], **VARIANTS[base]).train()
     x = torch.empty(T, B, I, dtype=dtype, device=device)
     for _, cfg in m.layer_configs(x):
         why = explain_config(m.backend, cfg)[0][1]
@@ -79,15 +95,16 @@ def serves(provider: str, variant: str, B: int, T: int, I: int, H: int, dtype, d
 
 def build_module(provider: str, variant: str, I: int, H: int, T: int, dtype, device, layers: int = 1) -> nn.Module:
     torch.manual_seed(0)
-    opts = VARIANTS[variant]
+    rnn, base = split_variant(variant)
+    opts = VARIANTS[base]
     if provider in ("cudnn", "torch-cpu"):
-        m = TorchLSTM(I, H, layers)
+        m = (TorchGRU if rnn == "gru" else TorchLSTM)(I, H, layers)
     elif provider == "loop":
         m = LoopLSTM(I, H, recurrent_dropout=opts.get("recurrent_dropout", 0.0),
                      variational=opts.get("variational", False), batch_norm=opts.get("batch_norm", False),
                      max_steps=T)
     elif provider.startswith("fusedrnn-"):
-        m = LSTM(I, H, layers, backend=provider[len("fusedrnn-"):], bn_max_steps=max(T, 1), **opts)
+        m = (GRU if rnn == "gru" else LSTM)(I, H, layers, backend=provider[len("fusedrnn-"):], bn_max_steps=max(T, 1), **opts)
     else:
         raise ValueError(f"unknown provider {provider!r}")
     return m.to(device=device, dtype=dtype).train()
@@ -95,8 +112,8 @@ def build_module(provider: str, variant: str, I: int, H: int, T: int, dtype, dev
 
 def build_layer_fn(provider: str, variant: str, mode: str, B: int, T: int, I: int, H: int, dtype,
                    device, rotate: int = 1, layers: int = 1) -> Callable[[int], None]:
-    """fn(k): one forward (or forward + backward) of an LSTM (one layer unless ``layers``) on
-    input set k."""
+    """fn(k): one forward (or forward + backward) of an LSTM or GRU (the variant says; one layer
+    unless ``layers``) on input set k."""
     if provider == "loop" and layers != 1:
         raise ValueError("the loop provider is one layer")
     m = build_module(provider, variant, I, H, T, dtype, device, layers)

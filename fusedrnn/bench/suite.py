@@ -17,7 +17,8 @@ import torch
 
 from .. import report
 from . import harness
-from .providers import DEFAULT_MODES, MODES, VARIANTS, build_cell_fn, build_layer_fn, providers_for, serves, supports, torch_provider_name
+from .providers import (DEFAULT_MODES, GRU_PREFIX, MODES, VARIANTS, build_cell_fn, build_layer_fn, plain_of,
+                        providers_for, serves, supports, torch_provider_name)
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64, "float64": torch.float64}
@@ -32,14 +33,17 @@ class Point:
     dtype: str = "fp32"
     cell: bool = False
     layers: int = 1
+    rnn: str = "lstm"  # or "gru": its variants are recorded as "gru:<variant>"
 
 
 _GPU_GRID = (
     [Point(16, 1024, 768, 768, d) for d in ("bf16", "fp16")]
     + [Point(b, 1024, 768, 768, "bf16") for b in (2, 8, 32, 128, 256)]
     + [Point(64, 50, 256, 512, "fp32"), Point(64, 512, 128, 128, "fp32"),
-       Point(8, 1000, 1024, 1024, "fp16"), Point(256, 256, 1024, 1024, "bf16")]
+       Point(8, 1000, 1024, 1024, "fp16"), Point(256, 256, 1024, 1024, "bf16"),
+       Point(64, 50, 256, 512, "fp32", rnn="gru")]
 )
+_CPU_SHAPES = ((32, 100, 256), (8, 100, 256), (64, 50, 512), (1, 100, 256), (128, 35, 650))
 
 PRESETS: dict[str, dict] = {
     # The GPU grid of benchmarks/gpu_check.sh: the FlashRNN point (B=16, T=1024, H=768) and
@@ -47,9 +51,8 @@ PRESETS: dict[str, dict] = {
     # The Python-loop baseline runs at the first point only (it is slow and changes little).
     "anchors": dict(points=_GPU_GRID, variants=("plain", "variational+bn"), loop="first"),
     # The CPU grid: B=1 (streaming inference) and the medium word-LM shape (B=128, T=35,
-    # I=H=650) beside the original three; training and inference.
-    "cpu": dict(points=[Point(32, 100, 256, 256), Point(8, 100, 256, 256), Point(64, 50, 512, 512),
-                        Point(1, 100, 256, 256), Point(128, 35, 650, 650)],
+    # I=H=650) beside the original three; training and inference; the LSTM, then the GRU.
+    "cpu": dict(points=[Point(B, T, H, H, rnn=rnn) for rnn in ("lstm", "gru") for B, T, H in _CPU_SHAPES],
                 variants=tuple(VARIANTS), modes=("fwd+bwd", "infer")),
     "quick": dict(points=[Point(16, 50, 128, 128), Point(32, 50, 256, 256)],
                   variants=("plain", "variational+bn")),
@@ -101,12 +104,13 @@ def run(preset: str = "cpu", *, device: Optional[torch.device] = None, dtype: Op
         for prov in providers_for(device, backends, include_loop=with_loop):
             if (p.cell or p.layers != 1) and prov == "loop":
                 continue
-            for var in variants:
+            for base in variants:
+                var = base if p.rnn == "lstm" else GRU_PREFIX + base
                 if not supports(prov, var):
                     continue
                 if not p.cell and serves(prov, var, p.B, p.T, p.I, p.H, dt, device) is not None:
                     continue
-                if p.B == 1 and mode != "infer" and VARIANTS[var].get("batch_norm"):
+                if p.B == 1 and mode != "infer" and VARIANTS[base].get("batch_norm"):
                     continue  # batch statistics of one row do not exist
                 if p.cell:
                     fns[(prov, var)] = build_cell_fn(prov, var, mode, p.B, p.H, dt, device, rotate=4 if cuda else 1)
@@ -139,7 +143,8 @@ def _ms(t: float) -> str:
 
 def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per (shape, dtype, mode, variant), each provider's median,
-    and each fusedrnn provider's speedup over torch's plain LSTM and over the loop."""
+    and each fusedrnn provider's speedup over torch's plain LSTM (plain GRU for a GRU
+    variant) and over the loop."""
     groups: dict[tuple, dict] = {}
     for r in records:
         key = (r["B"], r["T"], r["I"], r["H"], r["dtype"], r["mode"])
@@ -156,7 +161,8 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for key, g in groups.items():
         present = {v for (_, v) in g}
-        variants_order = [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))
+        known = [v for v in VARIANTS] + [GRU_PREFIX + v for v in VARIANTS]
+        variants_order = [v for v in known if v in present] + sorted(present - set(known))
         for var in variants_order:
             if not any(v == var for (_, v) in g):
                 continue
@@ -166,9 +172,9 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
                 row.append("-" if t is None else _ms(t))
             for p in fused:
                 for tn in torch_names:
-                    # regularized variants against torch's plain LSTM; model rows against the
-                    # same model on torch's modules
-                    base, t = g.get((tn, "plain")) or g.get((tn, var)), g.get((p, var))
+                    # regularized variants against torch's plain LSTM (GRU); model rows against
+                    # the same model on torch's modules
+                    base, t = g.get((tn, plain_of(var))) or g.get((tn, var)), g.get((p, var))
                     row.append("-" if base is None or t is None else f"{base / t:.2f}x")
             if "loop" in providers:
                 for p in fused:
@@ -194,15 +200,15 @@ def console_rows(records: list[dict], include_reference: bool = False) -> tuple[
     base, loop = {}, {}
     for r in records:
         key = (r["mode"], r["dtype"], r["B"], r["T"], r["I"], r["H"])
-        if r["provider"] in ("cudnn", "torch-cpu") and r["variant"] == "plain":
-            base[key] = r["median_ms"]
+        if r["provider"] in ("cudnn", "torch-cpu") and r["variant"] == plain_of(r["variant"]):
+            base[(r["variant"],) + key] = r["median_ms"]
         elif r["provider"] == "loop":
             loop[(r["variant"],) + key] = r["median_ms"]
-    header = ["shape", "dtype", "mode", "variant", "nn.LSTM", "best fusedrnn", "ms", "speedup", "vs loop"]
+    header = ["shape", "dtype", "mode", "variant", "nn.LSTM/GRU", "best fusedrnn", "ms", "speedup", "vs loop"]
     rows = []
     for (variant, mode, dtype, B, T, I, H), (prov, ms) in best_times(records, include_reference).items():
         key = (mode, dtype, B, T, I, H)
-        b, lp = base.get(key), loop.get((variant,) + key)
+        b, lp = base.get((plain_of(variant),) + key), loop.get((variant,) + key)
         rows.append([f"B{B} T{T} I{I} H{H}", _SHORT_DTYPE.get(dtype, dtype), mode, variant,
                      "-" if b is None else _ms(b), prov[len("fusedrnn-"):], _ms(ms),
                      "-" if b is None else f"{b / ms:.2f}x", "-" if lp is None else f"{lp / ms:.1f}x"])

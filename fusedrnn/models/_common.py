@@ -8,10 +8,28 @@ import torch
 from torch import Tensor
 
 
-def lstm_options(recurrent_dropout: float, variational: bool, batch_norm: bool, backend: str) -> dict:
-    """The regularizer keyword arguments of fusedrnn.LSTM / LSTMCell."""
+CELLS = ("lstm", "gru")
+
+
+def lstm_options(recurrent_dropout: float, variational: bool, batch_norm: bool, backend: str, *,
+                 zoneout: float = 0.0, layer_norm: bool = False, weight_dropout: float = 0.0) -> dict:
+    """The regularizer keyword arguments of fusedrnn.LSTM / LSTMCell (and GRU / GRUCell)."""
     return dict(recurrent_dropout=recurrent_dropout, variational=variational, batch_norm=batch_norm,
-                backend=backend)
+                backend=backend, zoneout=zoneout, layer_norm=layer_norm, weight_dropout=weight_dropout)
+
+
+def rnn_class(name: str, cell: str):
+    """fusedrnn.LSTM for cell "lstm", fusedrnn.GRU for "gru" (a model's ``cell`` argument)."""
+    from ..modules import GRU, LSTM
+
+    if cell not in CELLS:
+        raise ValueError(f"{name}: cell must be one of {CELLS}, got {cell!r}")
+    return LSTM if cell == "lstm" else GRU
+
+
+def final_h(state):
+    """h_n of an LSTM's (h_n, c_n) or a GRU's h_n."""
+    return state[0] if isinstance(state, tuple) else state
 
 
 def length_mask(lengths: Optional[Tensor], B: int, T: int, device) -> Tensor:

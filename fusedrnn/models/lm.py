@@ -1,4 +1,4 @@
-"""Language model: embedding -> fusedrnn.LSTM -> linear decoder, many-to-many.
+"""Language model: embedding -> fusedrnn.LSTM (or GRU) -> linear decoder, many-to-many.
 
 Dimension letters: B batch, T steps, V vocabulary, E embedding, H hidden, L layers.
 """
@@ -10,12 +10,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..modules import LSTM, LockedDropout
-from ._common import lstm_options
+from ..modules import LockedDropout
+from ._common import lstm_options, rnn_class
 
 
 class LanguageModel(nn.Module):
-    r"""A character- or word-level LSTM language model (the level is only the vocabulary).
+    r"""A character- or word-level LSTM or GRU language model (the level is only the vocabulary).
 
     Regularization: ``dropout`` is variational (locked) dropout on the embeddings, between
     layers and on the last layer's output, one mask per sequence; ``recurrent_dropout`` is
@@ -28,26 +28,39 @@ class LanguageModel(nn.Module):
         vocab_size (int): V.
         embed_size (int): E.  hidden_size (int): H.  num_layers (int): L.
         dropout (float), recurrent_dropout (float), variational (bool), batch_norm (bool),
-        backend (str): see :class:`fusedrnn.LSTM`.
-        tie_weights (bool): tie the decoder to the embedding.
+        zoneout (float), layer_norm (bool), weight_dropout (float), backend (str): see
+        :class:`fusedrnn.LSTM`.
+        tie_weights (bool): tie the decoder to the embedding (a GRU has no projection: it needs
+            embed_size == hidden_size).
+        cell (str): "lstm" (the module is ``self.lstm``) or "gru" (``self.gru``); ``self.rnn``
+            is either.
 
-    Forward: tokens [B, T] long, state ((h [L, B, R], c [L, B, H]) or None)
-        -> logits [B, T, V], state.
+    Forward: tokens [B, T] long, state (LSTM: (h [L, B, R], c [L, B, H]); GRU: h [L, B, H];
+        or None) -> logits [B, T, V], state.
     """
 
     def __init__(self, vocab_size: int, embed_size: int = 128, hidden_size: int = 256, num_layers: int = 2,
                  dropout: float = 0.0, recurrent_dropout: float = 0.0, variational: bool = True,
-                 tie_weights: bool = False, batch_norm: bool = False, backend: str = "auto"):
+                 tie_weights: bool = False, batch_norm: bool = False, backend: str = "auto", *,
+                 cell: str = "lstm", zoneout: float = 0.0, layer_norm: bool = False, weight_dropout: float = 0.0):
         super().__init__()
+        cls = rnn_class("LanguageModel", cell)
         self.vocab_size, self.embed_size, self.hidden_size = vocab_size, embed_size, hidden_size
-        self.tie_weights = tie_weights
+        self.tie_weights, self.cell = tie_weights, cell
         if tie_weights and embed_size > hidden_size:
             raise ValueError(f"LanguageModel: tie_weights needs embed_size <= hidden_size (the LSTM projects "
                              f"its output to embed_size), got {embed_size} > {hidden_size}")
         self.embedding = nn.Embedding(vocab_size, embed_size)
         proj = embed_size if tie_weights and hidden_size != embed_size else 0
-        self.lstm = LSTM(embed_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0,
-                         proj_size=proj, **lstm_options(recurrent_dropout, variational, batch_norm, backend))
+        if proj and cell == "gru":
+            raise ValueError(f"LanguageModel: tie_weights with a GRU needs embed_size == hidden_size (a GRU has no "
+                             f"projection), got {embed_size} != {hidden_size}")
+        opts = lstm_options(recurrent_dropout, variational, batch_norm, backend, zoneout=zoneout,
+                            layer_norm=layer_norm, weight_dropout=weight_dropout)
+        if proj:
+            opts["proj_size"] = proj
+        setattr(self, cell, cls(embed_size, hidden_size, num_layers, batch_first=True,
+                                dropout=dropout if num_layers > 1 else 0.0, **opts))
         self.drop = LockedDropout(dropout)
         out_size = proj or hidden_size
         self.decoder = nn.Linear(out_size, vocab_size)
@@ -55,11 +68,16 @@ class LanguageModel(nn.Module):
             self.decoder.weight = self.embedding.weight
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
 
-    def forward(self, tokens: Tensor, state: Optional[tuple[Tensor, Tensor]] = None):
-        """tokens [B, T] -> (logits [B, T, V], (h_n, c_n))."""
+    @property
+    def rnn(self) -> nn.Module:
+        """The recurrent module: ``self.lstm`` or ``self.gru``."""
+        return getattr(self, self.cell)
+
+    def forward(self, tokens: Tensor, state=None):
+        """tokens [B, T] -> (logits [B, T, V], state: (h_n, c_n) or a GRU's h_n)."""
         if tokens.dim() != 2:
             raise ValueError(f"LanguageModel: tokens must be [B, T], got shape {tuple(tokens.shape)}")
-        y, state = self.lstm(self.drop(self.embedding(tokens)), state)
+        y, state = self.rnn(self.drop(self.embedding(tokens)), state)
         return self.decoder(self.drop(y)), state
 
     @torch.no_grad()
@@ -84,7 +102,7 @@ class LanguageModel(nn.Module):
                     probs = torch.softmax(last.float() / temperature, -1)
                     nxt = torch.multinomial(probs, 1, generator=generator)
                 out.append(nxt)
-                if self.lstm.batch_norm:  # per-step statistics: rerun from the start
+                if self.rnn.batch_norm:  # per-step statistics: rerun from the start
                     logits, _ = self(torch.cat(out, 1))
                 else:
                     logits, state = self(nxt, state)

@@ -13,8 +13,8 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..modules import LSTM, LSTMCell
-from ._common import length_mask, lstm_options
+from ..modules import GRUCell, LSTMCell
+from ._common import length_mask, lstm_options, rnn_class
 from .attention import BahdanauAttention, LuongAttention
 
 ATTENTIONS = ("bahdanau", "luong-dot", "luong-general", "none")
@@ -22,27 +22,28 @@ ATTENTIONS = ("bahdanau", "luong-dot", "luong-general", "none")
 
 class EncoderMemory(NamedTuple):
     """What the decoder attends to: values [B, S, M], keys [B, S, Kd], prepared keys, mask
-    [B, S] bool, and the decoder's initial state (h0 [B, H], c0 [B, H])."""
+    [B, S] bool, and the decoder's initial state: (h0 [B, H], c0 [B, H]) for an LSTM, (h0,) for
+    a GRU."""
 
     values: Tensor
     keys: Tensor
     prepared: Optional[Tensor]
     mask: Tensor
-    state: tuple[Tensor, Tensor]
+    state: tuple
 
     def repeat(self, k: int) -> "EncoderMemory":
         """Every row repeated k times (row b -> rows b*k … b*k+k-1), for beam search."""
         r = lambda t: None if t is None else t.repeat_interleave(k, dim=0)  # noqa: E731
         return EncoderMemory(r(self.values), r(self.keys), r(self.prepared), r(self.mask),
-                             (r(self.state[0]), r(self.state[1])))
+                             tuple(r(s) for s in self.state))
 
 
 class Seq2Seq(nn.Module):
-    r"""An LSTM encoder-decoder.
+    r"""An LSTM (or GRU) encoder-decoder.
 
-    Encoder: embedding -> fusedrnn.LSTM (bidirectional by default) over the source (padded, with
+    Encoder: embedding -> fusedrnn.LSTM or GRU (bidirectional by default) over the source (padded, with
     ``src_len``).  Its last layer's final states (both directions) initialise the decoder
-    through a linear bridge.  Decoder: a fusedrnn.LSTMCell (its variational recurrent dropout
+    through a linear bridge.  Decoder: a fusedrnn.LSTMCell or GRUCell (its variational recurrent dropout
     mask is held for the whole target sequence), Luong-style: at step t
 
         h_t = cell([emb(y_{t-1}); h~_{t-1}])            (input feeding: h~_{t-1} fed back)
@@ -58,27 +59,32 @@ class Seq2Seq(nn.Module):
         src_vocab_size, tgt_vocab_size (int); embed_size (E), hidden_size (H), num_layers
         (encoder layers); bidirectional (bool, encoder); input_feeding (bool);
         dropout (float, embeddings and h~); recurrent_dropout, variational, batch_norm,
-        backend: see :class:`fusedrnn.LSTM` (applied to encoder and decoder);
-        pad_id, bos_id, eos_id (int): special target ids.
+        zoneout, layer_norm, weight_dropout, backend: see :class:`fusedrnn.LSTM` (applied to
+        encoder and decoder); pad_id, bos_id, eos_id (int): special target
+        ids; cell (str): "lstm" or "gru" (encoder and decoder; a GRU's state is h alone).
     """
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, embed_size: int = 64, hidden_size: int = 128,
                  num_layers: int = 1, attention: Union[str, nn.Module, None] = "bahdanau", bidirectional: bool = True,
                  input_feeding: bool = True, dropout: float = 0.0, recurrent_dropout: float = 0.0,
                  variational: bool = True, batch_norm: bool = False, backend: str = "auto",
-                 pad_id: int = 0, bos_id: int = 1, eos_id: int = 2):
+                 pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, *, cell: str = "lstm", zoneout: float = 0.0,
+                 layer_norm: bool = False, weight_dropout: float = 0.0):
         super().__init__()
+        encoder_cls = rnn_class("Seq2Seq", cell)
+        self.cell_kind = cell
         H, E = hidden_size, embed_size
         D = 2 if bidirectional else 1
         M = D * H
         self.hidden_size, self.num_directions, self.input_feeding = H, D, input_feeding
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        opts = lstm_options(recurrent_dropout, variational, batch_norm, backend)
+        opts = lstm_options(recurrent_dropout, variational, batch_norm, backend, zoneout=zoneout,
+                            layer_norm=layer_norm, weight_dropout=weight_dropout)
         self.src_embed = nn.Embedding(src_vocab_size, E, padding_idx=pad_id)
-        self.encoder = LSTM(E, H, num_layers, batch_first=True, bidirectional=bidirectional,
-                            dropout=dropout if num_layers > 1 else 0.0, **opts)
+        self.encoder = encoder_cls(E, H, num_layers, batch_first=True, bidirectional=bidirectional,
+                                   dropout=dropout if num_layers > 1 else 0.0, **opts)
         self.bridge_h = nn.Linear(M, H)
-        self.bridge_c = nn.Linear(M, H)
+        self.bridge_c = nn.Linear(M, H) if cell == "lstm" else None
         self.tgt_embed = nn.Embedding(tgt_vocab_size, E, padding_idx=pad_id)
         self.memory_proj = None
         if attention is None or attention == "none":
@@ -95,7 +101,7 @@ class Seq2Seq(nn.Module):
             self.attention = LuongAttention(H, H, "dot")
         else:
             raise ValueError(f"attention must be one of {ATTENTIONS} or an nn.Module, got {attention!r}")
-        self.cell = LSTMCell(E + (H if input_feeding else 0), H, **opts)
+        self.cell = (LSTMCell if cell == "lstm" else GRUCell)(E + (H if input_feeding else 0), H, **opts)
         self.combine = nn.Linear(H + M, H) if self.attention is not None else None
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(H, tgt_vocab_size)
@@ -107,11 +113,13 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"Seq2Seq: src must be [B, S], got shape {tuple(src.shape)}")
         B, S = src.shape
         x = self.drop(self.src_embed(src))
-        y, (h_n, c_n) = self.encoder(x, lengths=src_len)  # padded + lengths: no packing, compiles
+        y, final = self.encoder(x, lengths=src_len)  # padded + lengths: no packing, compiles
         D = self.num_directions
-        h = torch.cat(list(h_n[-D:]), -1)
-        c = torch.cat(list(c_n[-D:]), -1)
-        state = (torch.tanh(self.bridge_h(h)), self.bridge_c(c))
+        last = lambda t: torch.cat(list(t[-D:]), -1)  # noqa: E731  (the last layer, both directions)
+        if self.bridge_c is None:  # a GRU: h alone
+            state = (torch.tanh(self.bridge_h(last(final))),)
+        else:
+            state = (torch.tanh(self.bridge_h(last(final[0]))), self.bridge_c(last(final[1])))
         keys = y if self.memory_proj is None else self.memory_proj(y)
         prepared = self.attention.prepare(keys) if self.attention is not None else None
         return EncoderMemory(y, keys, prepared, length_mask(src_len, B, S, src.device), state)
@@ -120,18 +128,22 @@ class Seq2Seq(nn.Module):
     def init_feed(self, mem: EncoderMemory) -> Tensor:
         return mem.values.new_zeros(mem.values.shape[0], self.hidden_size)
 
-    def step(self, tokens: Tensor, state: tuple[Tensor, Tensor], feed: Tensor, mem: EncoderMemory):
-        """One decoder step: tokens [B] (y_{t-1}), state (h, c) [B, H], feed h~_{t-1} [B, H]
-        -> (logits [B, V], state, h~_t [B, H], attention weights [B, S] or None)."""
+    def step(self, tokens: Tensor, state: tuple, feed: Tensor, mem: EncoderMemory):
+        """One decoder step: tokens [B] (y_{t-1}), state (h, c) [B, H] ((h,) for a GRU), feed
+        h~_{t-1} [B, H] -> (logits [B, V], state, h~_t [B, H], attention weights [B, S] or None)."""
         emb = self.drop(self.tgt_embed(tokens))
         inp = torch.cat([emb, feed], -1) if self.input_feeding else emb
-        h, c = self.cell(inp, state)
+        if len(state) == 1:
+            state = (self.cell(inp, state[0]),)
+        else:
+            state = self.cell(inp, state)
+        h = state[0]
         if self.attention is not None:
             ctx, w = self.attention(h, mem.keys, mem.mask, mem.values, mem.prepared)
             ht = torch.tanh(self.combine(torch.cat([h, ctx], -1)))
         else:
             ht, w = h, None
-        return self.out(self.drop(ht)), (h, c), ht, w
+        return self.out(self.drop(ht)), state, ht, w
 
     def forward(self, src: Tensor, src_len: Optional[Tensor], tgt_in: Tensor, teacher_forcing: float = 1.0):
         """Teacher-forced decoding.
@@ -213,7 +225,7 @@ class Seq2Seq(nn.Module):
             scores, idx = total.topk(K, dim=-1)
             beam, tok2 = idx // V, idx % V
             sel = (base + beam).view(-1)
-            state = (state[0][sel], state[1][sel])
+            state = tuple(s[sel] for s in state)
             feed = feed[sel]
             finished = finished.gather(1, beam)
             lengths = lengths.gather(1, beam) + (~finished).float()

@@ -1,4 +1,5 @@
-"""Many-to-many sequence tagging and many-to-one sequence classification on fusedrnn.LSTM.
+"""Many-to-many sequence tagging and many-to-one sequence classification on fusedrnn.LSTM
+(or GRU).
 
 Dimension letters: B batch, T steps, I input features, V vocabulary, H hidden,
 D = 2 if bidirectional else 1, C classes / tags.
@@ -11,24 +12,32 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..modules import LSTM, LockedDropout
-from ._common import check_input_spec, length_mask, lstm_options
+from ..modules import LockedDropout
+from ._common import check_input_spec, final_h, length_mask, lstm_options, rnn_class
 
 
 class _Encoder(nn.Module):
-    """Token ids (through an embedding) or features -> fusedrnn.LSTM, optional lengths."""
+    """Token ids (through an embedding) or features -> fusedrnn.LSTM or GRU, optional lengths.
+    The recurrent module is ``self.lstm`` or ``self.gru`` (state_dict keys as before for the
+    LSTM); ``self.rnn`` is either."""
 
     def __init__(self, name, vocab_size, input_size, embed_size, hidden_size, num_layers, bidirectional,
-                 dropout, recurrent_dropout, variational, batch_norm, backend):
+                 dropout, recurrent_dropout, variational, batch_norm, backend, cell="lstm", **options):
         super().__init__()
         check_input_spec(name, vocab_size, input_size)
+        cls = rnn_class(name, cell)
+        self.cell = cell
         self.embedding = nn.Embedding(vocab_size, embed_size) if vocab_size is not None else None
         in_size = embed_size if vocab_size is not None else input_size
         self.drop = LockedDropout(dropout)
-        self.lstm = LSTM(in_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
-                         dropout=dropout if num_layers > 1 else 0.0,
-                         **lstm_options(recurrent_dropout, variational, batch_norm, backend))
+        setattr(self, cell, cls(in_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
+                                dropout=dropout if num_layers > 1 else 0.0,
+                                **lstm_options(recurrent_dropout, variational, batch_norm, backend, **options)))
         self.output_size = hidden_size * (2 if bidirectional else 1)
+
+    @property
+    def rnn(self) -> nn.Module:
+        return getattr(self, self.cell)
 
     def forward(self, x: Tensor, lengths: Optional[Tensor]):
         """-> (outputs [B, T, D*H] (zeros past each length), h_n [L*D, B, H])."""
@@ -39,8 +48,8 @@ class _Encoder(nn.Module):
         elif x.dim() != 3:
             raise ValueError(f"expected features [B, T, I], got shape {tuple(x.shape)}")
         x = self.drop(x)
-        y, (h_n, _) = self.lstm(x, lengths=lengths)  # padded + lengths: no packing, compiles
-        return self.drop(y), h_n
+        y, state = self.rnn(x, lengths=lengths)  # padded + lengths: no packing, compiles
+        return self.drop(y), final_h(state)
 
 
 class SequenceTagger(nn.Module):
@@ -51,7 +60,9 @@ class SequenceTagger(nn.Module):
         vocab_size (int) *or* input_size (int): token inputs (embedded) or feature inputs.
         embed_size, hidden_size, num_layers, bidirectional: the encoder.
         dropout (float): locked dropout on the LSTM input, between layers and on its output.
-        recurrent_dropout, variational, batch_norm, backend: see :class:`fusedrnn.LSTM`.
+        recurrent_dropout, variational, batch_norm, zoneout, layer_norm, weight_dropout, backend:
+            see :class:`fusedrnn.LSTM`.
+        cell (str): "lstm" or "gru" (fusedrnn.GRU, the same options).
 
     Forward: x ([B, T] long or [B, T, I] float), lengths ([B] or None) -> logits [B, T, C]
     (logits past a sequence's length are those of a zero LSTM output).
@@ -60,10 +71,12 @@ class SequenceTagger(nn.Module):
     def __init__(self, num_tags: int, vocab_size: Optional[int] = None, input_size: Optional[int] = None,
                  embed_size: int = 64, hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = True,
                  dropout: float = 0.0, recurrent_dropout: float = 0.0, variational: bool = True,
-                 batch_norm: bool = False, backend: str = "auto"):
+                 batch_norm: bool = False, backend: str = "auto", *, cell: str = "lstm", zoneout: float = 0.0,
+                 layer_norm: bool = False, weight_dropout: float = 0.0):
         super().__init__()
         self.encoder = _Encoder("SequenceTagger", vocab_size, input_size, embed_size, hidden_size, num_layers,
-                                bidirectional, dropout, recurrent_dropout, variational, batch_norm, backend)
+                                bidirectional, dropout, recurrent_dropout, variational, batch_norm, backend, cell,
+                                zoneout=zoneout, layer_norm=layer_norm, weight_dropout=weight_dropout)
         self.classifier = nn.Linear(self.encoder.output_size, num_tags)
 
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
@@ -88,13 +101,15 @@ class SequenceClassifier(nn.Module):
     def __init__(self, num_classes: int, vocab_size: Optional[int] = None, input_size: Optional[int] = None,
                  embed_size: int = 64, hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = False,
                  pooling: str = "last", dropout: float = 0.0, recurrent_dropout: float = 0.0,
-                 variational: bool = True, batch_norm: bool = False, backend: str = "auto"):
+                 variational: bool = True, batch_norm: bool = False, backend: str = "auto", *, cell: str = "lstm",
+                 zoneout: float = 0.0, layer_norm: bool = False, weight_dropout: float = 0.0):
         super().__init__()
         if pooling not in self.POOLINGS:
             raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
         self.pooling = pooling
         self.encoder = _Encoder("SequenceClassifier", vocab_size, input_size, embed_size, hidden_size, num_layers,
-                                bidirectional, dropout, recurrent_dropout, variational, batch_norm, backend)
+                                bidirectional, dropout, recurrent_dropout, variational, batch_norm, backend, cell,
+                                zoneout=zoneout, layer_norm=layer_norm, weight_dropout=weight_dropout)
         self.num_directions = 2 if bidirectional else 1
         self.classifier = nn.Linear(self.encoder.output_size, num_classes)
 

@@ -180,6 +180,12 @@ def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple
 # ---- the rules ---------------------------------------------------------------------------
 
 
+# The batch sizes up to which a plain GRU's training step runs the native kernel on the CPU:
+# torch's GRU backward costs 7x ours at B = 1 and 1.6x at B = 8, and about ours from B = 32 up
+# (benchmarks/results/cpu-*.jsonl, the cpu preset's gru: rows; benchmarks/NOTES.md).
+GRU_NATIVE_TRAINING_MAX_B = 8
+
+
 def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: bool) -> tuple[bool, str]:
     """(torch's own module runs, the rule that decided) for a module call ("rnn": an LSTM or
     GRU, "cell": a cell step) whose first layer has configuration ``cfg`` (cfg.cell the cell,
@@ -198,6 +204,10 @@ def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: 
     if kind == "cell":
         return True, "a plain cell step: torch's own cell runs the same GEMMs and pointwise kernel"
     if cfg.device_type == "cpu":
+        if (cfg.cell == CellKind.GRU and training and cfg.requires_grad and cfg.dtype == torch.float32
+                and cfg.B <= GRU_NATIVE_TRAINING_MAX_B and unavailable_reason("native", torch.device("cpu")) is None):
+            return False, (f"plain GRU training on the CPU at B={cfg.B} <= {GRU_NATIVE_TRAINING_MAX_B}: the native "
+                           "kernel measures 1.4-7x torch's GRU there (fwd+bwd, cpu preset records of 2026-12-06)")
         if cfg.dtype in (torch.float32, torch.float64):
             return True, f"plain {rnn} on the CPU: torch's own (oneDNN) measures at least as fast"
         return False, f"torch's CPU {rnn} is not the measured path for {cfg.dtype}"

@@ -65,6 +65,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--variational", action=argparse.BooleanOptionalAction, default=None,
                    help="shared (variational) dropout masks")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="recurrent batch norm")
+    p.add_argument("--zoneout", type=float, help="zoneout rate of the recurrent state")
+    p.add_argument("--layer-norm", action=argparse.BooleanOptionalAction, default=None, help="layer norm (LN-LSTM / LN-GRU)")
+    p.add_argument("--weight-dropout", type=float, help="DropConnect rate on the recurrent weight W_hh")
+    p.add_argument("--cell", choices=["lstm", "gru"],
+                   help="the recurrent cell of the language model, tagger, classifier and seq2seq (default lstm)")
     p.add_argument("--model-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="any model constructor argument, e.g. memory_size=64 (repeatable)")
     p.add_argument("--task-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE",
@@ -87,7 +92,8 @@ def config_from_args(args: argparse.Namespace):
     from .trainer import TrainConfig
 
     model_args = dict(args.model_arg)
-    for name in ("hidden_size", "dropout", "recurrent_dropout", "variational", "batch_norm"):
+    for name in ("hidden_size", "dropout", "recurrent_dropout", "variational", "batch_norm", "zoneout", "layer_norm",
+                 "weight_dropout", "cell"):
         v = getattr(args, name)
         if v is not None:
             model_args[name] = v

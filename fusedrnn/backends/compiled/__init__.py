@@ -2,6 +2,7 @@
 torch.library wiring (fake kernels, autograd) of each op family, one file per op:
 
 - :mod:`.layer`: ``fusedrnn::lstm_layer_forward`` / ``_backward`` (the recurrence);
+- :mod:`.gru`: ``fusedrnn::gru_layer_forward`` / ``_backward`` (the GRU's recurrence; CPU only);
 - :mod:`.batch_norm`: ``fusedrnn::batch_norm_steps_forward`` / ``_backward`` (BN_x);
 - :mod:`.cell`: ``fusedrnn::lstm_cell_forward`` / ``_backward`` (one pointwise step);
 - :mod:`.linear`: ``fusedrnn::linear`` / ``_backward`` (the input projection; CPU only).
@@ -10,7 +11,7 @@ One set of ops, with a kernel per dispatch key: the CPU kernels form the ``nativ
 backend (:mod:`fusedrnn.backends.cpu`), the CUDA kernels the ``cuda`` backend
 (:mod:`fusedrnn.backends.cuda`); :class:`CompiledBackend` is what they share.
 
-Dimension letters: T steps, B batch, H hidden, R width of h, G = 4H gates.
+Dimension letters: T steps, B batch, H hidden, R width of h, G = 4H gates (3H for the GRU).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ...core.contract import Backend, Config
+from ...core.contract import Backend, CellKind, Config
 
 try:  # the compiled library; absent when the package was not built
     from ... import _C  # noqa: F401  (loading it registers the ops)
@@ -29,7 +30,8 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
     _C = None
     LOAD_ERROR = f"fusedrnn._C could not be imported ({e}); build it with `pip install -e .`"
 
-OPS = ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward", "lstm_layer_backward",
+OPS = ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward",
+       "gru_layer_backward",
        "batch_norm_steps_forward", "batch_norm_steps_backward", "linear", "linear_backward", "cuda_persistent_layout")
 
 
@@ -55,7 +57,7 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 if LOAD_ERROR is None:
-    from . import batch_norm, cell, layer, linear  # noqa: E402,F401  (register fake kernels and autograd)
+    from . import batch_norm, cell, gru, layer, linear  # noqa: E402,F401  (register fake kernels and autograd)
 
 
 class CompiledBackend(Backend):
@@ -77,11 +79,14 @@ class CompiledBackend(Backend):
         return None
 
     def unsupported_reason(self, cfg: Config) -> Optional[str]:
-        if not has_kernel("lstm_layer_forward", self.dispatch_key):
-            return f"the {self.name} layer recurrence kernel is not built"
+        op = "gru_layer_forward" if cfg.cell == CellKind.GRU else "lstm_layer_forward"
+        if not has_kernel(op, self.dispatch_key):
+            return f"the {self.name} {cfg.cell.name} layer recurrence kernel is not built"
         return None
 
-    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout=None):
+    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout=None, b_hh=None):
+        if cfg.cell == CellKind.GRU:
+            return gru.forward(cfg, xp, h0, w_hh, b_hh, mask, lengths, norm, zoneout)
         return layer.forward(cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout)
 
     def input_norm(self, cfg, xw, bias, lengths, bn, slots):
