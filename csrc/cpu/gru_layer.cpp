@@ -31,21 +31,24 @@ namespace {
 using namespace cpu;  // layer_rows.h, rows.h, gemm.h
 
 // Gates and update of one active row, units [j0, j1): from the input parts xr [G] and the
-// recurrent parts hg [G] (N_h(W_hh h), before b_hh), the gates ar [G] (r, z, n), the reset
-// product's operand hn [H] and the new state h_new [H].
+// recurrent parts hg [G] (N_h(W_hh h), before b_hh [G]: zeros without a bias), the gates ar [G]
+// (r, z, n), the reset product's operand hn [H] and the new state h_new [H].  One pointer per
+// gate block and no branch in the loop, so that it vectorises.
 template <typename T>
 FUSEDRNN_CPU_CLONES void gru_gates_row(const T* __restrict xr, const T* __restrict hg, const T* __restrict b_hh,
                                        const T* __restrict h_prev, T* __restrict ar, T* __restrict hn,
                                        T* __restrict h_new, int64_t H, int64_t j0, int64_t j1) {
+  const T *xz = xr + H, *xn = xr + 2 * H, *hz = hg + H, *hgn = hg + 2 * H;
+  const T *bz = b_hh + H, *bn = b_hh + 2 * H;
+  T *az = ar + H, *an = ar + 2 * H;
   for (int64_t j = j0; j < j1; ++j) {
-    T rec[3];
-    for (int k = 0; k < 3; ++k) rec[k] = hg[k * H + j] + (b_hh ? b_hh[k * H + j] : T(0));
+    const T rec_n = hgn[j] + bn[j];
     T r, z, n;
-    h_new[j] = gates::gru_step(xr[j], xr[H + j], xr[2 * H + j], rec[0], rec[1], rec[2], h_prev[j], r, z, n);
+    h_new[j] = gates::gru_step(xr[j], xz[j], xn[j], hg[j] + b_hh[j], hz[j] + bz[j], rec_n, h_prev[j], r, z, n);
     ar[j] = r;
-    ar[H + j] = z;
-    ar[2 * H + j] = n;
-    hn[j] = rec[2];
+    az[j] = z;
+    an[j] = n;
+    hn[j] = rec_n;
   }
 }
 
@@ -56,13 +59,17 @@ template <typename T>
 FUSEDRNN_CPU_CLONES void gru_backward_row(const T* __restrict dh, const T* __restrict ar, const T* __restrict hn,
                                           const T* __restrict h_prev, T* __restrict gx, T* __restrict dg,
                                           T* __restrict dprev, int64_t H, int64_t j0, int64_t j1) {
+  const T *az = ar + H, *an = ar + 2 * H;
+  T *gz = gx + H, *gn = gx + 2 * H, *dgz = dg + H, *dgn = dg + 2 * H;
   for (int64_t j = j0; j < j1; ++j) {
     T dr, dz, dn, dhn, dp;
-    gates::gru_step_backward(dh[j], ar[j], ar[H + j], ar[2 * H + j], hn[j], h_prev[j], dr, dz, dn, dhn, dp);
-    gx[j] = dg[j] = dr;
-    gx[H + j] = dg[H + j] = dz;
-    gx[2 * H + j] = dn;
-    dg[2 * H + j] = dhn;
+    gates::gru_step_backward(dh[j], ar[j], az[j], an[j], hn[j], h_prev[j], dr, dz, dn, dhn, dp);
+    gx[j] = dr;
+    gz[j] = dz;
+    gn[j] = dn;
+    dg[j] = dr;
+    dgz[j] = dz;
+    dgn[j] = dhn;
     dprev[j] += dp;
   }
 }
@@ -71,7 +78,8 @@ FUSEDRNN_CPU_CLONES void gru_backward_row(const T* __restrict dh, const T* __res
 template <typename T>
 struct GruBuffers : ParamPtrs<T> {
   using ParamPtrs<T>::ParamPtrs;
-  const T* b_hh{};  // [G] or null
+  const T* b_hh{};  // [G] (zeros without a bias)
+  bool has_bias{};
   bool save{};      // the forward keeps every step's workspace (else one slot, and a ring of 2 states)
   // workspace: ws_h [T, B, H], ws_gates [T, B, G], ws_hs [T + 1, B, H], ws_hh_hat [T, B, G], ws_hn [T, B, H]
   T *hm{}, *gates{}, *hs{}, *hh_hat{}, *hn{};
@@ -191,7 +199,7 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const GruBuffers<T
                        j1);
       for (int k = 0; k < 3; ++k) {
         const int64_t c0 = k * H + j0, c1 = k * H + j1;
-        if (f.b_hh) add_row(gr + c0, f.db_hh + c0, w);
+        if (f.has_bias) add_row(gr + c0, f.db_hh + c0, w);
         if (d.ln) add_product(gr, hh_hat + b * G, f.dgamma, c0, c1);
         if (d.bn) {
           if (d.bn_train) bwd_bn_h_cols<T, true>(gr, hh_hat + b * G, f.gamma_h, f.rstd, f.dgamma, f.sum1, f.sum2,
@@ -233,7 +241,8 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
   const LayerDims& d = L.d;
   const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G;
   const bool norm = d.bn || d.ln;
-  const at::Tensor xp = xp_in.contiguous(), b_hh_c = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
+  const at::Tensor xp = xp_in.contiguous();
+  const at::Tensor b_hh_c = b_hh.has_value() ? b_hh->contiguous() : at::zeros({G}, xp.options());
   const at::TensorOptions opt = xp.options();
   const int64_t TW = save_workspace ? T_ : 1;
 
@@ -252,7 +261,7 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
     GruBuffers<T> f(d, L.t);
     cpu::bind<T>(f.xp, xp, f.y, y, f.stats, h_stats, f.hm, ws_h, f.gates, ws_gates, f.hs, ws_hs, f.hh_hat, ws_hh_hat,
                  f.hn, ws_hn, f.hh, hh);
-    if (b_hh_c.defined()) cpu::bind<T>(f.b_hh, b_hh_c);
+    cpu::bind<T>(f.b_hh, b_hh_c);
     f.save = save_workspace;
     carve(scratch.data_ptr<T>(), G, f.mean, f.rstd);
     for (int64_t s = 0; s < T_; ++s) {
@@ -296,7 +305,6 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
   const at::Tensor grad_y = grad_y_in.contiguous(), h_stats = h_stats_in.contiguous();
   const at::Tensor hm = ws_h_in.contiguous(), gates_t = ws_gates_in.contiguous(), hs = ws_hs_in.contiguous();
   const at::Tensor hh_hat = ws_hh_hat_in.contiguous(), hn = ws_hn_in.contiguous();
-  const at::Tensor b_hh_c = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
 
   at::Tensor grad_xp = new_output({T_, B, G}, opt);
   // dL/dhh lives in a ring of `slots` steps; dW_hh accumulates one GEMM per chunk of steps
@@ -318,7 +326,7 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
                  f.dh_cur, dh_cur, f.dprev, dprev, f.dh_carry, dh_carry, f.dgamma, dgamma, f.db_hh, db_hh);
     if (d.bn_train || d.ln) cpu::bind<T>(f.stats, h_stats);
     if (norm) cpu::bind<T>(f.hh_hat, hh_hat, f.dg, dg);
-    if (b_hh_c.defined()) cpu::bind<T>(f.b_hh, b_hh_c);
+    f.has_bias = b_hh.has_value();
     f.slots = slots;
     carve(scratch.data_ptr<T>(), G, f.mean, f.rstd, f.sum1, f.sum2);
     for (int64_t s = T_ - 1; s >= 0; --s) {
