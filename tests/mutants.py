@@ -190,8 +190,12 @@ MUTANTS = [
            "the GRU's reset and update gates swapped (torch's order is r, z, n)"),
     Mutant("gru-grad-slots", "fusedrnn/core/schema.py",
            '{"w_hh": 2, "b_hh": 3, "norm_h_weight": 4}', '{"w_hh": 2, "b_hh": 4, "norm_h_weight": 3}',
-           ("tests/test_native_gru.py",),
+           ("tests/test_gru_ops.py",),
            "the GRU op's gradients of b_hh and of N_h's gain returned to each other's parameter"),
+    Mutant("triton-gru-no-update-path", "fusedrnn/backends/triton/kernels/gru.py",
+           "        dh += load_tile(dz_buf + step_offset(nxt % 2, B, H), offs_b, vb, offs_j, vj, H)\n", "",
+           ("tests/test_gru_ops.py",),
+           "the Triton GRU backward drops dL/dh~ * z, the update gate's direct path to h_{s-1}"),
 ]
 
 

@@ -121,9 +121,12 @@ def test_dropout_schemes_use_the_right_masks():
 
     for scheme, (rec, var) in {"none": (0, False), "naive": (0.3, False), "nonrec": (0, False),
                                "variational": (0.3, True), "naive+nonrec": (0.3, False)}.items():
-        m = CharLM(11, 4, 6, 2, scheme, 0.3)
-        assert m.lstm.recurrent_dropout == rec and m.lstm.variational == var
-        assert m.lstm.dropout == (0.3 if scheme in ("nonrec", "variational", "naive+nonrec") else 0)
+        for cell in ("lstm", "gru"):
+            m = CharLM(11, 4, 6, 2, scheme, 0.3, cell)
+            assert type(m.rnn).__name__ == cell.upper()
+            assert m.rnn.recurrent_dropout == rec and m.rnn.variational == var
+            assert m.rnn.dropout == (0.3 if scheme in ("nonrec", "variational", "naive+nonrec") else 0)
+    assert CharLM(11, 4, 6, 2, "zoneout", 0.3, "gru").rnn.zoneout == 0.05  # a GRU: the hidden rate
     m = CharLM(11, 4, 6, 2, "variational", 0.5).train()
     x = torch.ones(3, 5, 4)
     y = m._drop(x)

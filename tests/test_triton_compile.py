@@ -1,5 +1,5 @@
 """The compile gate of the triton backend, on the CPU: the kernel configurations the
-dispatcher chooses compile for sm_90 (and sm_80) with Triton's own compiler and ptxas,
+dispatcher chooses (the LSTM's and the GRU's) compile for sm_90 (and sm_80) with Triton's own compiler and ptxas,
 within the device's shared memory, without (beyond a few bytes of) register spills.
 
 Runs in a subprocess without TRITON_INTERPRET (this process may have the interpreter on,
@@ -30,6 +30,10 @@ cases = [
     (torch.bfloat16, 32, 256, 256, dict(zoneout="train", mask="shared", lengths=True, reverse=True)),
     (torch.float16, 16, 768, 768, dict(zoneout="eval")),
     (torch.bfloat16, 32, 256, 128, dict(bn="layer", zoneout="train", lengths=True, reverse=True)),
+    (torch.float32, 64, 512, 512, dict(cell="gru")),
+    (torch.bfloat16, 128, 1024, 1024, dict(cell="gru", bn="train", mask="shared", lengths=True, reverse=True,
+                                           zoneout="train")),
+    (torch.float16, 16, 768, 768, dict(cell="gru", bn="eval", mask="per_step", zoneout="eval", bias=False)),
 ]
 out = []
 for dt, B, H, R, o in cases:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modules import LSTM
+from ..models._common import rnn_class
 from ..modules.explain import explain
 from ..ops.dropout import dropout_mask, recurrent_mask, survival_probability
 from ..report import pyplot
@@ -70,7 +70,7 @@ COLORS = {"none": "tab:gray", "naive": "tab:red", "nonrec": "tab:blue", "variati
 ZONEOUT_RATES = (0.5, 0.05)  # Krueger et al., character-level Penn Treebank
 
 PRESETS = {
-    "default": dict(seeds=[0], schemes=list(SCHEMES), p=0.25, embed_size=64, hidden_size=128, num_layers=2,
+    "default": dict(seeds=[0], schemes=list(SCHEMES), cell="lstm", p=0.25, embed_size=64, hidden_size=128, num_layers=2,
                     seq_len=32, batch_size=16, steps=4000, eval_every=200, lr=3e-3, clip=5.0,
                     train_chars=50_000, valid_range=[50_000, 99_843], train_eval_chars=20_000, text=None,
                     survival_p=0.1, survival_steps=100, survival_units=2 ** 22),
@@ -84,9 +84,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class CharLM(nn.Module):
-    """embedding -> dropout -> fusedrnn.LSTM -> dropout -> linear, with one of SCHEMES."""
+    """embedding -> dropout -> fusedrnn.LSTM (or GRU: ``cell``) -> dropout -> linear, with one
+    of SCHEMES (a GRU's zoneout is the hidden rate alone)."""
 
-    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int, scheme: str, p: float):
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int, scheme: str, p: float,
+                 cell: str = "lstm"):
         super().__init__()
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {scheme!r}")
@@ -95,9 +97,10 @@ class CharLM(nn.Module):
         kw = {"none": {}, "naive": dict(recurrent_dropout=p), "nonrec": dict(dropout=between),
               "variational": dict(dropout=between, recurrent_dropout=p, variational=True),
               "naive+nonrec": dict(dropout=between, recurrent_dropout=p),
-              "zoneout": dict(zoneout=ZONEOUT_RATES), "weightdrop": dict(weight_dropout=p)}[scheme]
+              "zoneout": dict(zoneout=ZONEOUT_RATES if cell == "lstm" else ZONEOUT_RATES[1]),
+              "weightdrop": dict(weight_dropout=p)}[scheme]
         self.embedding = nn.Embedding(vocab_size, embed_size)
-        self.lstm = LSTM(embed_size, hidden_size, num_layers, batch_first=True, **kw)
+        self.rnn = rnn_class("CharLM", cell)(embed_size, hidden_size, num_layers, batch_first=True, **kw)
         self.decoder = nn.Linear(hidden_size, vocab_size)
 
     def _drop(self, x):
@@ -109,7 +112,7 @@ class CharLM(nn.Module):
         return F.dropout(x, self.p, True)
 
     def forward(self, tokens):
-        y, _ = self.lstm(self._drop(self.embedding(tokens)))
+        y, _ = self.rnn(self._drop(self.embedding(tokens)))
         return self.decoder(self._drop(y))
 
 
@@ -153,14 +156,15 @@ def bits_per_char(model: nn.Module, ids: torch.Tensor, T: int, device, batch: in
 def train_arm(ctx: Context, scheme: str, seed: int, vocab_size: int, train_ids, valid_ids) -> dict:
     c = ctx.cfg
     torch.manual_seed(seed)
-    model = CharLM(vocab_size, c["embed_size"], c["hidden_size"], c["num_layers"], scheme, c["p"]).to(ctx.device)
+    model = CharLM(vocab_size, c["embed_size"], c["hidden_size"], c["num_layers"], scheme, c["p"],
+                   c["cell"]).to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=c["lr"])
     T, B = c["seq_len"], c["batch_size"]
     hist = {"step": [], "valid_bpc": [], "train_bpc": [], "train_loss": []}
     loss_sum, loss_n = 0.0, 0
     model.train()
     t0 = time.time()
-    backend = explain(model.lstm, torch.zeros(B, T, c["embed_size"], device=ctx.device))
+    backend = explain(model.rnn, torch.zeros(B, T, c["embed_size"], device=ctx.device))
     for step in range(1, c["steps"] + 1):
         rng = np.random.default_rng([seed, step])
         x, y = windows(train_ids, rng.integers(0, len(train_ids) - T - 1, size=B), T)
@@ -295,7 +299,7 @@ def run(ctx: Context) -> dict:
     hi = max(r["history"]["valid_bpc"][min(2, len(r["history"]["valid_bpc"]) - 1)] for r in runs)
     if hi > lo:
         axes[0].set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-    fig.suptitle(f"Dropout schemes, char-level LSTM LM ({c['num_layers']}x{c['hidden_size']}, p = {c['p']}) on "
+    fig.suptitle(f"Dropout schemes, char-level {c['cell'].upper()} LM ({c['num_layers']}x{c['hidden_size']}, p = {c['p']}) on "
                  f"{n_train:,} characters of Tiny Shakespeare")
     ctx.save_figure(fig, "dropout_curves.png")
 

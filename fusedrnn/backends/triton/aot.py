@@ -10,7 +10,7 @@ grid of representative shapes and prints one line each (registers, spill bytes, 
 memory).  Run it in a process without TRITON_INTERPRET (the interpreter replaces the
 kernels by Python functions).
 
-Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H.
+Dimension letters: T steps, B batch, H hidden, P projection, R = P or H, G = 4H (the GRU's 3H).
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ _TY = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", tor
 # fp32 / fp64 state and workspace dtype, "i64" lengths, "i32" the barrier counters.  The h
 # states (hs) are in the input dtype, and so is dhh_ws except with layer norm (host.py).
 _IN = {"xp", "y", "mask", "dy", "dxp", "dh_n", "dc_n", "dh0", "dc0", "w_hh", "w_hr", "norm_wh",
-       "norm_wc", "norm_bc", "rm_h", "rv_h", "rm_c", "rv_c", "zc", "zh", "hs"}
+       "norm_wc", "norm_bc", "rm_h", "rv_h", "rm_c", "rv_c", "zc", "zh", "hs", "b_hh"}
 _ACC = {"cs", "hc_ws", "act_ws", "hhat_ws", "stats_h", "stats_c", "dhn_ws",
-        "dh_buf", "dc_buf", "dg_h", "dg_c", "db_c", "ln_part"}
+        "dh_buf", "dc_buf", "dg_h", "dg_c", "db_c", "ln_part", "gates_ws", "gn_ws", "dz_buf", "db_part"}
 _INTS = {"s", "T", "B", "H", "R", "P", "NS", "NSC", "bn_off", "bn_S"}
 # Pointers that the host replaces by an ACC dummy when the option is off.
-_OPTIONAL = {"mask": "mask", "w_hr": "proj", "norm_wh": "norm", "norm_wc": "norm", "norm_bc": "norm",
+_OPTIONAL = {"mask": "mask", "w_hr": "proj", "b_hh": "bias", "norm_wh": "norm", "norm_wc": "norm", "norm_bc": "norm",
              "rm_h": "bn_eval", "rv_h": "bn_eval", "rm_c": "bn_eval", "rv_c": "bn_eval", "zc": "zoneout",
              "zh": "zoneout"}
 
@@ -112,6 +112,25 @@ def configs_of_tiling(tiling: C.Tiling, s: C.Shape, dtype: torch.dtype, o: dict)
     return out
 
 
+def gru_kernel_configs(dtype: torch.dtype, B: int, H: int, o: dict) -> list[KernelConfig]:
+    """The GRU's per-step kernels (host.gru_forward / gru_backward: the heuristic's per-step
+    tiling, no autotuning; with a bias unless o["bias"] is False; no layer norm)."""
+    if o.get("bn") == "layer":
+        raise ValueError("the triton GRU kernels have no layer norm")
+    dev = o.get("device", C.SM90)
+    s = C.Shape(B=B, H=H, R=H, proj=False, bn=o.get("bn") in ("train", "eval"), esize=dtype.itemsize, ln=False)
+    tilings = C.gru_tilings(s, dev)
+    f = dict(_flags(dict(o, proj=False), dtype), HAS_BIAS=o.get("bias", True))
+    opts = dict(mask=o.get("mask") is not None, norm=o.get("bn") is not None, bn_eval=o.get("bn") == "eval",
+                zoneout=o.get("zoneout") is not None, bias=o.get("bias", True))
+    out = []
+    for launch in L.gru_launches(tilings, s, f):
+        sig = _signature(launch.kernel, dtype, opts)
+        ints = {n: v for n, v in dict(B=B, H=H).items() if n in launch.kernel.arg_names}
+        out.append(KernelConfig(launch.kernel, sig, launch.constexprs, launch.num_warps, launch.num_stages, ints))
+    return out
+
+
 def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
                    options: Optional[dict] = None) -> list[KernelConfig]:
     """Every kernel + constexpr configuration that may run for this problem.
@@ -121,8 +140,11 @@ def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
     weights | "eval": one rate each), save (backward kernels too; default True), tf32,
     device (a config.Device; default config.SM90), designs (default: every design this
     shape admits: the auto choice, "step", and the persistent variants that can run),
-    autotune (default True: each design's whole autotuning space, config.candidate_tilings)."""
+    autotune (default True: each design's whole autotuning space, config.candidate_tilings),
+    cell ("lstm", or "gru": :func:`gru_kernel_configs`)."""
     o = dict(options or {})
+    if o.get("cell") == "gru":
+        return gru_kernel_configs(dtype, B, H, o)
     o.setdefault("proj", R != H)
     dev = o.get("device", C.SM90)
     s = C.Shape(B=B, H=H, R=R, proj=bool(o["proj"]), bn=o.get("bn") in ("train", "eval"),
@@ -207,6 +229,12 @@ GRID = [
     for (B, H, R) in ((64, 512, 512), (32, 256, 128), (256, 1024, 1024), (8, 64, 64))
     for m, bn, ln, rv in ((None, None, False, False), ("shared", "train", True, True),
                           ("per_step", "eval", False, True))
+] + [
+    (dt, B, H, H, dict(cell="gru", mask=m, bn=bn, lengths=ln, reverse=rv, zoneout=zo))
+    for dt in (torch.float32, torch.bfloat16)
+    for (B, H) in ((64, 512), (8, 64))
+    for m, bn, ln, rv, zo in ((None, None, False, False, None), ("shared", "train", True, True, "train"),
+                              ("per_step", "eval", False, True, "eval"))
 ]
 
 

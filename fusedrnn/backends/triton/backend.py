@@ -1,7 +1,7 @@
 """The ``triton`` backend: the layer recurrence on Triton kernels (a persistent
 whole-sequence kernel where the grid fits the device, else one fused kernel per step;
-config.py has the heuristic), the input norm (BN_x, LN_x) in plain PyTorch (the reference's),
-no cell kernel."""
+config.py has the heuristic; the GRU per step, without layer norm), the input norm (BN_x,
+LN_x) in plain PyTorch (the reference's), no cell kernel."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from typing import Optional
 import torch
 
 from ...core import schema
-from ...core.contract import Backend, Config, RecurrenceResult
+from ...core.contract import Backend, CellKind, Config, NormMode, RecurrenceResult
 from ...core.digest import digest_tree
 from ..reference import BACKEND as REFERENCE
 from . import config as C
 from . import host
 from .host import INTERPRET
-from .ops import lstm_layer_forward
+from .ops import gru_layer_forward, lstm_layer_forward
 
 SERVED = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -37,6 +37,7 @@ def recurrence(xp, h0, c0, w_hh, w_hr, mask, lengths, reverse, norm, design: Opt
 class TritonBackend(Backend):
     name = "triton"
     autocast_native = True  # 16-bit data, float32 cell state and accumulation
+    cells = (CellKind.LSTM, CellKind.GRU)
 
     def unavailable_reason(self, device: torch.device) -> Optional[str]:
         device = torch.device(device)
@@ -62,12 +63,20 @@ class TritonBackend(Backend):
             where = "under the Triton interpreter" if INTERPRET else "on CUDA"
             names = ", ".join(str(d).replace("torch.", "") for d in served)
             return f"the triton kernels take {names} {where}, got {str(cfg.dtype).replace('torch.', '')}"
+        if cfg.cell == CellKind.GRU and cfg.norm == NormMode.LAYER:
+            return "the triton GRU kernels have no layer norm (the per-step GRU design normalises no whole rows)"
+        if cfg.cell == CellKind.GRU and cfg.norm.batch and cfg.B > C.GRU_MAX_BN_ROWS:
+            return (f"the triton GRU's batch norm keeps all B rows in one program; B={cfg.B} > "
+                    f"{C.GRU_MAX_BN_ROWS} spills (the compile gate's registers)")
         if cfg.norm.batch and cfg.B > C.MAX_BN_ROWS:
             return (f"recurrent batch norm keeps all B rows in one program for its per-step "
                     f"statistics; B={cfg.B} > {C.MAX_BN_ROWS}")
         return None
 
-    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout=None) -> RecurrenceResult:
+    def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout=None,
+                   b_hh=None) -> RecurrenceResult:
+        if cfg.cell == CellKind.GRU:
+            return schema.run_gru_forward(gru_layer_forward, cfg, xp, h0, w_hh, b_hh, mask, lengths, norm, zoneout)
         return schema.run_layer_forward(lstm_layer_forward, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout)
 
     def input_norm(self, cfg, xw, bias, lengths, bn, slots):
@@ -80,6 +89,10 @@ class TritonBackend(Backend):
         return sources_fingerprint()
 
     def describe(self, cfg: Config, device: torch.device) -> Optional[str]:
+        if cfg.cell == CellKind.GRU:
+            t = C.gru_tilings(host.shape_of(cfg.B, cfg.H, cfg.H, False, cfg.norm, cfg.dtype),
+                              C.Device.of(device, INTERPRET))[0]
+            return f"per-step GRU (BB={t.BB} BH={t.BH})"
         t = host.tilings_for(device, host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, cfg.norm, cfg.dtype))[0]
         tiles = f"BB={t.BB} BH={t.BH}" + (f" BP={t.BP}" if cfg.proj else "")
         if t.design == "persistent":

@@ -36,6 +36,7 @@ from typing import Optional
 import torch
 
 MAX_BN_ROWS = 256  # batch norm: all rows in one per-step program (spills beyond 128)
+GRU_MAX_BN_ROWS = 128  # the GRU's: fp32 at 256 rows spills 1 KB (sm_80 / sm_90)
 _PERSISTENT_BH = (16, 32)
 
 
@@ -178,13 +179,13 @@ STREAM_STAGES = 3  # the deepest pipeline of the streamed K loops
 STREAM_SMEM_SHARE = 2  # its buffers may take 1 / this of a block's shared memory (the rest: reductions)
 
 
-def stream_stages(s: Shape, dev: Device, BB: int, BN: int, BK: int) -> int:
+def stream_stages(s: Shape, dev: Device, BB: int, BN: int, BK: int, gates: int = 4) -> int:
     """How deep the streamed K loops of [BB, BN] tiles are pipelined: each stage holds the
-    operand chunk [BB, BK] and its mask, and four W chunks [BK, BN] (the gates), in the weight
-    type; as many stages (3, 2, else 1: no pipelining) as fit STREAM_SMEM_SHARE of the
-    device's shared memory.  (Batch norm keeps all B rows in one per-step program: 3 stages of
-    fp32 [256, 32] tiles would take ~200 KB.)"""
-    per_stage = (2 * BB * BK + 4 * BK * BN) * s.esize
+    operand chunk [BB, BK] and its mask, and one W chunk [BK, BN] per gate (four; the GRU's
+    three), in the weight type; as many stages (3, 2, else 1: no pipelining) as fit
+    STREAM_SMEM_SHARE of the device's shared memory.  (Batch norm keeps all B rows in one
+    per-step program: 3 stages of fp32 [256, 32] tiles would take ~200 KB.)"""
+    per_stage = (2 * BB * BK + gates * BK * BN) * s.esize
     for st in range(STREAM_STAGES, 1, -1):
         if st * per_stage <= dev.smem_per_block // STREAM_SMEM_SHARE:
             return st
@@ -199,6 +200,16 @@ def step_tiling(s: Shape, dev: Device) -> Tiling:
     nw = 4 if BB <= 16 else (8 if BB <= 64 else 16)
     return Tiling("step", BB=BB, BH=16, BP=16, BK=BK, num_warps=nw, num_stages=1, nb=_cdiv(s.B, BB),
                   k_stages=stream_stages(s, dev, BB, 16, BK))
+
+
+def gru_tilings(s: Shape, dev: Device) -> tuple[Tiling, Tiling]:
+    """The GRU's per-step tiles, forward and backward: the LSTM's (step_tiling), the K loops
+    pipelined for the W chunks each streams per stage (the forward's three gates, the
+    backward's one: its only streamed loop is dL/dh's W_hh GEMM; fp32 at B = 64 spills on
+    sm_90 with the forward's two stages and not with three)."""
+    t = step_tiling(s, dev)
+    return (dataclasses.replace(t, k_stages=stream_stages(s, dev, t.BB, t.BH, t.BK, gates=3)),
+            dataclasses.replace(t, k_stages=stream_stages(s, dev, t.BB, t.BH, t.BK, gates=1)))
 
 
 def persistent_tiling(s: Shape, dev: Device, resident: Optional[bool] = None) -> Optional[Tiling]:

@@ -353,5 +353,104 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     return dxp, dh0, dc0, dw_hh, dw_hr, dg_h, dg_c, db_c
 
 
+# ---- the GRU (per-step design: kernels/gru.py) ---------------------------------------------
+#
+# The schema's GRU ops (fusedrnn.core.schema GRU_PARAMS).  hs [T + 1, B, H] is ws_hs (the model's
+# dtype, as the LSTM's h exchange); ws_h is empty (the backward forms hs[:T] * m); ws_gates
+# [T, B, 3H], ws_hn [T, B, H] (g_n)
+# and ws_hh_hat [T, B, 3H] (batch norm) in the accumulation dtype.  No autotuning, no layer norm
+# (the backend declines it).
+
+
+def _gru_setup(B: int, H: int, norm_mode: int, dtype: torch.dtype, dev: torch.device, mask_mode: int,
+               lengths: Optional[Tensor], reverse: bool, save: bool, zo: ZoneoutMode, bias: bool):
+    s = shape_of(B, H, H, False, norm_mode, dtype)
+    fwd, bwd = C.gru_tilings(s, C.Device.of(dev, INTERPRET))
+    f = L.flags(MaskMode(mask_mode), lengths is not None, reverse, NormMode(norm_mode), False, save, _prec(dtype), zo)
+    f["HAS_BIAS"] = bias
+    return s, ([fwd], [bwd]), f
+
+
+def gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional[Tensor], mask_mode: int,
+                lengths: Optional[Tensor], reverse: bool, norm_mode: int, norm_h_weight: Optional[Tensor],
+                bn_h_running_mean: Optional[Tensor], bn_h_running_var: Optional[Tensor], bn_step_offset: int,
+                norm_eps: float, zoneout_h: Optional[Tensor], save_workspace: bool) -> tuple[Tensor, ...]:
+    T, B, G = xp.shape
+    H = G // 3
+    save, norm = save_workspace, NormMode(norm_mode)
+    dev, acc = xp.device, acc_dtype(xp.dtype)
+    xp, w_hh = xp.contiguous(), w_hh.contiguous()
+    e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731
+    NS = T + 1 if save else 2
+    hs = torch.empty(NS, B, H, device=dev, dtype=xp.dtype)
+    hs[0].copy_(h0)
+    y = torch.empty(T, B, H, device=dev, dtype=xp.dtype)
+    gates, gn = (e(T, B, G), e(T, B, H)) if save else (e(0), e(0))
+    hhat = e(T, B, G) if save and norm.batch else e(0)
+    stats_h = e(T if norm == NormMode.BATCH_TRAIN else 0, 2, G)
+    if T > 0:
+        dummy = e(1)
+        _, zh, zo = zoneout_operands(zoneout_h, zoneout_h, dummy)
+        s, tilings, f = _gru_setup(B, H, norm_mode, w_hh.dtype, dev, mask_mode, lengths, reverse, save, zo,
+                                   b_hh is not None)
+        lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
+        params = [_or(b_hh, dummy), _or(mask, dummy)]
+        ws = [_or(t if t.numel() else None, dummy) for t in (gates, gn, hhat, stats_h)]
+        bnt = [_or(t, dummy) for t in (norm_h_weight, bn_h_running_mean, bn_h_running_var)]
+        bn_S = bn_h_running_mean.shape[0] if norm == NormMode.BATCH_EVAL else 1
+        for step in range(T):
+            _run("gru_fwd", tilings[0], s, f, (xp, w_hh, *params, lens, hs, y, *ws, *bnt, zh, step, T, B, H, NS,
+                                            bn_step_offset, bn_S, norm_eps), False)
+    h_n = hs[T % NS].to(h0.dtype, copy=True)
+    # ws_h stays empty: the backward forms h_{s-1} * m_s from ws_hs and the mask (an output may
+    # not alias another, and hs[:T] is what ws_h would hold without a mask)
+    return y, h_n, stats_h, e(0), gates, hs if save else e(0), hhat, gn
+
+
+def gru_backward(dy: Tensor, dh_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional[Tensor],
+                 mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int,
+                 norm_h_weight: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
+                 bn_h_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
+                 zoneout_h: Optional[Tensor], h_stats: Tensor, ws_h: Tensor, ws_gates: Tensor, ws_hs: Tensor,
+                 ws_hh_hat: Tensor, ws_hn: Tensor) -> tuple[Tensor, ...]:
+    T, B, H = dy.shape
+    G = 3 * H
+    norm = NormMode(norm_mode)
+    dev, acc = dy.device, ws_gates.dtype
+    dy, dh_n, w_hh = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous()
+    e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731
+    dxp = torch.empty(T, B, G, device=dev, dtype=dy.dtype)
+    dh0 = torch.empty(B, H, device=dev, dtype=dh_n.dtype)
+    dhh = torch.empty(T, B, G, device=dev, dtype=dy.dtype)  # the model's dtype (as the LSTM's)
+    dummy = e(1)
+    _, zh, zo = zoneout_operands(zoneout_h, zoneout_h, dummy)
+    s, tilings, f = _gru_setup(B, H, norm_mode, w_hh.dtype, dev, mask_mode, lengths, reverse, True, zo,
+                               b_hh is not None)
+    nrb = triton.cdiv(B, tilings[1][0].BB)
+    dg_h = e(T, G) if norm.batch else e(0)
+    db_part = e(T * nrb, G) if b_hh is not None else e(0)
+    if T == 0:
+        dh0.copy_(dh_n)
+    else:
+        msk = _or(mask, dummy)
+        lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
+        bnt = [_or(t, dummy) for t in (norm_h_weight, bn_h_running_var)]
+        hhat, stats = _or(ws_hh_hat if norm.batch else None, dummy), _or(h_stats if h_stats.numel() else None, dummy)
+        dh_buf, dz_buf = e(2, B, H), e(2, B, H)
+        outs = (dxp, dhh, dh_buf, dz_buf, _or(dg_h if norm.batch else None, dummy),
+                _or(db_part if b_hh is not None else None, dummy))
+        for step in range(T - 1, -1, -1):
+            _run("gru_bwd", tilings[1], s, f, (dy, dh_n, w_hh, msk, lens, ws_hs, ws_gates, ws_hn, hhat, stats, bnt[0],
+                                            bnt[1], zh, *outs, step, T, B, H, bn_step_offset,
+                                            bn_h_running_var.shape[0] if norm == NormMode.BATCH_EVAL else 1,
+                                            norm_eps), False)
+        _run("gru_final", tilings[1], s, f, (dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dz_buf, dh0, T, B, H), False)
+    hm = ws_hs[:T] if mask is None else ws_hs[:T] * mask
+    dw_hh = _mm_acc(dhh.reshape(T * B, G).t(), hm.reshape(T * B, H).to(dhh.dtype)).to(w_hh.dtype)
+    db = db_part.sum(0).to(b_hh.dtype) if b_hh is not None else e(0)
+    dg = dg_h.sum(0).to(norm_h_weight.dtype) if norm.batch else e(0)
+    return dxp, dh0, dw_hh, db, dg
+
+
 __all__ = ["AUTOTUNE", "COOPERATIVE", "DESIGN_ENV", "INTERPRET", "backward", "current_design", "device_guard",
-           "forced_design", "forward", "shape_of", "tilings_for"]
+           "forced_design", "forward", "gru_backward", "gru_forward", "shape_of", "tilings_for"]

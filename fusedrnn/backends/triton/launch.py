@@ -9,7 +9,8 @@ Roles: persistent tilings launch ``fwd`` (and ``bwd``); per-step tilings launch 
 step, ``fwd_proj`` after it with proj_size, and backward ``bwd`` every step, ``transfer``
 (proj_size, every step) and ``transfer_final`` once.  With layer norm (per-step only) the
 forward step is ``fwd`` (the GEMM) then ``ln_fwd`` (whole rows), and the backward step
-``transfer`` then ``ln_bwd``.
+``transfer`` then ``ln_bwd``.  The GRU (per-step only) launches ``gru_fwd`` every step, and
+backward ``gru_bwd`` every step and ``gru_final`` once.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import triton
 
 from ...core.contract import MaskMode, NormMode
 from . import config as C
-from .kernels import layer_norm, persistent, step
+from .kernels import gru, layer_norm, persistent, step
 from .kernels.common import ZoneoutMode
 
 ROLES = {  # design -> role -> kernel: the one map from roles to kernels
     "persistent": {"fwd": persistent.fwd_persistent_kernel, "bwd": persistent.bwd_persistent_kernel},
     "step": {"fwd": step.fwd_step_kernel, "fwd_proj": step.fwd_proj_kernel, "bwd": step.bwd_step_kernel,
              "transfer": step.bwd_transfer_kernel, "transfer_final": step.bwd_transfer_kernel,
-             "ln_fwd": layer_norm.fwd_ln_kernel, "ln_bwd": layer_norm.bwd_ln_kernel},
+             "ln_fwd": layer_norm.fwd_ln_kernel, "ln_bwd": layer_norm.bwd_ln_kernel,
+             "gru_fwd": gru.fwd_gru_kernel, "gru_bwd": gru.bwd_gru_kernel, "gru_final": gru.gru_final_kernel},
 }
 # constexprs that are tile sizes (what autotuning varies); the rest are flags
 TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "KST", "RP", "HP", "GP", "PP", "BG", "NP")
@@ -100,6 +102,16 @@ def launches(tiling: C.Tiling, s: C.Shape, f: dict) -> list[Launch]:
     return [launch(tiling, s, f, r) for r in roles]
 
 
+def gru_launches(tilings: tuple, s: C.Shape, f: dict) -> list[Launch]:
+    """Every launch of the GRU's per-step design for shape s with its (forward, backward)
+    tilings (config.gru_tilings; backward roles only with f["SAVE"]); f has the GRU's HAS_BIAS
+    beside the flags()."""
+    out = [launch(tilings[0], s, f, "gru_fwd")]
+    if f["SAVE"]:
+        out += [launch(tilings[1], s, f, r) for r in ("gru_bwd", "gru_final")]
+    return out
+
+
 def grid(role: str, design: str, B: int, H: int, R: int, t: dict) -> tuple:
     """The launch grid of a role, from the tile constexprs (a function of them, so that
     autotuning, which varies the tiles, gets the grid of each candidate tiling)."""
@@ -107,9 +119,9 @@ def grid(role: str, design: str, B: int, H: int, R: int, t: dict) -> tuple:
         return (triton.cdiv(B, t["BB"]) * max(triton.cdiv(H, t["BH"]), triton.cdiv(R, t["BP"])),)
     if role in ("ln_fwd", "ln_bwd"):  # whole rows
         return (triton.cdiv(B, t["BB"]),)
-    if role in ("fwd", "bwd"):
+    if role in ("fwd", "bwd") or role.startswith("gru"):
         return (triton.cdiv(H, t["BH"]), triton.cdiv(B, t["BB"]))
     return (triton.cdiv(R, t.get("BP", t.get("BR"))), triton.cdiv(B, t["BB"]))
 
 
-__all__ = ["Launch", "ROLES", "TILE_KEYS", "flags", "grid", "launch", "launches", "tiles"]
+__all__ = ["Launch", "ROLES", "TILE_KEYS", "flags", "grid", "gru_launches", "launch", "launches", "tiles"]

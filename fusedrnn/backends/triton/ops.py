@@ -3,6 +3,8 @@
   fusedrnn_triton::lstm_layer_forward  -> y, h_n, c_n, h_stats, c_stats, ws_h, ws_act, ws_c, ws_hh_hat, ws_hc
   fusedrnn_triton::lstm_layer_backward -> grad_xp, grad_h0, grad_c0, grad_w_hh, grad_w_hr, and the
                                           batch-norm parameter gradients
+  fusedrnn_triton::gru_layer_forward   -> y, h_n, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn
+  fusedrnn_triton::gru_layer_backward  -> grad_xp, grad_h0, grad_w_hh, grad_b_hh, grad_norm_h_weight
 
 Registered with torch.library.triton_op, so torch.compile traces into the kernels; a plain
 custom_op under the Triton interpreter, whose kernels cannot run on fake tensors.  The fake
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ...core import schema
+from ...core.contract import NormMode
 from . import host
 from .host import INTERPRET
 
@@ -68,4 +71,44 @@ def _workspace(new, T, B, H, R, save, norm, proj):
 lstm_layer_forward.register_fake(lambda xp, h0, c0, *params: schema.fake_forward(xp, params, _workspace))
 schema.register_layer_autograd(FORWARD, BACKWARD)
 
-__all__ = ["BACKWARD", "FORWARD", "lstm_layer_backward", "lstm_layer_forward"]
+GRU_FORWARD, GRU_BACKWARD = "fusedrnn_triton::gru_layer_forward", "fusedrnn_triton::gru_layer_backward"
+_OUT5 = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+@_define(GRU_FORWARD, mutates_args=())
+def gru_layer_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional[Tensor],
+                      mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int,
+                      norm_h_weight: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
+                      bn_h_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
+                      zoneout_h: Optional[Tensor], save_workspace: bool) -> _OUT8:
+    with host.device_guard(xp):
+        return host.gru_forward(xp, h0, w_hh, b_hh, mask, mask_mode, lengths, reverse, norm_mode, norm_h_weight,
+                                bn_h_running_mean, bn_h_running_var, bn_step_offset, norm_eps, zoneout_h,
+                                save_workspace)
+
+
+@_define(GRU_BACKWARD, mutates_args=())
+def gru_layer_backward(grad_y: Tensor, grad_h_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                       mask: Optional[Tensor], mask_mode: int, lengths: Optional[Tensor], reverse: bool,
+                       norm_mode: int, norm_h_weight: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
+                       bn_h_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
+                       zoneout_h: Optional[Tensor], h_stats: Tensor, ws_h: Tensor, ws_gates: Tensor, ws_hs: Tensor,
+                       ws_hh_hat: Tensor, ws_hn: Tensor) -> _OUT5:
+    with host.device_guard(grad_y):
+        return host.gru_backward(grad_y, grad_h_n, w_hh, b_hh, mask, mask_mode, lengths, reverse, norm_mode,
+                                 norm_h_weight, bn_h_running_mean, bn_h_running_var, bn_step_offset, norm_eps,
+                                 zoneout_h, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn)
+
+
+def _gru_workspace(new, T, B, H, save, norm):
+    if not save:
+        return new(0), new(0), new(0), new(0), new(0)
+    return (new(0), new(T, B, 3 * H), new(T + 1, B, H, acc_type=False),
+            new(T, B, 3 * H) if NormMode(norm).batch else new(0), new(T, B, H))
+
+
+gru_layer_forward.register_fake(lambda xp, h0, *params: schema.fake_gru_forward(xp, params, _gru_workspace))
+schema.register_layer_autograd(GRU_FORWARD, GRU_BACKWARD, schema.GRU_SCHEMA)
+
+__all__ = ["BACKWARD", "FORWARD", "GRU_BACKWARD", "GRU_FORWARD", "gru_layer_backward", "gru_layer_forward",
+           "lstm_layer_backward", "lstm_layer_forward"]

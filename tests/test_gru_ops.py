@@ -1,17 +1,33 @@
-"""The native GRU layer op (fusedrnn::gru_layer_forward / _backward): against the reference
-recurrence in float64 (outputs, statistics and every gradient) for each option, opcheck,
-gradcheck, outputs fully written, the lean workspace, bad arguments, and the module on two
-threads."""
+"""The GRU layer ops of both families, native (fusedrnn::gru_layer_forward / _backward) and
+Triton (fusedrnn_triton::..., through the interpreter on CPU): against the reference
+recurrence in float64 (outputs, statistics and every gradient) for each option, outputs fully
+written (conftest NaN-poisons fresh buffers), the lean workspace; for the native op also
+opcheck, gradcheck, bad arguments, and the module on two threads."""
 
 import pytest
 import torch
 
 from fusedrnn.backends import compiled
+from helpers import TRITON
 from fusedrnn.backends.reference import gru_recurrence
 from fusedrnn.core import schema
 from fusedrnn.core.contract import CellKind, Config, RecurrentBN, RecurrentLN, Zoneout
 
 pytestmark = pytest.mark.skipif(compiled.LOAD_ERROR is not None, reason="fusedrnn._C not built")
+
+
+def _triton_ops():
+    from fusedrnn.backends.triton import ops
+
+    return ops.gru_layer_forward, ops.gru_layer_backward
+
+
+def _native_ops():
+    return torch.ops.fusedrnn.gru_layer_forward, torch.ops.fusedrnn.gru_layer_backward
+
+
+# (family, its ops, the cases it serves: the Triton GRU has no layer norm)
+FAMILIES = [("native", _native_ops)] + ([("triton", _triton_ops)] if TRITON else [])
 
 CASES = [
     dict(), dict(bias=False), dict(mask="shared"), dict(mask="per_step"), dict(reverse=True), dict(lengths=True),
@@ -76,11 +92,14 @@ def _reference(args, extra):
     return res
 
 
-@pytest.mark.parametrize("case", CASES, ids=_id)
-def test_matches_reference(case):
+FAMILY_CASES = [(f, ops, c) for f, ops in FAMILIES for c in CASES if not (f == "triton" and c.get("bn") == "layer")]
+
+
+@pytest.mark.parametrize("family,ops,case", FAMILY_CASES, ids=[f"{f}-{_id(c)}" for f, _, c in FAMILY_CASES])
+def test_matches_reference(family, ops, case):
     """Outputs, batch statistics and the gradients of every input against the reference."""
     args, diff, extra = _case(case)
-    out = torch.ops.fusedrnn.gru_layer_forward(*args)
+    out = ops()[0](*args)
     ref = _reference(args, extra)
     torch.testing.assert_close(out[0], ref.y, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out[1], ref.h_n, rtol=1e-10, atol=1e-12)
@@ -122,23 +141,27 @@ def test_gradcheck(case):
     assert torch.autograd.gradcheck(f, tuple(diff), atol=1e-7)
 
 
-def test_outputs_fully_written_and_lean_workspace():
+@pytest.mark.parametrize("family,ops", FAMILIES, ids=[f for f, _ in FAMILIES])
+def test_outputs_fully_written_and_lean_workspace(family, ops):
     """Outputs are NaN-poisoned before the kernel under test: every element of y (zeros past
     each length), h_n, the statistics, the workspace and the gradients must be written; the
-    forward without the workspace gives the same outputs from one slot (and a ring of 2)."""
-    for case in CASES:
+    forward without the workspace gives the same outputs (native: from one slot and a ring of
+    2; Triton: from none)."""
+    fwd, bwd = ops()
+    for case in [c for c in CASES if not (family == "triton" and c.get("bn") == "layer")]:
         args, _, _ = _case(case, requires_grad=False)
-        out = torch.ops.fusedrnn.gru_layer_forward(*args)
+        out = fwd(*args)
         for t in out:
             assert not torch.isnan(t).any(), case
-        grads = torch.ops.fusedrnn.gru_layer_backward(torch.randn_like(out[0]), torch.randn_like(out[1]),
-                                                      *args[2:2 + len(schema.GRU_PARAMS)], *out[2:])
+        grads = bwd(torch.randn_like(out[0]), torch.randn_like(out[1]), *args[2:2 + len(schema.GRU_PARAMS)],
+                    *out[2:])
         for t in grads:
             assert not torch.isnan(t).any(), case
-        lean = torch.ops.fusedrnn.gru_layer_forward(*args[:-1], False)
+        lean = fwd(*args[:-1], False)
         for a, b in zip(out[:3], lean[:3]):  # (the GEMM's rounding may depend on its operand's alignment)
             torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15, msg=str(case))
-        assert lean[3].shape[0] == 1 and lean[5].shape[0] == 2
+        if family == "native":
+            assert lean[3].shape[0] == 1 and lean[5].shape[0] == 2
 
 
 def test_bad_arguments():
