@@ -52,7 +52,7 @@ from .summary import mean_std, pm, shade
 from .training import optimizer_step
 
 NAME = "dropout"
-TITLE = "Dropout schemes on a character-level LSTM language model"
+TITLE = "Dropout schemes on a character-level language model (LSTM, or GRU with cell=gru)"
 CLAIM = ("dropout applied naively inside the recurrence hurts; dropout on non-recurrent connections only "
          "helps; a mask shared across time (variational) helps most")
 

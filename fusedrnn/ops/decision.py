@@ -180,10 +180,12 @@ def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple
 # ---- the rules ---------------------------------------------------------------------------
 
 
-# The batch sizes up to which a plain GRU's training step runs the native kernel on the CPU:
-# torch's GRU backward costs 7x ours at B = 1 and 1.6x at B = 8, and about ours from B = 32 up
-# (benchmarks/results/cpu-*.jsonl, the cpu preset's gru: rows; benchmarks/NOTES.md).
-GRU_NATIVE_TRAINING_MAX_B = 8
+# The batch sizes up to which a plain float32 GRU runs the native kernel on the CPU, with
+# gradients and without: the cpu preset's gru: rows of 2026-12-06 (benchmarks/results/
+# cpu-epyc-2c.jsonl; benchmarks/NOTES.md) have it at 8.1x / 2.2x / 1.24x torch's GRU at
+# B = 1 / 8 / 32 and 0.93x at 64 (fwd+bwd), 3.0x / 1.7x / 1.2x / 1.29x at B = 1 / 8 / 32 / 64
+# and 0.95x at 128 (inference).
+GRU_NATIVE_MAX_B = {True: 32, False: 64}  # requires_grad -> largest B
 
 
 def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: bool) -> tuple[bool, str]:
@@ -204,10 +206,12 @@ def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: 
     if kind == "cell":
         return True, "a plain cell step: torch's own cell runs the same GEMMs and pointwise kernel"
     if cfg.device_type == "cpu":
-        if (cfg.cell == CellKind.GRU and training and cfg.requires_grad and cfg.dtype == torch.float32
-                and cfg.B <= GRU_NATIVE_TRAINING_MAX_B and unavailable_reason("native", torch.device("cpu")) is None):
-            return False, (f"plain GRU training on the CPU at B={cfg.B} <= {GRU_NATIVE_TRAINING_MAX_B}: the native "
-                           "kernel measures 1.4-7x torch's GRU there (fwd+bwd, cpu preset records of 2026-12-06)")
+        limit = GRU_NATIVE_MAX_B[bool(cfg.requires_grad)]
+        if (cfg.cell == CellKind.GRU and cfg.dtype == torch.float32 and cfg.B <= limit
+                and unavailable_reason("native", torch.device("cpu")) is None):
+            mode = "fwd+bwd" if cfg.requires_grad else "inference"
+            return False, (f"plain GRU on the CPU at B={cfg.B} <= {limit} ({mode}): the native kernel measures "
+                           "faster than torch's GRU there (the cpu preset's gru: records of 2026-12-06)")
         if cfg.dtype in (torch.float32, torch.float64):
             return True, f"plain {rnn} on the CPU: torch's own (oneDNN) measures at least as fast"
         return False, f"torch's CPU {rnn} is not the measured path for {cfg.dtype}"
