@@ -255,3 +255,79 @@ def _layer_test(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_layer_op_matches_reference(backend):
     _layer_test(backend)()
+
+
+# ---- the GRU's layer op: the same draws, plus layer norm (not on Triton) and zoneout ----------
+
+
+@st.composite
+def gru_layer_configs(draw):
+    cfg = draw(layer_configs())
+    cfg["P"] = 0
+    cfg["norm"] = draw(st.sampled_from([None, "train", "eval", "layer"]))
+    if cfg["norm"] == "train" and cfg["B"] < 2:
+        cfg["B"] = 2
+        if cfg["lengths"] is not None:
+            cfg["lengths"] = cfg["lengths"] + [cfg["T"]]
+    cfg["zoneout"] = draw(st.sampled_from([None, "train", "eval"]))
+    return cfg
+
+
+def _run_gru_layer(cfg, backend):
+    g = torch.Generator().manual_seed(cfg["seed"])
+    T, B, I, H = cfg["T"], cfg["B"], cfg["I"], cfg["H"]
+    G = 3 * H
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    leaves = [r(T, B, I), r(B, H), 0.5 * r(G, I), 0.5 * r(G, H)] + ([r(G), r(G)] if cfg["bias"] else [])
+    for t in leaves:
+        t.requires_grad_()
+    x, h0, w_ih, w_hh = leaves[:4]
+    b_ih, b_hh = leaves[4:6] if cfg["bias"] else (None, None)
+    mask = None
+    if cfg["mask"]:
+        shape = (B, H) if cfg["mask"] == "shared" else (T, B, H)
+        mask = (u(*shape) > cfg["p"]).double() / (1 - cfg["p"])
+    lengths = None if cfg["lengths"] is None else torch.tensor(cfg["lengths"], dtype=torch.int64)
+    norm = None
+    if cfg["norm"] == "layer":
+        ln = [(0.5 + u(G)).requires_grad_(), (u(G) - 0.5).requires_grad_(), (0.5 + u(G)).requires_grad_(),
+              (u(G) - 0.5).requires_grad_()]
+        leaves += ln
+        norm = ops.RecurrentLN(*ln, None, None, 1e-3)
+    elif cfg["norm"]:
+        S = cfg["S"]
+        bn_w = [(0.1 + u(G)).requires_grad_(), (0.1 + u(G)).requires_grad_()]
+        leaves += bn_w
+        norm = ops.RecurrentBN(*bn_w, None, None, u(S, G) - 0.5, 0.5 + u(S, G), u(S, G) - 0.5, 0.5 + u(S, G), None,
+                               None, training=cfg["norm"] == "train", momentum=0.3, eps=1e-3,
+                               step_offset=cfg["offset"])
+    zoneout = None
+    if cfg["zoneout"] == "eval":
+        zoneout = ops.Zoneout(None, torch.full((1, 1, 1), cfg["p"], dtype=torch.float64).expand(T, B, H))
+    elif cfg["zoneout"]:
+        zoneout = ops.Zoneout(None, (u(T, B, H) < cfg["p"]).double())
+    y, h_n = ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, mask=mask, lengths=lengths, reverse=cfg["reverse"],
+                           norm=norm, zoneout=zoneout, backend=backend)
+    outs = {"y": y, "h_n": h_n}
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in outs.values())
+    for i, gr in enumerate(torch.autograd.grad(loss, leaves, allow_unused=True)):
+        outs[f"grad{i}"] = torch.zeros_like(leaves[i]) if gr is None else gr
+    if isinstance(norm, ops.RecurrentBN):
+        for k in ("running_mean_x", "running_var_x", "running_mean_h", "running_var_h"):
+            outs[k] = getattr(norm, k)
+    return outs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gru_layer_op_matches_reference(backend):
+    ci, long = COUNTS.get(backend, COUNTS["native"])
+
+    @examples(2 * ci, 2 * long)
+    @given(cfg=gru_layer_configs())
+    def test(cfg):
+        if backend == "triton" and cfg["norm"] == "layer":
+            return  # (the Triton GRU declines layer norm)
+        _compare(_run_gru_layer(cfg, backend), _run_gru_layer(cfg, "reference"), backend, cfg)
+
+    test()
