@@ -34,6 +34,14 @@ CONFIGS = {
 }
 
 
+GRU_CONFIGS = {
+    "plain": dict(),
+    "bidir-2layer-zoneout": dict(num_layers=2, bidirectional=True, recurrent_dropout=0.2, variational=True,
+                                 zoneout=0.1),
+    "bn": dict(batch_norm=True),
+}
+
+
 def _trained(m: nn.Module, make_input, steps: int = 3) -> nn.Module:
     """A few training-mode calls (batch-norm running statistics move off their init), then eval."""
     m.train()
@@ -77,6 +85,14 @@ def _models():
     out.append(("language-model", _trained(lm, lambda: torch.randint(0, 50, (4, 6))), torch.randint(0, 50, (2, 6))))
     tagger = SequenceTagger(5, vocab_size=30, embed_size=8, hidden_size=16, batch_norm=True)
     out.append(("tagger-bn", _trained(tagger, lambda: torch.randint(0, 30, (4, 6))), torch.randint(0, 30, (2, 6))))
+    for name, kw in GRU_CONFIGS.items():
+        torch.manual_seed(0)
+        m = fusedrnn.GRU(16, 32, batch_first=True, **kw)
+        out.append((f"gru-{name}", _trained(m, lambda: torch.randn(4, 7, 16)), torch.randn(3, 7, 16)))
+    torch.manual_seed(0)
+    lm = LanguageModel(50, 16, 16, num_layers=2, dropout=0.2, recurrent_dropout=0.2, cell="gru", layer_norm=True)
+    out.append(("gru-language-model", _trained(lm, lambda: torch.randint(0, 50, (4, 6))),
+                torch.randint(0, 50, (2, 6))))
     return out
 
 
@@ -94,6 +110,8 @@ def test_torch_export_matches_eager_and_uses_standard_ops(name, model, x):
     assert not any("fusedrnn" in t for t in targets), targets
     if name in ("lstm-plain", "lstm-bidir-2layer", "lstm-recurrent-dropout"):
         assert "aten.lstm.input" in targets  # torch's own LSTM: ONNX's LSTM op downstream
+    if name == "gru-plain":
+        assert "aten.gru.input" in targets
     got, want = _first(ep.module()(x)), _first(model(x))
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 

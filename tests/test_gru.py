@@ -213,3 +213,23 @@ def test_triton_gru_declines_what_it_lacks():
         fusedrnn.GRU(I, H, backend="triton", layer_norm=True)(x)
     with pytest.raises(fusedrnn.BackendError, match="spills"):
         fusedrnn.GRU(I, H, backend="triton", batch_norm=True)(torch.randn(2, 129, I))
+
+
+@pytest.mark.parametrize("options", [dict(recurrent_dropout=0.3), dict(recurrent_dropout=0.3, variational=True,
+                                                                         dropout=0.2),
+                                     dict(zoneout=0.3, weight_dropout=0.3)], ids=["per-step", "variational", "zo+wd"])
+def test_same_seed_same_masks_on_every_backend(options):
+    """The module draws its masks (recurrent, between layers, zoneout, DropConnect) itself, from
+    torch's generator: the same seed gives the same training step on every backend."""
+    res = {}
+    for backend in [b for b in GRU_BACKENDS if b != "auto"]:
+        torch.manual_seed(0)
+        m = fusedrnn.GRU(I, H, num_layers=2, dtype=torch.float64, backend=backend, **options)
+        x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+        torch.manual_seed(1)
+        y, h = m(x)
+        res[backend] = [y, h] + grads((y * y.cos()).sum(), [x] + list(m.parameters()))
+    ref = res.pop("reference")
+    for backend, got in res.items():
+        for a, b in zip(got, ref):
+            assert_close(a, b)
