@@ -257,7 +257,7 @@ def test_layer_op_matches_reference(backend):
     _layer_test(backend)()
 
 
-# ---- the GRU's layer op: the same draws, plus layer norm (not on Triton) and zoneout ----------
+# ---- the GRU's layer op: the same draws, plus layer norm and zoneout ---------------------------
 
 
 @st.composite
@@ -326,8 +326,6 @@ def test_gru_layer_op_matches_reference(backend):
     @examples(2 * ci, 2 * long)
     @given(cfg=gru_layer_configs())
     def test(cfg):
-        if backend == "triton" and cfg["norm"] == "layer":
-            return  # (the Triton GRU declines layer norm)
         _compare(_run_gru_layer(cfg, backend), _run_gru_layer(cfg, "reference"), backend, cfg)
 
     test()

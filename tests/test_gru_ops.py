@@ -26,7 +26,7 @@ def _native_ops():
     return torch.ops.fusedrnn.gru_layer_forward, torch.ops.fusedrnn.gru_layer_backward
 
 
-# (family, its ops, the cases it serves: the Triton GRU has no layer norm)
+# (family, its ops)
 FAMILIES = [("native", _native_ops)] + ([("triton", _triton_ops)] if TRITON else [])
 
 CASES = [
@@ -92,7 +92,7 @@ def _reference(args, extra):
     return res
 
 
-FAMILY_CASES = [(f, ops, c) for f, ops in FAMILIES for c in CASES if not (f == "triton" and c.get("bn") == "layer")]
+FAMILY_CASES = [(f, ops, c) for f, ops in FAMILIES for c in CASES]
 
 
 @pytest.mark.parametrize("family,ops,case", FAMILY_CASES, ids=[f"{f}-{_id(c)}" for f, _, c in FAMILY_CASES])
@@ -148,7 +148,7 @@ def test_outputs_fully_written_and_lean_workspace(family, ops):
     forward without the workspace gives the same outputs (native: from one slot and a ring of
     2; Triton: from none)."""
     fwd, bwd = ops()
-    for case in [c for c in CASES if not (family == "triton" and c.get("bn") == "layer")]:
+    for case in CASES:
         args, _, _ = _case(case, requires_grad=False)
         out = fwd(*args)
         for t in out:

@@ -112,18 +112,7 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
   T* var_g = f.rstd_g;  // variance, then turned into rstd in place
   T* var_c = f.rstd_c;
 
-  if (d.ln) {  // LN_h: each active row of hh over its G columns (rows in parallel)
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* st = f.h_stats + s * 2 * B;  // [2, B]: mean, rstd (0 for a finished row)
-        if (!rows.active(b, s)) {
-          st[b] = st[B + b] = T(0);
-          continue;
-        }
-        ln_forward_row(f.hh + b * G, G, eps, f.gamma_h, hh_hat + b * G, st[b], st[B + b]);
-      }
-    });
-  }
+  if (d.ln) ln_h_rows(rows, s, B, G, f.hh, f.gamma_h, hh_hat, f.h_stats + s * 2 * B, eps);
 
   at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
     const int64_t w = j1 - j0;

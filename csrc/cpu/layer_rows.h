@@ -293,6 +293,23 @@ FUSEDRNN_CPU_CLONES void ln_forward_row(T* __restrict v, int64_t n, double eps, 
   rstd_out = rstd;
 }
 
+// LN_h of step s (both cells): each active row of hh [B, G] over its G columns, rows in
+// parallel; x_hat to hh_hat, hh rewritten to gamma * x_hat, the row statistics to st [2, B]
+// (mean, rstd; 0 for a finished row).
+template <typename T>
+void ln_h_rows(const Rows& rows, int64_t s, int64_t B, int64_t G, T* hh, const T* gamma, T* hh_hat, T* st,
+               double eps) {
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (!rows.active(b, s)) {
+        st[b] = st[B + b] = T(0);
+        continue;
+      }
+      ln_forward_row(hh + b * G, G, eps, gamma, hh_hat + b * G, st[b], st[B + b]);
+    }
+  });
+}
+
 // LN_c of one row and the output h = o * tanh(gamma_c * c_hat + beta_c) (c~ unchanged).
 template <typename T>
 FUSEDRNN_CPU_CLONES void ln_c_forward_row(const T* __restrict c, int64_t H, double eps, const T* __restrict gamma,

@@ -28,6 +28,12 @@ class SequenceCell(RegularizedMixin):
     _torch_class: type
     _name: str
 
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, **options):
+        check_option_names(options, self._name)
+        options = take_options(options, self._name)
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)  # torch's cell
+        self._init_cell(options, hidden_size, device, dtype)
+
     def _init_cell(self, options: dict, hidden_size: int, device, dtype) -> None:
         self._init_regularizers(**options)
         if self.batch_norm:
@@ -269,12 +275,6 @@ class LSTMCell(SequenceCell, TorchLSTMCell):
     _name = "LSTMCell"
     _state_names = ("h_0", "c_0")
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, **options):
-        check_option_names(options, "LSTMCell")
-        options = take_options(options, "LSTMCell")
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
-        self._init_cell(options, hidden_size, device, dtype)
-
     def _split_hx(self, hx):
         if hx is None:
             return None
@@ -312,12 +312,6 @@ class GRUCell(SequenceCell, TorchGRUCell):
     _torch_class = TorchGRUCell
     _name = "GRUCell"
     _state_names = ("h_0",)
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, **options):
-        check_option_names(options, "GRUCell")
-        options = take_options(options, "GRUCell")
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
-        self._init_cell(options, hidden_size, device, dtype)
 
     def _split_hx(self, hx):
         if hx is None:

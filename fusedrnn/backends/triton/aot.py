@@ -114,15 +114,14 @@ def configs_of_tiling(tiling: C.Tiling, s: C.Shape, dtype: torch.dtype, o: dict)
 
 def gru_kernel_configs(dtype: torch.dtype, B: int, H: int, o: dict) -> list[KernelConfig]:
     """The GRU's per-step kernels (host.gru_forward / gru_backward: the heuristic's per-step
-    tiling, no autotuning; with a bias unless o["bias"] is False; no layer norm)."""
-    if o.get("bn") == "layer":
-        raise ValueError("the triton GRU kernels have no layer norm")
+    tiling, no autotuning; with a bias unless o["bias"] is False)."""
     dev = o.get("device", C.SM90)
-    s = C.Shape(B=B, H=H, R=H, proj=False, bn=o.get("bn") in ("train", "eval"), esize=dtype.itemsize, ln=False)
+    s = C.Shape(B=B, H=H, R=H, proj=False, bn=o.get("bn") in ("train", "eval"), esize=dtype.itemsize,
+                ln=o.get("bn") == "layer")
     tilings = C.gru_tilings(s, dev)
     f = dict(_flags(dict(o, proj=False), dtype), HAS_BIAS=o.get("bias", True))
     opts = dict(mask=o.get("mask") is not None, norm=o.get("bn") is not None, bn_eval=o.get("bn") == "eval",
-                zoneout=o.get("zoneout") is not None, bias=o.get("bias", True))
+                zoneout=o.get("zoneout") is not None, bias=o.get("bias", True), layer=o.get("bn") == "layer")
     out = []
     for launch in L.gru_launches(tilings, s, f):
         sig = _signature(launch.kernel, dtype, opts)

@@ -1,6 +1,6 @@
 """The ``triton`` backend: the layer recurrence on Triton kernels (a persistent
 whole-sequence kernel where the grid fits the device, else one fused kernel per step;
-config.py has the heuristic; the GRU per step, without layer norm), the input norm (BN_x,
+config.py has the heuristic; the GRU per step), the input norm (BN_x,
 LN_x) in plain PyTorch (the reference's), no cell kernel."""
 
 from __future__ import annotations
@@ -63,8 +63,6 @@ class TritonBackend(Backend):
             where = "under the Triton interpreter" if INTERPRET else "on CUDA"
             names = ", ".join(str(d).replace("torch.", "") for d in served)
             return f"the triton kernels take {names} {where}, got {str(cfg.dtype).replace('torch.', '')}"
-        if cfg.cell == CellKind.GRU and cfg.norm == NormMode.LAYER:
-            return "the triton GRU kernels have no layer norm (the per-step GRU design normalises no whole rows)"
         if cfg.cell == CellKind.GRU and cfg.norm.batch and cfg.B > C.GRU_MAX_BN_ROWS:
             return (f"the triton GRU's batch norm keeps all B rows in one program; B={cfg.B} > "
                     f"{C.GRU_MAX_BN_ROWS} spills (the compile gate's registers)")

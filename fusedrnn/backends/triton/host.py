@@ -357,9 +357,8 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
 #
 # The schema's GRU ops (fusedrnn.core.schema GRU_PARAMS).  hs [T + 1, B, H] is ws_hs (the model's
 # dtype, as the LSTM's h exchange); ws_h is empty (the backward forms hs[:T] * m); ws_gates
-# [T, B, 3H], ws_hn [T, B, H] (g_n)
-# and ws_hh_hat [T, B, 3H] (batch norm) in the accumulation dtype.  No autotuning, no layer norm
-# (the backend declines it).
+# [T, B, 3H], ws_hn [T, B, H] (g_n) and ws_hh_hat [T, B, 3H] (N_h's x_hat) in the accumulation
+# dtype.  No autotuning.  Layer norm: two launches per step each way (kernels/gru.py).
 
 
 def _gru_setup(B: int, H: int, norm_mode: int, dtype: torch.dtype, dev: torch.device, mask_mode: int,
@@ -385,9 +384,12 @@ def gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], ma
     hs = torch.empty(NS, B, H, device=dev, dtype=xp.dtype)
     hs[0].copy_(h0)
     y = torch.empty(T, B, H, device=dev, dtype=xp.dtype)
+    layer = norm == NormMode.LAYER
+    NSC = max(T, 1) if save else 1
     gates, gn = (e(T, B, G), e(T, B, H)) if save else (e(0), e(0))
-    hhat = e(T, B, G) if save and norm.batch else e(0)
-    stats_h = e(T if norm == NormMode.BATCH_TRAIN else 0, 2, G)
+    # N_h's x_hat for backward; layer norm: also each step's raw GEMM (a ring of one without save)
+    hhat = e(NSC, B, G) if (save and norm != NormMode.NONE) or layer else e(0)
+    stats_h = e(T if norm in (NormMode.BATCH_TRAIN, NormMode.LAYER) else 0, 2, B if layer else G)
     if T > 0:
         dummy = e(1)
         _, zh, zo = zoneout_operands(zoneout_h, zoneout_h, dummy)
@@ -398,13 +400,17 @@ def gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], ma
         ws = [_or(t if t.numel() else None, dummy) for t in (gates, gn, hhat, stats_h)]
         bnt = [_or(t, dummy) for t in (norm_h_weight, bn_h_running_mean, bn_h_running_var)]
         bn_S = bn_h_running_mean.shape[0] if norm == NormMode.BATCH_EVAL else 1
+        ln_part = e(triton.cdiv(H, tilings[0][0].BH), 2, B) if layer else dummy
         for step in range(T):
-            _run("gru_fwd", tilings[0], s, f, (xp, w_hh, *params, lens, hs, y, *ws, *bnt, zh, step, T, B, H, NS,
-                                            bn_step_offset, bn_S, norm_eps), False)
+            _run("gru_fwd", tilings[0], s, f, (xp, w_hh, *params, lens, hs, y, *ws, *bnt, zh, ln_part, step, T, B, H,
+                                            NS, NSC, bn_step_offset, bn_S, norm_eps), False)
+            if layer:
+                _run("gru_ln_fwd", tilings[0], s, f, (xp, params[0], lens, hs, y, *ws, bnt[0], zh, ln_part, step, T,
+                                                   B, H, NS, NSC, norm_eps), False)
     h_n = hs[T % NS].to(h0.dtype, copy=True)
     # ws_h stays empty: the backward forms h_{s-1} * m_s from ws_hs and the mask (an output may
     # not alias another, and hs[:T] is what ws_h would hold without a mask)
-    return y, h_n, stats_h, e(0), gates, hs if save else e(0), hhat, gn
+    return y, h_n, stats_h, e(0), gates, hs if save else e(0), hhat if save else e(0), gn
 
 
 def gru_backward(dy: Tensor, dh_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional[Tensor],
@@ -421,13 +427,16 @@ def gru_backward(dy: Tensor, dh_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
     e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731
     dxp = torch.empty(T, B, G, device=dev, dtype=dy.dtype)
     dh0 = torch.empty(B, H, device=dev, dtype=dh_n.dtype)
-    dhh = torch.empty(T, B, G, device=dev, dtype=dy.dtype)  # the model's dtype (as the LSTM's)
+    layer = norm == NormMode.LAYER
+    # the model's dtype (as the LSTM's); layer norm keeps it in acc (gru_ln_bwd rewrites it in place)
+    dhh = e(T, B, G) if layer else torch.empty(T, B, G, device=dev, dtype=dy.dtype)
     dummy = e(1)
     _, zh, zo = zoneout_operands(zoneout_h, zoneout_h, dummy)
     s, tilings, f = _gru_setup(B, H, norm_mode, w_hh.dtype, dev, mask_mode, lengths, reverse, True, zo,
                                b_hh is not None)
     nrb = triton.cdiv(B, tilings[1][0].BB)
-    dg_h = e(T, G) if norm.batch else e(0)
+    ln_rb = triton.cdiv(B, C.ln_rows(tilings[1][0]))
+    dg_h = e(T * ln_rb if layer else T, G) if norm != NormMode.NONE else e(0)
     db_part = e(T * nrb, G) if b_hh is not None else e(0)
     if T == 0:
         dh0.copy_(dh_n)
@@ -435,20 +444,23 @@ def gru_backward(dy: Tensor, dh_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
         msk = _or(mask, dummy)
         lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
         bnt = [_or(t, dummy) for t in (norm_h_weight, bn_h_running_var)]
-        hhat, stats = _or(ws_hh_hat if norm.batch else None, dummy), _or(h_stats if h_stats.numel() else None, dummy)
+        normed = norm != NormMode.NONE
+        hhat, stats = _or(ws_hh_hat if normed else None, dummy), _or(h_stats if h_stats.numel() else None, dummy)
         dh_buf, dz_buf = e(2, B, H), e(2, B, H)
-        outs = (dxp, dhh, dh_buf, dz_buf, _or(dg_h if norm.batch else None, dummy),
-                _or(db_part if b_hh is not None else None, dummy))
+        dgs = _or(dg_h if normed else None, dummy)
+        outs = (dxp, dhh, dh_buf, dz_buf, dgs, _or(db_part if b_hh is not None else None, dummy))
         for step in range(T - 1, -1, -1):
             _run("gru_bwd", tilings[1], s, f, (dy, dh_n, w_hh, msk, lens, ws_hs, ws_gates, ws_hn, hhat, stats, bnt[0],
                                             bnt[1], zh, *outs, step, T, B, H, bn_step_offset,
                                             bn_h_running_var.shape[0] if norm == NormMode.BATCH_EVAL else 1,
                                             norm_eps), False)
+            if layer:
+                _run("gru_ln_bwd", tilings[1], s, f, (lens, hhat, stats, bnt[0], dhh, dgs, step, T, B, H), False)
         _run("gru_final", tilings[1], s, f, (dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dz_buf, dh0, T, B, H), False)
     hm = ws_hs[:T] if mask is None else ws_hs[:T] * mask
     dw_hh = _mm_acc(dhh.reshape(T * B, G).t(), hm.reshape(T * B, H).to(dhh.dtype)).to(w_hh.dtype)
     db = db_part.sum(0).to(b_hh.dtype) if b_hh is not None else e(0)
-    dg = dg_h.sum(0).to(norm_h_weight.dtype) if norm.batch else e(0)
+    dg = dg_h.sum(0).to(norm_h_weight.dtype) if norm != NormMode.NONE else e(0)
     return dxp, dh0, dw_hh, db, dg
 
 

@@ -10,7 +10,8 @@ step, ``fwd_proj`` after it with proj_size, and backward ``bwd`` every step, ``t
 (proj_size, every step) and ``transfer_final`` once.  With layer norm (per-step only) the
 forward step is ``fwd`` (the GEMM) then ``ln_fwd`` (whole rows), and the backward step
 ``transfer`` then ``ln_bwd``.  The GRU (per-step only) launches ``gru_fwd`` every step, and
-backward ``gru_bwd`` every step and ``gru_final`` once.
+backward ``gru_bwd`` every step and ``gru_final`` once; with layer norm ``gru_ln_fwd`` after each
+``gru_fwd`` and ``gru_ln_bwd`` after each ``gru_bwd``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ ROLES = {  # design -> role -> kernel: the one map from roles to kernels
     "step": {"fwd": step.fwd_step_kernel, "fwd_proj": step.fwd_proj_kernel, "bwd": step.bwd_step_kernel,
              "transfer": step.bwd_transfer_kernel, "transfer_final": step.bwd_transfer_kernel,
              "ln_fwd": layer_norm.fwd_ln_kernel, "ln_bwd": layer_norm.bwd_ln_kernel,
-             "gru_fwd": gru.fwd_gru_kernel, "gru_bwd": gru.bwd_gru_kernel, "gru_final": gru.gru_final_kernel},
+             "gru_fwd": gru.fwd_gru_kernel, "gru_bwd": gru.bwd_gru_kernel, "gru_final": gru.gru_final_kernel,
+             "gru_ln_fwd": gru.gru_ln_fwd_kernel, "gru_ln_bwd": gru.gru_ln_bwd_kernel},
 }
 # constexprs that are tile sizes (what autotuning varies); the rest are flags
 TILE_KEYS = ("RESIDENT", "BB", "BH", "BP", "BR", "BK", "KST", "RP", "HP", "GP", "PP", "BG", "NP")
@@ -78,9 +80,9 @@ def launch(tiling: C.Tiling, s: C.Shape, f: dict, role: str) -> Launch:
     extra = {"FINAL": role == "transfer_final"} if role.startswith("transfer") else {}
     t = tiles(tiling, s)
     warps = tiling.num_warps
-    if role in ("ln_fwd", "ln_bwd"):  # whole-row programs: their own rows, column blocks and warps
+    if role.endswith(("ln_fwd", "ln_bwd")):  # whole-row programs: their own rows, column blocks and warps
         # BG: the GEMM programs' hidden block (their partial statistics), NP: partials per load
-        t.update(BB=C.ln_rows(tiling), BH=C.ln_cols(s, role), BG=tiling.BH,
+        t.update(BB=C.ln_rows(tiling), BH=C.ln_cols(s, role[-6:]), BG=tiling.BH,
                  NP=min(C.pow2(triton.cdiv(s.H, tiling.BH), 2), C.LN_PARTS))
         warps = C.LN_WARPS
     return Launch(role, kernel, _take(kernel, {**f, **extra}),
@@ -106,9 +108,10 @@ def gru_launches(tilings: tuple, s: C.Shape, f: dict) -> list[Launch]:
     """Every launch of the GRU's per-step design for shape s with its (forward, backward)
     tilings (config.gru_tilings; backward roles only with f["SAVE"]); f has the GRU's HAS_BIAS
     beside the flags()."""
-    out = [launch(tilings[0], s, f, "gru_fwd")]
+    layer = f["BN"] == NormMode.LAYER
+    out = [launch(tilings[0], s, f, r) for r in ["gru_fwd"] + (["gru_ln_fwd"] if layer else [])]
     if f["SAVE"]:
-        out += [launch(tilings[1], s, f, r) for r in ("gru_bwd", "gru_final")]
+        out += [launch(tilings[1], s, f, r) for r in ["gru_bwd"] + (["gru_ln_bwd"] if layer else []) + ["gru_final"]]
     return out
 
 
@@ -117,7 +120,7 @@ def grid(role: str, design: str, B: int, H: int, R: int, t: dict) -> tuple:
     autotuning, which varies the tiles, gets the grid of each candidate tiling)."""
     if design == "persistent":  # one program per (row block, column block)
         return (triton.cdiv(B, t["BB"]) * max(triton.cdiv(H, t["BH"]), triton.cdiv(R, t["BP"])),)
-    if role in ("ln_fwd", "ln_bwd"):  # whole rows
+    if role.endswith(("ln_fwd", "ln_bwd")):  # whole rows
         return (triton.cdiv(B, t["BB"]),)
     if role in ("fwd", "bwd") or role.startswith("gru"):
         return (triton.cdiv(H, t["BH"]), triton.cdiv(B, t["BB"]))

@@ -104,7 +104,7 @@ def _gru_workspace(new, T, B, H, save, norm):
     if not save:
         return new(0), new(0), new(0), new(0), new(0)
     return (new(0), new(T, B, 3 * H), new(T + 1, B, H, acc_type=False),
-            new(T, B, 3 * H) if NormMode(norm).batch else new(0), new(T, B, H))
+            new(T, B, 3 * H) if NormMode(norm) != NormMode.NONE else new(0), new(T, B, H))
 
 
 gru_layer_forward.register_fake(lambda xp, h0, *params: schema.fake_gru_forward(xp, params, _gru_workspace))

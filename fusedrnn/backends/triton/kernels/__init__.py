@@ -12,8 +12,9 @@ One module per design; launch.ROLES maps the roles a tiling launches to their ke
   layer norm, after the step's GEMM / transfer kernel;
 - persistent.py (fwd_persistent_kernel, bwd_persistent_kernel): one launch runs the whole
   time loop, a grid barrier per step;
-- gru.py (fwd_gru_kernel, bwd_gru_kernel, gru_final_kernel): the GRU's per-step design
-  (G = 3H, gates r, z, n), on the same building blocks;
+- gru.py (fwd_gru_kernel, bwd_gru_kernel, gru_final_kernel; with layer norm also
+  gru_ln_fwd_kernel, gru_ln_bwd_kernel): the GRU's per-step design (G = 3H, gates r, z, n), on
+  the same building blocks;
 - common.py: what they share (the option encodings, the building blocks and the per-step
   arithmetic of the cell: fwd_cell, emit_h, bwd_cell, output_grad, transfer).
 

@@ -14,6 +14,14 @@ over the program's rows (all B rows in one program), the gates and the update; e
 zoneout, holds finished rows and stores h.  Saved for backward: the gates r, z, n [T, B, G],
 the reset product's operand g_n [T, B, H] (gn_ws) and N_h's x_hat.
 
+Layer norm (BN == NORM_LAYER; haste's LayerNormGRU: LN_h over each row's 3H values of
+(h * m) W_hh^T): its statistics span every column block, so, as the LSTM's, a step is two
+launches: fwd_gru_kernel stores the raw GEMM (hhat_ws slot s % NSC) and each block's per-row
+(mean, M2) (ln_part), then gru_ln_fwd_kernel (whole rows) merges them, normalises in place
+(x_hat, kept for backward) and runs the gates and the update.  Backward: bwd_gru_kernel stores
+the gradient wrt LN_h's output in dhh_ws[s], then gru_ln_bwd_kernel (whole rows) takes it
+through LN_h's backward in place and stores the gain's gradient per row block.
+
 Backward (bwd_gru_kernel, step s from T - 1 down): dL/dh_s from step s + 1 (transfer: the
 W_hh GEMM over K = G, the mask, zoneout's share), plus what step s + 1's update gate passed
 straight to h_s (dz_buf: dL/dh~_{s+1} * z_{s+1}); then the gate gradients, dxp, dhh (through
@@ -26,8 +34,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (DNS, NORM_NONE, _bn_h_bwd, _bn_h_fwd, emit_h, load_a, load_pos, load_tile, load_w, output_grad,
-                     sigmoid, step_offset, step_operands, step_program, store_tile, tanh, transfer)
+from .common import (DNS, NORM_LAYER, NORM_NONE, _bn_h_bwd, _bn_h_fwd, emit_h, load_a, load_pos, load_tile, load_w,
+                     output_grad, row_lengths, row_step, sigmoid, step_offset, step_operands, step_program, store_tile,
+                     tanh, transfer)
+from .layer_norm import merge_block, merged_stats
 
 
 @triton.jit
@@ -47,7 +57,7 @@ def gru_gates_stream(acc_r, acc_z, acc_n, a_ptr, m_ptr, offs_b, vb, H, w_hh, off
 
 @triton.jit(do_not_specialize=DNS)
 def fwd_gru_kernel(xp, w_hh, b_hh, mask, lengths, hs, y, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rm_h, rv_h, zh,
-                   s, T, B, H, NS, bn_off, bn_S, eps,
+                   ln_part, s, T, B, H, NS, NSC, bn_off, bn_S, eps,
                    MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, BN: tl.constexpr,
                    SAVE: tl.constexpr, ZO: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, KST: tl.constexpr):
@@ -63,16 +73,45 @@ def fwd_gru_kernel(xp, w_hh, b_hh, mask, lengths, hs, y, gates_ws, gn_ws, hhat_w
     g_r, g_z, g_n = gru_gates_stream(zero, zero, zero, h_prev, m_ptr, offs_b, vb, H, w_hh, offs_j, vj,
                                      MASK != 0, PREC, BK, KST)
     rows = offs_b[:, None] * G + offs_j[None, :]
-    if BN != NORM_NONE:
-        n_rows = tl.maximum(tl.sum(active.to(ACC), axis=0), 1.0)
-        x_r, g_r = _bn_h_fwd(g_r, a2, n_rows, offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
-        x_z, g_z = _bn_h_fwd(g_z, a2, n_rows, H + offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
-        x_n, g_n = _bn_h_fwd(g_n, a2, n_rows, 2 * H + offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
-        if SAVE:
-            hp = hhat_ws + step_offset(s, B, G) + rows
-            tl.store(hp, x_r, mask=m2)
-            tl.store(hp + H, x_z, mask=m2)
-            tl.store(hp + 2 * H, x_n, mask=m2)
+    if BN == NORM_LAYER:  # the raw GEMM and its per-row (mean, M2) over this block: gru_ln_fwd_kernel goes on
+        raw = hhat_ws + step_offset(s % NSC, B, G) + rows
+        tl.store(raw, g_r, mask=m2)
+        tl.store(raw + H, g_z, mask=m2)
+        tl.store(raw + 2 * H, g_n, mask=m2)
+        zero_n = tl.zeros([BB], dtype=ACC)
+        nb = tl.sum(vj.to(ACC), axis=0)
+        cnt, mean, m2s = merge_block(zero_n, zero_n, zero_n, g_r, m2, nb)
+        cnt, mean, m2s = merge_block(cnt, mean, m2s, g_z, m2, nb)
+        cnt, mean, m2s = merge_block(cnt, mean, m2s, g_n, m2, nb)
+        pp = ln_part + tl.program_id(0).to(tl.int64) * 2 * B + offs_b
+        tl.store(pp, mean, mask=vb)
+        tl.store(pp + B, m2s, mask=vb)
+    else:
+        if BN != NORM_NONE:
+            n_rows = tl.maximum(tl.sum(active.to(ACC), axis=0), 1.0)
+            x_r, g_r = _bn_h_fwd(g_r, a2, n_rows, offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
+            x_z, g_z = _bn_h_fwd(g_z, a2, n_rows, H + offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
+            x_n, g_n = _bn_h_fwd(g_n, a2, n_rows, 2 * H + offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps,
+                                 BN)
+            if SAVE:
+                hp = hhat_ws + step_offset(s, B, G) + rows
+                tl.store(hp, x_r, mask=m2)
+                tl.store(hp + H, x_z, mask=m2)
+                tl.store(hp + 2 * H, x_n, mask=m2)
+        _gates_update(g_r, g_z, g_n, xp, b_hh, hs, y, gates_ws, gn_ws, zh, s, t, a2, offs_b, vb, offs_j, vj, B, H, NS,
+                      SAVE, ZO, HAS_BIAS)
+
+
+@triton.jit
+def _gates_update(g_r, g_z, g_n, xp, b_hh, hs, y, gates_ws, gn_ws, zh, s, t, a2, offs_b, vb, offs_j, vj, B, H, NS,
+                  SAVE: tl.constexpr, ZO: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """From the recurrent parts [BB, BH] of the three gates (N_h's output, before b_hh): the
+    gates, the update and the new h (emit_h: zoneout, finished rows, y); SAVE keeps r, z, n and
+    the reset product's operand g_n for backward."""
+    ACC = g_r.dtype
+    G = 3 * H
+    m2 = vb[:, None] & vj[None, :]
+    rows = offs_b[:, None] * G + offs_j[None, :]
     if HAS_BIAS:
         g_r += tl.load(b_hh + offs_j, mask=vj, other=0.0).to(ACC)[None, :]
         g_z += tl.load(b_hh + H + offs_j, mask=vj, other=0.0).to(ACC)[None, :]
@@ -81,6 +120,7 @@ def fwd_gru_kernel(xp, w_hh, b_hh, mask, lengths, hs, y, gates_ws, gn_ws, hhat_w
     r = sigmoid(g_r + tl.load(xr, mask=m2, other=0.0).to(ACC))
     z = sigmoid(g_z + tl.load(xr + H, mask=m2, other=0.0).to(ACC))
     n = tanh(tl.load(xr + 2 * H, mask=m2, other=0.0).to(ACC) + r * g_n)
+    h_prev = hs + step_offset(s % NS, B, H)
     h_own = load_tile(h_prev, offs_b, vb, offs_j, vj, H).to(ACC)
     if SAVE:
         gp = gates_ws + step_offset(s, B, G) + rows
@@ -89,6 +129,45 @@ def fwd_gru_kernel(xp, w_hh, b_hh, mask, lengths, hs, y, gates_ws, gn_ws, hhat_w
         tl.store(gp + 2 * H, tl.where(a2, n, 0.0), mask=m2)
         store_tile(gn_ws + step_offset(s, B, H), tl.where(a2, g_n, 0.0), offs_b, vb, offs_j, vj, H)
     emit_h((1.0 - z) * n + z * h_own, h_prev, hs, y, zh, s, t, a2, offs_b, vb, offs_j, vj, B, H, NS, ZO)
+
+
+@triton.jit(do_not_specialize=DNS)
+def gru_ln_fwd_kernel(xp, b_hh, lengths, hs, y, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, zh, ln_part,
+                      s, T, B, H, NS, NSC, eps,
+                      HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr, ZO: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BG: tl.constexpr,
+                      NP: tl.constexpr):
+    """Layer norm, step s, after fwd_gru_kernel stored the raw GEMM and its per-block
+    statistics: rows block program_id(0), every hidden unit in BH-wide blocks.  LN_h's row
+    statistics merged from the GEMM programs' (stats_h[s]: mean, rstd), x_hat over the raw
+    values, gamma * x_hat, then the gates and the update (_gates_update).  norm_wh: LN_h's
+    gain [3H] (its bias is in b_hh)."""
+    ACC = gn_ws.dtype.element_ty
+    G = 3 * H
+    offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
+    vb = offs_b < B
+    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    active, t = row_step(L, vb, s, REVERSE)
+    a2 = active[:, None]
+    raw = hhat_ws + step_offset(s % NSC, B, G)
+    mean, rstd = merged_stats(ln_part, offs_b, vb, H, eps, stats_h, s, B, BB, BG, NP, 3)
+    for j0 in range(0, H, BH):
+        offs_j = j0 + tl.arange(0, BH)
+        vj = offs_j < H
+        g_r = _ln_gate3(raw, offs_b, vb, offs_j, vj, G, mean, rstd, norm_wh)
+        g_z = _ln_gate3(raw, offs_b, vb, H + offs_j, vj, G, mean, rstd, norm_wh)
+        g_n = _ln_gate3(raw, offs_b, vb, 2 * H + offs_j, vj, G, mean, rstd, norm_wh)
+        _gates_update(g_r.to(ACC), g_z.to(ACC), g_n.to(ACC), xp, b_hh, hs, y, gates_ws, gn_ws, zh, s, t, a2, offs_b,
+                      vb, offs_j, vj, B, H, NS, SAVE, ZO, HAS_BIAS)
+
+
+@triton.jit
+def _ln_gate3(raw, offs_b, vb, col, vj, G, mean, rstd, ln_wh):
+    """LN_h of one gate block of the raw GEMM: x_hat (stored over the raw values, for backward)
+    and gamma * x_hat."""
+    xh = (load_tile(raw, offs_b, vb, col, vj, G) - mean[:, None]) * rstd[:, None]
+    store_tile(raw, xh, offs_b, vb, col, vj, G)
+    return xh * tl.load(ln_wh + col, mask=vj, other=0.0).to(xh.dtype)[None, :]
 
 
 @triton.jit
@@ -152,7 +231,7 @@ def bwd_gru_kernel(dy, dh_n, w_hh, mask, lengths, hs, gates_ws, gn_ws, hhat_ws, 
         tl.store(bp, tl.sum(d_r, axis=0), mask=vj)
         tl.store(bp + H, tl.sum(d_z, axis=0), mask=vj)
         tl.store(bp + 2 * H, tl.sum(d_gn, axis=0), mask=vj)
-    if BN != NORM_NONE:
+    if BN != NORM_NONE and BN != NORM_LAYER:
         n_rows = tl.maximum(tl.sum(active.to(ACC), axis=0), 1.0)
         d_r = _bn_h_bwd(d_r, s, slot, offs_b, vb, offs_j, vj, B, G, a2, n_rows, hhat_ws, stats_h, rv_h, norm_wh,
                         dg_h, eps, BN)
@@ -175,3 +254,46 @@ def gru_final_kernel(dh_n, w_hh, mask, lengths, zh, dhh_ws, dh_buf, dz_buf, dh0,
     dh = _carried(dh_n, dh_buf, dz_buf, w_hh, mask, zh, dhh_ws, 0, L, vb, offs_b, offs_j, vj, T, B, H,
                   MASK, REVERSE, ZO, PREC, BK, KST)
     store_tile(dh0, dh, offs_b, vb, offs_j, vj, H)
+
+
+@triton.jit(do_not_specialize=DNS)
+def gru_ln_bwd_kernel(lengths, hhat_ws, stats_h, norm_wh, dhh_ws, dg_h, s, T, B, H,
+                      HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr):
+    """Layer norm, backward step s, after bwd_gru_kernel stored dL/d(LN_h out) in dhh_ws[s]:
+    rows block program_id(0), every column, in two passes over BH-wide blocks: the row sums of
+    dL/dx_hat and dL/dx_hat * x_hat (and the gain's gradient of this row block, to row
+    s * n_row_blocks + program_id(0) of dg_h [*, 3H]); then dL/d((h * m) W_hh^T) in place."""
+    ACC = hhat_ws.dtype.element_ty
+    G = 3 * H
+    pid = tl.program_id(0)
+    offs_b = pid * BB + tl.arange(0, BB)
+    vb = offs_b < B
+    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    active, _ = row_step(L, vb, s, REVERSE)
+    a2 = active[:, None]
+    rstd = tl.load(stats_h + tl.cast(s, tl.int64) * 2 * B + B + offs_b, mask=vb, other=1.0)
+    prow = tl.cast(s, tl.int64) * tl.num_programs(0) + pid
+    hh = hhat_ws + step_offset(s, B, G)
+    dd = dhh_ws + step_offset(s, B, G)
+    n1 = tl.zeros([BB], dtype=ACC)
+    n2 = tl.zeros([BB], dtype=ACC)
+    for j0 in range(0, G, BH):
+        col = j0 + tl.arange(0, BH)
+        vc = col < G
+        dp = load_tile(dd, offs_b, vb, col, vc, G).to(ACC)
+        xh = load_tile(hh, offs_b, vb, col, vc, G)
+        dxh = dp * tl.load(norm_wh + col, mask=vc, other=0.0).to(ACC)[None, :]
+        n1 += tl.sum(dxh, axis=1)
+        n2 += tl.sum(dxh * xh, axis=1)
+        tl.store(dg_h + prow * G + col, tl.sum(dp * xh, axis=0), mask=vc)
+    n1 = n1 / G
+    n2 = n2 / G
+    tl.debug_barrier()
+    for j0 in range(0, G, BH):
+        col = j0 + tl.arange(0, BH)
+        vc = col < G
+        dp = load_tile(dd, offs_b, vb, col, vc, G).to(ACC)
+        xh = load_tile(hh, offs_b, vb, col, vc, G)
+        dxh = dp * tl.load(norm_wh + col, mask=vc, other=0.0).to(ACC)[None, :]
+        store_tile(dd, tl.where(a2, rstd[:, None] * (dxh - n1[:, None] - xh * n2[:, None]), 0.0), offs_b, vb, col,
+                   vc, G)

@@ -33,17 +33,19 @@ from .common import (
 
 
 @triton.jit
-def merged_stats(part, offs_b, vb, H, eps, stats, s, B, BB: tl.constexpr, BG: tl.constexpr, NP: tl.constexpr):
-    """Each row's (mean, rstd) over its 4H gate values, from the per-block (mean, M2) that the
-    GEMM programs (BG hidden units each: 4 x min(BG, units left) values) stored to part
-    [n_blocks, 2, B]: Chan's merge, mean = sum n_k m_k / 4H, M2 = sum M2_k + n_k (m_k - mean)^2,
-    reading NP blocks per load.  Stored to stats[s, 0 | 1, rows]."""
-    G = 4 * H
+def merged_stats(part, offs_b, vb, H, eps, stats, s, B, BB: tl.constexpr, BG: tl.constexpr, NP: tl.constexpr,
+                 NG: tl.constexpr):
+    """Each row's (mean, rstd) over its G = NG * H gate values (NG gate blocks: the LSTM's 4,
+    the GRU's 3), from the per-block (mean, M2) that the GEMM programs (BG hidden units each:
+    NG x min(BG, units left) values) stored to part [n_blocks, 2, B]: Chan's merge, mean =
+    sum n_k m_k / G, M2 = sum M2_k + n_k (m_k - mean)^2, reading NP blocks per load.  Stored to
+    stats[s, 0 | 1, rows]."""
+    G = NG * H
     nblk = tl.cdiv(H, BG)
     mean = tl.zeros([BB], dtype=stats.dtype.element_ty)
     for k0 in range(0, nblk, NP):
         k = k0 + tl.arange(0, NP)
-        n_k = 4 * tl.minimum(BG, H - k * BG).to(mean.dtype)
+        n_k = NG * tl.minimum(BG, H - k * BG).to(mean.dtype)
         m_k = tl.load(part + k[None, :].to(tl.int64) * 2 * B + offs_b[:, None], mask=vb[:, None] & (k < nblk)[None, :],
                       other=0.0)
         mean += tl.sum(tl.where((k < nblk)[None, :], n_k[None, :] * m_k, 0.0), axis=1)
@@ -52,7 +54,7 @@ def merged_stats(part, offs_b, vb, H, eps, stats, s, B, BB: tl.constexpr, BG: tl
     for k0 in range(0, nblk, NP):
         k = k0 + tl.arange(0, NP)
         vk = (k < nblk)[None, :]
-        n_k = 4 * tl.minimum(BG, H - k * BG).to(mean.dtype)
+        n_k = NG * tl.minimum(BG, H - k * BG).to(mean.dtype)
         pk = part + k[None, :].to(tl.int64) * 2 * B + offs_b[:, None]
         d = tl.load(pk, mask=vb[:, None] & vk, other=0.0) - mean[:, None]
         m2 += tl.sum(tl.where(vk, tl.load(pk + B, mask=vb[:, None] & vk, other=0.0) + n_k[None, :] * d * d, 0.0),
@@ -105,7 +107,7 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
     raw = hhat_ws + step_offset(s % NSC, B, G)
     c_prev_p = cs + step_offset(s % NS, B, H)
     c_next_p = cs + step_offset((s + 1) % NS, B, H)
-    mean_h, rstd_h = merged_stats(ln_part, offs_b, vb, H, eps, stats_h, s, B, BB, BG, NP)
+    mean_h, rstd_h = merged_stats(ln_part, offs_b, vb, H, eps, stats_h, s, B, BB, BG, NP, 4)
     cn = tl.zeros([BB], dtype=ACC)
     c_mean = tl.zeros([BB], dtype=ACC)
     c_m2 = tl.zeros([BB], dtype=ACC)
