@@ -418,3 +418,38 @@ def test_native_float32_with_two_threads_as_with_one(options):
         torch.set_num_threads(n)
     for a, b in zip(two, one):
         assert ((a - b).norm() / b.norm().clamp(min=1e-30)).item() < 1e-5
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_chunked_onednn_gemm_within_the_accuracy_rule(cell, monkeypatch):
+    """A per-step GEMM with K > 512 and enough work (here B = 128, H = 600: K = 600 forward,
+    4H or 3H backward) runs on oneDNN in K chunks of at most 512: a path of its own (its
+    float32 results differ from MKL's), each output within twice torch's own float32 error
+    against float64 (the correctness rule), forward and gradients."""
+    import fusedrnn
+
+    T, B, H = 8, 128, 600  # (the weight is packed from 8 steps on)
+    torch.manual_seed(0)
+    ref = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H, dtype=torch.float64)
+    ours = (fusedrnn.LSTM if cell == "lstm" else fusedrnn.GRU)(H, H, backend="native")
+    torch_f32 = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H)
+    ours.load_state_dict(ref.state_dict())
+    torch_f32.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, H, dtype=torch.float64)
+    gy = torch.randn(T, B, H, dtype=torch.float64)
+
+    def run(m, dt):
+        xx = x.to(dt).requires_grad_()
+        y = m(xx)[0]
+        g = torch.autograd.grad((y * gy.to(dt)).sum(), [xx, m.weight_hh_l0, m.weight_ih_l0])
+        return [t.double() for t in (y, *g)]
+
+    want = run(ref, torch.float64)
+    theirs = run(torch_f32, torch.float32)
+    ours_out = run(ours, torch.float32)
+    monkeypatch.setenv("FUSEDRNN_CPU_GEMM", "mkl")
+    mkl_out = run(ours, torch.float32)
+    assert not torch.equal(ours_out[0], mkl_out[0])  # the chunked oneDNN path ran
+    for name, o, t, w in zip(("y", "dx", "dW_hh", "dW_ih"), ours_out, theirs, want):
+        err_o, err_t = (o - w).abs().max().item(), (t - w).abs().max().item()
+        assert err_o <= 2 * err_t, f"{cell} {name}: {err_o:.3e} > 2 x torch's {err_t:.3e}"

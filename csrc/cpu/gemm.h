@@ -11,8 +11,10 @@
 //  - RepeatedGemm: the weight of the recurrence, multiplied once per step and laid out for
 //    it once per op call: up to kSmallRows rows, panels for our own outer-product kernel
 //    (small_gemm.h); more rows, oneDNN's blocked layout (torch's mkldnn::_reorder_linear_weight
-//    / _linear_pointwise ops), or MKL's packed-GEMM API (cblas_sgemm_pack / _compute) where
-//    oneDNN's fixed cost shows (K x N below 2^16).
+//    / _linear_pointwise ops; for K > 512, K in equal chunks of at most 512, each packed
+//    once, their products summed: the accuracy rule below, at oneDNN's rate), or MKL's
+//    packed-GEMM API (cblas_sgemm_pack / _compute) where oneDNN's fixed cost shows (K x N below
+//    2^16, or a chunked product below kChunkedMinMacs).
 // Results are deterministic at a fixed thread count.  float64, and a torch without mkldnn or
 // MKL (the symbols are weak), use at::mm.  FUSEDRNN_CPU_GEMM=mkl (MKL only) or mm (at::mm
 // only), read per op call, forces a path; the tests use it to cover each.
@@ -28,6 +30,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "small_gemm.h"
@@ -83,6 +86,11 @@ constexpr int64_t kMatmulMinMacs = int64_t{1} << 21;
 // the backward (dX, dW: K = 4H or T*B) run on oneDNN in K chunks of 256 summed into the output.
 constexpr int64_t kOneDnnMaxK = 512;
 constexpr int64_t kOneDnnChunkK = 256;
+// A per-step GEMM with K > 512 runs on oneDNN in K chunks (their sum one extra pass over the
+// [M, N] result per chunk) from this many multiply-adds: measured 1.13-1.28x MKL's packed
+// GEMM at M = 128, N x K = 650 x 1950 .. 2600 x 650 (2 to 6 chunks), 1.04x at 64 x 512 x 1536,
+// 0.68x at 32 x 256 x 768 (NOTES.md, "The GRU on the CPU").
+constexpr int64_t kChunkedMinMacs = int64_t{1} << 26;
 
 // mkldnn_matmul takes float32 only on CPUs with avx512bw/vl/dq (or avx_ne_convert) and throws
 // elsewhere: the first refusal turns it off for the process.
@@ -168,9 +176,16 @@ class RepeatedGemm {
     const GemmPath want = f32 ? requested_path() : GemmPath::kMm;
     if (want == GemmPath::kOneDnn && M <= kSmallRows && steps >= kSmallMinSteps) {
       small_ = pack_panels(w, trans);  // sums K in blocks (small_gemm.h): any K
-    } else if (want == GemmPath::kOneDnn && K_ <= kOneDnnMaxK && steps >= kReorderMinSteps && M >= kReorderMinRows &&
-        N_ * K_ >= kReorderMinWeight && OneDnnLinear::get().available()) {
-      onednn_ = OneDnnLinear::get().pack((trans ? w : w.t()).contiguous(), M);
+    } else if (want == GemmPath::kOneDnn && steps >= kReorderMinSteps && M >= kReorderMinRows &&
+               N_ * K_ >= kReorderMinWeight && (K_ <= kOneDnnMaxK || M * N_ * K_ >= kChunkedMinMacs) &&
+               OneDnnLinear::get().available()) {
+      const at::Tensor w_nk = trans ? w : w.t();  // [N, K]
+      const int64_t nc = (K_ + kOneDnnMaxK - 1) / kOneDnnMaxK, kc = (K_ + nc - 1) / nc;
+      for (int64_t k0 = 0; k0 < K_; k0 += kc) {
+        const int64_t n = std::min(kc, K_ - k0);
+        chunk_k_.push_back({k0, n});
+        onednn_.push_back(OneDnnLinear::get().pack(w_nk.narrow(1, k0, n).contiguous(), M));
+      }
     } else if (want != GemmPath::kMm && mkl_packed_available()) {
       const at::Tensor wc = w.contiguous();
       const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, M, N_, K_);
@@ -183,7 +198,7 @@ class RepeatedGemm {
 
   // Which path the steps take: "onednn", "mkl" or "mm".
   const char* path() const {
-    return small_.defined() ? "small" : onednn_.defined() ? "onednn" : mkl_.defined() ? "mkl" : "mm";
+    return small_.defined() ? "small" : !onednn_.empty() ? "onednn" : mkl_.defined() ? "mkl" : "mm";
   }
 
   // [M, N] = a [M, K] @ op(w), a contiguous; returns the result's data: out's, or (oneDNN,
@@ -194,8 +209,11 @@ class RepeatedGemm {
       small_gemm(a.data_ptr<float>(), small_.data_ptr<float>(), out.data_ptr<float>(), M_, N_, K_);
       return out.data_ptr<T>();
     }
-    if (onednn_.defined()) {
-      result_ = OneDnnLinear::get().run(a, onednn_);
+    if (!onednn_.empty()) {
+      const bool whole = onednn_.size() == 1;
+      result_ = OneDnnLinear::get().run(whole ? a : a.narrow(1, chunk_k_[0].first, chunk_k_[0].second), onednn_[0]);
+      for (size_t c = 1; c < onednn_.size(); ++c)
+        result_.add_(OneDnnLinear::get().run(a.narrow(1, chunk_k_[c].first, chunk_k_[c].second), onednn_[c]));
       return result_.data_ptr<T>();
     }
     if (mkl_.defined()) {
@@ -210,7 +228,9 @@ class RepeatedGemm {
 
  private:
   static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
-  at::Tensor w_, mkl_, onednn_, small_, result_;
+  at::Tensor w_, mkl_, small_, result_;
+  std::vector<at::Tensor> onednn_;                     // the packed weight, or its K chunks
+  std::vector<std::pair<int64_t, int64_t>> chunk_k_;  // each chunk's first k and width
   bool trans_;
   int64_t M_, N_ = 0, K_ = 0;
 };
