@@ -181,10 +181,11 @@ def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple
 
 
 # The batch sizes up to which a plain float32 GRU runs the native kernel on the CPU, with
-# gradients and without: the cpu preset's gru: rows of 2026-12-06 (benchmarks/results/
-# cpu-epyc-2c.jsonl; benchmarks/NOTES.md) have it at 8.1x / 2.2x / 1.24x torch's GRU at
-# B = 1 / 8 / 32 and 0.93x at 64 (fwd+bwd), 3.0x / 1.7x / 1.2x / 1.29x at B = 1 / 8 / 32 / 64
-# and 0.95x at 128 (inference).
+# gradients and without: where both cpu-preset runs of 2026-12-06 (benchmarks/results/
+# cpu-epyc-2c.jsonl, the gru: rows; benchmarks/NOTES.md) have it ahead of torch's GRU:
+# fwd+bwd 8-9x / 2.1-2.2x / 1.24x at B = 1 / 8 / 32, then 0.93x and 1.04x at B = 64;
+# inference 2.1-3.0x / 1.4-1.7x / 1.2x / 1.24-1.29x at B = 1 / 8 / 32 / 64, then 0.95x (before
+# the chunked K > 512 GEMM) and 1.05x at 128.
 GRU_NATIVE_MAX_B = {True: 32, False: 64}  # requires_grad -> largest B
 
 
