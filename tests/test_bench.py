@@ -35,11 +35,12 @@ def test_records_have_the_design_keys_and_append(tmp_path):
 
 def test_gru_rows_compare_with_nn_gru():
     """A GRU point records its variants as "gru:<variant>", runs torch's GRU (not its LSTM) as
-    the baseline and no loop (an LSTM); its rows' speedups are over nn.GRU's plain time."""
+    the baseline and the GRU loop; its rows' speedups are over nn.GRU's plain time."""
     recs = suite.run("cpu", device=torch.device("cpu"), out=None, points=[Point(4, 6, 8, 8, rnn="gru")], reps=1,
                      variants=("plain", "zoneout"), backends=["native"], modes=("fwd+bwd",), progress=False)
     assert {(r["provider"], r["variant"]) for r in recs} == {
-        ("torch-cpu", "gru:plain"), ("fusedrnn-native", "gru:plain"), ("fusedrnn-native", "gru:zoneout")}
+        ("torch-cpu", "gru:plain"), ("fusedrnn-native", "gru:plain"), ("fusedrnn-native", "gru:zoneout"),
+        ("loop", "gru:plain")}
     t = {(r["provider"], r["variant"]): r["median_ms"] for r in recs}
     header, rows = suite.summarize(recs)
     col = header.index("native vs torch-cpu")
@@ -158,6 +159,41 @@ def test_records_are_appended_after_every_group(tmp_path, monkeypatch):
                   variants=("plain",), backends=["native"], modes=("fwd",), progress=False)
     lines = (tmp_path / (harness.device_slug(torch.device("cpu")) + ".jsonl")).read_text().splitlines()
     assert {json.loads(x)["B"] for x in lines} == {TINY[0].B}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("options", [dict(), dict(recurrent_dropout=0.3, variational=True),
+                                     dict(recurrent_dropout=0.3, batch_norm=True)], ids=["plain", "v", "rd+bn"])
+def test_loop_baseline_computes_the_modules_recurrence(cell, options):
+    """The loop baseline is the fused module's recurrence written step by step: the same
+    outputs with the same weights, masks (the same draws from the same seed) and batch norm
+    (gammas 1, eps as nn.BatchNorm1d's, one slot per step)."""
+    import fusedrnn
+    from fusedrnn.bench.loop import LoopGRU, LoopLSTM
+
+    T, B, I, H = 5, 4, 3, 6
+    torch.manual_seed(0)
+    loop = (LoopGRU if cell == "gru" else LoopLSTM)(I, H, max_steps=T, **options).double().train()
+    kw = dict(bn_max_steps=T, bn_eps=1e-5) if options.get("batch_norm") else {}
+    ours = (fusedrnn.GRU if cell == "gru" else fusedrnn.LSTM)(I, H, dtype=torch.float64, backend="reference",
+                                                             **options, **kw).train()
+    with torch.no_grad():
+        ours.weight_ih_l0.copy_(loop.ih.weight)
+        ours.weight_hh_l0.copy_(loop.hh.weight)
+        ours.bias_ih_l0.copy_(loop.ih.bias)
+        ours.bias_hh_l0.copy_(loop.hh.bias if loop.hh.bias is not None else torch.zeros_like(loop.ih.bias))
+        for n, p in ours.named_parameters():
+            if n.startswith("bn_"):
+                p.fill_(1.0 if "weight" in n else 0.0)
+        if options.get("batch_norm"):  # the loop's BN_x removes W_ih's bias and BN_h has none: no bias at all
+            ours.bias_ih_l0.zero_()
+            ours.bias_hh_l0.zero_()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.manual_seed(1)
+    want = loop(x)[0]
+    torch.manual_seed(1)
+    got = ours(x)[0]
+    torch.testing.assert_close(got, want)
 
 
 def test_loop_baseline_at_the_first_point_only(monkeypatch):

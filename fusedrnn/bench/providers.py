@@ -3,7 +3,7 @@
 Providers (docs/guide.md, "Benchmark records"):
   fusedrnn-<backend>   fusedrnn.LSTM (or GRU) on that backend (every variant)
   cudnn / torch-cpu    torch.nn.LSTM (or nn.GRU) on CUDA (cuDNN) / on CPU (oneDNN): plain only
-  loop                 the per-step loop of fusedrnn.bench.loop (LSTM; the variants it has)
+  loop                 the per-step loop of fusedrnn.bench.loop (LSTM or GRU; the variants it has)
 Variants: plain, variational (recurrent_dropout=0.25, shared masks), bn (recurrent batch
 norm), variational+bn, zoneout, weight_dropout, layer_norm; a GRU's are the same names
 after "gru:" (gru:plain, gru:zoneout, ...).  Modes: fwd (training-mode forward under no_grad), fwd+bwd, infer
@@ -20,7 +20,7 @@ from torch import nn
 from ..modules import GRU, LSTM, LSTMCell
 from ..ops.decision import available_backends, explain_config
 from ..modules._torch import TorchGRU, TorchLSTM, TorchLSTMCell
-from .loop import LoopLSTM
+from .loop import LoopGRU, LoopLSTM
 
 VARIANTS = {
     "plain": {},
@@ -70,7 +70,7 @@ def supports(provider: str, variant: str) -> bool:
     if provider in ("cudnn", "torch-cpu"):
         return base == "plain"
     if provider == "loop":
-        return rnn == "lstm" and all(k in LOOP_OPTIONS for k in VARIANTS[base])
+        return all(k in LOOP_OPTIONS for k in VARIANTS[base])
     return True
 
 
@@ -100,7 +100,7 @@ def build_module(provider: str, variant: str, I: int, H: int, T: int, dtype, dev
     if provider in ("cudnn", "torch-cpu"):
         m = (TorchGRU if rnn == "gru" else TorchLSTM)(I, H, layers)
     elif provider == "loop":
-        m = LoopLSTM(I, H, recurrent_dropout=opts.get("recurrent_dropout", 0.0),
+        m = (LoopGRU if rnn == "gru" else LoopLSTM)(I, H, recurrent_dropout=opts.get("recurrent_dropout", 0.0),
                      variational=opts.get("variational", False), batch_norm=opts.get("batch_norm", False),
                      max_steps=T)
     elif provider.startswith("fusedrnn-"):
