@@ -138,10 +138,11 @@ TORCH_LIBRARY(fusedrnn, m) {
       {at::Tag::pt2_compliant_tag});
 
   // The input projection of a layer as the native backend runs it: x [..., I], weight [G, I],
-  // bias [G] -> x @ weight^T + bias [..., G].  Backward returns grad_x, grad_weight, and
-  // grad_bias [G] (empty when bias is False).
+  // bias [G] -> x @ weight^T + bias [..., G].  Backward returns grad_x (empty when grad_x is
+  // False: x needs no gradient, one GEMM of three saved), grad_weight, and grad_bias [G]
+  // (empty when bias is False).
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", {at::Tag::pt2_compliant_tag});
-  m.def("linear_backward(Tensor grad_y, Tensor x, Tensor weight, bool bias)"
+  m.def("linear_backward(Tensor grad_y, Tensor x, Tensor weight, bool bias, bool grad_x=True)"
         " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
         {at::Tag::pt2_compliant_tag});
 

@@ -408,7 +408,7 @@ FUSEDRNN_DEVICE_OPS(cuda)
 // ---- linear: the input projection of the native backend (CPU only; schema in module.cpp) ------
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const OptT& bias);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
-                                                                   const at::Tensor& weight, bool bias);
+                                                                   const at::Tensor& weight, bool bias, bool grad_x);
 
 // ---- CUDA only (cuda/layer_host.cpp; schemas in module.cpp) -----------------------------------
 // fusedrnn::cuda_persistent_layout: the CUDA design the layer op picks for a shape, and why.

@@ -334,6 +334,14 @@ def test_linear_op(dtype, xshape, G, bias):
     torch.testing.assert_close(y.double(), y64, **tol)
     for a, e in zip(got, want):
         torch.testing.assert_close(a.double(), e, **tol)
+    # x without a gradient: the backward skips dX (an empty grad_x) and keeps dW, db
+    bargs = (gy, x.detach(), w.detach(), bias, False)
+    torch.library.opcheck(torch.ops.fusedrnn.linear_backward.default, bargs)
+    gx, gw, _ = torch.ops.fusedrnn.linear_backward(*bargs)
+    assert gx.numel() == 0
+    torch.testing.assert_close(gw.double(), want[1], **tol)
+    (gw2,) = torch.autograd.grad(torch.ops.fusedrnn.linear(x.detach(), w, b), [w], gy)
+    torch.testing.assert_close(gw2.double(), want[1], **tol)
 
 
 @pytest.mark.parametrize("B,H,T", [(1, 40, 9), (5, 36, 6), (16, 24, 12), (17, 40, 5), (40, 130, 9), (4, 8, 3)],

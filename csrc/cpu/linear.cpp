@@ -34,11 +34,12 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const OptT&
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
-                                                                   const at::Tensor& weight, bool bias) {
+                                                                   const at::Tensor& weight, bool bias, bool need_x) {
   const int64_t I = weight.size(1), G = weight.size(0);
   const at::Tensor gy = grad_y.reshape({-1, G}).contiguous();
   const at::Tensor x2 = x.reshape({-1, I}).contiguous();
-  at::Tensor grad_x = cpu::matmul(gy, weight.contiguous()).view(x.sizes());  // dY @ W
+  at::Tensor grad_x = need_x ? cpu::matmul(gy, weight.contiguous()).view(x.sizes())  // dY @ W
+                             : at::empty({0}, gy.options());
   at::Tensor grad_w = cpu::matmul(gy.t(), x2);                                 // dY^T @ X
   at::Tensor grad_b = bias ? gy.sum(0) : at::empty({0}, gy.options());
   return {grad_x, grad_w, grad_b};

@@ -20,8 +20,9 @@ def _forward_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor]):
 
 
 @torch.library.register_fake("fusedrnn::linear_backward")
-def _backward_fake(grad_y: Tensor, x: Tensor, weight: Tensor, bias: bool):
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0] if bias else 0)
+def _backward_fake(grad_y: Tensor, x: Tensor, weight: Tensor, bias: bool, grad_x: bool = True):
+    return (x.new_empty(x.shape if grad_x else (0,)), weight.new_empty(weight.shape),
+            weight.new_empty(weight.shape[0] if bias else 0))
 
 
 def _setup_context(ctx, inputs, output):
@@ -32,8 +33,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
-    gx, gw, gb = torch.ops.fusedrnn.linear_backward(grad_y, x, weight, ctx.has_bias)
-    return gx, gw, (gb if ctx.has_bias else None)
+    need_x = ctx.needs_input_grad[0]  # the first layer's input seldom needs one: a GEMM saved
+    gx, gw, gb = torch.ops.fusedrnn.linear_backward(grad_y, x, weight, ctx.has_bias, need_x)
+    return (gx if need_x else None), gw, (gb if ctx.has_bias else None)
 
 
 torch.library.register_autograd("fusedrnn::linear", _backward, setup_context=_setup_context)
