@@ -197,6 +197,11 @@ MUTANTS = [
            "        dh += load_tile(dz_buf + step_offset(nxt % 2, B, H), offs_b, vb, offs_j, vj, H)\n", "",
            ("tests/test_gru_ops.py",),
            "the Triton GRU backward drops dL/dh~ * z, the update gate's direct path to h_{s-1}"),
+    Mutant("triton-gru-ln-gate-count", "fusedrnn/backends/triton/kernels/gru.py",
+           "merged_stats(ln_part, offs_b, vb, H, eps, stats_h, s, B, BB, BG, NP, 3)",
+           "merged_stats(ln_part, offs_b, vb, H, eps, stats_h, s, B, BB, BG, NP, 4)",
+           ("tests/test_gru_ops.py",),
+           "the Triton GRU's LN_h statistics merged as if each block had the LSTM's four gates"),
 ]
 
 

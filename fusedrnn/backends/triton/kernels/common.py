@@ -113,6 +113,17 @@ def step_program(lengths, s, T, B, N, BB: tl.constexpr, BN: tl.constexpr, HAS_LE
 
 
 @triton.jit
+def row_program(lengths, s, T, B, BB: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr):
+    """Where a whole-row program (layer norm's row kernels) works: rows block program_id(0) of
+    BB rows (offs_b, vb), their lengths L, and at step s the active rows and positions t."""
+    offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
+    vb = offs_b < B
+    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
+    active, t = row_step(L, vb, s, REVERSE)
+    return offs_b, vb, L, active, t
+
+
+@triton.jit
 def persistent_program(lengths, T, B, H, R, BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr,
                        HAS_LEN: tl.constexpr):
     """What program pid of a persistent launch owns (the same in the forward and the backward):

@@ -35,9 +35,9 @@ import triton
 import triton.language as tl
 
 from .common import (DNS, NORM_LAYER, NORM_NONE, _bn_h_bwd, _bn_h_fwd, emit_h, load_a, load_pos, load_tile, load_w,
-                     output_grad, row_lengths, row_step, sigmoid, step_offset, step_operands, step_program, store_tile,
-                     tanh, transfer)
-from .layer_norm import merge_block, merged_stats
+                     output_grad, row_program, sigmoid, step_offset, step_operands, step_program, store_tile, tanh,
+                     transfer)
+from .layer_norm import _ln_gate, merge_block, merged_stats
 
 
 @triton.jit
@@ -144,30 +144,19 @@ def gru_ln_fwd_kernel(xp, b_hh, lengths, hs, y, gates_ws, gn_ws, hhat_ws, stats_
     gain [3H] (its bias is in b_hh)."""
     ACC = gn_ws.dtype.element_ty
     G = 3 * H
-    offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
-    vb = offs_b < B
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
-    active, t = row_step(L, vb, s, REVERSE)
+    offs_b, vb, L, active, t = row_program(lengths, s, T, B, BB, HAS_LEN, REVERSE)
     a2 = active[:, None]
     raw = hhat_ws + step_offset(s % NSC, B, G)
     mean, rstd = merged_stats(ln_part, offs_b, vb, H, eps, stats_h, s, B, BB, BG, NP, 3)
     for j0 in range(0, H, BH):
         offs_j = j0 + tl.arange(0, BH)
         vj = offs_j < H
-        g_r = _ln_gate3(raw, offs_b, vb, offs_j, vj, G, mean, rstd, norm_wh)
-        g_z = _ln_gate3(raw, offs_b, vb, H + offs_j, vj, G, mean, rstd, norm_wh)
-        g_n = _ln_gate3(raw, offs_b, vb, 2 * H + offs_j, vj, G, mean, rstd, norm_wh)
+        g_r = _ln_gate(raw, offs_b, vb, offs_j, vj, G, mean, rstd, norm_wh)
+        g_z = _ln_gate(raw, offs_b, vb, H + offs_j, vj, G, mean, rstd, norm_wh)
+        g_n = _ln_gate(raw, offs_b, vb, 2 * H + offs_j, vj, G, mean, rstd, norm_wh)
         _gates_update(g_r.to(ACC), g_z.to(ACC), g_n.to(ACC), xp, b_hh, hs, y, gates_ws, gn_ws, zh, s, t, a2, offs_b,
                       vb, offs_j, vj, B, H, NS, SAVE, ZO, HAS_BIAS)
 
-
-@triton.jit
-def _ln_gate3(raw, offs_b, vb, col, vj, G, mean, rstd, ln_wh):
-    """LN_h of one gate block of the raw GEMM: x_hat (stored over the raw values, for backward)
-    and gamma * x_hat."""
-    xh = (load_tile(raw, offs_b, vb, col, vj, G) - mean[:, None]) * rstd[:, None]
-    store_tile(raw, xh, offs_b, vb, col, vj, G)
-    return xh * tl.load(ln_wh + col, mask=vj, other=0.0).to(xh.dtype)[None, :]
 
 
 @triton.jit
@@ -266,10 +255,7 @@ def gru_ln_bwd_kernel(lengths, hhat_ws, stats_h, norm_wh, dhh_ws, dg_h, s, T, B,
     ACC = hhat_ws.dtype.element_ty
     G = 3 * H
     pid = tl.program_id(0)
-    offs_b = pid * BB + tl.arange(0, BB)
-    vb = offs_b < B
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
-    active, _ = row_step(L, vb, s, REVERSE)
+    offs_b, vb, L, active, _ = row_program(lengths, s, T, B, BB, HAS_LEN, REVERSE)
     a2 = active[:, None]
     rstd = tl.load(stats_h + tl.cast(s, tl.int64) * 2 * B + B + offs_b, mask=vb, other=1.0)
     prow = tl.cast(s, tl.int64) * tl.num_programs(0) + pid

@@ -21,8 +21,7 @@ from .common import (
     load_tile,
     load_zone,
     mm_stream,
-    row_lengths,
-    row_step,
+    row_program,
     sigmoid,
     step_offset,
     store_gates,
@@ -99,10 +98,7 @@ def fwd_ln_kernel(xp, lengths, hs, cs, y, hc_ws, act_ws, hhat_ws, stats_h, stats
     each row's mean and 1 / sqrt(var + eps)."""
     ACC = cs.dtype.element_ty
     G = 4 * H
-    offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
-    vb = offs_b < B
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
-    active, t = row_step(L, vb, s, REVERSE)
+    offs_b, vb, L, active, t = row_program(lengths, s, T, B, BB, HAS_LEN, REVERSE)
     a2 = active[:, None]
     raw = hhat_ws + step_offset(s % NSC, B, G)
     c_prev_p = cs + step_offset(s % NS, B, H)
@@ -226,10 +222,7 @@ def bwd_ln_kernel(dc_n, w_hr, lengths, cs, act_ws, hhat_ws, stats_h, stats_c, no
     ACC = cs.dtype.element_ty
     G = 4 * H
     pid = tl.program_id(0)
-    offs_b = pid * BB + tl.arange(0, BB)
-    vb = offs_b < B
-    L = row_lengths(lengths, offs_b, vb, T, HAS_LEN)
-    active, t = row_step(L, vb, s, REVERSE)
+    offs_b, vb, L, active, t = row_program(lengths, s, T, B, BB, HAS_LEN, REVERSE)
     a2 = active[:, None]
     sp = stats_c + tl.cast(s, tl.int64) * 2 * B + offs_b
     mean_c = tl.load(sp, mask=vb, other=0.0)
