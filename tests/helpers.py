@@ -22,6 +22,29 @@ def cell_backend(backend: str) -> str:
     """Triton has no cell kernel (an unregularized step runs elsewhere): cells use native."""
     return "native" if backend == "triton" else backend
 
+def native_against_reference(cls, options: dict, dtype, I: int, H: int) -> list:
+    """A two-layer bidirectional ``cls`` (fusedrnn.LSTM or GRU) with ``options`` on the reference
+    backend in float64 and on the native backend in ``dtype`` (the same weights, masks and
+    input with lengths): [reference results, native results], each the output, the final
+    states and the gradients of the input and every parameter, in float64."""
+    torch.manual_seed(0)
+    ref = cls(I, H, num_layers=2, bidirectional=True, backend="reference", dtype=torch.float64, **options)
+    m = cls(I, H, num_layers=2, bidirectional=True, backend="native", dtype=dtype, **options)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 16, I, dtype=torch.float64)
+    lengths = torch.tensor([6, 5, 6, 2, 6, 1, 4, 6, 3, 6, 6, 5, 0, 6, 2, 6])
+    out = []
+    for mod, dt in ((ref, torch.float64), (m, dtype)):
+        xx = x.to(dt).requires_grad_()
+        torch.manual_seed(1)
+        y, state = mod(xx, lengths=lengths)
+        states = state if isinstance(state, tuple) else (state,)
+        loss = (y.double() * y.double().cos()).sum() + sum(s.double().sum() for s in states)
+        gs = torch.autograd.grad(loss, [xx] + list(mod.parameters()))
+        out.append([t.double() for t in (y, *states, *gs)])
+    return out
+
+
 TOL = {
     torch.float64: dict(rtol=1e-10, atol=1e-10),
     torch.float32: dict(rtol=1e-5, atol=1e-5),

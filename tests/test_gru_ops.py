@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fusedrnn.backends import compiled
-from helpers import TRITON
+from helpers import TRITON, native_against_reference
 from fusedrnn.backends.reference import gru_recurrence
 from fusedrnn.core import schema
 from fusedrnn.core.contract import CellKind, Config, RecurrentBN, RecurrentLN, Zoneout
@@ -187,21 +187,7 @@ def test_bad_arguments():
 def _module_run(options, dtype):
     import fusedrnn
 
-    torch.manual_seed(0)
-    ref = fusedrnn.GRU(24, 40, num_layers=2, bidirectional=True, backend="reference", dtype=torch.float64, **options)
-    m = fusedrnn.GRU(24, 40, num_layers=2, bidirectional=True, backend="native", dtype=dtype, **options)
-    m.load_state_dict(ref.state_dict())
-    x = torch.randn(6, 16, 24, dtype=torch.float64)
-    lengths = torch.tensor([6, 5, 6, 2, 6, 1, 4, 6, 3, 6, 6, 5, 0, 6, 2, 6])
-    out = []
-    for mod, dt in ((ref, torch.float64), (m, dtype)):
-        xx = x.to(dt).requires_grad_()
-        torch.manual_seed(1)
-        y, h = mod(xx, lengths=lengths)
-        gs = torch.autograd.grad((y.double() * y.double().cos()).sum() + h.double().sum(),
-                                 [xx] + list(mod.parameters()))
-        out.append([t.double() for t in (y, h, *gs)])
-    return out
+    return native_against_reference(fusedrnn.GRU, options, dtype, 24, 40)
 
 
 GRU_OPTIONS = [dict(), dict(recurrent_dropout=0.3, variational=True, batch_norm=True),

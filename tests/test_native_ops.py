@@ -6,6 +6,7 @@ import torch
 
 from fusedrnn.backends import compiled
 from fusedrnn.core import schema
+from helpers import native_against_reference
 
 pytestmark = pytest.mark.skipif(compiled.LOAD_ERROR is not None, reason="fusedrnn._C not built")
 
@@ -383,25 +384,10 @@ THREAD_OPTIONS = [dict(), dict(recurrent_dropout=0.3, variational=True, batch_no
 THREAD_IDS = ["plain", "v+bn", "ln+zoneout", "proj+zoneout"]
 
 
-def _native_run(options, dtype, model_dtype=None):
+def _native_run(options, dtype):
     import fusedrnn
 
-    torch.manual_seed(0)
-    ref = fusedrnn.LSTM(32, 64, num_layers=2, bidirectional=True, backend="reference", dtype=torch.float64,
-                        **options)
-    m = fusedrnn.LSTM(32, 64, num_layers=2, bidirectional=True, backend="native", dtype=dtype, **options)
-    m.load_state_dict(ref.state_dict())
-    x = torch.randn(6, 16, 32, dtype=torch.float64)
-    lengths = torch.tensor([6, 5, 6, 2, 6, 1, 4, 6, 3, 6, 6, 5, 0, 6, 2, 6])
-    out = []
-    for mod, dt in ((ref, torch.float64), (m, dtype)):
-        xx = x.to(dt).requires_grad_()
-        torch.manual_seed(1)
-        y, (h, c) = mod(xx, lengths=lengths)
-        gs = torch.autograd.grad((y.double() * y.double().cos()).sum() + h.double().sum() + c.double().sum(),
-                                 [xx] + list(mod.parameters()))
-        out.append([t.double() for t in (y, h, c, *gs)])
-    return out
+    return native_against_reference(fusedrnn.LSTM, options, dtype, 32, 64)
 
 
 @pytest.mark.parametrize("options", THREAD_OPTIONS, ids=THREAD_IDS)

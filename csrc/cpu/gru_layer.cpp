@@ -161,11 +161,8 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const GruBuffers<T
     const int64_t w = j1 - j0;
     if (d.bn)
       for (int k = 0; k < 3; ++k)
-        for (int64_t c = k * H + j0; c < k * H + j1; ++c) {
-          const T var = d.bn_train ? f.stats[(s * 2 + 1) * G + c] : f.rv_h[slot * G + c];
-          f.rstd[c] = gates::rsqrt_(var + T(eps));
-          f.sum1[c] = f.sum2[c] = T(0);
-        }
+        bn_backward_setup(s, G, k * H + j0, k * H + j1, d.bn_train, f.stats, f.rv_h, slot, eps, f.rstd, f.sum1,
+                          f.sum2);
     for (int64_t b = 0; b < B; ++b) {
       if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
         for (int k = 0; k < 3; ++k) {

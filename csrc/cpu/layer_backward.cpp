@@ -188,18 +188,10 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
     }
     if (d.bn) {  // statistics of this step; zeroed batch sums
       for (int k = 0; k < 4; ++k)
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t col = k * H + j;
-          const T var = bn_train ? f.h_stats[(s * 2 + 1) * G + col] : f.rv_h[slot * G + col];
-          f.rstd_g[col] = gates::rsqrt_(var + T(eps));
-          f.sum1_g[col] = f.sum2_g[col] = T(0);
-        }
-      for (int64_t j = j0; j < j1; ++j) {
-        f.mean_c[j] = bn_train ? f.c_stats[(s * 2) * H + j] : f.rm_c[slot * H + j];
-        const T var_c = bn_train ? f.c_stats[(s * 2 + 1) * H + j] : f.rv_c[slot * H + j];
-        f.rstd_c[j] = gates::rsqrt_(var_c + T(eps));
-        f.sum1_c[j] = f.sum2_c[j] = T(0);
-      }
+        bn_backward_setup(s, G, k * H + j0, k * H + j1, bn_train, f.h_stats, f.rv_h, slot, eps, f.rstd_g, f.sum1_g,
+                          f.sum2_g);
+      bn_backward_setup(s, H, j0, j1, bn_train, f.c_stats, f.rv_c, slot, eps, f.rstd_c, f.sum1_c, f.sum2_c);
+      for (int64_t j = j0; j < j1; ++j) f.mean_c[j] = bn_train ? f.c_stats[(s * 2) * H + j] : f.rm_c[slot * H + j];
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;
         bwd_bn_c_sums_row(c_cur + b * H, f.mean_c, f.rstd_c, f.gamma_c, f.beta_c,

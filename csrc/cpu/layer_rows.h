@@ -121,6 +121,19 @@ void bn_step_stats(const Rows& rows, int64_t s, const T* v, int64_t W, int64_t c
   for (int64_t c = c0; c < c1; ++c) rstd[c] = gates::rsqrt_(var[c] + T(eps));
 }
 
+// Batch norm's backward set-up of the columns [c0, c1) of a W-wide feature at step s: rstd
+// from the variance the forward used (the step's batch variance in training, stats [T, 2, W];
+// else the running variance's slot, rv [S, W]) and zeroed batch sums s1, s2.
+template <typename T>
+void bn_backward_setup(int64_t s, int64_t W, int64_t c0, int64_t c1, bool train, const T* stats, const T* rv,
+                       int64_t slot, double eps, T* rstd, T* s1, T* s2) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const T var = train ? stats[(s * 2 + 1) * W + c] : rv[slot * W + c];
+    rstd[c] = gates::rsqrt_(var + T(eps));
+    s1[c] = s2[c] = T(0);
+  }
+}
+
 // BN_h of one row, columns [c0, c1): saves x_hat and rewrites hh in place to gamma * x_hat.
 template <typename T>
 FUSEDRNN_CPU_CLONES void fwd_bn_h_cols(T* __restrict hh, const T* __restrict gamma,

@@ -77,12 +77,14 @@ def zoneout_operands(zc: Optional[Tensor], zh: Optional[Tensor],
                      dummy: Tensor) -> tuple[Tensor, Tensor, ZoneoutMode]:
     """(zc, zh, ZO): the zoneout weights as the kernels read them.  Training weights [T, B, H]
     / [T, B, R] go contiguous (WEIGHTS); the eval rates, expanded views of one value each
-    (every stride 0), go as those values (RATE: read once per tile, no [T, B, *] memory)."""
-    if zc is None:
+    (every stride 0), go as those values (RATE: read once per tile, no [T, B, *] memory).
+    A GRU has no cell state: zc None (the dummy in its place)."""
+    if zh is None:
         return dummy, dummy, ZoneoutMode.NONE
-    if all(st == 0 for st in zc.stride() + zh.stride()):
-        return zc, zh, ZoneoutMode.RATE
-    return zc.contiguous(), zh.contiguous(), ZoneoutMode.WEIGHTS
+    given = [t for t in (zc, zh) if t is not None]
+    if all(st == 0 for t in given for st in t.stride()):
+        return (dummy if zc is None else zc), zh, ZoneoutMode.RATE
+    return (dummy if zc is None else zc.contiguous()), zh.contiguous(), ZoneoutMode.WEIGHTS
 
 
 def eager_cuda(t: Tensor) -> bool:
@@ -392,7 +394,7 @@ def gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], ma
     stats_h = e(T if norm in (NormMode.BATCH_TRAIN, NormMode.LAYER) else 0, 2, B if layer else G)
     if T > 0:
         dummy = e(1)
-        _, zh, zo = zoneout_operands(zoneout_h, zoneout_h, dummy)
+        _, zh, zo = zoneout_operands(None, zoneout_h, dummy)
         s, tilings, f = _gru_setup(B, H, norm_mode, w_hh.dtype, dev, mask_mode, lengths, reverse, save, zo,
                                    b_hh is not None)
         lens = _or(lengths, torch.zeros(1, device=dev, dtype=torch.int64))
@@ -431,7 +433,7 @@ def gru_backward(dy: Tensor, dh_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
     # the model's dtype (as the LSTM's); layer norm keeps it in acc (gru_ln_bwd rewrites it in place)
     dhh = e(T, B, G) if layer else torch.empty(T, B, G, device=dev, dtype=dy.dtype)
     dummy = e(1)
-    _, zh, zo = zoneout_operands(zoneout_h, zoneout_h, dummy)
+    _, zh, zo = zoneout_operands(None, zoneout_h, dummy)
     s, tilings, f = _gru_setup(B, H, norm_mode, w_hh.dtype, dev, mask_mode, lengths, reverse, True, zo,
                                b_hh is not None)
     nrb = triton.cdiv(B, tilings[1][0].BB)
@@ -449,11 +451,10 @@ def gru_backward(dy: Tensor, dh_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
         dh_buf, dz_buf = e(2, B, H), e(2, B, H)
         dgs = _or(dg_h if normed else None, dummy)
         outs = (dxp, dhh, dh_buf, dz_buf, dgs, _or(db_part if b_hh is not None else None, dummy))
+        bn_S = bn_h_running_var.shape[0] if norm == NormMode.BATCH_EVAL else 1
         for step in range(T - 1, -1, -1):
             _run("gru_bwd", tilings[1], s, f, (dy, dh_n, w_hh, msk, lens, ws_hs, ws_gates, ws_hn, hhat, stats, bnt[0],
-                                            bnt[1], zh, *outs, step, T, B, H, bn_step_offset,
-                                            bn_h_running_var.shape[0] if norm == NormMode.BATCH_EVAL else 1,
-                                            norm_eps), False)
+                                            bnt[1], zh, *outs, step, T, B, H, bn_step_offset, bn_S, norm_eps), False)
             if layer:
                 _run("gru_ln_bwd", tilings[1], s, f, (lens, hhat, stats, bnt[0], dhh, dgs, step, T, B, H), False)
         _run("gru_final", tilings[1], s, f, (dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dz_buf, dh0, T, B, H), False)
