@@ -180,6 +180,50 @@ def test_examples_loop_gets_a_mask_and_a_step_count_per_sequence():
     assert model.lstm1._step == 5
 
 
+@pytest.mark.parametrize("how", ["convert", "patch"])
+def test_gru_frozen_weight_optimizer_built_before_and_a_cell_loop_without_reset(how):
+    """The GRU under the same third-party patterns: convert() after the optimizer (or patch()
+    around the construction) adopts the original parameters, a frozen weight stays frozen; a
+    GRUCell loop that starts from a zero state per batch and never calls reset() gets one
+    variational mask and one batch-norm step count per sequence."""
+    torch.manual_seed(0)
+    opts = dict(recurrent_dropout=0.3, variational=True, zoneout=0.1)
+    if how == "convert":
+        m = nn.Sequential(nn.GRU(4, 8, batch_first=True))
+    else:
+        with fusedrnn.patch(**opts):
+            m = nn.Sequential(nn.GRU(4, 8, batch_first=True))
+    m[0].weight_ih_l0.requires_grad_(False)
+    frozen = m[0].weight_ih_l0.detach().clone()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    held = list(m.parameters())
+    if how == "convert":
+        fusedrnn.convert(m, **opts)
+    assert isinstance(m[0], fusedrnn.GRU) and not m[0].weight_ih_l0.requires_grad
+    assert all(a is b for a, b in zip(held, m.parameters()))
+    before = m[0].weight_hh_l0.detach().clone()
+    _train_step(m, opt, torch.randn(3, 5, 4))
+    assert not torch.equal(before, m[0].weight_hh_l0), "the optimizer no longer trains the model"
+    assert torch.equal(frozen, m[0].weight_ih_l0)
+
+    with fusedrnn.patch(recurrent_dropout=0.5, variational=True, batch_norm=True):
+        cell, head = nn.GRUCell(1, 6), nn.Linear(6, 1)
+    assert isinstance(cell, fusedrnn.GRUCell)
+    opt = torch.optim.SGD(list(cell.parameters()) + list(head.parameters()), lr=0.01)
+    masks = []
+    for _ in range(2):
+        opt.zero_grad()
+        x, h, outs = torch.randn(4, 5), torch.zeros(4, 6), []
+        for x_t in x.split(1, dim=1):
+            h = cell(x_t, h)
+            outs.append(head(h))
+        assert cell._step == 5
+        masks.append(cell._mask.clone())
+        torch.cat(outs, 1).square().mean().backward()
+        opt.step()
+    assert not torch.equal(masks[0], masks[1])
+
+
 def _cell(**kw):
     torch.manual_seed(0)
     return fusedrnn.LSTMCell(3, 4, recurrent_dropout=0.5, variational=True, batch_norm=True, **kw)
