@@ -202,6 +202,15 @@ MUTANTS = [
            "merged_stats(ln_part, offs_b, vb, H, eps, stats_h, s, B, BB, BG, NP, 4)",
            ("tests/test_gru_ops.py",),
            "the Triton GRU's LN_h statistics merged as if each block had the LSTM's four gates"),
+    Mutant("triton-gru-persistent-bias-row", "fusedrnn/backends/triton/kernels/gru.py",
+           "db_part, s * n_bblk + tl.program_id(0) % n_bblk, s, t,", "db_part, s * n_bblk, s, t,",
+           ("tests/test_gru_ops.py::test_triton_persistent_with_several_row_and_column_blocks",),
+           "the persistent GRU backward writes every row block's dL/db_hh sum to the first block's row"),
+    Mutant("triton-gru-persistent-no-update-path", "fusedrnn/backends/triton/kernels/gru.py",
+           "                          MASK, REVERSE, RESIDENT, ZO, PREC, BK, GP, KST) + dz\n        dh, dz",
+           "                          MASK, REVERSE, RESIDENT, ZO, PREC, BK, GP, KST)\n        dh, dz",
+           ("tests/test_gru_ops.py",),
+           "the persistent GRU backward drops the update gate's direct path to h_{s-1} between steps"),
 ]
 
 

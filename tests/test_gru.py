@@ -208,7 +208,7 @@ def test_export_uses_standard_ops():
 def test_triton_gru_declines_what_it_lacks():
     x = torch.randn(T, B, I)
     report = fusedrnn.explain(fusedrnn.GRU(I, H, backend="triton", recurrent_dropout=0.2), x)
-    assert "per-step GRU" in report
+    assert "(GRU, " in report  # the design and its tiles (persistent in the interpreter: one program)
     with pytest.raises(fusedrnn.BackendError, match="spills"):
         fusedrnn.GRU(I, H, backend="triton", batch_norm=True)(torch.randn(2, 129, I))
 

@@ -1,8 +1,12 @@
 """The GRU layer ops of both families, native (fusedrnn::gru_layer_forward / _backward) and
-Triton (fusedrnn_triton::..., through the interpreter on CPU): against the reference
-recurrence in float64 (outputs, statistics and every gradient) for each option, outputs fully
-written (conftest NaN-poisons fresh buffers), the lean workspace; for the native op also
-opcheck, gradcheck, bad arguments, and the module on two threads."""
+Triton (fusedrnn_triton::..., through the interpreter on CPU, on each design: per-step,
+persistent with W resident, persistent with W streamed): against the reference recurrence in
+float64 (outputs, statistics and every gradient) for each option, outputs fully written
+(conftest NaN-poisons fresh buffers), the lean workspace; the persistent kernels also with
+several row and column blocks (their programs as threads); for the native op also opcheck,
+gradcheck, bad arguments, and the module on two threads."""
+
+import contextlib
 
 import pytest
 import torch
@@ -26,8 +30,23 @@ def _native_ops():
     return torch.ops.fusedrnn.gru_layer_forward, torch.ops.fusedrnn.gru_layer_backward
 
 
-# (family, its ops)
-FAMILIES = [("native", _native_ops)] + ([("triton", _triton_ops)] if TRITON else [])
+# (family, its ops): the Triton op on each design it has
+TRITON_DESIGNS = ("step", "persistent", "persistent-stream")
+FAMILIES = [("native", _native_ops)] + ([(f"triton-{d}", _triton_ops) for d in TRITON_DESIGNS] if TRITON else [])
+
+
+def _design(family):
+    """The Triton design a family runs on (forced around forward and backward), or nothing."""
+    if not family.startswith("triton-"):
+        return contextlib.nullcontext()
+    from fusedrnn.backends.triton import host
+
+    return host.forced_design(family[len("triton-"):])
+
+
+def _runs(family, case):
+    """Layer norm runs on the per-step design only (config.py)."""
+    return not (family.startswith("triton-persistent") and case.get("bn") == "layer")
 
 CASES = [
     dict(), dict(bias=False), dict(mask="shared"), dict(mask="per_step"), dict(reverse=True), dict(lengths=True),
@@ -44,7 +63,7 @@ def _id(c):
     return "-".join(f"{k}={v}" for k, v in c.items()) or "plain"
 
 
-def _case(case, dtype=torch.float64, requires_grad=True):
+def _case(case, dtype=torch.float64, requires_grad=True, T=T, B=B, H=H):
     """The op's arguments (xp, h0, GRU_PARAMS, save) and the differentiable leaves, plus the
     contract's objects for the reference (cfg, norm, zoneout)."""
     g = torch.Generator().manual_seed(0)
@@ -56,7 +75,7 @@ def _case(case, dtype=torch.float64, requires_grad=True):
     if case.get("mask"):
         shape = (B, H) if case["mask"] == "shared" else (T, B, H)
         mask = torch.bernoulli(torch.full(shape, 0.7, dtype=dtype), generator=g) / 0.7
-    lengths = torch.tensor([4, 2, 3]) if case.get("lengths") else None
+    lengths = 1 + (T - 1 + 3 * torch.arange(B)) % T if case.get("lengths") else None  # [4, 3, 2] at B = 3
     kind = case.get("bn")
     gamma = 1 + 0.1 * r(G) if kind else None
     running = (0.1 * r(S, G), 0.5 + torch.rand(S, G, generator=g, dtype=dtype))  # (read in eval only)
@@ -92,25 +111,65 @@ def _reference(args, extra):
     return res
 
 
-FAMILY_CASES = [(f, ops, c) for f, ops in FAMILIES for c in CASES]
+FAMILY_CASES = [(f, ops, c) for f, ops in FAMILIES for c in CASES if _runs(f, c)]
+
+
+def _tol(rtol, atol, tol):
+    return dict(rtol=rtol, atol=atol) if tol is None else dict(rtol=tol, atol=tol)
+
+
+def _check_against_reference(ops, args, diff, extra, case, tol=None):
+    """Outputs, batch statistics and the gradients of every input against the reference
+    (float64 tolerances, or tol for rtol and atol)."""
+    out = ops()[0](*args)
+    ref = _reference(args, extra)
+    torch.testing.assert_close(out[0], ref.y, **_tol(1e-10, 1e-12, tol))
+    torch.testing.assert_close(out[1], ref.h_n, **_tol(1e-10, 1e-12, tol))
+    if case.get("bn") == "train":
+        torch.testing.assert_close(out[2][:, 0], ref.stats.mean_h, **_tol(1e-10, 1e-12, tol))
+        torch.testing.assert_close(out[2][:, 1], ref.stats.var_h, **_tol(1e-10, 1e-12, tol))
+    w = torch.linspace(-1, 1, out[0].numel(), dtype=out[0].dtype).view_as(out[0])
+    ours = torch.autograd.grad((out[0] * w).sum() + (out[1] ** 2).sum(), diff)
+    theirs = torch.autograd.grad((ref.y * w).sum() + (ref.h_n ** 2).sum(), diff)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **_tol(1e-9, 1e-11, tol))
 
 
 @pytest.mark.parametrize("family,ops,case", FAMILY_CASES, ids=[f"{f}-{_id(c)}" for f, _, c in FAMILY_CASES])
 def test_matches_reference(family, ops, case):
     """Outputs, batch statistics and the gradients of every input against the reference."""
-    args, diff, extra = _case(case)
-    out = ops()[0](*args)
-    ref = _reference(args, extra)
-    torch.testing.assert_close(out[0], ref.y, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(out[1], ref.h_n, rtol=1e-10, atol=1e-12)
-    if case.get("bn") == "train":
-        torch.testing.assert_close(out[2][:, 0], ref.stats.mean_h, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(out[2][:, 1], ref.stats.var_h, rtol=1e-10, atol=1e-12)
-    w = torch.linspace(-1, 1, out[0].numel(), dtype=out[0].dtype).view_as(out[0])
-    ours = torch.autograd.grad((out[0] * w).sum() + (out[1] ** 2).sum(), diff)
-    theirs = torch.autograd.grad((ref.y * w).sum() + (ref.h_n ** 2).sum(), diff)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    with _design(family):
+        _check_against_reference(ops, *_case(case), case)
+
+
+@pytest.mark.skipif(not TRITON, reason="triton interpreter not available")
+@pytest.mark.parametrize("case", [
+    dict(mask="per_step", lengths=True, reverse=True, zoneout=True, B=40, H=40, design="persistent-stream",
+         dtype=torch.float64, nprog=6),
+    dict(bn="train", lengths=True, B=24, H=40, design="persistent", dtype=torch.float64, nprog=3),
+    dict(bn="eval", mask="shared", B=24, H=40, design="persistent-stream", dtype=torch.float64, nprog=3),
+    dict(mask="shared", reverse=True, B=40, H=20, design="persistent-resident", dtype=torch.float32, nprog=4),
+], ids=["len-rev-zo", "bn-len", "bn-eval", "resident-fp32"])
+def test_triton_persistent_with_several_row_and_column_blocks(case, monkeypatch):
+    """The persistent GRU kernels on the plan an sm_90 GPU gets (B=40, H=40: two row blocks
+    of 32 and three column blocks of 16, partial last blocks; batch norm: one block of all
+    rows; W resident in fp32 at H=20), their programs run as threads in the interpreter so
+    that the grid barrier works: the block mapping, the exchange of h and of dL/d(W_hh h)
+    through global memory, the barriers and the per-row-block bias sums, forward and
+    backward, against the reference."""
+    from interp_grid import gpu_sized_tilings, threaded_programs
+    from fusedrnn.backends.triton import config as TC, host
+
+    case = dict(case)
+    design, b, h, dtype, nprog = (case.pop(k) for k in ("design", "B", "H", "dtype", "nprog"))
+    gpu_sized_tilings(monkeypatch)
+    with host.forced_design(design):
+        plan = TC.gru_tilings(host.shape_of(b, h, h, False, 1 if case.get("bn") else 0, dtype, gates=3),
+                              TC.Device.of(torch.device("cpu"), True), design)[0]
+    assert plan.design == "persistent" and plan.nprog == nprog, plan
+    with host.forced_design(design), threaded_programs():
+        _check_against_reference(_triton_ops, *_case(case, dtype, T=4, B=b, H=h), case,
+                                 tol=None if dtype == torch.float64 else 2e-5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
@@ -147,21 +206,24 @@ def test_outputs_fully_written_and_lean_workspace(family, ops):
     each length), h_n, the statistics, the workspace and the gradients must be written; the
     forward without the workspace gives the same outputs (native: from one slot and a ring of
     2; Triton: from none)."""
-    fwd, bwd = ops()
-    for case in CASES:
-        args, _, _ = _case(case, requires_grad=False)
-        out = fwd(*args)
-        for t in out:
-            assert not torch.isnan(t).any(), case
-        grads = bwd(torch.randn_like(out[0]), torch.randn_like(out[1]), *args[2:2 + len(schema.GRU_PARAMS)],
-                    *out[2:])
-        for t in grads:
-            assert not torch.isnan(t).any(), case
-        lean = fwd(*args[:-1], False)
-        for a, b in zip(out[:3], lean[:3]):  # (the GEMM's rounding may depend on its operand's alignment)
-            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15, msg=str(case))
-        if family == "native":
-            assert lean[3].shape[0] == 1 and lean[5].shape[0] == 2
+    with _design(family):
+        fwd, bwd = ops()
+        for case in CASES:
+            if not _runs(family, case):
+                continue
+            args, _, _ = _case(case, requires_grad=False)
+            out = fwd(*args)
+            for t in out:
+                assert not torch.isnan(t).any(), case
+            grads = bwd(torch.randn_like(out[0]), torch.randn_like(out[1]), *args[2:2 + len(schema.GRU_PARAMS)],
+                        *out[2:])
+            for t in grads:
+                assert not torch.isnan(t).any(), case
+            lean = fwd(*args[:-1], False)
+            for a, b in zip(out[:3], lean[:3]):  # (the GEMM's rounding may depend on its operand's alignment)
+                torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15, msg=str(case))
+            if family == "native":
+                assert lean[3].shape[0] == 1 and lean[5].shape[0] == 2
 
 
 def test_bad_arguments():

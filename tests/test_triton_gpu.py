@@ -41,11 +41,12 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 
-def _module_errors(mod_cls_kwargs, dtype, make):
+def _module_errors(mod_cls_kwargs, dtype, make, cls=nn.LSTM):
     """Relative errors of (y, h_n, c_n, grads of x and every parameter) of a module in
-    dtype against the same module in float64."""
+    dtype against torch's module ``cls`` (nn.LSTM; nn.GRU: no c_n) in float64 with the same
+    weights."""
     torch.manual_seed(0)
-    ref = nn.LSTM(I, H, **mod_cls_kwargs, device="cuda", dtype=torch.float64)
+    ref = cls(I, H, **mod_cls_kwargs, device="cuda", dtype=torch.float64)
     mod = make(dtype)
     mod.load_state_dict({k: v.to(dtype) for k, v in ref.state_dict().items()})
     x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
@@ -53,10 +54,12 @@ def _module_errors(mod_cls_kwargs, dtype, make):
                      dtype=torch.float64)]
     outs = []
     for m, x in ((ref, x64.clone().requires_grad_()), (mod, x64.to(dtype).requires_grad_())):
-        y, (h, c) = m(x)
-        loss = (y.double() * w[0]).sum() + h.double().pow(2).sum() + c.double().sum()
-        grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
-        outs.append([y, h, c] + list(grads))
+        torch.manual_seed(5)  # the same masks for a regularised module in both runs
+        y, state = m(x)
+        states = list(state) if isinstance(state, tuple) else [state]
+        loss = (y.double() * w[0]).sum() + states[0].double().pow(2).sum() + sum(c.double().sum() for c in states[1:])
+        grads = torch.autograd.grad(loss, [x] + [p for p in m.parameters() if p.requires_grad])
+        outs.append([y] + states + list(grads))
     return [rel(a, b) for a, b in zip(outs[1], outs[0])]
 
 
@@ -68,9 +71,46 @@ def nn_lstm_error(dtype):
     return _NN_ERR[dtype]
 
 
-def budget(dtype):
-    b = 2 * nn_lstm_error(dtype)
+def budget(dtype, err=None):
+    b = 2 * (nn_lstm_error(dtype) if err is None else err)
     return max(b, 1e-5) if dtype == torch.float32 else b
+
+
+def nn_gru_error(dtype):
+    """What torch.nn.GRU (cuDNN) errs by at this dtype (max over outputs and gradients)."""
+    key = ("gru", dtype)
+    if key not in _NN_ERR:
+        _NN_ERR[key] = max(_module_errors({}, dtype, lambda dt: nn.GRU(I, H, device="cuda", dtype=dt), nn.GRU))
+    return _NN_ERR[key]
+
+
+GRU_OPTIONS = {"plain": {}, "v+bn": dict(recurrent_dropout=0.25, variational=True, batch_norm=True, bn_max_steps=T),
+               "zoneout+wd": dict(zoneout=0.2, weight_dropout=0.2), "ln": dict(layer_norm=True)}
+
+
+@pytest.mark.parametrize("options", list(GRU_OPTIONS))
+@pytest.mark.parametrize("design", ["auto", "persistent-stream", "step"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gru_within_2x_of_nn_gru(dtype, design, options):
+    """fusedrnn.GRU on the Triton kernels (auto: persistent at this shape, 4 programs; also
+    persistent with W streamed, and per step) against a float64 module with the same weights
+    and masks: nn.GRU for the plain GRU, the reference backend's GRU for the options (layer
+    norm: per step only); within 2x of what nn.GRU (cuDNN) errs by at this dtype."""
+    opts = GRU_OPTIONS[options]
+    if opts.get("layer_norm") and design.startswith("persistent"):
+        pytest.skip("layer norm runs per step only")
+
+    def ours(dt):
+        return fusedrnn.GRU(I, H, device="cuda", dtype=dt, backend="triton", **opts).train()
+
+    if opts:  # the float64 side: the reference backend with the same options (nn.GRU has none)
+        def ref_cls(i, h, device, dtype):
+            return fusedrnn.GRU(i, h, device=device, dtype=dtype, backend="reference", **opts).train()
+    else:
+        ref_cls = nn.GRU
+    with TH.forced_design(design):
+        errs = _module_errors({}, dtype, ours, ref_cls)
+    assert max(errs) <= budget(dtype, nn_gru_error(dtype)), (errs, nn_gru_error(dtype))
 
 
 @pytest.mark.parametrize("design", ["auto", "step"])

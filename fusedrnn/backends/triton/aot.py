@@ -113,20 +113,29 @@ def configs_of_tiling(tiling: C.Tiling, s: C.Shape, dtype: torch.dtype, o: dict)
 
 
 def gru_kernel_configs(dtype: torch.dtype, B: int, H: int, o: dict) -> list[KernelConfig]:
-    """The GRU's per-step kernels (host.gru_forward / gru_backward: the heuristic's per-step
-    tiling, no autotuning; with a bias unless o["bias"] is False)."""
+    """The GRU's kernels (host.gru_forward / gru_backward: the tilings config.gru_tilings
+    gives each design this shape admits, no autotuning; with a bias unless o["bias"] is
+    False)."""
     dev = o.get("device", C.SM90)
     s = C.Shape(B=B, H=H, R=H, proj=False, bn=o.get("bn") in ("train", "eval"), esize=dtype.itemsize,
-                ln=o.get("bn") == "layer")
-    tilings = C.gru_tilings(s, dev)
+                ln=o.get("bn") == "layer", gates=3)
     f = dict(_flags(dict(o, proj=False), dtype), HAS_BIAS=o.get("bias", True))
     opts = dict(mask=o.get("mask") is not None, norm=o.get("bn") is not None, bn_eval=o.get("bn") == "eval",
                 zoneout=o.get("zoneout") is not None, bias=o.get("bias", True), layer=o.get("bn") == "layer")
-    out = []
-    for launch in L.gru_launches(tilings, s, f):
-        sig = _signature(launch.kernel, dtype, opts)
-        ints = {n: v for n, v in dict(B=B, H=H).items() if n in launch.kernel.arg_names}
-        out.append(KernelConfig(launch.kernel, sig, launch.constexprs, launch.num_warps, launch.num_stages, ints))
+    out, keys = [], set()
+    for d in o.get("designs", ("auto", "step", "persistent-resident", "persistent-stream")):
+        try:
+            tilings = C.gru_tilings(s, dev, d)
+        except ValueError:  # this design cannot run this shape: never chosen
+            continue
+        for launch in L.gru_launches(tilings, s, f):
+            key = (launch.kernel.__name__, tuple(sorted(launch.constexprs.items())), launch.num_warps)
+            if key in keys:
+                continue
+            keys.add(key)
+            sig = _signature(launch.kernel, dtype, opts)
+            ints = {n: v for n, v in dict(B=B, H=H).items() if n in launch.kernel.arg_names}
+            out.append(KernelConfig(launch.kernel, sig, launch.constexprs, launch.num_warps, launch.num_stages, ints))
     return out
 
 

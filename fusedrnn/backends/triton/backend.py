@@ -1,7 +1,7 @@
-"""The ``triton`` backend: the layer recurrence on Triton kernels (a persistent
-whole-sequence kernel where the grid fits the device, else one fused kernel per step;
-config.py has the heuristic; the GRU per step), the input norm (BN_x,
-LN_x) in plain PyTorch (the reference's), no cell kernel."""
+"""The ``triton`` backend: the layer recurrence on Triton kernels, the LSTM's and the GRU's
+(a persistent whole-sequence kernel where the grid fits the device, else one fused kernel
+per step; config.py has the heuristic), the input norm (BN_x, LN_x) in plain PyTorch (the
+reference's), no cell kernel."""
 
 from __future__ import annotations
 
@@ -87,15 +87,15 @@ class TritonBackend(Backend):
         return sources_fingerprint()
 
     def describe(self, cfg: Config, device: torch.device) -> Optional[str]:
-        if cfg.cell == CellKind.GRU:
-            t = C.gru_tilings(host.shape_of(cfg.B, cfg.H, cfg.H, False, cfg.norm, cfg.dtype),
-                              C.Device.of(device, INTERPRET))[0]
-            return f"per-step GRU (BB={t.BB} BH={t.BH})"
-        t = host.tilings_for(device, host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, cfg.norm, cfg.dtype))[0]
+        gru = cfg.cell == CellKind.GRU
+        s = host.shape_of(cfg.B, cfg.H, cfg.R, cfg.proj, cfg.norm, cfg.dtype, gates=3 if gru else 4)
+        dev = C.Device.of(device, INTERPRET)
+        t = C.gru_tilings(s, dev, host.current_design())[0] if gru else host.tilings_for(device, s)[0]
         tiles = f"BB={t.BB} BH={t.BH}" + (f" BP={t.BP}" if cfg.proj else "")
+        what = "GRU, " if gru else ""
         if t.design == "persistent":
-            return f"persistent ({t.nprog} programs, {tiles}, W {'resident' if t.resident else 'streamed'})"
-        return f"per-step ({tiles})"
+            return f"persistent ({what}{t.nprog} programs, {tiles}, W {'resident' if t.resident else 'streamed'})"
+        return f"per-step ({what}{tiles})"
 
 
 @functools.lru_cache(maxsize=None)

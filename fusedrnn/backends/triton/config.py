@@ -22,6 +22,8 @@ heuristic, in :func:`tiling`, from resource facts (the budget in :func:`resource
    norm; more warps for more rows).  Layer norm always takes it: a row's statistics
    span every column block, which a persistent grid could only share across two more
    grid barriers per step.
+The GRU (Shape.gates == 3, no projection) follows the same rules with three gate tiles
+(:func:`gru_tilings`).
 In the Triton interpreter (CPU) programs run one after another, so a program that waits
 on another would wait forever: there the persistent design runs with a single program
 (grid = 1, tiles covering B, H and P), and the per-step design with many.
@@ -92,6 +94,7 @@ class Shape:
     bn: bool  # batch norm (train or eval): all rows in one program
     esize: int  # bytes per weight element
     ln: bool = False  # layer norm: per-step only (a row's statistics span every column block)
+    gates: int = 4  # gate blocks of W_hh: the LSTM's 4, the GRU's 3 (no projection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,14 +115,14 @@ class Tiling:
 
     def tiles(self, s: Shape) -> dict:
         """Padded full-K tile sizes of the persistent kernels."""
-        return dict(RP=pow2(s.R), HP=pow2(s.H), GP=pow2(4 * s.H), PP=pow2(s.R))
+        return dict(RP=pow2(s.R), HP=pow2(s.H), GP=pow2(s.gates * s.H), PP=pow2(s.R))
 
 
 def resources(s: Shape, BB: int, BH: int, BP: int, num_warps: int) -> dict:
     """Per-program on-chip need of the persistent design, in bytes, both directions.
 
     w: the W slices a RESIDENT program keeps across steps (forward: 4 gate tiles [R, BH]
-    of W_hh and [H, BP] of W_hr; backward: [G, BR] of W_hh and [P, BH] of W_hr);
+    of W_hh, the GRU's 3, and [H, BP] of W_hr; backward: [G, BR] of W_hh and [P, BH] of W_hr);
     operand: the full-K dot operand tile of one step ([BB, R] / [BB, H] forward,
     [BB, G] / [BB, P] backward), in the weight type; elems: elements per thread of one
     [BB, BH] tile (the cell keeps about 30 such tiles live, plus the per-program
@@ -127,9 +130,9 @@ def resources(s: Shape, BB: int, BH: int, BP: int, num_warps: int) -> dict:
     aot.py and benchmarks/compile_gate.py; its table benchmarks/resources.md): with 8 warps,
     2 elements per thread compile to ~250 registers without spills, 4 spill."""
     e = s.esize
-    RP, HP, GP = pow2(s.R), pow2(s.H), pow2(4 * s.H)
+    RP, HP, GP = pow2(s.R), pow2(s.H), pow2(s.gates * s.H)
     BR = BP if s.proj else BH
-    w_f = max(4 * RP * BH * e, HP * BP * e if s.proj else 0)
+    w_f = max(s.gates * RP * BH * e, HP * BP * e if s.proj else 0)
     w_b = max(GP * BR * e, RP * BH * e if s.proj else 0)
     op_f = BB * max(RP, HP if s.proj else 0) * e
     op_b = BB * max(GP, RP if s.proj else 0) * e
@@ -202,12 +205,17 @@ def step_tiling(s: Shape, dev: Device) -> Tiling:
                   k_stages=stream_stages(s, dev, BB, 16, BK))
 
 
-def gru_tilings(s: Shape, dev: Device) -> tuple[Tiling, Tiling]:
-    """The GRU's per-step tiles, forward and backward: the LSTM's (step_tiling), the K loops
-    pipelined for the W chunks each streams per stage (the forward's three gates, the
-    backward's one: its only streamed loop is dL/dh's W_hh GEMM; fp32 at B = 64 spills on
+def gru_tilings(s: Shape, dev: Device, design: str = "auto") -> tuple[Tiling, Tiling]:
+    """The GRU's tilings, forward and backward (s.gates == 3), of a design (as :func:`tiling`):
+    the persistent one for both where it runs; else the LSTM's per-step tiles (step_tiling),
+    the K loops pipelined for the W chunks each streams per stage (the forward's three gates,
+    the backward's one: its only streamed loop is dL/dh's W_hh GEMM; fp32 at B = 64 spills on
     sm_90 with the forward's two stages and not with three)."""
-    t = step_tiling(s, dev)
+    t = tiling(s, dev, design)
+    if t.design == "persistent":  # K chunks of 32: 64 spills 32-40 B in the fp32 forward (3 stages, sm_90)
+        BK = min(t.BK, STREAM_BK_BN)
+        t = dataclasses.replace(t, BK=BK, k_stages=stream_stages(s, dev, t.BB, t.BH, BK, s.gates))
+        return t, t
     return (dataclasses.replace(t, k_stages=stream_stages(s, dev, t.BB, t.BH, t.BK, gates=3)),
             dataclasses.replace(t, k_stages=stream_stages(s, dev, t.BB, t.BH, t.BK, gates=1)))
 
@@ -221,7 +229,7 @@ def persistent_tiling(s: Shape, dev: Device, resident: Optional[bool] = None) ->
         BB, BH, BP = pow2(s.B), pow2(s.H), pow2(s.R)
         res = True if resident is None else resident
         return Tiling("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=4, resident=res,
-                      k_stages=stream_stages(s, dev, BB, max(BH, BP), BK))
+                      k_stages=stream_stages(s, dev, BB, max(BH, BP), BK, s.gates))
     BB = pow2(s.B) if s.bn else min(pow2(s.B), 32)
     if BB * 16 > PERSISTENT_ELEMS * 32 * PERSISTENT_WARPS:
         return None  # batch norm over more rows than one persistent program holds
@@ -236,7 +244,7 @@ def persistent_tiling(s: Shape, dev: Device, resident: Optional[bool] = None) ->
             continue
         res = _resident_fits(s, BB, BH, BP) if resident is None else resident
         return Tiling("persistent", BB=BB, BH=BH, BP=BP, BK=BK, num_warps=PERSISTENT_WARPS,
-                      resident=res, nb=nb, nprog=nprog, k_stages=stream_stages(s, dev, BB, max(BH, BP), BK))
+                      resident=res, nb=nb, nprog=nprog, k_stages=stream_stages(s, dev, BB, max(BH, BP), BK, s.gates))
     return None
 
 
@@ -296,7 +304,7 @@ def candidate_tilings(s: Shape, dev: Device, design: str = "auto") -> list[Tilin
                 res = first.resident and _resident_fits(s, BB, BH, BP)
                 t = Tiling("persistent", BB=BB, BH=BH, BP=BP, BK=first.BK,
                            num_warps=PERSISTENT_WARPS, resident=res, nb=nb, nprog=nprog,
-                           k_stages=stream_stages(s, dev, BB, max(BH, BP), first.BK))
+                           k_stages=stream_stages(s, dev, BB, max(BH, BP), first.BK, s.gates))
                 if t not in out:
                     out.append(t)
     else:

@@ -99,10 +99,12 @@ def device_guard(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def shape_of(B: int, H: int, R: int, proj: bool, norm_mode: NormMode, dtype: torch.dtype) -> C.Shape:
-    """The tiling's shape facts; norm_mode is the contract's NormMode (batch or layer norm)."""
+def shape_of(B: int, H: int, R: int, proj: bool, norm_mode: NormMode, dtype: torch.dtype, gates: int = 4) -> C.Shape:
+    """The tiling's shape facts; norm_mode is the contract's NormMode (batch or layer norm);
+    gates 4 for the LSTM, 3 for the GRU."""
     norm = NormMode(norm_mode)
-    return C.Shape(B=B, H=H, R=R, proj=proj, bn=norm.batch, esize=dtype.itemsize, ln=norm == NormMode.LAYER)
+    return C.Shape(B=B, H=H, R=R, proj=proj, bn=norm.batch, esize=dtype.itemsize, ln=norm == NormMode.LAYER,
+                   gates=gates)
 
 
 def tilings_for(device: torch.device, s: C.Shape) -> list[C.Tiling]:
@@ -355,18 +357,19 @@ def backward(dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Optiona
     return dxp, dh0, dc0, dw_hh, dw_hr, dg_h, dg_c, db_c
 
 
-# ---- the GRU (per-step design: kernels/gru.py) ---------------------------------------------
+# ---- the GRU (kernels/gru.py: per-step and persistent designs) -------------------------------
 #
 # The schema's GRU ops (fusedrnn.core.schema GRU_PARAMS).  hs [T + 1, B, H] is ws_hs (the model's
 # dtype, as the LSTM's h exchange); ws_h is empty (the backward forms hs[:T] * m); ws_gates
 # [T, B, 3H], ws_hn [T, B, H] (g_n) and ws_hh_hat [T, B, 3H] (N_h's x_hat) in the accumulation
-# dtype.  No autotuning.  Layer norm: two launches per step each way (kernels/gru.py).
+# dtype.  No autotuning: the design is the current one (the heuristic's by default, as the
+# LSTM's).  Layer norm: per-step, two launches per step each way (kernels/gru.py).
 
 
 def _gru_setup(B: int, H: int, norm_mode: int, dtype: torch.dtype, dev: torch.device, mask_mode: int,
                lengths: Optional[Tensor], reverse: bool, save: bool, zo: ZoneoutMode, bias: bool):
-    s = shape_of(B, H, H, False, norm_mode, dtype)
-    fwd, bwd = C.gru_tilings(s, C.Device.of(dev, INTERPRET))
+    s = shape_of(B, H, H, False, norm_mode, dtype, gates=3)
+    fwd, bwd = C.gru_tilings(s, C.Device.of(dev, INTERPRET), current_design())
     f = L.flags(MaskMode(mask_mode), lengths is not None, reverse, NormMode(norm_mode), False, save, _prec(dtype), zo)
     f["HAS_BIAS"] = bias
     return s, ([fwd], [bwd]), f
@@ -403,12 +406,17 @@ def gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], ma
         bnt = [_or(t, dummy) for t in (norm_h_weight, bn_h_running_mean, bn_h_running_var)]
         bn_S = bn_h_running_mean.shape[0] if norm == NormMode.BATCH_EVAL else 1
         ln_part = e(triton.cdiv(H, tilings[0][0].BH), 2, B) if layer else dummy
-        for step in range(T):
-            _run("gru_fwd", tilings[0], s, f, (xp, w_hh, *params, lens, hs, y, *ws, *bnt, zh, ln_part, step, T, B, H,
-                                            NS, NSC, bn_step_offset, bn_S, norm_eps), False)
-            if layer:
-                _run("gru_ln_fwd", tilings[0], s, f, (xp, params[0], lens, hs, y, *ws, bnt[0], zh, ln_part, step, T,
-                                                   B, H, NS, NSC, norm_eps), False)
+        if tilings[0][0].design == "persistent":
+            bar = torch.zeros(2, device=dev, dtype=torch.int32)
+            _run("gru_fwd", tilings[0], s, f, (xp, w_hh, *params, lens, hs, y, *ws, *bnt, zh, bar, T, B, H, NS,
+                                               bn_step_offset, bn_S, norm_eps), False)
+        else:
+            for step in range(T):
+                _run("gru_fwd", tilings[0], s, f, (xp, w_hh, *params, lens, hs, y, *ws, *bnt, zh, ln_part, step, T, B,
+                                                   H, NS, NSC, bn_step_offset, bn_S, norm_eps), False)
+                if layer:
+                    _run("gru_ln_fwd", tilings[0], s, f, (xp, params[0], lens, hs, y, *ws, bnt[0], zh, ln_part, step,
+                                                          T, B, H, NS, NSC, norm_eps), False)
     h_n = hs[T % NS].to(h0.dtype, copy=True)
     # ws_h stays empty: the backward forms h_{s-1} * m_s from ws_hs and the mask (an output may
     # not alias another, and hs[:T] is what ws_h would hold without a mask)
@@ -448,16 +456,24 @@ def gru_backward(dy: Tensor, dh_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
         bnt = [_or(t, dummy) for t in (norm_h_weight, bn_h_running_var)]
         normed = norm != NormMode.NONE
         hhat, stats = _or(ws_hh_hat if normed else None, dummy), _or(h_stats if h_stats.numel() else None, dummy)
-        dh_buf, dz_buf = e(2, B, H), e(2, B, H)
         dgs = _or(dg_h if normed else None, dummy)
-        outs = (dxp, dhh, dh_buf, dz_buf, dgs, _or(db_part if b_hh is not None else None, dummy))
+        dbp = _or(db_part if b_hh is not None else None, dummy)
         bn_S = bn_h_running_var.shape[0] if norm == NormMode.BATCH_EVAL else 1
-        for step in range(T - 1, -1, -1):
+        if tilings[1][0].design == "persistent":
+            bar = torch.zeros(2, device=dev, dtype=torch.int32)
             _run("gru_bwd", tilings[1], s, f, (dy, dh_n, w_hh, msk, lens, ws_hs, ws_gates, ws_hn, hhat, stats, bnt[0],
-                                            bnt[1], zh, *outs, step, T, B, H, bn_step_offset, bn_S, norm_eps), False)
-            if layer:
-                _run("gru_ln_bwd", tilings[1], s, f, (lens, hhat, stats, bnt[0], dhh, dgs, step, T, B, H), False)
-        _run("gru_final", tilings[1], s, f, (dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dz_buf, dh0, T, B, H), False)
+                                               bnt[1], zh, dxp, dhh, dgs, dbp, dh0, bar, T, B, H, bn_step_offset,
+                                               bn_S, norm_eps), False)
+        else:
+            dh_buf, dz_buf = e(2, B, H), e(2, B, H)
+            for step in range(T - 1, -1, -1):
+                _run("gru_bwd", tilings[1], s, f, (dy, dh_n, w_hh, msk, lens, ws_hs, ws_gates, ws_hn, hhat, stats,
+                                                   bnt[0], bnt[1], zh, dxp, dhh, dh_buf, dz_buf, dgs, dbp, step, T, B,
+                                                   H, bn_step_offset, bn_S, norm_eps), False)
+                if layer:
+                    _run("gru_ln_bwd", tilings[1], s, f, (lens, hhat, stats, bnt[0], dhh, dgs, step, T, B, H), False)
+            _run("gru_final", tilings[1], s, f, (dh_n, w_hh, msk, lens, zh, dhh, dh_buf, dz_buf, dh0, T, B, H),
+                 False)
     hm = ws_hs[:T] if mask is None else ws_hs[:T] * mask
     dw_hh = _mm_acc(dhh.reshape(T * B, G).t(), hm.reshape(T * B, H).to(dhh.dtype)).to(w_hh.dtype)
     db = db_part.sum(0).to(b_hh.dtype) if b_hh is not None else e(0)

@@ -9,9 +9,10 @@ Roles: persistent tilings launch ``fwd`` (and ``bwd``); per-step tilings launch 
 step, ``fwd_proj`` after it with proj_size, and backward ``bwd`` every step, ``transfer``
 (proj_size, every step) and ``transfer_final`` once.  With layer norm (per-step only) the
 forward step is ``fwd`` (the GEMM) then ``ln_fwd`` (whole rows), and the backward step
-``transfer`` then ``ln_bwd``.  The GRU (per-step only) launches ``gru_fwd`` every step, and
+``transfer`` then ``ln_bwd``.  The GRU's per-step tilings launch ``gru_fwd`` every step, and
 backward ``gru_bwd`` every step and ``gru_final`` once; with layer norm ``gru_ln_fwd`` after each
-``gru_fwd`` and ``gru_ln_bwd`` after each ``gru_bwd``.
+``gru_fwd`` and ``gru_ln_bwd`` after each ``gru_bwd``.  Its persistent tilings launch ``gru_fwd``
+(and ``gru_bwd``) once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .kernels import gru, layer_norm, persistent, step
 from .kernels.common import ZoneoutMode
 
 ROLES = {  # design -> role -> kernel: the one map from roles to kernels
-    "persistent": {"fwd": persistent.fwd_persistent_kernel, "bwd": persistent.bwd_persistent_kernel},
+    "persistent": {"fwd": persistent.fwd_persistent_kernel, "bwd": persistent.bwd_persistent_kernel,
+                   "gru_fwd": gru.fwd_gru_persistent_kernel, "gru_bwd": gru.bwd_gru_persistent_kernel},
     "step": {"fwd": step.fwd_step_kernel, "fwd_proj": step.fwd_proj_kernel, "bwd": step.bwd_step_kernel,
              "transfer": step.bwd_transfer_kernel, "transfer_final": step.bwd_transfer_kernel,
              "ln_fwd": layer_norm.fwd_ln_kernel, "ln_bwd": layer_norm.bwd_ln_kernel,
@@ -105,9 +107,11 @@ def launches(tiling: C.Tiling, s: C.Shape, f: dict) -> list[Launch]:
 
 
 def gru_launches(tilings: tuple, s: C.Shape, f: dict) -> list[Launch]:
-    """Every launch of the GRU's per-step design for shape s with its (forward, backward)
-    tilings (config.gru_tilings; backward roles only with f["SAVE"]); f has the GRU's HAS_BIAS
-    beside the flags()."""
+    """Every launch of the GRU for shape s with its (forward, backward) tilings
+    (config.gru_tilings; backward roles only with f["SAVE"]); f has the GRU's HAS_BIAS beside
+    the flags()."""
+    if tilings[0].design == "persistent":
+        return [launch(tilings[0], s, f, "gru_fwd")] + ([launch(tilings[1], s, f, "gru_bwd")] if f["SAVE"] else [])
     layer = f["BN"] == NormMode.LAYER
     out = [launch(tilings[0], s, f, r) for r in ["gru_fwd"] + (["gru_ln_fwd"] if layer else [])]
     if f["SAVE"]:
@@ -118,8 +122,8 @@ def gru_launches(tilings: tuple, s: C.Shape, f: dict) -> list[Launch]:
 def grid(role: str, design: str, B: int, H: int, R: int, t: dict) -> tuple:
     """The launch grid of a role, from the tile constexprs (a function of them, so that
     autotuning, which varies the tiles, gets the grid of each candidate tiling)."""
-    if design == "persistent":  # one program per (row block, column block)
-        return (triton.cdiv(B, t["BB"]) * max(triton.cdiv(H, t["BH"]), triton.cdiv(R, t["BP"])),)
+    if design == "persistent":  # one program per (row block, column block); the GRU's take no BP (R = H)
+        return (triton.cdiv(B, t["BB"]) * max(triton.cdiv(H, t["BH"]), triton.cdiv(R, t.get("BP", t["BH"]))),)
     if role.endswith(("ln_fwd", "ln_bwd")):  # whole rows
         return (triton.cdiv(B, t["BB"]),)
     if role in ("fwd", "bwd") or role.startswith("gru"):

@@ -1,4 +1,5 @@
-"""The GRU's per-step design: one fused launch per step, forward and backward.
+"""The GRU's kernels: the per-step design (one fused launch per step) and the persistent
+design (one launch for the whole sequence, a grid barrier per step), forward and backward.
 
 Dimension letters: T steps, B batch, H hidden, G = 3H gate columns in torch's order r, z, n.
 s is the step a launch runs; t the time position a row reads / writes at step s.
@@ -26,7 +27,15 @@ Backward (bwd_gru_kernel, step s from T - 1 down): dL/dh_s from step s + 1 (tran
 W_hh GEMM over K = G, the mask, zoneout's share), plus what step s + 1's update gate passed
 straight to h_s (dz_buf: dL/dh~_{s+1} * z_{s+1}); then the gate gradients, dxp, dhh (through
 batch norm's backward) and per-program partial sums of dL/db_hh.  gru_final_kernel: dL/dh0.
-Grid of every kernel: (hidden-unit blocks of BH, row blocks of BB).
+Grid of every per-step kernel: (hidden-unit blocks of BH, row blocks of BB).
+
+Persistent (fwd_gru_persistent_kernel, bwd_gru_persistent_kernel; config.py decides where
+the grid fits, as for the LSTM, and never with layer norm): each program owns the same rows
+and hidden units for every step and runs the per-step kernels' step bodies (_gru_cell,
+_gru_bwd_cell) in a time loop, its W_hh slices on chip (RESIDENT) or streamed.  h goes to the
+other programs through hs, dL/d(N_h input) through dhh_ws, each behind one grid barrier per
+step; the backward keeps dL/dh_s and the update gate's share in registers.  Grid: (row
+blocks x hidden-unit blocks,).
 """
 
 from __future__ import annotations
@@ -34,9 +43,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (DNS, NORM_LAYER, NORM_NONE, _bn_h_bwd, _bn_h_fwd, emit_h, load_a, load_pos, load_tile, load_w,
-                     output_grad, row_program, sigmoid, step_offset, step_operands, step_program, store_tile, tanh,
-                     transfer)
+from .common import (DNS, NORM_LAYER, NORM_NONE, _bn_h_bwd, _bn_h_fwd, emit_h, grid_reset, grid_sync, load_a,
+                     load_pos, load_tile, load_w, output_grad, persistent_program, row_program, row_step, sigmoid,
+                     step_offset, step_operands, step_program, store_tile, tanh, transfer)
 from .layer_norm import _ln_gate, merge_block, merged_stats
 
 
@@ -65,7 +74,6 @@ def fwd_gru_kernel(xp, w_hh, b_hh, mask, lengths, hs, y, gates_ws, gn_ws, hhat_w
     ACC = gn_ws.dtype.element_ty
     G = 3 * H
     offs_j, vj, offs_b, vb, L, active, t = step_program(lengths, s, T, B, H, BB, BH, HAS_LEN, REVERSE)
-    a2 = active[:, None]
     m2 = vb[:, None] & vj[None, :]
     slot = tl.minimum(bn_off + s, bn_S - 1)
     h_prev, m_ptr = step_operands(hs, mask, s, NS, B, H, MASK)
@@ -87,19 +95,32 @@ def fwd_gru_kernel(xp, w_hh, b_hh, mask, lengths, hs, y, gates_ws, gn_ws, hhat_w
         tl.store(pp, mean, mask=vb)
         tl.store(pp + B, m2s, mask=vb)
     else:
-        if BN != NORM_NONE:
-            n_rows = tl.maximum(tl.sum(active.to(ACC), axis=0), 1.0)
-            x_r, g_r = _bn_h_fwd(g_r, a2, n_rows, offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
-            x_z, g_z = _bn_h_fwd(g_z, a2, n_rows, H + offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
-            x_n, g_n = _bn_h_fwd(g_n, a2, n_rows, 2 * H + offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps,
-                                 BN)
-            if SAVE:
-                hp = hhat_ws + step_offset(s, B, G) + rows
-                tl.store(hp, x_r, mask=m2)
-                tl.store(hp + H, x_z, mask=m2)
-                tl.store(hp + 2 * H, x_n, mask=m2)
-        _gates_update(g_r, g_z, g_n, xp, b_hh, hs, y, gates_ws, gn_ws, zh, s, t, a2, offs_b, vb, offs_j, vj, B, H, NS,
-                      SAVE, ZO, HAS_BIAS)
+        _gru_cell(g_r, g_z, g_n, xp, b_hh, hs, y, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rm_h, rv_h, zh, s, t,
+                  active, offs_b, vb, offs_j, vj, B, H, NS, slot, eps, BN, SAVE, ZO, HAS_BIAS)
+
+
+@triton.jit
+def _gru_cell(g_r, g_z, g_n, xp, b_hh, hs, y, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rm_h, rv_h, zh, s, t, active,
+              offs_b, vb, offs_j, vj, B, H, NS, slot, eps, BN: tl.constexpr, SAVE: tl.constexpr, ZO: tl.constexpr,
+              HAS_BIAS: tl.constexpr):
+    """Step s after its GEMM (both designs; not layer norm): N_h's batch norm over the
+    program's rows (all B rows; its x_hat saved with SAVE), then the gates and the update
+    (_gates_update)."""
+    G = 3 * H
+    a2 = active[:, None]
+    if BN != NORM_NONE:
+        m2 = vb[:, None] & vj[None, :]
+        n_rows = tl.maximum(tl.sum(active.to(g_r.dtype), axis=0), 1.0)
+        x_r, g_r = _bn_h_fwd(g_r, a2, n_rows, offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
+        x_z, g_z = _bn_h_fwd(g_z, a2, n_rows, H + offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
+        x_n, g_n = _bn_h_fwd(g_n, a2, n_rows, 2 * H + offs_j, vj, s, slot, G, stats_h, norm_wh, rm_h, rv_h, eps, BN)
+        if SAVE:
+            hp = hhat_ws + step_offset(s, B, G) + offs_b[:, None] * G + offs_j[None, :]
+            tl.store(hp, x_r, mask=m2)
+            tl.store(hp + H, x_z, mask=m2)
+            tl.store(hp + 2 * H, x_n, mask=m2)
+    _gates_update(g_r, g_z, g_n, xp, b_hh, hs, y, gates_ws, gn_ws, zh, s, t, a2, offs_b, vb, offs_j, vj, B, H, NS,
+                  SAVE, ZO, HAS_BIAS)
 
 
 @triton.jit
@@ -187,17 +208,33 @@ def bwd_gru_kernel(dy, dh_n, w_hh, mask, lengths, hs, gates_ws, gn_ws, hhat_ws, 
     """Backward step s for hidden units block program_id(0), rows block program_id(1).  The
     rings dh_buf / dz_buf [2, B, H] carry dL/dh_s (dy included) and dL/dh~_s * z_s to step
     s - 1; db_part [T * row blocks, G] takes this program's sum of dL/db_hh over its rows."""
-    ACC = dh_buf.dtype.element_ty
-    G = 3 * H
     offs_j, vj, offs_b, vb, L, active, t = step_program(lengths, s, T, B, H, BB, BH, HAS_LEN, REVERSE)
-    a2 = active[:, None]
-    m2 = vb[:, None] & vj[None, :]
     slot = tl.minimum(bn_off + s, bn_S - 1)
     dh = _carried(dh_n, dh_buf, dz_buf, w_hh, mask, zh, dhh_ws, s + 1, L, vb, offs_b, offs_j, vj, T, B, H,
                   MASK, REVERSE, ZO, PREC, BK, KST)
+    dh, dz = _gru_bwd_cell(dh, dy, hs, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rv_h, zh, dxp, dhh_ws, dg_h,
+                           db_part, s * tl.num_programs(1) + tl.program_id(1), s, t, active, offs_b, vb, offs_j, vj,
+                           B, H, slot, eps, BN, ZO, HAS_BIAS)
+    store_tile(dh_buf + step_offset(s % 2, B, H), dh, offs_b, vb, offs_j, vj, H)
+    store_tile(dz_buf + step_offset(s % 2, B, H), dz, offs_b, vb, offs_j, vj, H)
+
+
+@triton.jit
+def _gru_bwd_cell(dh, dy, hs, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rv_h, zh, dxp, dhh_ws, dg_h, db_part, prow,
+                  s, t, active, offs_b, vb, offs_j, vj, B, H, slot, eps, BN: tl.constexpr, ZO: tl.constexpr,
+                  HAS_BIAS: tl.constexpr):
+    """Backward step s (both designs) for hidden units offs_j, rows offs_b, given dh = dL/dh_s
+    from the later steps: the gate gradients to dxp (at the rows' positions t), dL/d(N_h
+    input) to dhh_ws[s] (through batch norm's backward; layer norm's is gru_ln_bwd_kernel's),
+    this program's sum of dL/db_hh over its rows to row prow of db_part.  Returns (the dh to
+    carry to step s - 1, which transfer takes through W_hh; dL/dh~_s * z_s, the update gate's
+    direct share of dL/dh_{s-1})."""
+    ACC = dh.dtype
+    G = 3 * H
+    a2 = active[:, None]
+    m2 = vb[:, None] & vj[None, :]
     dy_t = load_pos(dy, t, offs_b, vb, offs_j, vj, B, H).to(ACC)
     dh, dht = output_grad(dh, dy_t, a2, zh, s, offs_b, vb, offs_j, vj, B, H, ZO)
-    store_tile(dh_buf + step_offset(s % 2, B, H), dh, offs_b, vb, offs_j, vj, H)
     rows = offs_b[:, None] * G + offs_j[None, :]
     gp = gates_ws + step_offset(s, B, G) + rows
     r = tl.load(gp, mask=m2, other=0.0)
@@ -205,7 +242,6 @@ def bwd_gru_kernel(dy, dh_n, w_hh, mask, lengths, hs, gates_ws, gn_ws, hhat_ws, 
     n = tl.load(gp + 2 * H, mask=m2, other=0.0)
     g_n = load_tile(gn_ws + step_offset(s, B, H), offs_b, vb, offs_j, vj, H)
     h_own = load_tile(hs + step_offset(s, B, H), offs_b, vb, offs_j, vj, H).to(ACC)
-    store_tile(dz_buf + step_offset(s % 2, B, H), tl.where(a2, dht * z, 0.0), offs_b, vb, offs_j, vj, H)
     d_n = tl.where(a2, dht * (1.0 - z) * (1.0 - n * n), 0.0)
     d_z = tl.where(a2, dht * (h_own - n) * z * (1.0 - z), 0.0)
     d_r = tl.where(a2, d_n * g_n * r * (1.0 - r), 0.0)
@@ -216,7 +252,7 @@ def bwd_gru_kernel(dy, dh_n, w_hh, mask, lengths, hs, gates_ws, gn_ws, hhat_ws, 
     tl.store(xr + H, d_z.to(ty), mask=m2)
     tl.store(xr + 2 * H, d_n.to(ty), mask=m2)
     if HAS_BIAS:
-        bp = db_part + (tl.cast(s, tl.int64) * tl.num_programs(1) + tl.program_id(1)) * G + offs_j
+        bp = db_part + tl.cast(prow, tl.int64) * G + offs_j
         tl.store(bp, tl.sum(d_r, axis=0), mask=vj)
         tl.store(bp + H, tl.sum(d_z, axis=0), mask=vj)
         tl.store(bp + 2 * H, tl.sum(d_gn, axis=0), mask=vj)
@@ -232,6 +268,7 @@ def bwd_gru_kernel(dy, dh_n, w_hh, mask, lengths, hs, gates_ws, gn_ws, hhat_ws, 
     tl.store(hp, tl.where(a2, d_r, 0.0).to(dhh_ws.dtype.element_ty), mask=m2)
     tl.store(hp + H, tl.where(a2, d_z, 0.0).to(dhh_ws.dtype.element_ty), mask=m2)
     tl.store(hp + 2 * H, tl.where(a2, d_gn, 0.0).to(dhh_ws.dtype.element_ty), mask=m2)
+    return dh, tl.where(a2, dht * z, 0.0)
 
 
 @triton.jit(do_not_specialize=DNS)
@@ -283,3 +320,85 @@ def gru_ln_bwd_kernel(lengths, hhat_ws, stats_h, norm_wh, dhh_ws, dg_h, s, T, B,
         dxh = dp * tl.load(norm_wh + col, mask=vc, other=0.0).to(ACC)[None, :]
         store_tile(dd, tl.where(a2, rstd[:, None] * (dxh - n1[:, None] - xh * n2[:, None]), 0.0), offs_b, vb, col,
                    vc, G)
+
+
+# ---- the persistent design: one launch for the whole sequence, a grid barrier per step ----
+
+
+@triton.jit(do_not_specialize=DNS)
+def fwd_gru_persistent_kernel(xp, w_hh, b_hh, mask, lengths, hs, y, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rm_h,
+                              rv_h, zh, bar, T, B, H, NS, bn_off, bn_S, eps,
+                              MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, BN: tl.constexpr,
+                              SAVE: tl.constexpr, ZO: tl.constexpr, HAS_BIAS: tl.constexpr,
+                              RESIDENT: tl.constexpr, PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                              BK: tl.constexpr, KST: tl.constexpr, HP: tl.constexpr):
+    """The whole forward in one launch (not layer norm).  Program pid owns rows block
+    pid % n_bblk and hidden units block pid // n_bblk (persistent_program; batch norm: one
+    block of all rows).  RESIDENT: its three W_hh gate tiles [HP, BH] are loaded once, before
+    the time loop; else gru_gates_stream streams them each step.  h goes through hs (slot
+    s % NS) to every program, one grid barrier per step."""
+    ACC = gn_ws.dtype.element_ty
+    nprog = tl.num_programs(0)
+    offs_b, vb, offs_j, vj, _, _, L = persistent_program(lengths, T, B, H, H, BB, BH, BH, HAS_LEN)
+    offs_k = tl.arange(0, HP)
+    vk = offs_k < H
+    if RESIDENT:
+        w_r = load_w(w_hh, offs_k, vk, 1, offs_j, vj, H)
+        w_z = load_w(w_hh + H * H, offs_k, vk, 1, offs_j, vj, H)
+        w_n = load_w(w_hh + 2 * H * H, offs_k, vk, 1, offs_j, vj, H)
+    for s in range(0, T):
+        active, t = row_step(L, vb, s, REVERSE)
+        slot = tl.minimum(bn_off + s, bn_S - 1)
+        h_prev, m_ptr = step_operands(hs, mask, s, NS, B, H, MASK)
+        zero = tl.zeros([BB, BH], dtype=ACC)
+        if RESIDENT:
+            a = load_a(h_prev, m_ptr, offs_b, vb, offs_k, vk, H, MASK != 0).to(w_hh.dtype.element_ty)
+            g_r = tl.dot(a, w_r, zero, input_precision=PREC)
+            g_z = tl.dot(a, w_z, zero, input_precision=PREC)
+            g_n = tl.dot(a, w_n, zero, input_precision=PREC)
+        else:
+            g_r, g_z, g_n = gru_gates_stream(zero, zero, zero, h_prev, m_ptr, offs_b, vb, H, w_hh, offs_j, vj,
+                                             MASK != 0, PREC, BK, KST)
+        _gru_cell(g_r, g_z, g_n, xp, b_hh, hs, y, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rm_h, rv_h, zh, s, t,
+                  active, offs_b, vb, offs_j, vj, B, H, NS, slot, eps, BN, SAVE, ZO, HAS_BIAS)
+        grid_sync(bar, (s + 1) * nprog)
+    grid_reset(bar, nprog)
+
+
+@triton.jit(do_not_specialize=DNS)
+def bwd_gru_persistent_kernel(dy, dh_n, w_hh, mask, lengths, hs, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rv_h,
+                              zh, dxp, dhh_ws, dg_h, db_part, dh0, bar, T, B, H, bn_off, bn_S, eps,
+                              MASK: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, BN: tl.constexpr,
+                              ZO: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDENT: tl.constexpr,
+                              PREC: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+                              KST: tl.constexpr, GP: tl.constexpr):
+    """The whole backward in one launch, the steps in reverse; each program owns the rows and
+    hidden units it owned in the forward.  dL/dh_s and the update gate's direct share stay in
+    registers; dhh_ws[s] goes to every program (transfer), one grid barrier per step.
+    RESIDENT: W_hh[:, its hidden units] ([GP, BH]) is loaded once."""
+    ACC = gn_ws.dtype.element_ty
+    G = 3 * H
+    nprog = tl.num_programs(0)
+    n_bblk = tl.cdiv(B, BB)
+    offs_b, vb, offs_j, vj, _, _, L = persistent_program(lengths, T, B, H, H, BB, BH, BH, HAS_LEN)
+    w_t = w_hh
+    if RESIDENT:
+        offs_g = tl.arange(0, GP)
+        w_t = load_w(w_hh, offs_g, offs_g < G, H, offs_j, vj, 1)
+    dh = load_tile(dh_n, offs_b, vb, offs_j, vj, H).to(ACC)
+    dz = tl.zeros([BB, BH], dtype=ACC)
+    for it in range(0, T):
+        s = T - 1 - it
+        active, t = row_step(L, vb, s, REVERSE)
+        slot = tl.minimum(bn_off + s, bn_S - 1)
+        if s < T - 1:
+            dh = transfer(dh, s + 1, L, vb, offs_b, offs_j, vj, B, G, H, dhh_ws, w_hh, w_t, mask, zh,
+                          MASK, REVERSE, RESIDENT, ZO, PREC, BK, GP, KST) + dz
+        dh, dz = _gru_bwd_cell(dh, dy, hs, gates_ws, gn_ws, hhat_ws, stats_h, norm_wh, rv_h, zh, dxp, dhh_ws, dg_h,
+                               db_part, s * n_bblk + tl.program_id(0) % n_bblk, s, t, active, offs_b, vb, offs_j, vj,
+                               B, H, slot, eps, BN, ZO, HAS_BIAS)
+        grid_sync(bar, (it + 1) * nprog)
+    dh = transfer(dh, 0, L, vb, offs_b, offs_j, vj, B, G, H, dhh_ws, w_hh, w_t, mask, zh,
+                  MASK, REVERSE, RESIDENT, ZO, PREC, BK, GP, KST) + dz
+    store_tile(dh0, dh, offs_b, vb, offs_j, vj, H)
+    grid_reset(bar, nprog)
