@@ -169,6 +169,22 @@ def test_drop_rate_and_scaling():
     assert torch.allclose(m[m != 0], torch.tensor(1 / 0.7))
 
 
+@pytest.mark.parametrize("p", [0.3, 0.05, 0.9])
+def test_weight_mask_rate_in_every_lane(p):
+    """DropConnect's mask reads four 16-bit lanes of each 64-bit draw, the top one with 15
+    random bits: every lane (element index mod 4) drops at the rate, kept values are
+    1 / (1 - p), and odd sizes (not a multiple of 4) come out whole."""
+    from fusedrnn.ops import dropout as D
+
+    torch.manual_seed(3)
+    m = D.weight_mask(p, (1001, 400), torch.empty(0))
+    assert m.shape == (1001, 400)
+    lanes = (m == 0).double().view(-1, 4).mean(0)
+    assert (lanes - p).abs().max().item() < 0.005, lanes
+    assert torch.allclose(m[m != 0], torch.tensor(1 / (1 - p)))
+    assert D.weight_mask(p, (3, 5), torch.empty(0, dtype=torch.float64)).shape == (3, 5)
+
+
 def test_masks_are_the_same_in_every_dtype():
     """One seed, one set of masks whatever the model's dtype (drawn in float32, then cast): a
     bf16 model and its float64 reference see the same units dropped, zoned out and DropConnected

@@ -406,6 +406,21 @@ def test_module_zoneout_against_oracle_with_the_modules_draws():
     assert_close(c[0], ref[2], msg="eval c_n")
 
 
+def _weight_mask_oracle(p, rows, cols):
+    """DropConnect's mask from the generator's next draw, by its definition: 64-bit words
+    uniform over [0, 2^63 - 1), each four 16-bit lanes (low to high; the top one has 15
+    random bits), an element kept where its lane is below 1 - p of the lane's range."""
+    words = torch.randint(0, 2**63 - 1, (-(-rows * cols // 4),), dtype=torch.int64)
+    kept = []
+    for k in range(4):
+        lane = (words >> (16 * k)) & 0xFFFF
+        if k < 3:  # read as a signed 16-bit number, uniform over [-2^15, 2^15)
+            kept.append(lane - 65536 * (lane >= 32768) < round((1 - p) * 65536) - 32768)
+        else:
+            kept.append(lane < round((1 - p) * 32768))
+    return torch.stack(kept, 1).view(-1)[:rows * cols].view(rows, cols).to(DT).div_(1 - p)
+
+
 def test_weight_dropout_semantics():
     """One mask over W_hh's elements per forward (scaled by 1 / (1 - p)), shared by every
     step and row, training only; the parameter stays unmasked; eval is nn.LSTM exactly."""
@@ -415,8 +430,8 @@ def test_weight_dropout_semantics():
     x = torch.randn(T, B, I, dtype=DT)
     torch.manual_seed(3)
     y, _ = m(x)
-    torch.manual_seed(3)  # one uniform draw over W_hh, kept where u < 1 - p
-    wm = (torch.rand(4 * H, H, dtype=DRAW_DTYPE) < 0.5).to(DT).div_(0.5)
+    torch.manual_seed(3)
+    wm = _weight_mask_oracle(0.5, 4 * H, H)
     zeros = torch.zeros(B, H, dtype=DT)
     ref = direct_layer(x, zeros, zeros, m.weight_ih_l0, m.weight_hh_l0 * wm, m.bias_ih_l0, m.bias_hh_l0)
     assert_close(y, ref[0], msg="train")
@@ -525,7 +540,7 @@ def test_cell_holds_weight_mask_until_reset_and_draws_zoneout_each_step():
     assert wm is not None and set(torch.unique(wm).tolist()) <= {0.0, 2.0}
     # the oracle: the weight mask drawn first, then per step one uniform draw for c and h
     torch.manual_seed(4)
-    wm_ref = (torch.rand(4 * H, H, dtype=DRAW_DTYPE) < 0.5).to(DT).div_(0.5)
+    wm_ref = _weight_mask_oracle(0.5, 4 * H, H)
     assert torch.equal(wm, wm_ref)
     h = c = torch.zeros(B, H, dtype=DT)
     for t in range(3):

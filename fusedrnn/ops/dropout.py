@@ -11,6 +11,7 @@ the rates (bf16 has 8 significant bits).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -32,11 +33,22 @@ def dropout_mask(p: float, shape: Sequence[int], like: Tensor) -> Tensor:
 
 def weight_mask(p: float, shape: Sequence[int], like: Tensor) -> Tensor:
     """DropConnect's mask of a weight (Wan et al.; awd-lstm-lm's WeightDrop on W_hh): zeros with
-    probability p and 1 / (1 - p) elsewhere, from one uniform draw kept where u < 1 - p (on the
-    CPU a uniform draw and a compare cost about half of bernoulli_: ~1.2 of 2.5 ms for
-    [1024, 256])."""
+    probability p and 1 / (1 - p) elsewhere (like's dtype and device).
+
+    One call draws a weight's worth of decisions (196,608 for a GRU's [768, 256] W_hh), so
+    the draw takes four per generator call: 64-bit words uniform over [0, 2^63 - 1), each read
+    as four 16-bit lanes, kept where a lane is below the keep rate's threshold; the top lane
+    has 15 random bits and its own threshold.  The keep rate is
+    met to within 2^-15 (on the CPU this costs 0.40 ms for [768, 256] against 0.69 ms for a
+    float32 uniform draw and a compare)."""
     keep = 1.0 - p
-    return (torch.rand(tuple(shape), dtype=DRAW_DTYPE, device=like.device) < keep).to(like.dtype).div_(keep)
+    n = math.prod(shape)
+    words = torch.randint(0, 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=like.device)
+    lanes = words.view(torch.int16).view(-1, 4)  # little-endian: lane 3 holds bits 48-63
+    low = min(round(keep * 65536) - 32768, 32767)  # lanes 0-2 are uniform over the int16 range
+    top = min(round(keep * 32768), 32767)  # lane 3 is uniform over [0, 2^15)
+    thresholds = torch.tensor([low, low, low, top], dtype=torch.int16, device=like.device)
+    return (lanes < thresholds).view(-1)[:n].view(tuple(shape)).to(like.dtype).div_(keep)
 
 
 def recurrent_mask(p: float, T: int, B: int, R: int, like: Tensor, shared: bool) -> Tensor:
