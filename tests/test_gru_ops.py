@@ -143,6 +143,25 @@ def test_matches_reference(family, ops, case):
 
 
 @pytest.mark.skipif(not TRITON, reason="triton interpreter not available")
+@pytest.mark.parametrize("design", TRITON_DESIGNS)
+@pytest.mark.parametrize("case", [dict(), dict(bn="layer", mask="shared")], ids=_id)
+def test_triton_zero_steps(design, case):
+    """T = 0 launches nothing: h_n = h0, dL/dh0 = dL/dh_n, zero weight gradients, on every
+    design, also one that could not run the shape (layer norm on a persistent design)."""
+    from fusedrnn.backends.triton import host
+
+    args, diff, _ = _case(case, T=0)
+    fwd, bwd = _triton_ops()
+    with host.forced_design(design):
+        out = fwd(*args)
+        torch.testing.assert_close(out[1], args[1])
+        gh = torch.randn_like(out[1])
+        grads = bwd(torch.randn_like(out[0]), gh, *args[2:2 + len(schema.GRU_PARAMS)], *out[2:])
+    torch.testing.assert_close(grads[1], gh)
+    assert not grads[2].any()
+
+
+@pytest.mark.skipif(not TRITON, reason="triton interpreter not available")
 @pytest.mark.parametrize("case", [
     dict(mask="per_step", lengths=True, reverse=True, zoneout=True, B=40, H=40, design="persistent-stream",
          dtype=torch.float64, nprog=6),

@@ -442,10 +442,11 @@ def gru_backward(dy: Tensor, dh_n: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
     dhh = e(T, B, G) if layer else torch.empty(T, B, G, device=dev, dtype=dy.dtype)
     dummy = e(1)
     _, zh, zo = zoneout_operands(None, zoneout_h, dummy)
+    # no tiling at T == 0 (a forced design that cannot run the shape raises only where it would launch)
     s, tilings, f = _gru_setup(B, H, norm_mode, w_hh.dtype, dev, mask_mode, lengths, reverse, True, zo,
-                               b_hh is not None)
-    nrb = triton.cdiv(B, tilings[1][0].BB)
-    ln_rb = triton.cdiv(B, C.ln_rows(tilings[1][0]))
+                               b_hh is not None) if T > 0 else (None, None, None)
+    nrb = triton.cdiv(B, tilings[1][0].BB) if T > 0 else 0
+    ln_rb = triton.cdiv(B, C.ln_rows(tilings[1][0])) if T > 0 else 0
     dg_h = e(T * ln_rb if layer else T, G) if norm != NormMode.NONE else e(0)
     db_part = e(T * nrb, G) if b_hh is not None else e(0)
     if T == 0:
