@@ -180,13 +180,13 @@ def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple
 # ---- the rules ---------------------------------------------------------------------------
 
 
-# The batch sizes up to which a plain float32 GRU runs the native kernel on the CPU, with
-# gradients and without: where both cpu-preset runs of 2026-12-06 (benchmarks/results/
-# cpu-epyc-2c.jsonl, the gru: rows; benchmarks/NOTES.md) have it ahead of torch's GRU:
-# fwd+bwd 8-9x / 2.1-2.2x / 1.24x at B = 1 / 8 / 32, then 0.93x and 1.04x at B = 64;
-# inference 2.1-3.0x / 1.4-1.7x / 1.2x / 1.24-1.29x at B = 1 / 8 / 32 / 64, then 0.95x (before
-# the chunked K > 512 GEMM) and 1.05x at 128.
-GRU_NATIVE_MAX_B = {True: 32, False: 64}  # requires_grad -> largest B
+# The batch size up to which a plain float32 GRU runs the native kernel on the CPU: the
+# largest of the cpu preset, where both runs since the chunked K > 512 GEMM (2026-12-06,
+# git b03f5fd and 61babf5; benchmarks/results/cpu-epyc-2c.jsonl, the gru: rows;
+# benchmarks/NOTES.md) have it ahead of torch's GRU at every point: fwd+bwd 9.0-9.4x /
+# 2.3-2.4x / 1.36x / 1.19x / 1.13-1.15x at B = 1 / 8 / 32 / 64 / 128, inference 2.3-2.8x /
+# 1.4x / 1.10-1.16x / 1.19-1.20x / 1.07-1.08x.  Beyond it nothing is measured: torch's GRU.
+GRU_NATIVE_MAX_B = 128
 
 
 def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: bool) -> tuple[bool, str]:
@@ -207,12 +207,12 @@ def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: 
     if kind == "cell":
         return True, "a plain cell step: torch's own cell runs the same GEMMs and pointwise kernel"
     if cfg.device_type == "cpu":
-        limit = GRU_NATIVE_MAX_B[bool(cfg.requires_grad)]
-        if (cfg.cell == CellKind.GRU and cfg.dtype == torch.float32 and cfg.B <= limit
+        if (cfg.cell == CellKind.GRU and cfg.dtype == torch.float32 and cfg.B <= GRU_NATIVE_MAX_B
                 and unavailable_reason("native", torch.device("cpu")) is None):
             mode = "fwd+bwd" if cfg.requires_grad else "inference"
-            return False, (f"plain GRU on the CPU at B={cfg.B} <= {limit} ({mode}): the native kernel measures "
-                           "faster than torch's GRU there (the cpu preset's gru: records of 2026-12-06)")
+            return False, (f"plain GRU on the CPU at B={cfg.B} <= {GRU_NATIVE_MAX_B} ({mode}): the native kernel "
+                           "measures faster than torch's GRU at every batch of the cpu preset up to there (its gru: "
+                           "records of 2026-12-06)")
         if cfg.dtype in (torch.float32, torch.float64):
             return True, f"plain {rnn} on the CPU: torch's own (oneDNN) measures at least as fast"
         return False, f"torch's CPU {rnn} is not the measured path for {cfg.dtype}"
