@@ -20,8 +20,11 @@ inline bool poison_outputs() {
   return on;
 }
 
+// An output of a CPU op of at least 1 MiB, from the cache of freed blocks (cpu/block_cache.cpp).
+at::Tensor cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
+  at::Tensor t = options.device().is_cpu() ? cpu_output(sizes, options) : at::empty(sizes, options);
   if (poison_outputs() && at::isFloatingType(t.scalar_type())) {
     t.fill_(std::numeric_limits<double>::quiet_NaN());
   }

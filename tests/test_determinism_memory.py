@@ -212,3 +212,33 @@ print(json.dumps(dict(growth_mb=marks[1000] - marks[200], finite=bool(torch.isfi
 def test_no_memory_growth_over_1000_iterations(kind):
     out = run_python_json(_LEAK, kind, OMP_NUM_THREADS="1")
     assert out["finite"] and out["growth_mb"] < 4, out
+
+
+_REUSE = r"""
+import json, torch, fusedrnn
+torch.manual_seed(0)
+m = fusedrnn.GRU(64, 256, backend="native").eval()
+x = torch.randn(50, 64, 64)
+with torch.no_grad():
+    y, _ = m(x)  # y: 50 x 64 x 256 float32, 3.3 MB
+    first, ref = y.data_ptr(), y.clone()
+    del y
+    y, _ = m(x)
+    again = y.data_ptr()
+    same = torch.equal(y, ref)
+    del y
+    longer, _ = m(torch.randn(60, 64, 64))  # 3.9 MB: the freed 3.3 MB block cannot hold it
+print(json.dumps(dict(reused=again == first, same=same, bigger_elsewhere=longer.data_ptr() != first)))
+"""
+
+
+@pytest.mark.skipif("native" not in CPU_BACKENDS, reason="fusedrnn._C not built")
+def test_large_outputs_reuse_freed_blocks():
+    """An op output of 1 MiB or more goes back to the native backend's block cache when its
+    tensor dies and serves the next request it holds (the same pages: no page faults), never
+    one larger than the block; the results do not change, and FUSEDRNN_CPU_CACHE_MB=0 turns
+    the cache off."""
+    out = run_python_json(_REUSE)
+    assert out == dict(reused=True, same=True, bigger_elsewhere=True), out
+    off = run_python_json(_REUSE, FUSEDRNN_CPU_CACHE_MB="0")
+    assert off["same"] and off["bigger_elsewhere"], off
