@@ -10,15 +10,18 @@
 // request takes the smallest cached block that holds it (at most twice its size), so a loop
 // of steps reuses the pages it has touched.  The cache holds at most
 // FUSEDRNN_CPU_CACHE_MB MiB of freed blocks (default 1024; 0 turns it off); a block that
-// would exceed it is freed.  Thread-safe; never destroyed (tensors may outlive static
-// destruction).
+// would exceed it is freed.  Thread-safe and fork-safe; never destroyed (tensors may outlive
+// static destruction).
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include <pthread.h>
+
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <new>
 
 #include "../common.h"
 
@@ -69,7 +72,11 @@ class BlockCache final : public c10::Allocator {
     size_t cap;
   };
 
-  BlockCache() : limit_(limit_from_env()) {}
+  BlockCache() : limit_(limit_from_env()) {
+    // A fork while another thread holds the lock (a DataLoader worker starting mid-step) would
+    // leave the child's copy locked forever: the child starts with a fresh one.
+    pthread_atfork(nullptr, nullptr, [] { new (&get().mutex_) std::mutex(); });
+  }
 
   static void release(void* ctx) {
     Block* b = static_cast<Block*>(ctx);
