@@ -101,15 +101,19 @@ def _dist_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _init_distributed(device: torch.device) -> None:
+def _init_distributed(device: torch.device) -> bool:
+    """Joins the process group (gloo on the CPU, nccl on CUDA) unless the caller has; returns
+    whether this call created it (train() then destroys it before returning: a process that
+    exits with a live group can abort in its teardown)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
-        return
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "gloo" and not dist.is_gloo_available():
         raise RuntimeError("distributed training on CPU needs torch.distributed with gloo")
     dist.init_process_group(backend=backend)
+    return True
 
 
 def _all_gather(obj, world: int):
@@ -198,8 +202,7 @@ def train(config: TrainConfig) -> dict:
         elif device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
-    if world > 1:
-        _init_distributed(device)
+    own_group = _init_distributed(device) if world > 1 else False
     dtype = DTYPES[cfg.dtype]
     main = rank == 0
     say = (lambda s: print(s, flush=True)) if (main and cfg.verbose) else (lambda s: None)
@@ -314,6 +317,8 @@ def train(config: TrainConfig) -> dict:
         import torch.distributed as dist
 
         dist.barrier()
+        if own_group:
+            dist.destroy_process_group()
     return {"history": history, "final": final, "model": model, "config": cfg}
 
 
