@@ -11,7 +11,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -34,18 +33,19 @@ FUSEDRNN_CPU_CLONES void bn_out_row(const T* __restrict v, const T* __restrict m
   for (int64_t c = 0; c < n; ++c) out[c] = gamma[c] * gates::bn_normalize(v[c], mean[c], rstd[c]) + bias[c];
 }
 
-// First backward pass over one active row: sums of dxhat and dxhat * x_hat, and dgamma.
+// First backward pass over one active row: sums of dxhat and dxhat * x_hat, dgamma and dbias.
 template <typename T>
 FUSEDRNN_CPU_CLONES void bn_sums_row(const T* __restrict v, const T* __restrict g,
                                      const T* __restrict mean, const T* __restrict rstd,
                                      const T* __restrict gamma, T* __restrict s1,
-                                     T* __restrict s2, T* __restrict dgamma, int64_t n) {
+                                     T* __restrict s2, T* __restrict dgamma, T* __restrict dbias, int64_t n) {
   for (int64_t c = 0; c < n; ++c) {
     const T xhat = gates::bn_normalize(v[c], mean[c], rstd[c]);
     const T dxhat = g[c] * gamma[c];
     s1[c] += dxhat;
     s2[c] += dxhat * xhat;
     dgamma[c] += g[c] * xhat;
+    dbias[c] += g[c];
   }
 }
 
@@ -162,13 +162,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_backward_cpu(
   const Rows rows{len, T_, B, reverse};
   at::Tensor grad_v = new_output({T_, B, F}, v.options());
   at::Tensor grad_w = at::zeros({F}, v.options());
-  at::Tensor grad_b = g.sum(at::IntArrayRef{0, 1});  // explicit: torch 2.11 finds {0, 1} ambiguous
+  at::Tensor grad_b = at::zeros({F}, v.options());  // summed in the first pass (finished rows too: out = bias)
   at::Tensor scratch = at::empty({3 * F}, v.options());
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "batch_norm_steps_backward_cpu", [&] {
     using T = scalar_t;
     const T *pg = g.data_ptr<T>(), *pv = v.data_ptr<T>(), *pw = weight.data_ptr<T>();
     const T *pm = mean.data_ptr<T>(), *pvar = var.data_ptr<T>();
-    T *pgv = grad_v.data_ptr<T>(), *pgw = grad_w.data_ptr<T>();
+    T *pgv = grad_v.data_ptr<T>(), *pgw = grad_w.data_ptr<T>(), *pgb = grad_b.data_ptr<T>();
     T *rstd = scratch.data_ptr<T>(), *s1 = rstd + F, *s2 = rstd + 2 * F;
     at::parallel_for(0, F, 256, [&](int64_t c0, int64_t c1) {
       const int64_t w = c1 - c0;
@@ -179,9 +179,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_steps_backward_cpu(
           s1[c] = s2[c] = T(0);
         }
         for (int64_t b = 0; b < B; ++b) {
-          if (!rows.active(b, s)) continue;
+          if (!rows.active(b, s)) {  // a finished row's output is the bias
+            cpu::add_row(pg + (s * B + b) * F + c0, pgb + c0, w);
+            continue;
+          }
           const int64_t o = (rows.pos(b, s) * B + b) * F + c0;
-          bn_sums_row(pv + o, pg + o, m + c0, rstd + c0, pw + c0, s1 + c0, s2 + c0, pgw + c0, w);
+          bn_sums_row(pv + o, pg + o, m + c0, rstd + c0, pw + c0, s1 + c0, s2 + c0, pgw + c0, pgb + c0, w);
         }
         const T n_bn = training ? T(rows.count(s)) : T(0);
         for (int64_t b = 0; b < B; ++b) {
