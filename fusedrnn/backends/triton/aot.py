@@ -95,21 +95,38 @@ def _flags(o: dict, dtype: torch.dtype) -> dict:
                    bool(o.get("save", True)), prec, zo)
 
 
+# Every design a shape may run on: the auto choice, per step, and the persistent variants.
+ALL_DESIGNS = ("auto", "step", "persistent-resident", "persistent-stream")
+
+
+def _config(launch: L.Launch, dtype: torch.dtype, opts: dict, sizes: dict) -> KernelConfig:
+    """The compile configuration of one launch (sizes: the problem's B, H, R, P values)."""
+    sig = _signature(launch.kernel, dtype, opts)
+    ce = launch.constexprs
+    missing = [n for n, t in sig.items() if t == "constexpr" and n not in ce]
+    if missing:
+        raise KeyError(f"{launch.kernel.__name__}: no value for constexprs {missing}")
+    ints = {n: v for n, v in sizes.items() if n in launch.kernel.arg_names}
+    return KernelConfig(launch.kernel, sig, ce, launch.num_warps, launch.num_stages, ints)
+
+
+def _unique(kcs) -> list[KernelConfig]:
+    """kcs without repeats (the same kernel, constexprs and warps), in order."""
+    out, seen = [], set()
+    for kc in kcs:
+        key = (kc.kernel.__name__, tuple(sorted(kc.constexprs.items())), kc.num_warps)
+        if key not in seen:
+            seen.add(key)
+            out.append(kc)
+    return out
+
+
 def configs_of_tiling(tiling: C.Tiling, s: C.Shape, dtype: torch.dtype, o: dict) -> list[KernelConfig]:
     """The kernels (forward and, with save, backward) that a tiling launches."""
     f = _flags(dict(o, proj=s.proj), dtype)
     opts = dict(mask=o.get("mask") is not None, proj=s.proj, norm=o.get("bn") is not None,
                 bn_eval=o.get("bn") == "eval", zoneout=o.get("zoneout") is not None, layer=o.get("bn") == "layer")
-    out = []
-    for launch in L.launches(tiling, s, f):
-        sig = _signature(launch.kernel, dtype, opts)
-        ce = launch.constexprs
-        missing = [n for n, t in sig.items() if t == "constexpr" and n not in ce]
-        if missing:
-            raise KeyError(f"{launch.kernel.__name__}: no value for constexprs {missing}")
-        ints = {n: v for n, v in dict(B=s.B, H=s.H, R=s.R, P=s.R).items() if n in launch.kernel.arg_names}
-        out.append(KernelConfig(launch.kernel, sig, ce, launch.num_warps, launch.num_stages, ints))
-    return out
+    return [_config(launch, dtype, opts, dict(B=s.B, H=s.H, R=s.R, P=s.R)) for launch in L.launches(tiling, s, f)]
 
 
 def gru_kernel_configs(dtype: torch.dtype, B: int, H: int, o: dict) -> list[KernelConfig]:
@@ -122,21 +139,14 @@ def gru_kernel_configs(dtype: torch.dtype, B: int, H: int, o: dict) -> list[Kern
     f = dict(_flags(dict(o, proj=False), dtype), HAS_BIAS=o.get("bias", True))
     opts = dict(mask=o.get("mask") is not None, norm=o.get("bn") is not None, bn_eval=o.get("bn") == "eval",
                 zoneout=o.get("zoneout") is not None, bias=o.get("bias", True), layer=o.get("bn") == "layer")
-    out, keys = [], set()
-    for d in o.get("designs", ("auto", "step", "persistent-resident", "persistent-stream")):
+    kcs = []
+    for d in o.get("designs", ALL_DESIGNS):
         try:
             tilings = C.gru_tilings(s, dev, d)
         except ValueError:  # this design cannot run this shape: never chosen
             continue
-        for launch in L.gru_launches(tilings, s, f):
-            key = (launch.kernel.__name__, tuple(sorted(launch.constexprs.items())), launch.num_warps)
-            if key in keys:
-                continue
-            keys.add(key)
-            sig = _signature(launch.kernel, dtype, opts)
-            ints = {n: v for n, v in dict(B=B, H=H).items() if n in launch.kernel.arg_names}
-            out.append(KernelConfig(launch.kernel, sig, launch.constexprs, launch.num_warps, launch.num_stages, ints))
-    return out
+        kcs += [_config(launch, dtype, opts, dict(B=B, H=H)) for launch in L.gru_launches(tilings, s, f)]
+    return _unique(kcs)
 
 
 def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
@@ -146,10 +156,9 @@ def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
     options: proj (default R != H), mask (None | "shared" | "per_step"), lengths, reverse,
     bn (None | "train" | "eval" | "layer": layer norm), zoneout (None | "train": [T, B, *]
     weights | "eval": one rate each), save (backward kernels too; default True), tf32,
-    device (a config.Device; default config.SM90), designs (default: every design this
-    shape admits: the auto choice, "step", and the persistent variants that can run),
-    autotune (default True: each design's whole autotuning space, config.candidate_tilings),
-    cell ("lstm", or "gru": :func:`gru_kernel_configs`)."""
+    device (a config.Device; default config.SM90), designs (default ALL_DESIGNS: every
+    design this shape admits), autotune (default True: each design's whole autotuning space,
+    config.candidate_tilings), cell ("lstm", or "gru": :func:`gru_kernel_configs`)."""
     o = dict(options or {})
     if o.get("cell") == "gru":
         return gru_kernel_configs(dtype, B, H, o)
@@ -157,22 +166,14 @@ def kernel_configs(dtype: torch.dtype, T: int, B: int, H: int, R: int,
     dev = o.get("device", C.SM90)
     s = C.Shape(B=B, H=H, R=R, proj=bool(o["proj"]), bn=o.get("bn") in ("train", "eval"),
                 esize=dtype.itemsize, ln=o.get("bn") == "layer")
-    designs = o.get("designs", ("auto", "step", "persistent-resident", "persistent-stream"))
     tilings = []
-    for d in designs:
+    for d in o.get("designs", ALL_DESIGNS):
         try:
             cands = C.candidate_tilings(s, dev, d) if o.get("autotune", True) else [C.tiling(s, dev, d)]
         except ValueError:  # this design cannot run this shape: never chosen
             continue
         tilings += [t for t in cands if t not in tilings]
-    out = []
-    for t in tilings:
-        for kc in configs_of_tiling(t, s, dtype, o):
-            key = (kc.kernel.__name__, tuple(sorted(kc.constexprs.items())), kc.num_warps)
-            if all((k.kernel.__name__, tuple(sorted(k.constexprs.items())), k.num_warps) != key
-                   for k in out):
-                out.append(kc)
-    return out
+    return _unique(kc for t in tilings for kc in configs_of_tiling(t, s, dtype, o))
 
 
 def attrs_of(kc: KernelConfig) -> dict:
