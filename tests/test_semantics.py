@@ -155,6 +155,19 @@ def test_update_running_stats_skips_single_row_steps():
     assert torch.allclose(rm[3], torch.tensor([2.5, 3.0])) and torch.allclose(rv[3], torch.tensor([2.5, 2.5]))
 
 
+
+def test_update_running_stats_uniform_counts_match_per_step_counts():
+    """The int form (no lengths: every step has B rows) is the masked form with B at every step."""
+    g = torch.Generator().manual_seed(0)
+    mean, var = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.rand(5, 3, generator=g, dtype=torch.float64)
+    for B in (4, 1):
+        want_m, want_v = torch.zeros(6, 3, dtype=torch.float64), torch.ones(6, 3, dtype=torch.float64)
+        got_m, got_v = want_m.clone(), want_v.clone()
+        ops.update_running_stats(want_m, want_v, mean, var, torch.full((5,), B), 2, 0.3)
+        ops.update_running_stats(got_m, got_v, mean, var, B, 2, 0.3)
+        assert torch.allclose(got_m, want_m, rtol=1e-12, atol=0) and torch.allclose(got_v, want_v, rtol=1e-12, atol=0)
+    assert torch.equal(got_v, torch.ones(6, 3, dtype=torch.float64))  # B = 1: no update
+
 # ---- the explicit LSTMCell mask ---------------------------------------------------------------
 
 

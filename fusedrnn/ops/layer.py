@@ -30,7 +30,7 @@ def update_running_stats(
     running_var: Tensor,
     mean: Tensor,
     var: Tensor,
-    counts: Tensor,
+    counts: Union[Tensor, int],
     step_offset: int,
     momentum: float,
 ) -> None:
@@ -38,19 +38,31 @@ def update_running_stats(
 
     Step s updates slot step_offset + s when that slot exists (< S); steps beyond the last
     slot do not update it.  The running variance takes the unbiased batch variance
-    (n / (n - 1)); a step with a single active row does not update its slot.
+    (n / (n - 1)); a step with a single active row does not update its slot.  counts: the
+    active rows of each step [T], or one int when every step had the same (no lengths): then
+    the update is two in-place ops per statistic instead of a masked blend.
     """
     S, T = running_mean.shape[0], mean.shape[0]
     k0, k1 = step_offset, min(step_offset + T, S)
     if k1 <= k0:
         return
     n = k1 - k0
+    rm, rv = running_mean[k0:k1], running_var[k0:k1]
+    if isinstance(counts, int):
+        if counts > 1:
+            rm.mul_(1 - momentum).add_(mean[:n].to(rm.dtype), alpha=momentum)
+            rv.mul_(1 - momentum).add_(var[:n].to(rv.dtype), alpha=momentum * counts / (counts - 1))
+        return
     cnt = counts[:n].to(mean.dtype).unsqueeze(1)
     upd = cnt > 1
     unbiased = var[:n] * cnt / (cnt - 1).clamp(min=1)
-    rm, rv = running_mean[k0:k1], running_var[k0:k1]
     rm.copy_(torch.where(upd, (1 - momentum) * rm + momentum * mean[:n].to(rm.dtype), rm))
     rv.copy_(torch.where(upd, (1 - momentum) * rv + momentum * unbiased.to(rv.dtype), rv))
+
+
+def _counts(T: int, B: int, lengths: Optional[Tensor], device) -> Union[Tensor, int]:
+    """The counts argument of :func:`update_running_stats`: B rows at every step without lengths."""
+    return B if lengths is None else step_counts(T, B, lengths, device)
 
 
 # ---- argument checks ---------------------------------------------------------------------
@@ -178,7 +190,7 @@ def input_projection(d: Decision, cfg: Config, x: Tensor, weight_ih: Tensor, bia
     T, B = xw.shape[0], xw.shape[1]
     xp, mean, var = d.backend.input_norm(cfg, xw, _cast(bias, rd), lengths, norm, norm.slot_index(T, xw.device))
     if norm.training:
-        update_running_stats(norm.running_mean_x, norm.running_var_x, mean, var, step_counts(T, B, lengths, xw.device),
+        update_running_stats(norm.running_mean_x, norm.running_var_x, mean, var, _counts(T, B, lengths, xw.device),
                              norm.step_offset, norm.momentum)
     return xp
 
@@ -193,7 +205,7 @@ def run_recurrence(backend: Backend, cfg: Config, xp: Tensor, h0: Tensor, c0: Op
     else:
         res = backend.recurrence(cfg, xp, h0, c0, weight_hh, weight_hr, mask, lengths, norm, zoneout)
     if isinstance(norm, RecurrentBN) and norm.training and res.stats is not None:
-        counts = step_counts(cfg.T, cfg.B, lengths, xp.device)
+        counts = _counts(cfg.T, cfg.B, lengths, xp.device)
         st = res.stats
         update_running_stats(norm.running_mean_h, norm.running_var_h, st.mean_h, st.var_h, counts,
                              norm.step_offset, norm.momentum)
