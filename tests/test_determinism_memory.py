@@ -245,7 +245,7 @@ def test_large_outputs_reuse_freed_blocks():
 
 
 _CACHE_CAP = r"""
-import json, torch, fusedrnn
+import json, resource, torch, fusedrnn
 import fusedrnn.backends.compiled  # registers the native ops
 torch.set_num_threads(1)
 bn = torch.ops.fusedrnn.batch_norm_steps_forward
@@ -255,12 +255,21 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
 
-bn(v[:8], w, None, None, False, None, None, True, 1e-5)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+bn(v[:6], w, None, None, False, None, None, True, 1e-5)  # warm-up; its 0.94 MB output is not cached (under 1 MiB)
 before = rss()
 for T in range(16, 272, 16):  # outputs of 2.6 to 42 MB, each larger than any freed one
     out = bn(v[:T], w, None, None, False, None, None, True, 1e-5)
     del out
-print(json.dumps(dict(growth_mb=rss() - before)))
+growth = rss() - before
+# a 1.15 MB output, which no cached block serves (each is over twice its size): freed into a full cache
+out = bn(v[:7], w, None, None, False, None, None, True, 1e-5)[0]
+del out
+f0 = faults()
+out = bn(v[:7], w, None, None, False, None, None, True, 1e-5)  # 280 fresh pages, unless that block is reused
+print(json.dumps(dict(growth_mb=growth, reuse_faults=faults() - f0)))
 """
 
 
@@ -269,11 +278,17 @@ def test_block_cache_holds_at_most_its_cap():
     """Freed outputs stay resident in the cache up to FUSEDRNN_CPU_CACHE_MB and no further:
     sixteen outputs of 2.6-42 MB (350 MB in all), none reusable by the next, leave about the
     whole 350 MB resident under the default cap, and under a cap of 16 at most 16 MB more than
-    with the cache off (glibc's mmap threshold fixed, as for the peak: it returns freed blocks)."""
-    def growth(**env):
-        return run_python_json(_CACHE_CAP, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536", **env)["growth_mb"]
+    with the cache off (glibc's mmap threshold fixed, as for the peak: it returns freed blocks).
+    A full cache still takes the block freed last (its oldest blocks make room): the next
+    output of that size touches no fresh page."""
+    def run(**env):
+        return run_python_json(_CACHE_CAP, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536", **env)
 
-    off = growth(FUSEDRNN_CPU_CACHE_MB="0")
-    assert growth() > off + 250
-    capped = growth(FUSEDRNN_CPU_CACHE_MB="16")
-    assert capped < off + 16 + 6, (capped, off)
+    off = run(FUSEDRNN_CPU_CACHE_MB="0")
+    full = run()
+    assert full["growth_mb"] > off["growth_mb"] + 250
+    capped = run(FUSEDRNN_CPU_CACHE_MB="16")
+    assert capped["growth_mb"] < off["growth_mb"] + 16 + 6, (capped, off)
+    # a full cache makes room (the blocks cached longest ago go): a block freed now is reused
+    assert capped["reuse_faults"] < 100 and full["reuse_faults"] < 100, (capped, full)
+    assert off["reuse_faults"] > 200, off  # the probe sees fresh pages

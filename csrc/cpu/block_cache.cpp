@@ -9,9 +9,10 @@
 // Blocks of at least kMinBytes therefore go back to this cache when their tensor dies, and a
 // request takes the smallest cached block that holds it (at most twice its size), so a loop
 // of steps reuses the pages it has touched.  The cache holds at most
-// FUSEDRNN_CPU_CACHE_MB MiB of freed blocks (default 1024; 0 turns it off); a block that
-// would exceed it is freed.  Thread-safe and fork-safe; never destroyed (tensors may outlive
-// static destruction).
+// FUSEDRNN_CPU_CACHE_MB MiB of freed blocks (default 1024; 0 turns it off): a block that
+// would exceed it makes room by freeing the blocks cached longest ago, so that blocks of
+// shapes no longer used (an earlier model, a last short batch) do not keep the current ones
+// out.  Thread-safe and fork-safe; never destroyed (tensors may outlive static destruction).
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/impl/alloc_cpu.h>
@@ -19,6 +20,8 @@
 #include <pthread.h>
 
 #include <cstdlib>
+#include <iterator>
+#include <list>
 #include <map>
 #include <mutex>
 #include <new>
@@ -50,12 +53,13 @@ class BlockCache final : public c10::Allocator {
     size_t cap = n;
     {
       std::lock_guard<std::mutex> guard(mutex_);
-      auto it = free_.lower_bound(n);
-      if (it != free_.end() && it->first <= 2 * n) {
+      auto it = by_size_.lower_bound(n);
+      if (it != by_size_.end() && it->first <= 2 * n) {
         cap = it->first;
-        p = it->second;
+        p = it->second->ptr;
         cached_ -= cap;
-        free_.erase(it);
+        age_.erase(it->second);
+        by_size_.erase(it);
       }
     }
     if (p == nullptr) p = c10::alloc_cpu(n);
@@ -85,20 +89,29 @@ class BlockCache final : public c10::Allocator {
   }
 
   void put(void* p, size_t cap) {
-    {
-      std::lock_guard<std::mutex> guard(mutex_);
-      if (cached_ + cap <= limit_) {
-        free_.emplace(cap, p);
-        cached_ += cap;
-        return;
-      }
+    if (cap > limit_) {
+      c10::free_cpu(p);
+      return;
     }
-    c10::free_cpu(p);
+    std::lock_guard<std::mutex> guard(mutex_);
+    while (cached_ + cap > limit_) {  // room from the blocks cached longest ago
+      const auto oldest = age_.begin();
+      auto it = by_size_.lower_bound(oldest->cap);
+      while (it->second != oldest) ++it;  // every cached block is in both
+      by_size_.erase(it);
+      cached_ -= oldest->cap;
+      c10::free_cpu(oldest->ptr);
+      age_.erase(oldest);
+    }
+    age_.push_back(Block{p, cap});
+    by_size_.emplace(cap, std::prev(age_.end()));
+    cached_ += cap;
   }
 
   const size_t limit_;
   std::mutex mutex_;
-  std::multimap<size_t, void*> free_;  // capacity -> block
+  std::list<Block> age_;                                    // the cached blocks, oldest first
+  std::multimap<size_t, std::list<Block>::iterator> by_size_;  // capacity -> its entry in age_
   size_t cached_ = 0;
 };
 
