@@ -39,13 +39,31 @@ def _pair(cfg, backend, **options):
     return ref, ours
 
 
+# The Triton interpreter takes ~0.1 s a launch: the whole matrix on the other backends, and on
+# Triton the configurations that exercise every path at once (as the LSTM's drop-in tests).
+DROPIN_BACKENDS = [b for b in GRU_BACKENDS if b != "triton"]
+TRITON_GRID = [c for c in GRID if c["num_layers"] == 2 and c["bias"] and c["bidirectional"]]
+
+
 # "auto" runs torch's own GRU for a plain module; "fused" forces the fused path through an
 # identity batch norm in eval mode (unit gammas and variances, zero means, eps 1e-300: exact)
-@pytest.mark.parametrize("backend", GRU_BACKENDS + ["fused"])
+@pytest.mark.parametrize("backend", DROPIN_BACKENDS + ["fused"])
 @pytest.mark.parametrize("cfg", GRID, ids=_id)
 @pytest.mark.parametrize("kind", ["batched", "unbatched", "packed_unsorted"])
 @pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
 def test_matches_nn_gru(cfg, kind, with_hx, backend):
+    _check_matches_nn_gru(cfg, kind, with_hx, backend)
+
+
+@pytest.mark.skipif("triton" not in GRU_BACKENDS, reason="the Triton interpreter is off")
+@pytest.mark.parametrize("cfg", TRITON_GRID, ids=_id)
+@pytest.mark.parametrize("kind", ["batched", "unbatched", "packed_unsorted"])
+@pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
+def test_matches_nn_gru_triton(cfg, kind, with_hx):
+    _check_matches_nn_gru(cfg, kind, with_hx, "triton")
+
+
+def _check_matches_nn_gru(cfg, kind, with_hx, backend):
     if backend == "fused":
         ref, ours = _pair(cfg, "auto", batch_norm=True, bn_eps=1e-300)
         with torch.no_grad():
