@@ -146,6 +146,12 @@ TORCH_LIBRARY(fusedrnn, m) {
         " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
         {at::Tag::pt2_compliant_tag});
 
+  // DropConnect's masked weight (CPU only): weight [any shape] with element i kept where the
+  // 16-bit lane i of words [ceil(N / 4)] int64 is below its threshold (low for lanes 0-2 of a
+  // word, top for lane 3), scaled by 1 / keep; zero elsewhere.  Its own backward on the gradient.
+  m.def("drop_connect(Tensor weight, Tensor words, int low, int top, float keep) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+
   // Which CUDA design the layer op picks for this shape on like's device, and why
   // (fusedrnn.explain reports it): persistent when its layout fits (ok; its blocks, units per
   // block and shared memory), else per-step.

@@ -410,6 +410,9 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const OptT&
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                                    const at::Tensor& weight, bool bias, bool grad_x);
 
+// ---- drop_connect: DropConnect's masked weight from the generator's words (CPU only) ------------
+at::Tensor drop_connect_cpu(const at::Tensor& weight, const at::Tensor& words, int64_t low, int64_t top, double keep);
+
 // ---- CUDA only (cuda/layer_host.cpp; schemas in module.cpp) -----------------------------------
 // fusedrnn::cuda_persistent_layout: the CUDA design the layer op picks for a shape, and why.
 std::tuple<bool, std::string, int64_t, int64_t, int64_t, int64_t> cuda_persistent_layout_cuda(

@@ -185,6 +185,31 @@ def test_weight_mask_rate_in_every_lane(p):
     assert D.weight_mask(p, (3, 5), torch.empty(0, dtype=torch.float64)).shape == (3, 5)
 
 
+@pytest.mark.skipif(not fusedrnn.backends.compiled.has_kernel("drop_connect", "CPU"), reason="fusedrnn._C not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.25, 0.7, 0.97])
+@pytest.mark.parametrize("shape", [(48, 16), (7, 3)], ids=["48x16", "7x3-odd"])
+def test_drop_connect_is_the_mask_product_bit_for_bit(shape, p, dtype):
+    """The module's DropConnect (one native pass on the CPU) gives the same weight and the same
+    gradient, bit for bit, as weight * weight_mask from the same seed: every lane's threshold,
+    the 1 / keep scale in the weight's dtype, a size that is not a multiple of 4; and the op
+    passes opcheck."""
+    from fusedrnn.ops import dropout as D
+
+    w = torch.randn(shape, dtype=dtype, requires_grad=True)
+    g = torch.randn(shape, dtype=dtype)
+    torch.manual_seed(5)
+    fused = D.drop_connect(p, w)
+    (gw_fused,) = torch.autograd.grad(fused, w, g)
+    torch.manual_seed(5)
+    mask = D.weight_mask(p, shape, w)
+    assert torch.equal(fused, w * mask) and torch.equal(gw_fused, g * mask)
+    assert 0 < (mask == 0).sum() < mask.numel() or shape == (7, 3)
+    torch.manual_seed(5)
+    words, low, top = D._weight_draw(p, w.numel(), w.device)
+    torch.library.opcheck(torch.ops.fusedrnn.drop_connect.default, (w, words, low, top, 1.0 - p))
+
+
 def test_masks_are_the_same_in_every_dtype():
     """One seed, one set of masks whatever the model's dtype (drawn in float32, then cast): a
     bf16 model and its float64 reference see the same units dropped, zoned out and DropConnected

@@ -14,4 +14,5 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("batch_norm_steps_backward", &fusedrnn::batch_norm_steps_backward_cpu);
   m.impl("linear", &fusedrnn::linear_cpu);
   m.impl("linear_backward", &fusedrnn::linear_backward_cpu);
+  m.impl("drop_connect", &fusedrnn::drop_connect_cpu);
 }

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import ops
-from ..ops.dropout import dropout_mask, recurrent_mask, weight_mask, zoneout_weights
+from ..ops.dropout import drop_connect, dropout_mask, recurrent_mask, zoneout_weights
 from .regularizers import RegularizedMixin, take_options
 
 
@@ -316,7 +316,7 @@ class FusedRNN(RegularizedMixin, nn.RNNBase):
                       if zoneout is not None else None)
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(k)
                 if p_w > 0:  # DropConnect: one mask over W_hh's elements for this call
-                    w_hh = w_hh * weight_mask(p_w, w_hh.shape, w_hh)
+                    w_hh = drop_connect(p_w, w_hh)
                 y, ends = self._run_layer(layer_input, tuple(s[k] for s in states), (w_ih, w_hh, b_ih, b_hh, w_hr),
                                           mask, lengths, d == 1, self._norm_state(suffixes[k]), zo, decision)
                 outs.append(y)

@@ -5,7 +5,8 @@ torch.library wiring (fake kernels, autograd) of each op family, one file per op
 - :mod:`.gru`: ``fusedrnn::gru_layer_forward`` / ``_backward`` (the GRU's recurrence; CPU only);
 - :mod:`.batch_norm`: ``fusedrnn::batch_norm_steps_forward`` / ``_backward`` (BN_x);
 - :mod:`.cell`: ``fusedrnn::lstm_cell_forward`` / ``_backward`` (one pointwise step);
-- :mod:`.linear`: ``fusedrnn::linear`` / ``_backward`` (the input projection; CPU only).
+- :mod:`.linear`: ``fusedrnn::linear`` / ``_backward`` (the input projection; CPU only);
+- :mod:`.drop_connect`: ``fusedrnn::drop_connect`` (DropConnect's masked weight; CPU only).
 
 One set of ops, with a kernel per dispatch key: the CPU kernels form the ``native``
 backend (:mod:`fusedrnn.backends.cpu`), the CUDA kernels the ``cuda`` backend
@@ -32,7 +33,8 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
 
 OPS = ("lstm_cell_forward", "lstm_cell_backward", "lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward",
        "gru_layer_backward",
-       "batch_norm_steps_forward", "batch_norm_steps_backward", "linear", "linear_backward", "cuda_persistent_layout")
+       "batch_norm_steps_forward", "batch_norm_steps_backward", "linear", "linear_backward", "drop_connect",
+       "cuda_persistent_layout")
 
 
 def _query_kernel(op: str, dispatch_key: str) -> bool:
@@ -57,7 +59,7 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 if LOAD_ERROR is None:
-    from . import batch_norm, cell, gru, layer, linear  # noqa: E402,F401  (register fake kernels and autograd)
+    from . import batch_norm, cell, drop_connect, gru, layer, linear  # noqa: E402,F401  (fake kernels, autograd)
 
 
 class CompiledBackend(Backend):
