@@ -215,7 +215,7 @@ def test_no_memory_growth_over_1000_iterations(kind):
 
 
 _REUSE = r"""
-import json, torch, fusedrnn
+import json, os, torch, fusedrnn
 torch.manual_seed(0)
 m = fusedrnn.GRU(64, 256, backend="native").eval()
 x = torch.randn(50, 64, 64)
@@ -228,7 +228,18 @@ with torch.no_grad():
     same = torch.equal(y, ref)
     del y
     longer, _ = m(torch.randn(60, 64, 64))  # 3.9 MB: the freed 3.3 MB block cannot hold it
-print(json.dumps(dict(reused=again == first, same=same, bigger_elsewhere=longer.data_ptr() != first)))
+    longer_ptr = longer.data_ptr()
+    del longer
+    pid = os.fork()  # the cache's lock around a fork: the child allocates and frees, then the parent
+    if pid == 0:  # (one thread, as DataLoader workers run: GNU OpenMP's pool does not survive a fork)
+        torch.set_num_threads(1)
+        y, _ = m(x)
+        del y
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    y, _ = m(x)
+print(json.dumps(dict(reused=again == first, same=same, bigger_elsewhere=longer_ptr != first,
+                      forked=status == 0 and torch.equal(y, ref))))
 """
 
 
@@ -236,12 +247,12 @@ print(json.dumps(dict(reused=again == first, same=same, bigger_elsewhere=longer.
 def test_large_outputs_reuse_freed_blocks():
     """An op output of 1 MiB or more goes back to the native backend's block cache when its
     tensor dies and serves the next request it holds (the same pages: no page faults), never
-    one larger than the block; the results do not change, and FUSEDRNN_CPU_CACHE_MB=0 turns
-    the cache off."""
+    one larger than the block; the results do not change, a fork leaves the cache usable in
+    the child and the parent, and FUSEDRNN_CPU_CACHE_MB=0 turns the cache off."""
     out = run_python_json(_REUSE)
-    assert out == dict(reused=True, same=True, bigger_elsewhere=True), out
+    assert out == dict(reused=True, same=True, bigger_elsewhere=True, forked=True), out
     off = run_python_json(_REUSE, FUSEDRNN_CPU_CACHE_MB="0")
-    assert off["same"] and off["bigger_elsewhere"], off
+    assert off["same"] and off["bigger_elsewhere"] and off["forked"], off
 
 
 _CACHE_CAP = r"""

@@ -192,22 +192,28 @@ def test_weight_mask_rate_in_every_lane(p):
 def test_drop_connect_is_the_mask_product_bit_for_bit(shape, p, dtype):
     """The module's DropConnect (one native pass on the CPU) gives the same weight and the same
     gradient, bit for bit, as weight * weight_mask from the same seed: every lane's threshold,
-    the 1 / keep scale in the weight's dtype, a size that is not a multiple of 4; and the op
-    passes opcheck."""
+    the 1 / keep scale in the weight's dtype, a size that is not a multiple of 4, a dropped
+    inf, NaN or negative weight (w * 0); and the op passes opcheck."""
     from fusedrnn.ops import dropout as D
 
-    w = torch.randn(shape, dtype=dtype, requires_grad=True)
+    w = torch.randn(shape, dtype=dtype)
+    w.view(-1)[:4] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0])  # w * 0 is NaN, NaN, NaN, -0
+    w.requires_grad_()
     g = torch.randn(shape, dtype=dtype)
+    g.view(-1)[4] = float("inf")
     torch.manual_seed(5)
     fused = D.drop_connect(p, w)
     (gw_fused,) = torch.autograd.grad(fused, w, g)
     torch.manual_seed(5)
     mask = D.weight_mask(p, shape, w)
-    assert torch.equal(fused, w * mask) and torch.equal(gw_fused, g * mask)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64  # -0 and NaN payloads compared too
+    assert torch.equal(fused.detach().view(bits), (w * mask).detach().view(bits))
+    assert torch.equal(gw_fused.view(bits), (g * mask).view(bits))
     assert 0 < (mask == 0).sum() < mask.numel() or shape == (7, 3)
     torch.manual_seed(5)
     words, low, top = D._weight_draw(p, w.numel(), w.device)
-    torch.library.opcheck(torch.ops.fusedrnn.drop_connect.default, (w, words, low, top, 1.0 - p))
+    finite = torch.randn(shape, dtype=dtype, requires_grad=True)  # (opcheck compares with NaN != NaN)
+    torch.library.opcheck(torch.ops.fusedrnn.drop_connect.default, (finite, words, low, top, 1.0 - p))
 
 
 def test_masks_are_the_same_in_every_dtype():

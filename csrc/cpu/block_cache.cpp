@@ -77,9 +77,11 @@ class BlockCache final : public c10::Allocator {
   };
 
   BlockCache() : limit_(limit_from_env()) {
-    // A fork while another thread holds the lock (a DataLoader worker starting mid-step) would
-    // leave the child's copy locked forever: the child starts with a fresh one.
-    pthread_atfork(nullptr, nullptr, [] { new (&get().mutex_) std::mutex(); });
+    // A fork while another thread is inside the cache (a DataLoader worker starting mid-step)
+    // would leave the child's copy locked forever, or its two indexes half updated: the fork
+    // waits for the lock, and the child starts with a fresh one.
+    pthread_atfork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); },
+                   [] { new (&get().mutex_) std::mutex(); });
   }
 
   static void release(void* ctx) {
@@ -93,19 +95,22 @@ class BlockCache final : public c10::Allocator {
       c10::free_cpu(p);
       return;
     }
-    std::lock_guard<std::mutex> guard(mutex_);
-    while (cached_ + cap > limit_) {  // room from the blocks cached longest ago
-      const auto oldest = age_.begin();
-      auto it = by_size_.lower_bound(oldest->cap);
-      while (it->second != oldest) ++it;  // every cached block is in both
-      by_size_.erase(it);
-      cached_ -= oldest->cap;
-      c10::free_cpu(oldest->ptr);
-      age_.erase(oldest);
+    std::list<Block> evicted;  // freed after the lock is released
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      while (cached_ + cap > limit_) {  // room from the blocks cached longest ago
+        const auto oldest = age_.begin();
+        auto it = by_size_.lower_bound(oldest->cap);
+        while (it->second != oldest) ++it;  // every cached block is in both
+        by_size_.erase(it);
+        cached_ -= oldest->cap;
+        evicted.splice(evicted.end(), age_, oldest);
+      }
+      age_.push_back(Block{p, cap});
+      by_size_.emplace(cap, std::prev(age_.end()));
+      cached_ += cap;
     }
-    age_.push_back(Block{p, cap});
-    by_size_.emplace(cap, std::prev(age_.end()));
-    cached_ += cap;
+    for (const Block& b : evicted) c10::free_cpu(b.ptr);
   }
 
   const size_t limit_;

@@ -5,8 +5,9 @@
 // words [W] int64 are the generator's draws (fusedrnn.ops.dropout.drop_connect), read as 4N
 // 16-bit lanes, little-endian: lane i decides element i.  Lanes 0-2 of a word are uniform
 // over the int16 range and kept below `low`; lane 3 (bits 48-63, 15 random bits) below `top`.
-// A kept element is weight * (1 / keep), in the weight's dtype as torch computes
-// mask.to(dtype).div_(keep) and then weight * mask: the same bits as that Python path.  The
+// Element i is weight * m with m = 1 / keep where kept and 0 elsewhere, m in the weight's
+// dtype as torch computes mask.to(dtype).div_(keep): the same bits as weight * mask (-0 for a
+// dropped negative weight, NaN for a dropped inf).  The
 // backward is this op on the gradient (dL/dW = dL/dW~ * mask).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,7 +28,7 @@ FUSEDRNN_CPU_CLONES void drop_connect_range(const T* __restrict w, const int16_t
                                             int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
     const int16_t th = (i & 3) == 3 ? top : low;
-    out[i] = lanes[i] < th ? w[i] * scale : T(0);
+    out[i] = w[i] * (lanes[i] < th ? scale : T(0));  // w * 0 as the mask product: -0, and NaN from inf
   }
 }
 
