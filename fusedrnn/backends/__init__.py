@@ -35,6 +35,13 @@ def get(name: str) -> Optional[Backend]:
     return _CACHE.get(name)
 
 
+def native_op(op: str) -> bool:
+    """Whether the native backend (fusedrnn._C) has a CPU kernel for fusedrnn::<op>: the
+    helper ops outside the op contract (DropConnect's masked weight) ask here."""
+    be = get("native")
+    return be is not None and be.has_op(op)
+
+
 def import_error(name: str) -> Optional[str]:
     get(name)
     return _IMPORT_ERRORS.get(name)

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .. import backends
 from ..core.contract import CellKind, Zoneout
 
 
@@ -68,15 +69,9 @@ def drop_connect(p: float, weight: Tensor) -> Tensor:
     weight's size each way (0.5 ms for a GRU's W_hh at H = 256 on the benchmark machine)."""
     words, low, top = _weight_draw(p, weight.numel(), weight.device)
     native = weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64)
-    if native and _native_drop_connect():
+    if native and backends.native_op("drop_connect"):
         return torch.ops.fusedrnn.drop_connect(weight, words, low, top, 1.0 - p)
     return weight * _mask_of(words, low, top, 1.0 - p, weight.shape, weight)
-
-
-def _native_drop_connect() -> bool:
-    from ..backends import compiled  # fusedrnn._C loads on first use, as the backends do
-
-    return compiled.has_kernel("drop_connect", "CPU")
 
 
 def recurrent_mask(p: float, T: int, B: int, R: int, like: Tensor, shared: bool) -> Tensor:

@@ -86,6 +86,10 @@ class CompiledBackend(Backend):
             return f"the {self.name} {cfg.cell.name} layer recurrence kernel is not built"
         return None
 
+    def has_op(self, op: str) -> bool:
+        """Whether fusedrnn::<op> has a kernel of this backend's dispatch key."""
+        return has_kernel(op, self.dispatch_key)
+
     def recurrence(self, cfg, xp, h0, c0, w_hh, w_hr, mask, lengths, norm, zoneout=None, b_hh=None):
         if cfg.cell == CellKind.GRU:
             return gru.forward(cfg, xp, h0, w_hh, b_hh, mask, lengths, norm, zoneout)
