@@ -246,8 +246,14 @@ def test_triton_persistent_zoneout_with_several_blocks(monkeypatch, P_):
             _backends_agree(kw, leaves)
 
 
-@pytest.mark.parametrize("family", ["native", "triton"])
-@pytest.mark.parametrize("what", ["zoneout-train", "zoneout-eval", "ln", "ln-zoneout-proj"])
+# On Triton (the interpreter: ~0.1 s a launch) layer norm is checked with zoneout and the
+# projection at once: "ln" alone is a subset of "ln-zoneout-proj" there.
+@pytest.mark.parametrize("family,what", [(f, w) for f in ("native", "triton")
+                                         for w in ("zoneout-train", "zoneout-eval", "ln", "ln-zoneout-proj")
+                                         if not (f == "triton" and w == "ln")],
+                         ids=[f"{w}-{f}" for f in ("native", "triton")
+                              for w in ("zoneout-train", "zoneout-eval", "ln", "ln-zoneout-proj")
+                              if not (f == "triton" and w == "ln")])
 def test_op_gradcheck_and_opcheck(family, what):
     """gradcheck of the layer op of each family (the native C++ one, the Triton one through the
     interpreter) with zoneout (train weights, eval rates) and layer norm (every LN
