@@ -7,13 +7,13 @@
 // over the int16 range and kept below `low`; lane 3 (bits 48-63, 15 random bits) below `top`.
 // Element i is weight * m with m = 1 / keep where kept and 0 elsewhere, m in the weight's
 // dtype as torch computes mask.to(dtype).div_(keep): the same bits as weight * mask (-0 for a
-// dropped negative weight, NaN for a dropped inf).  The
-// backward is this op on the gradient (dL/dW = dL/dW~ * mask).
+// dropped negative weight, NaN for a dropped inf).  The backward is this op on the gradient
+// (dL/dW = dL/dW~ * mask).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
-#include <cstring>
+#include <algorithm>
 
 #include "../common.h"
 #include "../ops.h"

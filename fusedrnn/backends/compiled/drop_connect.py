@@ -23,7 +23,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     words, = ctx.saved_tensors
-    return torch.ops.fusedrnn.drop_connect(grad.contiguous(), words, *ctx.rule), None, None, None, None
+    return torch.ops.fusedrnn.drop_connect(grad, words, *ctx.rule), None, None, None, None
 
 
 torch.library.register_autograd("fusedrnn::drop_connect", _backward, setup_context=_setup_context)
