@@ -379,6 +379,37 @@ def test_gemm_paths_agree_with_float64(B, H, T, path, monkeypatch):
             torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=2e-4)
 
 
+FUSED_CASES = [dict(), dict(mask="shared"), dict(mask="per_step", zoneout=True), dict(zoneout="eval", reverse=True),
+               dict(lengths=True, mask="per_step"), dict(lengths=True, reverse=True, zoneout=True)]
+
+
+@pytest.mark.parametrize("B,H", [(7, 20), (13, 16), (1, 33)], ids=lambda v: str(v))
+@pytest.mark.parametrize("case", FUSED_CASES, ids=_layer_id)
+def test_fused_step_matches_float64(case, B, H):
+    """The float32 forward's fused step (GEMM tile + gates, zoneout, finished rows and the next
+    step's masked operand in its epilogue; row tiles of up to 6, unit blocks of 16 with a
+    partial last one) gives the float64 op's outputs and, through its saved workspace, its
+    gradients; without the workspace the same outputs bit for bit."""
+    T = 6
+    args64, _ = _layer_args(case, T=T, B=B, H=H, requires_grad=False)
+    args64 = list(args64)
+    if case.get("lengths"):
+        args64[7] = torch.tensor([T if b % 3 == 0 else 1 + (b * 5) % T for b in range(B)])
+    args32 = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args64]
+    out64 = torch.ops.fusedrnn.lstm_layer_forward(*args64)
+    out32 = torch.ops.fusedrnn.lstm_layer_forward(*args32)
+    lean = torch.ops.fusedrnn.lstm_layer_forward(*args32[:-1], False)
+    for a, b, c in zip(out32[:3], out64[:3], lean[:3]):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+        assert torch.equal(a, c)
+    g = torch.Generator().manual_seed(1)
+    grads_in = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in out64[:3]]
+    g64 = torch.ops.fusedrnn.lstm_layer_backward(*grads_in, *_params(args64), *out64[3:])
+    g32 = torch.ops.fusedrnn.lstm_layer_backward(*[t.float() for t in grads_in], *_params(args32), *out32[3:])
+    for a, b in zip(g32[:4], g64[:4]):  # xp, h0, c0, w_hh
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
 THREAD_OPTIONS = [dict(), dict(recurrent_dropout=0.3, variational=True, batch_norm=True),
                   dict(layer_norm=True, zoneout=(0.3, 0.2)), dict(proj_size=24, zoneout=0.2)]
 THREAD_IDS = ["plain", "v+bn", "ln+zoneout", "proj+zoneout"]

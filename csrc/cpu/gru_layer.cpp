@@ -260,7 +260,7 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
       } else {
         std::memcpy(hm, h, sizeof(T) * B * H);
       }
-      f.hh = L.gemm.hh.template run<T>(ws_h.select(0, ws), hh);  // [B, H] @ W_hh^T
+      f.hh = L.gemm.hh->template run<T>(ws_h.select(0, ws), hh);  // [B, H] @ W_hh^T
       forward_pointwise<T>(L.rows, d, f, s, std::min<int64_t>(bn_step_offset + s, d.S - 1), norm_eps);
     }
   });
@@ -317,7 +317,7 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
     carve(scratch.data_ptr<T>(), G, f.mean, f.rstd, f.sum1, f.sum2);
     for (int64_t s = T_ - 1; s >= 0; --s) {
       backward_pointwise<T>(L.rows, d, f, s, std::min<int64_t>(bn_step_offset + s, d.S - 1), norm_eps);
-      const T* dr = gemm.hh.template run<T>(dhh.select(0, s % slots), dh_rec);  // [B, G] @ W_hh
+      const T* dr = gemm.hh->template run<T>(dhh.select(0, s % slots), dh_rec);  // [B, G] @ W_hh
       if (s % slots == 0) {  // the chunk [s, s + n) is complete: dW_hh += dhh^T hm
         const int64_t n = std::min<int64_t>(slots, T_ - s);
         cpu::matmul(dhh.narrow(0, 0, n).view({n * B, G}).t(), hm.narrow(0, s, n).view({n * B, H}), grad_w_hh,

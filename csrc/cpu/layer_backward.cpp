@@ -342,7 +342,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
       }
       const int64_t slot = std::min<int64_t>(bn_step_offset + s, S - 1);
       backward_pointwise<T>(rows, d, f, s, bn_train, slot, norm_eps);
-      f.dh_rec = gemm.hh.template run<T>(dhh.select(0, s % slots), dh_rec);  // [B, G] @ W_hh
+      f.dh_rec = gemm.hh->template run<T>(dhh.select(0, s % slots), dh_rec);  // [B, G] @ W_hh
       if (!alias && s % slots == 0) {  // the chunk [s, s + n) is complete: dW_hh += dhh^T hm
         const int64_t n = std::min<int64_t>(slots, T_ - s);
         cpu::matmul(dhh.narrow(0, 0, n).view({n * B, G}).t(), hm.narrow(0, s, n).view({n * B, R}), grad_w_hh,

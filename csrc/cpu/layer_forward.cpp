@@ -5,11 +5,13 @@
 // order); t = pos(b, s) the time position it reads/writes (reversed per row in the reverse
 // direction).
 //
-// Per step: one GEMM (h_{s-1} * m) @ W_hh^T into a preallocated buffer, then one fused
-// pointwise pass (N_h, gates, cell update, N_c, output, zoneout), parallel over hidden units
-// with all batch rows in each chunk so the batch-norm reductions stay inside the chunk; layer
-// norm normalises whole rows, so its N_h and N_c are passes parallel over rows.  With a
-// projection a second GEMM per step.  No allocation inside the loop.  float32 and float64 (the
+// float32 without a norm or a projection runs the fused step (fused_step.h): the GEMM and the
+// pointwise work of a step in one kernel, all steps in one parallel region.  Otherwise, per
+// step: one GEMM (h_{s-1} * m) @ W_hh^T into a preallocated buffer, then one fused pointwise
+// pass (N_h, gates, cell update, N_c, output, zoneout), parallel over hidden units with all
+// batch rows in each chunk so the batch-norm reductions stay inside the chunk; layer norm
+// normalises whole rows, so its N_h and N_c are passes parallel over rows.  With a projection
+// a second GEMM per step.  No allocation inside the loop.  float32 and float64 (the
 // accumulation type is the data type).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -21,6 +23,7 @@
 
 #include "../gates.h"
 #include "../ops.h"
+#include "fused_step.h"
 #include "layer_rows.h"
 
 namespace fusedrnn {
@@ -211,7 +214,7 @@ void layer_forward(LayerCall& L, const at::Tensor& h0, FwdBuffers<T>& f, at::Ten
     }
     if (f.zh.p) std::memcpy(f.h_prev, f.h_cur, sizeof(T) * B * R);
     at::Tensor hm_s = hm_t.select(0, ws);
-    f.hh = L.gemm.hh.template run<T>(hm_s, hh_t);  // [B, R] @ W_hh^T
+    f.hh = L.gemm.hh->template run<T>(hm_s, hh_t);  // [B, R] @ W_hh^T
     const int64_t slot = std::min<int64_t>(step_offset + s, S - 1);
     forward_pointwise<T>(rows, d, f, s, bn_train, slot, eps);
     if (d.proj) {
@@ -230,6 +233,66 @@ void layer_forward(LayerCall& L, const at::Tensor& h0, FwdBuffers<T>& f, at::Ten
   }
 }
 
+// Whether the forward runs the fused step (fused_step.h): float32 without a norm or a
+// projection, on the default GEMM path (FUSEDRNN_CPU_GEMM forces the library GEMMs), with
+// enough steps to pay for packing W_hh.
+bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
+  return dtype == at::kFloat && !d.bn && !d.ln && !d.proj && d.T >= kSmallMinSteps &&
+         requested_path() == GemmPath::kOneDnn;
+}
+
+// The forward by fused steps.  h_s and, without a saved workspace, h_s * m_{s+1} alternate
+// between two buffers each (a step reads all of one while it writes the other); h_alt and
+// hm_alt are the second ones.  Returns the buffer holding h_{T-1}.  float32 only.
+template <typename T>
+const T* layer_forward_fused(const LayerCall&, const at::Tensor&, const FwdBuffers<T>&, T*, T*) {
+  TORCH_INTERNAL_ASSERT(false, "fusedrnn: the fused step takes float32");
+}
+
+template <>
+const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const FwdBuffers<float>& f, float* h_alt,
+                                 float* hm_alt) {
+  const LayerDims& d = L.d;
+  const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
+  const at::Tensor panels = pack_gate_panels(L.t.w_hh, H);
+  float* const h_slot[2] = {f.h_cur, h_alt};
+  auto hm_of = [&](int64_t s) { return f.save ? f.hm + s * B * R : (s & 1) ? hm_alt : f.hm; };
+  auto mask_of = [&](int64_t s) -> const float* {
+    return f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
+  };
+  const float* h0p = h0.data_ptr<float>();
+  std::memcpy(f.h_cur, h0p, sizeof(float) * B * R);
+  float* hm0 = hm_of(0);
+  const float* m0 = mask_of(0);
+  for (int64_t k = 0; k < B * R; ++k) hm0[k] = m0 ? h0p[k] * m0[k] : h0p[k];
+
+  auto step = [&](int64_t s) {
+    const bool last = s + 1 == T_;
+    FusedStep st;
+    st.panels = panels.data_ptr<float>();
+    st.a = hm_of(s);
+    st.xp = f.xp;
+    st.c_prev = f.c + (f.save ? s : s & 1) * B * H;
+    st.c_new = f.c + (f.save ? s + 1 : (s + 1) & 1) * B * H;
+    st.h_prev = h_slot[s & 1];
+    st.h_next = h_slot[(s + 1) & 1];
+    st.hm_next = last ? nullptr : hm_of(s + 1);
+    st.m_next = last ? nullptr : mask_of(s + 1);
+    st.act = f.save ? f.act + s * B * G : nullptr;
+    st.y = f.y;
+    st.zc = f.zc;
+    st.zh = f.zh;
+    st.rows = &L.rows;
+    st.s = s;
+    st.B = B;
+    st.H = H;
+    st.K = R;
+    return st;
+  };
+  fused_steps(T_, B, H, R, step);
+  return h_slot[T_ & 1];
+}
+
 }  // namespace
 
 LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
@@ -242,7 +305,8 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   TORCH_CHECK(xp_in.scalar_type() == at::kFloat || xp_in.scalar_type() == at::kDouble,
               "fusedrnn: the native CPU layer kernel takes float32 or float64, got ",
               xp_in.scalar_type());
-  cpu::LayerCall L(dims, a, /*forward=*/true);
+  const bool fused = use_fused_step(dims, xp_in.scalar_type());
+  cpu::LayerCall L(dims, a, /*forward=*/true, /*with_hh=*/!fused);
   const LayerDims& d = L.d;
   const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
   const bool bn_train = d.bn_train;
@@ -262,7 +326,9 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor ws_c = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
   at::Tensor ws_hh_hat = new_output({(d.bn || d.ln) ? TW : 0, B, G}, opt);
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
-  at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({B, G}, opt);
+  at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused ? 0 : B, G}, opt);
+  // the fused step's second buffers of h_s and (without a saved workspace) of h_s * m_{s+1}
+  at::Tensor h_alt = at::empty({fused ? B : 0, R}, opt), hm_alt = at::empty({fused && !save_workspace ? B : 0, R}, opt);
   at::Tensor h_prev = at::empty({d.zoneout ? B : 0, R}, opt);
   at::Tensor hp = at::empty({d.proj ? B : 0, R}, opt);
   at::Tensor stat_scratch = at::empty({2 * G + 2 * H}, opt);
@@ -275,6 +341,10 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
                  f.hh_hat, ws_hh_hat, f.hc, ws_hc, f.h_cur, h_cur, f.h_prev, h_prev, f.hh, hh, f.hp, hp);
     f.save = save_workspace;
     f.set_scratch(stat_scratch.data_ptr<T>(), G, H);
+    if (fused) {
+      if (layer_forward_fused<T>(L, h0, f, h_alt.data_ptr<T>(), hm_alt.data_ptr<T>()) != f.h_cur) h_cur = h_alt;
+      return;
+    }
     layer_forward<T>(L, h0, f, ws_hm, hh, ws_hc, hp, bn_step_offset, norm_eps);
   });
   h_n.copy_(h_cur);

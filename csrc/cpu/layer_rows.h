@@ -184,11 +184,11 @@ FUSEDRNN_CPU_CLONES void add_product(const T* __restrict a, const T* __restrict 
 }
 
 // The per-step GEMMs with W_hh and W_hr (packed once per call); forward multiplies by W^T.
+// Without hh when the caller multiplies by W_hh itself (the fused step, fused_step.h).
 struct LayerGemms {
-  RepeatedGemm hh;
-  std::optional<RepeatedGemm> hr;
-  LayerGemms(const LayerDims& d, const LayerTensors& t, bool forward)
-      : hh(t.w_hh, forward, d.B, d.T),
+  std::optional<RepeatedGemm> hh, hr;
+  LayerGemms(const LayerDims& d, const LayerTensors& t, bool forward, bool with_hh)
+      : hh(with_hh ? std::make_optional<RepeatedGemm>(t.w_hh, forward, d.B, d.T) : std::nullopt),
         hr(d.proj ? std::make_optional<RepeatedGemm>(*t.w_hr, forward, d.B, d.T) : std::nullopt) {}
 };
 
@@ -200,9 +200,9 @@ struct LayerCall {
   const Rows rows;
   const LayerTensors t;
   LayerGemms gemm;
-  LayerCall(const LayerDims& dims, const LayerArgs& a, bool forward)
+  LayerCall(const LayerDims& dims, const LayerArgs& a, bool forward, bool with_hh = true)
       : d(dims), len(lengths_vector(a.lengths, d.B, d.T)), rows{len, d.T, d.B, d.reverse}, t(d, a),
-        gemm(d, t, forward) {}
+        gemm(d, t, forward, with_hh) {}
   LayerCall(const LayerCall&) = delete;  // rows refers to len
 };
 

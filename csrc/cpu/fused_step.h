@@ -1,0 +1,296 @@
+// The LSTM's forward step as one kernel (float32): the GEMM h_{s-1} W_hh^T by a register-tiled
+// micro-kernel, with the gates, the cell update, zoneout, the output and the next step's
+// masked operand done in its epilogue while the tile is still in cache.
+//
+// Dimension letters: B batch rows, K = R the width of h (the reduction), H hidden units,
+// G = 4H gate columns (i, f, g, o), U = ceil(H / kLanes) unit blocks, s the step.
+//
+// W_hh is packed once per call into unit-block panels [U][4][K][kLanes]: block u holds, for
+// each gate, the rows of units [16u, 16u + 16).  A tile is kFusedRows rows x one unit block:
+// 4 x 6 accumulators of kLanes floats (24 of AVX-512's 32 registers), one load of each gate's
+// panel row per k feeding 24 FMAs; measured standalone at 184-198 GFLOP/s on the two cores
+// here (M = 32 .. 128, K = 256 .. 650: the FMA peak) against 110 for the 2 x 8 panel kernel of
+// small_gemm.h.  Each tile holds all four gates of its units, so the epilogue needs nothing
+// from another thread: a step is one parallel pass over unit blocks (one fork/join), where the
+// library GEMM and a separate pointwise pass took two and a round trip of [B, G] through memory.
+// K is summed in blocks of kKBlock (the accuracy rule of gemm.h), the order fixed: results do
+// not depend on the thread count.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <thread>
+#include <cstring>
+#include <vector>
+
+#include "../gates.h"
+#include "layer_rows.h"
+#include "small_gemm.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+constexpr int kFusedRows = 6;  // rows per tile: 4 gates x 6 rows = 24 accumulators
+
+// W_hh [G, K] (rows i, f, g, o of H each) as panels [U][4][K][kLanes], zero past H.
+inline at::Tensor pack_gate_panels(const at::Tensor& w_hh, int64_t H) {
+  const at::Tensor w = w_hh.contiguous();
+  const int64_t K = w.size(1), U = (H + kLanes - 1) / kLanes;
+  at::Tensor out = at::zeros({U, 4, K, kLanes}, w.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, U, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t j0 = u * kLanes, nu = std::min(kLanes, H - j0);
+      for (int64_t g = 0; g < 4; ++g) {
+        float* panel = dst + (u * 4 + g) * K * kLanes;
+        for (int64_t l = 0; l < nu; ++l) {
+          const float* row = src + (g * H + j0 + l) * K;
+          for (int64_t k = 0; k < K; ++k) panel[k * kLanes + l] = row[k];
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// What one step reads and writes.  Rows finished at this step (lengths) carry h and c and
+// emit zeros, as in the unfused forward.
+struct FusedStep {
+  const float* panels{};  // pack_gate_panels(W_hh)
+  const float* a{};       // [B, K]  h_{s-1} * m_s, the GEMM operand
+  const float* xp{};      // [T, B, G]  input projection (bias included)
+  const float* c_prev{};  // [B, H]
+  float* c_new{};         // [B, H]
+  const float* h_prev{};  // [B, R]  h_{s-1}
+  float* h_next{};        // [B, R]  h_s
+  float* hm_next{};       // [B, R]  h_s * m_{s+1} (h_s without a mask), or null at the last step
+  const float* m_next{};  // [B, R]  m_{s+1}, or null
+  float* act{};           // [B, G]  the activated gates (saved for the backward), or null
+  float* y{};             // [T, B, R]
+  ZoneoutWeight<float> zc, zh;
+  const Rows* rows{};
+  int64_t s{}, B{}, H{}, K{};
+};
+
+// The gates of kLanes units of one row: pre-activations x + hh (x with stride xs between
+// gates), the activations to ar (stride as, when SAVE), c~ to cn, h~ = o tanh(c~) to h.
+// A fixed trip count and restrict parameters, so that it vectorises.
+template <bool SAVE>
+__attribute__((always_inline, flatten)) inline void fused_lanes(const float* __restrict x, int64_t xs,
+                                                       const float (*__restrict hh)[kLanes],
+                                                       const float* __restrict cp, float* __restrict ar, int64_t as,
+                                                       float* __restrict cn, float* __restrict h) {
+#pragma GCC ivdep
+  for (int64_t l = 0; l < kLanes; ++l) {
+    float i = x[l] + hh[0][l], fg = x[xs + l] + hh[1][l], g = x[2 * xs + l] + hh[2][l], o = x[3 * xs + l] + hh[3][l];
+    gates::activate(i, fg, g, o);
+    const float c = gates::cell_update(i, fg, g, cp[l]);
+    if constexpr (SAVE) {
+      ar[l] = i;
+      ar[as + l] = fg;
+      ar[2 * as + l] = g;
+      ar[3 * as + l] = o;
+    }
+    cn[l] = c;
+    float tc;
+    h[l] = gates::hidden(o, c, tc);
+  }
+}
+
+// dst[0, n) = src[0, n), n <= kLanes; a whole block as one vector move, not a library call.
+__attribute__((always_inline)) inline void copy_lanes(float* dst, const float* src, int64_t n) {
+  if (n == kLanes) {
+    Vec16 v;
+    std::memcpy(&v, src, sizeof(Vec16));
+    std::memcpy(dst, &v, sizeof(Vec16));
+  } else {
+    std::memcpy(dst, src, sizeof(float) * n);
+  }
+}
+
+// The epilogue of one row b and the units [j0, j0 + nu): hh [4][kLanes] is the GEMM tile.
+template <bool SAVE>
+__attribute__((always_inline)) inline void fused_row(const FusedStep& f, int64_t b, int64_t j0, int64_t nu,
+                                                     const float (*hh)[kLanes]) {
+  const int64_t H = f.H, G = 4 * H, R = f.K;
+  const float* cp = f.c_prev + b * H + j0;
+  float* cn = f.c_new + b * H + j0;
+  const float* hp = f.h_prev + b * R + j0;
+  float* hn = f.h_next + b * R + j0;
+  float* ar = SAVE ? f.act + b * G + j0 : nullptr;
+  if (!f.rows->active(b, f.s)) {  // finished row: carry the state, emit zeros
+    copy_lanes(cn, cp, nu);
+    copy_lanes(hn, hp, nu);
+    std::fill_n(f.y + (f.s * f.B + b) * R + j0, nu, 0.0f);
+    if (SAVE)
+      for (int k = 0; k < 4; ++k) std::fill_n(ar + k * H, nu, 0.0f);
+  } else {
+    const int64_t t = f.rows->pos(b, f.s);
+    const float* xr = f.xp + (t * f.B + b) * G + j0;
+    float* yr = f.y + (t * f.B + b) * R + j0;
+    // the last unit block of an H that is no multiple of kLanes runs on padded copies
+    const bool part = nu < kLanes;
+    float xs[4][kLanes], cs[kLanes], as[4][kLanes], cns[kLanes], hs[kLanes];
+    if (part) {
+      for (int k = 0; k < 4; ++k) {
+        std::fill_n(xs[k], kLanes, 0.0f);
+        std::memcpy(xs[k], xr + k * H, sizeof(float) * nu);
+      }
+      std::fill_n(cs, kLanes, 0.0f);
+      std::memcpy(cs, cp, sizeof(float) * nu);
+    }
+    fused_lanes<SAVE>(part ? xs[0] : xr, part ? kLanes : H, hh, part ? cs : cp, part ? as[0] : ar,
+                      part ? kLanes : H, part ? cns : cn, part ? hs : yr);
+    if (part) {
+      if (SAVE)
+        for (int k = 0; k < 4; ++k) std::memcpy(ar + k * H, as[k], sizeof(float) * nu);
+      std::memcpy(cn, cns, sizeof(float) * nu);
+      std::memcpy(yr, hs, sizeof(float) * nu);
+    }
+    // zoneout: h from c~ first, then both states mix with their previous values
+    if (f.zh.p) zoneout_row(f.zh, f.zh.row(f.s, b) + (f.zh.scalar ? 0 : j0), hp, yr, 0, nu);
+    if (f.zc.p) zoneout_row(f.zc, f.zc.row(f.s, b) + (f.zc.scalar ? 0 : j0), cp, cn, 0, nu);
+    copy_lanes(hn, yr, nu);
+  }
+  if (f.hm_next) {
+    float* hm = f.hm_next + b * R + j0;
+    if (f.m_next) {
+      const float* m = f.m_next + b * R + j0;
+      if (nu == kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) hm[l] = hn[l] * m[l];
+      else
+        for (int64_t l = 0; l < nu; ++l) hm[l] = hn[l] * m[l];
+    } else {
+      copy_lanes(hm, hn, nu);
+    }
+  }
+}
+
+// Rows [b0, b0 + MR) of unit block u: the GEMM tile, then each row's epilogue.
+template <int MR, bool SAVE>
+FUSEDRNN_CPU_CLONES void fused_step_tile(const FusedStep& f, int64_t u, int64_t b0) {
+  const int64_t K = f.K;
+  const float* __restrict pw = f.panels + u * 4 * K * kLanes;
+  const float* __restrict a = f.a + b0 * K;
+  alignas(64) float hh[MR][4][kLanes];
+  for (int64_t kb = 0; kb < K; kb += kKBlock) {
+    const int64_t ke = std::min(K, kb + kKBlock);
+    Vec16 acc[4][MR];
+    for (int g = 0; g < 4; ++g)
+      for (int r = 0; r < MR; ++r) acc[g][r] = Vec16{};
+    for (int64_t k = kb; k < ke; ++k) {
+      Vec16 w[4];
+      for (int g = 0; g < 4; ++g) std::memcpy(&w[g], pw + (g * K + k) * kLanes, sizeof(Vec16));
+      for (int r = 0; r < MR; ++r) {
+        const float ar = a[r * K + k];
+        for (int g = 0; g < 4; ++g) acc[g][r] += ar * w[g];
+      }
+    }
+    for (int r = 0; r < MR; ++r)  // K blocks summed in a fixed order (the accuracy rule)
+      for (int g = 0; g < 4; ++g) {
+        Vec16 v = acc[g][r];
+        if (kb > 0) {
+          Vec16 prev;
+          std::memcpy(&prev, hh[r][g], sizeof(Vec16));
+          v = prev + v;
+        }
+        std::memcpy(hh[r][g], &v, sizeof(Vec16));
+      }
+  }
+  const int64_t j0 = u * kLanes, nu = std::min(kLanes, f.H - j0);
+#pragma GCC unroll 1
+  for (int r = 0; r < MR; ++r) fused_row<SAVE>(f, b0 + r, j0, nu, hh[r]);
+}
+
+using FusedTileFn = void (*)(const FusedStep&, int64_t, int64_t);
+
+template <bool SAVE>
+inline FusedTileFn fused_tile_for(int64_t rows) {
+  static constexpr FusedTileFn fns[kFusedRows] = {fused_step_tile<1, SAVE>, fused_step_tile<2, SAVE>,
+                                                 fused_step_tile<3, SAVE>, fused_step_tile<4, SAVE>,
+                                                 fused_step_tile<5, SAVE>, fused_step_tile<6, SAVE>};
+  return fns[rows - 1];
+}
+
+// The row tiles of B rows: as few as kFusedRows allows, sizes differing by at most one.
+inline std::vector<std::pair<int64_t, int64_t>> fused_row_tiles(int64_t B) {
+  const int64_t n = (B + kFusedRows - 1) / kFusedRows;
+  std::vector<std::pair<int64_t, int64_t>> tiles;
+  for (int64_t i = 0, b0 = 0; i < n; ++i) {
+    const int64_t mr = B / n + (i < B % n);
+    tiles.push_back({b0, mr});
+    b0 += mr;
+  }
+  return tiles;
+}
+
+// A barrier between the steps of one parallel region whose invocations hold slots [0, n):
+// an invocation holding k slots arrives with k, and the last arrival opens the next phase.
+// Its release / acquire order makes every write of a step visible to all in the next.
+class StepBarrier {
+ public:
+  explicit StepBarrier(int64_t n) : n_(n) {}
+  void arrive_and_wait(int64_t k) {
+    const int64_t phase = phase_.load(std::memory_order_acquire);
+    if (count_.fetch_add(k, std::memory_order_acq_rel) + k == n_) {
+      count_.store(0, std::memory_order_relaxed);
+      phase_.store(phase + 1, std::memory_order_release);
+      return;
+    }
+    for (int64_t spin = 0; phase_.load(std::memory_order_acquire) == phase; ++spin) {
+      if (spin < (int64_t{1} << 14)) __builtin_ia32_pause();
+      else std::this_thread::yield();
+    }
+  }
+
+ private:
+  std::atomic<int64_t> count_{0}, phase_{0};
+  const int64_t n_;
+};
+
+// Steps [0, T) of the fused forward; step(s) gives step s's FusedStep.  The unit blocks are
+// split into one static range per thread slot, so a thread keeps its blocks (and their panels
+// in its cache) for the whole call.  With OpenMP, one parallel region runs all steps with a
+// StepBarrier between them (a fork and join per step cost 2-3 us, as much as a whole step at
+// B = 1); at::parallel_for calls the function once per thread of its team, each with its
+// slots, all running at once, or once with every slot (nested, one thread).  Small steps run
+// on the calling thread.
+template <typename StepFn>
+void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step) {
+  const auto tiles = fused_row_tiles(B);
+  const int64_t U = (H + kLanes - 1) / kLanes;
+  auto blocks = [&](const FusedStep& st, int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u)
+      for (const auto& [b0, mr] : tiles) (st.act ? fused_tile_for<true>(mr) : fused_tile_for<false>(mr))(st, u, b0);
+  };
+  const int64_t step_macs = B * 4 * U * kLanes * K;
+  const int64_t slots = std::min<int64_t>(at::get_num_threads(), U);
+  if (slots < 2 || step_macs < (int64_t{1} << 16) || at::in_parallel_region()) {
+    for (int64_t s = 0; s < T; ++s) blocks(step(s), 0, U);
+    return;
+  }
+#if AT_PARALLEL_OPENMP
+  StepBarrier barrier(slots);
+  at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) {
+    const int64_t u0 = U * w0 / slots, u1 = U * w1 / slots;
+    for (int64_t s = 0; s < T; ++s) {
+      blocks(step(s), u0, u1);
+      if (s + 1 < T) barrier.arrive_and_wait(w1 - w0);
+    }
+  });
+#else  // a thread pool may run the slots one after another: a region per step
+  for (int64_t s = 0; s < T; ++s) {
+    const FusedStep st = step(s);
+    at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) { blocks(st, U * w0 / slots, U * w1 / slots); });
+  }
+#endif
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
