@@ -114,6 +114,22 @@ __attribute__((always_inline)) inline void copy_lanes(float* dst, const float* s
   }
 }
 
+// Zoneout of units [j0, j0 + n) of one row (zoneout_mix's formula, inline: a call per block
+// cost more than the mixing): v = z * prev + (1 - z) * v, with z the row zr of weight z.
+__attribute__((always_inline)) inline void zoneout_lanes(const ZoneoutWeight<float>& z, const float* zr, int64_t j0,
+                                                         const float* __restrict prev, float* __restrict v, int64_t n) {
+  if (z.scalar) {
+    const float w = zr[0];
+    for (int64_t l = 0; l < n; ++l) v[l] = w * prev[l] + (1.0f - w) * v[l];
+  } else if (n == kLanes) {
+    const float* __restrict w = zr + j0;
+    for (int64_t l = 0; l < kLanes; ++l) v[l] = w[l] * prev[l] + (1.0f - w[l]) * v[l];
+  } else {
+    const float* __restrict w = zr + j0;
+    for (int64_t l = 0; l < n; ++l) v[l] = w[l] * prev[l] + (1.0f - w[l]) * v[l];
+  }
+}
+
 // The epilogue of one row b and the units [j0, j0 + nu): hh [4][kLanes] is the GEMM tile.
 template <bool SAVE>
 __attribute__((always_inline)) inline void fused_row(const FusedStep& f, int64_t b, int64_t j0, int64_t nu,
@@ -154,8 +170,8 @@ __attribute__((always_inline)) inline void fused_row(const FusedStep& f, int64_t
       std::memcpy(yr, hs, sizeof(float) * nu);
     }
     // zoneout: h from c~ first, then both states mix with their previous values
-    if (f.zh.p) zoneout_row(f.zh, f.zh.row(f.s, b) + (f.zh.scalar ? 0 : j0), hp, yr, 0, nu);
-    if (f.zc.p) zoneout_row(f.zc, f.zc.row(f.s, b) + (f.zc.scalar ? 0 : j0), cp, cn, 0, nu);
+    if (f.zh.p) zoneout_lanes(f.zh, f.zh.row(f.s, b), j0, hp, yr, nu);
+    if (f.zc.p) zoneout_lanes(f.zc, f.zc.row(f.s, b), j0, cp, cn, nu);
     copy_lanes(hn, yr, nu);
   }
   if (f.hm_next) {

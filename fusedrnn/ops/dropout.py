@@ -101,7 +101,9 @@ def zoneout_weights(rates: tuple[float, float], T: int, B: int, H: int, R: int, 
         return Zoneout(None, like.new_full((1, 1, 1), zh).expand(T, B, R))
     if training:
         u = torch.rand((T, B, H + R), dtype=DRAW_DTYPE, device=like.device)
-        return Zoneout((u[..., :H] < zc).to(like.dtype), (u[..., H:] < zh).to(like.dtype))
+        # the comparisons write 0 / 1 in like's dtype directly (one pass each, no bool tensor)
+        return Zoneout(torch.lt(u[..., :H], zc, out=like.new_empty((T, B, H))),
+                       torch.lt(u[..., H:], zh, out=like.new_empty((T, B, R))))
     return Zoneout(like.new_full((1, 1, 1), zc).expand(T, B, H), like.new_full((1, 1, 1), zh).expand(T, B, R))
 
 
