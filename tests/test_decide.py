@@ -266,7 +266,13 @@ def test_unvalidated_kernels_on_a_gpu_warn_once(monkeypatch):
 
 def test_cpu_rules():
     cpu = dict(arch="", device_type="cpu", dtype=torch.float32)
-    assert _rule(**cpu)[0]
+    aten, why = _rule(**cpu)  # a plain float32 LSTM training at B = 16: native, on the records
+    assert not aten and "cpu preset" in why and str(decision.LSTM_NATIVE_MAX_B) in why
+    assert _rule(B=decision.LSTM_NATIVE_MAX_B + 1, **cpu)[0]  # beyond the measured batches: torch's
+    assert _rule(requires_grad=False, **cpu)[0]  # inference: torch's (oneDNN) measures faster
+    assert _rule(training=False, **cpu)[0]  # eval mode: torch's
+    assert _rule(proj=True, **cpu)[0]  # a projection: no fused step
+    assert _rule(arch="", device_type="cpu", dtype=torch.float64)[0]
     assert not _rule(regularized=True, **cpu)[0]
     assert decision.candidates("auto", _cfg(**cpu))[0] == ("native", "reference")
 

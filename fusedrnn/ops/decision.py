@@ -13,7 +13,9 @@ The rules (:func:`module_rule` says which one decided):
   norm, zoneout, weight dropout, an explicit cell mask) or autocast (the fused path keeps c
   in float32) runs the fused ops;
 - a plain cell step runs torch's own cell (the same GEMMs and pointwise kernel);
-- a plain LSTM on the CPU runs torch's own (oneDNN);
+- a plain LSTM on the CPU runs torch's own (oneDNN), except in training (train mode, with
+  gradients) in float32 without a projection at the batch sizes the committed records measure the native
+  kernel faster (:data:`LSTM_NATIVE_MAX_B`); a plain GRU the same way (:data:`GRU_NATIVE_MAX_B`);
 - a plain LSTM on a GPU runs cuDNN unless a committed measurement for that GPU class shows
   a fused design faster at that shape (:mod:`.evidence`); in eval mode with gradients it
   runs fused (cuDNN has no backward in eval mode);
@@ -189,6 +191,16 @@ def explain_config(name: str, cfg: Config, op: str = "recurrence") -> list[tuple
 GRU_NATIVE_MAX_B = 128
 
 
+# The batch size up to which a plain float32 LSTM in training (train mode, gradients; no
+# projection) runs the native kernel on the CPU: the largest of the cpu preset, where the runs since the fused
+# forward step (2026-12-06, git 9f6256d; benchmarks/results/cpu-epyc-2c.jsonl;
+# benchmarks/NOTES.md) have it ahead of torch's LSTM fwd+bwd at every point: 1.09x / 1.04x /
+# 1.23x / 1.03x / 1.10x at B = 1 / 8 / 32 / 64 / 128.  Inference keeps torch's
+# LSTM (0.90-0.95x at B = 8, 32 and 128), and so do eval mode (its forward with gradients is
+# not what the preset measures) and a projection (no fused step).
+LSTM_NATIVE_MAX_B = 128
+
+
 def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: bool) -> tuple[bool, str]:
     """(torch's own module runs, the rule that decided) for a module call ("rnn": an LSTM or
     GRU, "cell": a cell step) whose first layer has configuration ``cfg`` (cfg.cell the cell,
@@ -213,6 +225,11 @@ def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: 
             return False, (f"plain GRU on the CPU at B={cfg.B} <= {GRU_NATIVE_MAX_B} ({mode}): the native kernel "
                            "measures faster than torch's GRU at every batch of the cpu preset up to there (its gru: "
                            "records of 2026-12-06)")
+        if (cfg.cell == CellKind.LSTM and cfg.dtype == torch.float32 and training and cfg.requires_grad
+                and not cfg.proj and cfg.B <= LSTM_NATIVE_MAX_B and unavailable_reason("native", torch.device("cpu")) is None):
+            return False, (f"plain LSTM training on the CPU at B={cfg.B} <= {LSTM_NATIVE_MAX_B}: the native "
+                           "kernel measures faster than torch's LSTM fwd+bwd at every batch of the cpu preset up to "
+                           "there (its records of 2026-12-06, run 9f6256d)")
         if cfg.dtype in (torch.float32, torch.float64):
             return True, f"plain {rnn} on the CPU: torch's own (oneDNN) measures at least as fast"
         return False, f"torch's CPU {rnn} is not the measured path for {cfg.dtype}"
