@@ -256,7 +256,10 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
   const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
   const at::Tensor panels = pack_gate_panels(L.t.w_hh, H);
   float* const h_slot[2] = {f.h_cur, h_alt};
-  auto hm_of = [&](int64_t s) { return f.save ? f.hm + s * B * R : (s & 1) ? hm_alt : f.hm; };
+  // Without a mask or a saved workspace the operand is h_{s-1} itself: no copy of it to write
+  // (each write of a row the other threads have read costs a cross-core invalidation).
+  const bool own_hm = f.save || f.mask;
+  auto hm_of = [&](int64_t s) { return f.save ? f.hm + s * B * R : !f.mask ? h_slot[s & 1] : (s & 1) ? hm_alt : f.hm; };
   auto mask_of = [&](int64_t s) -> const float* {
     return f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
   };
@@ -264,7 +267,8 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
   std::memcpy(f.h_cur, h0p, sizeof(float) * B * R);
   float* hm0 = hm_of(0);
   const float* m0 = mask_of(0);
-  for (int64_t k = 0; k < B * R; ++k) hm0[k] = m0 ? h0p[k] * m0[k] : h0p[k];
+  if (own_hm)
+    for (int64_t k = 0; k < B * R; ++k) hm0[k] = m0 ? h0p[k] * m0[k] : h0p[k];
 
   auto step = [&](int64_t s) {
     const bool last = s + 1 == T_;
@@ -276,7 +280,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
     st.c_new = f.c + (f.save ? s + 1 : (s + 1) & 1) * B * H;
     st.h_prev = h_slot[s & 1];
     st.h_next = h_slot[(s + 1) & 1];
-    st.hm_next = last ? nullptr : hm_of(s + 1);
+    st.hm_next = last || !own_hm ? nullptr : hm_of(s + 1);
     st.m_next = last ? nullptr : mask_of(s + 1);
     st.act = f.save ? f.act + s * B * G : nullptr;
     st.y = f.y;
@@ -328,7 +332,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
   at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused ? 0 : B, G}, opt);
   // the fused step's second buffers of h_s and (without a saved workspace) of h_s * m_{s+1}
-  at::Tensor h_alt = at::empty({fused ? B : 0, R}, opt), hm_alt = at::empty({fused && !save_workspace ? B : 0, R}, opt);
+  at::Tensor h_alt = at::empty({fused ? B : 0, R}, opt), hm_alt = at::empty({fused && !save_workspace && d.mask ? B : 0, R}, opt);
   at::Tensor h_prev = at::empty({d.zoneout ? B : 0, R}, opt);
   at::Tensor hp = at::empty({d.proj ? B : 0, R}, opt);
   at::Tensor stat_scratch = at::empty({2 * G + 2 * H}, opt);

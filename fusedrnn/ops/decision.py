@@ -192,12 +192,13 @@ GRU_NATIVE_MAX_B = 128
 
 
 # The batch size up to which a plain float32 LSTM in training (train mode, gradients; no
-# projection) runs the native kernel on the CPU: the largest of the cpu preset, where the runs since the fused
-# forward step (2026-12-06, git 9f6256d; benchmarks/results/cpu-epyc-2c.jsonl;
-# benchmarks/NOTES.md) have it ahead of torch's LSTM fwd+bwd at every point: 1.09x / 1.04x /
-# 1.23x / 1.03x / 1.10x at B = 1 / 8 / 32 / 64 / 128.  Inference keeps torch's
-# LSTM (0.90-0.95x at B = 8, 32 and 128), and so do eval mode (its forward with gradients is
-# not what the preset measures) and a projection (no fused step).
+# projection) runs the native kernel on the CPU: the largest of the cpu preset, where both
+# runs since the fused forward step (2026-12-06, git 9f6256d and b3658ed;
+# benchmarks/results/cpu-epyc-2c.jsonl; benchmarks/NOTES.md) have it ahead of torch's LSTM
+# fwd+bwd at every point: 1.09-1.10x / 1.04x / 1.21-1.23x / 1.03-1.11x / 1.10-1.12x at
+# B = 1 / 8 / 32 / 64 / 128.  Inference keeps torch's LSTM (0.89-0.95x at B = 8 to 128,
+# 1.14-1.15x at B = 1), and so do eval mode (its forward with gradients is not what the
+# preset measures) and a projection (no fused step).
 LSTM_NATIVE_MAX_B = 128
 
 
@@ -229,7 +230,7 @@ def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: 
                 and not cfg.proj and cfg.B <= LSTM_NATIVE_MAX_B and unavailable_reason("native", torch.device("cpu")) is None):
             return False, (f"plain LSTM training on the CPU at B={cfg.B} <= {LSTM_NATIVE_MAX_B}: the native "
                            "kernel measures faster than torch's LSTM fwd+bwd at every batch of the cpu preset up to "
-                           "there (its records of 2026-12-06, run 9f6256d)")
+                           "there (its records of 2026-12-06, runs 9f6256d and b3658ed)")
         if cfg.dtype in (torch.float32, torch.float64):
             return True, f"plain {rnn} on the CPU: torch's own (oneDNN) measures at least as fast"
         return False, f"torch's CPU {rnn} is not the measured path for {cfg.dtype}"
