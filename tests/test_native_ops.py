@@ -383,13 +383,14 @@ FUSED_CASES = [dict(), dict(mask="shared"), dict(mask="per_step", zoneout=True),
                dict(lengths=True, mask="per_step"), dict(lengths=True, reverse=True, zoneout=True)]
 
 
-@pytest.mark.parametrize("B,H", [(7, 20), (13, 16), (1, 33)], ids=lambda v: str(v))
+@pytest.mark.parametrize("B,H", [(7, 20), (13, 16), (1, 33), (32, 40)], ids=lambda v: str(v))
 @pytest.mark.parametrize("case", FUSED_CASES, ids=_layer_id)
-def test_fused_step_matches_float64(case, B, H):
+def test_fused_step_matches_float64(case, B, H, two_threads):
     """The float32 forward's fused step (GEMM tile + gates, zoneout, finished rows and the next
     step's masked operand in its epilogue; row tiles of up to 6, unit blocks of 16 with a
     partial last one) gives the float64 op's outputs and, through its saved workspace, its
-    gradients; without the workspace the same outputs bit for bit."""
+    gradients; without the workspace the same outputs bit for bit.  B = 32, H = 40 runs the
+    steps in one parallel region on two threads (the smaller ones run on the calling thread)."""
     T = 6
     args64, _ = _layer_args(case, T=T, B=B, H=H, requires_grad=False)
     args64 = list(args64)

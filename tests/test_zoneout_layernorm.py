@@ -348,13 +348,13 @@ def test_fuzz_fused_matches_reference(T_, B_, H_, proj, reverse, lengths, mask, 
 # ---- modules ------------------------------------------------------------------------------------
 
 
+# (layer norm alone and weight dropout alone are subsets of their combinations here: the
+# same draws and kernels, and 12 s of the suite on the Triton interpreter)
 MODULE_OPTIONS = {
     "zoneout": dict(zoneout=0.3),
     "zoneout-pair-var": dict(zoneout=(0.2, 0.5), recurrent_dropout=0.25, variational=True),
     "zoneout-bn": dict(zoneout=0.2, batch_norm=True, bn_max_steps=T),
-    "layer_norm": dict(layer_norm=True),
     "layer_norm-zoneout-wd": dict(layer_norm=True, zoneout=0.15, weight_dropout=0.3),
-    "weight_dropout": dict(weight_dropout=0.4),
     "weight_dropout-rd": dict(weight_dropout=0.3, recurrent_dropout=0.2),
 }
 

@@ -259,7 +259,9 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
   // Without a mask or a saved workspace the operand is h_{s-1} itself: no copy of it to write
   // (each write of a row the other threads have read costs a cross-core invalidation).
   const bool own_hm = f.save || f.mask;
-  auto hm_of = [&](int64_t s) { return f.save ? f.hm + s * B * R : !f.mask ? h_slot[s & 1] : (s & 1) ? hm_alt : f.hm; };
+  auto hm_of = [&](int64_t s) {
+    return f.save ? f.hm + s * B * R : !f.mask ? h_slot[s & 1] : (s & 1) ? hm_alt : f.hm;
+  };
   auto mask_of = [&](int64_t s) -> const float* {
     return f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
   };
@@ -331,8 +333,9 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor ws_hh_hat = new_output({(d.bn || d.ln) ? TW : 0, B, G}, opt);
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
   at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused ? 0 : B, G}, opt);
-  // the fused step's second buffers of h_s and (without a saved workspace) of h_s * m_{s+1}
-  at::Tensor h_alt = at::empty({fused ? B : 0, R}, opt), hm_alt = at::empty({fused && !save_workspace && d.mask ? B : 0, R}, opt);
+  // the fused step's second buffers of h_s and (with a mask, without a saved workspace) of h_s * m_{s+1}
+  at::Tensor h_alt = at::empty({fused ? B : 0, R}, opt);
+  at::Tensor hm_alt = at::empty({fused && !save_workspace && d.mask ? B : 0, R}, opt);
   at::Tensor h_prev = at::empty({d.zoneout ? B : 0, R}, opt);
   at::Tensor hp = at::empty({d.proj ? B : 0, R}, opt);
   at::Tensor stat_scratch = at::empty({2 * G + 2 * H}, opt);

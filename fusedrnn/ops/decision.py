@@ -14,8 +14,9 @@ The rules (:func:`module_rule` says which one decided):
   in float32) runs the fused ops;
 - a plain cell step runs torch's own cell (the same GEMMs and pointwise kernel);
 - a plain LSTM on the CPU runs torch's own (oneDNN), except in training (train mode, with
-  gradients) in float32 without a projection at the batch sizes the committed records measure the native
-  kernel faster (:data:`LSTM_NATIVE_MAX_B`); a plain GRU the same way (:data:`GRU_NATIVE_MAX_B`);
+  gradients) in float32 without a projection at the batch sizes where the committed records
+  measure the native kernel faster (:data:`LSTM_NATIVE_MAX_B`); a plain float32 GRU on the
+  CPU runs the native kernel at B <= :data:`GRU_NATIVE_MAX_B`, in training and in inference;
 - a plain LSTM on a GPU runs cuDNN unless a committed measurement for that GPU class shows
   a fused design faster at that shape (:mod:`.evidence`); in eval mode with gradients it
   runs fused (cuDNN has no backward in eval mode);
@@ -227,7 +228,8 @@ def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: 
                            "measures faster than torch's GRU at every batch of the cpu preset up to there (its gru: "
                            "records of 2026-12-06)")
         if (cfg.cell == CellKind.LSTM and cfg.dtype == torch.float32 and training and cfg.requires_grad
-                and not cfg.proj and cfg.B <= LSTM_NATIVE_MAX_B and unavailable_reason("native", torch.device("cpu")) is None):
+                and not cfg.proj and cfg.B <= LSTM_NATIVE_MAX_B
+                and unavailable_reason("native", torch.device("cpu")) is None):
             return False, (f"plain LSTM training on the CPU at B={cfg.B} <= {LSTM_NATIVE_MAX_B}: the native "
                            "kernel measures faster than torch's LSTM fwd+bwd at every batch of the cpu preset up to "
                            "there (its records of 2026-12-06, runs 9f6256d and b3658ed)")
