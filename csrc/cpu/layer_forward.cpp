@@ -241,9 +241,9 @@ bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
          requested_path() == GemmPath::kOneDnn;
 }
 
-// The forward by fused steps.  h_s and, without a saved workspace, h_s * m_{s+1} alternate
-// between two buffers each (a step reads all of one while it writes the other); h_alt and
-// hm_alt are the second ones.  Returns the buffer holding h_{T-1}.  float32 only.
+// The forward by fused steps.  h_s and (with a mask, without a saved workspace) h_s * m_{s+1}
+// alternate between two buffers each (a step reads all of one while it writes the other);
+// h_alt and hm_alt are the second ones.  Returns the buffer holding h_{T-1}.  float32 only.
 template <typename T>
 const T* layer_forward_fused(const LayerCall&, const at::Tensor&, const FwdBuffers<T>&, T*, T*) {
   TORCH_INTERNAL_ASSERT(false, "fusedrnn: the fused step takes float32");
