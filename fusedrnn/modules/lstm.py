@@ -53,7 +53,8 @@ class LSTM(FusedRNN):
             state_dict) stay unmasked.
         backend (str): "auto" (fastest that supports the configuration), "reference",
             "native", "cuda", "triton", or "aten" (torch's own LSTM, which "auto" picks on
-            the CPU when no regularizer is active; see fusedrnn.explain).
+            the CPU when no regularizer is active, except for float32 training at B <= 128
+            without proj_size, which runs "native"; see fusedrnn.explain).
 
     Inputs: input, (h_0, c_0)
         input: [T, B, I] (or [B, T, I] with batch_first), [T, I] unbatched, or a
