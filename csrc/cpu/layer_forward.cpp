@@ -272,12 +272,21 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
   if (own_hm)
     for (int64_t k = 0; k < B * R; ++k) hm0[k] = m0 ? h0p[k] * m0[k] : h0p[k];
 
+  FusedStep base;  // what every step shares
+  base.panels = panels.data_ptr<float>();
+  base.xp = f.xp;
+  base.y = f.y;
+  base.zc = f.zc;
+  base.zh = f.zh;
+  base.rows = &L.rows;
+  base.B = B;
+  base.H = H;
+  base.K = R;
   auto step = [&](int64_t s) {
     const bool last = s + 1 == T_;
-    FusedStep st;
-    st.panels = panels.data_ptr<float>();
+    FusedStep st = base;
+    st.s = s;
     st.a = hm_of(s);
-    st.xp = f.xp;
     st.c_prev = f.c + (f.save ? s : s & 1) * B * H;
     st.c_new = f.c + (f.save ? s + 1 : (s + 1) & 1) * B * H;
     st.h_prev = h_slot[s & 1];
@@ -285,14 +294,6 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
     st.hm_next = last || !own_hm ? nullptr : hm_of(s + 1);
     st.m_next = last ? nullptr : mask_of(s + 1);
     st.act = f.save ? f.act + s * B * G : nullptr;
-    st.y = f.y;
-    st.zc = f.zc;
-    st.zh = f.zh;
-    st.rows = &L.rows;
-    st.s = s;
-    st.B = B;
-    st.H = H;
-    st.K = R;
     return st;
   };
   fused_steps(T_, B, H, R, step);
@@ -336,7 +337,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   // the fused step's second buffers of h_s and (with a mask, without a saved workspace) of h_s * m_{s+1}
   at::Tensor h_alt = at::empty({fused ? B : 0, R}, opt);
   at::Tensor hm_alt = at::empty({fused && !save_workspace && d.mask ? B : 0, R}, opt);
-  at::Tensor h_prev = at::empty({d.zoneout ? B : 0, R}, opt);
+  at::Tensor h_prev = at::empty({d.zoneout && !fused ? B : 0, R}, opt);  // (the fused step reads its h slots)
   at::Tensor hp = at::empty({d.proj ? B : 0, R}, opt);
   at::Tensor stat_scratch = at::empty({2 * G + 2 * H}, opt);
   ws_c.select(0, 0).copy_(c0);

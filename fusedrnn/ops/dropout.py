@@ -94,14 +94,14 @@ def zoneout_weights(rates: tuple[float, float], T: int, B: int, H: int, R: int, 
     Eval: the rates themselves (the expectation), as expanded views (no memory per step).
     A GRU (``cell``) has one rate, the hidden one, and no c weights: u [T, B, R], c None.
     """
-    zc, zh = rates
+    zc, zh = rates  # (the comparisons write 0 / 1 in like's dtype: one pass each, no bool tensor)
     if cell == CellKind.GRU:
         if training:
-            return Zoneout(None, (torch.rand((T, B, R), dtype=DRAW_DTYPE, device=like.device) < zh).to(like.dtype))
+            u = torch.rand((T, B, R), dtype=DRAW_DTYPE, device=like.device)
+            return Zoneout(None, torch.lt(u, zh, out=like.new_empty((T, B, R))))
         return Zoneout(None, like.new_full((1, 1, 1), zh).expand(T, B, R))
     if training:
         u = torch.rand((T, B, H + R), dtype=DRAW_DTYPE, device=like.device)
-        # the comparisons write 0 / 1 in like's dtype directly (one pass each, no bool tensor)
         return Zoneout(torch.lt(u[..., :H], zc, out=like.new_empty((T, B, H))),
                        torch.lt(u[..., H:], zh, out=like.new_empty((T, B, R))))
     return Zoneout(like.new_full((1, 1, 1), zc).expand(T, B, H), like.new_full((1, 1, 1), zh).expand(T, B, R))
