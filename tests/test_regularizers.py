@@ -185,6 +185,26 @@ def test_weight_mask_rate_in_every_lane(p):
     assert D.weight_mask(p, (3, 5), torch.empty(0, dtype=torch.float64)).shape == (3, 5)
 
 
+@pytest.mark.parametrize("rates", [(0.1, 0.35), (0.0, 0.9)], ids=["0.1-0.35", "0-0.9"])
+def test_zoneout_rates_in_every_lane(rates):
+    """Training zoneout weights are 0 / 1, 1 at the rate in every lane of the 64-bit words
+    they are read from (the flat draw index mod 4; H + R = 202 shifts the lanes row by row),
+    the c and h decisions independent of each other; a GRU draws h alone at its rate."""
+    from fusedrnn.ops import dropout as D
+
+    torch.manual_seed(3)
+    T, B, H = 40, 50, 101
+    z = D.zoneout_weights(rates, T, B, H, H, torch.empty(0), training=True)
+    lane = (torch.arange(T * B * 2 * H) % 4).view(T, B, 2 * H)
+    for w, r, lanes in zip((z.c, z.h), rates, (lane[..., :H], lane[..., H:])):
+        assert w.shape == (T, B, H) and set(torch.unique(w).tolist()) <= {0.0, 1.0}
+        for k in range(4):
+            assert abs(w[lanes == k].mean().item() - r) < 0.01, (r, k)
+    assert abs((z.c * z.h).mean().item() - rates[0] * rates[1]) < 0.005
+    g = D.zoneout_weights(rates, T, B, H, H, torch.empty(0), training=True, cell=D.CellKind.GRU)
+    assert g.c is None and abs(g.h.mean().item() - rates[1]) < 0.005
+
+
 @pytest.mark.skipif(not fusedrnn.backends.compiled.has_kernel("drop_connect", "CPU"), reason="fusedrnn._C not built")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("p", [0.25, 0.7, 0.97])

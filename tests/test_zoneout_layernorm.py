@@ -14,7 +14,6 @@ from torch import nn
 
 import fusedrnn
 from fusedrnn import ops
-from fusedrnn.ops.dropout import DRAW_DTYPE
 from direct import direct_layer
 from helpers import assert_close, grads
 
@@ -388,9 +387,21 @@ def test_same_seed_same_result_on_every_backend(name, training):
             assert_close(a, b, msg=f"{name} {backend or 'default'} {k}")
 
 
+def _zoneout_oracle(T, B, H, rates):
+    """Training zoneout weights (c, h) from the generator's next draw, by their definition:
+    64-bit words uniform over [-2^63, 2^63 - 1), each read as four signed 16-bit lanes from the low bits up, one
+    lane per decision in the order [T, B, c's H units then h's H]; a unit keeps its previous
+    value where its lane is below rate * 2^16 - 2^15."""
+    n = T * B * 2 * H
+    words = torch.randint(-2**63, 2**63 - 1, (-(-n // 4),), dtype=torch.int64)
+    lanes = torch.stack([(words >> (16 * k)) & 0xFFFF for k in range(4)], 1).view(-1)[:n]
+    lanes = torch.where(lanes >= 2**15, lanes - 2**16, lanes).view(T, B, 2 * H)
+    return tuple((part < round(r * 65536) - 32768).to(DT) for part, r in zip((lanes[..., :H], lanes[..., H:]), rates))
+
+
 def test_module_zoneout_against_oracle_with_the_modules_draws():
     """One layer, the default construction: training-mode zoneout is Bernoulli(rate) weights
-    drawn fresh at every step (one uniform draw [T, B, H + R] compared with the rates), and
+    drawn fresh at every step (one draw of 16-bit lanes [T, B, H + R], _zoneout_oracle), and
     eval mode is the expectation."""
     torch.manual_seed(0)
     m = fusedrnn.LSTM(I, H, zoneout=(0.3, 0.6), dtype=DT)
@@ -400,8 +411,7 @@ def test_module_zoneout_against_oracle_with_the_modules_draws():
     torch.manual_seed(1)
     y, (h, c) = m(x)
     torch.manual_seed(1)
-    u = torch.rand(T, B, 2 * H, dtype=DRAW_DTYPE)  # one draw (float32): c's part, then h's
-    zc, zh = (u[..., :H] < 0.3).to(DT), (u[..., H:] < 0.6).to(DT)
+    zc, zh = _zoneout_oracle(T, B, H, (0.3, 0.6))
     ref = direct_layer(*args, zoneout=(zc, zh))
     assert_close(y, ref[0], msg="train y")
     assert_close(c[0], ref[2], msg="train c_n")
@@ -550,8 +560,7 @@ def test_cell_holds_weight_mask_until_reset_and_draws_zoneout_each_step():
     assert torch.equal(wm, wm_ref)
     h = c = torch.zeros(B, H, dtype=DT)
     for t in range(3):
-        u = torch.rand(1, B, 2 * H, dtype=DRAW_DTYPE)
-        zc, zh = (u[..., :H] < 0.3).to(DT), (u[..., H:] < 0.4).to(DT)
+        zc, zh = _zoneout_oracle(1, B, H, (0.3, 0.4))
         _, h, c = direct_layer(x[t:t + 1], h, c, cell.weight_ih, cell.weight_hh * wm_ref, cell.bias_ih,
                                cell.bias_hh, zoneout=(zc, zh))
         assert_close(outs[t][0], h, msg=f"h step {t}")
