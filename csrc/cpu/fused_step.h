@@ -30,6 +30,7 @@
 
 #include "../gates.h"
 #include "layer_rows.h"
+#include "gemm.h"
 #include "small_gemm.h"
 
 namespace fusedrnn {
@@ -188,13 +189,11 @@ __attribute__((always_inline)) inline void fused_row(const FusedStep& f, int64_t
   }
 }
 
-// Rows [b0, b0 + MR) of unit block u: the GEMM tile, then each row's epilogue.
-template <int MR, bool SAVE>
-FUSEDRNN_CPU_CLONES void fused_step_tile(const FusedStep& f, int64_t u, int64_t b0) {
-  const int64_t K = f.K;
-  const float* __restrict pw = f.panels + u * 4 * K * kLanes;
-  const float* __restrict a = f.a + b0 * K;
-  alignas(64) float hh[MR][4][kLanes];
+// The register tile: hh[r][q] = sum_k a[r * lda + k] * pw[(q * K + k) * kLanes ...] for rows
+// r < MR and the four panels q of pw ([4][K][kLanes]), K summed in blocks of kKBlock.
+template <int MR>
+__attribute__((always_inline)) inline void tile_product(const float* __restrict pw, const float* __restrict a,
+                                                        int64_t lda, int64_t K, float (*hh)[4][kLanes]) {
   for (int64_t kb = 0; kb < K; kb += kKBlock) {
     const int64_t ke = std::min(K, kb + kKBlock);
     Vec16 acc[4][MR];
@@ -204,7 +203,7 @@ FUSEDRNN_CPU_CLONES void fused_step_tile(const FusedStep& f, int64_t u, int64_t 
       Vec16 w[4];
       for (int g = 0; g < 4; ++g) std::memcpy(&w[g], pw + (g * K + k) * kLanes, sizeof(Vec16));
       for (int r = 0; r < MR; ++r) {
-        const float ar = a[r * K + k];
+        const float ar = a[r * lda + k];
         for (int g = 0; g < 4; ++g) acc[g][r] += ar * w[g];
       }
     }
@@ -219,6 +218,13 @@ FUSEDRNN_CPU_CLONES void fused_step_tile(const FusedStep& f, int64_t u, int64_t 
         std::memcpy(hh[r][g], &v, sizeof(Vec16));
       }
   }
+}
+
+// Rows [b0, b0 + MR) of unit block u: the GEMM tile, then each row's epilogue.
+template <int MR, bool SAVE>
+FUSEDRNN_CPU_CLONES void fused_step_tile(const FusedStep& f, int64_t u, int64_t b0) {
+  alignas(64) float hh[MR][4][kLanes];
+  tile_product<MR>(f.panels + u * 4 * f.K * kLanes, f.a + b0 * f.K, f.K, f.K, hh);
   const int64_t j0 = u * kLanes, nu = std::min(kLanes, f.H - j0);
 #pragma GCC unroll 1
   for (int r = 0; r < MR; ++r) fused_row<SAVE>(f, b0 + r, j0, nu, hh[r]);
@@ -304,6 +310,48 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
   for (int64_t s = 0; s < T; ++s) {
     const FusedStep st = step(s);
     at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) { blocks(st, U * w0 / slots, U * w1 / slots); });
+  }
+#endif
+}
+
+// Whether the layer op runs fused steps (the forward above, the backward's in
+// layer_backward.cpp): float32 without a norm or a projection, on the default GEMM path
+// (FUSEDRNN_CPU_GEMM forces the library GEMMs), with enough steps to pay for packing W_hh.
+inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
+  return dtype == at::kFloat && !d.bn && !d.ln && !d.proj && d.T >= kSmallMinSteps &&
+         requested_path() == GemmPath::kOneDnn;
+}
+
+// Steps hi down to lo of the fused backward over NG groups of 4 x kLanes units: per step,
+// phase_a(s, g0, g1) (the gate gradients of the units of groups [g0, g1), all rows), then,
+// once every slot has finished it, phase_b(s, g0, g1) (dL/dh_{s-1} of the same columns: its
+// GEMM reads every unit's gate gradients).  No barrier between phase_b(s) and phase_a(s - 1):
+// a slot's phase_a reads only what its own phase_b wrote.  One region as in fused_steps.
+template <typename PhaseA, typename PhaseB>
+void fused_backward_steps(int64_t hi, int64_t lo, int64_t NG, int64_t step_macs, const PhaseA& phase_a,
+                          const PhaseB& phase_b) {
+  const int64_t slots = std::min<int64_t>(at::get_num_threads(), NG);
+  if (slots < 2 || step_macs < (int64_t{1} << 16) || at::in_parallel_region()) {
+    for (int64_t s = hi; s >= lo; --s) {
+      phase_a(s, 0, NG);
+      phase_b(s, 0, NG);
+    }
+    return;
+  }
+#if AT_PARALLEL_OPENMP
+  StepBarrier barrier(slots);
+  at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) {
+    const int64_t g0 = NG * w0 / slots, g1 = NG * w1 / slots;
+    for (int64_t s = hi; s >= lo; --s) {
+      phase_a(s, g0, g1);
+      barrier.arrive_and_wait(w1 - w0);
+      phase_b(s, g0, g1);
+    }
+  });
+#else  // a region per phase (see fused_steps)
+  for (int64_t s = hi; s >= lo; --s) {
+    at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) { phase_a(s, NG * w0 / slots, NG * w1 / slots); });
+    at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) { phase_b(s, NG * w0 / slots, NG * w1 / slots); });
   }
 #endif
 }

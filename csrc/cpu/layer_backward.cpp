@@ -4,10 +4,14 @@
 // G = 4H gate columns (i, f, g, o), S running-statistics slots.  s is the step (processing
 // order, from T - 1 down); t = pos(b, s) the time position it reads/writes.
 //
-// Mirrors the forward (layer_forward.cpp): per step the fused pointwise pass of the gate
-// gradients (N_c, cell, N_h backward, zoneout), then one GEMM for dh (and one with W_hr under a
-// projection); the weight gradients are single GEMMs after the loop (dW_hh in chunks of steps
-// when dL/dhh lives in a ring).  No allocation inside the loop.  float32 and float64.
+// Mirrors the forward (layer_forward.cpp).  float32 without a norm or a projection runs fused
+// steps (layer_backward_fused): each thread forms the gate gradients of its units, and after
+// one barrier the register tile of fused_step.h multiplies them by W_hh into dL/dh_{s-1} of the
+// same units, the mask and zoneout in its epilogue; all steps in one parallel region.
+// Otherwise, per step, the fused pointwise pass of the gate gradients (N_c, cell, N_h
+// backward, zoneout), then one GEMM for dh (and one with W_hr under a projection).  The
+// weight gradients are single GEMMs after the loop (dW_hh in chunks of steps when dL/dhh
+// lives in a ring).  No allocation inside the loop.  float32 and float64.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -20,6 +24,7 @@
 
 #include "../gates.h"
 #include "../ops.h"
+#include "fused_step.h"
 #include "layer_rows.h"
 
 namespace fusedrnn {
@@ -122,6 +127,45 @@ FUSEDRNN_CPU_CLONES void bwd_gates_row_ln(const T* __restrict ar, const T* __res
   }
 }
 
+// Rows [b0, b0 + MR) of the columns [j0, j0 + 4 kLanes) of dL/dh_{s-1}: the register tile
+// over the gate gradients dhh (row stride G = K) and the group's panels pw of W_hh, then the
+// carry of each active row, (tile * m_s) + the zoned-out part of dL/dh_s; finished rows keep
+// theirs.  Columns past R are padding.
+template <int MR>
+FUSEDRNN_CPU_CLONES void backward_tile(const float* pw, const float* dhh, int64_t K, const Rows& rows, int64_t s,
+                                       int64_t b0, int64_t j0, int64_t R, const float* m, const float* dh_zone,
+                                       float* dh_carry) {
+  alignas(64) float t[MR][4][kLanes];
+  tile_product<MR>(pw, dhh, K, K, t);
+  const int64_t n = std::min(4 * kLanes, R - j0);
+#pragma GCC unroll 1
+  for (int r = 0; r < MR; ++r) {
+    const int64_t b = b0 + r;
+    if (!rows.active(b, s)) continue;
+    const float* v = &t[r][0][0];
+    float* out = dh_carry + b * R + j0;
+    const float* mr = m ? m + b * R + j0 : nullptr;
+    const float* zr = dh_zone ? dh_zone + b * R + j0 : nullptr;
+    if (mr && zr)
+      for (int64_t j = 0; j < n; ++j) out[j] = v[j] * mr[j] + zr[j];
+    else if (mr)
+      for (int64_t j = 0; j < n; ++j) out[j] = v[j] * mr[j];
+    else if (zr)
+      for (int64_t j = 0; j < n; ++j) out[j] = v[j] + zr[j];
+    else
+      std::memcpy(out, v, sizeof(float) * n);
+  }
+}
+
+using BackwardTileFn = void (*)(const float*, const float*, int64_t, const Rows&, int64_t, int64_t, int64_t, int64_t,
+                                const float*, const float*, float*);
+
+inline BackwardTileFn backward_tile_for(int64_t rows) {
+  static constexpr BackwardTileFn fns[kFusedRows] = {backward_tile<1>, backward_tile<2>, backward_tile<3>,
+                                                     backward_tile<4>, backward_tile<5>, backward_tile<6>};
+  return fns[rows - 1];
+}
+
 // What backward_pointwise reads and writes besides the parameters: the gradients, the saved
 // statistics and workspace, and the per-step scratch of one call (set up by
 // lstm_layer_backward_cpu).
@@ -164,6 +208,7 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   const T* hh_hat = (d.bn || d.ln) ? f.hh_hat + s * B * G : nullptr;
   T* dhh = f.dhh + (s % f.dhh_slots) * B * G;
   const bool copy_dhh = f.dhh != f.grad_xp;
+  auto dhh_of = [&](int64_t s) { return f.dhh + (s % f.dhh_slots) * B * G; };
   const int64_t n = rows.count(s);
   const T n_bn = bn_train ? T(n) : T(0);  // 0 selects the eval formula in bn_backward
 
@@ -258,6 +303,71 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   });
 }
 
+// The backward by fused steps (float32, the configurations of use_fused_step): per step the
+// gate gradients of each thread's units (phase a), then dL/dh_{s-1} = (dL/dhh W_hh) * m_s of
+// the same units' columns by the register tile of fused_step.h, the carry written in its
+// epilogue (phase b); steps hi down to lo in one parallel region.  Step s's [B, G] gate
+// gradients go to grad_xp and, when dhh is a ring of its own, to its slot s % dhh_slots.
+// panels: W_hh [G, R] packed by pack_panels in groups of four panels.
+template <typename T>
+void layer_backward_fused(const LayerCall&, const BwdBuffers<T>&, const at::Tensor&, int64_t, int64_t) {
+  TORCH_INTERNAL_ASSERT(false, "fusedrnn: the fused step takes float32");
+}
+
+template <>
+void layer_backward_fused(const LayerCall& L, const BwdBuffers<float>& f, const at::Tensor& panels, int64_t hi,
+                          int64_t lo) {
+  const LayerDims& d = L.d;
+  const Rows& rows = L.rows;
+  const int64_t B = d.B, H = d.H, G = d.G, R = d.R;  // R == H: no projection here
+  const int64_t NG = (R + 4 * kLanes - 1) / (4 * kLanes);
+  const bool copy_dhh = f.dhh != f.grad_xp;
+  auto dhh_of = [&](int64_t s) { return f.dhh + (s % f.dhh_slots) * B * G; };
+  const auto tiles = fused_row_tiles(B);
+  const float* pw = panels.data_ptr<float>();
+  auto phase_a = [&](int64_t s, int64_t g0, int64_t g1) {
+    const int64_t j0 = g0 * 4 * kLanes, j1 = std::min(H, g1 * 4 * kLanes), w = j1 - j0;
+    if (w <= 0) return;
+    const float* act = f.act + s * B * G;
+    const float* c_prev = f.c + s * B * H;
+    const float* c_cur = f.zc.p ? f.c_til : f.c + (s + 1) * B * H;
+    float* dhh = dhh_of(s);
+    for (int64_t b = 0; b < B; ++b) {
+      if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
+        for (int k = 0; k < 4; ++k) {
+          std::fill_n(f.grad_xp + (s * B + b) * G + k * H + j0, w, 0.0f);
+          if (copy_dhh) std::fill_n(dhh + b * G + k * H + j0, w, 0.0f);
+        }
+        continue;
+      }
+      float* dh = f.dh_cur + b * R;
+      const float* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
+      for (int64_t j = j0; j < j1; ++j) dh[j] = gy[j] + f.dh_carry[b * R + j];
+      if (f.zh.p) zoneout_split(f.zh, f.zh.row(s, b), dh, f.dh_zone + b * R, j0, j1);
+      if (f.zc.p) {
+        cell_candidates(act + b * G, c_prev + b * H, f.c_til + b * H, H, j0, j1);
+        zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + b * H, f.dc_zone + b * H, j0, j1);
+      }
+      const auto args = std::make_tuple(act + b * G, c_prev + b * H, c_cur + b * H, dh, f.dc_carry + b * H,
+                                        f.grad_xp + (rows.pos(b, s) * B + b) * G, dhh + b * G, nullptr, nullptr,
+                                        nullptr, nullptr, nullptr, nullptr, 0.0f, H, j0, j1);
+      if (copy_dhh) std::apply(bwd_gates_row<float, false, true>, args);
+      else std::apply(bwd_gates_row<float, false, false>, args);
+      if (f.zc.p)
+        for (int64_t j = j0; j < j1; ++j) f.dc_carry[b * H + j] += f.dc_zone[b * H + j];
+    }
+  };
+  auto phase_b = [&](int64_t s, int64_t g0, int64_t g1) {
+    const float* dhh = dhh_of(s);
+    const float* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
+    for (int64_t g = g0; g < g1; ++g)
+      for (const auto& [b0, mr] : tiles)
+        backward_tile_for(mr)(pw + g * 4 * G * kLanes, dhh + b0 * G, G, rows, s, b0, g * 4 * kLanes, R, m,
+                              f.zh.p ? f.dh_zone : nullptr, f.dh_carry);
+  };
+  fused_backward_steps(hi, lo, NG, B * G * NG * 4 * kLanes, phase_a, phase_b);
+}
+
 }  // namespace
 
 LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& grad_h_n,
@@ -276,7 +386,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T_ && ws_c.size(0) == T_ + 1 &&
                   ws_hm.size(0) == T_,
               "fusedrnn: lstm_layer_backward needs the full workspace (save_workspace=True)");
-  cpu::LayerCall L(dims, a, /*forward=*/false);
+  const bool fused = use_fused_step(dims, grad_y_in.scalar_type());
+  cpu::LayerCall L(dims, a, /*forward=*/false, /*with_hh=*/!fused);
   const LayerDims& d = L.d;
   const Rows& rows = L.rows;
   const int64_t G = d.G, H = d.H, R = d.R, P = d.P, S = d.S;
@@ -323,6 +434,22 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     if (d.zoneout || d.ln) carve(carve(zone.data_ptr<T>(), B * R, f.dh_zone), B * H, f.dc_zone, f.c_til);
     if (d.ln) carve(ln_scratch.data_ptr<T>(), B * H, f.ln_do, f.ln_dy, f.ln_chat, f.ln_dc);
     f.set_scratch(scratch.data_ptr<T>(), G, H);
+
+    if (fused) {  // chunks of steps (all of them with alias), each chunk's dW_hh after it
+      const at::Tensor panels = cpu::pack_panels(L.t.w_hh, /*trans=*/false, /*multiple=*/4);
+      for (int64_t hi = T_ - 1; hi >= 0;) {
+        const int64_t lo = alias ? 0 : hi / slots * slots;
+        layer_backward_fused<T>(L, f, panels, hi, lo);
+        if (!alias) {
+          const int64_t n = hi + 1 - lo;
+          cpu::matmul(dhh.narrow(0, 0, n).view({n * B, G}).t(), hm.narrow(0, lo, n).view({n * B, R}), grad_w_hh,
+                      /*accumulate=*/w_hh_written);
+          w_hh_written = true;
+        }
+        hi = lo - 1;
+      }
+      return;
+    }
 
     for (int64_t s = T_ - 1; s >= 0; --s) {
       // dL/dh_s: from the output at this step plus what flows back from step s + 1

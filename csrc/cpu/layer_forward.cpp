@@ -233,14 +233,6 @@ void layer_forward(LayerCall& L, const at::Tensor& h0, FwdBuffers<T>& f, at::Ten
   }
 }
 
-// Whether the forward runs the fused step (fused_step.h): float32 without a norm or a
-// projection, on the default GEMM path (FUSEDRNN_CPU_GEMM forces the library GEMMs), with
-// enough steps to pay for packing W_hh.
-bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
-  return dtype == at::kFloat && !d.bn && !d.ln && !d.proj && d.T >= kSmallMinSteps &&
-         requested_path() == GemmPath::kOneDnn;
-}
-
 // The forward by fused steps.  h_s and (with a mask, without a saved workspace) h_s * m_{s+1}
 // alternate between two buffers each (a step reads all of one while it writes the other);
 // h_alt and hm_alt are the second ones.  Returns the buffer holding h_{T-1}.  float32 only.

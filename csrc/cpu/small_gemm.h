@@ -37,18 +37,18 @@ constexpr int kRowTile = 8;         // rows per pass: 2 x 8 accumulators
 
 using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
 
-// Pack B (op(w): w [N, K] when trans, else w [K, N]) into panels [ceil(N / kLanes)][K][kLanes],
-// zero-padded past N.
-inline at::Tensor pack_panels(const at::Tensor& w, bool trans) {
+// Pack B (op(w): w [N, K] when trans, else w [K, N]) into panels [P][K][kLanes], zero-padded
+// past N; P = ceil(N / kLanes), rounded up to a multiple of `multiple`.
+inline at::Tensor pack_panels(const at::Tensor& w, bool trans, int64_t multiple = 1) {
   const at::Tensor wc = w.contiguous();
   const int64_t N = trans ? wc.size(0) : wc.size(1), K = trans ? wc.size(1) : wc.size(0);
-  const int64_t P = (N + kLanes - 1) / kLanes;
+  const int64_t P = ((N + kLanes - 1) / kLanes + multiple - 1) / multiple * multiple;
   at::Tensor out = at::zeros({P, K, kLanes}, wc.options());
   const float* src = wc.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n0 = p * kLanes, nl = std::min(kLanes, N - n0);
+      const int64_t n0 = p * kLanes, nl = std::max<int64_t>(0, std::min(kLanes, N - n0));
       float* panel = dst + p * K * kLanes;
       for (int64_t k = 0; k < K; ++k)
         for (int64_t l = 0; l < nl; ++l) panel[k * kLanes + l] = trans ? src[(n0 + l) * K + k] : src[k * N + n0 + l];
