@@ -380,20 +380,24 @@ def test_gemm_paths_agree_with_float64(B, H, T, path, monkeypatch):
 
 
 FUSED_CASES = [dict(), dict(mask="shared"), dict(mask="per_step", zoneout=True), dict(zoneout="eval", reverse=True),
-               dict(lengths=True, mask="per_step"), dict(lengths=True, reverse=True, zoneout=True)]
+               dict(lengths=True, mask="per_step"), dict(lengths=True, reverse=True, zoneout=True), dict(bn="train"),
+               dict(bn="eval", mask="per_step", reverse=True), dict(bn="train", lengths=True, zoneout=True, mask="shared")]
 
 
 @pytest.mark.parametrize("B,H", [(7, 20), (13, 16), (1, 33), (32, 72)], ids=lambda v: str(v))
 @pytest.mark.parametrize("case", FUSED_CASES, ids=_layer_id)
 def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
     """The float32 fused steps against the float64 op, by the float32 rule: each output's error
-    at most twice that of the unfused op on the library GEMMs (FUSEDRNN_CPU_GEMM=mkl), plus a
-    few ulps of its scale.  The forward's (GEMM tile + gates, zoneout, finished rows and the
+    at most twice that of the unfused op on the library GEMMs (FUSEDRNN_CPU_GEMM=mkl), plus
+    32 ulps of its scale (batch norm over 6 or 7 rows amplifies roundings: either path's
+    gradient error is 2-5x the other's, case by case).  The forward's (GEMM tile + gates, zoneout, finished rows and the
     next step's masked operand in its epilogue; row tiles of up to 6, unit blocks of 16 with a
     partial last one): y, h_n, c_n, and without the workspace the same outputs bit for bit.  The
     backward's (gate gradients of each thread's units, then the tile over them with W_hh, the
     mask and zoneout in its epilogue; groups of 64 columns with a partial last one): the
-    gradients of xp, h0, c0 and W_hh.  B = 32, H = 72 runs both in one parallel region on two
+    gradients of xp, h0, c0 and W_hh.  Batch norm (forward only): per unit block after its
+    tiles, the statistics in training (compared too, and through the unfused backward that reads
+    them with x_hat) or the running ones in eval.  B = 32, H = 72 runs both in one parallel region on two
     threads (the smaller ones on the calling thread), over T = 20 steps (gradients grow to ~1e3
     with a mask): with lengths or reverse the backward's ring of 16 steps takes two chunks."""
     T = 20 if B == 32 else 6
@@ -410,7 +414,7 @@ def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
     def run32():
         out = torch.ops.fusedrnn.lstm_layer_forward(*args32)
         grads = torch.ops.fusedrnn.lstm_layer_backward(*[t.float() for t in grads_in], *_params(args32), *out[3:])
-        return list(out[:3]) + list(grads[:4])  # y, h_n, c_n; xp, h0, c0, w_hh
+        return list(out[:5]) + list(grads[:4])  # y, h_n, c_n, BN's statistics; xp, h0, c0, w_hh
 
     fused = run32()
     lean = torch.ops.fusedrnn.lstm_layer_forward(*args32[:-1], False)
@@ -418,10 +422,12 @@ def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
         assert torch.equal(a, c)
     monkeypatch.setenv("FUSEDRNN_CPU_GEMM", "mkl")
     lib = run32()
-    names = ("y", "h_n", "c_n", "d_xp", "d_h0", "d_c0", "d_w_hh")
-    for name, a, l, b in zip(names, fused, lib, list(out64[:3]) + list(g64[:4])):
+    names = ("y", "h_n", "c_n", "h_stats", "c_stats", "d_xp", "d_h0", "d_c0", "d_w_hh")
+    for name, a, l, b in zip(names, fused, lib, list(out64[:5]) + list(g64[:4])):
+        if b.numel() == 0:
+            continue
         err, err_lib = ((t.double() - b).abs().max().item() for t in (a, l))
-        assert err <= 2 * err_lib + 1e-6 * b.abs().max().item(), (name, err, err_lib)
+        assert err <= 2 * err_lib + 4e-6 * b.abs().max().item(), (name, err, err_lib)
 
 
 THREAD_OPTIONS = [dict(), dict(recurrent_dropout=0.3, variational=True, batch_norm=True),

@@ -60,6 +60,21 @@ inline at::Tensor pack_gate_panels(const at::Tensor& w_hh, int64_t H) {
   return out;
 }
 
+// Recurrent batch norm in the fused step: BN_h of the W_hh product and BN_c of c~, per column
+// over the rows active at the step.  A unit block's columns are one thread's for the whole
+// step, so its statistics need nothing from another thread: the block's tiles write their
+// products to hh, then one pass over its rows normalises them (fused_bn_block).
+struct FusedBN {
+  float* hh{};                     // [B, G]  the step's h W_hh^T (the tiles' output)
+  float* hh_hat{};                 // [T, B, G]  BN_h's x_hat (saved with the workspace), or null
+  float *h_stats{}, *c_stats{};    // [T, 2, G], [T, 2, H]  (mean, biased var), in training
+  const float *gamma_h{}, *gamma_c{}, *beta_c{};
+  const float *rm_h{}, *rv_h{}, *rm_c{}, *rv_c{};  // [S, G], [S, H]  running statistics (eval)
+  int64_t step_offset{}, S{1};
+  bool train{};
+  float eps{};
+};
+
 // What one step reads and writes.  Rows finished at this step (lengths) carry h and c and
 // emit zeros, as in the unfused forward.
 struct FusedStep {
@@ -76,6 +91,7 @@ struct FusedStep {
   float* y{};             // [T, B, R]
   ZoneoutWeight<float> zc, zh;
   const Rows* rows{};
+  const FusedBN* bn{};    // batch norm, or null
   int64_t s{}, B{}, H{}, K{};
 };
 
@@ -115,6 +131,16 @@ __attribute__((always_inline)) inline void copy_lanes(float* dst, const float* s
   }
 }
 
+// dst[0, kLanes) = src[0, n), zero past n.
+__attribute__((always_inline)) inline void load_lanes(float* dst, const float* src, int64_t n) {
+  if (n == kLanes) {
+    copy_lanes(dst, src, n);
+  } else {
+    std::fill_n(dst, kLanes, 0.0f);
+    std::memcpy(dst, src, sizeof(float) * n);
+  }
+}
+
 // Zoneout of units [j0, j0 + n) of one row (zoneout_mix's formula, inline: a call per block
 // cost more than the mixing): v = z * prev + (1 - z) * v, with z the row zr of weight z.
 __attribute__((always_inline)) inline void zoneout_lanes(const ZoneoutWeight<float>& z, const float* zr, int64_t j0,
@@ -128,6 +154,23 @@ __attribute__((always_inline)) inline void zoneout_lanes(const ZoneoutWeight<flo
   } else {
     const float* __restrict w = zr + j0;
     for (int64_t l = 0; l < n; ++l) v[l] = w[l] * prev[l] + (1.0f - w[l]) * v[l];
+  }
+}
+
+// The next step's operand of row b, units [j0, j0 + nu): h_s * m_{s+1} (h_s without a mask).
+__attribute__((always_inline)) inline void next_operand(const FusedStep& f, int64_t b, int64_t j0, int64_t nu) {
+  if (!f.hm_next) return;
+  const int64_t R = f.K;
+  const float* hn = f.h_next + b * R + j0;
+  float* hm = f.hm_next + b * R + j0;
+  if (f.m_next) {
+    const float* m = f.m_next + b * R + j0;
+    if (nu == kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) hm[l] = hn[l] * m[l];
+    else
+      for (int64_t l = 0; l < nu; ++l) hm[l] = hn[l] * m[l];
+  } else {
+    copy_lanes(hm, hn, nu);
   }
 }
 
@@ -175,18 +218,135 @@ __attribute__((always_inline)) inline void fused_row(const FusedStep& f, int64_t
     if (f.zc.p) zoneout_lanes(f.zc, f.zc.row(f.s, b), j0, cp, cn, nu);
     copy_lanes(hn, yr, nu);
   }
-  if (f.hm_next) {
-    float* hm = f.hm_next + b * R + j0;
-    if (f.m_next) {
-      const float* m = f.m_next + b * R + j0;
-      if (nu == kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) hm[l] = hn[l] * m[l];
-      else
-        for (int64_t l = 0; l < nu; ++l) hm[l] = hn[l] * m[l];
-    } else {
-      copy_lanes(hm, hn, nu);
-    }
+  next_operand(f, b, j0, nu);
+}
+
+// Batch-norm statistics of N columns (N = kLanes when FULL, else nu), stride ld between the B
+// rows of v, over the rows active at step s (as column_stats: the mean, then the mean square
+// deviation, each summed in row order); saved to stats [T, 2, W] at column c0 in training, else
+// read from the running statistics' slot.  Gives the mean and rstd = 1 / sqrt(var + eps).
+template <bool FULL>
+__attribute__((always_inline)) inline void fused_bn_stats(const FusedStep& f, const FusedBN& n,
+                                                          const float* __restrict v, int64_t ld, float* stats,
+                                                          const float* rm, const float* rv, int64_t W, int64_t c0,
+                                                          int64_t nu, float* __restrict mean, float* __restrict rstd) {
+  const int64_t N = FULL ? kLanes : nu, s = f.s;
+  float var[kLanes];
+  if (n.train) {
+    const int64_t cnt = f.rows->count(s);
+    const float inv_n = cnt > 0 ? 1.0f / float(cnt) : 0.0f;
+    for (int64_t l = 0; l < N; ++l) mean[l] = var[l] = 0.0f;
+    for (int64_t b = 0; b < f.B; ++b)
+      if (f.rows->active(b, s))
+        for (int64_t l = 0; l < N; ++l) mean[l] += v[b * ld + l];
+    for (int64_t l = 0; l < N; ++l) mean[l] *= inv_n;
+    for (int64_t b = 0; b < f.B; ++b)
+      if (f.rows->active(b, s))
+        for (int64_t l = 0; l < N; ++l) {
+          const float d = v[b * ld + l] - mean[l];
+          var[l] += d * d;
+        }
+    for (int64_t l = 0; l < N; ++l) var[l] *= inv_n;
+    std::memcpy(stats + (s * 2) * W + c0, mean, sizeof(float) * N);
+    std::memcpy(stats + (s * 2 + 1) * W + c0, var, sizeof(float) * N);
+  } else {
+    const int64_t slot = std::min(n.step_offset + s, n.S - 1);
+    std::memcpy(mean, rm + slot * W + c0, sizeof(float) * N);
+    std::memcpy(var, rv + slot * W + c0, sizeof(float) * N);
   }
+  for (int64_t l = 0; l < N; ++l) rstd[l] = gates::rsqrt_(var[l] + n.eps);
+}
+
+// Unit block u of a step under batch norm, after its tiles wrote h W_hh^T to n.hh: BN_h's
+// statistics, then per row the gates from x + gamma_h x_hat and c~; BN_c's statistics of c~,
+// then per row h = o tanh(gamma_c c_hat + beta_c), zoneout, y and the next operand.  The
+// activated o waits in hh's o columns between the two passes.  FULL: a whole block of kLanes
+// units (the statistics' loops with fixed trip counts), else the nu of the last one.
+template <bool SAVE, bool FULL>
+__attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, int64_t u) {
+  const FusedBN& n = *f.bn;
+  const int64_t H = f.H, G = 4 * H, R = f.K, B = f.B, s = f.s;
+  const int64_t j0 = u * kLanes, nu = std::min(kLanes, H - j0), N = FULL ? kLanes : nu;
+  const Rows& rows = *f.rows;
+  float mean[4][kLanes], rstd[4][kLanes];
+  for (int q = 0; q < 4; ++q)
+    fused_bn_stats<FULL>(f, n, n.hh + q * H + j0, G, n.h_stats, n.rm_h, n.rv_h, G, q * H + j0, nu, mean[q], rstd[q]);
+  float* hh_hat = SAVE ? n.hh_hat + s * B * G : nullptr;
+#pragma GCC unroll 1
+  for (int64_t b = 0; b < B; ++b) {
+    const float* cp = f.c_prev + b * H + j0;
+    float* cn = f.c_new + b * H + j0;
+    float* hb = n.hh + b * G + j0;
+    if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
+      copy_lanes(cn, cp, nu);
+      copy_lanes(f.h_next + b * R + j0, f.h_prev + b * R + j0, nu);
+      std::fill_n(f.y + (s * B + b) * R + j0, nu, 0.0f);
+      if (SAVE)
+        for (int q = 0; q < 4; ++q) {
+          std::fill_n(f.act + b * G + q * H + j0, nu, 0.0f);
+          std::fill_n(hh_hat + b * G + q * H + j0, nu, 0.0f);
+        }
+      continue;
+    }
+    // kLanes lanes on local copies, zero past nu: the gate functions run the same vector code
+    // for every block (a scalar expf in a partial block's tail would round differently)
+    const float* xr = f.xp + (rows.pos(b, s) * B + b) * G + j0;
+    float x[4][kLanes], hv[4][kLanes], gh[4][kLanes], cpv[kLanes], pre[4][kLanes], xh[4][kLanes], cv[kLanes];
+    for (int q = 0; q < 4; ++q) {
+      load_lanes(x[q], xr + q * H, nu);
+      load_lanes(hv[q], hb + q * H, nu);
+      load_lanes(gh[q], n.gamma_h + q * H + j0, nu);
+    }
+    load_lanes(cpv, cp, nu);
+    for (int q = 0; q < 4; ++q)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        xh[q][l] = gates::bn_normalize(hv[q][l], mean[q][l], rstd[q][l]);
+        pre[q][l] = x[q][l] + gh[q][l] * xh[q][l];
+      }
+    for (int64_t l = 0; l < kLanes; ++l) {
+      gates::activate(pre[0][l], pre[1][l], pre[2][l], pre[3][l]);
+      cv[l] = gates::cell_update(pre[0][l], pre[1][l], pre[2][l], cpv[l]);
+    }
+    copy_lanes(cn, cv, nu);
+    if (SAVE)
+      for (int q = 0; q < 4; ++q) {
+        copy_lanes(f.act + b * G + q * H + j0, pre[q], nu);
+        copy_lanes(hh_hat + b * G + q * H + j0, xh[q], nu);
+      }
+    copy_lanes(hb + 3 * H, pre[3], nu);
+  }
+  float mean_c[kLanes], rstd_c[kLanes];
+  fused_bn_stats<FULL>(f, n, f.c_new + j0, H, n.c_stats, n.rm_c, n.rv_c, H, j0, nu, mean_c, rstd_c);
+  float gc[kLanes], bc[kLanes];
+  load_lanes(gc, n.gamma_c + j0, nu);
+  load_lanes(bc, n.beta_c + j0, nu);
+#pragma GCC unroll 1
+  for (int64_t b = 0; b < B; ++b) {
+    if (rows.active(b, s)) {
+      const float* cp = f.c_prev + b * H + j0;
+      float* cn = f.c_new + b * H + j0;
+      float* yr = f.y + (rows.pos(b, s) * B + b) * R + j0;
+      float cv[kLanes], o[kLanes], h[kLanes];
+      load_lanes(cv, cn, nu);
+      load_lanes(o, n.hh + b * G + 3 * H + j0, nu);
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const float c_hat = gates::bn_normalize(cv[l], mean_c[l], rstd_c[l]);
+        float tc;
+        h[l] = gates::hidden(o[l], gc[l] * c_hat + bc[l], tc);
+      }
+      copy_lanes(yr, h, nu);
+      if (f.zh.p) zoneout_lanes(f.zh, f.zh.row(s, b), j0, f.h_prev + b * R + j0, yr, nu);
+      if (f.zc.p) zoneout_lanes(f.zc, f.zc.row(s, b), j0, cp, cn, nu);
+      copy_lanes(f.h_next + b * R + j0, yr, nu);
+    }
+    next_operand(f, b, j0, nu);
+  }
+}
+
+template <bool SAVE>
+FUSEDRNN_CPU_CLONES void fused_bn_block(const FusedStep& f, int64_t u) {
+  if ((u + 1) * kLanes <= f.H) fused_bn_block_<SAVE, true>(f, u);
+  else fused_bn_block_<SAVE, false>(f, u);
 }
 
 // The register tile: hh[r][q] = sum_k a[r * lda + k] * pw[(q * K + k) * kLanes ...] for rows
@@ -230,6 +390,16 @@ FUSEDRNN_CPU_CLONES void fused_step_tile(const FusedStep& f, int64_t u, int64_t 
   for (int r = 0; r < MR; ++r) fused_row<SAVE>(f, b0 + r, j0, nu, hh[r]);
 }
 
+// Rows [b0, b0 + MR) of unit block u under batch norm: the GEMM tile into the step's hh.
+template <int MR>
+FUSEDRNN_CPU_CLONES void fused_bn_tile(const FusedStep& f, int64_t u, int64_t b0) {
+  alignas(64) float hh[MR][4][kLanes];
+  tile_product<MR>(f.panels + u * 4 * f.K * kLanes, f.a + b0 * f.K, f.K, f.K, hh);
+  const int64_t H = f.H, j0 = u * kLanes, nu = std::min(kLanes, H - j0);
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < 4; ++q) std::memcpy(f.bn->hh + (b0 + r) * 4 * H + q * H + j0, hh[r][q], sizeof(float) * nu);
+}
+
 using FusedTileFn = void (*)(const FusedStep&, int64_t, int64_t);
 
 template <bool SAVE>
@@ -237,6 +407,12 @@ inline FusedTileFn fused_tile_for(int64_t rows) {
   static constexpr FusedTileFn fns[kFusedRows] = {fused_step_tile<1, SAVE>, fused_step_tile<2, SAVE>,
                                                  fused_step_tile<3, SAVE>, fused_step_tile<4, SAVE>,
                                                  fused_step_tile<5, SAVE>, fused_step_tile<6, SAVE>};
+  return fns[rows - 1];
+}
+
+inline FusedTileFn fused_bn_tile_for(int64_t rows) {
+  static constexpr FusedTileFn fns[kFusedRows] = {fused_bn_tile<1>, fused_bn_tile<2>, fused_bn_tile<3>,
+                                                 fused_bn_tile<4>, fused_bn_tile<5>, fused_bn_tile<6>};
   return fns[rows - 1];
 }
 
@@ -288,8 +464,14 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
   const auto tiles = fused_row_tiles(B);
   const int64_t U = (H + kLanes - 1) / kLanes;
   auto blocks = [&](const FusedStep& st, int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u)
-      for (const auto& [b0, mr] : tiles) (st.act ? fused_tile_for<true>(mr) : fused_tile_for<false>(mr))(st, u, b0);
+    for (int64_t u = u0; u < u1; ++u) {
+      if (st.bn) {
+        for (const auto& [b0, mr] : tiles) fused_bn_tile_for(mr)(st, u, b0);
+        (st.act ? fused_bn_block<true> : fused_bn_block<false>)(st, u);
+      } else {
+        for (const auto& [b0, mr] : tiles) (st.act ? fused_tile_for<true>(mr) : fused_tile_for<false>(mr))(st, u, b0);
+      }
+    }
   };
   const int64_t step_macs = B * 4 * U * kLanes * K;
   const int64_t slots = std::min<int64_t>(at::get_num_threads(), U);
@@ -315,10 +497,11 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
 }
 
 // Whether the layer op runs fused steps (the forward above, the backward's in
-// layer_backward.cpp): float32 without a norm or a projection, on the default GEMM path
+// layer_backward.cpp): float32 without layer norm or a projection, on the default GEMM path
 // (FUSEDRNN_CPU_GEMM forces the library GEMMs), with enough steps to pay for packing W_hh.
-inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
-  return dtype == at::kFloat && !d.bn && !d.ln && !d.proj && d.T >= kSmallMinSteps &&
+// Batch norm runs the fused forward (FusedBN), not yet the fused backward.
+inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype, bool forward) {
+  return dtype == at::kFloat && !(d.bn && !forward) && !d.ln && !d.proj && d.T >= kSmallMinSteps &&
          requested_path() == GemmPath::kOneDnn;
 }
 

@@ -386,7 +386,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T_ && ws_c.size(0) == T_ + 1 &&
                   ws_hm.size(0) == T_,
               "fusedrnn: lstm_layer_backward needs the full workspace (save_workspace=True)");
-  const bool fused = use_fused_step(dims, grad_y_in.scalar_type());
+  const bool fused = use_fused_step(dims, grad_y_in.scalar_type(), /*forward=*/false);
   cpu::LayerCall L(dims, a, /*forward=*/false, /*with_hh=*/!fused);
   const LayerDims& d = L.d;
   const Rows& rows = L.rows;

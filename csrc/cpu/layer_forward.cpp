@@ -5,8 +5,9 @@
 // order); t = pos(b, s) the time position it reads/writes (reversed per row in the reverse
 // direction).
 //
-// float32 without a norm or a projection runs the fused step (fused_step.h): the GEMM and the
-// pointwise work of a step in one kernel, all steps in one parallel region.  Otherwise, per
+// float32 without layer norm or a projection runs the fused step (fused_step.h): the GEMM and
+// the pointwise work of a step in one kernel (batch norm's in one pass per unit block after
+// its tiles), all steps in one parallel region.  Otherwise, per
 // step: one GEMM (h_{s-1} * m) @ W_hh^T into a preallocated buffer, then one fused pointwise
 // pass (N_h, gates, cell update, N_c, output, zoneout), parallel over hidden units with all
 // batch rows in each chunk so the batch-norm reductions stay inside the chunk; layer norm
@@ -237,13 +238,13 @@ void layer_forward(LayerCall& L, const at::Tensor& h0, FwdBuffers<T>& f, at::Ten
 // alternate between two buffers each (a step reads all of one while it writes the other);
 // h_alt and hm_alt are the second ones.  Returns the buffer holding h_{T-1}.  float32 only.
 template <typename T>
-const T* layer_forward_fused(const LayerCall&, const at::Tensor&, const FwdBuffers<T>&, T*, T*) {
+const T* layer_forward_fused(const LayerCall&, const at::Tensor&, const FwdBuffers<T>&, T*, T*, int64_t, double) {
   TORCH_INTERNAL_ASSERT(false, "fusedrnn: the fused step takes float32");
 }
 
 template <>
 const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const FwdBuffers<float>& f, float* h_alt,
-                                 float* hm_alt) {
+                                 float* hm_alt, int64_t step_offset, double eps) {
   const LayerDims& d = L.d;
   const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
   const at::Tensor panels = pack_gate_panels(L.t.w_hh, H);
@@ -264,7 +265,26 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
   if (own_hm)
     for (int64_t k = 0; k < B * R; ++k) hm0[k] = m0 ? h0p[k] * m0[k] : h0p[k];
 
+  FusedBN bn;  // batch norm (the step's products in f.hh)
+  if (d.bn) {
+    bn.hh = f.hh;
+    bn.hh_hat = f.save ? f.hh_hat : nullptr;
+    bn.h_stats = f.h_stats;
+    bn.c_stats = f.c_stats;
+    bn.gamma_h = f.gamma_h;
+    bn.gamma_c = f.gamma_c;
+    bn.beta_c = f.beta_c;
+    bn.rm_h = f.rm_h;
+    bn.rv_h = f.rv_h;
+    bn.rm_c = f.rm_c;
+    bn.rv_c = f.rv_c;
+    bn.step_offset = step_offset;
+    bn.S = d.S;
+    bn.train = d.bn_train;
+    bn.eps = static_cast<float>(eps);
+  }
   FusedStep base;  // what every step shares
+  base.bn = d.bn ? &bn : nullptr;
   base.panels = panels.data_ptr<float>();
   base.xp = f.xp;
   base.y = f.y;
@@ -304,7 +324,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   TORCH_CHECK(xp_in.scalar_type() == at::kFloat || xp_in.scalar_type() == at::kDouble,
               "fusedrnn: the native CPU layer kernel takes float32 or float64, got ",
               xp_in.scalar_type());
-  const bool fused = use_fused_step(dims, xp_in.scalar_type());
+  const bool fused = use_fused_step(dims, xp_in.scalar_type(), /*forward=*/true);
   cpu::LayerCall L(dims, a, /*forward=*/true, /*with_hh=*/!fused);
   const LayerDims& d = L.d;
   const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
@@ -325,7 +345,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor ws_c = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
   at::Tensor ws_hh_hat = new_output({(d.bn || d.ln) ? TW : 0, B, G}, opt);
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
-  at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused ? 0 : B, G}, opt);
+  at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused && !d.bn ? 0 : B, G}, opt);
   // the fused step's second buffers of h_s and (with a mask, without a saved workspace) of h_s * m_{s+1}
   at::Tensor h_alt = at::empty({fused ? B : 0, R}, opt);
   at::Tensor hm_alt = at::empty({fused && !save_workspace && d.mask ? B : 0, R}, opt);
@@ -342,7 +362,9 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
     f.save = save_workspace;
     f.set_scratch(stat_scratch.data_ptr<T>(), G, H);
     if (fused) {
-      if (layer_forward_fused<T>(L, h0, f, h_alt.data_ptr<T>(), hm_alt.data_ptr<T>()) != f.h_cur) h_cur = h_alt;
+      if (layer_forward_fused<T>(L, h0, f, h_alt.data_ptr<T>(), hm_alt.data_ptr<T>(), bn_step_offset, norm_eps) !=
+          f.h_cur)
+        h_cur = h_alt;
       return;
     }
     layer_forward<T>(L, h0, f, ws_hm, hh, ws_hc, hp, bn_step_offset, norm_eps);
