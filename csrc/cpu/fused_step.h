@@ -499,10 +499,8 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
 // Whether the layer op runs fused steps (the forward above, the backward's in
 // layer_backward.cpp): float32 without layer norm or a projection, on the default GEMM path
 // (FUSEDRNN_CPU_GEMM forces the library GEMMs), with enough steps to pay for packing W_hh.
-// Batch norm runs the fused forward (FusedBN), not yet the fused backward.
-inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype, bool forward) {
-  return dtype == at::kFloat && !(d.bn && !forward) && !d.ln && !d.proj && d.T >= kSmallMinSteps &&
-         requested_path() == GemmPath::kOneDnn;
+inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
+  return dtype == at::kFloat && !d.ln && !d.proj && d.T >= kSmallMinSteps && requested_path() == GemmPath::kOneDnn;
 }
 
 // Steps hi down to lo of the fused backward over NG groups of 4 x kLanes units: per step,

@@ -197,9 +197,13 @@ struct BwdBuffers : ParamPtrs<T> {
   }
 };
 
+// The gate gradients of step s for the units [j0, j1), every row: zoneout's split of dL/dc_s,
+// BN_c's batch sums, the gates (dL/dxp, and dL/dhh when it has a buffer of its own), BN_h's
+// backward (dL/dhh); under layer norm the rows' LN_c pass (backward_pointwise) comes first.
+// dL/dh_s (f.dhc) of these units must be in place.
 template <typename T>
-void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f, int64_t s,
-                        bool bn_train, int64_t slot, double eps) {
+void backward_units(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f, int64_t s, bool bn_train,
+                    int64_t slot, double eps, int64_t j0, int64_t j1) {
   const int64_t B = d.B, H = d.H, G = d.G;
   const T* act = f.act + s * B * G;
   const T* c_prev = f.c + s * B * H;
@@ -208,9 +212,84 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   const T* hh_hat = (d.bn || d.ln) ? f.hh_hat + s * B * G : nullptr;
   T* dhh = f.dhh + (s % f.dhh_slots) * B * G;
   const bool copy_dhh = f.dhh != f.grad_xp;
-  auto dhh_of = [&](int64_t s) { return f.dhh + (s % f.dhh_slots) * B * G; };
   const int64_t n = rows.count(s);
   const T n_bn = bn_train ? T(n) : T(0);  // 0 selects the eval formula in bn_backward
+  const int64_t w = j1 - j0;
+  if (f.zc.p) {  // c~_s, and dL/dc_s split into its zoned-out part and the candidate's
+    for (int64_t b = 0; b < B; ++b) {
+      if (!rows.active(b, s)) continue;
+      const int64_t k0 = b * H;
+      if (!d.ln) cell_candidates(act + b * G, c_prev + k0, f.c_til + k0, H, j0, j1);  // (LN's row pass did)
+      zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + k0, f.dc_zone + k0, j0, j1);
+    }
+  }
+  if (d.bn) {  // statistics of this step; zeroed batch sums
+    for (int k = 0; k < 4; ++k)
+      bn_backward_setup(s, G, k * H + j0, k * H + j1, bn_train, f.h_stats, f.rv_h, slot, eps, f.rstd_g, f.sum1_g,
+                        f.sum2_g);
+    bn_backward_setup(s, H, j0, j1, bn_train, f.c_stats, f.rv_c, slot, eps, f.rstd_c, f.sum1_c, f.sum2_c);
+    for (int64_t j = j0; j < j1; ++j) f.mean_c[j] = bn_train ? f.c_stats[(s * 2) * H + j] : f.rm_c[slot * H + j];
+    for (int64_t b = 0; b < B; ++b) {
+      if (!rows.active(b, s)) continue;
+      bwd_bn_c_sums_row(c_cur + b * H, f.mean_c, f.rstd_c, f.gamma_c, f.beta_c,
+                        act + b * G + 3 * H, f.dhc + b * H, f.dgamma_c, f.dbeta_c, f.sum1_c,
+                        f.sum2_c, j0, j1);
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
+      for (int k = 0; k < 4; ++k) {
+        std::fill_n(f.grad_xp + (s * B + b) * G + k * H + j0, w, T(0));
+        if (copy_dhh) std::fill_n(dhh + b * G + k * H + j0, w, T(0));
+      }
+      continue;
+    }
+    T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
+    if (d.ln) {  // the gates from LN_c's backward; the parameter gradients of this chunk's columns
+      const int64_t k0 = b * H;
+      bwd_gates_row_ln(act + b * G, c_prev + k0, f.ln_do + k0, f.ln_dc + k0, f.ln_dy + k0, f.ln_chat + k0,
+                       f.dc_carry + k0, gx, f.dgamma_c, f.dbeta_c, H, j0, j1);
+      for (int q = 0; q < 4; ++q) add_product(gx, hh_hat + b * G, f.dgamma_h, q * H + j0, q * H + j1);
+      if (f.zc.p)
+        for (int64_t j = j0; j < j1; ++j) f.dc_carry[k0 + j] += f.dc_zone[k0 + j];
+      continue;
+    }
+    const auto args = std::make_tuple(act + b * G, c_prev + b * H, c_cur + b * H, f.dhc + b * H,
+                                      f.dc_carry + b * H, gx, dhh + b * G, f.mean_c, f.rstd_c,
+                                      f.gamma_c, f.beta_c, f.sum1_c, f.sum2_c, n_bn, H, j0, j1);
+    if (d.bn) std::apply(bwd_gates_row<T, true, false>, args);
+    else if (copy_dhh) std::apply(bwd_gates_row<T, false, true>, args);
+    else std::apply(bwd_gates_row<T, false, false>, args);
+    if (f.zc.p)
+      for (int64_t j = j0; j < j1; ++j) f.dc_carry[b * H + j] += f.dc_zone[b * H + j];
+    if (d.bn) {
+      for (int k = 0; k < 4; ++k) {
+        const auto cols = std::make_tuple(gx, hh_hat + b * G, f.gamma_h, f.rstd_g, f.dgamma_h,
+                                          f.sum1_g, f.sum2_g, dhh + b * G, k * H + j0, k * H + j1);
+        if (bn_train) std::apply(bwd_bn_h_cols<T, true>, cols);
+        else std::apply(bwd_bn_h_cols<T, false>, cols);
+      }
+    }
+  }
+  if (bn_train) {  // BN_h backward through the batch statistics
+    for (int64_t b = 0; b < B; ++b) {
+      if (!rows.active(b, s)) continue;
+      const T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
+      for (int k = 0; k < 4; ++k)
+        bwd_bn_h_row(gx, f.gamma_h, hh_hat + b * G, f.rstd_g, f.sum1_g, f.sum2_g, dhh + b * G,
+                     T(n), k * H + j0, k * H + j1);
+    }
+  }
+}
+
+template <typename T>
+void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f, int64_t s,
+                        bool bn_train, int64_t slot, double eps) {
+  const int64_t B = d.B, H = d.H, G = d.G;
+  const T* act = f.act + s * B * G;
+  const T* c_prev = f.c + s * B * H;
+  const T* hh_hat = d.ln ? f.hh_hat + s * B * G : nullptr;
+  T* dhh = f.dhh + (s % f.dhh_slots) * B * G;
 
   if (d.ln) {  // LN_c and the output, backward, one active row at a time (rows in parallel)
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -224,74 +303,8 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
     });
   }
 
-  at::parallel_for(0, H, grain_for(B), [&](int64_t j0, int64_t j1) {
-    const int64_t w = j1 - j0;
-    if (f.zc.p) {  // c~_s, and dL/dc_s split into its zoned-out part and the candidate's
-      for (int64_t b = 0; b < B; ++b) {
-        if (!rows.active(b, s)) continue;
-        const int64_t k0 = b * H;
-        if (!d.ln) cell_candidates(act + b * G, c_prev + k0, f.c_til + k0, H, j0, j1);  // (LN's row pass did)
-        zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + k0, f.dc_zone + k0, j0, j1);
-      }
-    }
-    if (d.bn) {  // statistics of this step; zeroed batch sums
-      for (int k = 0; k < 4; ++k)
-        bn_backward_setup(s, G, k * H + j0, k * H + j1, bn_train, f.h_stats, f.rv_h, slot, eps, f.rstd_g, f.sum1_g,
-                          f.sum2_g);
-      bn_backward_setup(s, H, j0, j1, bn_train, f.c_stats, f.rv_c, slot, eps, f.rstd_c, f.sum1_c, f.sum2_c);
-      for (int64_t j = j0; j < j1; ++j) f.mean_c[j] = bn_train ? f.c_stats[(s * 2) * H + j] : f.rm_c[slot * H + j];
-      for (int64_t b = 0; b < B; ++b) {
-        if (!rows.active(b, s)) continue;
-        bwd_bn_c_sums_row(c_cur + b * H, f.mean_c, f.rstd_c, f.gamma_c, f.beta_c,
-                          act + b * G + 3 * H, f.dhc + b * H, f.dgamma_c, f.dbeta_c, f.sum1_c,
-                          f.sum2_c, j0, j1);
-      }
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
-        for (int k = 0; k < 4; ++k) {
-          std::fill_n(f.grad_xp + (s * B + b) * G + k * H + j0, w, T(0));
-          if (copy_dhh) std::fill_n(dhh + b * G + k * H + j0, w, T(0));
-        }
-        continue;
-      }
-      T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
-      if (d.ln) {  // the gates from LN_c's backward; the parameter gradients of this chunk's columns
-        const int64_t k0 = b * H;
-        bwd_gates_row_ln(act + b * G, c_prev + k0, f.ln_do + k0, f.ln_dc + k0, f.ln_dy + k0, f.ln_chat + k0,
-                         f.dc_carry + k0, gx, f.dgamma_c, f.dbeta_c, H, j0, j1);
-        for (int q = 0; q < 4; ++q) add_product(gx, hh_hat + b * G, f.dgamma_h, q * H + j0, q * H + j1);
-        if (f.zc.p)
-          for (int64_t j = j0; j < j1; ++j) f.dc_carry[k0 + j] += f.dc_zone[k0 + j];
-        continue;
-      }
-      const auto args = std::make_tuple(act + b * G, c_prev + b * H, c_cur + b * H, f.dhc + b * H,
-                                        f.dc_carry + b * H, gx, dhh + b * G, f.mean_c, f.rstd_c,
-                                        f.gamma_c, f.beta_c, f.sum1_c, f.sum2_c, n_bn, H, j0, j1);
-      if (d.bn) std::apply(bwd_gates_row<T, true, false>, args);
-      else if (copy_dhh) std::apply(bwd_gates_row<T, false, true>, args);
-      else std::apply(bwd_gates_row<T, false, false>, args);
-      if (f.zc.p)
-        for (int64_t j = j0; j < j1; ++j) f.dc_carry[b * H + j] += f.dc_zone[b * H + j];
-      if (d.bn) {
-        for (int k = 0; k < 4; ++k) {
-          const auto cols = std::make_tuple(gx, hh_hat + b * G, f.gamma_h, f.rstd_g, f.dgamma_h,
-                                            f.sum1_g, f.sum2_g, dhh + b * G, k * H + j0, k * H + j1);
-          if (bn_train) std::apply(bwd_bn_h_cols<T, true>, cols);
-          else std::apply(bwd_bn_h_cols<T, false>, cols);
-        }
-      }
-    }
-    if (bn_train) {  // BN_h backward through the batch statistics
-      for (int64_t b = 0; b < B; ++b) {
-        if (!rows.active(b, s)) continue;
-        const T* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
-        for (int k = 0; k < 4; ++k)
-          bwd_bn_h_row(gx, f.gamma_h, hh_hat + b * G, f.rstd_g, f.sum1_g, f.sum2_g, dhh + b * G,
-                       T(n), k * H + j0, k * H + j1);
-      }
-    }
-  });
+  at::parallel_for(0, H, grain_for(B),
+                   [&](int64_t j0, int64_t j1) { backward_units(rows, d, f, s, bn_train, slot, eps, j0, j1); });
   if (!d.ln) return;
   // LN_h backward: dL/dhh of each active row from dL/d(LN_h out) = dL/dxp over its G columns
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -304,58 +317,39 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
 }
 
 // The backward by fused steps (float32, the configurations of use_fused_step): per step the
-// gate gradients of each thread's units (phase a), then dL/dh_{s-1} = (dL/dhh W_hh) * m_s of
+// gate gradients of each thread's units (phase a: backward_units, batch norm's batch sums
+// included, as a unit's columns are one thread's), then dL/dh_{s-1} = (dL/dhh W_hh) * m_s of
 // the same units' columns by the register tile of fused_step.h, the carry written in its
 // epilogue (phase b); steps hi down to lo in one parallel region.  Step s's [B, G] gate
 // gradients go to grad_xp and, when dhh is a ring of its own, to its slot s % dhh_slots.
 // panels: W_hh [G, R] packed by pack_panels in groups of four panels.
 template <typename T>
-void layer_backward_fused(const LayerCall&, const BwdBuffers<T>&, const at::Tensor&, int64_t, int64_t) {
+void layer_backward_fused(const LayerCall&, const BwdBuffers<T>&, const at::Tensor&, int64_t, int64_t, int64_t,
+                          double) {
   TORCH_INTERNAL_ASSERT(false, "fusedrnn: the fused step takes float32");
 }
 
 template <>
 void layer_backward_fused(const LayerCall& L, const BwdBuffers<float>& f, const at::Tensor& panels, int64_t hi,
-                          int64_t lo) {
+                          int64_t lo, int64_t step_offset, double eps) {
   const LayerDims& d = L.d;
   const Rows& rows = L.rows;
   const int64_t B = d.B, H = d.H, G = d.G, R = d.R;  // R == H: no projection here
   const int64_t NG = (R + 4 * kLanes - 1) / (4 * kLanes);
-  const bool copy_dhh = f.dhh != f.grad_xp;
   auto dhh_of = [&](int64_t s) { return f.dhh + (s % f.dhh_slots) * B * G; };
   const auto tiles = fused_row_tiles(B);
   const float* pw = panels.data_ptr<float>();
   auto phase_a = [&](int64_t s, int64_t g0, int64_t g1) {
-    const int64_t j0 = g0 * 4 * kLanes, j1 = std::min(H, g1 * 4 * kLanes), w = j1 - j0;
-    if (w <= 0) return;
-    const float* act = f.act + s * B * G;
-    const float* c_prev = f.c + s * B * H;
-    const float* c_cur = f.zc.p ? f.c_til : f.c + (s + 1) * B * H;
-    float* dhh = dhh_of(s);
-    for (int64_t b = 0; b < B; ++b) {
-      if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
-        for (int k = 0; k < 4; ++k) {
-          std::fill_n(f.grad_xp + (s * B + b) * G + k * H + j0, w, 0.0f);
-          if (copy_dhh) std::fill_n(dhh + b * G + k * H + j0, w, 0.0f);
-        }
-        continue;
-      }
+    const int64_t j0 = g0 * 4 * kLanes, j1 = std::min(H, g1 * 4 * kLanes);
+    if (j1 <= j0) return;
+    for (int64_t b = 0; b < B; ++b) {  // dL/dh_s: the output's gradient and the carry
+      if (!rows.active(b, s)) continue;
       float* dh = f.dh_cur + b * R;
       const float* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
       for (int64_t j = j0; j < j1; ++j) dh[j] = gy[j] + f.dh_carry[b * R + j];
       if (f.zh.p) zoneout_split(f.zh, f.zh.row(s, b), dh, f.dh_zone + b * R, j0, j1);
-      if (f.zc.p) {
-        cell_candidates(act + b * G, c_prev + b * H, f.c_til + b * H, H, j0, j1);
-        zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + b * H, f.dc_zone + b * H, j0, j1);
-      }
-      const auto args = std::make_tuple(act + b * G, c_prev + b * H, c_cur + b * H, dh, f.dc_carry + b * H,
-                                        f.grad_xp + (rows.pos(b, s) * B + b) * G, dhh + b * G, nullptr, nullptr,
-                                        nullptr, nullptr, nullptr, nullptr, 0.0f, H, j0, j1);
-      if (copy_dhh) std::apply(bwd_gates_row<float, false, true>, args);
-      else std::apply(bwd_gates_row<float, false, false>, args);
-      if (f.zc.p)
-        for (int64_t j = j0; j < j1; ++j) f.dc_carry[b * H + j] += f.dc_zone[b * H + j];
     }
+    backward_units(rows, d, f, s, d.bn_train, std::min(step_offset + s, d.S - 1), eps, j0, j1);
   };
   auto phase_b = [&](int64_t s, int64_t g0, int64_t g1) {
     const float* dhh = dhh_of(s);
@@ -386,7 +380,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T_ && ws_c.size(0) == T_ + 1 &&
                   ws_hm.size(0) == T_,
               "fusedrnn: lstm_layer_backward needs the full workspace (save_workspace=True)");
-  const bool fused = use_fused_step(dims, grad_y_in.scalar_type(), /*forward=*/false);
+  const bool fused = use_fused_step(dims, grad_y_in.scalar_type());
   cpu::LayerCall L(dims, a, /*forward=*/false, /*with_hh=*/!fused);
   const LayerDims& d = L.d;
   const Rows& rows = L.rows;
@@ -439,7 +433,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
       const at::Tensor panels = cpu::pack_panels(L.t.w_hh, /*trans=*/false, /*multiple=*/4);
       for (int64_t hi = T_ - 1; hi >= 0;) {
         const int64_t lo = alias ? 0 : hi / slots * slots;
-        layer_backward_fused<T>(L, f, panels, hi, lo);
+        layer_backward_fused<T>(L, f, panels, hi, lo, bn_step_offset, norm_eps);
         if (!alias) {
           const int64_t n = hi + 1 - lo;
           cpu::matmul(dhh.narrow(0, 0, n).view({n * B, G}).t(), hm.narrow(0, lo, n).view({n * B, R}), grad_w_hh,

@@ -324,7 +324,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   TORCH_CHECK(xp_in.scalar_type() == at::kFloat || xp_in.scalar_type() == at::kDouble,
               "fusedrnn: the native CPU layer kernel takes float32 or float64, got ",
               xp_in.scalar_type());
-  const bool fused = use_fused_step(dims, xp_in.scalar_type(), /*forward=*/true);
+  const bool fused = use_fused_step(dims, xp_in.scalar_type());
   cpu::LayerCall L(dims, a, /*forward=*/true, /*with_hh=*/!fused);
   const LayerDims& d = L.d;
   const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G, R = d.R;
