@@ -381,25 +381,30 @@ def test_gemm_paths_agree_with_float64(B, H, T, path, monkeypatch):
 
 FUSED_CASES = [dict(), dict(mask="shared"), dict(mask="per_step", zoneout=True), dict(zoneout="eval", reverse=True),
                dict(lengths=True, mask="per_step"), dict(lengths=True, reverse=True, zoneout=True), dict(bn="train"),
-               dict(bn="eval", mask="per_step", reverse=True), dict(bn="train", lengths=True, zoneout=True, mask="shared")]
+               dict(bn="eval", mask="per_step", reverse=True), dict(bn="train", lengths=True, zoneout=True, mask="shared"),
+               dict(bn="layer"), dict(bn="layer", zoneout=True, mask="per_step", lengths=True, reverse=True)]
 
 
 @pytest.mark.parametrize("B,H", [(7, 20), (13, 16), (1, 33), (32, 72)], ids=lambda v: str(v))
 @pytest.mark.parametrize("case", FUSED_CASES, ids=_layer_id)
 def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
     """The float32 fused steps against the float64 op, by the float32 rule: each output's error
-    at most twice that of the unfused op on the library GEMMs (FUSEDRNN_CPU_GEMM=mkl), plus
-    32 ulps of its scale (batch norm over 6 or 7 rows amplifies roundings: either path's
-    gradient error is 2-5x the other's, case by case).  The forward's (GEMM tile + gates, zoneout, finished rows and the
-    next step's masked operand in its epilogue; row tiles of up to 6, unit blocks of 16 with a
-    partial last one): y, h_n, c_n, and without the workspace the same outputs bit for bit.  The
-    backward's (gate gradients of each thread's units, then the tile over them with W_hh, the
-    mask and zoneout in its epilogue; groups of 64 columns with a partial last one): the
-    gradients of xp, h0, c0 and W_hh.  Batch norm (forward only): per unit block after its
-    tiles, the statistics in training (compared too, and through the unfused backward that reads
-    them with x_hat) or the running ones in eval.  B = 32, H = 72 runs both in one parallel region on two
-    threads (the smaller ones on the calling thread), over T = 20 steps (gradients grow to ~1e3
-    with a mask): with lengths or reverse the backward's ring of 16 steps takes two chunks."""
+    at most twice that of the unfused op on the library GEMMs (FUSEDRNN_CPU_GEMM=mkl), plus 32
+    ulps of its scale (batch norm over 6 or 7 rows amplifies roundings: either path's gradient
+    error is 2-5x the other's, case by case).
+    - The forward's (GEMM tile + gates, zoneout, finished rows and the next step's masked
+      operand in its epilogue; row tiles of up to 6, unit blocks of 16 with a partial last one):
+      y, h_n, c_n, and without the workspace the same outputs bit for bit.
+    - The backward's (gate gradients of each thread's units, then the tile over them with W_hh,
+      the mask and zoneout in its epilogue; groups of 64 columns with a partial last one): the
+      gradients of xp, h0, c0, W_hh and the norm's parameters.
+    - Batch norm: per unit block after its tiles, the statistics in training (compared too) or
+      the running ones in eval.  Layer norm (B >= 7 here): the rows split between the threads,
+      the unfused op's row kernels after each row tile's products, the parameter gradients
+      summed per thread.
+    B = 32, H = 72 runs both in one parallel region on two threads (the smaller ones on the
+    calling thread), over T = 20 steps (gradients grow to ~1e3 with a mask): with lengths or
+    reverse the backward's ring of 16 steps takes two chunks."""
     T = 20 if B == 32 else 6
     args64, _ = _layer_args(case, T=T, B=B, H=H, requires_grad=False)
     args64 = list(args64)
@@ -414,7 +419,7 @@ def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
     def run32():
         out = torch.ops.fusedrnn.lstm_layer_forward(*args32)
         grads = torch.ops.fusedrnn.lstm_layer_backward(*[t.float() for t in grads_in], *_params(args32), *out[3:])
-        return list(out[:5]) + list(grads[:4])  # y, h_n, c_n, BN's statistics; xp, h0, c0, w_hh
+        return list(out[:5]) + list(grads)  # y, h_n, c_n, the norm's statistics; every gradient
 
     fused = run32()
     lean = torch.ops.fusedrnn.lstm_layer_forward(*args32[:-1], False)
@@ -422,8 +427,9 @@ def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
         assert torch.equal(a, c)
     monkeypatch.setenv("FUSEDRNN_CPU_GEMM", "mkl")
     lib = run32()
-    names = ("y", "h_n", "c_n", "h_stats", "c_stats", "d_xp", "d_h0", "d_c0", "d_w_hh")
-    for name, a, l, b in zip(names, fused, lib, list(out64[:5]) + list(g64[:4])):
+    names = ("y", "h_n", "c_n", "h_stats", "c_stats", "d_xp", "d_h0", "d_c0", "d_w_hh", "d_w_hr", "d_gamma_h",
+             "d_gamma_c", "d_beta_c")
+    for name, a, l, b in zip(names, fused, lib, list(out64[:5]) + list(g64)):
         if b.numel() == 0:
             continue
         err, err_lib = ((t.double() - b).abs().max().item() for t in (a, l))

@@ -63,9 +63,8 @@ inline at::Tensor pack_gate_panels(const at::Tensor& w_hh, int64_t H) {
 // Recurrent batch norm in the fused step: BN_h of the W_hh product and BN_c of c~, per column
 // over the rows active at the step.  A unit block's columns are one thread's for the whole
 // step, so its statistics need nothing from another thread: the block's tiles write their
-// products to hh, then one pass over its rows normalises them (fused_bn_block).
+// products to the step's hh, then one pass over its rows normalises them (fused_bn_block).
 struct FusedBN {
-  float* hh{};                     // [B, G]  the step's h W_hh^T (the tiles' output)
   float* hh_hat{};                 // [T, B, G]  BN_h's x_hat (saved with the workspace), or null
   float *h_stats{}, *c_stats{};    // [T, 2, G], [T, 2, H]  (mean, biased var), in training
   const float *gamma_h{}, *gamma_c{}, *beta_c{};
@@ -92,6 +91,7 @@ struct FusedStep {
   ZoneoutWeight<float> zc, zh;
   const Rows* rows{};
   const FusedBN* bn{};    // batch norm, or null
+  float* hh{};            // [B, G]  h W_hh^T under a norm (fused_norm_tile's output)
   int64_t s{}, B{}, H{}, K{};
 };
 
@@ -257,7 +257,7 @@ __attribute__((always_inline)) inline void fused_bn_stats(const FusedStep& f, co
   for (int64_t l = 0; l < N; ++l) rstd[l] = gates::rsqrt_(var[l] + n.eps);
 }
 
-// Unit block u of a step under batch norm, after its tiles wrote h W_hh^T to n.hh: BN_h's
+// Unit block u of a step under batch norm, after its tiles wrote h W_hh^T to f.hh: BN_h's
 // statistics, then per row the gates from x + gamma_h x_hat and c~; BN_c's statistics of c~,
 // then per row h = o tanh(gamma_c c_hat + beta_c), zoneout, y and the next operand.  The
 // activated o waits in hh's o columns between the two passes.  FULL: a whole block of kLanes
@@ -270,13 +270,13 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
   const Rows& rows = *f.rows;
   float mean[4][kLanes], rstd[4][kLanes];
   for (int q = 0; q < 4; ++q)
-    fused_bn_stats<FULL>(f, n, n.hh + q * H + j0, G, n.h_stats, n.rm_h, n.rv_h, G, q * H + j0, nu, mean[q], rstd[q]);
+    fused_bn_stats<FULL>(f, n, f.hh + q * H + j0, G, n.h_stats, n.rm_h, n.rv_h, G, q * H + j0, nu, mean[q], rstd[q]);
   float* hh_hat = SAVE ? n.hh_hat + s * B * G : nullptr;
 #pragma GCC unroll 1
   for (int64_t b = 0; b < B; ++b) {
     const float* cp = f.c_prev + b * H + j0;
     float* cn = f.c_new + b * H + j0;
-    float* hb = n.hh + b * G + j0;
+    float* hb = f.hh + b * G + j0;
     if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
       copy_lanes(cn, cp, nu);
       copy_lanes(f.h_next + b * R + j0, f.h_prev + b * R + j0, nu);
@@ -328,7 +328,7 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
       float* yr = f.y + (rows.pos(b, s) * B + b) * R + j0;
       float cv[kLanes], o[kLanes], h[kLanes];
       load_lanes(cv, cn, nu);
-      load_lanes(o, n.hh + b * G + 3 * H + j0, nu);
+      load_lanes(o, f.hh + b * G + 3 * H + j0, nu);
       for (int64_t l = 0; l < kLanes; ++l) {
         const float c_hat = gates::bn_normalize(cv[l], mean_c[l], rstd_c[l]);
         float tc;
@@ -390,14 +390,14 @@ FUSEDRNN_CPU_CLONES void fused_step_tile(const FusedStep& f, int64_t u, int64_t 
   for (int r = 0; r < MR; ++r) fused_row<SAVE>(f, b0 + r, j0, nu, hh[r]);
 }
 
-// Rows [b0, b0 + MR) of unit block u under batch norm: the GEMM tile into the step's hh.
+// Rows [b0, b0 + MR) of unit block u under a norm: the GEMM tile into the step's hh.
 template <int MR>
-FUSEDRNN_CPU_CLONES void fused_bn_tile(const FusedStep& f, int64_t u, int64_t b0) {
+FUSEDRNN_CPU_CLONES void fused_norm_tile(const FusedStep& f, int64_t u, int64_t b0) {
   alignas(64) float hh[MR][4][kLanes];
   tile_product<MR>(f.panels + u * 4 * f.K * kLanes, f.a + b0 * f.K, f.K, f.K, hh);
   const int64_t H = f.H, j0 = u * kLanes, nu = std::min(kLanes, H - j0);
   for (int r = 0; r < MR; ++r)
-    for (int q = 0; q < 4; ++q) std::memcpy(f.bn->hh + (b0 + r) * 4 * H + q * H + j0, hh[r][q], sizeof(float) * nu);
+    for (int q = 0; q < 4; ++q) std::memcpy(f.hh + (b0 + r) * 4 * H + q * H + j0, hh[r][q], sizeof(float) * nu);
 }
 
 using FusedTileFn = void (*)(const FusedStep&, int64_t, int64_t);
@@ -410,9 +410,9 @@ inline FusedTileFn fused_tile_for(int64_t rows) {
   return fns[rows - 1];
 }
 
-inline FusedTileFn fused_bn_tile_for(int64_t rows) {
-  static constexpr FusedTileFn fns[kFusedRows] = {fused_bn_tile<1>, fused_bn_tile<2>, fused_bn_tile<3>,
-                                                 fused_bn_tile<4>, fused_bn_tile<5>, fused_bn_tile<6>};
+inline FusedTileFn fused_norm_tile_for(int64_t rows) {
+  static constexpr FusedTileFn fns[kFusedRows] = {fused_norm_tile<1>, fused_norm_tile<2>, fused_norm_tile<3>,
+                                                 fused_norm_tile<4>, fused_norm_tile<5>, fused_norm_tile<6>};
   return fns[rows - 1];
 }
 
@@ -466,7 +466,7 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
   auto blocks = [&](const FusedStep& st, int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       if (st.bn) {
-        for (const auto& [b0, mr] : tiles) fused_bn_tile_for(mr)(st, u, b0);
+        for (const auto& [b0, mr] : tiles) fused_norm_tile_for(mr)(st, u, b0);
         (st.act ? fused_bn_block<true> : fused_bn_block<false>)(st, u);
       } else {
         for (const auto& [b0, mr] : tiles) (st.act ? fused_tile_for<true>(mr) : fused_tile_for<false>(mr))(st, u, b0);
@@ -496,11 +496,36 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
 #endif
 }
 
+// Steps [0, T) of the fused forward split by rows, for a norm within each row (layer norm):
+// each thread takes whole row tiles through every step, all unit blocks' tiles of a row tile
+// into the step's hh, then row(st, b) for each of its rows.  A row's next operand is its own h,
+// so rows never meet: no barrier.  Each thread streams all of W_hh once a step (from L3 at
+// H = 256: ~12 GB/s at B = 32), where the unit split reads half of it.
+template <typename StepFn, typename RowFn>
+void fused_row_steps(int64_t T, int64_t B, int64_t H, const StepFn& step, const RowFn& row) {
+  const auto tiles = fused_row_tiles(B);
+  const int64_t U = (H + kLanes - 1) / kLanes;
+  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t s = 0; s < T; ++s) {
+      const FusedStep st = step(s);
+      for (int64_t t = t0; t < t1; ++t) {
+        const auto [b0, mr] = tiles[t];
+        for (int64_t u = 0; u < U; ++u) fused_norm_tile_for(mr)(st, u, b0);
+        for (int64_t b = b0; b < b0 + mr; ++b) row(st, b);
+      }
+    }
+  });
+}
+
 // Whether the layer op runs fused steps (the forward above, the backward's in
-// layer_backward.cpp): float32 without layer norm or a projection, on the default GEMM path
+// layer_backward.cpp): float32 without a projection, on the default GEMM path
 // (FUSEDRNN_CPU_GEMM forces the library GEMMs), with enough steps to pay for packing W_hh.
+// Layer norm splits the rows between the threads (fused_row_steps, layer_backward_ln_rows), so
+// it runs fused where every thread gets a row tile.
 inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
-  return dtype == at::kFloat && !d.ln && !d.proj && d.T >= kSmallMinSteps && requested_path() == GemmPath::kOneDnn;
+  const bool ln_rows = (d.B + kFusedRows - 1) / kFusedRows >= at::get_num_threads();
+  return dtype == at::kFloat && (!d.ln || ln_rows) && !d.proj && d.T >= kSmallMinSteps &&
+         requested_path() == GemmPath::kOneDnn;
 }
 
 // Steps hi down to lo of the fused backward over NG groups of 4 x kLanes units: per step,

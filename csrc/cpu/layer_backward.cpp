@@ -362,6 +362,68 @@ void layer_backward_fused(const LayerCall& L, const BwdBuffers<float>& f, const 
   fused_backward_steps(hi, lo, NG, B * G * NG * 4 * kLanes, phase_a, phase_b);
 }
 
+// The layer-norm backward by rows (the forward's split, fused_row_steps): each thread takes
+// whole row tiles through steps hi down to lo, per row the unfused backward's row kernels
+// (LN_c, the gates, LN_h) into dL/dhh, then the register tile over the row tile's dL/dhh for
+// every column group of dL/dh_{s-1}.  Rows never meet; the parameter gradients are summed per
+// invocation into part [row tiles, G + 2H] (dgamma_h, dgamma_c, dbeta_c), added up after.
+template <typename T>
+void layer_backward_ln_rows(const LayerCall&, const BwdBuffers<T>&, const at::Tensor&, int64_t, int64_t, T*) {
+  TORCH_INTERNAL_ASSERT(false, "fusedrnn: the fused step takes float32");
+}
+
+template <>
+void layer_backward_ln_rows(const LayerCall& L, const BwdBuffers<float>& f, const at::Tensor& panels, int64_t hi,
+                            int64_t lo, float* part) {
+  const LayerDims& d = L.d;
+  const Rows& rows = L.rows;
+  const int64_t B = d.B, H = d.H, G = d.G, R = d.R;  // R == H: no projection here
+  const int64_t NG = (R + 4 * kLanes - 1) / (4 * kLanes);
+  const auto tiles = fused_row_tiles(B);
+  const float* pw = panels.data_ptr<float>();
+  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t t0, int64_t t1) {
+    float* dgh = part + t0 * (G + 2 * H);
+    float* dgc = dgh + G;
+    float* dbc = dgc + H;
+    for (int64_t s = hi; s >= lo; --s) {
+      const float* act = f.act + s * B * G;
+      const float* c_prev = f.c + s * B * H;
+      const float* hh_hat = f.hh_hat + s * B * G;
+      float* dhh = f.dhh + (s % f.dhh_slots) * B * G;
+      const float* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
+      for (int64_t t = t0; t < t1; ++t) {
+        const auto [b0, mr] = tiles[t];
+        for (int64_t b = b0; b < b0 + mr; ++b) {
+          if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
+            std::fill_n(f.grad_xp + (s * B + b) * G, G, 0.0f);
+            std::fill_n(dhh + b * G, G, 0.0f);
+            continue;
+          }
+          const int64_t k0 = b * H;
+          float* dh = f.dh_cur + b * R;
+          const float* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
+          for (int64_t j = 0; j < R; ++j) dh[j] = gy[j] + f.dh_carry[b * R + j];
+          if (f.zh.p) zoneout_split(f.zh, f.zh.row(s, b), dh, f.dh_zone + b * R, 0, R);
+          bwd_ln_c_row(act + b * G, c_prev + k0, dh, f.gamma_c, f.beta_c, f.c_stats[s * 2 * B + b],
+                       f.c_stats[s * 2 * B + B + b], f.c_til + k0, f.ln_do + k0, f.ln_dy + k0, f.ln_chat + k0,
+                       f.ln_dc + k0, H);
+          if (f.zc.p) zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + k0, f.dc_zone + k0, 0, H);
+          float* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
+          bwd_gates_row_ln(act + b * G, c_prev + k0, f.ln_do + k0, f.ln_dc + k0, f.ln_dy + k0, f.ln_chat + k0,
+                           f.dc_carry + k0, gx, dgc, dbc, H, 0, H);
+          add_product(gx, hh_hat + b * G, dgh, 0, G);
+          if (f.zc.p)
+            for (int64_t j = 0; j < H; ++j) f.dc_carry[k0 + j] += f.dc_zone[k0 + j];
+          ln_backward_row(gx, f.gamma_h, hh_hat + b * G, f.h_stats[s * 2 * B + B + b], G, dhh + b * G);
+        }
+        for (int64_t g = 0; g < NG; ++g)
+          backward_tile_for(mr)(pw + g * 4 * G * kLanes, dhh + b0 * G, G, rows, s, b0, g * 4 * kLanes, R, m,
+                                f.zh.p ? f.dh_zone : nullptr, f.dh_carry);
+      }
+    }
+  });
+}
+
 }  // namespace
 
 LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& grad_h_n,
@@ -431,9 +493,12 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
 
     if (fused) {  // chunks of steps (all of them with alias), each chunk's dW_hh after it
       const at::Tensor panels = cpu::pack_panels(L.t.w_hh, /*trans=*/false, /*multiple=*/4);
+      const int64_t ln_tiles = d.ln ? (B + kFusedRows - 1) / kFusedRows : 0;
+      at::Tensor ln_part = at::zeros({ln_tiles, G + 2 * H}, opt);  // per row tile: dgamma_h, dgamma_c, dbeta_c
       for (int64_t hi = T_ - 1; hi >= 0;) {
         const int64_t lo = alias ? 0 : hi / slots * slots;
-        layer_backward_fused<T>(L, f, panels, hi, lo, bn_step_offset, norm_eps);
+        if (d.ln) layer_backward_ln_rows<T>(L, f, panels, hi, lo, ln_part.data_ptr<T>());
+        else layer_backward_fused<T>(L, f, panels, hi, lo, bn_step_offset, norm_eps);
         if (!alias) {
           const int64_t n = hi + 1 - lo;
           cpu::matmul(dhh.narrow(0, 0, n).view({n * B, G}).t(), hm.narrow(0, lo, n).view({n * B, R}), grad_w_hh,
@@ -441,6 +506,12 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
           w_hh_written = true;
         }
         hi = lo - 1;
+      }
+      if (d.ln) {  // the row tiles' parameter gradients, in order
+        const at::Tensor sum = ln_part.sum(0);
+        dgamma_h.copy_(sum.narrow(0, 0, G));
+        dgamma_c.copy_(sum.narrow(0, G, H));
+        dbeta_c.copy_(sum.narrow(0, G + H, H));
       }
       return;
     }

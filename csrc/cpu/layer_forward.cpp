@@ -5,9 +5,10 @@
 // order); t = pos(b, s) the time position it reads/writes (reversed per row in the reverse
 // direction).
 //
-// float32 without layer norm or a projection runs the fused step (fused_step.h): the GEMM and
-// the pointwise work of a step in one kernel (batch norm's in one pass per unit block after
-// its tiles), all steps in one parallel region.  Otherwise, per
+// float32 without a projection runs the fused step (fused_step.h): the GEMM and the pointwise
+// work of a step in one kernel (batch norm's in one pass per unit block after its tiles), all
+// steps in one parallel region; layer norm (with a row tile per thread) splits the rows
+// between threads instead, each row through the unfused forward's row kernels.  Otherwise, per
 // step: one GEMM (h_{s-1} * m) @ W_hh^T into a preallocated buffer, then one fused pointwise
 // pass (N_h, gates, cell update, N_c, output, zoneout), parallel over hidden units with all
 // batch rows in each chunk so the batch-norm reductions stay inside the chunk; layer norm
@@ -267,7 +268,6 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
 
   FusedBN bn;  // batch norm (the step's products in f.hh)
   if (d.bn) {
-    bn.hh = f.hh;
     bn.hh_hat = f.save ? f.hh_hat : nullptr;
     bn.h_stats = f.h_stats;
     bn.c_stats = f.c_stats;
@@ -285,6 +285,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
   }
   FusedStep base;  // what every step shares
   base.bn = d.bn ? &bn : nullptr;
+  base.hh = f.hh;
   base.panels = panels.data_ptr<float>();
   base.xp = f.xp;
   base.y = f.y;
@@ -308,7 +309,46 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
     st.act = f.save ? f.act + s * B * G : nullptr;
     return st;
   };
-  fused_steps(T_, B, H, R, step);
+  if (!d.ln) {
+    fused_steps(T_, B, H, R, step);
+    return h_slot[T_ & 1];
+  }
+  // layer norm, row by row after the row tile's products (the unfused forward's row kernels);
+  // without a saved workspace the activations and x_hat use its one slot
+  fused_row_steps(T_, B, H, step, [&](const FusedStep& st, int64_t b) {
+    const int64_t s = st.s, ws = f.save ? s : 0;
+    const Rows& rows = L.rows;
+    float* hr = f.hh + b * G;
+    float* ar = f.act + (ws * B + b) * G;
+    float* xh = f.hh_hat + (ws * B + b) * G;
+    float* sh = f.h_stats + s * 2 * B;
+    float* sc = f.c_stats + s * 2 * B;
+    if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
+      std::memcpy(st.c_new + b * H, st.c_prev + b * H, sizeof(float) * H);
+      std::memcpy(st.h_next + b * R, st.h_prev + b * R, sizeof(float) * R);
+      std::fill_n(f.y + (s * B + b) * R, R, 0.0f);
+      std::fill_n(ar, G, 0.0f);
+      std::fill_n(xh, G, 0.0f);
+      sh[b] = sh[B + b] = sc[b] = sc[B + b] = 0.0f;
+    } else {
+      ln_forward_row(hr, G, eps, f.gamma_h, xh, sh[b], sh[B + b]);
+      fwd_gates_row<float, false>(f.xp + (rows.pos(b, s) * B + b) * G, hr, st.c_prev + b * H, st.c_new + b * H, ar,
+                                  nullptr, H, 0, H);
+      float* yr = f.y + (rows.pos(b, s) * B + b) * R;
+      ln_c_forward_row(st.c_new + b * H, H, eps, f.gamma_c, f.beta_c, ar + 3 * H, yr, sc[b], sc[B + b]);
+      if (f.zh.p) zoneout_row(f.zh, f.zh.row(s, b), st.h_prev + b * R, yr, 0, R);
+      if (f.zc.p) zoneout_row(f.zc, f.zc.row(s, b), st.c_prev + b * H, st.c_new + b * H, 0, H);
+      std::memcpy(st.h_next + b * R, yr, sizeof(float) * R);
+    }
+    if (st.hm_next) {
+      float* hm = st.hm_next + b * R;
+      const float* hn = st.h_next + b * R;
+      if (st.m_next)
+        for (int64_t k = 0; k < R; ++k) hm[k] = hn[k] * st.m_next[b * R + k];
+      else
+        std::memcpy(hm, hn, sizeof(float) * R);
+    }
+  });
   return h_slot[T_ & 1];
 }
 
@@ -345,7 +385,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor ws_c = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
   at::Tensor ws_hh_hat = new_output({(d.bn || d.ln) ? TW : 0, B, G}, opt);
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
-  at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused && !d.bn ? 0 : B, G}, opt);
+  at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused && !d.bn && !d.ln ? 0 : B, G}, opt);
   // the fused step's second buffers of h_s and (with a mask, without a saved workspace) of h_s * m_{s+1}
   at::Tensor h_alt = at::empty({fused ? B : 0, R}, opt);
   at::Tensor hm_alt = at::empty({fused && !save_workspace && d.mask ? B : 0, R}, opt);

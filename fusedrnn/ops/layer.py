@@ -184,9 +184,9 @@ def input_projection(d: Decision, cfg: Config, x: Tensor, weight_ih: Tensor, bia
             return d.backend.project(cfg, x, weight_ih, bias)
         return F.linear(x.to(dt), weight_ih.to(dt), _cast(bias, dt)).to(rd)
     xw = d.backend.project(cfg, x, weight_ih, None) if dt is None else F.linear(x.to(dt), weight_ih.to(dt)).to(rd)
-    if isinstance(norm, RecurrentLN):
-        xp = F.layer_norm(xw, (xw.shape[2],), norm.weight_x.to(xw.dtype), norm.bias_x.to(xw.dtype), norm.eps)
-        return xp if bias is None else xp + bias.to(xw.dtype)
+    if isinstance(norm, RecurrentLN):  # the bias folded into LN_x's (one pass over [T, B, G] fewer)
+        shift = norm.bias_x.to(xw.dtype) if bias is None else norm.bias_x.to(xw.dtype) + bias.to(xw.dtype)
+        return F.layer_norm(xw, (xw.shape[2],), norm.weight_x.to(xw.dtype), shift, norm.eps)
     T, B = xw.shape[0], xw.shape[1]
     xp, mean, var = d.backend.input_norm(cfg, xw, _cast(bias, rd), lengths, norm, norm.slot_index(T, xw.device))
     if norm.training:
