@@ -67,8 +67,7 @@ inline at::Tensor pack_gate_panels(const at::Tensor& w_hh, int64_t H) {
 struct FusedBN {
   float* hh_hat{};                 // [T, B, G]  BN_h's x_hat (saved with the workspace), or null
   float *h_stats{}, *c_stats{};    // [T, 2, G], [T, 2, H]  (mean, biased var), in training
-  const float *gamma_h{}, *gamma_c{}, *beta_c{};
-  const float *rm_h{}, *rv_h{}, *rm_c{}, *rv_c{};  // [S, G], [S, H]  running statistics (eval)
+  const ParamPtrs<float>* p{};     // gamma_h, gamma_c, beta_c; running statistics [S, G], [S, H] (eval)
   int64_t step_offset{}, S{1};
   bool train{};
   float eps{};
@@ -270,7 +269,7 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
   const Rows& rows = *f.rows;
   float mean[4][kLanes], rstd[4][kLanes];
   for (int q = 0; q < 4; ++q)
-    fused_bn_stats<FULL>(f, n, f.hh + q * H + j0, G, n.h_stats, n.rm_h, n.rv_h, G, q * H + j0, nu, mean[q], rstd[q]);
+    fused_bn_stats<FULL>(f, n, f.hh + q * H + j0, G, n.h_stats, n.p->rm_h, n.p->rv_h, G, q * H + j0, nu, mean[q], rstd[q]);
   float* hh_hat = SAVE ? n.hh_hat + s * B * G : nullptr;
 #pragma GCC unroll 1
   for (int64_t b = 0; b < B; ++b) {
@@ -295,7 +294,7 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
     for (int q = 0; q < 4; ++q) {
       load_lanes(x[q], xr + q * H, nu);
       load_lanes(hv[q], hb + q * H, nu);
-      load_lanes(gh[q], n.gamma_h + q * H + j0, nu);
+      load_lanes(gh[q], n.p->gamma_h + q * H + j0, nu);
     }
     load_lanes(cpv, cp, nu);
     for (int q = 0; q < 4; ++q)
@@ -316,10 +315,10 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
     copy_lanes(hb + 3 * H, pre[3], nu);
   }
   float mean_c[kLanes], rstd_c[kLanes];
-  fused_bn_stats<FULL>(f, n, f.c_new + j0, H, n.c_stats, n.rm_c, n.rv_c, H, j0, nu, mean_c, rstd_c);
+  fused_bn_stats<FULL>(f, n, f.c_new + j0, H, n.c_stats, n.p->rm_c, n.p->rv_c, H, j0, nu, mean_c, rstd_c);
   float gc[kLanes], bc[kLanes];
-  load_lanes(gc, n.gamma_c + j0, nu);
-  load_lanes(bc, n.beta_c + j0, nu);
+  load_lanes(gc, n.p->gamma_c + j0, nu);
+  load_lanes(bc, n.p->beta_c + j0, nu);
 #pragma GCC unroll 1
   for (int64_t b = 0; b < B; ++b) {
     if (rows.active(b, s)) {

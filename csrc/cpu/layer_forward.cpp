@@ -271,13 +271,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
     bn.hh_hat = f.save ? f.hh_hat : nullptr;
     bn.h_stats = f.h_stats;
     bn.c_stats = f.c_stats;
-    bn.gamma_h = f.gamma_h;
-    bn.gamma_c = f.gamma_c;
-    bn.beta_c = f.beta_c;
-    bn.rm_h = f.rm_h;
-    bn.rv_h = f.rv_h;
-    bn.rm_c = f.rm_c;
-    bn.rv_c = f.rv_c;
+    bn.p = &f;
     bn.step_offset = step_offset;
     bn.S = d.S;
     bn.train = d.bn_train;
