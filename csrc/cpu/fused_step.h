@@ -1,6 +1,8 @@
 // The LSTM's forward step as one kernel (float32): the GEMM h_{s-1} W_hh^T by a register-tiled
-// micro-kernel, with the gates, the cell update, zoneout, the output and the next step's
-// masked operand done in its epilogue while the tile is still in cache.
+// micro-kernel, with the gates, the cell update, zoneout, batch norm, the output and the next
+// step's masked operand done in its epilogue while the tile is still in cache; the drivers of
+// the fused backward (fused_backward_steps, the same tile over the gate gradients) and of the
+// row split that layer norm takes (fused_row_steps).
 //
 // Dimension letters: B batch rows, K = R the width of h (the reduction), H hidden units,
 // G = 4H gate columns (i, f, g, o), U = ceil(H / kLanes) unit blocks, s the step.

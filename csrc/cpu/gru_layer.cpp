@@ -255,7 +255,7 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
       const T* h = f.hs + (save_workspace ? s : (s & 1)) * B * H;
       T* hm = f.hm + ws * B * H;  // h_{s-1} * m_s, the operand of W_hh, for every row
       if (f.mask) {
-        const T* m = f.mask + (f.mask_per_step ? s * B * H : 0);
+        const T* m = f.mask_at(s, B * H);
         for (int64_t k = 0; k < B * H; ++k) hm[k] = h[k] * m[k];
       } else {
         std::memcpy(hm, h, sizeof(T) * B * H);
@@ -323,7 +323,7 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
         cpu::matmul(dhh.narrow(0, 0, n).view({n * B, G}).t(), hm.narrow(0, s, n).view({n * B, H}), grad_w_hh,
                     /*accumulate=*/true);
       }
-      const T* m = f.mask ? f.mask + (f.mask_per_step ? s * B * H : 0) : nullptr;
+      const T* m = f.mask_at(s, B * H);
       for (int64_t b = 0; b < B; ++b) {
         if (!L.rows.active(b, s)) continue;  // a finished row's state was carried: its gradient too
         for (int64_t k = b * H; k < (b + 1) * H; ++k) f.dh_carry[k] = (m ? dr[k] * m[k] : dr[k]) + f.dprev[k];

@@ -4,10 +4,11 @@
 // G = 4H gate columns (i, f, g, o), S running-statistics slots.  s is the step (processing
 // order, from T - 1 down); t = pos(b, s) the time position it reads/writes.
 //
-// Mirrors the forward (layer_forward.cpp).  float32 without a norm or a projection runs fused
-// steps (layer_backward_fused): each thread forms the gate gradients of its units, and after
-// one barrier the register tile of fused_step.h multiplies them by W_hh into dL/dh_{s-1} of the
-// same units, the mask and zoneout in its epilogue; all steps in one parallel region.
+// Mirrors the forward (layer_forward.cpp).  float32 without a projection runs fused steps
+// (layer_backward_fused): each thread forms the gate gradients of its units, and after one
+// barrier the register tile of fused_step.h multiplies them by W_hh into dL/dh_{s-1} of the
+// same units, the mask and zoneout in its epilogue; all steps in one parallel region.  Layer
+// norm splits the rows between threads instead (layer_backward_ln_rows).
 // Otherwise, per step, the fused pointwise pass of the gate gradients (N_c, cell, N_h
 // backward, zoneout), then one GEMM for dh (and one with W_hr under a projection).  The
 // weight gradients are single GEMMs after the loop (dW_hh in chunks of steps when dL/dhh
@@ -191,11 +192,26 @@ struct BwdBuffers : ParamPtrs<T> {
   T *ln_do{}, *ln_dy{}, *ln_chat{}, *ln_dc{};  // [B, H] each, layer norm: dL/dpre_o, dL/d(LN_c out), c_hat, dL/dc~
   T *mean_g{}, *rstd_g{}, *mean_c{}, *rstd_c{}, *sum1_g{}, *sum2_g{}, *sum1_c{}, *sum2_c{};  // scratch
 
+  // Step s's [B, G] dL/dhh (n = B x G): its slot of the ring (or grad_xp's step).
+  T* dhh_at(int64_t s, int64_t n) const { return dhh + (s % dhh_slots) * n; }
+
   // Statistics and batch-sum scratch of one step, carved from st [4G + 4H].
   void set_scratch(T* st, int64_t G, int64_t H) {
     carve(carve(st, G, mean_g, rstd_g, sum1_g, sum2_g), H, mean_c, rstd_c, sum1_c, sum2_c);
   }
 };
+
+// dL/dh_s of the active row b, columns [j0, j1), into dh_cur: the output's gradient plus what
+// flows back from step s + 1; under zoneout the part that reaches h_{s-1} directly
+// (h_s = zh h_{s-1} + ...) moves to dh_zone.
+template <typename T>
+void step_dh(const Rows& rows, const BwdBuffers<T>& f, int64_t s, int64_t b, int64_t B, int64_t R, int64_t j0,
+             int64_t j1) {
+  T* dh = f.dh_cur + b * R;
+  const T* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
+  for (int64_t j = j0; j < j1; ++j) dh[j] = gy[j] + f.dh_carry[b * R + j];
+  if (f.zh.p) zoneout_split(f.zh, f.zh.row(s, b), dh, f.dh_zone + b * R, j0, j1);
+}
 
 // The gate gradients of step s for the units [j0, j1), every row: zoneout's split of dL/dc_s,
 // BN_c's batch sums, the gates (dL/dxp, and dL/dhh when it has a buffer of its own), BN_h's
@@ -210,7 +226,7 @@ void backward_units(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f
   // with zoneout the output and the gates saw the candidate c~_s, not the state c_s
   const T* c_cur = f.zc.p ? f.c_til : f.c + (s + 1) * B * H;
   const T* hh_hat = (d.bn || d.ln) ? f.hh_hat + s * B * G : nullptr;
-  T* dhh = f.dhh + (s % f.dhh_slots) * B * G;
+  T* dhh = f.dhh_at(s, B * G);
   const bool copy_dhh = f.dhh != f.grad_xp;
   const int64_t n = rows.count(s);
   const T n_bn = bn_train ? T(n) : T(0);  // 0 selects the eval formula in bn_backward
@@ -289,7 +305,7 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   const T* act = f.act + s * B * G;
   const T* c_prev = f.c + s * B * H;
   const T* hh_hat = d.ln ? f.hh_hat + s * B * G : nullptr;
-  T* dhh = f.dhh + (s % f.dhh_slots) * B * G;
+  T* dhh = f.dhh_at(s, B * G);
 
   if (d.ln) {  // LN_c and the output, backward, one active row at a time (rows in parallel)
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -336,24 +352,18 @@ void layer_backward_fused(const LayerCall& L, const BwdBuffers<float>& f, const 
   const Rows& rows = L.rows;
   const int64_t B = d.B, H = d.H, G = d.G, R = d.R;  // R == H: no projection here
   const int64_t NG = (R + 4 * kLanes - 1) / (4 * kLanes);
-  auto dhh_of = [&](int64_t s) { return f.dhh + (s % f.dhh_slots) * B * G; };
   const auto tiles = fused_row_tiles(B);
   const float* pw = panels.data_ptr<float>();
   auto phase_a = [&](int64_t s, int64_t g0, int64_t g1) {
     const int64_t j0 = g0 * 4 * kLanes, j1 = std::min(H, g1 * 4 * kLanes);
     if (j1 <= j0) return;
-    for (int64_t b = 0; b < B; ++b) {  // dL/dh_s: the output's gradient and the carry
-      if (!rows.active(b, s)) continue;
-      float* dh = f.dh_cur + b * R;
-      const float* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
-      for (int64_t j = j0; j < j1; ++j) dh[j] = gy[j] + f.dh_carry[b * R + j];
-      if (f.zh.p) zoneout_split(f.zh, f.zh.row(s, b), dh, f.dh_zone + b * R, j0, j1);
-    }
+    for (int64_t b = 0; b < B; ++b)
+      if (rows.active(b, s)) step_dh(rows, f, s, b, B, R, j0, j1);
     backward_units(rows, d, f, s, d.bn_train, std::min(step_offset + s, d.S - 1), eps, j0, j1);
   };
   auto phase_b = [&](int64_t s, int64_t g0, int64_t g1) {
-    const float* dhh = dhh_of(s);
-    const float* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
+    const float* dhh = f.dhh_at(s, B * G);
+    const float* m = f.mask_at(s, B * R);
     for (int64_t g = g0; g < g1; ++g)
       for (const auto& [b0, mr] : tiles)
         backward_tile_for(mr)(pw + g * 4 * G * kLanes, dhh + b0 * G, G, rows, s, b0, g * 4 * kLanes, R, m,
@@ -389,8 +399,8 @@ void layer_backward_ln_rows(const LayerCall& L, const BwdBuffers<float>& f, cons
       const float* act = f.act + s * B * G;
       const float* c_prev = f.c + s * B * H;
       const float* hh_hat = f.hh_hat + s * B * G;
-      float* dhh = f.dhh + (s % f.dhh_slots) * B * G;
-      const float* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
+      float* dhh = f.dhh_at(s, B * G);
+      const float* m = f.mask_at(s, B * R);
       for (int64_t t = t0; t < t1; ++t) {
         const auto [b0, mr] = tiles[t];
         for (int64_t b = b0; b < b0 + mr; ++b) {
@@ -400,11 +410,8 @@ void layer_backward_ln_rows(const LayerCall& L, const BwdBuffers<float>& f, cons
             continue;
           }
           const int64_t k0 = b * H;
-          float* dh = f.dh_cur + b * R;
-          const float* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
-          for (int64_t j = 0; j < R; ++j) dh[j] = gy[j] + f.dh_carry[b * R + j];
-          if (f.zh.p) zoneout_split(f.zh, f.zh.row(s, b), dh, f.dh_zone + b * R, 0, R);
-          bwd_ln_c_row(act + b * G, c_prev + k0, dh, f.gamma_c, f.beta_c, f.c_stats[s * 2 * B + b],
+          step_dh(rows, f, s, b, B, R, 0, R);
+          bwd_ln_c_row(act + b * G, c_prev + k0, f.dh_cur + b * R, f.gamma_c, f.beta_c, f.c_stats[s * 2 * B + b],
                        f.c_stats[s * 2 * B + B + b], f.c_til + k0, f.ln_do + k0, f.ln_dy + k0, f.ln_chat + k0,
                        f.ln_dc + k0, H);
           if (f.zc.p) zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + k0, f.dc_zone + k0, 0, H);
@@ -519,14 +526,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     for (int64_t s = T_ - 1; s >= 0; --s) {
       // dL/dh_s: from the output at this step plus what flows back from step s + 1
       for (int64_t b = 0; b < B; ++b) {
-        T* dst = f.dh_cur + b * R;
-        if (rows.active(b, s)) {
-          const T* gy = f.grad_y + (rows.pos(b, s) * B + b) * R;
-          for (int64_t r = 0; r < R; ++r) dst[r] = gy[r] + f.dh_carry[b * R + r];
-          if (f.zh.p) zoneout_split(f.zh, f.zh.row(s, b), dst, f.dh_zone + b * R, 0, R);  // h_s = zh h_{s-1} + ...
-        } else {
-          for (int64_t r = 0; r < R; ++r) dst[r] = T(0);
-        }
+        if (rows.active(b, s)) step_dh(rows, f, s, b, B, R, 0, R);
+        else std::fill_n(f.dh_cur + b * R, R, T(0));
       }
       if (d.proj) {
         std::memcpy(f.dh_all + s * B * R, f.dh_cur, sizeof(T) * B * R);
@@ -541,7 +542,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
                     /*accumulate=*/w_hh_written);
         w_hh_written = true;
       }
-      const T* m = f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
+      const T* m = f.mask_at(s, B * R);
       for (int64_t b = 0; b < B; ++b) {
         if (!rows.active(b, s)) continue;
         for (int64_t r = 0; r < R; ++r) {

@@ -209,7 +209,7 @@ void layer_forward(LayerCall& L, const at::Tensor& h0, FwdBuffers<T>& f, at::Ten
     // masked h entering W_hh, for every row (inactive rows carry finite values)
     T* hm = f.hm + ws * B * R;
     if (f.mask) {
-      const T* m = f.mask + (f.mask_per_step ? s * B * R : 0);
+      const T* m = f.mask_at(s, B * R);
       for (int64_t k = 0; k < B * R; ++k) hm[k] = f.h_cur[k] * m[k];
     } else {
       std::memcpy(hm, f.h_cur, sizeof(T) * B * R);
@@ -256,13 +256,10 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
   auto hm_of = [&](int64_t s) {
     return f.save ? f.hm + s * B * R : !f.mask ? h_slot[s & 1] : (s & 1) ? hm_alt : f.hm;
   };
-  auto mask_of = [&](int64_t s) -> const float* {
-    return f.mask ? f.mask + (f.mask_per_step ? s * B * R : 0) : nullptr;
-  };
   const float* h0p = h0.data_ptr<float>();
   std::memcpy(f.h_cur, h0p, sizeof(float) * B * R);
   float* hm0 = hm_of(0);
-  const float* m0 = mask_of(0);
+  const float* m0 = f.mask_at(0, B * R);
   if (own_hm)
     for (int64_t k = 0; k < B * R; ++k) hm0[k] = m0 ? h0p[k] * m0[k] : h0p[k];
 
@@ -299,7 +296,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
     st.h_prev = h_slot[s & 1];
     st.h_next = h_slot[(s + 1) & 1];
     st.hm_next = last || !own_hm ? nullptr : hm_of(s + 1);
-    st.m_next = last ? nullptr : mask_of(s + 1);
+    st.m_next = last ? nullptr : f.mask_at(s + 1, B * R);
     st.act = f.save ? f.act + s * B * G : nullptr;
     return st;
   };
@@ -334,14 +331,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
       if (f.zc.p) zoneout_row(f.zc, f.zc.row(s, b), st.c_prev + b * H, st.c_new + b * H, 0, H);
       std::memcpy(st.h_next + b * R, yr, sizeof(float) * R);
     }
-    if (st.hm_next) {
-      float* hm = st.hm_next + b * R;
-      const float* hn = st.h_next + b * R;
-      if (st.m_next)
-        for (int64_t k = 0; k < R; ++k) hm[k] = hn[k] * st.m_next[b * R + k];
-      else
-        std::memcpy(hm, hn, sizeof(float) * R);
-    }
+    for (int64_t j0 = 0; j0 < R; j0 += kLanes) next_operand(st, b, j0, std::min(kLanes, R - j0));
   });
   return h_slot[T_ & 1];
 }

@@ -55,6 +55,8 @@ struct ParamPtrs {
         gamma_c(ptr(t.norm_c_weight)), beta_c(ptr(t.norm_c_bias)), rm_h(ptr(t.rm_h)), rv_h(ptr(t.rv_h)),
         rm_c(ptr(t.rm_c)), rv_c(ptr(t.rv_c)), zc(t.zoneout_c, d.B, d.H), zh(t.zoneout_h, d.B, d.R) {}
   static const T* ptr(const OptT& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
+  // The mask of step s (n = its B x width elements), or null without one.
+  const T* mask_at(int64_t s, int64_t n) const { return mask ? mask + (mask_per_step ? s * n : 0) : nullptr; }
 };
 
 // Zoneout of one row, columns [j0, j1): v = z * prev + (1 - z) * v (v holds the candidate on
