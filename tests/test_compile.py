@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -20,6 +22,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import fusedrnn
 from fusedrnn.backends import compiled
 from fusedrnn.core import schema
+from fusedrnn.core.trace import trace_constant
 
 BACKENDS = list(fusedrnn.available_backends("cpu"))
 if fusedrnn.ops.decision.unavailable_reason("triton", torch.device("cpu")) is None:
@@ -241,3 +244,33 @@ def test_compile_fullgraph_on_gpu(backend):
     got, want = _lstm_run(compiled, x), _lstm_run(mod, x)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+# ---- import cost --------------------------------------------------------------------------------
+
+_IMPORT = r"""
+import json, sys, torch, fusedrnn
+m = fusedrnn.LSTM(4, 4, recurrent_dropout=0.2, batch_norm=True, bn_max_steps=3)
+y, _ = m(torch.randn(3, 2, 4)); y.sum().backward()
+fusedrnn.LSTMCell(4, 4)(torch.randn(2, 4))
+print(json.dumps(sorted(k for k in ("torch._dynamo", "sympy", "triton") if k in sys.modules)))
+"""
+
+
+def test_import_and_eager_use_leave_dynamo_unloaded():
+    """``import fusedrnn`` and eager use import neither Dynamo nor Triton (a fresh process):
+    Dynamo alone cost 1.3 s of the import. The decisions are still trace-time constants:
+    trace_constant sets what torch.compiler.assume_constant_result sets, and nothing else."""
+    from helpers import run_python
+
+    assert json.loads(run_python(_IMPORT).strip().splitlines()[-1]) == []
+
+    def f():
+        pass
+
+    def g():
+        pass
+
+    before = set(vars(f))
+    torch.compiler.assume_constant_result(f)
+    assert {k: v for k, v in vars(f).items() if k not in before} == vars(trace_constant(g))

@@ -5,6 +5,8 @@
 - :mod:`.schema`: the layer-op schema every op family shares (argument order, encodings,
   its flattener and its autograd formula);
 - :mod:`.arch`: a CUDA device's compute capability ("sm_90");
+- :mod:`.trace`: the mark that makes a function a constant under torch.compile, set without
+  importing Dynamo;
 - :mod:`.digest`: the fingerprint of a backend's kernel sources (what a GPU validation
   vouches for).
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .trace import trace_constant
+
 _ARCHS: dict[int, str] = {}
 
 
@@ -17,7 +19,7 @@ def device_arch(device: torch.device) -> str:
     return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
-@torch.compiler.assume_constant_result  # a trace-time constant under torch.compile
+@trace_constant  # a trace-time constant under torch.compile
 def _cuda_arch(index: int) -> str:
     if index not in _ARCHS:
         major, minor = torch.cuda.get_device_capability(index)

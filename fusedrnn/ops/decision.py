@@ -34,7 +34,8 @@ named backend that is unavailable, or cannot serve the configuration, raises
 :class:`BackendError` naming what is missing; nothing falls back silently.
 
 Under torch.compile the decision is taken while tracing, as a constant
-(``torch.compiler.assume_constant_result``): it depends only on Python values (the requested
+(``torch.compiler.assume_constant_result``'s mark, set by
+:func:`fusedrnn.core.trace.trace_constant`): it depends only on Python values (the requested
 name, the configuration's fields, the mode), which Dynamo guards on, so the traced graph
 holds the chosen backend's op with no graph break.  The batch size is specialised (a new
 batch size recompiles), the sequence length is not (backends must not decide on
@@ -53,6 +54,7 @@ import torch
 
 from .. import backends
 from ..core.contract import Backend, BackendError, CellKind, Config
+from ..core.trace import trace_constant
 from . import evidence
 
 # Backends that run whole fusedrnn.LSTM / LSTMCell modules rather than one op: "aten" is
@@ -386,7 +388,7 @@ def _traced(kind, op, name, cfg, autocast, regularized, training) -> Decision:
     return Decision(aten=False, backend=backends.get(be), dtype=dtype, autocast=autocast)
 
 
-@torch.compiler.assume_constant_result
+@trace_constant
 def _decide_constant(kind, op, name, fields, autocast, regularized, training) -> tuple:
     f = {f.name: v for f, v in zip(_FIELDS, fields)}
     cfg = Config.build(f.pop("device_type"), f.pop("dtype"), *(f.pop(k) for k in ("T", "B", "H", "R")), **f)
