@@ -1,9 +1,9 @@
 # fusedrnn: the two commands that do all the set-up on a fresh machine.
-#   make test    create .venv, install torch and fusedrnn from source, run the GPU compile
-#                gate (benchmarks/compile_gate.py, no GPU needed), the test suite on every core
-#                (pytest-xdist), the GPU check's dry run (benchmarks/gpu_check.sh --dry-run,
-#                CPU only) and the packaging checks (tests/packaging/wheel_smoke.sh: wheel in a
-#                fresh venv, sdist)
+#   make test    create .venv, install torch and fusedrnn from source, run the test suite on
+#                every core (pytest-xdist), then side by side: the GPU compile gate
+#                (benchmarks/compile_gate.py, no GPU needed), the GPU check's dry run
+#                (benchmarks/gpu_check.sh --dry-run, CPU only) and the packaging checks
+#                (tests/packaging/wheel_smoke.sh: wheel in a fresh venv, sdist)
 #   make bench   the same set-up, then the benchmark suite on the default device
 #   make mutants the same set-up, then every curated mutant against the tests that must catch it
 # Set-up steps are stamped in .venv, so a second run only rebuilds what changed (objects in
@@ -18,7 +18,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
 CSRC := $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: all install test bench mutants clean
+.PHONY: all install test compile-gate gpu-dry-run packaging bench mutants clean
 
 all: test
 
@@ -39,10 +39,19 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CSRC)
 
 install: $(VENV)/.built
 
+# The three checks after pytest use one to two cores each (pytest uses all): they run side by side,
+# each one's output printed whole when it ends.
 test: install
-	$(PY) benchmarks/compile_gate.py
 	$(PY) -m pytest -q -n $(MAX_JOBS) tests
+	$(MAKE) --no-print-directory -j3 --output-sync=target compile-gate gpu-dry-run packaging
+
+compile-gate: install
+	$(PY) benchmarks/compile_gate.py
+
+gpu-dry-run: install
 	PYTHON=$(PY) bash benchmarks/gpu_check.sh --dry-run bench-out/gpu-dry-run
+
+packaging: install
 	bash tests/packaging/wheel_smoke.sh $(PY)
 
 bench: install
