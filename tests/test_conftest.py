@@ -67,3 +67,23 @@ def test_interpreter_patches_the_language_once_per_launch(monkeypatch):
     _steps_kernel[(1,)](x, 5)
     assert x.tolist() == [31.0] * 4
     assert len(calls) == 4, calls
+
+
+def test_interpreter_numpy_dtypes_as_the_interpreter_gives_them():
+    """The suite's cached numpy-dtype lookup answers as the interpreter's own for scalars,
+    blocks of two shapes and pointers, asked twice (the second answer from the cache)."""
+    import pytest
+
+    if triton is None or os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no Triton interpreter (no triton, or a GPU runs the kernels)")
+    from triton.runtime import interpreter as interp
+
+    scalars = [tl.int1, tl.float16, tl.bfloat16, tl.float32, tl.float64, tl.int8, tl.uint8, tl.int16,
+               tl.uint16, tl.int32, tl.uint32, tl.int64, tl.uint64, tl.float8e5, tl.float8e4nv]
+    types = scalars + [tl.block_type(t, s) for t in scalars for s in ([4], [2, 8])] + [
+        tl.pointer_type(tl.float32), tl.block_type(tl.pointer_type(tl.float16), [4])]
+    assert interp._get_np_dtype.__name__ == "cached_np_dtype"
+    original = interp._get_np_dtype.__closure__[0].cell_contents
+    assert original.__name__ == "_get_np_dtype"
+    for _ in range(2):
+        assert [interp._get_np_dtype(t) for t in types] == [original(t) for t in types]
