@@ -16,7 +16,7 @@ def trace_constant(fn: F) -> F:
     Dynamo calls a function so marked at trace time and bakes its result into the graph. The
     public decorator imports ``torch._dynamo`` (1.3 s of ``import fusedrnn`` on a 2-core
     machine) only to set this attribute; torch.compile imports Dynamo when it first traces,
-    and reads the attribute then. tests/test_user_paths.py checks that the public decorator
+    and reads the attribute then. tests/test_compile.py checks that the public decorator
     still sets exactly this.
     """
     fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
