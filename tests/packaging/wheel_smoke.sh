@@ -26,8 +26,10 @@ tar -tzf "$OUT"/dist/fusedrnn-*.tar.gz > "$OUT/sdist.txt"
 for f in $(git ls-files csrc fusedrnn); do
   grep -q "/$f\$" "$OUT/sdist.txt" || { echo "sdist lacks $f"; exit 1; }
 done
+# the sdist's build (the longest step) runs while the wheel is resolved, installed and tried
 FUSEDRNN_CUDA=0 FUSEDRNN_DEBUG=1 "$PY" -m pip wheel --quiet --disable-pip-version-check --no-build-isolation \
-  --no-deps -w "$OUT/from-sdist" "$OUT"/dist/fusedrnn-*.tar.gz
+  --no-deps -w "$OUT/from-sdist" "$OUT"/dist/fusedrnn-*.tar.gz > "$OUT/from-sdist.log" 2>&1 &
+SDIST_BUILD=$!
 WHEEL=$(ls "$OUT"/dist/fusedrnn-*.whl)
 case "$WHEEL" in *-cp310-abi3-*) ;; *) echo "wheel tag is not cp310-abi3: $WHEEL"; exit 1 ;; esac
 python3 -m venv "$OUT/venv"
@@ -45,4 +47,6 @@ EOF
 "$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
   > "$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/build-env.pth"
 (cd "$OUT" && venv/bin/python "$OLDPWD/tests/packaging/smoke.py")
+wait "$SDIST_BUILD" || { tail -30 "$OUT/from-sdist.log"; echo "the sdist does not build"; exit 1; }
+ls "$OUT"/from-sdist/fusedrnn-*.whl > /dev/null
 echo "wheel smoke test: ok ($(basename "$WHEEL"))"
