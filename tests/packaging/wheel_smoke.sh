@@ -30,6 +30,7 @@ done
 FUSEDRNN_CUDA=0 FUSEDRNN_DEBUG=1 "$PY" -m pip wheel --quiet --disable-pip-version-check --no-build-isolation \
   --no-deps -w "$OUT/from-sdist" "$OUT"/dist/fusedrnn-*.tar.gz > "$OUT/from-sdist.log" 2>&1 &
 SDIST_BUILD=$!
+trap 'kill "$SDIST_BUILD" 2> /dev/null || true' EXIT  # a check below that fails stops it too
 WHEEL=$(ls "$OUT"/dist/fusedrnn-*.whl)
 case "$WHEEL" in *-cp310-abi3-*) ;; *) echo "wheel tag is not cp310-abi3: $WHEEL"; exit 1 ;; esac
 python3 -m venv "$OUT/venv"
