@@ -88,6 +88,7 @@ def _speed_up_the_interpreter():
             got = np_dtypes[tt_dtype] = get_np_dtype(tt_dtype)
         return got
 
+    cached_np_dtype.original = get_np_dtype
     interp._get_np_dtype = cached_np_dtype
 
 

@@ -3,6 +3,8 @@ time limit and its per-test override."""
 
 import os
 
+import pytest
+
 pytest_plugins = ["pytester"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,15 +50,15 @@ else:
             v = _twice_plus_one(v)
         tl.store(x_ptr + tl.arange(0, 4), v)
 
+needs_interpreter = pytest.mark.skipif(triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                                       reason="no Triton interpreter (no triton, or a GPU runs the kernels)")
 
+
+@needs_interpreter
 def test_interpreter_patches_the_language_once_per_launch(monkeypatch):
     """A launch whose kernel calls a @triton.jit helper at every step of a loop patches
     triton.language once (four _patch_builtin calls: tl, tl.tensor, tl.math, the descriptor
     base), not once more per helper call, and computes what the helper says."""
-    import pytest
-
-    if triton is None or os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no Triton interpreter (no triton, or a GPU runs the kernels)")
     import torch
     from triton.runtime import interpreter as interp
 
@@ -69,21 +71,17 @@ def test_interpreter_patches_the_language_once_per_launch(monkeypatch):
     assert len(calls) == 4, calls
 
 
+@needs_interpreter
 def test_interpreter_numpy_dtypes_as_the_interpreter_gives_them():
     """The suite's cached numpy-dtype lookup answers as the interpreter's own for scalars,
     blocks of two shapes and pointers, asked twice (the second answer from the cache)."""
-    import pytest
-
-    if triton is None or os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no Triton interpreter (no triton, or a GPU runs the kernels)")
     from triton.runtime import interpreter as interp
 
     scalars = [tl.int1, tl.float16, tl.bfloat16, tl.float32, tl.float64, tl.int8, tl.uint8, tl.int16,
                tl.uint16, tl.int32, tl.uint32, tl.int64, tl.uint64, tl.float8e5, tl.float8e4nv]
     types = scalars + [tl.block_type(t, s) for t in scalars for s in ([4], [2, 8])] + [
         tl.pointer_type(tl.float32), tl.block_type(tl.pointer_type(tl.float16), [4])]
-    assert interp._get_np_dtype.__name__ == "cached_np_dtype"
-    original = interp._get_np_dtype.__closure__[0].cell_contents
+    original = interp._get_np_dtype.original  # the suite's lookup keeps the interpreter's
     assert original.__name__ == "_get_np_dtype"
     for _ in range(2):
         assert [interp._get_np_dtype(t) for t in types] == [original(t) for t in types]
