@@ -53,7 +53,7 @@ PyObject* PyInit__C(void) {
 
 // The signatures of the layer op's forward and backward (after the op's name).
 #define FUSEDRNN_LAYER_FORWARD_SIG                                                                 \
-  "(Tensor xp, Tensor h0, Tensor c0, " FUSEDRNN_LAYER_PARAMS ", bool save_workspace)"              \
+  "(Tensor xp, Tensor h0, Tensor c0, " FUSEDRNN_LAYER_PARAMS ", int save_workspace)"               \
   " -> (Tensor y, Tensor h_n, Tensor c_n, Tensor h_stats, Tensor c_stats, Tensor ws_h,"            \
   " Tensor ws_act, Tensor ws_c, Tensor ws_hh_hat, Tensor ws_hc)"
 #define FUSEDRNN_LAYER_BACKWARD_SIG                                                                \
@@ -94,6 +94,8 @@ TORCH_LIBRARY(fusedrnn, m) {
   // save_workspace): ws_h [T, B, R] (h_{s-1} * m_s, the operand of W_hh), ws_act [T, B, G]
   // (activated gates), ws_c [T + 1, B, H] (cell states, c0 first), ws_hh_hat [T, B, G] (N_h's
   // normalised W_hh h, norms only), ws_hc [T, B, H] (h before W_hr, projection only).
+  // save_workspace: 0 nothing, 1 all of it, 2 all but ws_hh_hat, returned [0, B, G] and
+  // recomputed by the backward (the recompute mode; CPU only).
   // Workspace tensors are indexed by the step s (processing order).
   m.def("lstm_layer_forward" FUSEDRNN_LAYER_FORWARD_SIG, {at::Tag::pt2_compliant_tag});
   // Backward of lstm_layer_forward: the gradients of its three outputs, its parameter
@@ -109,8 +111,8 @@ TORCH_LIBRARY(fusedrnn, m) {
   // [B, H], h_stats (batch norm in training [T, 2, 3H]; layer norm [T, 2, B]; else empty), and
   // the workspace ws_h [T, B, H] (h_{s-1} * m_s), ws_gates [T, B, 3H] (r, z, n), ws_hs
   // [T + 1, B, H] (the states, h0 first), ws_hh_hat [T, B, 3H] (N_h's x_hat, norms only),
-  // ws_hn [T, B, H] (the n block of N_h(W_hh h) + b_hh).
-  m.def("gru_layer_forward(Tensor xp, Tensor h0, " FUSEDRNN_GRU_PARAMS ", bool save_workspace)"
+  // ws_hn [T, B, H] (the n block of N_h(W_hh h) + b_hh); save_workspace as the LSTM's.
+  m.def("gru_layer_forward(Tensor xp, Tensor h0, " FUSEDRNN_GRU_PARAMS ", int save_workspace)"
         " -> (Tensor y, Tensor h_n, Tensor h_stats, Tensor ws_h, Tensor ws_gates, Tensor ws_hs,"
         " Tensor ws_hh_hat, Tensor ws_hn)",
         {at::Tag::pt2_compliant_tag});

@@ -331,6 +331,12 @@ inline std::vector<int64_t> lengths_vector(const OptT& lengths, int64_t B, int64
   return len;
 }
 
+// What the layer forward saves for the backward (its save_workspace): nothing (no backward
+// follows), the whole workspace, or all but ws_hh_hat under a norm (returned empty: the
+// backward recomputes N_h's normalised products from ws_h, W_hh and the saved statistics;
+// the CPU kernel only).
+constexpr int64_t kSaveNone = 0, kSaveAll = 1, kSaveRecomputeNorm = 2;
+
 using LayerForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                    at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using LayerBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -370,12 +376,12 @@ using GruForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
 using GruBackwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // ---- gru_layer: the GRU's layer recurrence op (CPU only for now; schema in module.cpp) --------
-// forward(xp [T, B, 3H], h0 [B, H], GRU params, save_workspace)
+// forward(xp [T, B, 3H], h0 [B, H], GRU params, save_workspace (kSave*))
 //   -> (y, h_n, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn)
 // backward(grad_y, grad_h_n, GRU params, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn)
 //   -> (grad_xp, grad_h0, grad_w_hh, grad_b_hh, grad_norm_h_weight)
 GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp, const at::Tensor& h0, FUSEDRNN_GRU_ARGS_DECL,
-                                    bool save_workspace);
+                                    int64_t save_workspace);
 GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_h_n, FUSEDRNN_GRU_ARGS_DECL,
                                       const at::Tensor& h_stats, const at::Tensor& ws_h, const at::Tensor& ws_gates,
                                       const at::Tensor& ws_hs, const at::Tensor& ws_hh_hat, const at::Tensor& ws_hn);
@@ -383,11 +389,11 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y, const at::Tensor
 // The implementations of the ops both devices run, one signature for both: fusedrnn::<op>_cpu
 // (cpu/*.cpp) and fusedrnn::<op>_cuda (cuda/*_host.cpp, built with CUDA only); schemas in
 // module.cpp.  The layer op (lstm_layer_forward / _backward): the three data tensors, the
-// LayerArgs in order, then save_workspace (forward) or the statistics and the workspace
-// (backward).  batch_norm_steps: per-step batch norm over [T, B, F].  lstm_cell: one pointwise step.
+// LayerArgs in order, then save_workspace (forward: kSave*) or the statistics and the
+// workspace (backward).  batch_norm_steps: per-step batch norm over [T, B, F].  lstm_cell: one pointwise step.
 #define FUSEDRNN_DEVICE_OPS(DEV)                                                                            \
   LayerForwardOut lstm_layer_forward_##DEV(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0,  \
-                                           FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace);                   \
+                                           FUSEDRNN_LAYER_ARGS_DECL, int64_t save_workspace);                \
   LayerBackwardOut lstm_layer_backward_##DEV(const at::Tensor& grad_y, const at::Tensor& grad_h_n,           \
                                              const at::Tensor& grad_c_n, FUSEDRNN_LAYER_ARGS_DECL,           \
                                              FUSEDRNN_LAYER_BACKWARD_TAIL_DECL);                             \

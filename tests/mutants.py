@@ -243,6 +243,18 @@ MUTANTS = [
            "                          MASK, REVERSE, RESIDENT, ZO, PREC, BK, GP, KST)\n        dh, dz",
            ("tests/test_gru_ops.py",),
            "the persistent GRU backward drops the update gate's direct path to h_{s-1} between steps"),
+    Mutant("recompute-mode-sent-to-cuda", "fusedrnn/backends/compiled/layer.py",
+           'norm.recompute and cfg.device_type == "cpu"', "norm.recompute",
+           ("tests/test_recompute.py::test_the_mode_goes_to_the_cpu_kernel_only",),
+           "the CUDA kernel, which has no recompute mode, is asked for it (and refuses)"),
+    Mutant("recompute-fake-keeps-x-hat", "fusedrnn/backends/compiled/layer.py",
+           "new(TW if norm and save != schema.SAVE_RECOMPUTE_NORM else 0, B, 4 * H)", "new(TW if norm else 0, B, 4 * H)",
+           ("tests/test_native_ops.py::test_opcheck_and_gradcheck_recompute_mode",),
+           "the fake kernel says ws_hh_hat is kept in the recompute mode: torch.compile's shapes are wrong"),
+    Mutant("recompute-option-not-passed-to-the-norm", "fusedrnn/modules/regularizers.py",
+           "step_offset=step_offset, recompute=self._recomputes(),", "step_offset=step_offset,",
+           ("tests/test_recompute.py::test_recompute_keeps_one_gate_tensor_less_per_layer_and_direction",),
+           "recompute=True on a batch-norm module saves as much as without it"),
 ]
 
 

@@ -204,6 +204,29 @@ def test_opcheck_backward():
     torch.library.opcheck(torch.ops.fusedrnn.gru_layer_backward.default, bargs)
 
 
+@pytest.mark.parametrize("case", [dict(bn="train", lengths=True, reverse=True), dict(bn="eval", mask="per_step"),
+                                  dict(bn="layer", zoneout=True, mask="shared")], ids=_id)
+@pytest.mark.parametrize("T_,B_", [(4, 3), (40, 32)], ids=["one-chunk", "three-chunks"])
+def test_recompute_mode(case, T_, B_):
+    """save_workspace=2: ws_hh_hat comes back empty, the rest as with 1, and the backward that
+    rebuilds N_h's x_hat (per chunk of its ring's steps) equals the one that read it; opcheck
+    on both ops in that mode."""
+    args, _, _ = _case(case, requires_grad=False, T=T_, B=B_)
+    full = torch.ops.fusedrnn.gru_layer_forward(*args)
+    lean = torch.ops.fusedrnn.gru_layer_forward(*args[:-1], schema.SAVE_RECOMPUTE_NORM)
+    assert lean[6].shape == (0, B_, 3 * H) and full[6].shape[0] == T_
+    for i in (0, 1, 2, 3, 4, 5, 7):
+        assert torch.equal(full[i], lean[i]), schema.GRU_FORWARD_OUTPUTS[i]
+    grads = (torch.randn_like(full[0]), torch.randn_like(full[1]))
+    params = args[2:2 + len(schema.GRU_PARAMS)]
+    saved = torch.ops.fusedrnn.gru_layer_backward(*grads, *params, *full[2:])
+    rebuilt = torch.ops.fusedrnn.gru_layer_backward(*grads, *params, *lean[2:])
+    for a, b in zip(saved, rebuilt):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    if T_ == 4:
+        torch.library.opcheck(torch.ops.fusedrnn.gru_layer_forward.default, (*args[:-1], schema.SAVE_RECOMPUTE_NORM))
+        torch.library.opcheck(torch.ops.fusedrnn.gru_layer_backward.default, (*grads, *params, *lean[2:]))
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.get("bn") != "train" or c.get("lengths")], ids=_id)
 def test_gradcheck(case):
     args, diff, _ = _case(case)

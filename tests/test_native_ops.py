@@ -237,6 +237,72 @@ def test_layer_bad_arguments():
         torch.ops.fusedrnn.lstm_layer_forward(*bad_dtype)
 
 
+# ---- the recompute mode (save_workspace 2) ---------------------------------------------------
+
+RECOMPUTE_CASES = [dict(bn="train", lengths=True, reverse=True), dict(bn="eval", proj=True, mask="per_step"),
+                   dict(bn="layer", zoneout=True, mask="shared")]
+
+
+@pytest.mark.parametrize("case", RECOMPUTE_CASES, ids=_layer_id)
+@pytest.mark.parametrize("T,B", [(4, 3), (40, 32)], ids=["one-chunk", "three-chunks"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32-fused-steps"])
+def test_recompute_mode_leaves_x_hat_out_and_the_backward_rebuilds_it(case, T, B, dtype):
+    """save_workspace=2: the forward returns ws_hh_hat empty and everything else as with 1;
+    the backward from that workspace equals the one from the saved x_hat, over one chunk of
+    steps and over three (the backward's ring holds 16 steps at B = 32), on the fused steps
+    (float32 without a projection) and the per-step GEMMs."""
+    args, _ = _layer_args(case, dtype=dtype, T=T, B=B, requires_grad=False)
+    if case.get("lengths"):  # lengths spread over 1 .. T
+        args = (*args[:7], 1 + torch.arange(B) * 7 % T, *args[8:])
+    full = torch.ops.fusedrnn.lstm_layer_forward(*args)
+    lean = torch.ops.fusedrnn.lstm_layer_forward(*args[:-1], schema.SAVE_RECOMPUTE_NORM)
+    assert lean[8].shape == (0, B, full[8].shape[2]) and full[8].shape[0] == T
+    for i in (0, 1, 2, 3, 4, 5, 6, 7, 9):
+        assert torch.equal(full[i], lean[i]), schema.FORWARD_OUTPUTS[i]
+    g = torch.Generator().manual_seed(3)
+    grads = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in full[:3]]
+    saved = torch.ops.fusedrnn.lstm_layer_backward(*grads, *_params(args), *full[3:])
+    rebuilt = torch.ops.fusedrnn.lstm_layer_backward(*grads, *_params(args), *lean[3:])
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, b in zip(saved, rebuilt):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", RECOMPUTE_CASES, ids=_layer_id)
+def test_opcheck_and_gradcheck_recompute_mode(case):
+    args, diff = _layer_args(case)
+    args = (*args[:-1], schema.SAVE_RECOMPUTE_NORM)
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_forward.default, args)
+    with torch.no_grad():
+        out = torch.ops.fusedrnn.lstm_layer_forward(*args)
+    bargs = (torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]), *_params(args), *out[3:])
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_backward.default,
+                          tuple(a.detach() if torch.is_tensor(a) else a for a in bargs))
+    names = ["xp", "h0", "c0", *schema.PARAMS, "save"]
+    a = dict(zip(names, args))
+
+    def f(*ts):
+        b, it = dict(a), iter(ts)
+        for k in ("xp", "h0", "c0", "w_hh", "w_hr", "norm_h_weight", "norm_c_weight", "norm_c_bias"):
+            if b[k] is not None:
+                b[k] = next(it)
+        return torch.ops.fusedrnn.lstm_layer_forward(*(b[k] for k in names))[:3]
+
+    assert torch.autograd.gradcheck(f, tuple(diff), atol=1e-7)
+
+
+def test_recompute_mode_bad_workspace():
+    args, _ = _layer_args(dict(bn="train"), requires_grad=False)
+    with pytest.raises(RuntimeError, match="save_workspace must be 0"):
+        torch.ops.fusedrnn.lstm_layer_forward(*args[:-1], 3)
+    out = torch.ops.fusedrnn.lstm_layer_forward(*args)
+    grads = [torch.ones_like(t) for t in out[:3]]
+    ws = list(out[3:])
+    ws[5] = ws[5][1:]  # x_hat of some steps only
+    with pytest.raises(RuntimeError, match="ws_hh_hat must hold every step's x_hat"):
+        torch.ops.fusedrnn.lstm_layer_backward(*grads, *_params(args), *ws)
+
+
 # ---- per-step batch norm (BN_x) --------------------------------------------------------------
 
 BN_CASES = [(t, l, r, b) for t in (True, False) for l in (False, True) for r in (False, True) for b in (True, False)]

@@ -24,6 +24,8 @@ CASES = {
     "variational": dict(recurrent_dropout=0.4, variational=True),
     "batch_norm": dict(batch_norm=True, bn_max_steps=3, bn_momentum=0.2, bn_eps=1e-3),
     "layer_norm": dict(layer_norm=True),
+    "batch_norm+recompute": dict(batch_norm=True, bn_max_steps=3, recompute=True),
+    "layer_norm+recompute": dict(layer_norm=True, recompute=True),
     "zoneout": dict(zoneout=(0.4, 0.3)),
     "weight_dropout": dict(weight_dropout=0.4),
 }

@@ -67,7 +67,7 @@ inline at::Tensor pack_gate_panels(const at::Tensor& w_hh, int64_t H) {
 // step, so its statistics need nothing from another thread: the block's tiles write their
 // products to the step's hh, then one pass over its rows normalises them (fused_bn_block).
 struct FusedBN {
-  float* hh_hat{};                 // [T, B, G]  BN_h's x_hat (saved with the workspace), or null
+  float* hh_hat{};                 // [T, B, G]  BN_h's x_hat (saved with the workspace), or null (not kept)
   float *h_stats{}, *c_stats{};    // [T, 2, G], [T, 2, H]  (mean, biased var), in training
   const ParamPtrs<float>* p{};     // gamma_h, gamma_c, beta_c; running statistics [S, G], [S, H] (eval)
   int64_t step_offset{}, S{1};
@@ -272,7 +272,7 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
   float mean[4][kLanes], rstd[4][kLanes];
   for (int q = 0; q < 4; ++q)
     fused_bn_stats<FULL>(f, n, f.hh + q * H + j0, G, n.h_stats, n.p->rm_h, n.p->rv_h, G, q * H + j0, nu, mean[q], rstd[q]);
-  float* hh_hat = SAVE ? n.hh_hat + s * B * G : nullptr;
+  float* hh_hat = SAVE && n.hh_hat ? n.hh_hat + s * B * G : nullptr;
 #pragma GCC unroll 1
   for (int64_t b = 0; b < B; ++b) {
     const float* cp = f.c_prev + b * H + j0;
@@ -285,7 +285,7 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
       if (SAVE)
         for (int q = 0; q < 4; ++q) {
           std::fill_n(f.act + b * G + q * H + j0, nu, 0.0f);
-          std::fill_n(hh_hat + b * G + q * H + j0, nu, 0.0f);
+          if (hh_hat) std::fill_n(hh_hat + b * G + q * H + j0, nu, 0.0f);
         }
       continue;
     }
@@ -312,7 +312,7 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
     if (SAVE)
       for (int q = 0; q < 4; ++q) {
         copy_lanes(f.act + b * G + q * H + j0, pre[q], nu);
-        copy_lanes(hh_hat + b * G + q * H + j0, xh[q], nu);
+        if (hh_hat) copy_lanes(hh_hat + b * G + q * H + j0, xh[q], nu);
       }
     copy_lanes(hb + 3 * H, pre[3], nu);
   }

@@ -83,6 +83,7 @@ struct GruBuffers : ParamPtrs<T> {
   bool save{};      // the forward keeps every step's workspace (else one slot, and a ring of 2 states)
   // workspace: ws_h [T, B, H], ws_gates [T, B, G], ws_hs [T + 1, B, H], ws_hh_hat [T, B, G], ws_hn [T, B, H]
   T *hm{}, *gates{}, *hs{}, *hh_hat{}, *hn{};
+  int64_t hh_hat_slots{};  // N_h's x_hat of step s at s % hh_hat_slots: T, 1 (scratch) or the backward's ring
   T* stats{};       // h_stats: batch norm [T, 2, G] (mean, var), layer norm [T, 2, B] (mean, rstd)
   T *mean{}, *rstd{};  // [G] scratch of one step's column statistics
   // forward
@@ -99,6 +100,8 @@ struct GruBuffers : ParamPtrs<T> {
   T* dprev{};    // [B, H] what reaches h_{s-1} other than through W_hh
   T* dh_carry{}; // [B, H] dL/dh_{s-1}, carried to the next (earlier) step
   T *dgamma{}, *db_hh{}, *sum1{}, *sum2{};
+
+  T* hh_hat_at(int64_t s, int64_t n) const { return hh_hat + (s % hh_hat_slots) * n; }
 };
 
 template <typename T>
@@ -110,7 +113,7 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const GruBuffers<T>
   T* h_new = f.hs + (f.save ? s + 1 : ((s + 1) & 1)) * B * H;
   T* gates_s = f.gates + ws * B * G;
   T* hn = f.hn + ws * B * H;
-  T* hh_hat = (d.bn || d.ln) ? f.hh_hat + ws * B * G : nullptr;
+  T* hh_hat = (d.bn || d.ln) ? f.hh_hat_at(s, B * G) : nullptr;
   const int64_t n = rows.count(s);
   const T inv_n = n > 0 ? T(1) / T(n) : T(0);
 
@@ -152,7 +155,7 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const GruBuffers<T
   const T* h_prev = f.hs + s * B * H;
   const T* gates_s = f.gates + s * B * G;
   const T* hn = f.hn + s * B * H;
-  const T* hh_hat = (d.bn || d.ln) ? f.hh_hat + s * B * G : nullptr;
+  const T* hh_hat = (d.bn || d.ln) ? f.hh_hat_at(s, B * G) : nullptr;
   T* dhh = f.dhh + (s % f.slots) * B * G;
   T* dg = (d.bn || d.ln) ? f.dg : dhh;
   const T n_bn = d.bn_train ? T(rows.count(s)) : T(0);  // 0 selects the eval formula in bn_backward
@@ -216,9 +219,10 @@ const OptT kAbsent;
 }  // namespace
 
 GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h0_in, FUSEDRNN_GRU_ARGS_DECL,
-                                    bool save_workspace) {
+                                    int64_t save_workspace_in) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner GEMMs record no graph
   check_dim(xp_in, 3, "xp");
+  const bool save_workspace = cpu::saves_workspace(save_workspace_in);
   const LayerArgs a = FUSEDRNN_GRU_LAYER_ARGS(kAbsent);
   const LayerDims dims = check_gru_args(xp_in.size(0), xp_in.size(1), xp_in.size(2), xp_in, h0_in, a, b_hh);
   TORCH_CHECK(xp_in.scalar_type() == at::kFloat || xp_in.scalar_type() == at::kDouble,
@@ -237,7 +241,11 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
   at::Tensor ws_h = new_output({TW, B, H}, opt);
   at::Tensor ws_gates = new_output({TW, B, G}, opt);
   at::Tensor ws_hs = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
-  at::Tensor ws_hh_hat = new_output({norm ? TW : 0, B, G}, opt);
+  // N_h's x_hat: every step's, or one step's slot (no backward; the recompute mode, where the
+  // op returns it empty and the backward rebuilds it)
+  const int64_t hh_hat_slots = save_workspace_in == kSaveAll ? T_ : 1;
+  at::Tensor hh_hat = new_output({norm ? hh_hat_slots : 0, B, G}, opt);
+  at::Tensor ws_hh_hat = save_workspace_in == kSaveRecomputeNorm ? new_output({0, B, G}, opt) : hh_hat;
   at::Tensor ws_hn = new_output({TW, B, H}, opt);
   at::Tensor hh = at::empty({B, G}, opt), scratch = at::empty({2 * G}, opt);
   ws_hs.select(0, 0).copy_(h0_in);
@@ -245,10 +253,11 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "gru_layer_forward_cpu", [&] {
     using T = scalar_t;
     GruBuffers<T> f(d, L.t);
-    cpu::bind<T>(f.xp, xp, f.y, y, f.stats, h_stats, f.hm, ws_h, f.gates, ws_gates, f.hs, ws_hs, f.hh_hat, ws_hh_hat,
+    cpu::bind<T>(f.xp, xp, f.y, y, f.stats, h_stats, f.hm, ws_h, f.gates, ws_gates, f.hs, ws_hs, f.hh_hat, hh_hat,
                  f.hn, ws_hn, f.hh, hh);
     cpu::bind<T>(f.b_hh, b_hh_c);
     f.save = save_workspace;
+    f.hh_hat_slots = hh_hat_slots;
     carve(scratch.data_ptr<T>(), G, f.mean, f.rstd);
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t ws = save_workspace ? s : 0;
@@ -283,10 +292,10 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
   TORCH_CHECK(ws_gates_in.dim() == 3 && ws_gates_in.size(0) == T_ && ws_hs_in.size(0) == T_ + 1 &&
                   ws_h_in.size(0) == T_ && ws_hn_in.size(0) == T_,
               "fusedrnn: gru_layer_backward needs the full workspace (save_workspace=True)");
+  const bool norm = dims.bn || dims.ln, recompute = cpu::recomputes_norm_h(dims, ws_hh_hat_in);
   cpu::LayerCall L(dims, a, /*forward=*/false);
   const LayerDims& d = L.d;
   const int64_t G = d.G, H = d.H;
-  const bool norm = d.bn || d.ln;
   const at::TensorOptions opt = grad_y_in.options();
   const at::Tensor grad_y = grad_y_in.contiguous(), h_stats = h_stats_in.contiguous();
   const at::Tensor hm = ws_h_in.contiguous(), gates_t = ws_gates_in.contiguous(), hs = ws_hs_in.contiguous();
@@ -297,6 +306,7 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
   // (rows >= 512 keep the GEMM efficient), so no second [T, B, G] buffer is held.
   const int64_t slots = std::min<int64_t>(std::max<int64_t>(T_, 1), std::max<int64_t>(16, (511 + B) / std::max<int64_t>(B, 1)));
   at::Tensor dhh = at::empty({slots, B, G}, opt);
+  at::Tensor hh_ring = at::empty({recompute ? slots : 0, B, G}, opt);  // x_hat of N_h, rebuilt per chunk
   at::Tensor grad_w_hh = at::zeros({G, H}, opt);
   at::Tensor dh_carry = grad_h_n.to(opt).contiguous().clone();
   at::Tensor dh_cur = at::empty({B, H}, opt), dprev = at::empty({B, H}, opt), dh_rec = at::empty({B, H}, opt);
@@ -311,11 +321,15 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
     cpu::bind<T>(f.grad_y, grad_y, f.hm, hm, f.gates, gates_t, f.hs, hs, f.hn, hn, f.grad_xp, grad_xp, f.dhh, dhh,
                  f.dh_cur, dh_cur, f.dprev, dprev, f.dh_carry, dh_carry, f.dgamma, dgamma, f.db_hh, db_hh);
     if (d.bn_train || d.ln) cpu::bind<T>(f.stats, h_stats);
-    if (norm) cpu::bind<T>(f.hh_hat, hh_hat, f.dg, dg);
+    if (norm) cpu::bind<T>(f.hh_hat, recompute ? hh_ring : hh_hat, f.dg, dg);
+    f.hh_hat_slots = recompute ? slots : std::max<int64_t>(T_, 1);
     f.has_bias = b_hh.has_value();
     f.slots = slots;
     carve(scratch.data_ptr<T>(), G, f.mean, f.rstd, f.sum1, f.sum2);
     for (int64_t s = T_ - 1; s >= 0; --s) {
+      if (recompute && (s == T_ - 1 || (s + 1) % slots == 0))  // the first step of the chunk [s / slots * slots, s]
+        recompute_norm_h<T>(d, f.stats, f.rm_h, f.rv_h, hm, w_hh, hh_ring, s / slots * slots, s, bn_step_offset,
+                            norm_eps);
       backward_pointwise<T>(L.rows, d, f, s, std::min<int64_t>(bn_step_offset + s, d.S - 1), norm_eps);
       const T* dr = gemm.hh->template run<T>(dhh.select(0, s % slots), dh_rec);  // [B, G] @ W_hh
       if (s % slots == 0) {  // the chunk [s, s + n) is complete: dW_hh += dhh^T hm

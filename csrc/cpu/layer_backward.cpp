@@ -175,7 +175,9 @@ struct BwdBuffers : ParamPtrs<T> {
   using ParamPtrs<T>::ParamPtrs;
   const T* grad_y{};
   const T *h_stats{}, *c_stats{};          // the forward's statistics (BN train, LN)
-  const T *act{}, *c{}, *hh_hat{};           // workspace
+  const T *act{}, *c{};                  // workspace
+  const T* hh_hat{};                     // N_h's x_hat [slots, B, G]: step s at s % hh_hat_slots
+  int64_t hh_hat_slots{};                // T (saved by the forward), or the recompute ring's slots
   T* grad_xp{};                          // [T, B, G]
   T* dhh{};                              // [slots, B, G]: step s at s % slots (may alias grad_xp)
   int64_t dhh_slots{};
@@ -194,6 +196,8 @@ struct BwdBuffers : ParamPtrs<T> {
 
   // Step s's [B, G] dL/dhh (n = B x G): its slot of the ring (or grad_xp's step).
   T* dhh_at(int64_t s, int64_t n) const { return dhh + (s % dhh_slots) * n; }
+  // Step s's [B, G] x_hat of N_h (n = B x G).
+  const T* hh_hat_at(int64_t s, int64_t n) const { return hh_hat + (s % hh_hat_slots) * n; }
 
   // Statistics and batch-sum scratch of one step, carved from st [4G + 4H].
   void set_scratch(T* st, int64_t G, int64_t H) {
@@ -225,7 +229,7 @@ void backward_units(const Rows& rows, const LayerDims& d, const BwdBuffers<T>& f
   const T* c_prev = f.c + s * B * H;
   // with zoneout the output and the gates saw the candidate c~_s, not the state c_s
   const T* c_cur = f.zc.p ? f.c_til : f.c + (s + 1) * B * H;
-  const T* hh_hat = (d.bn || d.ln) ? f.hh_hat + s * B * G : nullptr;
+  const T* hh_hat = (d.bn || d.ln) ? f.hh_hat_at(s, B * G) : nullptr;
   T* dhh = f.dhh_at(s, B * G);
   const bool copy_dhh = f.dhh != f.grad_xp;
   const int64_t n = rows.count(s);
@@ -304,7 +308,7 @@ void backward_pointwise(const Rows& rows, const LayerDims& d, const BwdBuffers<T
   const int64_t B = d.B, H = d.H, G = d.G;
   const T* act = f.act + s * B * G;
   const T* c_prev = f.c + s * B * H;
-  const T* hh_hat = d.ln ? f.hh_hat + s * B * G : nullptr;
+  const T* hh_hat = d.ln ? f.hh_hat_at(s, B * G) : nullptr;
   T* dhh = f.dhh_at(s, B * G);
 
   if (d.ln) {  // LN_c and the output, backward, one active row at a time (rows in parallel)
@@ -398,7 +402,7 @@ void layer_backward_ln_rows(const LayerCall& L, const BwdBuffers<float>& f, cons
     for (int64_t s = hi; s >= lo; --s) {
       const float* act = f.act + s * B * G;
       const float* c_prev = f.c + s * B * H;
-      const float* hh_hat = f.hh_hat + s * B * G;
+      const float* hh_hat = f.hh_hat_at(s, B * G);
       float* dhh = f.dhh_at(s, B * G);
       const float* m = f.mask_at(s, B * R);
       for (int64_t t = t0; t < t1; ++t) {
@@ -449,6 +453,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T_ && ws_c.size(0) == T_ + 1 &&
                   ws_hm.size(0) == T_,
               "fusedrnn: lstm_layer_backward needs the full workspace (save_workspace=True)");
+  const bool norm = dims.bn || dims.ln, recompute = cpu::recomputes_norm_h(dims, ws_hh_hat);
   const bool fused = use_fused_step(dims, grad_y_in.scalar_type());
   cpu::LayerCall L(dims, a, /*forward=*/false, /*with_hh=*/!fused);
   const LayerDims& d = L.d;
@@ -477,7 +482,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   at::Tensor dc_carry = grad_c_n.to(opt).contiguous().clone();
   at::Tensor dh_cur = at::empty({B, R}, opt), dh_rec = at::empty({B, R}, opt);
   at::Tensor dhc = d.proj ? at::empty({B, H}, opt) : dh_cur;
-  const bool norm = d.bn || d.ln;
+  at::Tensor hh_ring = at::empty({recompute ? slots : 0, B, G}, opt);  // x_hat of N_h, rebuilt per chunk
   at::Tensor dgamma_h = at::zeros({norm ? G : 0}, opt), dgamma_c = at::zeros({norm ? H : 0}, opt);
   at::Tensor dbeta_c = at::zeros({norm ? H : 0}, opt);
   at::Tensor scratch = at::empty({4 * G + 4 * H}, opt);
@@ -492,7 +497,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
                  f.dgamma_h, dgamma_h, f.dgamma_c, dgamma_c, f.dbeta_c, dbeta_c, f.dh_carry, dh_carry,
                  f.dc_carry, dc_carry, f.dh_cur, dh_cur, f.dhc, dhc, f.dh_rec, dh_rec);
     if (bn_train || d.ln) cpu::bind<T>(f.h_stats, h_stats, f.c_stats, c_stats);  // (else not read: any dtype)
-    if (d.bn || d.ln) cpu::bind<T>(f.hh_hat, hh_hat);
+    if (norm) cpu::bind<T>(f.hh_hat, recompute ? hh_ring : hh_hat);
+    f.hh_hat_slots = recompute ? slots : std::max<int64_t>(T_, 1);
     f.dhh_slots = slots;
     if (d.zoneout || d.ln) carve(carve(zone.data_ptr<T>(), B * R, f.dh_zone), B * H, f.dc_zone, f.c_til);
     if (d.ln) carve(ln_scratch.data_ptr<T>(), B * H, f.ln_do, f.ln_dy, f.ln_chat, f.ln_dc);
@@ -504,6 +510,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
       at::Tensor ln_part = at::zeros({ln_tiles, G + 2 * H}, opt);  // per row tile: dgamma_h, dgamma_c, dbeta_c
       for (int64_t hi = T_ - 1; hi >= 0;) {
         const int64_t lo = alias ? 0 : hi / slots * slots;
+        if (recompute)
+          recompute_norm_h<T>(d, f.h_stats, f.rm_h, f.rv_h, hm, w_hh, hh_ring, lo, hi, bn_step_offset, norm_eps);
         if (d.ln) layer_backward_ln_rows<T>(L, f, panels, hi, lo, ln_part.data_ptr<T>());
         else layer_backward_fused<T>(L, f, panels, hi, lo, bn_step_offset, norm_eps);
         if (!alias) {
@@ -524,6 +532,9 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     }
 
     for (int64_t s = T_ - 1; s >= 0; --s) {
+      if (recompute && (s == T_ - 1 || (s + 1) % slots == 0))  // the first step of the chunk [s / slots * slots, s]
+        recompute_norm_h<T>(d, f.h_stats, f.rm_h, f.rv_h, hm, w_hh, hh_ring, s / slots * slots, s, bn_step_offset,
+                            norm_eps);
       // dL/dh_s: from the output at this step plus what flows back from step s + 1
       for (int64_t b = 0; b < B; ++b) {
         if (rows.active(b, s)) step_dh(rows, f, s, b, B, R, 0, R);

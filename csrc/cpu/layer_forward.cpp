@@ -79,6 +79,7 @@ struct FwdBuffers : ParamPtrs<T> {
   T *h_stats{}, *c_stats{};  // [T, 2, G], [T, 2, H]
   T *hm{}, *act{}, *c{}, *hh_hat{}, *hc{};
   bool save{};  // workspace holds every step (else rolling slots)
+  int64_t hh_hat_stride{};  // B * G where x_hat is saved for every step, else 0 (one slot of scratch)
   // scratch
   T* h_cur{};  // [B, R]
   T* h_prev{}; // [B, R]  h_{s-1} (zoneout only: h_cur becomes h~ before zoneout mixes it back)
@@ -110,7 +111,7 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
   const T* c_prev = f.c + wc0 * B * H;
   T* c_new = f.c + wc1 * B * H;
   T* act = f.act + ws * B * G;
-  T* hh_hat = (d.bn || d.ln) ? f.hh_hat + ws * B * G : nullptr;
+  T* hh_hat = (d.bn || d.ln) ? f.hh_hat + s * f.hh_hat_stride : nullptr;
   T* hc = d.proj ? f.hc + ws * B * H : nullptr;
   const int64_t n = rows.count(s);
   const T inv_n = n > 0 ? T(1) / T(n) : T(0);
@@ -265,7 +266,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
 
   FusedBN bn;  // batch norm (the step's products in f.hh)
   if (d.bn) {
-    bn.hh_hat = f.save ? f.hh_hat : nullptr;
+    bn.hh_hat = f.hh_hat_stride ? f.hh_hat : nullptr;
     bn.h_stats = f.h_stats;
     bn.c_stats = f.c_stats;
     bn.p = &f;
@@ -305,13 +306,13 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
     return h_slot[T_ & 1];
   }
   // layer norm, row by row after the row tile's products (the unfused forward's row kernels);
-  // without a saved workspace the activations and x_hat use its one slot
+  // without a saved workspace the activations use its one slot, and x_hat without its own
   fused_row_steps(T_, B, H, step, [&](const FusedStep& st, int64_t b) {
     const int64_t s = st.s, ws = f.save ? s : 0;
     const Rows& rows = L.rows;
     float* hr = f.hh + b * G;
     float* ar = f.act + (ws * B + b) * G;
-    float* xh = f.hh_hat + (ws * B + b) * G;
+    float* xh = f.hh_hat + s * f.hh_hat_stride + b * G;
     float* sh = f.h_stats + s * 2 * B;
     float* sc = f.c_stats + s * 2 * B;
     if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
@@ -339,10 +340,11 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
 }  // namespace
 
 LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
-                                       FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace) {
+                                       FUSEDRNN_LAYER_ARGS_DECL, int64_t save_workspace_in) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner GEMMs record no graph
   check_float(xp_in, "xp");
   check_dim(xp_in, 3, "xp");
+  const bool save_workspace = cpu::saves_workspace(save_workspace_in);
   const LayerArgs a = FUSEDRNN_LAYER_ARGS;
   const LayerDims dims = check_layer_args(xp_in.size(0), xp_in.size(1), xp_in.size(2), xp_in, h0_in, c0_in, a);
   TORCH_CHECK(xp_in.scalar_type() == at::kFloat || xp_in.scalar_type() == at::kDouble,
@@ -367,7 +369,11 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor ws_hm = new_output({TW, B, R}, opt);
   at::Tensor ws_act = new_output({TW, B, G}, opt);
   at::Tensor ws_c = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
-  at::Tensor ws_hh_hat = new_output({(d.bn || d.ln) ? TW : 0, B, G}, opt);
+  // N_h's x_hat: every step's, or one step's slot (no backward; in the recompute mode, where
+  // the op returns it empty and the backward rebuilds it)
+  const bool norm = d.bn || d.ln, save_hh_hat = save_workspace_in == kSaveAll;
+  at::Tensor hh_hat = new_output({norm ? (save_hh_hat ? T_ : 1) : 0, B, G}, opt);
+  at::Tensor ws_hh_hat = save_workspace_in == kSaveRecomputeNorm ? new_output({0, B, G}, opt) : hh_hat;
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
   at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused && !d.bn && !d.ln ? 0 : B, G}, opt);
   // the fused step's second buffers of h_s and (with a mask, without a saved workspace) of h_s * m_{s+1}
@@ -382,8 +388,9 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
     using T = scalar_t;
     FwdBuffers<T> f(d, L.t);
     cpu::bind<T>(f.xp, xp, f.y, y, f.h_stats, h_stats, f.c_stats, c_stats, f.hm, ws_hm, f.act, ws_act, f.c, ws_c,
-                 f.hh_hat, ws_hh_hat, f.hc, ws_hc, f.h_cur, h_cur, f.h_prev, h_prev, f.hh, hh, f.hp, hp);
+                 f.hh_hat, hh_hat, f.hc, ws_hc, f.h_cur, h_cur, f.h_prev, h_prev, f.hh, hh, f.hp, hp);
     f.save = save_workspace;
+    f.hh_hat_stride = save_hh_hat ? B * G : 0;
     f.set_scratch(stat_scratch.data_ptr<T>(), G, H);
     if (fused) {
       if (layer_forward_fused<T>(L, h0, f, h_alt.data_ptr<T>(), hm_alt.data_ptr<T>(), bn_step_offset, norm_eps) !=

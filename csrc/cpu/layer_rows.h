@@ -1,14 +1,17 @@
 // The pieces both directions of the CPU layer op share (layer_forward.cpp, layer_backward.cpp):
-// the set-up of a call (LayerCall) and of its per-step buffers (ParamPtrs, bind, carve), and the
-// zoneout, layer-norm and row-reduction helpers of one batch row.
+// the set-up of a call (LayerCall) and of its per-step buffers (ParamPtrs, bind, carve), the
+// zoneout, layer-norm and row-reduction helpers of one batch row, and the recompute mode's
+// rebuilding of N_h's x_hat.
 //
 // Dimension letters: T steps, B batch, H hidden, P projection, R = P or H (width of h),
 // G = 4H gate columns (i, f, g, o), W the width of a zoned state (H for c, R for h).  s is the
 // step (processing order).
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -340,6 +343,61 @@ FUSEDRNN_CPU_CLONES void ln_c_forward_row(const T* __restrict c, int64_t H, doub
   rstd_out = rstd;
 }
 
+
+// ---- the recompute mode (both cells) ----
+
+// The forward's save_workspace (kSave*), checked; whether it saves the workspace.
+inline bool saves_workspace(int64_t save_workspace) {
+  TORCH_CHECK(save_workspace >= kSaveNone && save_workspace <= kSaveRecomputeNorm,
+              "fusedrnn: save_workspace must be 0 (nothing), 1 (the workspace) or 2 (all but N_h's output), got ",
+              save_workspace);
+  return save_workspace != kSaveNone;
+}
+
+// Whether the backward rebuilds N_h's x_hat (the recompute mode): under a norm, ws_hh_hat saved
+// empty; otherwise it must hold every step's.
+inline bool recomputes_norm_h(const LayerDims& d, const at::Tensor& ws_hh_hat) {
+  const bool norm = d.bn || d.ln, recompute = norm && d.T > 0 && ws_hh_hat.size(0) == 0;
+  TORCH_CHECK(!norm || recompute || (ws_hh_hat.dim() == 3 && ws_hh_hat.size(0) == d.T),
+              "fusedrnn: ws_hh_hat must hold every step's x_hat of N_h, or none (recomputed), got ",
+              ws_hh_hat.sizes());
+  return recompute;
+}
+
+// N_h's x_hat of the steps [lo, hi], rebuilt for the backward when the forward left ws_hh_hat
+// empty: into ring [slots, B, G] at s - lo (lo a multiple of slots, hi - lo < slots), one
+// GEMM of the chunk's saved operands hm[lo..hi] [n, B, R] by W_hh^T ([G, R]), then the
+// forward's normalisation with what it used: batch norm in training the step's batch mean and
+// variance (h_stats [T, 2, G]), in eval the running statistics' slot (rm_h, rv_h [S, G]),
+// layer norm each row's mean and rstd (h_stats [T, 2, B]).  Finished rows get finite values
+// that nothing reads.
+template <typename T>
+void recompute_norm_h(const LayerDims& d, const T* h_stats, const T* rm_h, const T* rv_h, const at::Tensor& hm,
+                      const at::Tensor& w_hh, at::Tensor& ring, int64_t lo, int64_t hi, int64_t step_offset,
+                      double eps) {
+  const int64_t B = d.B, G = d.G, n = hi + 1 - lo;
+  at::Tensor out = ring.narrow(0, 0, n).view({n * B, G});
+  matmul(hm.narrow(0, lo, n).view({n * B, hm.size(2)}), w_hh.t(), out);
+  T* v = out.data_ptr<T>();
+  at::parallel_for(lo, hi + 1, 1, [&](int64_t s0, int64_t s1) {
+    std::vector<T> rstd(d.ln ? 0 : G);
+    for (int64_t s = s0; s < s1; ++s) {
+      T* step = v + (s - lo) * B * G;
+      if (d.ln) {
+        const T* st = h_stats + s * 2 * B;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t j = 0; j < G; ++j) step[b * G + j] = gates::bn_normalize(step[b * G + j], st[b], st[B + b]);
+        continue;
+      }
+      const int64_t slot = std::min<int64_t>(step_offset + s, d.S - 1);
+      const T* mean = d.bn_train ? h_stats + s * 2 * G : rm_h + slot * G;
+      const T* var = d.bn_train ? mean + G : rv_h + slot * G;
+      for (int64_t j = 0; j < G; ++j) rstd[j] = gates::rsqrt_(var[j] + T(eps));
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < G; ++j) step[b * G + j] = gates::bn_normalize(step[b * G + j], mean[j], rstd[j]);
+    }
+  });
+}
 
 }  // namespace cpu
 }  // namespace fusedrnn

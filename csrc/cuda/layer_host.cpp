@@ -233,11 +233,15 @@ bool run_persistent(const LayerSetup& L, bool need_backward, const char* what, c
 }  // namespace
 
 LayerForwardOut lstm_layer_forward_cuda(const at::Tensor& xp_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
-                                          FUSEDRNN_LAYER_ARGS_DECL, bool save_workspace) {
+                                          FUSEDRNN_LAYER_ARGS_DECL, int64_t save_workspace_in) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_float(xp_in, "xp");
   check_dim(xp_in, 3, "xp");
   TORCH_CHECK(xp_in.is_cuda(), "fusedrnn: xp must be a CUDA tensor");
+  TORCH_CHECK(save_workspace_in == kSaveNone || save_workspace_in == kSaveAll,
+              "fusedrnn: the CUDA layer kernel saves all of the workspace or none of it (save_workspace 0 or 1), "
+              "got ", save_workspace_in, "; the recompute mode (2) runs on the CPU");
+  const bool save_workspace = save_workspace_in == kSaveAll;
   const c10::cuda::CUDAGuard guard(xp_in.device());
   const LayerArgs a = FUSEDRNN_LAYER_ARGS;
   const LayerSetup L(check_layer_args(xp_in.size(0), xp_in.size(1), xp_in.size(2), xp_in, h0_in, c0_in, a), xp_in, a,

@@ -152,6 +152,7 @@ class RecurrentBN:
     momentum: float
     eps: float
     step_offset: int = 0  # the step index of the first step (LSTMCell steps one at a time)
+    recompute: bool = False  # the backward rebuilds BN_h's x_hat instead of keeping it (a family that can)
 
     @property
     def max_steps(self) -> int:
@@ -178,6 +179,7 @@ class RecurrentLN:
     weight_c: Optional[Tensor]
     bias_c: Optional[Tensor]
     eps: float
+    recompute: bool = False  # the backward rebuilds LN_h's x_hat instead of keeping it (a family that can)
 
 
 Norm = Union[RecurrentBN, RecurrentLN]  # what a recurrence's ``norm`` argument holds

@@ -26,7 +26,10 @@ The workspace, saved for backward when save_workspace (one meaning in every fami
     ws_hc      [T, B, H]  h before W_hr (projection only; data dtype)
 
 Without save_workspace a family may return scratch of its own shape in these slots (a ring
-of the last steps, or nothing); its fake kernel says which.  Workspace tensors are indexed
+of the last steps, or nothing); its fake kernel says which.  save_workspace is one of
+:data:`SAVE_NONE`, :data:`SAVE_ALL` and :data:`SAVE_RECOMPUTE_NORM`, the recompute mode:
+everything but ws_hh_hat, returned empty, which the backward rebuilds from ws_h, W_hh and
+the norm's statistics (the CPU kernels only; the others refuse it).  Workspace tensors are indexed
 by the step s (processing order).  :func:`layer_params` is the one flattener of the
 contract's arguments into PARAMS, and :func:`register_layer_autograd` the one autograd
 formula of a forward / backward pair.
@@ -46,6 +49,8 @@ from .contract import (BatchStats, CellKind, Config, Norm, NormMode, RecurrenceR
 PARAMS = ("w_hh", "w_hr", "mask", "mask_mode", "lengths", "reverse", "norm_mode", "norm_h_weight", "norm_c_weight",
           "norm_c_bias", "bn_h_running_mean", "bn_h_running_var", "bn_c_running_mean", "bn_c_running_var",
           "bn_step_offset", "norm_eps", "zoneout_c", "zoneout_h")
+# save_workspace of the fusedrnn layer ops: nothing, the workspace, all of it but ws_hh_hat
+SAVE_NONE, SAVE_ALL, SAVE_RECOMPUTE_NORM = 0, 1, 2
 FORWARD_OUTPUTS = ("y", "h_n", "c_n", "h_stats", "c_stats", "ws_h", "ws_act", "ws_c", "ws_hh_hat", "ws_hc")
 # the parameters that have a gradient, and its position among the backward's outputs
 _PARAM_GRADS = {"w_hh": 3, "w_hr": 4, "norm_h_weight": 5, "norm_c_weight": 6, "norm_c_bias": 7}
@@ -77,12 +82,13 @@ def layer_params(cfg: Config, w_hh: Tensor, w_hr: Optional[Tensor], mask: Option
 
 def run_layer_forward(op, cfg: Config, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
                       mask: Optional[Tensor], lengths: Optional[Tensor], norm: Optional[Norm],
-                      zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
-    """Call a layer forward op of any family on the contract's arguments; the contract's result."""
+                      zoneout: Optional[Zoneout] = None, save=None) -> RecurrenceResult:
+    """Call a layer forward op of any family on the contract's arguments; the contract's result.
+    ``save``: the op's save_workspace (by default whether autograd will differentiate the call)."""
     if isinstance(norm, RecurrentLN):  # LN_h's bias enters every step's pre-activation: folded into xp
         xp = xp + norm.bias_h.to(xp.dtype)
     y, h_n, c_n, h_stats, c_stats, *_ = op(xp, h0, c0, *layer_params(cfg, w_hh, w_hr, mask, lengths, norm, zoneout),
-                                           cfg.requires_grad)
+                                           int(cfg.requires_grad) if save is None else save)
     stats = None
     if isinstance(norm, RecurrentBN) and norm.training:
         stats = BatchStats(h_stats[:, 0], h_stats[:, 1], c_stats[:, 0], c_stats[:, 1])
@@ -248,9 +254,11 @@ def gru_params(cfg: Config, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional
 
 def run_gru_forward(op, cfg: Config, xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
                     mask: Optional[Tensor], lengths: Optional[Tensor], norm: Optional[Norm],
-                    zoneout: Optional[Zoneout] = None) -> RecurrenceResult:
-    """Call a GRU forward op of any family on the contract's arguments; the contract's result."""
-    y, h_n, h_stats, *_ = op(xp, h0, *gru_params(cfg, w_hh, b_hh, mask, lengths, norm, zoneout), cfg.requires_grad)
+                    zoneout: Optional[Zoneout] = None, save=None) -> RecurrenceResult:
+    """Call a GRU forward op of any family on the contract's arguments; the contract's result
+    (``save`` as :func:`run_layer_forward`'s)."""
+    y, h_n, h_stats, *_ = op(xp, h0, *gru_params(cfg, w_hh, b_hh, mask, lengths, norm, zoneout),
+                             int(cfg.requires_grad) if save is None else save)
     stats = None
     if isinstance(norm, RecurrentBN) and norm.training:
         stats = BatchStats(h_stats[:, 0], h_stats[:, 1], None, None)
@@ -280,5 +288,6 @@ def _op(qualname: str):
 
 
 __all__ = ["FORWARD_OUTPUTS", "GRU_FORWARD_OUTPUTS", "GRU_PARAMS", "GRU_SCHEMA", "LSTM_SCHEMA", "LayerSchema", "PARAMS",
+           "SAVE_ALL", "SAVE_NONE", "SAVE_RECOMPUTE_NORM",
            "fake_forward", "fake_grads", "fake_gru_forward", "gru_params", "layer_params", "named",
            "no_double_backward", "register_layer_autograd", "run_gru_forward", "run_layer_forward"]

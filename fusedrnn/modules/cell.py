@@ -233,9 +233,10 @@ class LSTMCell(SequenceCell, TorchLSTMCell):
         input_size, hidden_size, bias, device, dtype: as :class:`torch.nn.LSTMCell`.
 
     Keyword-only options: recurrent_dropout, variational, batch_norm, bn_max_steps,
-    bn_momentum, bn_eps, zoneout, layer_norm, weight_dropout, backend, as
+    bn_momentum, bn_eps, zoneout, layer_norm, weight_dropout, recompute, backend, as
     :class:`fusedrnn.LSTM` (and, like it, defaulting to an active :func:`fusedrnn.patch`'s
-    values).  Zoneout draws fresh weights at every step (its definition).
+    values).  Zoneout draws fresh weights at every step (its definition); recompute rebuilds
+    each step's normalised W_hh h in that step's backward.
 
     A decoder steps the cell through a sequence, so the cell carries per-sequence state (the
     same for :class:`GRUCell`):
@@ -300,7 +301,7 @@ class GRUCell(SequenceCell, TorchGRUCell):
         input_size, hidden_size, bias, device, dtype: as :class:`torch.nn.GRUCell`.
 
     Keyword-only options: recurrent_dropout, variational, batch_norm, bn_max_steps,
-    bn_momentum, bn_eps, zoneout (one rate), layer_norm, weight_dropout, backend, with the
+    bn_momentum, bn_eps, zoneout (one rate), layer_norm, weight_dropout, recompute, backend, with the
     semantics of :class:`fusedrnn.GRU` and the per-sequence state and boundary rule of
     :class:`fusedrnn.LSTMCell` (``reset()``, ``mask=``, ``step=``).
 

@@ -51,6 +51,10 @@ def explain(module: nn.Module, input) -> str:
             detail = decision.backend.describe(cfg, ref.device)
             if detail:
                 lines.append(f"    design: {detail}")
+            if m._recomputes() and cfg.norm != ops.NormMode.NONE and cfg.requires_grad:
+                lines.append("    recompute: N_h's x_hat rebuilt in the backward" if decision.backend.name == "native"
+                             else f"    recompute: not on {decision.backend.name}, which keeps N_h's x_hat (the "
+                             "native CPU kernel has the mode)")
     for name, m in module.named_modules():
         if isinstance(m, SequenceCell):
             lines.append(f"{name or type(module).__name__}: {m!r} (cell, backend={m.backend})")

@@ -41,6 +41,8 @@ class GRU(FusedRNN):
         batch_norm (bool), bn_max_steps, bn_momentum, bn_eps: recurrent batch norm on W_ih x
             and W_hh h, per step, in the same places (gains 0.1, no betas: the GRU's biases
             shift them); running statistics per step as the LSTM's.  Not with layer_norm.
+        recompute (bool): with a norm, the backward rebuilds N_h's normalised W_hh h instead
+            of keeping it, as :class:`fusedrnn.LSTM`'s (native CPU kernel).
         backend (str): "auto", "reference", "native", "cuda", "triton" or "aten" (torch's own
             GRU, which auto picks for plain configurations).
 

@@ -47,6 +47,7 @@ OPTIONS = {
     "zoneout": 0.0,
     "layer_norm": False,
     "weight_dropout": 0.0,
+    "recompute": False,
     "backend": "auto",
 }
 LN_EPS = 1e-5
@@ -93,8 +94,10 @@ def zoneout_rates(zoneout) -> tuple[float, float]:
 
 
 def validate(recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, backend,
-             zoneout=0.0, layer_norm=False, weight_dropout=0.0):
+             zoneout=0.0, layer_norm=False, weight_dropout=0.0, recompute=False):
     """Check the regularizer options; raises ValueError / TypeError naming the argument."""
+    if not isinstance(recompute, bool):
+        raise TypeError(f"recompute should be of type bool, got: {type(recompute).__name__}")
     if isinstance(zoneout, (tuple, list)):
         if len(zoneout) != 2 or not all(_is_rate(z) for z in zoneout):
             raise ValueError("zoneout should be a number in range [0, 1) or a (cell, hidden) pair of them, "
@@ -142,11 +145,13 @@ class RegularizedMixin:
     _cell = CellKind.LSTM
 
     def _init_regularizers(self, recurrent_dropout, variational, batch_norm, bn_max_steps,
-                           bn_momentum, bn_eps, backend, zoneout=0.0, layer_norm=False, weight_dropout=0.0):
+                           bn_momentum, bn_eps, backend, zoneout=0.0, layer_norm=False, weight_dropout=0.0,
+                           recompute=False):
         zc, zh = zoneout_rates(zoneout)
         self.zoneout = zc if zc == zh else (zc, zh)
         self.layer_norm = layer_norm
         self.weight_dropout = float(weight_dropout)
+        self.recompute = recompute
         self.recurrent_dropout = float(recurrent_dropout)
         self.variational = variational
         self.batch_norm = batch_norm
@@ -253,7 +258,8 @@ class RegularizedMixin:
     def _ln_state(self: nn.Module, suffix: str) -> RecurrentLN:
         g = lambda name: getattr(self, name + suffix, None)  # noqa: E731
         return RecurrentLN(weight_x=g("ln_x_weight"), bias_x=g("ln_x_bias"), weight_h=g("ln_h_weight"),
-                           bias_h=g("ln_h_bias"), weight_c=g("ln_c_weight"), bias_c=g("ln_c_bias"), eps=LN_EPS)
+                           bias_h=g("ln_h_bias"), weight_c=g("ln_c_weight"), bias_c=g("ln_c_bias"), eps=LN_EPS,
+                           recompute=self._recomputes())
 
     def _norm_state(self, suffix: str, step_offset: int = 0):
         """The recurrence's ``norm`` argument: batch norm, layer norm, or None."""
@@ -270,8 +276,12 @@ class RegularizedMixin:
             running_mean_h=g("bn_h_running_mean"), running_var_h=g("bn_h_running_var"),
             running_mean_c=g("bn_c_running_mean"), running_var_c=g("bn_c_running_var"),
             training=self.training, momentum=self.bn_momentum, eps=self.bn_eps,
-            step_offset=step_offset,
+            step_offset=step_offset, recompute=self._recomputes(),
         )
+
+    def _recomputes(self) -> bool:
+        """The ``recompute`` option (False in a module pickled before it existed)."""
+        return getattr(self, "recompute", False)
 
     def _check_bn_batch(self: nn.Module, batch_size: int) -> None:
         if self.batch_norm and self.training and batch_size == 1:
@@ -299,6 +309,8 @@ class RegularizedMixin:
             s += ", layer_norm=True"
         if self.weight_dropout:
             s += f", weight_dropout={self.weight_dropout}"
+        if self._recomputes():
+            s += ", recompute=True"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s

@@ -196,16 +196,24 @@ def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
     return dummy if t is None else t.contiguous()
 
 
+def _saves(save_workspace: int) -> bool:
+    """The ops' save_workspace: 0 or 1 (these kernels keep ws_hh_hat: no recompute mode)."""
+    if save_workspace not in (0, 1):
+        raise RuntimeError("fusedrnn_triton: save_workspace must be 0 or 1 (the Triton kernels keep N_h's x_hat; "
+                           f"the recompute mode, 2, is the CPU kernel's), got {save_workspace}")
+    return bool(save_workspace)
+
+
 def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor],
             mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int, norm_h_weight: Optional[Tensor],
             norm_c_weight: Optional[Tensor], norm_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
             bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
             bn_c_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
-            zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], save_workspace: bool) -> tuple[Tensor, ...]:
+            zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], save_workspace: int) -> tuple[Tensor, ...]:
     T, B, G = xp.shape
     H, R = G // 4, w_hh.shape[1]
     proj = w_hr is not None
-    save = save_workspace
+    save = _saves(save_workspace)
     norm = NormMode(norm_mode)
     dev, acc = xp.device, acc_dtype(xp.dtype)
     xp, w_hh = xp.contiguous(), w_hh.contiguous()
@@ -378,10 +386,10 @@ def _gru_setup(B: int, H: int, norm_mode: int, dtype: torch.dtype, dev: torch.de
 def gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], mask: Optional[Tensor], mask_mode: int,
                 lengths: Optional[Tensor], reverse: bool, norm_mode: int, norm_h_weight: Optional[Tensor],
                 bn_h_running_mean: Optional[Tensor], bn_h_running_var: Optional[Tensor], bn_step_offset: int,
-                norm_eps: float, zoneout_h: Optional[Tensor], save_workspace: bool) -> tuple[Tensor, ...]:
+                norm_eps: float, zoneout_h: Optional[Tensor], save_workspace: int) -> tuple[Tensor, ...]:
     T, B, G = xp.shape
     H = G // 3
-    save, norm = save_workspace, NormMode(norm_mode)
+    save, norm = _saves(save_workspace), NormMode(norm_mode)
     dev, acc = xp.device, acc_dtype(xp.dtype)
     xp, w_hh = xp.contiguous(), w_hh.contiguous()
     e = lambda *shape: torch.empty(*shape, device=dev, dtype=acc)  # noqa: E731

@@ -37,7 +37,7 @@ def lstm_layer_forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: O
                        norm_c_bias: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
                        bn_h_running_var: Optional[Tensor], bn_c_running_mean: Optional[Tensor],
                        bn_c_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
-                       zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], save_workspace: bool) -> _OUT10:
+                       zoneout_c: Optional[Tensor], zoneout_h: Optional[Tensor], save_workspace: int) -> _OUT10:
     with host.device_guard(xp):
         return host.forward(xp, h0, c0, w_hh, w_hr, mask, mask_mode, lengths, reverse, norm_mode, norm_h_weight,
                             norm_c_weight, norm_c_bias, bn_h_running_mean, bn_h_running_var, bn_c_running_mean,
@@ -80,7 +80,7 @@ def gru_layer_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tenso
                       mask_mode: int, lengths: Optional[Tensor], reverse: bool, norm_mode: int,
                       norm_h_weight: Optional[Tensor], bn_h_running_mean: Optional[Tensor],
                       bn_h_running_var: Optional[Tensor], bn_step_offset: int, norm_eps: float,
-                      zoneout_h: Optional[Tensor], save_workspace: bool) -> _OUT8:
+                      zoneout_h: Optional[Tensor], save_workspace: int) -> _OUT8:
     with host.device_guard(xp):
         return host.gru_forward(xp, h0, w_hh, b_hh, mask, mask_mode, lengths, reverse, norm_mode, norm_h_weight,
                                 bn_h_running_mean, bn_h_running_var, bn_step_offset, norm_eps, zoneout_h,
