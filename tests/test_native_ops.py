@@ -377,14 +377,16 @@ def test_shared_gate_math_accuracy_and_special_values():
 # ---- fusedrnn::linear (the native input projection) and the CPU GEMM paths --------------------
 
 LINEAR_CASES = [(torch.float32, (3, 5, 8), 12, True), (torch.float64, (4, 7), 20, False),
-                (torch.float32, (64, 32, 256), 1024, True), (torch.float32, (0, 2, 4), 8, True)]
+                (torch.float32, (64, 32, 256), 1024, True), (torch.float32, (0, 2, 4), 8, True),
+                (torch.float32, (40, 70, 600), 260, True), (torch.float32, (2900, 520), 100, False)]
 
 
 @pytest.mark.parametrize("dtype,xshape,G,bias", LINEAR_CASES,
                          ids=[f"{str(d)[6:]}-x{'x'.join(map(str, s))}-G{g}-b{int(b)}" for d, s, g, b in LINEAR_CASES])
 def test_linear_op(dtype, xshape, G, bias):
-    """opcheck, the values and gradients against F.linear in float64; the large case runs the
-    oneDNN path (weight reorder forward, GEMMs on transposed views backward)."""
+    """opcheck, the values and gradients against F.linear in float64; the large cases run the
+    oneDNN path (weight reorder forward, GEMMs on transposed views backward) and, for K > 512,
+    the register tile's forward (row blocks, a last partial one, padded column groups)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*xshape, generator=g, dtype=dtype, requires_grad=True)
     w = torch.randn(G, xshape[-1], generator=g, dtype=dtype, requires_grad=True)

@@ -429,6 +429,58 @@ inline std::vector<std::pair<int64_t, int64_t>> fused_row_tiles(int64_t B) {
   return tiles;
 }
 
+// ---- the input projection where oneDNN may not take K ----
+
+// Rows [b0, b0 + MR) of the columns [n0, n0 + 4 kLanes) of y [M, N] = x W^T + bias: the
+// register tile over a group of four panels pw of W (pack_panels(W, true, 4)), K summed in
+// blocks of kKBlock, the bias added to the sum; columns past N are padding.
+template <int MR>
+FUSEDRNN_CPU_CLONES void linear_tile(const float* pw, const float* x, int64_t K, int64_t b0, int64_t n0, int64_t N,
+                                     const float* bias, float* y) {
+  alignas(64) float t[MR][4][kLanes];
+  tile_product<MR>(pw, x + b0 * K, K, K, t);
+  const int64_t n = std::min(4 * kLanes, N - n0);
+#pragma GCC unroll 1
+  for (int r = 0; r < MR; ++r) {
+    const float* v = &t[r][0][0];
+    float* out = y + (b0 + r) * N + n0;
+    if (bias)
+      for (int64_t j = 0; j < n; ++j) out[j] = v[j] + bias[n0 + j];
+    else
+      std::memcpy(out, v, sizeof(float) * n);
+  }
+}
+
+using LinearTileFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, const float*, float*);
+
+inline LinearTileFn linear_tile_for(int64_t rows) {
+  static constexpr LinearTileFn fns[kFusedRows] = {linear_tile<1>, linear_tile<2>, linear_tile<3>,
+                                                   linear_tile<4>, linear_tile<5>, linear_tile<6>};
+  return fns[rows - 1];
+}
+
+// y [M, N] = x [M, K] @ W^T (+ bias [N]) by the register tile, for W [N, K] packed by
+// pack_panels(W, true, 4); x and y contiguous.  The float32 input projection where K >
+// kOneDnnMaxK: oneDNN's single chain along K breaks the accuracy rule there, and MKL ran at
+// ~157 GFLOP/s (M = 4480, K = 650, N = 2600).  Threads split the column groups (each keeps
+// its panels); rows go in blocks of kLinearRowBlock, so that a block of x stays in L2 while
+// a thread's groups pass over it.
+constexpr int64_t kLinearRowBlock = 32 * kFusedRows;
+
+inline void tile_linear(const float* x, const float* panels, const float* bias, float* y, int64_t M, int64_t N,
+                        int64_t K) {
+  const int64_t NG = (N + 4 * kLanes - 1) / (4 * kLanes);
+  at::parallel_for(0, NG, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t r0 = 0; r0 < M; r0 += kLinearRowBlock) {
+      const int64_t rows = std::min(kLinearRowBlock, M - r0);
+      const auto tiles = fused_row_tiles(rows);
+      for (int64_t g = g0; g < g1; ++g)
+        for (const auto& [b0, mr] : tiles)
+          linear_tile_for(mr)(panels + g * 4 * K * kLanes, x, K, r0 + b0, g * 4 * kLanes, N, bias, y);
+    }
+  });
+}
+
 // A barrier between the steps of one parallel region whose invocations hold slots [0, n):
 // an invocation holding k slots arrives with k, and the last arrival opens the next phase.
 // Its release / acquire order makes every write of a step visible to all in the next.

@@ -166,6 +166,12 @@ inline bool onednn_one_off(int64_t macs, int64_t K, bool reorder) {
                   : macs >= kMatmulMinMacs && onednn_matmul_ok());
 }
 
+// Whether a one-off float32 GEMM with K > kOneDnnMaxK runs on the register tile instead of
+// MKL (fused_step.h tile_linear): enough work to pay for packing the weight.
+inline bool tile_linear_pays(int64_t macs, int64_t K) {
+  return requested_path() == GemmPath::kOneDnn && K > kOneDnnMaxK && macs >= kLinearReorderMinMacs;
+}
+
 class RepeatedGemm {
  public:
   // w: [N, K] if trans (op(w) = w^T) else [K, N]; `steps` calls, each with M rows.

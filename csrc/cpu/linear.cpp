@@ -3,15 +3,17 @@
 //
 // Dimension letters: M rows (T x B), I input, G = 4H output columns.
 //
-// float32 runs on oneDNN (gemm.h): the forward on the weight reordered once per call, the
-// gradients dX = dY W and dW = dY^T X as GEMMs on the views, with no transposed copy.
-// float64, or a torch without mkldnn, on at::mm.
+// float32 runs on oneDNN (gemm.h): the forward on the weight reordered once per call (for
+// K > 512, which oneDNN may not take, on the register tile of fused_step.h over the weight's
+// panels), the gradients dX = dY W and dW = dY^T X as GEMMs on the views, with no transposed
+// copy.  float64, or a torch without mkldnn, on at::mm.
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 
 #include "../common.h"
 #include "../ops.h"
+#include "fused_step.h"
 #include "gemm.h"
 
 namespace fusedrnn {
@@ -29,6 +31,14 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const OptT&
   if (x.scalar_type() == at::kFloat && cpu::onednn_one_off(macs, x2.size(1), /*reorder=*/true)) {
     const auto& dnnl = cpu::OneDnnLinear::get();
     return dnnl.run(x2, dnnl.pack(weight.contiguous(), x2.size(0)), b).view(out_shape);
+  }
+  if (x.scalar_type() == at::kFloat && cpu::tile_linear_pays(macs, x2.size(1))) {  // K > kOneDnnMaxK
+    const int64_t M = x2.size(0), N = weight.size(0), K = x2.size(1);
+    at::Tensor y = new_output({M, N}, x2.options());
+    const at::Tensor panels = cpu::pack_panels(weight, /*trans=*/true, /*multiple=*/4);
+    cpu::tile_linear(x2.data_ptr<float>(), panels.data_ptr<float>(), b ? b->data_ptr<float>() : nullptr,
+                     y.data_ptr<float>(), M, N, K);
+    return y.view(out_shape);
   }
   return (b ? at::addmm(*b, x2, weight.t()) : at::mm(x2, weight.t())).view(out_shape);
 }

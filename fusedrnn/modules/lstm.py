@@ -56,7 +56,7 @@ class LSTM(FusedRNN):
             saved h_{t-1}, per chunk of steps) instead of keeping [T, B, G] of them per
             layer and direction.  Same results.  The native CPU kernel only (the GPU kernels
             keep them); measured: v+bn's peak memory 1.50x -> 1.23x of plain at T = 4096,
-            for 4-22% more time.
+            for 4-18 % more time.
         backend (str): "auto" (fastest that supports the configuration), "reference",
             "native", "cuda", "triton", or "aten" (torch's own LSTM, which "auto" picks on
             the CPU when no regularizer is active, except for float32 training at B <= 128
