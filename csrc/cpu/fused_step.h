@@ -158,11 +158,12 @@ __attribute__((always_inline)) inline void zoneout_lanes(const ZoneoutWeight<flo
   }
 }
 
-// The next step's operand of row b, units [j0, j0 + nu): h_s * m_{s+1} (h_s without a mask).
-__attribute__((always_inline)) inline void next_operand(const FusedStep& f, int64_t b, int64_t j0, int64_t nu) {
+// The next step's operand of row b, units [j0, j0 + nu): h_s * m_{s+1} (h_s without a mask),
+// from hn, h_s of those units (the row's h_next, or the epilogue's copy of it in registers).
+__attribute__((always_inline)) inline void next_operand(const FusedStep& f, int64_t b, int64_t j0, int64_t nu,
+                                                        const float* __restrict hn) {
   if (!f.hm_next) return;
   const int64_t R = f.K;
-  const float* hn = f.h_next + b * R + j0;
   float* hm = f.hm_next + b * R + j0;
   if (f.m_next) {
     const float* m = f.m_next + b * R + j0;
@@ -176,6 +177,8 @@ __attribute__((always_inline)) inline void next_operand(const FusedStep& f, int6
 }
 
 // The epilogue of one row b and the units [j0, j0 + nu): hh [4][kLanes] is the GEMM tile.
+// h_s stays in registers (hs) for its three stores (y, h_next, the next operand): read back
+// from y, just stored to fresh memory, it stalled the tile (~7 % of it at B = 128).
 template <bool SAVE>
 __attribute__((always_inline)) inline void fused_row(const FusedStep& f, int64_t b, int64_t j0, int64_t nu,
                                                      const float (*hh)[kLanes]) {
@@ -191,35 +194,60 @@ __attribute__((always_inline)) inline void fused_row(const FusedStep& f, int64_t
     std::fill_n(f.y + (f.s * f.B + b) * R + j0, nu, 0.0f);
     if (SAVE)
       for (int k = 0; k < 4; ++k) std::fill_n(ar + k * H, nu, 0.0f);
-  } else {
+    next_operand(f, b, j0, nu, hn);
+    return;
+  }
+  const int64_t t = f.rows->pos(b, f.s);
+  const float* xr = f.xp + (t * f.B + b) * G + j0;
+  float* yr = f.y + (t * f.B + b) * R + j0;
+  // the last unit block of an H that is no multiple of kLanes runs on padded copies
+  const bool part = nu < kLanes;
+  alignas(64) float hs[kLanes];
+  float xs[4][kLanes], cs[kLanes], as[4][kLanes], cns[kLanes];
+  if (part) {
+    for (int k = 0; k < 4; ++k) {
+      std::fill_n(xs[k], kLanes, 0.0f);
+      std::memcpy(xs[k], xr + k * H, sizeof(float) * nu);
+    }
+    std::fill_n(cs, kLanes, 0.0f);
+    std::memcpy(cs, cp, sizeof(float) * nu);
+  }
+  fused_lanes<SAVE>(part ? xs[0] : xr, part ? kLanes : H, hh, part ? cs : cp, part ? as[0] : ar,
+                    part ? kLanes : H, part ? cns : cn, hs);
+  if (part) {
+    if (SAVE)
+      for (int k = 0; k < 4; ++k) std::memcpy(ar + k * H, as[k], sizeof(float) * nu);
+    std::memcpy(cn, cns, sizeof(float) * nu);
+  }
+  // zoneout: h from c~ first, then both states mix with their previous values
+  if (f.zh.p) zoneout_lanes(f.zh, f.zh.row(f.s, b), j0, hp, hs, nu);
+  if (f.zc.p) zoneout_lanes(f.zc, f.zc.row(f.s, b), j0, cp, cn, nu);
+  copy_lanes(yr, hs, nu);
+  copy_lanes(hn, hs, nu);
+  next_operand(f, b, j0, nu, hs);
+}
+
+// The rows [b0, b0 + MR) of the epilogue of unit block j0, requested while their tile
+// multiplies: each active row's four gate segments of xp (G floats apart: without this each
+// missed, ~6 % of the tile at B = 128), c_{s-1} and its y (for writing).  A segment of kLanes
+// floats may span two lines: both are requested.
+template <int MR>
+__attribute__((always_inline)) inline void prefetch_epilogue(const FusedStep& f, int64_t b0, int64_t j0) {
+  const int64_t H = f.H, G = 4 * H, R = f.K;
+  for (int r = 0; r < MR; ++r) {
+    const int64_t b = b0 + r;
+    if (!f.rows->active(b, f.s)) continue;
     const int64_t t = f.rows->pos(b, f.s);
     const float* xr = f.xp + (t * f.B + b) * G + j0;
-    float* yr = f.y + (t * f.B + b) * R + j0;
-    // the last unit block of an H that is no multiple of kLanes runs on padded copies
-    const bool part = nu < kLanes;
-    float xs[4][kLanes], cs[kLanes], as[4][kLanes], cns[kLanes], hs[kLanes];
-    if (part) {
-      for (int k = 0; k < 4; ++k) {
-        std::fill_n(xs[k], kLanes, 0.0f);
-        std::memcpy(xs[k], xr + k * H, sizeof(float) * nu);
-      }
-      std::fill_n(cs, kLanes, 0.0f);
-      std::memcpy(cs, cp, sizeof(float) * nu);
+    for (int q = 0; q < 4; ++q) {
+      __builtin_prefetch(xr + q * H);
+      __builtin_prefetch(xr + q * H + kLanes - 1);
     }
-    fused_lanes<SAVE>(part ? xs[0] : xr, part ? kLanes : H, hh, part ? cs : cp, part ? as[0] : ar,
-                      part ? kLanes : H, part ? cns : cn, part ? hs : yr);
-    if (part) {
-      if (SAVE)
-        for (int k = 0; k < 4; ++k) std::memcpy(ar + k * H, as[k], sizeof(float) * nu);
-      std::memcpy(cn, cns, sizeof(float) * nu);
-      std::memcpy(yr, hs, sizeof(float) * nu);
-    }
-    // zoneout: h from c~ first, then both states mix with their previous values
-    if (f.zh.p) zoneout_lanes(f.zh, f.zh.row(f.s, b), j0, hp, yr, nu);
-    if (f.zc.p) zoneout_lanes(f.zc, f.zc.row(f.s, b), j0, cp, cn, nu);
-    copy_lanes(hn, yr, nu);
+    __builtin_prefetch(f.c_prev + b * H + j0);
+    __builtin_prefetch(f.c_prev + b * H + j0 + kLanes - 1);
+    __builtin_prefetch(f.y + (t * f.B + b) * R + j0, 1);
+    __builtin_prefetch(f.y + (t * f.B + b) * R + j0 + kLanes - 1, 1);
   }
-  next_operand(f, b, j0, nu);
 }
 
 // Batch-norm statistics of N columns (N = kLanes when FULL, else nu), stride ld between the B
@@ -340,7 +368,7 @@ __attribute__((always_inline)) inline void fused_bn_block_(const FusedStep& f, i
       if (f.zc.p) zoneout_lanes(f.zc, f.zc.row(s, b), j0, cp, cn, nu);
       copy_lanes(f.h_next + b * R + j0, yr, nu);
     }
-    next_operand(f, b, j0, nu);
+    next_operand(f, b, j0, nu, f.h_next + b * R + j0);
   }
 }
 
@@ -385,8 +413,9 @@ __attribute__((always_inline)) inline void tile_product(const float* __restrict 
 template <int MR, bool SAVE>
 FUSEDRNN_CPU_CLONES void fused_step_tile(const FusedStep& f, int64_t u, int64_t b0) {
   alignas(64) float hh[MR][4][kLanes];
-  tile_product<MR>(f.panels + u * 4 * f.K * kLanes, f.a + b0 * f.K, f.K, f.K, hh);
   const int64_t j0 = u * kLanes, nu = std::min(kLanes, f.H - j0);
+  prefetch_epilogue<MR>(f, b0, j0);
+  tile_product<MR>(f.panels + u * 4 * f.K * kLanes, f.a + b0 * f.K, f.K, f.K, hh);
 #pragma GCC unroll 1
   for (int r = 0; r < MR; ++r) fused_row<SAVE>(f, b0 + r, j0, nu, hh[r]);
 }

@@ -332,7 +332,8 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
       if (f.zc.p) zoneout_row(f.zc, f.zc.row(s, b), st.c_prev + b * H, st.c_new + b * H, 0, H);
       std::memcpy(st.h_next + b * R, yr, sizeof(float) * R);
     }
-    for (int64_t j0 = 0; j0 < R; j0 += kLanes) next_operand(st, b, j0, std::min(kLanes, R - j0));
+    for (int64_t j0 = 0; j0 < R; j0 += kLanes)
+      next_operand(st, b, j0, std::min(kLanes, R - j0), st.h_next + b * R + j0);
   });
   return h_slot[T_ & 1];
 }
