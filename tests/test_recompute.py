@@ -142,3 +142,24 @@ def test_recompute_under_torch_compile(cls, options):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch._dynamo.reset()
+
+
+def test_a_reference_model_built_under_patch_recomputes_with_the_same_gradients():
+    """The reference models take the option from an active fusedrnn.patch: a two-layer
+    language model with batch norm and tied weights trains to the same gradients."""
+    from fusedrnn.models import LanguageModel
+
+    def grads(recompute):
+        torch.manual_seed(0)
+        with fusedrnn.patch(recompute=recompute):
+            m = LanguageModel(50, embed_size=16, hidden_size=24, num_layers=2, recurrent_dropout=0.2,
+                              batch_norm=True, tie_weights=True)
+        assert m.rnn.recompute is recompute
+        tokens = torch.randint(0, 50, (32, 20))
+        torch.manual_seed(1)
+        logits, _ = m(tokens)
+        torch.nn.functional.cross_entropy(logits.reshape(-1, 50), tokens.roll(-1, 1).reshape(-1)).backward()
+        return [p.grad for p in m.parameters()]
+
+    for a, b in zip(grads(False), grads(True)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
