@@ -79,7 +79,7 @@ struct FwdBuffers : ParamPtrs<T> {
   T *h_stats{}, *c_stats{};  // [T, 2, G], [T, 2, H]
   T *hm{}, *act{}, *c{}, *hh_hat{}, *hc{};
   bool save{};  // workspace holds every step (else rolling slots)
-  int64_t hh_hat_stride{};  // B * G where x_hat is saved for every step, else 0 (one slot of scratch)
+  int64_t hh_hat_slots{};  // N_h's x_hat of step s at s % hh_hat_slots: T (saved), or 1 (a slot of scratch)
   // scratch
   T* h_cur{};  // [B, R]
   T* h_prev{}; // [B, R]  h_{s-1} (zoneout only: h_cur becomes h~ before zoneout mixes it back)
@@ -87,6 +87,8 @@ struct FwdBuffers : ParamPtrs<T> {
   T* hp{};     // [B, P]  projection GEMM output
   T *mean_g{}, *rstd_g{}, *mean_c{}, *rstd_c{};  // per column of this step
 
+  // Step s's [B, G] x_hat of N_h (n = B x G).
+  T* hh_hat_at(int64_t s, int64_t n) const { return hh_hat + (s % hh_hat_slots) * n; }
   // Statistics scratch of one step, carved from st [2G + 2H].
   void set_scratch(T* st, int64_t G, int64_t H) { carve(carve(st, G, mean_g, rstd_g), H, mean_c, rstd_c); }
 };
@@ -111,7 +113,7 @@ void forward_pointwise(const Rows& rows, const LayerDims& d, const FwdBuffers<T>
   const T* c_prev = f.c + wc0 * B * H;
   T* c_new = f.c + wc1 * B * H;
   T* act = f.act + ws * B * G;
-  T* hh_hat = (d.bn || d.ln) ? f.hh_hat + s * f.hh_hat_stride : nullptr;
+  T* hh_hat = (d.bn || d.ln) ? f.hh_hat_at(s, B * G) : nullptr;
   T* hc = d.proj ? f.hc + ws * B * H : nullptr;
   const int64_t n = rows.count(s);
   const T inv_n = n > 0 ? T(1) / T(n) : T(0);
@@ -266,7 +268,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
 
   FusedBN bn;  // batch norm (the step's products in f.hh)
   if (d.bn) {
-    bn.hh_hat = f.hh_hat_stride ? f.hh_hat : nullptr;
+    bn.hh_hat = f.hh_hat_slots == T_ ? f.hh_hat : nullptr;  // (T = 1: its slot either way)
     bn.h_stats = f.h_stats;
     bn.c_stats = f.c_stats;
     bn.p = &f;
@@ -312,7 +314,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
     const Rows& rows = L.rows;
     float* hr = f.hh + b * G;
     float* ar = f.act + (ws * B + b) * G;
-    float* xh = f.hh_hat + s * f.hh_hat_stride + b * G;
+    float* xh = f.hh_hat_at(s, B * G) + b * G;
     float* sh = f.h_stats + s * 2 * B;
     float* sc = f.c_stats + s * 2 * B;
     if (!rows.active(b, s)) {  // finished row: carry the state, emit zeros
@@ -391,7 +393,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
     cpu::bind<T>(f.xp, xp, f.y, y, f.h_stats, h_stats, f.c_stats, c_stats, f.hm, ws_hm, f.act, ws_act, f.c, ws_c,
                  f.hh_hat, hh_hat, f.hc, ws_hc, f.h_cur, h_cur, f.h_prev, h_prev, f.hh, hh, f.hp, hp);
     f.save = save_workspace;
-    f.hh_hat_stride = save_hh_hat ? B * G : 0;
+    f.hh_hat_slots = save_hh_hat ? std::max<int64_t>(T_, 1) : 1;
     f.set_scratch(stat_scratch.data_ptr<T>(), G, H);
     if (fused) {
       if (layer_forward_fused<T>(L, h0, f, h_alt.data_ptr<T>(), hm_alt.data_ptr<T>(), bn_step_offset, norm_eps) !=
