@@ -159,9 +159,9 @@ MUTANTS = [
            ("tests/test_zoneout_layernorm.py::test_layer_matches_direct_oracle",),
            "zoneout on the cell state only (the reference recurrence)"),
     Mutant("ln-bias-before-norm", "fusedrnn/ops/layer.py",
-           "return xp if bias is None else xp + bias.to(xw.dtype)",
-           "return xp if bias is None else F.layer_norm(xw + bias.to(xw.dtype), (xw.shape[2],), "
-           "bn.weight_x.to(xw.dtype), bn.bias_x.to(xw.dtype), bn.eps)",
+           "        return F.layer_norm(xw, (xw.shape[2],), norm.weight_x.to(xw.dtype), shift, norm.eps)",
+           "        xb = xw if bias is None else xw + bias.to(xw.dtype)\n"
+           "        return F.layer_norm(xb, (xw.shape[2],), norm.weight_x.to(xw.dtype), norm.bias_x.to(xw.dtype), norm.eps)",
            ("tests/test_zoneout_layernorm.py::test_layer_matches_direct_oracle",),
            "the LSTM bias normalised with W_ih x instead of added after LN_x"),
     Mutant("triton-zoneout-no-carry", "fusedrnn/backends/triton/kernels/common.py",
