@@ -227,6 +227,7 @@ def test_recompute_mode(case, T_, B_):
         torch.library.opcheck(torch.ops.fusedrnn.gru_layer_forward.default, (*args[:-1], schema.SAVE_RECOMPUTE_NORM))
         torch.library.opcheck(torch.ops.fusedrnn.gru_layer_backward.default, (*grads, *params, *lean[2:]))
 
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.get("bn") != "train" or c.get("lengths")], ids=_id)
 def test_gradcheck(case):
     args, diff, _ = _case(case)

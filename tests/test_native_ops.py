@@ -154,22 +154,25 @@ def test_opcheck_layer_backward():
     torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_backward.default, bargs)
 
 
-@pytest.mark.parametrize("case", LAYER_CASES, ids=_layer_id)
-def test_gradcheck_layer(case):
-    args, diff = _layer_args(case)
+def _gradcheck_layer_forward(args, diff):
+    """gradcheck of the layer forward's y, h_n, c_n at the forward arguments ``args`` in every
+    differentiable tensor (``diff``, in the order of the arguments)."""
     names = ["xp", "h0", "c0", *schema.PARAMS, "save"]
     a = dict(zip(names, args))
 
     def f(*ts):
-        b = dict(a)
-        it = iter(ts)
+        b, it = dict(a), iter(ts)
         for k in ("xp", "h0", "c0", "w_hh", "w_hr", "norm_h_weight", "norm_c_weight", "norm_c_bias"):
             if b[k] is not None:
                 b[k] = next(it)
-        out = torch.ops.fusedrnn.lstm_layer_forward(*(b[k] for k in names))
-        return out[0], out[1], out[2]
+        return torch.ops.fusedrnn.lstm_layer_forward(*(b[k] for k in names))[:3]
 
     assert torch.autograd.gradcheck(f, tuple(diff), atol=1e-7)
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=_layer_id)
+def test_gradcheck_layer(case):
+    _gradcheck_layer_forward(*_layer_args(case))
 
 
 def test_layer_without_workspace_matches_and_refuses_backward():
@@ -278,17 +281,7 @@ def test_opcheck_and_gradcheck_recompute_mode(case):
     bargs = (torch.randn_like(out[0]), torch.randn_like(out[1]), torch.randn_like(out[2]), *_params(args), *out[3:])
     torch.library.opcheck(torch.ops.fusedrnn.lstm_layer_backward.default,
                           tuple(a.detach() if torch.is_tensor(a) else a for a in bargs))
-    names = ["xp", "h0", "c0", *schema.PARAMS, "save"]
-    a = dict(zip(names, args))
-
-    def f(*ts):
-        b, it = dict(a), iter(ts)
-        for k in ("xp", "h0", "c0", "w_hh", "w_hr", "norm_h_weight", "norm_c_weight", "norm_c_bias"):
-            if b[k] is not None:
-                b[k] = next(it)
-        return torch.ops.fusedrnn.lstm_layer_forward(*(b[k] for k in names))[:3]
-
-    assert torch.autograd.gradcheck(f, tuple(diff), atol=1e-7)
+    _gradcheck_layer_forward(args, diff)
 
 
 def test_recompute_mode_bad_workspace():

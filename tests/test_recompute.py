@@ -53,7 +53,8 @@ CASES = [(cls, norm, lengths, proj) for cls in (fusedrnn.LSTM, fusedrnn.GRU) for
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cls,norm,lengths,proj", CASES,
-                         ids=[f"{c.__name__}-{n}{'-lengths' if l else ''}{'-proj' if p else ''}" for c, n, l, p in CASES])
+                         ids=[f"{c.__name__}-{n}{'-lengths' if ln else ''}{'-proj' if p else ''}"
+                              for c, n, ln, p in CASES])
 def test_recompute_gives_the_same_results(cls, norm, lengths, proj, dtype):
     saved = _run(cls, False, dtype, norm, lengths, proj)
     rebuilt = _run(cls, True, dtype, norm, lengths, proj)

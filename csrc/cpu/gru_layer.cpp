@@ -230,7 +230,6 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
   cpu::LayerCall L(dims, a, /*forward=*/true);
   const LayerDims& d = L.d;
   const int64_t T_ = d.T, B = d.B, H = d.H, G = d.G;
-  const bool norm = d.bn || d.ln;
   const at::Tensor xp = xp_in.contiguous();
   const at::Tensor b_hh_c = b_hh.has_value() ? b_hh->contiguous() : at::zeros({G}, xp.options());
   const at::TensorOptions opt = xp.options();
@@ -241,11 +240,7 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
   at::Tensor ws_h = new_output({TW, B, H}, opt);
   at::Tensor ws_gates = new_output({TW, B, G}, opt);
   at::Tensor ws_hs = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
-  // N_h's x_hat: every step's, or one step's slot (no backward; the recompute mode, where the
-  // op returns it empty and the backward rebuilds it)
-  const int64_t hh_hat_slots = save_workspace_in == kSaveAll ? T_ : 1;
-  at::Tensor hh_hat = new_output({norm ? hh_hat_slots : 0, B, G}, opt);
-  at::Tensor ws_hh_hat = save_workspace_in == kSaveRecomputeNorm ? new_output({0, B, G}, opt) : hh_hat;
+  const cpu::NormHStore hh_hat = cpu::forward_norm_h(d, save_workspace_in, opt);
   at::Tensor ws_hn = new_output({TW, B, H}, opt);
   at::Tensor hh = at::empty({B, G}, opt), scratch = at::empty({2 * G}, opt);
   ws_hs.select(0, 0).copy_(h0_in);
@@ -253,11 +248,11 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "gru_layer_forward_cpu", [&] {
     using T = scalar_t;
     GruBuffers<T> f(d, L.t);
-    cpu::bind<T>(f.xp, xp, f.y, y, f.stats, h_stats, f.hm, ws_h, f.gates, ws_gates, f.hs, ws_hs, f.hh_hat, hh_hat,
+    cpu::bind<T>(f.xp, xp, f.y, y, f.stats, h_stats, f.hm, ws_h, f.gates, ws_gates, f.hs, ws_hs, f.hh_hat, hh_hat.buf,
                  f.hn, ws_hn, f.hh, hh);
     cpu::bind<T>(f.b_hh, b_hh_c);
     f.save = save_workspace;
-    f.hh_hat_slots = hh_hat_slots;
+    f.hh_hat_slots = hh_hat.slots;
     carve(scratch.data_ptr<T>(), G, f.mean, f.rstd);
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t ws = save_workspace ? s : 0;
@@ -274,7 +269,7 @@ GruForwardOut gru_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor& h
     }
   });
   at::Tensor h_n = ws_hs.select(0, save_workspace ? T_ : (T_ & 1)).clone();
-  return {y, h_n, h_stats, ws_h, ws_gates, ws_hs, ws_hh_hat, ws_hn};
+  return {y, h_n, h_stats, ws_h, ws_gates, ws_hs, hh_hat.out, ws_hn};
 }
 
 GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& grad_h_n, FUSEDRNN_GRU_ARGS_DECL,
@@ -292,21 +287,21 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
   TORCH_CHECK(ws_gates_in.dim() == 3 && ws_gates_in.size(0) == T_ && ws_hs_in.size(0) == T_ + 1 &&
                   ws_h_in.size(0) == T_ && ws_hn_in.size(0) == T_,
               "fusedrnn: gru_layer_backward needs the full workspace (save_workspace=True)");
-  const bool norm = dims.bn || dims.ln, recompute = cpu::recomputes_norm_h(dims, ws_hh_hat_in);
   cpu::LayerCall L(dims, a, /*forward=*/false);
   const LayerDims& d = L.d;
   const int64_t G = d.G, H = d.H;
+  const bool norm = d.bn || d.ln;
   const at::TensorOptions opt = grad_y_in.options();
   const at::Tensor grad_y = grad_y_in.contiguous(), h_stats = h_stats_in.contiguous();
   const at::Tensor hm = ws_h_in.contiguous(), gates_t = ws_gates_in.contiguous(), hs = ws_hs_in.contiguous();
-  const at::Tensor hh_hat = ws_hh_hat_in.contiguous(), hn = ws_hn_in.contiguous();
+  const at::Tensor hn = ws_hn_in.contiguous();
 
   at::Tensor grad_xp = new_output({T_, B, G}, opt);
   // dL/dhh lives in a ring of `slots` steps; dW_hh accumulates one GEMM per chunk of steps
   // (rows >= 512 keep the GEMM efficient), so no second [T, B, G] buffer is held.
   const int64_t slots = std::min<int64_t>(std::max<int64_t>(T_, 1), std::max<int64_t>(16, (511 + B) / std::max<int64_t>(B, 1)));
   at::Tensor dhh = at::empty({slots, B, G}, opt);
-  at::Tensor hh_ring = at::empty({recompute ? slots : 0, B, G}, opt);  // x_hat of N_h, rebuilt per chunk
+  cpu::NormHStore hh_hat = cpu::backward_norm_h(d, ws_hh_hat_in, slots, opt);
   at::Tensor grad_w_hh = at::zeros({G, H}, opt);
   at::Tensor dh_carry = grad_h_n.to(opt).contiguous().clone();
   at::Tensor dh_cur = at::empty({B, H}, opt), dprev = at::empty({B, H}, opt), dh_rec = at::empty({B, H}, opt);
@@ -321,14 +316,14 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
     cpu::bind<T>(f.grad_y, grad_y, f.hm, hm, f.gates, gates_t, f.hs, hs, f.hn, hn, f.grad_xp, grad_xp, f.dhh, dhh,
                  f.dh_cur, dh_cur, f.dprev, dprev, f.dh_carry, dh_carry, f.dgamma, dgamma, f.db_hh, db_hh);
     if (d.bn_train || d.ln) cpu::bind<T>(f.stats, h_stats);
-    if (norm) cpu::bind<T>(f.hh_hat, recompute ? hh_ring : hh_hat, f.dg, dg);
-    f.hh_hat_slots = recompute ? slots : std::max<int64_t>(T_, 1);
+    if (norm) cpu::bind<T>(f.hh_hat, hh_hat.buf, f.dg, dg);
+    f.hh_hat_slots = hh_hat.slots;
     f.has_bias = b_hh.has_value();
     f.slots = slots;
     carve(scratch.data_ptr<T>(), G, f.mean, f.rstd, f.sum1, f.sum2);
     for (int64_t s = T_ - 1; s >= 0; --s) {
-      if (recompute && (s == T_ - 1 || (s + 1) % slots == 0))  // the first step of the chunk [s / slots * slots, s]
-        recompute_norm_h<T>(d, f.stats, f.rm_h, f.rv_h, hm, w_hh, hh_ring, s / slots * slots, s, bn_step_offset,
+      if (hh_hat.recompute && (s == T_ - 1 || (s + 1) % slots == 0))  // the chunk [s / slots * slots, s] begins
+        recompute_norm_h<T>(d, f.stats, f.rm_h, f.rv_h, hm, w_hh, hh_hat.buf, s / slots * slots, s, bn_step_offset,
                             norm_eps);
       backward_pointwise<T>(L.rows, d, f, s, std::min<int64_t>(bn_step_offset + s, d.S - 1), norm_eps);
       const T* dr = gemm.hh->template run<T>(dhh.select(0, s % slots), dh_rec);  // [B, G] @ W_hh

@@ -453,7 +453,6 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   TORCH_CHECK(ws_act.dim() == 3 && ws_act.size(0) == T_ && ws_c.size(0) == T_ + 1 &&
                   ws_hm.size(0) == T_,
               "fusedrnn: lstm_layer_backward needs the full workspace (save_workspace=True)");
-  const bool norm = dims.bn || dims.ln, recompute = cpu::recomputes_norm_h(dims, ws_hh_hat);
   const bool fused = use_fused_step(dims, grad_y_in.scalar_type());
   cpu::LayerCall L(dims, a, /*forward=*/false, /*with_hh=*/!fused);
   const LayerDims& d = L.d;
@@ -463,7 +462,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   const at::TensorOptions opt = grad_y_in.options();
   const at::Tensor grad_y = grad_y_in.contiguous();
   const at::Tensor act = ws_act.contiguous(), c = ws_c.contiguous(), hm = ws_hm.contiguous();
-  const at::Tensor hh_hat = ws_hh_hat.contiguous(), hc = ws_hc.contiguous();
+  const at::Tensor hc = ws_hc.contiguous();
   const at::Tensor h_stats = h_stats_in.contiguous(), c_stats = c_stats_in.contiguous();
 
   at::Tensor grad_xp = new_output({T_, B, G}, opt);
@@ -482,7 +481,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   at::Tensor dc_carry = grad_c_n.to(opt).contiguous().clone();
   at::Tensor dh_cur = at::empty({B, R}, opt), dh_rec = at::empty({B, R}, opt);
   at::Tensor dhc = d.proj ? at::empty({B, H}, opt) : dh_cur;
-  at::Tensor hh_ring = at::empty({recompute ? slots : 0, B, G}, opt);  // x_hat of N_h, rebuilt per chunk
+  const bool norm = d.bn || d.ln;
+  cpu::NormHStore hh_hat = cpu::backward_norm_h(d, ws_hh_hat, slots, opt);
   at::Tensor dgamma_h = at::zeros({norm ? G : 0}, opt), dgamma_c = at::zeros({norm ? H : 0}, opt);
   at::Tensor dbeta_c = at::zeros({norm ? H : 0}, opt);
   at::Tensor scratch = at::empty({4 * G + 4 * H}, opt);
@@ -497,8 +497,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
                  f.dgamma_h, dgamma_h, f.dgamma_c, dgamma_c, f.dbeta_c, dbeta_c, f.dh_carry, dh_carry,
                  f.dc_carry, dc_carry, f.dh_cur, dh_cur, f.dhc, dhc, f.dh_rec, dh_rec);
     if (bn_train || d.ln) cpu::bind<T>(f.h_stats, h_stats, f.c_stats, c_stats);  // (else not read: any dtype)
-    if (norm) cpu::bind<T>(f.hh_hat, recompute ? hh_ring : hh_hat);
-    f.hh_hat_slots = recompute ? slots : std::max<int64_t>(T_, 1);
+    if (norm) cpu::bind<T>(f.hh_hat, hh_hat.buf);
+    f.hh_hat_slots = hh_hat.slots;
     f.dhh_slots = slots;
     if (d.zoneout || d.ln) carve(carve(zone.data_ptr<T>(), B * R, f.dh_zone), B * H, f.dc_zone, f.c_til);
     if (d.ln) carve(ln_scratch.data_ptr<T>(), B * H, f.ln_do, f.ln_dy, f.ln_chat, f.ln_dc);
@@ -510,8 +510,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
       at::Tensor ln_part = at::zeros({ln_tiles, G + 2 * H}, opt);  // per row tile: dgamma_h, dgamma_c, dbeta_c
       for (int64_t hi = T_ - 1; hi >= 0;) {
         const int64_t lo = alias ? 0 : hi / slots * slots;
-        if (recompute)
-          recompute_norm_h<T>(d, f.h_stats, f.rm_h, f.rv_h, hm, w_hh, hh_ring, lo, hi, bn_step_offset, norm_eps);
+        if (hh_hat.recompute)
+          recompute_norm_h<T>(d, f.h_stats, f.rm_h, f.rv_h, hm, w_hh, hh_hat.buf, lo, hi, bn_step_offset, norm_eps);
         if (d.ln) layer_backward_ln_rows<T>(L, f, panels, hi, lo, ln_part.data_ptr<T>());
         else layer_backward_fused<T>(L, f, panels, hi, lo, bn_step_offset, norm_eps);
         if (!alias) {
@@ -532,8 +532,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     }
 
     for (int64_t s = T_ - 1; s >= 0; --s) {
-      if (recompute && (s == T_ - 1 || (s + 1) % slots == 0))  // the first step of the chunk [s / slots * slots, s]
-        recompute_norm_h<T>(d, f.h_stats, f.rm_h, f.rv_h, hm, w_hh, hh_ring, s / slots * slots, s, bn_step_offset,
+      if (hh_hat.recompute && (s == T_ - 1 || (s + 1) % slots == 0))  // the chunk [s / slots * slots, s] begins
+        recompute_norm_h<T>(d, f.h_stats, f.rm_h, f.rv_h, hm, w_hh, hh_hat.buf, s / slots * slots, s, bn_step_offset,
                             norm_eps);
       // dL/dh_s: from the output at this step plus what flows back from step s + 1
       for (int64_t b = 0; b < B; ++b) {

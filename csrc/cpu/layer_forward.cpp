@@ -372,11 +372,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   at::Tensor ws_hm = new_output({TW, B, R}, opt);
   at::Tensor ws_act = new_output({TW, B, G}, opt);
   at::Tensor ws_c = new_output({save_workspace ? T_ + 1 : 2, B, H}, opt);
-  // N_h's x_hat: every step's, or one step's slot (no backward; in the recompute mode, where
-  // the op returns it empty and the backward rebuilds it)
-  const bool norm = d.bn || d.ln, save_hh_hat = save_workspace_in == kSaveAll;
-  at::Tensor hh_hat = new_output({norm ? (save_hh_hat ? T_ : 1) : 0, B, G}, opt);
-  at::Tensor ws_hh_hat = save_workspace_in == kSaveRecomputeNorm ? new_output({0, B, G}, opt) : hh_hat;
+  const cpu::NormHStore hh_hat = cpu::forward_norm_h(d, save_workspace_in, opt);
   at::Tensor ws_hc = new_output({d.proj ? TW : 0, B, H}, opt);
   at::Tensor h_cur = at::empty({B, R}, opt), hh = at::empty({fused && !d.bn && !d.ln ? 0 : B, G}, opt);
   // the fused step's second buffers of h_s and (with a mask, without a saved workspace) of h_s * m_{s+1}
@@ -391,9 +387,9 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
     using T = scalar_t;
     FwdBuffers<T> f(d, L.t);
     cpu::bind<T>(f.xp, xp, f.y, y, f.h_stats, h_stats, f.c_stats, c_stats, f.hm, ws_hm, f.act, ws_act, f.c, ws_c,
-                 f.hh_hat, hh_hat, f.hc, ws_hc, f.h_cur, h_cur, f.h_prev, h_prev, f.hh, hh, f.hp, hp);
+                 f.hh_hat, hh_hat.buf, f.hc, ws_hc, f.h_cur, h_cur, f.h_prev, h_prev, f.hh, hh, f.hp, hp);
     f.save = save_workspace;
-    f.hh_hat_slots = save_hh_hat ? std::max<int64_t>(T_, 1) : 1;
+    f.hh_hat_slots = hh_hat.slots;
     f.set_scratch(stat_scratch.data_ptr<T>(), G, H);
     if (fused) {
       if (layer_forward_fused<T>(L, h0, f, h_alt.data_ptr<T>(), hm_alt.data_ptr<T>(), bn_step_offset, norm_eps) !=
@@ -405,7 +401,7 @@ LayerForwardOut lstm_layer_forward_cpu(const at::Tensor& xp_in, const at::Tensor
   });
   h_n.copy_(h_cur);
   c_n.copy_(ws_c.select(0, save_workspace ? T_ : (T_ & 1)));
-  return {y, h_n, c_n, h_stats, c_stats, ws_hm, ws_act, ws_c, ws_hh_hat, ws_hc};
+  return {y, h_n, c_n, h_stats, c_stats, ws_hm, ws_act, ws_c, hh_hat.out, ws_hc};
 }
 
 }  // namespace fusedrnn

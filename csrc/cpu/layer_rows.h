@@ -10,6 +10,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -354,14 +355,33 @@ inline bool saves_workspace(int64_t save_workspace) {
   return save_workspace != kSaveNone;
 }
 
-// Whether the backward rebuilds N_h's x_hat (the recompute mode): under a norm, ws_hh_hat saved
-// empty; otherwise it must hold every step's.
-inline bool recomputes_norm_h(const LayerDims& d, const at::Tensor& ws_hh_hat) {
+// Where a layer op (either cell) keeps N_h's x_hat [slots, B, G], step s at s % slots.
+struct NormHStore {
+  at::Tensor buf;  // empty without a norm
+  int64_t slots;
+  at::Tensor out;        // forward: the op's ws_hh_hat (buf, or empty in the recompute mode)
+  bool recompute{};      // backward: buf is a ring that recompute_norm_h fills per chunk
+};
+
+// The forward's: every step's x_hat when it saves the workspace, else one step's slot (no
+// backward follows, or the recompute mode, whose ws_hh_hat is returned empty).
+inline NormHStore forward_norm_h(const LayerDims& d, int64_t save_workspace, const at::TensorOptions& opt) {
+  const int64_t steps = save_workspace == kSaveAll ? d.T : 1;
+  at::Tensor buf = new_output({d.bn || d.ln ? steps : 0, d.B, d.G}, opt);
+  return {buf, std::max<int64_t>(steps, 1),
+          save_workspace == kSaveRecomputeNorm ? new_output({0, d.B, d.G}, opt) : buf};
+}
+
+// The backward's: the forward's ws_hh_hat, which must hold every step's x_hat under a norm, or
+// (the recompute mode: saved empty) a ring of ring_slots steps, the backward's chunk.
+inline NormHStore backward_norm_h(const LayerDims& d, const at::Tensor& ws_hh_hat, int64_t ring_slots,
+                                  const at::TensorOptions& opt) {
   const bool norm = d.bn || d.ln, recompute = norm && d.T > 0 && ws_hh_hat.size(0) == 0;
   TORCH_CHECK(!norm || recompute || (ws_hh_hat.dim() == 3 && ws_hh_hat.size(0) == d.T),
               "fusedrnn: ws_hh_hat must hold every step's x_hat of N_h, or none (recomputed), got ",
               ws_hh_hat.sizes());
-  return recompute;
+  if (recompute) return {at::empty({ring_slots, d.B, d.G}, opt), ring_slots, {}, true};
+  return {ws_hh_hat.contiguous(), std::max<int64_t>(d.T, 1), {}, false};
 }
 
 // N_h's x_hat of the steps [lo, hi], rebuilt for the backward when the forward left ws_hh_hat

@@ -29,8 +29,8 @@ Without save_workspace a family may return scratch of its own shape in these slo
 of the last steps, or nothing); its fake kernel says which.  save_workspace is one of
 :data:`SAVE_NONE`, :data:`SAVE_ALL` and :data:`SAVE_RECOMPUTE_NORM`, the recompute mode:
 everything but ws_hh_hat, returned empty, which the backward rebuilds from ws_h, W_hh and
-the norm's statistics (the CPU kernels only; the others refuse it).  Workspace tensors are indexed
-by the step s (processing order).  :func:`layer_params` is the one flattener of the
+the norm's statistics (the CPU kernels only; the others refuse it).  Workspace tensors are
+indexed by the step s (processing order).  :func:`layer_params` is the one flattener of the
 contract's arguments into PARAMS, and :func:`register_layer_autograd` the one autograd
 formula of a forward / backward pair.
 """

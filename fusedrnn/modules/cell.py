@@ -301,9 +301,9 @@ class GRUCell(SequenceCell, TorchGRUCell):
         input_size, hidden_size, bias, device, dtype: as :class:`torch.nn.GRUCell`.
 
     Keyword-only options: recurrent_dropout, variational, batch_norm, bn_max_steps,
-    bn_momentum, bn_eps, zoneout (one rate), layer_norm, weight_dropout, recompute, backend, with the
-    semantics of :class:`fusedrnn.GRU` and the per-sequence state and boundary rule of
-    :class:`fusedrnn.LSTMCell` (``reset()``, ``mask=``, ``step=``).
+    bn_momentum, bn_eps, zoneout (one rate), layer_norm, weight_dropout, recompute, backend,
+    with the semantics of :class:`fusedrnn.GRU` and the per-sequence state and boundary rule
+    of :class:`fusedrnn.LSTMCell` (``reset()``, ``mask=``, ``step=``).
 
     Inputs: input [B, I] or [I], h_0 [B, H] or [H] (zeros when omitted).
     Outputs: h_1, shaped as h_0.

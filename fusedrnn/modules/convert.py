@@ -76,10 +76,11 @@ def convert(module: nn.Module, *, lstm: bool = True, gru: bool = True, **options
     keeps training the model), their module hooks and their training mode.  ``options``
     (recurrent_dropout, variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, zoneout,
     layer_norm, weight_dropout, recompute, backend) add regularizers (whose parameters are
-    new), choose how norms keep their products, or pick a backend.  Modules that are already fusedrnn modules are left alone.  Returns the model
-    (the replacement itself when ``module`` is one of those classes); submodules are
-    replaced in place.  Raises ValueError for a module whose weights are parametrized, and
-    for a zoneout pair given to a GRU (one rate).
+    new), choose how norms keep their products, or pick a backend.  Modules that are already
+    fusedrnn modules are left alone.  Returns the model (the replacement itself when
+    ``module`` is one of those classes); submodules are replaced in place.  Raises ValueError
+    for a module whose weights are parametrized, and for a zoneout pair given to a GRU (one
+    rate).
     """
     check_option_names(options, "convert")
     targets = ((TorchLSTM, TorchLSTMCell) if lstm else ()) + ((TorchGRU, TorchGRUCell) if gru else ())

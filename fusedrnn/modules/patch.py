@@ -95,9 +95,9 @@ def patch(*, lstm: bool = True, cell: bool = True, gru: bool = True, **options) 
     ``torch.nn.GRU`` (``gru=True``) and ``torch.nn.GRUCell`` (``gru`` and ``cell``) for
     fusedrnn's, so that models built afterwards use fusedrnn; ``options`` (recurrent_dropout,
     variational, batch_norm, bn_max_steps, bn_momentum, bn_eps, zoneout, layer_norm,
-    weight_dropout, recompute, backend) become the defaults of the modules built meanwhile (a GRU takes
-    one zoneout rate: a (cell, hidden) pair raises when a GRU is built; ``gru=False`` leaves
-    the GRUs alone).  Returns a :class:`Patch`: call ``restore()`` or use it as a context
+    weight_dropout, recompute, backend) become the defaults of the modules built meanwhile (a
+    GRU takes one zoneout rate: a (cell, hidden) pair raises when a GRU is built; ``gru=False``
+    leaves the GRUs alone).  Returns a :class:`Patch`: call ``restore()`` or use it as a context
     manager.  Options are validated at once (ValueError / TypeError)."""
     regularizers.check_option_names(options, "patch")
     regularizers.validate(**{**regularizers.OPTIONS, **options})
