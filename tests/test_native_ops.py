@@ -446,7 +446,7 @@ FUSED_CASES = [dict(), dict(mask="shared"), dict(mask="per_step", zoneout=True),
                dict(bn="layer"), dict(bn="layer", zoneout=True, mask="per_step", lengths=True, reverse=True)]
 
 
-@pytest.mark.parametrize("B,H", [(7, 20), (13, 16), (1, 33), (32, 72)], ids=lambda v: str(v))
+@pytest.mark.parametrize("B,H", [(7, 20), (13, 16), (1, 33), (4, 72), (32, 72)], ids=lambda v: str(v))
 @pytest.mark.parametrize("case", FUSED_CASES, ids=_layer_id)
 def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
     """The float32 fused steps against the float64 op, by the float32 rule: each output's error
@@ -460,11 +460,12 @@ def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
       the mask and zoneout in its epilogue; groups of 64 columns with a partial last one): the
       gradients of xp, h0, c0, W_hh and the norm's parameters.
     - Batch norm: per unit block after its tiles, the statistics in training (compared too) or
-      the running ones in eval.  Layer norm (B >= 7 here): the rows split between the threads,
-      the unfused op's row kernels after each row tile's products, the parameter gradients
-      summed per thread.
-    B = 32, H = 72 runs both in one parallel region on two threads (the smaller ones on the
-    calling thread), over T = 20 steps (gradients grow to ~1e3 with a mask): with lengths or
+      the running ones in eval.  Layer norm: the unfused op's row kernels after the step's
+      products, the parameter gradients summed per thread; at B >= 7 the rows split between
+      the threads for the whole step, at B = 4 the products split the unit blocks and the rows
+      the row kernels, a barrier after each.
+    B = 4 and B = 32 with H = 72 run in one parallel region on two threads (the smaller ones on
+    the calling thread), B = 32 over T = 20 steps (gradients grow to ~1e3 with a mask): with lengths or
     reverse the backward's ring of 16 steps takes two chunks."""
     T = 20 if B == 32 else 6
     args64, _ = _layer_args(case, T=T, B=B, H=H, requires_grad=False)

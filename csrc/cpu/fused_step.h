@@ -578,35 +578,90 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
 #endif
 }
 
-// Steps [0, T) of the fused forward split by rows, for a norm within each row (layer norm):
-// each thread takes whole row tiles through every step, all unit blocks' tiles of a row tile
-// into the step's hh, then row(st, b) for each of its rows.  A row's next operand is its own h,
-// so rows never meet: no barrier.  Each thread streams all of W_hh once a step (from L3 at
-// H = 256: ~12 GB/s at B = 32), where the unit split reads half of it.
-template <typename StepFn, typename RowFn>
-void fused_row_steps(int64_t T, int64_t B, int64_t H, const StepFn& step, const RowFn& row) {
-  const auto tiles = fused_row_tiles(B);
-  const int64_t U = (H + kLanes - 1) / kLanes;
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t s = 0; s < T; ++s) {
-      const FusedStep st = step(s);
-      for (int64_t t = t0; t < t1; ++t) {
-        const auto [b0, mr] = tiles[t];
-        for (int64_t u = 0; u < U; ++u) fused_norm_tile_for(mr)(st, u, b0);
-        for (int64_t b = b0; b < b0 + mr; ++b) row(st, b);
-      }
+// Steps i = 0 .. n - 1 in two phases split differently over the slots [0, slots), a barrier
+// after each: p1(i, w0, w1), then p2(i, w0, w1), for an invocation holding slots [w0, w1).
+// For steps whose second phase reads what every slot's first wrote and whose next first phase
+// reads what every slot's second wrote.  One region as in fused_steps; slots == 1 runs serially.
+template <typename P1, typename P2>
+void two_phase_steps(int64_t n, int64_t slots, const P1& p1, const P2& p2) {
+  if (slots < 2 || at::in_parallel_region()) {
+    for (int64_t i = 0; i < n; ++i) {
+      p1(i, 0, slots);
+      p2(i, 0, slots);
+    }
+    return;
+  }
+#if AT_PARALLEL_OPENMP
+  StepBarrier barrier(slots);
+  at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t i = 0; i < n; ++i) {
+      p1(i, w0, w1);
+      barrier.arrive_and_wait(w1 - w0);
+      p2(i, w0, w1);
+      if (i + 1 < n) barrier.arrive_and_wait(w1 - w0);
     }
   });
+#else  // a region per phase (see fused_steps)
+  for (int64_t i = 0; i < n; ++i) {
+    at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) { p1(i, w0, w1); });
+    at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) { p2(i, w0, w1); });
+  }
+#endif
+}
+
+// Whether layer norm splits the rows between the threads for the whole step: where every
+// thread gets a row tile.  Otherwise (small B) the unit split multiplies and the rows split
+// the rest, two barriers a step (fused_row_steps, layer_backward_ln_rows).
+inline bool ln_by_row_tiles(int64_t B) {
+  return (B + kFusedRows - 1) / kFusedRows >= at::get_num_threads();
+}
+
+// Steps [0, T) of the fused forward for a norm within each row (layer norm): each step's
+// products by the row tiles' norm tiles into the step's hh, then row(st, b) for each row.
+// With a row tile per thread, each thread takes whole row tiles through every step: a row's
+// next operand is its own h, so rows never meet and there is no barrier; each thread streams
+// all of W_hh once a step (from L3 at H = 256: ~12 GB/s at B = 32), where the unit split reads
+// half of it.  With fewer row tiles than threads the products split the unit blocks as in
+// fused_steps and the rows split the row work, a barrier after each (two_phase_steps).
+template <typename StepFn, typename RowFn>
+void fused_row_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step, const RowFn& row) {
+  const auto tiles = fused_row_tiles(B);
+  const int64_t U = (H + kLanes - 1) / kLanes;
+  auto products = [&](const FusedStep& st, int64_t b0, int64_t mr, int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) fused_norm_tile_for(mr)(st, u, b0);
+  };
+  if (ln_by_row_tiles(B)) {
+    at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t s = 0; s < T; ++s) {
+        const FusedStep st = step(s);
+        for (int64_t t = t0; t < t1; ++t) {
+          const auto [b0, mr] = tiles[t];
+          products(st, b0, mr, 0, U);
+          for (int64_t b = b0; b < b0 + mr; ++b) row(st, b);
+        }
+      }
+    });
+    return;
+  }
+  const bool small = B * 4 * U * kLanes * K < (int64_t{1} << 16);
+  const int64_t slots = small ? 1 : std::min<int64_t>(at::get_num_threads(), U);
+  two_phase_steps(
+      T, slots,
+      [&](int64_t s, int64_t w0, int64_t w1) {
+        const FusedStep st = step(s);
+        for (const auto& [b0, mr] : tiles) products(st, b0, mr, U * w0 / slots, U * w1 / slots);
+      },
+      [&](int64_t s, int64_t w0, int64_t w1) {
+        const FusedStep st = step(s);
+        for (int64_t b = B * w0 / slots; b < B * w1 / slots; ++b) row(st, b);
+      });
 }
 
 // Whether the layer op runs fused steps (the forward above, the backward's in
 // layer_backward.cpp): float32 without a projection, on the default GEMM path
 // (FUSEDRNN_CPU_GEMM forces the library GEMMs), with enough steps to pay for packing W_hh.
-// Layer norm splits the rows between the threads (fused_row_steps, layer_backward_ln_rows), so
-// it runs fused where every thread gets a row tile.
 inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
-  const bool ln_rows = (d.B + kFusedRows - 1) / kFusedRows >= at::get_num_threads();
-  return dtype == at::kFloat && (!d.ln || ln_rows) && !d.proj && d.T >= kSmallMinSteps &&
+  return dtype == at::kFloat && !d.proj && d.T >= kSmallMinSteps &&
          requested_path() == GemmPath::kOneDnn;
 }
 

@@ -8,7 +8,8 @@
 // (layer_backward_fused): each thread forms the gate gradients of its units, and after one
 // barrier the register tile of fused_step.h multiplies them by W_hh into dL/dh_{s-1} of the
 // same units, the mask and zoneout in its epilogue; all steps in one parallel region.  Layer
-// norm splits the rows between threads instead (layer_backward_ln_rows).
+// norm runs each row through the unfused backward's row kernels, then the same tile
+// (layer_backward_ln_rows).
 // Otherwise, per step, the fused pointwise pass of the gate gradients (N_c, cell, N_h
 // backward, zoneout), then one GEMM for dh (and one with W_hr under a projection).  The
 // weight gradients are single GEMMs after the loop (dW_hh in chunks of steps when dL/dhh
@@ -376,11 +377,14 @@ void layer_backward_fused(const LayerCall& L, const BwdBuffers<float>& f, const 
   fused_backward_steps(hi, lo, NG, B * G * NG * 4 * kLanes, phase_a, phase_b);
 }
 
-// The layer-norm backward by rows (the forward's split, fused_row_steps): each thread takes
-// whole row tiles through steps hi down to lo, per row the unfused backward's row kernels
-// (LN_c, the gates, LN_h) into dL/dhh, then the register tile over the row tile's dL/dhh for
-// every column group of dL/dh_{s-1}.  Rows never meet; the parameter gradients are summed per
-// invocation into part [row tiles, G + 2H] (dgamma_h, dgamma_c, dbeta_c), added up after.
+// The layer-norm backward (the forward's split, fused_row_steps): per step, per row the
+// unfused backward's row kernels (LN_c, the gates, LN_h) into dL/dhh, then the register tile
+// over dL/dhh for dL/dh_{s-1}.  With a row tile per thread each thread takes whole row tiles
+// through steps hi down to lo, the tile over its own rows for every column group: rows never
+// meet.  With fewer row tiles than threads the rows split the row kernels and the column groups
+// the tile, a barrier after each (two_phase_steps).  The parameter gradients are summed per
+// invocation into part [n, G + 2H] (dgamma_h, dgamma_c, dbeta_c; n: the row tiles, or the
+// slots), added up after.
 template <typename T>
 void layer_backward_ln_rows(const LayerCall&, const BwdBuffers<T>&, const at::Tensor&, int64_t, int64_t, T*) {
   TORCH_INTERNAL_ASSERT(false, "fusedrnn: the fused step takes float32");
@@ -395,44 +399,58 @@ void layer_backward_ln_rows(const LayerCall& L, const BwdBuffers<float>& f, cons
   const int64_t NG = (R + 4 * kLanes - 1) / (4 * kLanes);
   const auto tiles = fused_row_tiles(B);
   const float* pw = panels.data_ptr<float>();
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t t0, int64_t t1) {
-    float* dgh = part + t0 * (G + 2 * H);
-    float* dgc = dgh + G;
-    float* dbc = dgc + H;
-    for (int64_t s = hi; s >= lo; --s) {
-      const float* act = f.act + s * B * G;
-      const float* c_prev = f.c + s * B * H;
-      const float* hh_hat = f.hh_hat_at(s, B * G);
-      float* dhh = f.dhh_at(s, B * G);
-      const float* m = f.mask_at(s, B * R);
-      for (int64_t t = t0; t < t1; ++t) {
-        const auto [b0, mr] = tiles[t];
-        for (int64_t b = b0; b < b0 + mr; ++b) {
-          if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
-            std::fill_n(f.grad_xp + (s * B + b) * G, G, 0.0f);
-            std::fill_n(dhh + b * G, G, 0.0f);
-            continue;
-          }
-          const int64_t k0 = b * H;
-          step_dh(rows, f, s, b, B, R, 0, R);
-          bwd_ln_c_row(act + b * G, c_prev + k0, f.dh_cur + b * R, f.gamma_c, f.beta_c, f.c_stats[s * 2 * B + b],
-                       f.c_stats[s * 2 * B + B + b], f.c_til + k0, f.ln_do + k0, f.ln_dy + k0, f.ln_chat + k0,
-                       f.ln_dc + k0, H);
-          if (f.zc.p) zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + k0, f.dc_zone + k0, 0, H);
-          float* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
-          bwd_gates_row_ln(act + b * G, c_prev + k0, f.ln_do + k0, f.ln_dc + k0, f.ln_dy + k0, f.ln_chat + k0,
-                           f.dc_carry + k0, gx, dgc, dbc, H, 0, H);
-          add_product(gx, hh_hat + b * G, dgh, 0, G);
-          if (f.zc.p)
-            for (int64_t j = 0; j < H; ++j) f.dc_carry[k0 + j] += f.dc_zone[k0 + j];
-          ln_backward_row(gx, f.gamma_h, hh_hat + b * G, f.h_stats[s * 2 * B + B + b], G, dhh + b * G);
-        }
-        for (int64_t g = 0; g < NG; ++g)
-          backward_tile_for(mr)(pw + g * 4 * G * kLanes, dhh + b0 * G, G, rows, s, b0, g * 4 * kLanes, R, m,
-                                f.zh.p ? f.dh_zone : nullptr, f.dh_carry);
-      }
+  // row b of step s up to its dL/dhh; the parameter gradients into dgh [G + 2H]
+  auto row = [&](int64_t s, int64_t b, float* dgh) {
+    const float* act = f.act + s * B * G;
+    float* dhh = f.dhh_at(s, B * G);
+    if (!rows.active(b, s)) {  // finished row: nothing flows into its gates
+      std::fill_n(f.grad_xp + (s * B + b) * G, G, 0.0f);
+      std::fill_n(dhh + b * G, G, 0.0f);
+      return;
     }
-  });
+    const float* c_prev = f.c + s * B * H;
+    const float* hh_hat = f.hh_hat_at(s, B * G);
+    const int64_t k0 = b * H;
+    step_dh(rows, f, s, b, B, R, 0, R);
+    bwd_ln_c_row(act + b * G, c_prev + k0, f.dh_cur + b * R, f.gamma_c, f.beta_c, f.c_stats[s * 2 * B + b],
+                 f.c_stats[s * 2 * B + B + b], f.c_til + k0, f.ln_do + k0, f.ln_dy + k0, f.ln_chat + k0,
+                 f.ln_dc + k0, H);
+    if (f.zc.p) zoneout_split(f.zc, f.zc.row(s, b), f.dc_carry + k0, f.dc_zone + k0, 0, H);
+    float* gx = f.grad_xp + (rows.pos(b, s) * B + b) * G;
+    bwd_gates_row_ln(act + b * G, c_prev + k0, f.ln_do + k0, f.ln_dc + k0, f.ln_dy + k0, f.ln_chat + k0,
+                     f.dc_carry + k0, gx, dgh + G, dgh + G + H, H, 0, H);
+    add_product(gx, hh_hat + b * G, dgh, 0, G);
+    if (f.zc.p)
+      for (int64_t j = 0; j < H; ++j) f.dc_carry[k0 + j] += f.dc_zone[k0 + j];
+    ln_backward_row(gx, f.gamma_h, hh_hat + b * G, f.h_stats[s * 2 * B + B + b], G, dhh + b * G);
+  };
+  // dL/dh_{s-1} of rows [b0, b0 + mr), column group g
+  auto tile = [&](int64_t s, int64_t g, int64_t b0, int64_t mr) {
+    backward_tile_for(mr)(pw + g * 4 * G * kLanes, f.dhh_at(s, B * G) + b0 * G, G, rows, s, b0, g * 4 * kLanes, R,
+                          f.mask_at(s, B * R), f.zh.p ? f.dh_zone : nullptr, f.dh_carry);
+  };
+  if (ln_by_row_tiles(B)) {
+    at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t s = hi; s >= lo; --s)
+        for (int64_t t = t0; t < t1; ++t) {
+          const auto [b0, mr] = tiles[t];
+          for (int64_t b = b0; b < b0 + mr; ++b) row(s, b, part + t0 * (G + 2 * H));
+          for (int64_t g = 0; g < NG; ++g) tile(s, g, b0, mr);
+        }
+    });
+    return;
+  }
+  const bool small = B * G * NG * 4 * kLanes < (int64_t{1} << 16);
+  const int64_t slots = small ? 1 : std::min<int64_t>(at::get_num_threads(), NG);
+  two_phase_steps(
+      hi - lo + 1, slots,
+      [&](int64_t i, int64_t w0, int64_t w1) {
+        for (int64_t b = B * w0 / slots; b < B * w1 / slots; ++b) row(hi - i, b, part + w0 * (G + 2 * H));
+      },
+      [&](int64_t i, int64_t w0, int64_t w1) {
+        for (int64_t g = NG * w0 / slots; g < NG * w1 / slots; ++g)
+          for (const auto& [b0, mr] : tiles) tile(hi - i, g, b0, mr);
+      });
 }
 
 }  // namespace
@@ -506,8 +524,9 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
 
     if (fused) {  // chunks of steps (all of them with alias), each chunk's dW_hh after it
       const at::Tensor panels = cpu::pack_panels(L.t.w_hh, /*trans=*/false, /*multiple=*/4);
-      const int64_t ln_tiles = d.ln ? (B + kFusedRows - 1) / kFusedRows : 0;
-      at::Tensor ln_part = at::zeros({ln_tiles, G + 2 * H}, opt);  // per row tile: dgamma_h, dgamma_c, dbeta_c
+      // per row tile or slot of layer_backward_ln_rows: dgamma_h, dgamma_c, dbeta_c
+      const int64_t ln_parts = d.ln ? std::max<int64_t>((B + kFusedRows - 1) / kFusedRows, at::get_num_threads()) : 0;
+      at::Tensor ln_part = at::zeros({ln_parts, G + 2 * H}, opt);
       for (int64_t hi = T_ - 1; hi >= 0;) {
         const int64_t lo = alias ? 0 : hi / slots * slots;
         if (hh_hat.recompute)

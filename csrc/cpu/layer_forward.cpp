@@ -7,8 +7,8 @@
 //
 // float32 without a projection runs the fused step (fused_step.h): the GEMM and the pointwise
 // work of a step in one kernel (batch norm's in one pass per unit block after its tiles), all
-// steps in one parallel region; layer norm (with a row tile per thread) splits the rows
-// between threads instead, each row through the unfused forward's row kernels.  Otherwise, per
+// steps in one parallel region; layer norm runs each row through the unfused forward's row
+// kernels after the step's products (fused_row_steps).  Otherwise, per
 // step: one GEMM (h_{s-1} * m) @ W_hh^T into a preallocated buffer, then one fused pointwise
 // pass (N_h, gates, cell update, N_c, output, zoneout), parallel over hidden units with all
 // batch rows in each chunk so the batch-norm reductions stay inside the chunk; layer norm
@@ -309,7 +309,7 @@ const float* layer_forward_fused(const LayerCall& L, const at::Tensor& h0, const
   }
   // layer norm, row by row after the row tile's products (the unfused forward's row kernels);
   // without a saved workspace the activations use its one slot, and x_hat without its own
-  fused_row_steps(T_, B, H, step, [&](const FusedStep& st, int64_t b) {
+  fused_row_steps(T_, B, H, R, step, [&](const FusedStep& st, int64_t b) {
     const int64_t s = st.s, ws = f.save ? s : 0;
     const Rows& rows = L.rows;
     float* hr = f.hh + b * G;
