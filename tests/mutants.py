@@ -4,8 +4,11 @@ Every mutant is a small edit of one source file (an exact text that must occur o
 the fast tests that should catch it.  The working tree is copied once to a scratch folder
 (tracked and untracked, not ignored files, plus the built fusedrnn/_C library); each
 mutant is applied there, its tests run with the scratch copy first on the import path,
-and the edit is undone.  The report says, per mutant, caught or SURVIVED (a survivor is a
-missing test).  Not part of CI (it runs the selected tests once per mutant).
+and the edit is undone.  A mutant of a C++ source (csrc/) rebuilds the scratch copy's library
+first (CPU kernels only, in the scratch copy's own build folder: the first such mutant compiles
+every CPU source, a later one what its edit touches) and restores the original library after.
+The report says, per mutant, caught or SURVIVED (a survivor is a missing test).  Not part of CI
+(it runs the selected tests once per mutant).
 
     python tests/mutants.py [--only NAME ...] [--list] [--keep]
 """
@@ -33,6 +36,10 @@ class Mutant:
     new: str
     tests: tuple[str, ...]
     why: str
+
+    @property
+    def compiled(self) -> bool:
+        return self.file.startswith("csrc/")
 
 
 SEM = "tests/test_semantics.py"
@@ -255,6 +262,26 @@ MUTANTS = [
            "step_offset=step_offset, recompute=self._recomputes(),", "step_offset=step_offset,",
            ("tests/test_recompute.py::test_recompute_keeps_one_gate_tensor_less_per_layer_and_direction",),
            "recompute=True on a batch-norm module saves as much as without it"),
+    # C++ (each rebuilds the scratch copy's library)
+    Mutant("fused-step-operand-unmasked", "csrc/cpu/fused_step.h",
+           "      for (int64_t l = 0; l < kLanes; ++l) hm[l] = hn[l] * m[l];",
+           "      for (int64_t l = 0; l < kLanes; ++l) hm[l] = hn[l];",
+           ("tests/test_native_ops.py::test_fused_step_matches_float64",),
+           "the fused step's epilogue writes the next step's GEMM operand without the recurrent mask"),
+    Mutant("fused-step-mask-of-this-step", "csrc/cpu/layer_forward.cpp",
+           "st.m_next = last ? nullptr : f.mask_at(s + 1, B * R);", "st.m_next = last ? nullptr : f.mask_at(s, B * R);",
+           ("tests/test_native_ops.py::test_fused_step_matches_float64",),
+           "the fused step masks the next step's operand with this step's mask (per-step masks differ)"),
+    Mutant("ln-small-batch-rows-skipped", "csrc/cpu/fused_step.h",
+           "for (int64_t b = B * w0 / slots; b < B * w1 / slots; ++b) row(st, b);",
+           "for (int64_t b = B * w0 / slots + 1; b < B * w1 / slots; ++b) row(st, b);",
+           ("tests/test_native_ops.py::test_fused_step_matches_float64",),
+           "layer norm at small B (unit-split products, rows split after a barrier) leaves a row per thread out"),
+    Mutant("ln-small-batch-backward-groups-skipped", "csrc/cpu/layer_backward.cpp",
+           "for (int64_t g = NG * w0 / slots; g < NG * w1 / slots; ++g)",
+           "for (int64_t g = NG * w0 / slots + 1; g < NG * w1 / slots; ++g)",
+           ("tests/test_native_ops.py::test_fused_step_matches_float64",),
+           "layer norm's backward at small B leaves each thread's first column group of dL/dh_{s-1} out"),
 ]
 
 
@@ -268,6 +295,15 @@ def _copy_tree(dst: str) -> None:
             continue
         os.makedirs(os.path.dirname(os.path.join(dst, f)) or dst, exist_ok=True)
         shutil.copy2(src, os.path.join(dst, f))
+
+
+def _rebuild(scratch: str) -> tuple[bool, str]:
+    """The scratch copy's library rebuilt from its sources, CPU kernels only (ninja recompiles
+    what changed since the scratch copy's last build)."""
+    env = dict(os.environ, FUSEDRNN_CUDA="0", PYTHONDONTWRITEBYTECODE="1")
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=scratch, env=env,
+                       capture_output=True, text=True, timeout=3600)
+    return r.returncode == 0, (r.stdout + r.stderr)[-300:]
 
 
 def _run_tests(scratch: str, tests: tuple[str, ...]) -> tuple[bool, str]:
@@ -297,6 +333,10 @@ def main(argv=None) -> int:
         print(f"mutants: the scratch copy does not shadow the installed fusedrnn ({check.stdout or check.stderr})")
         return 2
     rows, survivors = [], 0
+    libraries = {}  # the built library, restored after each C++ mutant
+    for so in glob.glob(os.path.join(scratch, "fusedrnn", "_C*.so")):
+        with open(so, "rb") as f:
+            libraries[so] = f.read()
     try:
         failed, last = _run_tests(scratch, tuple(sorted({t for m in todo for t in m.tests})))
         if failed:
@@ -314,10 +354,18 @@ def main(argv=None) -> int:
                 f.write(src.replace(m.old, m.new))
             t0 = time.time()
             try:
+                built, detail = _rebuild(scratch) if m.compiled else (True, "")
+                if not built:  # a mutant that does not compile tests nothing
+                    rows.append((m.name, "STALE", time.time() - t0, "does not build: " + detail.replace("\n", " ")))
+                    survivors += 1
+                    continue
                 caught, detail = _run_tests(scratch, m.tests)
             finally:
                 with open(path, "w") as f:
                     f.write(src)
+                for so, data in libraries.items() if m.compiled else ():
+                    with open(so, "wb") as f:
+                        f.write(data)
             survivors += not caught
             rows.append((m.name, "caught" if caught else "SURVIVED", time.time() - t0, detail))
             print(f"{m.name:38s} {rows[-1][1]:9s} {rows[-1][2]:6.1f} s  {detail}", flush=True)
