@@ -282,6 +282,11 @@ MUTANTS = [
            "for (int64_t g = NG * w0 / slots + 1; g < NG * w1 / slots; ++g)",
            ("tests/test_native_ops.py::test_fused_step_matches_float64",),
            "layer norm's backward at small B leaves each thread's first column group of dL/dh_{s-1} out"),
+    Mutant("packed-weight-compares-a-prefix", "csrc/cpu/linear.cpp",
+           "std::memcmp(it->copy.data_ptr(), w.data_ptr(), bytes) == 0",
+           "std::memcmp(it->copy.data_ptr(), w.data_ptr(), bytes / 2) == 0",
+           ("tests/test_native_ops.py::test_linear_keeps_the_packed_weight_only_while_it_is_unchanged",),
+           "inference reuses a packed weight whose second half changed through .data or numpy"),
 ]
 
 

@@ -406,6 +406,41 @@ def test_linear_op(dtype, xshape, G, bias):
     torch.testing.assert_close(gw2.double(), want[1], **tol)
 
 
+@pytest.mark.parametrize("M,K,N", [(800, 256, 1024), (1000, 600, 512)], ids=["onednn", "tile"])
+def test_linear_keeps_the_packed_weight_only_while_it_is_unchanged(M, K, N):
+    """Where no gradient reaches the weight (no_grad, or a frozen weight) the forward reuses the
+    weight's packed form (oneDNN's reorder; the register tile's panels for K > 512) across calls.
+    Each result equals, bit for bit, the one from a weight that needs a gradient (packed afresh):
+    after writes that bump no version counter (through .data, through numpy, the last element
+    only), with two weights alternating, and for a frozen weight under grad mode."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(M, K, generator=g)
+    w = torch.randn(N, K, generator=g) / K ** 0.5
+    b = torch.randn(N, generator=g)
+    other = torch.randn(N, K, generator=g) / K ** 0.5
+
+    def fresh(weight):  # a weight that needs a gradient: packed on this call
+        return torch.ops.fusedrnn.linear(x, weight.detach().clone().requires_grad_(), b).detach()
+
+    def kept(weight):
+        with torch.no_grad():
+            return torch.ops.fusedrnn.linear(x, weight, b)
+
+    y0 = kept(w)
+    assert torch.equal(y0, fresh(w)) and torch.equal(kept(w), y0)
+    assert torch.equal(kept(other), fresh(other)) and torch.equal(kept(w), y0)  # two entries
+    w.data[0, 0] += 1.0
+    y1 = kept(w)
+    assert not torch.equal(y1, y0) and torch.equal(y1, fresh(w))
+    w.numpy()[N - 1, K - 1] = 3.0
+    y2 = kept(w)
+    assert not torch.equal(y2, y1) and torch.equal(y2, fresh(w))
+    xg = x.clone().requires_grad_()  # grad mode, a frozen weight
+    w.requires_grad_(False)
+    y3 = torch.ops.fusedrnn.linear(xg, w, b)
+    assert torch.equal(y3.detach(), y2) and torch.equal(torch.ops.fusedrnn.linear(xg, w, b).detach(), y2)
+
+
 @pytest.mark.parametrize("B,H,T", [(1, 40, 9), (5, 36, 6), (16, 24, 12), (17, 40, 5), (40, 130, 9), (4, 8, 3)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("path", ["", "mkl", "mm"], ids=["best", "mkl", "mm"])
