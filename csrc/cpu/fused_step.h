@@ -44,7 +44,7 @@ constexpr int kFusedRows = 6;  // rows per tile: 4 gates x 6 rows = 24 accumulat
 inline at::Tensor pack_gate_panels(const at::Tensor& w_hh, int64_t H) {
   const at::Tensor w = w_hh.contiguous();
   const int64_t K = w.size(1), U = (H + kLanes - 1) / kLanes;
-  at::Tensor out = at::zeros({U, 4, K, kLanes}, w.options());
+  at::Tensor out = new_output({U, 4, K, kLanes}, w.options()).zero_();
   const float* src = w.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   at::parallel_for(0, U, 1, [&](int64_t u0, int64_t u1) {

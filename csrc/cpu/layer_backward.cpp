@@ -491,8 +491,8 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
   const bool alias = !d.bn && !d.ln && !d.lengths && !reverse;
   const int64_t slots = alias ? std::max<int64_t>(T_, 1) : std::min<int64_t>(std::max<int64_t>(T_, 1),
                                                                                std::max<int64_t>(16, (511 + B) / std::max<int64_t>(B, 1)));
-  at::Tensor dhh = alias ? grad_xp : at::empty({slots, B, G}, opt);
-  at::Tensor grad_w_hh = at::empty({G, R}, opt);
+  at::Tensor dhh = alias ? grad_xp : new_output({slots, B, G}, opt);
+  at::Tensor grad_w_hh = new_output({G, R}, opt);
   bool w_hh_written = false;
   at::Tensor dh_all = at::empty({d.proj ? T_ : 0, B, R}, opt);
   at::Tensor dh_carry = grad_h_n.to(opt).contiguous().clone();

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "../common.h"
 #include "../gates.h"
 #include "../ops.h"
 #include "gemm.h"
@@ -380,7 +381,7 @@ inline NormHStore backward_norm_h(const LayerDims& d, const at::Tensor& ws_hh_ha
   TORCH_CHECK(!norm || recompute || (ws_hh_hat.dim() == 3 && ws_hh_hat.size(0) == d.T),
               "fusedrnn: ws_hh_hat must hold every step's x_hat of N_h, or none (recomputed), got ",
               ws_hh_hat.sizes());
-  if (recompute) return {at::empty({ring_slots, d.B, d.G}, opt), ring_slots, {}, true};
+  if (recompute) return {new_output({ring_slots, d.B, d.G}, opt), ring_slots, {}, true};
   return {ws_hh_hat.contiguous(), std::max<int64_t>(d.T, 1), {}, false};
 }
 
