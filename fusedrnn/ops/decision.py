@@ -195,13 +195,15 @@ GRU_NATIVE_MAX_B = 128
 
 
 # The batch size up to which a plain float32 LSTM in training (train mode, gradients; no
-# projection) runs the native kernel on the CPU: the largest of the cpu preset, where both
-# runs since the fused forward step (2026-12-06, git 9f6256d and b3658ed;
-# benchmarks/results/cpu-epyc-2c.jsonl; benchmarks/NOTES.md) have it ahead of torch's LSTM
-# fwd+bwd at every point: 1.09-1.10x / 1.04x / 1.21-1.23x / 1.03-1.11x / 1.10-1.12x at
-# B = 1 / 8 / 32 / 64 / 128.  Inference keeps torch's LSTM (0.89-0.95x at B = 8 to 128,
-# 1.14-1.15x at B = 1), and so do eval mode (its forward with gradients is not what the
-# preset measures) and a projection (no fused step).
+# projection) runs the native kernel on the CPU: the largest of the cpu preset, where every
+# run since the fused forward step (2026-12-06, git 9f6256d, b3658ed, 8f65857,
+# 2fcec10-dirty and 5df2403; 2026-12-07, git 97f26dd and 6125425;
+# benchmarks/results/cpu-epyc-2c.jsonl; benchmarks/NOTES.md) has it ahead of torch's LSTM
+# fwd+bwd at every point; the last three: 1.33 / 1.30 / 1.24x, 1.08 / 1.06 / 1.12x,
+# 1.24 / 1.28 / 1.26x, 1.13 / 1.20 / 1.14x and 1.17 / 1.19 / 1.23x at B = 1 / 8 / 32 / 64 /
+# 128.  Inference keeps torch's LSTM (0.86-0.98x at B = 8 to 128 in those runs, 1.00-1.19x
+# at B = 1), and so do eval mode (its forward with gradients is not what the preset
+# measures) and a projection (no fused step).
 LSTM_NATIVE_MAX_B = 128
 
 
@@ -234,7 +236,7 @@ def module_rule(kind: str, name: str, cfg: Config, regularized: bool, training: 
                 and unavailable_reason("native", torch.device("cpu")) is None):
             return False, (f"plain LSTM training on the CPU at B={cfg.B} <= {LSTM_NATIVE_MAX_B}: the native "
                            "kernel measures faster than torch's LSTM fwd+bwd at every batch of the cpu preset up to "
-                           "there (its records of 2026-12-06, runs 9f6256d and b3658ed)")
+                           "there (its records of 2026-12-06 and 2026-12-07, runs 9f6256d to 6125425)")
         if cfg.dtype in (torch.float32, torch.float64):
             return True, f"plain {rnn} on the CPU: torch's own (oneDNN) measures at least as fast"
         return False, f"torch's CPU {rnn} is not the measured path for {cfg.dtype}"
