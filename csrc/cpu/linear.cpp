@@ -13,9 +13,12 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 
+#include <pthread.h>
+
 #include <cstring>
 #include <list>
 #include <mutex>
+#include <new>
 
 #include "../common.h"
 #include "../ops.h"
@@ -32,11 +35,17 @@ namespace {
 // counter, so the comparison (about 40 us a MB) is the check.  An entry goes when the storage
 // of its weight dies, or when the entries exceed kEntries or kBytes (copies and packed forms),
 // the least recently used first.  `layout` tells packed forms of the same weight apart.
+// Thread-safe and fork-safe.
 class PackedWeights {
  public:
   static PackedWeights& get() {
     static PackedWeights* cache = new PackedWeights();  // leaked: tensors may outlive static destruction
     return *cache;
+  }
+
+  PackedWeights() {  // a fork waits for the lock; the child starts with a fresh one (as the block cache)
+    pthread_atfork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); },
+                   [] { new (&get().mutex_) std::mutex(); });
   }
 
   template <typename Pack>
