@@ -578,12 +578,13 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
 #endif
 }
 
-// Steps i = 0 .. n - 1 in two phases split differently over the slots [0, slots), a barrier
-// after each: p1(i, w0, w1), then p2(i, w0, w1), for an invocation holding slots [w0, w1).
-// For steps whose second phase reads what every slot's first wrote and whose next first phase
-// reads what every slot's second wrote.  One region as in fused_steps; slots == 1 runs serially.
+// Steps i = 0 .. n - 1 in two phases split differently over the slots [0, slots): p1(i, w0, w1),
+// a barrier, then p2(i, w0, w1), for an invocation holding slots [w0, w1); with `sync_after`
+// a second barrier before the next step (whose p1 reads what every slot's p2 wrote), without
+// it none (a slot's p1 reads only what its own p2 wrote).  One region as in fused_steps;
+// slots == 1 runs serially.
 template <typename P1, typename P2>
-void two_phase_steps(int64_t n, int64_t slots, const P1& p1, const P2& p2) {
+void two_phase_steps(int64_t n, int64_t slots, bool sync_after, const P1& p1, const P2& p2) {
   if (slots < 2 || at::in_parallel_region()) {
     for (int64_t i = 0; i < n; ++i) {
       p1(i, 0, slots);
@@ -598,7 +599,7 @@ void two_phase_steps(int64_t n, int64_t slots, const P1& p1, const P2& p2) {
       p1(i, w0, w1);
       barrier.arrive_and_wait(w1 - w0);
       p2(i, w0, w1);
-      if (i + 1 < n) barrier.arrive_and_wait(w1 - w0);
+      if (sync_after && i + 1 < n) barrier.arrive_and_wait(w1 - w0);
     }
   });
 #else  // a region per phase (see fused_steps)
@@ -646,7 +647,7 @@ void fused_row_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& s
   const bool small = B * 4 * U * kLanes * K < (int64_t{1} << 16);
   const int64_t slots = small ? 1 : std::min<int64_t>(at::get_num_threads(), U);
   two_phase_steps(
-      T, slots,
+      T, slots, /*sync_after=*/true,
       [&](int64_t s, int64_t w0, int64_t w1) {
         const FusedStep st = step(s);
         for (const auto& [b0, mr] : tiles) products(st, b0, mr, U * w0 / slots, U * w1 / slots);
@@ -669,34 +670,15 @@ inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
 // phase_a(s, g0, g1) (the gate gradients of the units of groups [g0, g1), all rows), then,
 // once every slot has finished it, phase_b(s, g0, g1) (dL/dh_{s-1} of the same columns: its
 // GEMM reads every unit's gate gradients).  No barrier between phase_b(s) and phase_a(s - 1):
-// a slot's phase_a reads only what its own phase_b wrote.  One region as in fused_steps.
+// a slot's phase_a reads only what its own phase_b wrote (two_phase_steps without sync_after).
 template <typename PhaseA, typename PhaseB>
 void fused_backward_steps(int64_t hi, int64_t lo, int64_t NG, int64_t step_macs, const PhaseA& phase_a,
                           const PhaseB& phase_b) {
-  const int64_t slots = std::min<int64_t>(at::get_num_threads(), NG);
-  if (slots < 2 || step_macs < (int64_t{1} << 16) || at::in_parallel_region()) {
-    for (int64_t s = hi; s >= lo; --s) {
-      phase_a(s, 0, NG);
-      phase_b(s, 0, NG);
-    }
-    return;
-  }
-#if AT_PARALLEL_OPENMP
-  StepBarrier barrier(slots);
-  at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) {
-    const int64_t g0 = NG * w0 / slots, g1 = NG * w1 / slots;
-    for (int64_t s = hi; s >= lo; --s) {
-      phase_a(s, g0, g1);
-      barrier.arrive_and_wait(w1 - w0);
-      phase_b(s, g0, g1);
-    }
-  });
-#else  // a region per phase (see fused_steps)
-  for (int64_t s = hi; s >= lo; --s) {
-    at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) { phase_a(s, NG * w0 / slots, NG * w1 / slots); });
-    at::parallel_for(0, slots, 1, [&](int64_t w0, int64_t w1) { phase_b(s, NG * w0 / slots, NG * w1 / slots); });
-  }
-#endif
+  const int64_t slots = step_macs < (int64_t{1} << 16) ? 1 : std::min<int64_t>(at::get_num_threads(), NG);
+  two_phase_steps(
+      hi - lo + 1, slots, /*sync_after=*/false,
+      [&](int64_t i, int64_t w0, int64_t w1) { phase_a(hi - i, NG * w0 / slots, NG * w1 / slots); },
+      [&](int64_t i, int64_t w0, int64_t w1) { phase_b(hi - i, NG * w0 / slots, NG * w1 / slots); });
 }
 
 }  // namespace cpu

@@ -443,7 +443,7 @@ void layer_backward_ln_rows(const LayerCall& L, const BwdBuffers<float>& f, cons
   const bool small = B * G * NG * 4 * kLanes < (int64_t{1} << 16);
   const int64_t slots = small ? 1 : std::min<int64_t>(at::get_num_threads(), NG);
   two_phase_steps(
-      hi - lo + 1, slots,
+      hi - lo + 1, slots, /*sync_after=*/true,
       [&](int64_t i, int64_t w0, int64_t w1) {
         for (int64_t b = B * w0 / slots; b < B * w1 / slots; ++b) row(hi - i, b, part + w0 * (G + 2 * H));
       },
