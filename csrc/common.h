@@ -23,12 +23,19 @@ inline bool poison_outputs() {
 // An output of a CPU op of at least 1 MiB, from the cache of freed blocks (cpu/block_cache.cpp).
 at::Tensor cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// A new op output (or large scratch): on the CPU from the block cache; NaN-filled when
+// poison_outputs() says so, so that an element the op never writes shows.
 inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = options.device().is_cpu() ? cpu_output(sizes, options) : at::empty(sizes, options);
   if (poison_outputs() && at::isFloatingType(t.scalar_type())) {
     t.fill_(std::numeric_limits<double>::quiet_NaN());
   }
   return t;
+}
+
+// new_output filled with zeros (nothing left unwritten to poison).
+inline at::Tensor new_zeroed_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return (options.device().is_cpu() ? cpu_output(sizes, options) : at::empty(sizes, options)).zero_();
 }
 
 // Accumulation dtype of a data dtype: fp32 for fp32/fp16/bf16, fp64 for fp64.

@@ -44,7 +44,7 @@ constexpr int kFusedRows = 6;  // rows per tile: 4 gates x 6 rows = 24 accumulat
 inline at::Tensor pack_gate_panels(const at::Tensor& w_hh, int64_t H) {
   const at::Tensor w = w_hh.contiguous();
   const int64_t K = w.size(1), U = (H + kLanes - 1) / kLanes;
-  at::Tensor out = new_output({U, 4, K, kLanes}, w.options()).zero_();
+  at::Tensor out = new_zeroed_output({U, 4, K, kLanes}, w.options());
   const float* src = w.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   at::parallel_for(0, U, 1, [&](int64_t u0, int64_t u1) {
@@ -446,9 +446,12 @@ inline FusedTileFn fused_norm_tile_for(int64_t rows) {
   return fns[rows - 1];
 }
 
-// The row tiles of B rows: as few as kFusedRows allows, sizes differing by at most one.
+// How many row tiles B rows take: as few as kFusedRows allows.
+inline int64_t fused_row_tile_count(int64_t B) { return (B + kFusedRows - 1) / kFusedRows; }
+
+// The row tiles of B rows (fused_row_tile_count of them), sizes differing by at most one.
 inline std::vector<std::pair<int64_t, int64_t>> fused_row_tiles(int64_t B) {
-  const int64_t n = (B + kFusedRows - 1) / kFusedRows;
+  const int64_t n = fused_row_tile_count(B);
   std::vector<std::pair<int64_t, int64_t>> tiles;
   for (int64_t i = 0, b0 = 0; i < n; ++i) {
     const int64_t mr = B / n + (i < B % n);
@@ -534,6 +537,13 @@ class StepBarrier {
   const int64_t n_;
 };
 
+// The thread slots of a region of steps over `units` column blocks (each slot keeps its own):
+// one, the calling thread, for a step of fewer than 2^16 multiply-adds, whose barrier costs
+// more than the split saves.
+inline int64_t step_slots(int64_t step_macs, int64_t units) {
+  return step_macs < (int64_t{1} << 16) ? 1 : std::min<int64_t>(at::get_num_threads(), units);
+}
+
 // Steps [0, T) of the fused forward; step(s) gives step s's FusedStep.  The unit blocks are
 // split into one static range per thread slot, so a thread keeps its blocks (and their panels
 // in its cache) for the whole call.  With OpenMP, one parallel region runs all steps with a
@@ -556,8 +566,8 @@ void fused_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& step)
     }
   };
   const int64_t step_macs = B * 4 * U * kLanes * K;
-  const int64_t slots = std::min<int64_t>(at::get_num_threads(), U);
-  if (slots < 2 || step_macs < (int64_t{1} << 16) || at::in_parallel_region()) {
+  const int64_t slots = step_slots(step_macs, U);
+  if (slots < 2 || at::in_parallel_region()) {
     for (int64_t s = 0; s < T; ++s) blocks(step(s), 0, U);
     return;
   }
@@ -614,7 +624,7 @@ void two_phase_steps(int64_t n, int64_t slots, bool sync_after, const P1& p1, co
 // thread gets a row tile.  Otherwise (small B) the unit split multiplies and the rows split
 // the rest, two barriers a step (fused_row_steps, layer_backward_ln_rows).
 inline bool ln_by_row_tiles(int64_t B) {
-  return (B + kFusedRows - 1) / kFusedRows >= at::get_num_threads();
+  return fused_row_tile_count(B) >= at::get_num_threads();
 }
 
 // Steps [0, T) of the fused forward for a norm within each row (layer norm): each step's
@@ -644,8 +654,7 @@ void fused_row_steps(int64_t T, int64_t B, int64_t H, int64_t K, const StepFn& s
     });
     return;
   }
-  const bool small = B * 4 * U * kLanes * K < (int64_t{1} << 16);
-  const int64_t slots = small ? 1 : std::min<int64_t>(at::get_num_threads(), U);
+  const int64_t slots = step_slots(B * 4 * U * kLanes * K, U);
   two_phase_steps(
       T, slots, /*sync_after=*/true,
       [&](int64_t s, int64_t w0, int64_t w1) {
@@ -674,7 +683,7 @@ inline bool use_fused_step(const LayerDims& d, at::ScalarType dtype) {
 template <typename PhaseA, typename PhaseB>
 void fused_backward_steps(int64_t hi, int64_t lo, int64_t NG, int64_t step_macs, const PhaseA& phase_a,
                           const PhaseB& phase_b) {
-  const int64_t slots = step_macs < (int64_t{1} << 16) ? 1 : std::min<int64_t>(at::get_num_threads(), NG);
+  const int64_t slots = step_slots(step_macs, NG);
   two_phase_steps(
       hi - lo + 1, slots, /*sync_after=*/false,
       [&](int64_t i, int64_t w0, int64_t w1) { phase_a(hi - i, NG * w0 / slots, NG * w1 / slots); },

@@ -302,7 +302,7 @@ GruBackwardOut gru_layer_backward_cpu(const at::Tensor& grad_y_in, const at::Ten
   const int64_t slots = std::min<int64_t>(std::max<int64_t>(T_, 1), std::max<int64_t>(16, (511 + B) / std::max<int64_t>(B, 1)));
   at::Tensor dhh = new_output({slots, B, G}, opt);
   cpu::NormHStore hh_hat = cpu::backward_norm_h(d, ws_hh_hat_in, slots, opt);
-  at::Tensor grad_w_hh = new_output({G, H}, opt).zero_();
+  at::Tensor grad_w_hh = new_zeroed_output({G, H}, opt);
   at::Tensor dh_carry = grad_h_n.to(opt).contiguous().clone();
   at::Tensor dh_cur = at::empty({B, H}, opt), dprev = at::empty({B, H}, opt), dh_rec = at::empty({B, H}, opt);
   at::Tensor dg = at::empty({norm ? B : 0, G}, opt);

@@ -440,8 +440,7 @@ void layer_backward_ln_rows(const LayerCall& L, const BwdBuffers<float>& f, cons
     });
     return;
   }
-  const bool small = B * G * NG * 4 * kLanes < (int64_t{1} << 16);
-  const int64_t slots = small ? 1 : std::min<int64_t>(at::get_num_threads(), NG);
+  const int64_t slots = step_slots(B * G * NG * 4 * kLanes, NG);
   two_phase_steps(
       hi - lo + 1, slots, /*sync_after=*/true,
       [&](int64_t i, int64_t w0, int64_t w1) {
@@ -525,7 +524,7 @@ LayerBackwardOut lstm_layer_backward_cpu(const at::Tensor& grad_y_in, const at::
     if (fused) {  // chunks of steps (all of them with alias), each chunk's dW_hh after it
       const at::Tensor panels = cpu::pack_panels(L.t.w_hh, /*trans=*/false, /*multiple=*/4);
       // per row tile or slot of layer_backward_ln_rows: dgamma_h, dgamma_c, dbeta_c
-      const int64_t ln_parts = d.ln ? std::max<int64_t>((B + kFusedRows - 1) / kFusedRows, at::get_num_threads()) : 0;
+      const int64_t ln_parts = d.ln ? std::max<int64_t>(fused_row_tile_count(B), at::get_num_threads()) : 0;
       at::Tensor ln_part = at::zeros({ln_parts, G + 2 * H}, opt);
       for (int64_t hi = T_ - 1; hi >= 0;) {
         const int64_t lo = alias ? 0 : hi / slots * slots;

@@ -44,7 +44,7 @@ inline at::Tensor pack_panels(const at::Tensor& w, bool trans, int64_t multiple 
   const at::Tensor wc = w.contiguous();
   const int64_t N = trans ? wc.size(0) : wc.size(1), K = trans ? wc.size(1) : wc.size(0);
   const int64_t P = ((N + kLanes - 1) / kLanes + multiple - 1) / multiple * multiple;
-  at::Tensor out = new_output({P, K, kLanes}, wc.options()).zero_();
+  at::Tensor out = new_zeroed_output({P, K, kLanes}, wc.options());
   const float* src = wc.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
