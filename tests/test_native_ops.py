@@ -441,6 +441,34 @@ def test_linear_keeps_the_packed_weight_only_while_it_is_unchanged(M, K, N):
     assert torch.equal(y3.detach(), y2) and torch.equal(torch.ops.fusedrnn.linear(xg, w, b).detach(), y2)
 
 
+def test_regularized_inference_follows_weight_writes_that_bump_no_version():
+    """The default construction in eval (layer norm: the native kernel runs in inference too),
+    whose input projection keeps W_ih's packed form across no_grad calls: after a write through
+    .data and one through numpy (the last element), each output is the one computed with grad
+    mode on (the weight packed afresh), bit for bit."""
+    import fusedrnn
+
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(256, 128, layer_norm=True).eval()
+    x = torch.randn(50, 16, 256)  # the projection 800 x 256 x 512: oneDNN on a reordered weight
+
+    def kept():
+        with torch.no_grad():
+            return m(x)[0]
+
+    def fresh():
+        return m(x)[0].detach()
+
+    y0 = kept()
+    assert torch.equal(kept(), y0) and torch.equal(fresh(), y0)
+    m.weight_ih_l0.data.mul_(0.5)
+    y1 = kept()
+    assert not torch.equal(y1, y0) and torch.equal(y1, fresh())
+    m.weight_ih_l0.detach().numpy()[-1, -1] += 1.0
+    y2 = kept()
+    assert not torch.equal(y2, y1) and torch.equal(y2, fresh())
+
+
 @pytest.mark.parametrize("B,H,T", [(1, 40, 9), (5, 36, 6), (16, 24, 12), (17, 40, 5), (40, 130, 9), (4, 8, 3)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("path", ["", "mkl", "mm"], ids=["best", "mkl", "mm"])
@@ -531,6 +559,35 @@ def test_fused_step_matches_float64(case, B, H, two_threads, monkeypatch):
             continue
         err, err_lib = ((t.double() - b).abs().max().item() for t in (a, l))
         assert err <= 2 * err_lib + 4e-6 * b.abs().max().item(), (name, err, err_lib)
+
+
+def test_layer_norm_at_small_batch_in_third_party_training(two_threads):
+    """B = 4 on two threads, fewer row tiles than threads: the fused steps split the products
+    by unit blocks and the row kernels by rows, a barrier after each.  A script builds
+    torch.nn.LSTM under fusedrnn.patch (the default backend) and its optimizer first; over two
+    training steps the outputs and gradients are the float64 reference backend's within 1e-5
+    of each tensor's largest value (gradients reach ~300 here; one thread's error is the same,
+    ~2e-6 of it)."""
+    import fusedrnn
+
+    torch.manual_seed(0)
+    with fusedrnn.patch(layer_norm=True, zoneout=(0.3, 0.2)):
+        m = torch.nn.LSTM(8, 72)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    ref = fusedrnn.LSTM(8, 72, layer_norm=True, zoneout=(0.3, 0.2), backend="reference", dtype=torch.float64)
+    x = torch.randn(12, 4, 8)
+    for step in range(2):
+        ref.load_state_dict(m.state_dict())
+        results = []
+        for mod, dt in ((m, torch.float32), (ref, torch.float64)):
+            torch.manual_seed(10 + step)  # the same zoneout draws
+            y, (h, c) = mod(x.to(dt))
+            mod.zero_grad()
+            (y.double().sin().sum() + h.double().sum() + c.double().cos().sum()).backward()
+            results.append([y, h, c, *(p.grad for p in mod.parameters())])
+        for a, b in zip(*results):  # float32 against float64, relative to each tensor's scale
+            assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max(), (step, a.shape)
+        opt.step()
 
 
 THREAD_OPTIONS = [dict(), dict(recurrent_dropout=0.3, variational=True, batch_norm=True),
